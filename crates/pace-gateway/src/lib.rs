@@ -1,0 +1,1 @@
+//! placeholder: gateway topology (being written)

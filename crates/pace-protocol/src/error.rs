@@ -1,0 +1,150 @@
+//! Machine-readable error codes, shared by `error` frames on the WebSocket
+//! and by the JSON body of every HTTP error response.
+//!
+//! The code is the contract; the message is for humans and may change.
+
+use serde::{Deserialize, Serialize};
+
+/// An error code. Serialized as `snake_case`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Handshake: no device id in the `x-device-id` header nor the query.
+    MissingDeviceId,
+    /// Handshake: the device id breaks the id rules.
+    InvalidDeviceId,
+    /// Handshake or frame: a group id breaks the id rules.
+    InvalidGroup,
+    /// Handshake: the request is not a valid WebSocket upgrade.
+    NotWebsocket,
+    /// Handshake: the node holds its maximum number of connections.
+    NodeFull,
+    /// Handshake: the node is draining and accepts no new devices.
+    Draining,
+    /// Frame: the text is not JSON, or lacks a string `type`.
+    BadFrame,
+    /// Frame: the `type` is not one this node knows.
+    UnknownType,
+    /// Frame: the `type` is known but a field is missing or invalid.
+    InvalidFrame,
+    /// Frame: the device is already in the maximum number of groups.
+    TooManyGroups,
+    /// HTTP: missing or wrong credentials.
+    Unauthorized,
+    /// HTTP: the body is not valid JSON or not of the expected shape.
+    BadRequest,
+    /// HTTP: the body is larger than the node's maximum message size.
+    PayloadTooLarge,
+    /// HTTP: no such route.
+    NotFound,
+    /// HTTP: the route exists but not for this method.
+    MethodNotAllowed,
+    /// The store is unreachable; retry later.
+    StoreUnavailable,
+    /// The node failed; details are in its log, not in the response.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether retrying the same request later may succeed.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NodeFull | ErrorCode::Draining | ErrorCode::StoreUnavailable | ErrorCode::Internal
+        )
+    }
+
+    /// The code as its wire string (also a metrics label value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MissingDeviceId => "missing_device_id",
+            ErrorCode::InvalidDeviceId => "invalid_device_id",
+            ErrorCode::InvalidGroup => "invalid_group",
+            ErrorCode::NotWebsocket => "not_websocket",
+            ErrorCode::NodeFull => "node_full",
+            ErrorCode::Draining => "draining",
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidFrame => "invalid_frame",
+            ErrorCode::TooManyGroups => "too_many_groups",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// The JSON body of every HTTP error: `{"error": {"code", "message", "retryable"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error itself.
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation; never contains secrets or internals.
+    pub message: String,
+    /// Whether the same request may succeed later.
+    pub retryable: bool,
+}
+
+impl ErrorBody {
+    /// Builds a body for `code` with a human message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+                retryable: code.retryable(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn as_str_matches_serde() {
+        for code in [
+            ErrorCode::MissingDeviceId,
+            ErrorCode::InvalidDeviceId,
+            ErrorCode::InvalidGroup,
+            ErrorCode::NotWebsocket,
+            ErrorCode::NodeFull,
+            ErrorCode::Draining,
+            ErrorCode::BadFrame,
+            ErrorCode::UnknownType,
+            ErrorCode::InvalidFrame,
+            ErrorCode::TooManyGroups,
+            ErrorCode::Unauthorized,
+            ErrorCode::BadRequest,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::StoreUnavailable,
+            ErrorCode::Internal,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+
+    #[test]
+    fn error_body_golden() {
+        let body = ErrorBody::new(ErrorCode::MissingDeviceId, "send x-device-id");
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"error":{"code":"missing_device_id","message":"send x-device-id","retryable":false}}"#
+        );
+    }
+}

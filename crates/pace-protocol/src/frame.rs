@@ -1,0 +1,262 @@
+//! JSON text frames on the device WebSocket.
+//!
+//! Every frame is one JSON object with a string `type`. Devices send
+//! [`ClientFrame`]s; nodes send [`ServerFrame`]s. Unknown fields are ignored
+//! in both directions so either side can add optional fields.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+use crate::ids::{DeviceId, GroupId};
+use crate::notify::Notification;
+
+/// A frame a device sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Join a group (department) and receive its notifications.
+    Subscribe {
+        /// The group to join.
+        group: GroupId,
+    },
+    /// Leave a group.
+    Unsubscribe {
+        /// The group to leave.
+        group: GroupId,
+    },
+    /// Application-level ping for clients that cannot send WebSocket pings
+    /// (browsers); answered by a `pong` echoing `id`.
+    Ping {
+        /// Opaque value echoed in the `pong`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+}
+
+/// The `type` values a device may send, for telling an unknown type from a
+/// malformed frame.
+pub const CLIENT_FRAME_TYPES: [&str; 3] = ["subscribe", "unsubscribe", "ping"];
+
+/// Why a text frame is not a valid [`ClientFrame`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Not JSON, not an object, or no string `type`.
+    BadFrame,
+    /// A `type` this protocol version does not define.
+    UnknownType(String),
+    /// A known `type` with a missing or invalid field.
+    InvalidFrame(String),
+}
+
+impl DecodeError {
+    /// The error code an `error` frame carries for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::BadFrame => ErrorCode::BadFrame,
+            DecodeError::UnknownType(_) => ErrorCode::UnknownType,
+            DecodeError::InvalidFrame(_) => ErrorCode::InvalidFrame,
+        }
+    }
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::BadFrame => f.write_str("frame must be a JSON object with a string \"type\""),
+            DecodeError::UnknownType(t) => write!(f, "unknown frame type {t:?}"),
+            DecodeError::InvalidFrame(e) => write!(f, "invalid frame: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl ClientFrame {
+    /// Decodes one text frame, classifying failures for the `error` reply.
+    pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
+        match serde_json::from_str::<ClientFrame>(text) {
+            Ok(frame) => Ok(frame),
+            Err(err) => {
+                #[derive(Deserialize)]
+                struct Probe {
+                    #[serde(rename = "type")]
+                    kind: String,
+                }
+                match serde_json::from_str::<Probe>(text) {
+                    Err(_) => Err(DecodeError::BadFrame),
+                    Ok(p) if !CLIENT_FRAME_TYPES.contains(&p.kind.as_str()) => {
+                        let mut kind = p.kind;
+                        kind.truncate(64);
+                        Err(DecodeError::UnknownType(kind))
+                    }
+                    Ok(_) => Err(DecodeError::InvalidFrame(err.to_string())),
+                }
+            }
+        }
+    }
+}
+
+/// A frame a node sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// First frame on every connection.
+    Welcome(Welcome),
+    /// A notification for this device (scope all, one of its groups, or it).
+    Notification(Notification),
+    /// The device is now in this group.
+    Subscribed {
+        /// The group joined.
+        group: GroupId,
+    },
+    /// The device is no longer in this group.
+    Unsubscribed {
+        /// The group left.
+        group: GroupId,
+    },
+    /// Answer to a device's `ping`.
+    Pong {
+        /// The `id` the ping carried.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// A frame from the device was refused; the connection stays open.
+    Error {
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+}
+
+/// The `welcome` frame: what the node tells a device once it is connected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Protocol version ([`crate::PROTOCOL_VERSION`]).
+    pub protocol: u32,
+    /// The device id the node accepted (from header or query).
+    pub device_id: DeviceId,
+    /// The node holding this connection (for support and debugging).
+    pub node_id: String,
+    /// Groups the device is in, from the `x-department-id` header.
+    pub groups: Vec<GroupId>,
+    /// How often the node pings; a device that does not answer within
+    /// `heartbeat_timeout_ms` after a ping is dropped.
+    pub heartbeat_interval_ms: u64,
+    /// See `heartbeat_interval_ms`.
+    pub heartbeat_timeout_ms: u64,
+    /// Largest message the node accepts from the device, in bytes.
+    pub max_message_bytes: u64,
+}
+
+impl ServerFrame {
+    /// Serializes the frame to its JSON text.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string and
+        // every value is plain data.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventName, Scope};
+
+    fn round_trip_client(frame: ClientFrame, golden: &str) {
+        assert_eq!(serde_json::to_string(&frame).unwrap(), golden);
+        assert_eq!(ClientFrame::decode(golden).unwrap(), frame);
+    }
+
+    fn round_trip_server(frame: ServerFrame, golden: &str) {
+        assert_eq!(frame.to_json(), golden);
+        assert_eq!(serde_json::from_str::<ServerFrame>(golden).unwrap(), frame);
+    }
+
+    fn group(g: &str) -> GroupId {
+        GroupId::parse(g).unwrap()
+    }
+
+    #[test]
+    fn client_frames_golden() {
+        round_trip_client(
+            ClientFrame::Subscribe { group: group("sales") },
+            r#"{"type":"subscribe","group":"sales"}"#,
+        );
+        round_trip_client(
+            ClientFrame::Unsubscribe { group: group("sales") },
+            r#"{"type":"unsubscribe","group":"sales"}"#,
+        );
+        round_trip_client(ClientFrame::Ping { id: Some(9) }, r#"{"type":"ping","id":9}"#);
+        round_trip_client(ClientFrame::Ping { id: None }, r#"{"type":"ping"}"#);
+    }
+
+    #[test]
+    fn server_frames_golden() {
+        round_trip_server(
+            ServerFrame::Welcome(Welcome {
+                protocol: 1,
+                device_id: DeviceId::parse("laptop_1").unwrap(),
+                node_id: "node-a".into(),
+                groups: vec![group("it")],
+                heartbeat_interval_ms: 25_000,
+                heartbeat_timeout_ms: 10_000,
+                max_message_bytes: 65_536,
+            }),
+            r#"{"type":"welcome","protocol":1,"device_id":"laptop_1","node_id":"node-a","groups":["it"],"heartbeat_interval_ms":25000,"heartbeat_timeout_ms":10000,"max_message_bytes":65536}"#,
+        );
+        round_trip_server(
+            ServerFrame::Notification(Notification {
+                id: "0190f0a0-0000-7000-8000-000000000001".into(),
+                scope: Scope::All,
+                target: None,
+                seq: 1,
+                event: EventName::parse("maintenance").unwrap(),
+                data: serde_json::json!({"at": "22:00", "n": [1, 2]}),
+                sent_at_ms: 1_700_000_000_000,
+            }),
+            r#"{"type":"notification","id":"0190f0a0-0000-7000-8000-000000000001","scope":"all","seq":1,"event":"maintenance","data":{"at":"22:00","n":[1,2]},"sent_at_ms":1700000000000}"#,
+        );
+        round_trip_server(
+            ServerFrame::Subscribed { group: group("it") },
+            r#"{"type":"subscribed","group":"it"}"#,
+        );
+        round_trip_server(
+            ServerFrame::Unsubscribed { group: group("it") },
+            r#"{"type":"unsubscribed","group":"it"}"#,
+        );
+        round_trip_server(ServerFrame::Pong { id: Some(3) }, r#"{"type":"pong","id":3}"#);
+        round_trip_server(
+            ServerFrame::Error {
+                code: ErrorCode::UnknownType,
+                message: "unknown frame type \"x\"".into(),
+            },
+            r#"{"type":"error","code":"unknown_type","message":"unknown frame type \"x\""}"#,
+        );
+    }
+
+    #[test]
+    fn decode_classifies_failures() {
+        assert_eq!(ClientFrame::decode("not json"), Err(DecodeError::BadFrame));
+        assert_eq!(ClientFrame::decode("[1,2]"), Err(DecodeError::BadFrame));
+        assert_eq!(ClientFrame::decode(r#"{"group":"x"}"#), Err(DecodeError::BadFrame));
+        assert_eq!(ClientFrame::decode(r#"{"type":7}"#), Err(DecodeError::BadFrame));
+        assert_eq!(
+            ClientFrame::decode(r#"{"type":"teleport"}"#),
+            Err(DecodeError::UnknownType("teleport".into()))
+        );
+        let invalid = ClientFrame::decode(r#"{"type":"subscribe","group":"a b"}"#).unwrap_err();
+        assert!(matches!(invalid, DecodeError::InvalidFrame(_)), "{invalid:?}");
+        assert_eq!(invalid.code(), ErrorCode::InvalidFrame);
+        let missing = ClientFrame::decode(r#"{"type":"subscribe"}"#).unwrap_err();
+        assert!(matches!(missing, DecodeError::InvalidFrame(_)), "{missing:?}");
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        assert_eq!(
+            ClientFrame::decode(r#"{"type":"ping","id":1,"future":true}"#),
+            Ok(ClientFrame::Ping { id: Some(1) })
+        );
+    }
+}

@@ -1,0 +1,45 @@
+//! The Pace wire protocol: every frame a device and a node exchange, the
+//! envelopes nodes exchange over the cluster bus, close codes, error codes and
+//! the rules for device and group ids.
+//!
+//! This crate does no I/O and depends on nothing async: the node, the device
+//! library and the load-test tool all speak through these types, so a change
+//! to the wire is a change to this crate and to `docs/protocol.md`.
+//!
+//! # Layout
+//!
+//! - [`ids`]: device, group and event name validation ([`DeviceId`], [`GroupId`], [`EventName`]).
+//! - [`frame`]: JSON text frames, device → node ([`ClientFrame`]) and node → device ([`ServerFrame`]).
+//! - [`notify`]: notification scopes, the `POST /api/v1/notify` body and the [`Notification`] itself.
+//! - [`bus`]: envelopes carried between nodes ([`BusEnvelope`]).
+//! - [`close`]: WebSocket close codes and whether a device should reconnect ([`CloseCode`]).
+//! - [`error`]: machine-readable error codes shared by error frames and HTTP error bodies ([`ErrorCode`]).
+
+pub mod bus;
+pub mod close;
+pub mod error;
+pub mod frame;
+pub mod ids;
+pub mod notify;
+
+pub use bus::BusEnvelope;
+pub use close::CloseCode;
+pub use error::{ErrorBody, ErrorCode};
+pub use frame::{ClientFrame, DecodeError, ServerFrame, Welcome};
+pub use ids::{DeviceId, EventName, GroupId, IdError};
+pub use notify::{Notification, NotifyRequest, Scope, Target};
+
+/// The protocol version a node announces in its `welcome` frame.
+///
+/// Incremented only for changes a device must know about; adding an optional
+/// field or a new frame type a device may ignore does not change it.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// HTTP header carrying the device id on the WebSocket handshake.
+pub const DEVICE_ID_HEADER: &str = "x-device-id";
+/// HTTP header carrying the device's department(s), comma separated.
+pub const DEPARTMENT_HEADER: &str = "x-department-id";
+/// Query parameter carrying the device id when a proxy strips the header.
+pub const DEVICE_ID_QUERY: &str = "device_id";
+/// Query parameter spelling sent by existing clients; accepted as an alias.
+pub const DEVICE_ID_QUERY_ALIAS: &str = "deviceId";
