@@ -1,1 +1,34 @@
-//! placeholder
+//! Pace node: one process holding device WebSockets, delivering
+//! notifications to them, and exposing health, readiness and metrics.
+//!
+//! `main.rs` is thin: it parses [`config::Cli`] and calls [`run`], which
+//! tests call too, with a listener on `127.0.0.1:0`.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags and `PACE_*` environment, validated into [`NodeConfig`].
+//! - [`server`]: accept loop, HTTP/1.1 with upgrades, drain on shutdown.
+//! - [`api`]: HTTP routes (`/ws`, `/health`, `/ready`, `/metrics`, `/api/v1/notify`).
+//! - [`handshake`]: WebSocket upgrade checks and device id extraction.
+//! - [`connection`]: the task that owns one device's WebSocket.
+//! - [`hub`]: local registry of devices and groups, bounded delivery.
+//! - [`node`]: the shared state handle and local fan-out.
+//! - [`store`]: the seam for state shared across nodes; the in-memory store.
+//! - [`metrics`]: every Prometheus metric, in one place.
+//! - [`error`]: error → HTTP status and JSON body, in one place.
+//! - [`systemd`]: readiness, stopping and watchdog notifications.
+
+pub mod api;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod handshake;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod server;
+pub mod store;
+pub mod systemd;
+
+pub use config::NodeConfig;
+pub use server::{ServeError, run};

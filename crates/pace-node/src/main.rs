@@ -1,1 +1,89 @@
-fn main() {}
+//! The `pace-node` binary: parses the command line, sets up logging and
+//! signals, and runs the node library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use pace_node::config::{Cli, Command, ServeArgs};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Serve(args)) => serve(args),
+        None => ServeArgs::from_env().map_err(|e| e.exit()).and_then(serve),
+        Some(Command::CheckConfig(args)) => check_config(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pace-node: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check_config(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    println!(
+        "configuration valid (node {}, listen {})",
+        config.node_id, config.listen
+    );
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        println!("pace-node {} listening on http://{addr}", config.node_id);
+        println!("  devices:  ws://{addr}/ws?device_id=<id>   (or header x-device-id)");
+        println!("  notify:   POST http://{addr}/api/v1/notify   (Authorization: Bearer <service key>)");
+        println!("  health:   http://{addr}/health   ready: http://{addr}/ready   metrics: http://{addr}/metrics");
+        if config.service_key_generated {
+            println!(
+                "  service key (generated, set PACE_SERVICE_KEY to choose one): {}",
+                config.service_key
+            );
+        }
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        pace_node::run(config, listener, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// SIGTERM or SIGINT starts the drain; a second one exits at once.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting without waiting for the drain");
+    std::process::exit(130);
+}

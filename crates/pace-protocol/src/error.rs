@@ -50,7 +50,10 @@ impl ErrorCode {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::NodeFull | ErrorCode::Draining | ErrorCode::StoreUnavailable | ErrorCode::Internal
+            ErrorCode::NodeFull
+                | ErrorCode::Draining
+                | ErrorCode::StoreUnavailable
+                | ErrorCode::Internal
         )
     }
 

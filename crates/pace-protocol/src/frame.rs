@@ -62,7 +62,9 @@ impl DecodeError {
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DecodeError::BadFrame => f.write_str("frame must be a JSON object with a string \"type\""),
+            DecodeError::BadFrame => {
+                f.write_str("frame must be a JSON object with a string \"type\"")
+            }
             DecodeError::UnknownType(t) => write!(f, "unknown frame type {t:?}"),
             DecodeError::InvalidFrame(e) => write!(f, "invalid frame: {e}"),
         }
@@ -180,14 +182,21 @@ mod tests {
     #[test]
     fn client_frames_golden() {
         round_trip_client(
-            ClientFrame::Subscribe { group: group("sales") },
+            ClientFrame::Subscribe {
+                group: group("sales"),
+            },
             r#"{"type":"subscribe","group":"sales"}"#,
         );
         round_trip_client(
-            ClientFrame::Unsubscribe { group: group("sales") },
+            ClientFrame::Unsubscribe {
+                group: group("sales"),
+            },
             r#"{"type":"unsubscribe","group":"sales"}"#,
         );
-        round_trip_client(ClientFrame::Ping { id: Some(9) }, r#"{"type":"ping","id":9}"#);
+        round_trip_client(
+            ClientFrame::Ping { id: Some(9) },
+            r#"{"type":"ping","id":9}"#,
+        );
         round_trip_client(ClientFrame::Ping { id: None }, r#"{"type":"ping"}"#);
     }
 
@@ -225,7 +234,10 @@ mod tests {
             ServerFrame::Unsubscribed { group: group("it") },
             r#"{"type":"unsubscribed","group":"it"}"#,
         );
-        round_trip_server(ServerFrame::Pong { id: Some(3) }, r#"{"type":"pong","id":3}"#);
+        round_trip_server(
+            ServerFrame::Pong { id: Some(3) },
+            r#"{"type":"pong","id":3}"#,
+        );
         round_trip_server(
             ServerFrame::Error {
                 code: ErrorCode::UnknownType,
@@ -239,17 +251,29 @@ mod tests {
     fn decode_classifies_failures() {
         assert_eq!(ClientFrame::decode("not json"), Err(DecodeError::BadFrame));
         assert_eq!(ClientFrame::decode("[1,2]"), Err(DecodeError::BadFrame));
-        assert_eq!(ClientFrame::decode(r#"{"group":"x"}"#), Err(DecodeError::BadFrame));
-        assert_eq!(ClientFrame::decode(r#"{"type":7}"#), Err(DecodeError::BadFrame));
+        assert_eq!(
+            ClientFrame::decode(r#"{"group":"x"}"#),
+            Err(DecodeError::BadFrame)
+        );
+        assert_eq!(
+            ClientFrame::decode(r#"{"type":7}"#),
+            Err(DecodeError::BadFrame)
+        );
         assert_eq!(
             ClientFrame::decode(r#"{"type":"teleport"}"#),
             Err(DecodeError::UnknownType("teleport".into()))
         );
         let invalid = ClientFrame::decode(r#"{"type":"subscribe","group":"a b"}"#).unwrap_err();
-        assert!(matches!(invalid, DecodeError::InvalidFrame(_)), "{invalid:?}");
+        assert!(
+            matches!(invalid, DecodeError::InvalidFrame(_)),
+            "{invalid:?}"
+        );
         assert_eq!(invalid.code(), ErrorCode::InvalidFrame);
         let missing = ClientFrame::decode(r#"{"type":"subscribe"}"#).unwrap_err();
-        assert!(matches!(missing, DecodeError::InvalidFrame(_)), "{missing:?}");
+        assert!(
+            matches!(missing, DecodeError::InvalidFrame(_)),
+            "{missing:?}"
+        );
     }
 
     #[test]

@@ -76,8 +76,12 @@ impl Target {
             (Scope::All, None) => Ok(Target::All),
             (Scope::All, Some(_)) => Err(TargetError::Unexpected),
             (Scope::Group | Scope::Device, None) => Err(TargetError::Missing),
-            (Scope::Group, Some(g)) => GroupId::parse(g).map(Target::Group).map_err(TargetError::Invalid),
-            (Scope::Device, Some(d)) => DeviceId::parse(d).map(Target::Device).map_err(TargetError::Invalid),
+            (Scope::Group, Some(g)) => GroupId::parse(g)
+                .map(Target::Group)
+                .map_err(TargetError::Invalid),
+            (Scope::Device, Some(d)) => DeviceId::parse(d)
+                .map(Target::Device)
+                .map_err(TargetError::Invalid),
         }
     }
 }
@@ -176,7 +180,12 @@ mod tests {
             serde_json::from_str(r#"{"scope":"device","target":"a b","event":"e"}"#).unwrap();
         assert_eq!(bad.target(), Err(TargetError::Invalid(IdError::BadChar)));
 
-        assert!(serde_json::from_str::<NotifyRequest>(r#"{"scope":"planet","event":"e"}"#).is_err());
-        assert!(serde_json::from_str::<NotifyRequest>(r#"{"scope":"all","event":"bad event"}"#).is_err());
+        assert!(
+            serde_json::from_str::<NotifyRequest>(r#"{"scope":"planet","event":"e"}"#).is_err()
+        );
+        assert!(
+            serde_json::from_str::<NotifyRequest>(r#"{"scope":"all","event":"bad event"}"#)
+                .is_err()
+        );
     }
 }

@@ -1,1 +1,13 @@
-//! placeholder
+//! Integration tests for pace-node: real servers on 127.0.0.1:0, real
+//! tokio-tungstenite clients, the real binary where a process is needed.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod bad_input;
+mod delivery;
+mod drain;
+mod handshake;
+mod liveness;
+mod metrics;

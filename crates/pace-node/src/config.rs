@@ -1,0 +1,329 @@
+//! Command line and environment configuration.
+//!
+//! Every flag has an environment variable `PACE_…` and a default, so a node
+//! runs with no configuration at all (`cargo run -p pace-node`) and a systemd
+//! unit configures it from an environment file. [`ServeArgs::into_config`]
+//! validates everything once and yields the [`NodeConfig`] the server uses;
+//! `pace-node check-config` runs the same validation and exits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// `pace-node`: one Pace node (a waiting room and notification server).
+#[derive(Debug, Parser)]
+#[command(name = "pace-node", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The node's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node (the default).
+    Serve(ServeArgs),
+    /// Validate the configuration (flags and PACE_* environment) and exit:
+    /// 0 when it is valid, 2 with a message on stderr when it is not.
+    CheckConfig(ServeArgs),
+}
+
+/// Flags of `serve` and `check-config`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on for HTTP and WebSocket.
+    #[arg(long, env = "PACE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// This node's id in metrics, logs and the cluster list
+    /// [default: "node-<port>-<random>"].
+    #[arg(long, env = "PACE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Key that services send as `Authorization: Bearer KEY` to
+    /// `POST /api/v1/notify` (at least 16 characters). When unset, the node
+    /// makes a random one at start and prints it.
+    #[arg(long, env = "PACE_SERVICE_KEY", hide_env_values = true)]
+    pub service_key: Option<String>,
+
+    /// Maximum simultaneous device connections on this node; further
+    /// handshakes get 503 `node_full`. Keep it below the open-files limit.
+    #[arg(long, env = "PACE_MAX_CONNECTIONS", default_value_t = 15_000)]
+    pub max_connections: usize,
+
+    /// Largest WebSocket message (and frame) a device may send, and largest
+    /// HTTP request body, in bytes.
+    #[arg(long, env = "PACE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Messages queued per connection before the device counts as a slow
+    /// consumer and is disconnected (close 4001).
+    #[arg(long, env = "PACE_SEND_QUEUE", default_value_t = 64)]
+    pub send_queue: usize,
+
+    /// Initial WebSocket read buffer per connection, in bytes. Small keeps
+    /// idle devices cheap; it grows for larger messages.
+    #[arg(long, env = "PACE_WS_READ_BUFFER", default_value_t = 512)]
+    pub ws_read_buffer: usize,
+
+    /// Bytes the WebSocket writer gathers before writing to the socket
+    /// (0 writes every frame at once; batching is done by flushing).
+    #[arg(long, env = "PACE_WS_WRITE_BUFFER", default_value_t = 0)]
+    pub ws_write_buffer: usize,
+
+    /// Time allowed from TCP accept to complete HTTP request headers.
+    #[arg(long, env = "PACE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// How often the node pings each device.
+    #[arg(long, env = "PACE_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// How long a device has to answer a ping (or send anything) before it is
+    /// dropped (close 4002).
+    #[arg(long, env = "PACE_PING_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ping_timeout: Duration,
+
+    /// How long one write to a device may block before the device counts as a
+    /// slow consumer.
+    #[arg(long, env = "PACE_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
+    /// On SIGTERM/SIGINT: how long to wait for devices to leave after telling
+    /// them to reconnect (close 1012) before exiting anyway. Keep systemd's
+    /// TimeoutStopSec longer than this.
+    #[arg(long, env = "PACE_DRAIN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub drain_grace: Duration,
+
+    /// Maximum groups (departments) one device may be in.
+    #[arg(long, env = "PACE_MAX_GROUPS", default_value_t = 32)]
+    pub max_groups: usize,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info,pace_node=debug`.
+    #[arg(long, env = "PACE_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl ServeArgs {
+    /// The serve arguments from the environment alone (no subcommand given).
+    pub fn from_env() -> Result<ServeArgs, clap::Error> {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        Only::try_parse_from(["pace-node"]).map(|o| o.args)
+    }
+
+    /// Validates the arguments into the configuration the node runs with.
+    pub fn into_config(self) -> Result<NodeConfig, ConfigError> {
+        let bad = |msg: String| Err(ConfigError(msg));
+        if let Some(key) = &self.service_key
+            && key.len() < 16
+        {
+            return bad("--service-key / PACE_SERVICE_KEY must be at least 16 characters".into());
+        }
+        if self.max_connections == 0 {
+            return bad("--max-connections must be at least 1".into());
+        }
+        if let Some(limit) = open_files_limit()
+            && self.max_connections as u64 + FD_HEADROOM > limit
+        {
+            return bad(format!(
+                "--max-connections {} needs about {} open files but this process may open {limit}; \
+                 lower it or raise LimitNOFILE",
+                self.max_connections,
+                self.max_connections as u64 + FD_HEADROOM
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_message_bytes) {
+            return bad("--max-message-bytes must be between 1024 and 16777216".into());
+        }
+        if self.send_queue == 0 {
+            return bad("--send-queue must be at least 1".into());
+        }
+        if self.ws_read_buffer < 64 {
+            return bad("--ws-read-buffer must be at least 64 bytes".into());
+        }
+        for (name, d) in [
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--ping-interval", self.ping_interval),
+            ("--ping-timeout", self.ping_timeout),
+            ("--write-timeout", self.write_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(format!("{name} must be greater than zero"));
+            }
+        }
+        if let Some(id) = &self.node_id
+            && pace_protocol::DeviceId::parse(id).is_err()
+        {
+            return bad("--node-id may only contain A-Z a-z 0-9 . _ : @ - (1 to 128 bytes)".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return bad(format!("--log: {e}"));
+        }
+        let node_id = self.node_id.unwrap_or_else(|| {
+            let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+            format!("node-{}-{suffix}", self.listen.port())
+        });
+        let (service_key, service_key_generated) = match self.service_key {
+            Some(k) => (k, false),
+            None => (uuid::Uuid::new_v4().simple().to_string(), true),
+        };
+        Ok(NodeConfig {
+            listen: self.listen,
+            node_id,
+            service_key,
+            service_key_generated,
+            max_connections: self.max_connections,
+            max_message_bytes: self.max_message_bytes,
+            send_queue: self.send_queue,
+            ws_read_buffer: self.ws_read_buffer,
+            ws_write_buffer: self.ws_write_buffer,
+            handshake_timeout: self.handshake_timeout,
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
+            write_timeout: self.write_timeout,
+            drain_grace: self.drain_grace,
+            max_groups: self.max_groups,
+            log: self.log,
+        })
+    }
+}
+
+/// File descriptors kept free beyond device connections (listener, logs,
+/// store connections, HTTP API clients).
+const FD_HEADROOM: u64 = 256;
+
+/// The soft open-files limit of this process, from `/proc/self/limits`.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// An invalid configuration, with a message naming the flag.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+/// The validated configuration a node runs with.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Address the listener was asked for (the real one may differ with port 0).
+    pub listen: SocketAddr,
+    /// This node's id.
+    pub node_id: String,
+    /// Bearer key for service calls.
+    pub service_key: String,
+    /// Whether `service_key` was generated (printed at start so it is usable).
+    pub service_key_generated: bool,
+    /// See [`ServeArgs::max_connections`].
+    pub max_connections: usize,
+    /// See [`ServeArgs::max_message_bytes`].
+    pub max_message_bytes: usize,
+    /// See [`ServeArgs::send_queue`].
+    pub send_queue: usize,
+    /// See [`ServeArgs::ws_read_buffer`].
+    pub ws_read_buffer: usize,
+    /// See [`ServeArgs::ws_write_buffer`].
+    pub ws_write_buffer: usize,
+    /// See [`ServeArgs::handshake_timeout`].
+    pub handshake_timeout: Duration,
+    /// See [`ServeArgs::ping_interval`].
+    pub ping_interval: Duration,
+    /// See [`ServeArgs::ping_timeout`].
+    pub ping_timeout: Duration,
+    /// See [`ServeArgs::write_timeout`].
+    pub write_timeout: Duration,
+    /// See [`ServeArgs::drain_grace`].
+    pub drain_grace: Duration,
+    /// See [`ServeArgs::max_groups`].
+    pub max_groups: usize,
+    /// See [`ServeArgs::log`].
+    pub log: String,
+}
+
+impl NodeConfig {
+    /// Defaults, as `pace-node serve` with no flags and no environment would
+    /// use (for tests and embedding).
+    pub fn defaults() -> NodeConfig {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let args = Only::parse_from(["pace-node"]).args;
+        // The defaults are valid by construction; an invalid environment
+        // variable is ignored here because this is for tests and embedding.
+        args.into_config()
+            .unwrap_or_else(|e| panic!("defaults must be valid: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<NodeConfig, String> {
+        let mut full = vec!["pace-node", "check-config"];
+        full.extend_from_slice(args);
+        match Cli::try_parse_from(full)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Some(Command::CheckConfig(a)) => a.into_config().map_err(|e| e.to_string()),
+            other => Err(format!("unexpected {other:?}")),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.max_message_bytes, 65536);
+        assert!(c.service_key_generated);
+        assert!(c.node_id.starts_with("node-8080-"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        assert!(
+            parse(&["--service-key", "short"])
+                .unwrap_err()
+                .contains("--service-key")
+        );
+        assert!(
+            parse(&["--send-queue", "0"])
+                .unwrap_err()
+                .contains("--send-queue")
+        );
+        assert!(
+            parse(&["--ping-timeout", "0s"])
+                .unwrap_err()
+                .contains("--ping-timeout")
+        );
+        assert!(
+            parse(&["--max-connections", "100000000"])
+                .unwrap_err()
+                .contains("open files")
+        );
+        assert!(
+            parse(&["--node-id", "has space"])
+                .unwrap_err()
+                .contains("--node-id")
+        );
+        assert!(parse(&["--listen", "nonsense"]).is_err());
+        assert!(parse(&["--handshake-timeout", "ten"]).is_err());
+    }
+
+    #[test]
+    fn durations_use_human_units() {
+        let c = parse(&["--ping-interval", "1500ms", "--drain-grace", "1m"]).unwrap();
+        assert_eq!(c.ping_interval, Duration::from_millis(1500));
+        assert_eq!(c.drain_grace, Duration::from_secs(60));
+    }
+}

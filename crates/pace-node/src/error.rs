@@ -1,0 +1,134 @@
+//! HTTP error responses: the one place an error becomes a status code and a
+//! JSON body.
+//!
+//! Handlers return [`ApiError`]; this module decides the status for each
+//! [`ErrorCode`] and writes `{"error": {"code", "message", "retryable"}}`.
+//! Messages are written for the caller and never carry internals (store
+//! errors, paths, keys): those go to the log.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use pace_protocol::{ErrorBody, ErrorCode};
+
+/// The body type of every response the node writes.
+pub type Body = Full<Bytes>;
+
+/// An error to answer an HTTP request with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status for this error's code.
+    pub fn status(&self) -> StatusCode {
+        status_of(self.code)
+    }
+
+    /// The response: status, JSON body, and the headers the status calls for.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let body = serde_json::to_vec(&ErrorBody::new(self.code, self.message)).unwrap_or_default();
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            StatusCode::UPGRADE_REQUIRED => {
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// The HTTP status each error code is answered with.
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::MissingDeviceId
+        | ErrorCode::InvalidDeviceId
+        | ErrorCode::InvalidGroup
+        | ErrorCode::BadRequest
+        | ErrorCode::BadFrame
+        | ErrorCode::UnknownType
+        | ErrorCode::InvalidFrame
+        | ErrorCode::TooManyGroups => StatusCode::BAD_REQUEST,
+        ErrorCode::NotWebsocket => StatusCode::UPGRADE_REQUIRED,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::NodeFull | ErrorCode::Draining | ErrorCode::StoreUnavailable => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A JSON response with `status`.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn error_response_shape() {
+        let resp = ApiError::new(ErrorCode::Draining, "node is draining").into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let parsed: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed.error.code, ErrorCode::Draining);
+        assert!(parsed.error.retryable);
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(
+            status_of(ErrorCode::MissingDeviceId),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(status_of(ErrorCode::Unauthorized), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            status_of(ErrorCode::NotWebsocket),
+            StatusCode::UPGRADE_REQUIRED
+        );
+        assert_eq!(
+            status_of(ErrorCode::PayloadTooLarge),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+}

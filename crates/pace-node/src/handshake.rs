@@ -1,0 +1,188 @@
+//! The WebSocket handshake: checks an upgrade request and finds the device.
+//!
+//! Everything is decided before the `101 Switching Protocols`: a request
+//! with no valid device id, a bad department or an overloaded or draining
+//! node gets an HTTP error with a JSON body, so a device (or the gateway's
+//! logs) sees why, and no connection state is created.
+
+use http::{HeaderMap, Method, Request, header};
+use pace_protocol::{
+    DEPARTMENT_HEADER, DEVICE_ID_HEADER, DEVICE_ID_QUERY, DEVICE_ID_QUERY_ALIAS, DeviceId,
+    ErrorCode, GroupId,
+};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::error::ApiError;
+
+/// A valid upgrade request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    /// The device, from the header or the query.
+    pub device: DeviceId,
+    /// Groups from the department header.
+    pub groups: Vec<GroupId>,
+    /// The `Sec-WebSocket-Accept` value to answer with.
+    pub accept: String,
+}
+
+/// Checks that `req` is a WebSocket upgrade and extracts the device.
+pub fn check<B>(req: &Request<B>, max_groups: usize) -> Result<Handshake, ApiError> {
+    let headers = req.headers();
+    let upgrade_ok = req.method() == Method::GET
+        && header_has_token(headers, header::CONNECTION, "upgrade")
+        && header_has_token(headers, header::UPGRADE, "websocket")
+        && headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v == "13");
+    let key = headers.get(header::SEC_WEBSOCKET_KEY);
+    let (true, Some(key)) = (upgrade_ok, key) else {
+        return Err(ApiError::new(
+            ErrorCode::NotWebsocket,
+            "GET /ws must be a WebSocket upgrade (Connection: upgrade, Upgrade: websocket, \
+             Sec-WebSocket-Version: 13, Sec-WebSocket-Key)",
+        ));
+    };
+    let device = device_id(req)?;
+    let groups = departments(headers, max_groups)?;
+    Ok(Handshake {
+        device,
+        groups,
+        accept: derive_accept_key(key.as_bytes()),
+    })
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// The device id: `x-device-id` header, else `device_id` (or `deviceId`) query parameter.
+fn device_id<B>(req: &Request<B>) -> Result<DeviceId, ApiError> {
+    let from_header = req
+        .headers()
+        .get(DEVICE_ID_HEADER)
+        .map(|v| v.to_str().map(str::trim).unwrap_or("\u{fffd}").to_owned())
+        .filter(|s| !s.is_empty());
+    let raw = from_header.or_else(|| {
+        let query = req.uri().query()?;
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, v)| (k == DEVICE_ID_QUERY || k == DEVICE_ID_QUERY_ALIAS) && !v.is_empty())
+            .map(|(_, v)| v.into_owned())
+    });
+    let Some(raw) = raw else {
+        return Err(ApiError::new(
+            ErrorCode::MissingDeviceId,
+            "send the device id in the x-device-id header or the device_id query parameter",
+        ));
+    };
+    DeviceId::parse(&raw)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidDeviceId, format!("device id {e}")))
+}
+
+/// Groups from `x-department-id` (comma separated, repeated headers allowed).
+fn departments(headers: &HeaderMap, max_groups: usize) -> Result<Vec<GroupId>, ApiError> {
+    let mut groups = Vec::new();
+    for value in headers.get_all(DEPARTMENT_HEADER) {
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::new(ErrorCode::InvalidGroup, "x-department-id must be ASCII"))?;
+        for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let g = GroupId::parse(part)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidGroup, format!("department {e}")))?;
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+    }
+    if groups.len() > max_groups {
+        return Err(ApiError::new(
+            ErrorCode::InvalidGroup,
+            format!("at most {max_groups} departments per device"),
+        ));
+    }
+    Ok(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upgrade(uri: &str) -> http::request::Builder {
+        Request::get(uri)
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+    }
+
+    #[test]
+    fn header_wins_over_query() {
+        let req = upgrade("/ws?device_id=q")
+            .header("x-device-id", "h")
+            .body(())
+            .unwrap();
+        let hs = check(&req, 8).unwrap();
+        assert_eq!(hs.device.as_str(), "h");
+        assert_eq!(hs.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "RFC 6455 sample");
+    }
+
+    #[test]
+    fn query_and_alias() {
+        let req = upgrade("/ws?x=1&device_id=laptop_1").body(()).unwrap();
+        assert_eq!(check(&req, 8).unwrap().device.as_str(), "laptop_1");
+        let req = upgrade("/ws?deviceId=kiosk%3A7").body(()).unwrap();
+        assert_eq!(check(&req, 8).unwrap().device.as_str(), "kiosk:7");
+    }
+
+    #[test]
+    fn missing_and_invalid() {
+        let req = upgrade("/ws").body(()).unwrap();
+        assert_eq!(check(&req, 8).unwrap_err().code, ErrorCode::MissingDeviceId);
+        let req = upgrade("/ws?device_id=")
+            .header("x-device-id", "")
+            .body(())
+            .unwrap();
+        assert_eq!(check(&req, 8).unwrap_err().code, ErrorCode::MissingDeviceId);
+        let req = upgrade("/ws?device_id=a%20b").body(()).unwrap();
+        assert_eq!(check(&req, 8).unwrap_err().code, ErrorCode::InvalidDeviceId);
+        let req = upgrade("/ws")
+            .header("x-device-id", "a/b")
+            .body(())
+            .unwrap();
+        assert_eq!(check(&req, 8).unwrap_err().code, ErrorCode::InvalidDeviceId);
+    }
+
+    #[test]
+    fn not_an_upgrade() {
+        let req = Request::get("/ws?device_id=a").body(()).unwrap();
+        assert_eq!(check(&req, 8).unwrap_err().code, ErrorCode::NotWebsocket);
+    }
+
+    #[test]
+    fn departments_from_headers() {
+        let req = upgrade("/ws?device_id=a")
+            .header("x-department-id", "sales, it")
+            .header("x-department-id", "sales")
+            .body(())
+            .unwrap();
+        let groups: Vec<_> = check(&req, 8)
+            .unwrap()
+            .groups
+            .iter()
+            .map(|g| g.to_string())
+            .collect();
+        assert_eq!(groups, ["sales", "it"]);
+        let req = upgrade("/ws?device_id=a")
+            .header("x-department-id", "a b")
+            .body(())
+            .unwrap();
+        assert_eq!(check(&req, 8).unwrap_err().code, ErrorCode::InvalidGroup);
+        let req = upgrade("/ws?device_id=a")
+            .header("x-department-id", "a,b,c")
+            .body(())
+            .unwrap();
+        assert_eq!(check(&req, 2).unwrap_err().code, ErrorCode::InvalidGroup);
+    }
+}

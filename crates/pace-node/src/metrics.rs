@@ -1,0 +1,197 @@
+//! Every Prometheus metric the node exports, defined in one place.
+//!
+//! Names follow `pace_<what>_<unit>[_total]`. Labels are small closed sets
+//! (reasons, scopes, results) or operator-chosen names with a cap
+//! (event names); a device id is never a label.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// How many distinct event names get their own label value; later ones are
+/// counted under [`OTHER_EVENT`] so a caller cannot explode the series count.
+const MAX_EVENT_LABELS: usize = 64;
+/// Label value for event names past [`MAX_EVENT_LABELS`].
+pub const OTHER_EVENT: &str = "_other";
+
+/// The node's metrics. Cheap to clone (every field is a shared handle).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Device connections open now.
+    pub connections_open: IntGauge,
+    /// Device connections accepted since start.
+    pub connections_accepted: IntCounter,
+    /// Handshakes refused, by reason (an error code).
+    pub handshakes_refused: IntCounterVec,
+    /// Connections ended, by reason (a close code's reason).
+    pub disconnects: IntCounterVec,
+    /// Notification frames queued to devices, by event name.
+    pub messages_delivered: IntCounterVec,
+    /// Frames from devices refused, by reason.
+    pub frames_rejected: IntCounterVec,
+    /// `POST /api/v1/notify` requests, by scope and result.
+    pub notify_requests: IntCounterVec,
+    /// HTTP requests answered, by route and status class.
+    pub http_requests: IntCounterVec,
+    /// 1 while the store answers, 0 while it does not.
+    pub store_up: IntGaugeVec,
+    /// 1 while the node accepts new devices.
+    pub ready: IntGauge,
+    /// Event names seen so far, to cap label cardinality.
+    events_seen: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Metrics {
+    /// Creates and registers every metric, plus the process collector
+    /// (`process_resident_memory_bytes`, CPU seconds, open fds).
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            connections_open: IntGauge::new(
+                "pace_connections_open",
+                "Device connections open now.",
+            )
+            .expect("valid metric"),
+            connections_accepted: IntCounter::new(
+                "pace_connections_accepted_total",
+                "Device WebSocket connections accepted.",
+            )
+            .expect("valid metric"),
+            handshakes_refused: IntCounterVec::new(
+                Opts::new(
+                    "pace_handshakes_refused_total",
+                    "WebSocket handshakes refused before upgrade, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            disconnects: IntCounterVec::new(
+                Opts::new(
+                    "pace_disconnects_total",
+                    "Device connections ended, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            messages_delivered: IntCounterVec::new(
+                Opts::new(
+                    "pace_messages_delivered_total",
+                    "Notification frames queued to device connections, by event name.",
+                ),
+                &["event"],
+            )
+            .expect("valid metric"),
+            frames_rejected: IntCounterVec::new(
+                Opts::new(
+                    "pace_frames_rejected_total",
+                    "Frames from devices refused, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            notify_requests: IntCounterVec::new(
+                Opts::new(
+                    "pace_notify_requests_total",
+                    "Notify API requests, by scope and result.",
+                ),
+                &["scope", "result"],
+            )
+            .expect("valid metric"),
+            http_requests: IntCounterVec::new(
+                Opts::new(
+                    "pace_http_requests_total",
+                    "HTTP requests answered, by route and status class.",
+                ),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
+            store_up: IntGaugeVec::new(
+                Opts::new(
+                    "pace_store_up",
+                    "1 while the store answers, 0 while it does not.",
+                ),
+                &["store"],
+            )
+            .expect("valid metric"),
+            ready: IntGauge::new("pace_ready", "1 while the node accepts new devices.")
+                .expect("valid metric"),
+            events_seen: Arc::default(),
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.connections_open.clone()),
+            Box::new(m.connections_accepted.clone()),
+            Box::new(m.handshakes_refused.clone()),
+            Box::new(m.disconnects.clone()),
+            Box::new(m.messages_delivered.clone()),
+            Box::new(m.frames_rejected.clone()),
+            Box::new(m.notify_requests.clone()),
+            Box::new(m.http_requests.clone()),
+            Box::new(m.store_up.clone()),
+            Box::new(m.ready.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    /// The label value to use for an event name (capped cardinality).
+    pub fn event_label<'a>(&self, event: &'a str) -> &'a str {
+        let mut seen = self.events_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(event) {
+            return event;
+        }
+        if seen.len() < MAX_EVENT_LABELS {
+            seen.insert(event.to_owned());
+            return event;
+        }
+        OTHER_EVENT
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(8 * 1024);
+        // Encoding gathered families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_labels_are_capped() {
+        let m = Metrics::new();
+        for i in 0..MAX_EVENT_LABELS {
+            let name = format!("e{i}");
+            assert_eq!(m.event_label(&name), name);
+        }
+        assert_eq!(m.event_label("one-too-many"), OTHER_EVENT);
+        assert_eq!(m.event_label("e0"), "e0", "known names keep their label");
+    }
+
+    #[test]
+    fn renders_text_format() {
+        let m = Metrics::new();
+        m.handshakes_refused
+            .with_label_values(&["missing_device_id"])
+            .inc();
+        let text = m.render();
+        assert!(text.contains("pace_handshakes_refused_total{reason=\"missing_device_id\"} 1"));
+        assert!(text.contains("# TYPE pace_connections_open gauge"));
+    }
+}

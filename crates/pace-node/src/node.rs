@@ -1,0 +1,128 @@
+//! The node's shared state: one cheap-to-clone handle over everything the
+//! HTTP handlers and connection tasks need.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use pace_protocol::{Notification, ServerFrame, Target};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::task::TaskTracker;
+
+use crate::config::NodeConfig;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::{Fanout, SharedStore};
+
+/// Shared state of one node.
+#[derive(Debug)]
+pub struct Node {
+    /// Validated configuration.
+    pub config: NodeConfig,
+    /// Local connections.
+    pub hub: Arc<Hub>,
+    /// Shared facts and cluster fan-out.
+    pub store: SharedStore,
+    /// Metrics registry and handles.
+    pub metrics: Metrics,
+    /// True from SIGTERM/SIGINT on: new devices are refused, `/ready` is 503.
+    draining: AtomicBool,
+    /// True once the node has started (store reachable, listener open).
+    started: AtomicBool,
+    /// Connection slots taken, including handshakes in flight, so the
+    /// connection limit holds under a burst of concurrent handshakes.
+    slots: AtomicUsize,
+    /// Device connection tasks, awaited while draining.
+    pub connections: TaskTracker,
+}
+
+/// A shared handle to the node.
+pub type NodeRef = Arc<Node>;
+
+impl Node {
+    /// A node over `store`, not yet started.
+    pub fn new(config: NodeConfig, hub: Arc<Hub>, store: SharedStore, metrics: Metrics) -> Node {
+        Node {
+            config,
+            hub,
+            store,
+            metrics,
+            draining: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            slots: AtomicUsize::new(0),
+            connections: TaskTracker::new(),
+        }
+    }
+
+    /// Whether the node accepts new devices.
+    pub fn is_ready(&self) -> bool {
+        self.started.load(Ordering::Acquire) && !self.is_draining()
+    }
+
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the node started.
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::Release);
+        self.metrics.ready.set(i64::from(self.is_ready()));
+    }
+
+    /// Starts draining; returns false if it already was.
+    pub fn begin_drain(&self) -> bool {
+        let first = !self.draining.swap(true, Ordering::AcqRel);
+        self.metrics.ready.set(0);
+        first
+    }
+
+    /// Takes a connection slot, or returns `None` when the node is full.
+    pub fn take_slot(self: &Arc<Self>) -> Option<Slot> {
+        let prev = self.slots.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.config.max_connections {
+            self.slots.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(self.clone()))
+    }
+}
+
+/// A taken connection slot; given back on drop.
+#[derive(Debug)]
+pub struct Slot(NodeRef);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.slots.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Delivers notifications to this node's devices: serializes each once and
+/// hands the shared frame to the hub.
+#[derive(Debug)]
+pub struct LocalFanout {
+    /// The local hub.
+    pub hub: Arc<Hub>,
+    /// For `pace_messages_delivered_total`.
+    pub metrics: Metrics,
+}
+
+impl Fanout for LocalFanout {
+    fn deliver(&self, n: &Notification) {
+        let target = match Target::new(n.scope, n.target.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(id = %n.id, error = %e, "dropping notification with an invalid target");
+                return;
+            }
+        };
+        let frame = Utf8Bytes::from(ServerFrame::Notification(n.clone()).to_json());
+        let delivery = self.hub.deliver(&target, &frame);
+        if delivery.queued > 0 {
+            self.metrics
+                .messages_delivered
+                .with_label_values(&[self.metrics.event_label(n.event.as_str())])
+                .inc_by(delivery.queued as u64);
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The server loop: accept TCP connections, serve HTTP/1.1 on each, and
+//! drain on shutdown.
+//!
+//! Drain order (SIGTERM/SIGINT, or the caller's token): mark not ready
+//! (`/ready` answers 503 so the gateway moves new devices elsewhere; the
+//! listener keeps answering health checks), tell systemd, close every
+//! device with 1012 (reconnect), wait for their tasks under the drain
+//! grace, then stop the listener and return.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pace_protocol::CloseCode;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::NodeConfig;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::node::{LocalFanout, Node, NodeRef};
+use crate::store::{MemoryStore, SharedStore};
+use crate::{api, systemd};
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+}
+
+/// Runs a node on `listener` until `shutdown` is cancelled, then drains and
+/// returns. The embedded in-memory store is used.
+pub async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let metrics = Metrics::new();
+    let hub = Arc::new(Hub::new());
+    let store: SharedStore = Arc::new(MemoryStore::new(Arc::new(LocalFanout {
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+    })));
+    let node = Arc::new(Node::new(config, hub, store, metrics));
+    serve(node, listener, shutdown).await
+}
+
+/// Runs `node` on `listener` until `shutdown` is cancelled, then drains.
+pub async fn serve(
+    node: NodeRef,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr()?;
+    let stop_accepting = CancellationToken::new();
+    let http_tasks = TaskTracker::new();
+    let acceptor = tokio::spawn(accept_loop(
+        node.clone(),
+        listener,
+        stop_accepting.clone(),
+        http_tasks.clone(),
+    ));
+
+    let health = node.store.health().await;
+    node.metrics
+        .store_up
+        .with_label_values(&[health.kind])
+        .set(i64::from(health.up));
+    node.set_started();
+    systemd::ready();
+    systemd::spawn_watchdog(stop_accepting.clone());
+    tracing::info!(%addr, node_id = %node.config.node_id, store = node.store.kind(), "pace-node ready");
+
+    shutdown.cancelled().await;
+    drain(&node).await;
+
+    stop_accepting.cancel();
+    let _ = acceptor.await;
+    http_tasks.close();
+    // Idle keep-alive HTTP connections were told to finish; do not wait long.
+    let _ = tokio::time::timeout(Duration::from_secs(1), http_tasks.wait()).await;
+    tracing::info!("pace-node stopped");
+    Ok(())
+}
+
+async fn drain(node: &NodeRef) {
+    if !node.begin_drain() {
+        return;
+    }
+    systemd::stopping();
+    let told = node.hub.close_all(CloseCode::SERVICE_RESTART);
+    tracing::info!(devices = told, grace = ?node.config.drain_grace, "draining: devices told to reconnect");
+    node.connections.close();
+    if tokio::time::timeout(node.config.drain_grace, node.connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = node.metrics.connections_open.get(),
+            "drain grace elapsed with devices still connected; exiting anyway"
+        );
+    }
+}
+
+async fn accept_loop(
+    node: NodeRef,
+    listener: TcpListener,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(node.config.handshake_timeout)
+        .keep_alive(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => return,
+            res = listener.accept() => match res {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE/ENFILE and friends: keep serving the
+                    // connections we have, retry shortly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        let stop = stop.clone();
+        let conn = builder.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| {
+                let node = node.clone();
+                async move { Ok::<_, std::convert::Infallible>(api::handle(node, req, peer).await) }
+            }),
+        );
+        tasks.spawn(async move {
+            let conn = conn.with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+                    }
+                }
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}

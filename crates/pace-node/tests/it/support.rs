@@ -1,0 +1,266 @@
+//! Test support: start a node in-process, connect devices, call the HTTP API.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use pace_node::NodeConfig;
+use pace_protocol::{ServerFrame, Welcome};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub const KEY: &str = "test-service-key-0123456789";
+
+/// Generous bound for anything that should happen "soon".
+pub const SOON: Duration = Duration::from_secs(5);
+
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: Option<JoinHandle<()>>,
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn config() -> NodeConfig {
+    let mut c = NodeConfig::defaults();
+    c.service_key = KEY.to_owned();
+    c.service_key_generated = false;
+    c.node_id = "test-node".into();
+    c.drain_grace = Duration::from_secs(2);
+    c
+}
+
+impl TestNode {
+    pub async fn start() -> TestNode {
+        TestNode::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        let mut c = config();
+        f(&mut c);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            pace_node::run(c, listener, token).await.unwrap();
+        });
+        let node = TestNode {
+            addr,
+            shutdown,
+            task: Some(task),
+        };
+        node.wait_ready().await;
+        node
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            if let Ok((200, _)) = http(self.addr, "GET", "/ready", &[], "").await {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Connects `device` with the x-device-id header and reads its welcome.
+    pub async fn connect(&self, device: &str) -> (Ws, Welcome) {
+        self.connect_with("/ws", &[("x-device-id", device)]).await
+    }
+
+    pub async fn connect_with(
+        &self,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> (Ws, Welcome) {
+        let mut ws = self
+            .try_connect(path_and_query, headers)
+            .await
+            .expect("handshake");
+        match next_frame(&mut ws).await {
+            ServerFrame::Welcome(w) => (ws, w),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    pub async fn try_connect(
+        &self,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Ws, WsError> {
+        let mut req = format!("ws://{}{}", self.addr, path_and_query)
+            .into_client_request()
+            .unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        tokio::time::timeout(SOON, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect timed out")
+            .map(|(ws, _)| ws)
+    }
+
+    pub async fn notify(&self, body: Value) -> (u16, Value) {
+        let (status, text) = http(
+            self.addr,
+            "POST",
+            "/api/v1/notify",
+            &[
+                ("authorization", &format!("Bearer {KEY}")),
+                ("content-type", "application/json"),
+            ],
+            &body.to_string(),
+        )
+        .await
+        .unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn metrics(&self) -> String {
+        http(self.addr, "GET", "/metrics", &[], "").await.unwrap().1
+    }
+
+    /// The value of one sample (`name{labels}` exactly as rendered), 0 if absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.metrics().await, sample)
+    }
+
+    /// Waits until `sample` reaches `want`.
+    pub async fn wait_metric(&self, sample: &str, want: f64) {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            let got = self.metric(sample).await;
+            if got == want {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let all = self.metrics().await;
+                let ours: Vec<&str> = all.lines().filter(|l| l.starts_with("pace_")).collect();
+                panic!(
+                    "{sample} = {got}, want {want}; metrics:\n{}",
+                    ours.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// One HTTP/1.1 request on a fresh connection. Returns status and body text.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let resp = tokio::time::timeout(SOON, sender.send_request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// The next server frame (skipping pings), or panic after [`SOON`].
+pub async fn next_frame(ws: &mut Ws) -> ServerFrame {
+    loop {
+        let msg = tokio::time::timeout(SOON, ws.next())
+            .await
+            .expect("no frame within 5 s")
+            .expect("stream ended")
+            .expect("websocket error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).expect("server frame JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+/// Whether another frame arrives within `wait`.
+pub async fn frame_within(ws: &mut Ws, wait: Duration) -> Option<ServerFrame> {
+    match tokio::time::timeout(wait, ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => Some(serde_json::from_str(&t).unwrap()),
+        _ => None,
+    }
+}
+
+/// Reads until the server closes, answering its close frame as a
+/// well-behaved device does; returns the close code.
+pub async fn close_code(ws: &mut Ws) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + SOON;
+    let mut code = None;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Err(_) => panic!("no close within 5 s"),
+            Ok(None) | Ok(Some(Err(_))) => return code,
+            Ok(Some(Ok(Message::Close(frame)))) => code = frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(text.into())).await.unwrap();
+}
+
+pub fn code(c: pace_protocol::CloseCode) -> u16 {
+    u16::from(WsCloseCode::from(c.0))
+}
