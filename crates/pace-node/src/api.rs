@@ -26,8 +26,12 @@ pub async fn handle(node: NodeRef, req: Request<Incoming>, peer: SocketAddr) -> 
         (&Method::GET, "/ready") => ("ready", Ok(ready(&node).await)),
         (&Method::GET, "/metrics") => ("metrics", Ok(metrics(&node).await)),
         (&Method::POST, "/api/v1/notify") => ("notify", notify(&node, req).await),
+        (&Method::GET, "/api/v1/cluster") => ("cluster", cluster(&node, &req).await),
         (&Method::GET, "/") => ("index", Ok(index(&node))),
-        (_, "/ws" | "/health" | "/ready" | "/metrics" | "/api/v1/notify" | "/") => (
+        (
+            _,
+            "/ws" | "/health" | "/ready" | "/metrics" | "/api/v1/notify" | "/api/v1/cluster" | "/",
+        ) => (
             "other",
             Err(ApiError::new(
                 ErrorCode::MethodNotAllowed,
@@ -159,6 +163,28 @@ fn upgrade(
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     Ok(resp)
+}
+
+/// `GET /api/v1/cluster`: the live nodes and their connection counts.
+async fn cluster(node: &NodeRef, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    if !authorized(node, req) {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "send Authorization: Bearer <service key>",
+        ));
+    }
+    let nodes = node.store.nodes().await.map_err(|e| {
+        tracing::warn!(error = %e, "cluster listing failed");
+        ApiError::new(
+            ErrorCode::StoreUnavailable,
+            "the store is unavailable; retry",
+        )
+    })?;
+    let total: u64 = nodes.iter().map(|n| n.connections).sum();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"store": node.store.kind(), "total_connections": total, "nodes": nodes}),
+    ))
 }
 
 /// Whether the request carries the service key as a bearer token.

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use pace_gateway::GatewayCommand;
 
 /// `pace-node`: one Pace node (a waiting room and notification server).
 #[derive(Debug, Parser)]
@@ -28,6 +29,10 @@ pub enum Command {
     /// Validate the configuration (flags and PACE_* environment) and exit:
     /// 0 when it is valid, 2 with a message on stderr when it is not.
     CheckConfig(ServeArgs),
+    /// Print the gateway configuration (Kong, HAProxy) for a set of nodes,
+    /// or plan how devices spread over them.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
 }
 
 /// Flags of `serve` and `check-config`.
@@ -101,6 +106,37 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_MAX_GROUPS", default_value_t = 32)]
     pub max_groups: usize,
 
+    /// Redis URL (`redis://[user:password@]host:port[/db]`). Without it the
+    /// node runs alone on the embedded in-memory store.
+    #[arg(long = "redis", env = "PACE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel (several clusters may share
+    /// one Redis with different prefixes).
+    #[arg(long, env = "PACE_REDIS_PREFIX", default_value = "pace")]
+    pub redis_prefix: String,
+
+    /// Cluster bus messages buffered between the Redis client and the bus
+    /// reader; past this they are dropped and counted
+    /// (`pace_bus_dropped_total`).
+    #[arg(long, env = "PACE_BUS_BUFFER", default_value_t = 4096)]
+    pub bus_buffer: usize,
+
+    /// Longest one store command may take before the operation fails with a
+    /// retryable error.
+    #[arg(long, env = "PACE_STORE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub store_timeout: Duration,
+
+    /// A node that has not heart-beaten for this long leaves the cluster
+    /// list; nodes heart-beat four times per period.
+    #[arg(long, env = "PACE_NODE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub node_ttl: Duration,
+
+    /// Address other nodes and operators reach this node on (shown in the
+    /// cluster list) [default: the listen address].
+    #[arg(long, env = "PACE_ADVERTISE")]
+    pub advertise: Option<String>,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info,pace_node=debug`.
     #[arg(long, env = "PACE_LOG", default_value = "info")]
     pub log: String,
@@ -162,6 +198,27 @@ impl ServeArgs {
         {
             return bad("--node-id may only contain A-Z a-z 0-9 . _ : @ - (1 to 128 bytes)".into());
         }
+        if let Some(url) = &self.redis_url
+            && let Err(e) = crate::store::check_redis_url(url)
+        {
+            return bad(format!("--redis / PACE_REDIS_URL: {e}"));
+        }
+        if self.redis_prefix.is_empty()
+            || !self
+                .redis_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return bad(
+                "--redis-prefix may only contain A-Z a-z 0-9 - _ and must not be empty".into(),
+            );
+        }
+        if self.bus_buffer < 16 {
+            return bad("--bus-buffer must be at least 16".into());
+        }
+        if self.store_timeout.is_zero() || self.node_ttl < Duration::from_secs(1) {
+            return bad("--store-timeout must be > 0 and --node-ttl at least 1s".into());
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return bad(format!("--log: {e}"));
         }
@@ -189,6 +246,12 @@ impl ServeArgs {
             write_timeout: self.write_timeout,
             drain_grace: self.drain_grace,
             max_groups: self.max_groups,
+            redis_url: self.redis_url,
+            redis_prefix: self.redis_prefix,
+            bus_buffer: self.bus_buffer,
+            store_timeout: self.store_timeout,
+            node_ttl: self.node_ttl,
+            advertise: self.advertise,
             log: self.log,
         })
     }
@@ -243,6 +306,18 @@ pub struct NodeConfig {
     pub drain_grace: Duration,
     /// See [`ServeArgs::max_groups`].
     pub max_groups: usize,
+    /// See [`ServeArgs::redis_url`].
+    pub redis_url: Option<String>,
+    /// See [`ServeArgs::redis_prefix`].
+    pub redis_prefix: String,
+    /// See [`ServeArgs::bus_buffer`].
+    pub bus_buffer: usize,
+    /// See [`ServeArgs::store_timeout`].
+    pub store_timeout: Duration,
+    /// See [`ServeArgs::node_ttl`].
+    pub node_ttl: Duration,
+    /// See [`ServeArgs::advertise`].
+    pub advertise: Option<String>,
     /// See [`ServeArgs::log`].
     pub log: String,
 }
@@ -318,6 +393,17 @@ mod tests {
         );
         assert!(parse(&["--listen", "nonsense"]).is_err());
         assert!(parse(&["--handshake-timeout", "ten"]).is_err());
+        assert!(
+            parse(&["--redis", "http://nope"])
+                .unwrap_err()
+                .contains("--redis")
+        );
+        assert!(
+            parse(&["--redis-prefix", "a:b"])
+                .unwrap_err()
+                .contains("--redis-prefix")
+        );
+        assert!(parse(&["--redis", "redis://127.0.0.1:6390/2"]).is_ok());
     }
 
     #[test]

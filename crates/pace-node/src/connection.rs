@@ -70,9 +70,22 @@ pub async fn serve(node: NodeRef, upgraded: Upgraded, hs: Handshake, slot: Slot)
         Some(ws_config(&node)),
     )
     .await;
-    let reg = node
-        .hub
-        .register(hs.device.clone(), hs.groups.clone(), node.config.send_queue);
+    // Tell the cluster first, so a connection of this device on another
+    // node closes; without the store the device still connects (generation
+    // 0: any later connection elsewhere replaces it).
+    let generation = match node.store.connected(&hs.device).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::debug!(device = %hs.device, error = %e, "connection not announced to the cluster");
+            0
+        }
+    };
+    let reg = node.hub.register(
+        hs.device.clone(),
+        hs.groups.clone(),
+        node.config.send_queue,
+        generation,
+    );
     node.metrics.connections_open.inc();
     node.metrics.connections_accepted.inc();
     if node.is_draining() {

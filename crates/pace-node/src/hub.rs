@@ -90,6 +90,8 @@ pub struct Delivery {
 
 struct Entry {
     conn: u64,
+    /// Cluster-wide connection generation (0 when the store was down).
+    generation: u64,
     outbox: mpsc::Sender<Utf8Bytes>,
     control: Arc<Control>,
     groups: Vec<GroupId>,
@@ -146,13 +148,15 @@ impl Hub {
     }
 
     /// Registers a connection for `device` in `groups`, with an outbound
-    /// queue of `queue` frames. An existing connection of the same device is
-    /// removed and told to close with 4000 (replaced).
+    /// queue of `queue` frames and its cluster-wide `generation`. An
+    /// existing local connection of the same device is removed and told to
+    /// close with 4000 (replaced).
     pub fn register(
         &self,
         device: DeviceId,
         mut groups: Vec<GroupId>,
         queue: usize,
+        generation: u64,
     ) -> Registration {
         groups.sort();
         groups.dedup();
@@ -174,6 +178,7 @@ impl Hub {
             device,
             Entry {
                 conn,
+                generation,
                 outbox: tx,
                 control: control.clone(),
                 groups,
@@ -184,6 +189,21 @@ impl Hub {
             outbox: rx,
             control,
         }
+    }
+
+    /// Closes (4000, replaced) and removes the local connection of `device`
+    /// if its generation is lower than `generation`. Returns whether one was.
+    pub fn evict_older(&self, device: &DeviceId, generation: u64) -> bool {
+        let mut inner = self.lock();
+        let older = inner
+            .devices
+            .get(device)
+            .is_some_and(|e| e.generation < generation);
+        let evicted = if older { inner.remove(device) } else { None };
+        if let Some(old) = &evicted {
+            old.control.close(CloseCode::REPLACED);
+        }
+        evicted.is_some()
     }
 
     /// Removes connection `conn` of `device`, if it is still the registered one.
@@ -328,8 +348,8 @@ mod tests {
     #[test]
     fn delivers_by_scope() {
         let hub = Hub::new();
-        let mut a = hub.register(d("a"), vec![g("sales")], 8);
-        let mut b = hub.register(d("b"), vec![g("it")], 8);
+        let mut a = hub.register(d("a"), vec![g("sales")], 8, 0);
+        let mut b = hub.register(d("b"), vec![g("it")], 8, 0);
         assert_eq!(hub.deliver(&Target::All, &frame("all")).queued, 2);
         assert_eq!(
             hub.deliver(&Target::Group(g("sales")), &frame("sales"))
@@ -353,8 +373,8 @@ mod tests {
     #[test]
     fn second_registration_replaces_the_first() {
         let hub = Hub::new();
-        let first = hub.register(d("a"), vec![g("x")], 8);
-        let second = hub.register(d("a"), vec![], 8);
+        let first = hub.register(d("a"), vec![g("x")], 8, 0);
+        let second = hub.register(d("a"), vec![], 8, 0);
         assert_eq!(first.control.requested(), Some(CloseCode::REPLACED));
         assert_eq!(second.control.requested(), None);
         assert_eq!(hub.len(), 1);
@@ -376,8 +396,8 @@ mod tests {
     #[test]
     fn full_queue_disconnects_only_the_slow_device() {
         let hub = Hub::new();
-        let slow = hub.register(d("slow"), vec![], 2);
-        let mut fast = hub.register(d("fast"), vec![], 16);
+        let slow = hub.register(d("slow"), vec![], 2, 0);
+        let mut fast = hub.register(d("fast"), vec![], 16, 0);
         let mut total_slow = 0;
         for i in 0..5 {
             let r = hub.deliver(&Target::All, &frame(&i.to_string()));
@@ -393,7 +413,7 @@ mod tests {
     #[test]
     fn subscriptions_are_capped_and_reversible() {
         let hub = Hub::new();
-        let r = hub.register(d("a"), vec![], 8);
+        let r = hub.register(d("a"), vec![], 8, 0);
         assert_eq!(hub.subscribe(&d("a"), r.conn, &g("one"), 2), Ok(true));
         assert_eq!(hub.subscribe(&d("a"), r.conn, &g("one"), 2), Ok(false));
         assert_eq!(hub.subscribe(&d("a"), r.conn, &g("two"), 2), Ok(true));
@@ -411,10 +431,26 @@ mod tests {
     }
 
     #[test]
+    fn evict_older_spares_newer_connections() {
+        let hub = Hub::new();
+        let r = hub.register(d("a"), vec![], 8, 10);
+        assert!(
+            !hub.evict_older(&d("a"), 9),
+            "a late message must not close a newer connection"
+        );
+        assert!(!hub.evict_older(&d("a"), 10));
+        assert_eq!(r.control.requested(), None);
+        assert!(hub.evict_older(&d("a"), 11));
+        assert_eq!(r.control.requested(), Some(CloseCode::REPLACED));
+        assert!(hub.is_empty());
+        assert!(!hub.evict_older(&d("nobody"), 99));
+    }
+
+    #[test]
     fn close_all_tells_everyone() {
         let hub = Hub::new();
-        let a = hub.register(d("a"), vec![], 8);
-        let b = hub.register(d("b"), vec![], 8);
+        let a = hub.register(d("a"), vec![], 8, 0);
+        let b = hub.register(d("b"), vec![], 8, 0);
         assert_eq!(hub.close_all(CloseCode::SERVICE_RESTART), 2);
         assert_eq!(a.control.requested(), Some(CloseCode::SERVICE_RESTART));
         assert_eq!(b.control.requested(), Some(CloseCode::SERVICE_RESTART));

@@ -14,6 +14,9 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(args),
         None => ServeArgs::from_env().map_err(|e| e.exit()).and_then(serve),
         Some(Command::CheckConfig(args)) => check_config(args),
+        Some(Command::Gateway(cmd)) => {
+            pace_gateway::execute(&cmd, &mut std::io::stdout().lock()).map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,6 +41,14 @@ pub struct Metrics {
     pub store_up: IntGaugeVec,
     /// 1 while the node accepts new devices.
     pub ready: IntGauge,
+    /// Envelopes received from the cluster bus.
+    pub bus_received: IntCounter,
+    /// Envelopes lost because the bus reader fell behind fred's buffer.
+    pub bus_dropped: IntCounter,
+    /// Bus messages that could not be read (skipped).
+    pub bus_invalid: IntCounter,
+    /// Devices closed because they connected again on another node.
+    pub evicted_remote: IntCounter,
     /// Event names seen so far, to cap label cardinality.
     events_seen: Arc<Mutex<HashSet<String>>>,
 }
@@ -119,6 +127,26 @@ impl Metrics {
             .expect("valid metric"),
             ready: IntGauge::new("pace_ready", "1 while the node accepts new devices.")
                 .expect("valid metric"),
+            bus_received: IntCounter::new(
+                "pace_bus_received_total",
+                "Envelopes received from the cluster bus.",
+            )
+            .expect("valid metric"),
+            bus_dropped: IntCounter::new(
+                "pace_bus_dropped_total",
+                "Bus envelopes dropped because the reader fell behind the pub/sub buffer.",
+            )
+            .expect("valid metric"),
+            bus_invalid: IntCounter::new(
+                "pace_bus_invalid_total",
+                "Unreadable bus messages skipped.",
+            )
+            .expect("valid metric"),
+            evicted_remote: IntCounter::new(
+                "pace_evicted_remote_total",
+                "Local connections closed because the device connected on another node.",
+            )
+            .expect("valid metric"),
             events_seen: Arc::default(),
             registry,
         };
@@ -133,6 +161,10 @@ impl Metrics {
             Box::new(m.http_requests.clone()),
             Box::new(m.store_up.clone()),
             Box::new(m.ready.clone()),
+            Box::new(m.bus_received.clone()),
+            Box::new(m.bus_dropped.clone()),
+            Box::new(m.bus_invalid.clone()),
+            Box::new(m.evicted_remote.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use pace_protocol::{Notification, ServerFrame, Target};
+use pace_protocol::{DeviceId, Notification, ServerFrame, Target};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::task::TaskTracker;
 
 use crate::config::NodeConfig;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::{Fanout, SharedStore};
+use crate::store::{Local, SharedStore};
 
 /// Shared state of one node.
 #[derive(Debug)]
@@ -107,7 +107,13 @@ pub struct LocalFanout {
     pub metrics: Metrics,
 }
 
-impl Fanout for LocalFanout {
+impl Local for LocalFanout {
+    fn evict_older(&self, device: &DeviceId, generation: u64) {
+        if self.hub.evict_older(device, generation) {
+            self.metrics.evicted_remote.inc();
+        }
+    }
+
     fn deliver(&self, n: &Notification) {
         let target = match Target::new(n.scope, n.target.as_deref()) {
             Ok(t) => t,

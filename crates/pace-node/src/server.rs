@@ -22,7 +22,7 @@ use crate::config::NodeConfig;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::node::{LocalFanout, Node, NodeRef};
-use crate::store::{MemoryStore, SharedStore};
+use crate::store::{MemoryStore, NodeInfo, RedisOptions, RedisStore, SharedStore, now_ms};
 use crate::{api, systemd};
 
 /// Why the server could not run.
@@ -31,10 +31,14 @@ pub enum ServeError {
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
+    /// The store could not be set up (e.g. an invalid Redis URL).
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Runs a node on `listener` until `shutdown` is cancelled, then drains and
-/// returns. The embedded in-memory store is used.
+/// returns. The store is Redis when `config.redis_url` is set, the embedded
+/// in-memory store otherwise.
 pub async fn run(
     config: NodeConfig,
     listener: TcpListener,
@@ -42,10 +46,25 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let metrics = Metrics::new();
     let hub = Arc::new(Hub::new());
-    let store: SharedStore = Arc::new(MemoryStore::new(Arc::new(LocalFanout {
+    let local = Arc::new(LocalFanout {
         hub: hub.clone(),
         metrics: metrics.clone(),
-    })));
+    });
+    let store: SharedStore = match &config.redis_url {
+        Some(url) => RedisStore::start(
+            RedisOptions {
+                url: url.clone(),
+                prefix: config.redis_prefix.clone(),
+                node_id: config.node_id.clone(),
+                bus_capacity: config.bus_buffer,
+                command_timeout: config.store_timeout,
+                node_ttl: config.node_ttl,
+            },
+            local,
+            metrics.clone(),
+        )?,
+        None => Arc::new(MemoryStore::new(local)),
+    };
     let node = Arc::new(Node::new(config, hub, store, metrics));
     serve(node, listener, shutdown).await
 }
@@ -66,11 +85,21 @@ pub async fn serve(
         http_tasks.clone(),
     ));
 
-    let health = node.store.health().await;
-    node.metrics
-        .store_up
-        .with_label_values(&[health.kind])
-        .set(i64::from(health.up));
+    // Not ready (503) until the store has been reached once.
+    tokio::select! {
+        () = node.store.wait_ready() => {}
+        () = shutdown.cancelled() => {
+            stop_accepting.cancel();
+            let _ = acceptor.await;
+            return Ok(());
+        }
+    }
+    let advertise = node
+        .config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| addr.to_string());
+    tokio::spawn(presence(node.clone(), advertise, stop_accepting.clone()));
     node.set_started();
     systemd::ready();
     systemd::spawn_watchdog(stop_accepting.clone());
@@ -86,6 +115,43 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(1), http_tasks.wait()).await;
     tracing::info!("pace-node stopped");
     Ok(())
+}
+
+/// Heart-beats this node's presence into the store and keeps
+/// `pace_store_up` current, until `stop`.
+async fn presence(node: NodeRef, address: String, stop: CancellationToken) {
+    let period = (node.config.node_ttl / 4).max(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_up = true;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let info = NodeInfo {
+            node_id: node.config.node_id.clone(),
+            address: address.clone(),
+            connections: node.metrics.connections_open.get().max(0) as u64,
+            ready: node.is_ready(),
+            last_heartbeat_ms: now_ms(),
+        };
+        let result = node.store.heartbeat(&info).await;
+        let health = node.store.health().await;
+        let up = health.up && result.is_ok();
+        node.metrics
+            .store_up
+            .with_label_values(&[health.kind])
+            .set(i64::from(up));
+        if up != was_up {
+            if up {
+                tracing::info!("store reachable again");
+            } else {
+                tracing::warn!(error = ?result.err(), "store unreachable; devices stay connected, store operations fail until it returns");
+            }
+            was_up = up;
+        }
+    }
 }
 
 async fn drain(node: &NodeRef) {

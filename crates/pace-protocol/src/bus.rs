@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::DeviceId;
 use crate::notify::Notification;
 
 /// The bus format version this build writes.
@@ -23,6 +24,20 @@ pub enum BusEnvelope {
         origin: String,
         /// The notification itself.
         notification: Notification,
+    },
+    /// A device connected to `origin`; any other node holding an older
+    /// connection of the same device closes it (4000, replaced).
+    Connected {
+        /// Bus format version ([`BUS_VERSION`]).
+        v: u32,
+        /// Node that accepted the connection.
+        origin: String,
+        /// The device.
+        device: DeviceId,
+        /// Cluster-wide connection generation (increasing): a node closes
+        /// only connections with a lower generation, so a late message can
+        /// never close a newer connection.
+        generation: u64,
     },
 }
 
@@ -47,6 +62,20 @@ mod tests {
             },
         };
         let golden = r#"{"type":"notify","v":1,"origin":"node-a","notification":{"id":"0190f0a0-0000-7000-8000-000000000001","scope":"group","target":"sales","seq":7,"event":"price","data":{"sku":1},"sent_at_ms":1700000000000}}"#;
+        assert_eq!(serde_json::to_string(&env).unwrap(), golden);
+        assert_eq!(serde_json::from_str::<BusEnvelope>(golden).unwrap(), env);
+    }
+
+    #[test]
+    fn connected_envelope_golden() {
+        let env = BusEnvelope::Connected {
+            v: BUS_VERSION,
+            origin: "node-b".into(),
+            device: DeviceId::parse("laptop_1").unwrap(),
+            generation: 42,
+        };
+        let golden =
+            r#"{"type":"connected","v":1,"origin":"node-b","device":"laptop_1","generation":42}"#;
         assert_eq!(serde_json::to_string(&env).unwrap(), golden);
         assert_eq!(serde_json::from_str::<BusEnvelope>(golden).unwrap(), env);
     }

@@ -4,20 +4,26 @@
 //! scope every device sees notifications in sequence order even when
 //! several notify requests race.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use pace_protocol::Notification;
+use pace_protocol::{DeviceId, Notification};
 
-use super::{Draft, Fanout, Store, StoreError, StoreHealth, stamp};
+use super::{Draft, Local, NodeInfo, Store, StoreError, StoreHealth, stamp};
 
 /// The in-memory [`Store`].
 pub struct MemoryStore {
     /// Last sequence number per scope key (`all`, `group:<id>`, `device:<id>`).
     sequences: Mutex<HashMap<String, u64>>,
     /// This node's devices: with one node, fan-out is local delivery.
-    fanout: Arc<dyn Fanout>,
+    local: Arc<dyn Local>,
+    /// Last connection generation handed out.
+    generation: AtomicU64,
+    /// Presence of the (single) node, by id.
+    nodes: Mutex<BTreeMap<String, NodeInfo>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -27,11 +33,13 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A fresh store delivering to `fanout`.
-    pub fn new(fanout: Arc<dyn Fanout>) -> MemoryStore {
+    /// A fresh store delivering to `local`.
+    pub fn new(local: Arc<dyn Local>) -> MemoryStore {
         MemoryStore {
             sequences: Mutex::default(),
-            fanout,
+            local,
+            generation: AtomicU64::new(0),
+            nodes: Mutex::default(),
         }
     }
 }
@@ -57,8 +65,26 @@ impl Store for MemoryStore {
         let n = stamp(draft, *seq);
         // Delivery only queues frames (never waits), so holding the lock
         // here is short and keeps per-scope order.
-        self.fanout.deliver(&n);
+        self.local.deliver(&n);
         Ok(n)
+    }
+
+    async fn wait_ready(&self) {}
+
+    async fn connected(&self, _device: &DeviceId) -> Result<u64, StoreError> {
+        // One node: the hub already replaced any older local connection.
+        Ok(self.generation.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    async fn heartbeat(&self, info: &NodeInfo) -> Result<(), StoreError> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes.insert(info.node_id.clone(), info.clone());
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(nodes.values().cloned().collect())
     }
 }
 
@@ -77,5 +103,15 @@ mod tests {
     #[tokio::test]
     async fn conformance_health() {
         conformance::reports_health(&MemoryStore::new(Arc::new(Recorder::default()))).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_generations() {
+        conformance::generations_increase(&MemoryStore::new(Arc::new(Recorder::default()))).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_presence() {
+        conformance::presence_lists_nodes(&MemoryStore::new(Arc::new(Recorder::default()))).await;
     }
 }

@@ -9,14 +9,19 @@
 //! run against each.
 
 mod memory;
+mod redis;
+#[cfg(test)]
+pub(crate) mod test_redis;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pace_protocol::{EventName, Notification, Target};
+use pace_protocol::{DeviceId, EventName, Notification, Target};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use memory::MemoryStore;
+pub use redis::{RedisOptions, RedisStore, check_url as check_redis_url};
 
 /// A notification before the store assigns its sequence number.
 #[derive(Debug, Clone)]
@@ -29,10 +34,30 @@ pub struct Draft {
     pub data: Value,
 }
 
-/// Where a store hands notifications for this node's devices.
-pub trait Fanout: Send + Sync + 'static {
+/// What a store calls on this node when the cluster says something about
+/// its devices.
+pub trait Local: Send + Sync + 'static {
     /// Delivers `n` to every matching local device. Must not block.
     fn deliver(&self, n: &Notification);
+
+    /// `device` connected elsewhere with connection `generation`: close a
+    /// local connection of it that is older. Must not block.
+    fn evict_older(&self, device: &DeviceId, generation: u64);
+}
+
+/// One node as listed by `GET /api/v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's id.
+    pub node_id: String,
+    /// Address devices and the gateway reach it on.
+    pub address: String,
+    /// Devices connected to it at its last heartbeat.
+    pub connections: u64,
+    /// Whether it accepted new devices at its last heartbeat.
+    pub ready: bool,
+    /// Its last heartbeat, Unix milliseconds.
+    pub last_heartbeat_ms: u64,
 }
 
 /// Failures of the store. Every variant maps to a retryable
@@ -65,11 +90,35 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Checks that the store answers.
     async fn health(&self) -> StoreHealth;
 
+    /// Resolves once the store has been reached for the first time (the
+    /// node reports not-ready until then).
+    async fn wait_ready(&self);
+
     /// Assigns the next sequence number of the draft's scope, stamps an id
     /// and time, and fans the notification out to every node (this one
-    /// included, through its [`Fanout`]). Per scope, notifications reach
+    /// included, through its [`Local`]). Per scope, notifications reach
     /// each node in sequence order.
     async fn publish(&self, draft: Draft) -> Result<Notification, StoreError>;
+
+    /// Records that `device` connected to this node: returns the
+    /// connection's cluster-wide generation and tells every other node to
+    /// close older connections of the same device.
+    async fn connected(&self, device: &DeviceId) -> Result<u64, StoreError>;
+
+    /// Publishes this node's presence; nodes that stop heart-beating age
+    /// out of [`Store::nodes`].
+    async fn heartbeat(&self, info: &NodeInfo) -> Result<(), StoreError>;
+
+    /// The live nodes of the cluster, ordered by node id.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 /// A store shared by the node's tasks.
@@ -77,9 +126,6 @@ pub type SharedStore = Arc<dyn Store>;
 
 /// Stamps a draft into a notification with a fresh time-ordered id.
 pub(crate) fn stamp(draft: Draft, seq: u64) -> Notification {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
     Notification {
         id: uuid::Uuid::now_v7().to_string(),
         scope: draft.target.scope(),
@@ -87,7 +133,7 @@ pub(crate) fn stamp(draft: Draft, seq: u64) -> Notification {
         seq,
         event: draft.event,
         data: draft.data,
-        sent_at_ms: now.as_millis() as u64,
+        sent_at_ms: now_ms(),
     }
 }
 
@@ -99,13 +145,36 @@ pub(crate) mod conformance {
     use pace_protocol::{DeviceId, GroupId};
     use std::sync::Mutex;
 
-    /// A fan-out that records what it was given.
+    /// A [`Local`] that records what it was given.
     #[derive(Default)]
-    pub struct Recorder(pub Mutex<Vec<Notification>>);
+    pub struct Recorder {
+        pub delivered: Mutex<Vec<Notification>>,
+        pub evicted: Mutex<Vec<(DeviceId, u64)>>,
+    }
 
-    impl Fanout for Recorder {
+    impl Local for Recorder {
         fn deliver(&self, n: &Notification) {
-            self.0.lock().unwrap().push(n.clone());
+            self.delivered.lock().unwrap().push(n.clone());
+        }
+        fn evict_older(&self, device: &DeviceId, generation: u64) {
+            self.evicted
+                .lock()
+                .unwrap()
+                .push((device.clone(), generation));
+        }
+    }
+
+    impl Recorder {
+        /// Waits (bounded) until `n` notifications were delivered.
+        pub async fn wait_delivered(&self, n: usize) -> Vec<Notification> {
+            for _ in 0..200 {
+                let got = self.delivered.lock().unwrap().clone();
+                if got.len() >= n {
+                    return got;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            self.delivered.lock().unwrap().clone()
         }
     }
 
@@ -120,6 +189,7 @@ pub(crate) mod conformance {
     /// Sequence numbers count per scope from 1, ids are unique, and every
     /// published notification is fanned out once, with its fields intact.
     pub async fn sequences_are_per_scope(store: &dyn Store, seen: &Recorder) {
+        store.wait_ready().await;
         let group = Target::Group(GroupId::parse("sales").unwrap());
         let device = Target::Device(DeviceId::parse("dev-1").unwrap());
         let a1 = store.publish(draft(Target::All, "a")).await.unwrap();
@@ -135,8 +205,42 @@ pub(crate) mod conformance {
         assert_eq!(ids.len(), 5);
         assert_eq!(g1.target.as_deref(), Some("sales"));
         assert_eq!(d1.data, serde_json::json!({"e": "d"}));
-        let seen = seen.0.lock().unwrap().clone();
+        let seen = seen.wait_delivered(5).await;
         assert_eq!(seen, vec![a1, g1, a2, d1, g2]);
+    }
+
+    /// Connection generations increase, cluster-wide.
+    pub async fn generations_increase(store: &dyn Store) {
+        store.wait_ready().await;
+        let d = DeviceId::parse("gen-dev").unwrap();
+        let a = store.connected(&d).await.unwrap();
+        let b = store.connected(&d).await.unwrap();
+        assert!(b > a && a > 0, "{a} then {b}");
+    }
+
+    /// A heart-beating node is listed; nodes are ordered by id.
+    pub async fn presence_lists_nodes(store: &dyn Store) {
+        store.wait_ready().await;
+        let info = |id: &str, n| NodeInfo {
+            node_id: id.into(),
+            address: "127.0.0.1:1".into(),
+            connections: n,
+            ready: true,
+            last_heartbeat_ms: now_ms(),
+        };
+        store.heartbeat(&info("node-b", 2)).await.unwrap();
+        store.heartbeat(&info("node-a", 1)).await.unwrap();
+        let nodes = store.nodes().await.unwrap();
+        let ids: Vec<_> = nodes.iter().map(|n| n.node_id.as_str()).collect();
+        assert!(
+            ids.contains(&"node-a") && ids.contains(&"node-b"),
+            "{ids:?}"
+        );
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+        let b = nodes.iter().find(|n| n.node_id == "node-b").unwrap();
+        assert_eq!(b.connections, 2);
     }
 
     /// A healthy store says so.
