@@ -107,6 +107,10 @@ backend pace_nodes
     option httpchk GET /ready
     http-check expect status 200
     default-server check inter 1s fall 2 rise 2
+    # A node that just died (before its health checks fail) refuses the
+    # connection: retry once on another node instead of failing the device.
+    retries 2
+    option redispatch 1
 ",
         nodes = nodes.join(" "),
         bind = options.bind,

@@ -62,7 +62,8 @@ pub struct RedisStore {
     incr_publish: Script,
     heartbeat: Script,
     nodes: Script,
-    /// True once the subscriber has subscribed at least once.
+    /// True while the subscriber is subscribed to the bus (false from a
+    /// connection error until the re-subscription after the reconnect).
     subscribed: watch::Receiver<bool>,
 }
 
@@ -155,8 +156,6 @@ impl RedisStore {
         // detaches the tasks, which keep running until the clients quit.
         drop(client.connect());
         drop(subscriber.connect());
-        // Re-subscribes to the tracked channels after every reconnect.
-        drop(subscriber.manage_subscriptions());
         tokio::spawn(log_events(
             "commands",
             client.error_rx(),
@@ -169,19 +168,7 @@ impl RedisStore {
         ));
 
         let (tx, subscribed) = watch::channel(false);
-        let sub = subscriber.clone();
-        let channel = keys.bus.clone();
-        tokio::spawn(async move {
-            loop {
-                if sub.wait_for_connect().await.is_ok()
-                    && sub.subscribe(channel.as_str()).await.is_ok()
-                {
-                    let _ = tx.send(true);
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
+        tokio::spawn(keep_subscribed(subscriber.clone(), keys.bus.clone(), tx));
 
         Ok(Arc::new(RedisStore {
             client,
@@ -233,6 +220,40 @@ impl RedisStore {
             .await
             .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
         Ok(value)
+    }
+}
+
+/// Subscribes to the bus channel, and again after every reconnect; keeps
+/// `live` true exactly while the subscription is in place, so health (and
+/// `pace_store_up`) only reports up when this node really receives the bus.
+async fn keep_subscribed(sub: SubscriberClient, channel: String, live: watch::Sender<bool>) {
+    let mut reconnects = sub.reconnect_rx();
+    let mut errors = sub.error_rx();
+    loop {
+        // (Re)subscribe until it works.
+        loop {
+            if sub.wait_for_connect().await.is_ok() && sub.subscribe(channel.as_str()).await.is_ok()
+            {
+                let _ = live.send(true);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Wait for the connection to drop, then for it to come back.
+        loop {
+            tokio::select! {
+                e = errors.recv() => match e {
+                    Ok(_) => { let _ = live.send(false); }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                r = reconnects.recv() => match r {
+                    Ok(_) => { let _ = live.send(false); break; }
+                    Err(broadcast::error::RecvError::Lagged(_)) => { let _ = live.send(false); break; }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
     }
 }
 
@@ -310,7 +331,9 @@ impl Store for RedisStore {
     }
 
     async fn health(&self) -> StoreHealth {
-        let up = self.client.is_connected() && self.subscriber.is_connected();
+        let up = self.client.is_connected()
+            && self.subscriber.is_connected()
+            && *self.subscribed.borrow();
         StoreHealth {
             kind: self.kind(),
             up,

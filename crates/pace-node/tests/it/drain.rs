@@ -2,58 +2,14 @@
 //! during the drain, new devices are refused, and the process exits within
 //! the grace timeout.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pace_protocol::CloseCode;
 
 use crate::support::*;
 
-/// A pace-node process started by the test; killed on drop if still alive.
-pub struct NodeProcess {
-    pub child: Child,
-    pub addr: SocketAddr,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl NodeProcess {
-    pub fn spawn(args: &[&str]) -> NodeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pace-node"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--service-key", KEY])
-            .args(args)
-            .env("PACE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn pace-node");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().expect("banner").expect("banner line");
-        let addr = first
-            .rsplit_once("http://")
-            .and_then(|(_, a)| a.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no address in {first:?}"));
-        // Keep draining stdout so the node never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        NodeProcess { child, addr }
-    }
-
-    pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
+pub use crate::support::NodeProcess;
 
 #[tokio::test]
 async fn sigterm_drains_devices_with_1012_and_exits_within_grace() {

@@ -2,7 +2,9 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -152,7 +154,12 @@ impl TestNode {
 
     /// Waits until `sample` reaches `want`.
     pub async fn wait_metric(&self, sample: &str, want: f64) {
-        let deadline = tokio::time::Instant::now() + SOON;
+        self.wait_metric_within(sample, want, SOON).await
+    }
+
+    /// Waits up to `limit` until `sample` reaches `want`.
+    pub async fn wait_metric_within(&self, sample: &str, want: f64, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             let got = self.metric(sample).await;
             if got == want {
@@ -263,4 +270,215 @@ pub async fn send_text(ws: &mut Ws, text: &str) {
 
 pub fn code(c: pace_protocol::CloseCode) -> u16 {
     u16::from(WsCloseCode::from(c.0))
+}
+
+/// A pace-node process started by the test; killed on drop if still alive.
+pub struct NodeProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeProcess {
+    pub fn spawn(args: &[&str]) -> NodeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pace-node"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--service-key", KEY])
+            .args(args)
+            .env("PACE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn pace-node");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().expect("banner").expect("banner line");
+        let addr = first
+            .rsplit_once("http://")
+            .and_then(|(_, a)| a.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no address in {first:?}"));
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        NodeProcess { child, addr }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+#[path = "../../src/store/test_redis.rs"]
+pub mod test_redis;
+pub use test_redis::TestRedis;
+
+impl TestNode {
+    /// A handle on a node running in another process.
+    pub fn external(addr: SocketAddr) -> TestNode {
+        TestNode {
+            addr,
+            shutdown: CancellationToken::new(),
+            task: None,
+        }
+    }
+}
+
+/// HAProxy in front of some nodes, configured by `pace-node gateway haproxy`.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Gateway {
+    pub async fn start(nodes: &[SocketAddr]) -> Gateway {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut args = vec![
+            "gateway".to_string(),
+            "haproxy".into(),
+            "--bind".into(),
+            addr.to_string(),
+        ];
+        for n in nodes {
+            args.push("--node".into());
+            args.push(n.to_string());
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_pace-node"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(&cfg, &out.stdout).unwrap();
+        let child = Command::new("haproxy")
+            .arg("-f")
+            .arg(&cfg)
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start haproxy ({e}); install it with deploy/install-deps haproxy")
+            });
+        let gw = Gateway {
+            addr,
+            child,
+            _dir: dir,
+        };
+        // Ready once it routes a device to a healthy node: a handshake
+        // without a device id reaches a node and is refused with 400.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok((400, _)) = http(
+                addr,
+                "GET",
+                "/ws",
+                &[
+                    ("connection", "upgrade"),
+                    ("upgrade", "websocket"),
+                    ("sec-websocket-version", "13"),
+                    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ],
+                "",
+            )
+            .await
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "haproxy did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        gw
+    }
+
+    /// The gateway as a [`TestNode`] handle (for connect and notify helpers).
+    pub fn handle(&self) -> TestNode {
+        TestNode::external(self.addr)
+    }
+}
+
+/// Redis, N node processes over it, and HAProxy in front.
+pub struct Cluster {
+    pub redis: TestRedis,
+    pub nodes: Vec<NodeProcess>,
+    pub gateway: Gateway,
+}
+
+impl Cluster {
+    pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        let redis = TestRedis::start();
+        let prefix = format!("t{}", free_port());
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let id = format!("node-{i}");
+            let mut args = vec![
+                "--redis",
+                &redis.url(),
+                "--redis-prefix",
+                &prefix,
+                "--node-id",
+                &id,
+                "--node-ttl",
+                "2s",
+            ]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            nodes.push(NodeProcess::spawn(&refs));
+        }
+        for node in &nodes {
+            TestNode::external(node.addr).wait_ready().await;
+        }
+        let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+        let gateway = Gateway::start(&addrs).await;
+        Cluster {
+            redis,
+            nodes,
+            gateway,
+        }
+    }
+
+    pub fn node(&self, i: usize) -> TestNode {
+        TestNode::external(self.nodes[i].addr)
+    }
+
+    pub fn index_of(&self, node_id: &str) -> usize {
+        node_id
+            .strip_prefix("node-")
+            .and_then(|s| s.parse().ok())
+            .expect("node id node-<i>")
+    }
 }
