@@ -334,6 +334,14 @@ impl Session {
                 _ => CLOSE_WAIT,
             };
             let _ = timeout(wait, closing).await;
+        } else if let End::ByDevice = &end {
+            // The device sent a close frame: tungstenite queued our reply;
+            // polling on writes it and completes the closing handshake
+            // (RFC 6455 §5.5.1) instead of dropping the TCP connection.
+            let _ = timeout(CLOSE_WAIT, async {
+                while let Some(Ok(_)) = self.ws.next().await {}
+            })
+            .await;
         }
         end
     }

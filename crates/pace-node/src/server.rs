@@ -158,7 +158,7 @@ async fn drain(node: &NodeRef) {
     if !node.begin_drain() {
         return;
     }
-    systemd::stopping();
+    systemd::stopping(node.config.drain_grace);
     let told = node.hub.close_all(CloseCode::SERVICE_RESTART);
     tracing::info!(devices = told, grace = ?node.config.drain_grace, "draining: devices told to reconnect");
     node.connections.close();
@@ -167,8 +167,8 @@ async fn drain(node: &NodeRef) {
         .is_err()
     {
         tracing::warn!(
-            left = node.metrics.connections_open.get(),
-            "drain grace elapsed with devices still connected; exiting anyway"
+            left = node.connections.len(),
+            "drain grace elapsed with connections still closing; exiting anyway"
         );
     }
 }

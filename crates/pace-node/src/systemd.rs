@@ -14,9 +14,18 @@ pub fn ready() {
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
 }
 
-/// Tells systemd the node is draining and will exit.
-pub fn stopping() {
-    notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+/// Tells systemd the node is draining and will exit within `grace`
+/// (plus a margin): the stop timeout is extended to cover the drain, so
+/// `TimeoutStopSec` need not track `--drain-grace` by hand.
+pub fn stopping(grace: Duration) {
+    let extend = (grace + Duration::from_secs(5))
+        .as_micros()
+        .min(u128::from(u32::MAX)) as u32;
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("draining"),
+        NotifyState::ExtendTimeoutUsec(extend),
+    ]);
 }
 
 fn notify(states: &[NotifyState<'_>]) {

@@ -12,3 +12,4 @@ mod drain;
 mod handshake;
 mod liveness;
 mod metrics;
+mod systemd;
