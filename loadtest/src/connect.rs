@@ -1,0 +1,223 @@
+//! The phase every scenario starts with: check the targets are ready, read
+//! node memory, connect the devices through the worker processes, let things
+//! settle, read node memory again.
+//!
+//! What it returns — the running [`Fleet`] and the connect and memory parts
+//! of the report — is what the scenario then builds on.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::cli::FleetArgs;
+use crate::clock::unix_micros;
+use crate::fleet::{self, Fleet, Plan};
+use crate::http::Http;
+use crate::ipc::WorkerSpec;
+use crate::nodes::{self, NodeProbe};
+use crate::procstat;
+use crate::report::{ConnectReport, MemoryReport, per_device_kib};
+use crate::stats::Summary;
+use crate::target::{self, Target};
+
+/// Slack added to every computed deadline.
+const SLACK: Duration = Duration::from_secs(30);
+
+/// A connected fleet and what was measured on the way.
+#[derive(Debug)]
+pub struct Connected {
+    /// The running workers.
+    pub fleet: Fleet,
+    /// Parsed targets.
+    pub targets: Vec<Target>,
+    /// Node observer.
+    pub probe: NodeProbe,
+    /// Shared HTTP client.
+    pub http: Http,
+    /// Run identifier.
+    pub run_id: String,
+    /// Start of the run, ms since the epoch.
+    pub started_at_unix_ms: u64,
+    /// Worker processes used.
+    pub processes: usize,
+    /// Source addresses used.
+    pub source_ips: Vec<String>,
+    /// Connect part of the report.
+    pub connect: ConnectReport,
+    /// Memory part of the report.
+    pub memory: MemoryReport,
+}
+
+/// A run identifier unique enough to tell this run's notifications and
+/// device ids from another's: the start time in ms and the PID, base 36.
+pub fn new_run_id() -> String {
+    let ms = unix_micros() / 1000;
+    format!(
+        "{}{}",
+        base36(ms % 36u64.pow(6)),
+        base36(u64::from(std::process::id()) % 1296)
+    )
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Seconds given on the command line as a duration (negative and NaN → 0).
+pub fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::ZERO)
+}
+
+/// Connects the fleet. `scenario_time` is how long the scenario runs after
+/// connecting (it bounds each worker's lifetime).
+pub async fn connect(args: &FleetArgs, scenario_time: Duration) -> anyhow::Result<Connected> {
+    let started_at_unix_ms = unix_micros() / 1000;
+    let targets = args
+        .targets
+        .iter()
+        .map(|t| Target::parse(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if targets.is_empty() {
+        bail!("give at least one --target");
+    }
+    if args.devices == 0 {
+        bail!("--devices must be at least 1");
+    }
+    if args.connect_rate.is_nan() || args.connect_rate <= 0.0 {
+        bail!("--connect-rate must be positive");
+    }
+    let source_ips = if args.no_source_ip {
+        Vec::new()
+    } else if args.source_ips.is_empty() {
+        target::default_source_ips(&targets)
+    } else {
+        args.source_ips.clone()
+    };
+    let processes = args
+        .processes
+        .unwrap_or_else(|| fleet::default_processes(args.devices))
+        .max(1);
+    let per_process = args.devices.div_ceil(processes as u64);
+    if per_process > 19_000 {
+        bail!(
+            "{per_process} devices per process exceed the ~20 000 open-files cap: raise --processes"
+        );
+    }
+    let run_id = new_run_id();
+    let http = Http::new();
+    nodes::wait_ready(&http, &targets, secs(args.ready_timeout)).await?;
+    let probe = NodeProbe::new(args.node_pids.clone(), targets.clone(), http.clone());
+    let before_bytes = probe.rss().await;
+
+    let connect_timeout = secs(args.connect_timeout);
+    let connect_budget = secs(args.devices as f64 / args.connect_rate) + connect_timeout + SLACK;
+    let worker_deadline = connect_budget + secs(args.settle) + scenario_time + SLACK;
+    let plan = Plan {
+        processes,
+        devices: args.devices,
+        template: WorkerSpec {
+            worker: 0,
+            first_device: 0,
+            devices: 0,
+            targets: targets.clone(),
+            source_ips: source_ips.clone(),
+            device_prefix: args.device_prefix.clone(),
+            run_id: run_id.clone(),
+            connect_rate: args.connect_rate,
+            connect_concurrency: args.connect_concurrency,
+            connect_timeout_ms: connect_timeout.as_millis() as u64,
+            read_buffer_bytes: args.read_buffer,
+            progress_interval_ms: 100,
+            deadline_ms: worker_deadline.as_millis() as u64,
+        },
+    };
+    eprintln!(
+        "run {run_id}: connecting {} devices to {} target(s) from {processes} process(es) at {} conn/s",
+        args.devices,
+        targets.len(),
+        args.connect_rate
+    );
+    let overflows_before = procstat::listen_overflows();
+    let mut fleet = Fleet::launch(&plan).await.context("launching workers")?;
+    let mut phase = fleet.wait_connected(connect_budget, args.devices).await?;
+    let listen_overflows = match (overflows_before, procstat::listen_overflows()) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+        _ => None,
+    };
+
+    fleet.follow(secs(args.settle)).await?;
+    let after_bytes = probe.rss().await;
+    let connections_open_reported = probe.connections_open().await;
+
+    let duration_s = phase.last_done_us.saturating_sub(phase.first_attempt_us) as f64 / 1e6;
+    let failed: u64 = phase.failures.values().sum();
+    let connect = ConnectReport {
+        attempted: args.devices,
+        connected: phase.ok,
+        failed,
+        failures: phase.failures.clone(),
+        duration_s,
+        rate_per_s: if duration_s > 0.0 {
+            phase.ok as f64 / duration_s
+        } else {
+            0.0
+        },
+        latency_ms: Summary::from_micros(&mut phase.connect_us),
+        connections_open_reported,
+        listen_overflows,
+    };
+    let memory = MemoryReport {
+        source: probe.source(),
+        rss_per_device_kib: per_device_kib(&before_bytes, &after_bytes, phase.ok),
+        before_bytes,
+        after_bytes,
+    };
+    Ok(Connected {
+        fleet,
+        targets,
+        probe,
+        http,
+        run_id,
+        started_at_unix_ms,
+        processes,
+        source_ips: source_ips.iter().map(ToString::to_string).collect(),
+        connect,
+        memory,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_valid_device_id_parts() {
+        let id = new_run_id();
+        assert!(!id.is_empty() && id.len() <= 8, "{id}");
+        assert!(pace_protocol::DeviceId::parse(&format!("lt-{id}-99999")).is_ok());
+    }
+
+    #[test]
+    fn base36_digits() {
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(35), "z");
+        assert_eq!(base36(36), "10");
+    }
+
+    #[test]
+    fn secs_tolerates_junk() {
+        assert_eq!(secs(1.5), Duration::from_millis(1500));
+        assert_eq!(secs(-1.0), Duration::ZERO);
+        assert_eq!(secs(f64::NAN), Duration::ZERO);
+    }
+}

@@ -1,0 +1,48 @@
+//! The `hold` scenario: connect N idle devices, measure what they cost the
+//! node (RSS per device), keep them for `--hold` seconds, close them all.
+
+use std::time::Duration;
+
+use crate::cli::HoldArgs;
+use crate::connect::{self, secs};
+use crate::report::{CloseReport, HoldReport, Report};
+
+/// Time for workers to close every device and report.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `hold` and returns its report.
+pub async fn run(args: &HoldArgs) -> anyhow::Result<Report> {
+    let hold = secs(args.hold_secs);
+    let mut c = connect::connect(&args.fleet, hold).await?;
+    eprintln!(
+        "connected {}/{}; holding for {:.1} s",
+        c.connect.connected, c.connect.attempted, args.hold_secs
+    );
+    c.fleet.follow(hold).await?;
+    let at_end = c.fleet.progress();
+    let fin = c.fleet.finish(FINISH_TIMEOUT).await?;
+    Ok(Report {
+        scenario: "hold".into(),
+        run_id: c.run_id,
+        started_at_unix_ms: c.started_at_unix_ms,
+        targets: c.targets.iter().map(|t| t.base.clone()).collect(),
+        devices: args.fleet.devices,
+        processes: c.processes,
+        source_ips: c.source_ips,
+        connect: c.connect,
+        memory: c.memory,
+        hold: Some(HoldReport {
+            seconds: hold.as_secs_f64(),
+            open_at_end: at_end.open,
+            dropped: at_end.dropped,
+        }),
+        broadcast: None,
+        close: CloseReport {
+            clean: fin.closed_clean,
+            no_reply: fin.closed_no_reply,
+            errors: fin.close_errors,
+            dropped: fin.dropped,
+        },
+        loadgen_cpu_seconds: fin.workers_cpu_seconds,
+    })
+}

@@ -1,0 +1,185 @@
+//! The line protocol between the coordinator and its worker processes.
+//!
+//! One process cannot hold more than ~20 000 open files, so the coordinator
+//! re-executes itself as hidden `worker` subcommands and spreads the devices
+//! over them. They talk over the worker's stdin/stdout, one JSON object per
+//! line: simple to debug (`pace-loadtest worker` can be driven by hand) and
+//! robust (when the coordinator dies, the worker sees end-of-file on stdin
+//! and closes its devices). The first stdin line is the [`WorkerSpec`]; later
+//! lines are [`WorkerCommand`]s. Every stdout line is a [`WorkerEvent`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::target::Target;
+
+/// Everything a worker needs to run its share of the devices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    /// Index of this worker (0-based), for messages.
+    pub worker: usize,
+    /// Global index of this worker's first device.
+    pub first_device: u64,
+    /// How many devices this worker runs (global indices
+    /// `first_device..first_device + devices`).
+    pub devices: u64,
+    /// Targets; device `i` connects to `targets[i % targets.len()]`.
+    pub targets: Vec<Target>,
+    /// Source addresses; device `i` binds `source_ips[i % len]`. Empty: the
+    /// OS picks.
+    pub source_ips: Vec<IpAddr>,
+    /// Device ids are `{device_prefix}-{run_id}-{i}`.
+    pub device_prefix: String,
+    /// Identifies this run; notifications from another run are counted as
+    /// foreign, not as deliveries.
+    pub run_id: String,
+    /// New connections per second this worker starts.
+    pub connect_rate: f64,
+    /// Handshakes this worker has in flight at most.
+    pub connect_concurrency: usize,
+    /// Budget for TCP connect + WebSocket handshake + `welcome`.
+    pub connect_timeout_ms: u64,
+    /// Read buffer per WebSocket, in bytes (tungstenite allocates it eagerly).
+    pub read_buffer_bytes: usize,
+    /// How often to emit [`WorkerEvent::Progress`].
+    pub progress_interval_ms: u64,
+    /// The worker finishes on its own this long after starting, even without
+    /// a `finish` command: a worker never outlives its scenario.
+    pub deadline_ms: u64,
+}
+
+/// What the coordinator tells a running worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum WorkerCommand {
+    /// Close every device cleanly, send [`WorkerEvent::Final`], exit.
+    Finish,
+}
+
+/// Why a device could not connect, or why its connection ended; keys of the
+/// failure maps in reports (`connect_refused`, `http_503_node_full`, …).
+pub type ReasonCounts = BTreeMap<String, u64>;
+
+/// Notifications of one message index received by this worker's devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageReceipts {
+    /// The message index (`data.k` of the notification).
+    pub k: u32,
+    /// Wall-clock receive instants, microseconds since the Unix epoch, one
+    /// per device that received it (duplicates excluded).
+    pub recv_us: Vec<u64>,
+}
+
+/// What a worker reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    /// Running counters, every `progress_interval_ms`.
+    Progress {
+        /// Devices connected right now (welcome received, not yet ended).
+        open: u64,
+        /// Connection attempts that failed so far.
+        failed: u64,
+        /// Notifications of this run received so far (duplicates excluded).
+        received: u64,
+        /// Connections the server ended (or that broke) before `finish`.
+        dropped: u64,
+    },
+    /// Every connection attempt has completed (success or failure).
+    Connected {
+        /// Devices connected.
+        ok: u64,
+        /// Failed attempts by reason.
+        failures: ReasonCounts,
+        /// Connect latency of each success (TCP connect to `welcome`), µs.
+        connect_us: Vec<u64>,
+        /// Wall clock of the first attempt, µs since the epoch.
+        first_attempt_us: u64,
+        /// Wall clock of the last success (or last attempt), µs since the epoch.
+        last_done_us: u64,
+    },
+    /// Sent once after `finish`, when every device has been closed.
+    Final {
+        /// Receipts grouped by message index.
+        receipts: Vec<MessageReceipts>,
+        /// Notifications of this run a device received more than once.
+        duplicates: u64,
+        /// Notifications of another run, or without a load-test index.
+        foreign: u64,
+        /// `error` frames received.
+        error_frames: u64,
+        /// Connections that ended before `finish`, by reason.
+        dropped: ReasonCounts,
+        /// Devices whose close handshake completed.
+        closed_clean: u64,
+        /// Devices whose close the node answered by closing TCP without a
+        /// close frame.
+        closed_no_reply: u64,
+        /// Devices whose close failed or timed out.
+        close_errors: u64,
+        /// CPU time this worker process used over its whole life, seconds
+        /// (the load generator's own cost; it shares the machine's cores).
+        cpu_seconds: f64,
+    },
+    /// The worker could not run at all.
+    Fatal {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Adds `n` to `counts[reason]`.
+pub fn bump(counts: &mut ReasonCounts, reason: &str, n: u64) {
+    *counts.entry(reason.to_owned()).or_insert(0) += n;
+}
+
+/// Adds every count of `from` into `into`.
+pub fn merge(into: &mut ReasonCounts, from: &ReasonCounts) {
+    for (reason, n) in from {
+        bump(into, reason, *n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_single_json_lines() {
+        let ev = WorkerEvent::Progress {
+            open: 1,
+            failed: 2,
+            received: 3,
+            dropped: 4,
+        };
+        let line = serde_json::to_string(&ev).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(
+            line,
+            r#"{"ev":"progress","open":1,"failed":2,"received":3,"dropped":4}"#
+        );
+        assert_eq!(serde_json::from_str::<WorkerEvent>(&line).unwrap(), ev);
+    }
+
+    #[test]
+    fn finish_command_wire_form() {
+        assert_eq!(
+            serde_json::to_string(&WorkerCommand::Finish).unwrap(),
+            r#"{"cmd":"finish"}"#
+        );
+    }
+
+    #[test]
+    fn reason_counts_merge() {
+        let mut a = ReasonCounts::new();
+        bump(&mut a, "x", 2);
+        let mut b = ReasonCounts::new();
+        bump(&mut b, "x", 3);
+        bump(&mut b, "y", 1);
+        merge(&mut a, &b);
+        assert_eq!(a.get("x"), Some(&5));
+        assert_eq!(a.get("y"), Some(&1));
+    }
+}

@@ -1,0 +1,53 @@
+//! `pace-loadtest`: drives thousands of simulated Pace devices against nodes
+//! or gateways and reports connect rate and latency, delivery latency,
+//! losses, and what each device and delivery costs the node in memory and
+//! CPU.
+//!
+//! Layout:
+//! - [`cli`]: the command line; [`hold`] and [`broadcast`]: the scenarios,
+//!   both starting with [`connect`] (readiness, memory, the connect phase).
+//! - [`fleet`]: the coordinator side of the worker processes;
+//!   [`worker`]: the worker side; [`ipc`]: the JSON lines between them.
+//! - [`device`]: one simulated device; [`target`]: a node or gateway URL.
+//! - [`nodes`], [`procstat`], [`promtext`], [`http`]: observing the nodes.
+//! - [`stats`]: percentiles; [`report`]: the report and its rendering;
+//!   [`clock`]: the wall clock all processes share.
+
+// Tests may unwrap: a panic there is the test failing, with its message.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod broadcast;
+pub mod cli;
+pub mod clock;
+pub mod connect;
+pub mod device;
+pub mod fleet;
+pub mod hold;
+pub mod http;
+pub mod ipc;
+pub mod nodes;
+pub mod procstat;
+pub mod promtext;
+pub mod report;
+pub mod stats;
+pub mod target;
+pub mod worker;
+
+use crate::cli::{Cli, Command};
+
+/// Runs the parsed command line on the current (single-threaded) runtime:
+/// a scenario prints its summary and writes `--json`; `worker` serves its
+/// coordinator.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (report, json) = match cli.command {
+        Command::Worker => return worker::main().await,
+        Command::Hold(args) => (hold::run(&args).await?, args.fleet.json),
+        Command::Broadcast(args) => (broadcast::run(&args).await?, args.fleet.json),
+    };
+    print!("{}", report.render());
+    if let Some(path) = json {
+        report.write_json(&path)?;
+        eprintln!("report written to {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,424 @@
+//! The result of a run: one serializable [`Report`] (written with `--json`)
+//! and its human rendering (printed at the end of every run).
+//!
+//! Every latency is in milliseconds with microsecond resolution; memory in
+//! bytes, except the per-device figure in KiB; CPU per delivery in µs.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::ipc::ReasonCounts;
+use crate::nodes::Source;
+use crate::stats::Summary;
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// `hold` or `broadcast`.
+    pub scenario: String,
+    /// Identifies the run (part of every device id).
+    pub run_id: String,
+    /// When the run started, ms since the Unix epoch.
+    pub started_at_unix_ms: u64,
+    /// Targets' base URLs.
+    pub targets: Vec<String>,
+    /// Devices asked for.
+    pub devices: u64,
+    /// Worker processes used.
+    pub processes: usize,
+    /// Source addresses device sockets were bound to (empty: the OS chose).
+    pub source_ips: Vec<String>,
+    /// Connect phase.
+    pub connect: ConnectReport,
+    /// Node memory before and after connecting.
+    pub memory: MemoryReport,
+    /// `hold` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldReport>,
+    /// `broadcast` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<BroadcastReport>,
+    /// How the devices' connections ended.
+    pub close: CloseReport,
+    /// CPU the load generator's worker processes used over the whole run,
+    /// seconds: they share the machine with the node under test.
+    pub loadgen_cpu_seconds: f64,
+}
+
+/// The connect phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectReport {
+    /// Attempts (= devices).
+    pub attempted: u64,
+    /// Devices that received `welcome`.
+    pub connected: u64,
+    /// Attempts that failed.
+    pub failed: u64,
+    /// Failures by reason.
+    pub failures: ReasonCounts,
+    /// From the first attempt to the last completion, seconds.
+    pub duration_s: f64,
+    /// `connected / duration_s`.
+    pub rate_per_s: f64,
+    /// TCP connect to `welcome`, per device.
+    pub latency_ms: Summary,
+    /// `pace_connections_open` summed over targets after settling, if reported.
+    pub connections_open_reported: Option<u64>,
+    /// Machine-wide accept-queue overflows during the connect phase
+    /// (`TcpExt: ListenOverflows` delta): each one delays a device's connect
+    /// by a SYN retransmission (≥ 1 s). Non-zero: the node accepts too slowly
+    /// or its listen backlog is too short.
+    pub listen_overflows: Option<u64>,
+}
+
+/// Node memory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemoryReport {
+    /// Where the numbers come from.
+    pub source: Source,
+    /// RSS of each node before any device connected, bytes.
+    pub before_bytes: Vec<Option<u64>>,
+    /// RSS of each node once all devices were connected and settled, bytes.
+    pub after_bytes: Vec<Option<u64>>,
+    /// `(Σafter − Σbefore) / connected`, KiB.
+    pub rss_per_device_kib: Option<f64>,
+}
+
+/// The hold phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HoldReport {
+    /// How long devices were held after measuring, seconds.
+    pub seconds: f64,
+    /// Devices still open at the end of the hold.
+    pub open_at_end: u64,
+    /// Connections the server ended (or that broke) before the finish.
+    pub dropped: u64,
+}
+
+/// The broadcast phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BroadcastReport {
+    /// Notifications asked for.
+    pub messages: u32,
+    /// POSTs answered 202.
+    pub accepted: u32,
+    /// POSTs that failed, by reason (`http_401`, `timeout`, …).
+    pub post_failures: ReasonCounts,
+    /// Spacing between POSTs.
+    pub interval_ms: u64,
+    /// Where the POSTs went.
+    pub notify_target: String,
+    /// Devices open when the first POST went out.
+    pub devices_at_send: u64,
+    /// `devices_at_send × accepted`.
+    pub expected: u64,
+    /// Distinct (device, message) receipts.
+    pub received: u64,
+    /// `expected − received` (never negative).
+    pub lost: u64,
+    /// Receipts of a message a device already had.
+    pub duplicates: u64,
+    /// Notifications not from this run.
+    pub foreign: u64,
+    /// `error` frames devices received.
+    pub error_frames: u64,
+    /// Whether every expected delivery arrived before the drain timeout.
+    pub drained: bool,
+    /// Receive − POST send instant, per (device, message).
+    pub latency_ms: Summary,
+    /// Per message: receive of its last device − its POST send instant.
+    /// Only p50 and max are meaningful with few messages.
+    pub time_to_last_device_ms: Summary,
+    /// Messages some expected device never received.
+    pub incomplete_messages: u64,
+    /// POST send → 202 response.
+    pub post_ack_ms: Summary,
+    /// Node CPU over the broadcast.
+    pub cpu: CpuReport,
+}
+
+/// Node CPU per delivered message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CpuReport {
+    /// Where the numbers come from.
+    pub source: Source,
+    /// User + system CPU of all nodes from just before the first POST to the
+    /// last delivery, seconds.
+    pub cpu_seconds: Option<f64>,
+    /// Deliveries in that window.
+    pub deliveries: u64,
+    /// `cpu_seconds × 10⁶ / deliveries`.
+    pub us_per_delivery: Option<f64>,
+    /// The user-space part of `us_per_delivery` (`/proc` source only).
+    pub user_us_per_delivery: Option<f64>,
+    /// The kernel part of `us_per_delivery` (`/proc` source only). On
+    /// loopback it includes the receiving side's TCP processing, which the
+    /// kernel runs on the sender's CPU.
+    pub system_us_per_delivery: Option<f64>,
+}
+
+/// How connections ended.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CloseReport {
+    /// Devices whose close handshake completed.
+    pub clean: u64,
+    /// Devices whose close the node answered by closing TCP without a close
+    /// frame (an RFC 6455 §5.5.1 violation, harmless for the device).
+    pub no_reply: u64,
+    /// Devices whose close failed or timed out.
+    pub errors: u64,
+    /// Connections ended early by the server or the network, by reason.
+    pub dropped: ReasonCounts,
+}
+
+/// `(Σafter − Σbefore) / devices` in KiB; `None` if any reading is missing
+/// or no device is connected. Negative when the node returned memory.
+pub fn per_device_kib(before: &[Option<u64>], after: &[Option<u64>], devices: u64) -> Option<f64> {
+    if devices == 0 || before.len() != after.len() {
+        return None;
+    }
+    let b: u64 = crate::nodes::sum_all(before)?;
+    let a: u64 = crate::nodes::sum_all(after)?;
+    Some((a as f64 - b as f64) / 1024.0 / devices as f64)
+}
+
+/// CPU µs per delivery; `None` without CPU data or deliveries.
+pub fn us_per_delivery(cpu_seconds: Option<f64>, deliveries: u64) -> Option<f64> {
+    let s = cpu_seconds?;
+    (deliveries > 0).then(|| s * 1e6 / deliveries as f64)
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map(|b| format!("{:.1} MiB", b as f64 / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "n/a".into())
+}
+
+fn reasons(r: &ReasonCounts) -> String {
+    if r.is_empty() {
+        return "none".into();
+    }
+    r.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Report {
+    /// The human summary.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let c = &self.connect;
+        let _ = writeln!(
+            s,
+            "== pace-loadtest {} (run {}) ==",
+            self.scenario, self.run_id
+        );
+        let _ = writeln!(
+            s,
+            "targets: {}  devices: {}  processes: {}  source IPs: {}",
+            self.targets.join(" "),
+            self.devices,
+            self.processes,
+            if self.source_ips.is_empty() {
+                "OS-chosen".to_owned()
+            } else {
+                self.source_ips.len().to_string()
+            }
+        );
+        let _ = writeln!(
+            s,
+            "connect: {}/{} connected, {} failed ({}) in {:.2} s = {:.0} conn/s",
+            c.connected,
+            c.attempted,
+            c.failed,
+            reasons(&c.failures),
+            c.duration_s,
+            c.rate_per_s
+        );
+        let _ = writeln!(s, "connect latency: {}", c.latency_ms.line());
+        if let Some(n) = c.listen_overflows.filter(|&n| n > 0) {
+            let _ = writeln!(
+                s,
+                "WARNING: {n} listen-queue overflows while connecting (SYN retransmits inflate connect latency)"
+            );
+        }
+        if let Some(open) = c.connections_open_reported {
+            let _ = writeln!(s, "pace_connections_open reported by targets: {open}");
+        }
+        let m = &self.memory;
+        let _ = writeln!(
+            s,
+            "node RSS ({:?}): before {}  after {}  => {} per device",
+            m.source,
+            m.before_bytes
+                .iter()
+                .map(|b| mib(*b))
+                .collect::<Vec<_>>()
+                .join(" + "),
+            m.after_bytes
+                .iter()
+                .map(|b| mib(*b))
+                .collect::<Vec<_>>()
+                .join(" + "),
+            m.rss_per_device_kib
+                .map(|k| format!("{k:.2} KiB"))
+                .unwrap_or_else(|| "n/a".into())
+        );
+        if let Some(h) = &self.hold {
+            let _ = writeln!(
+                s,
+                "hold: {:.1} s, {} open at end, {} dropped",
+                h.seconds, h.open_at_end, h.dropped
+            );
+        }
+        if let Some(b) = &self.broadcast {
+            let _ = writeln!(
+                s,
+                "broadcast: {}/{} accepted via {} every {} ms (post failures: {})",
+                b.accepted,
+                b.messages,
+                b.notify_target,
+                b.interval_ms,
+                reasons(&b.post_failures)
+            );
+            let _ = writeln!(
+                s,
+                "deliveries: {} of {} expected ({} devices), lost {}, duplicates {}, foreign {}, error frames {}{}",
+                b.received,
+                b.expected,
+                b.devices_at_send,
+                b.lost,
+                b.duplicates,
+                b.foreign,
+                b.error_frames,
+                if b.drained {
+                    ""
+                } else {
+                    "  [drain timeout hit]"
+                }
+            );
+            let _ = writeln!(s, "delivery latency: {}", b.latency_ms.line());
+            let _ = writeln!(
+                s,
+                "time to last device per message: p50 {:.3} ms  max {:.3} ms  ({} incomplete messages)",
+                b.time_to_last_device_ms.p50, b.time_to_last_device_ms.max, b.incomplete_messages
+            );
+            let _ = writeln!(s, "POST ack: {}", b.post_ack_ms.line());
+            let _ = writeln!(
+                s,
+                "node CPU ({:?}): {} over {} deliveries => {} per delivery",
+                b.cpu.source,
+                b.cpu
+                    .cpu_seconds
+                    .map(|c| format!("{c:.3} s"))
+                    .unwrap_or_else(|| "n/a".into()),
+                b.cpu.deliveries,
+                b.cpu
+                    .us_per_delivery
+                    .map(|u| format!("{u:.2} µs"))
+                    .unwrap_or_else(|| "n/a".into())
+            );
+            if let (Some(u), Some(k)) = (b.cpu.user_us_per_delivery, b.cpu.system_us_per_delivery) {
+                let _ = writeln!(s, "  of which user {u:.2} µs, kernel {k:.2} µs");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "close: {} clean, {} without close reply, {} errors, dropped early: {}",
+            self.close.clean,
+            self.close.no_reply,
+            self.close.errors,
+            reasons(&self.close.dropped)
+        );
+        let _ = writeln!(
+            s,
+            "load generator workers used {:.2} s CPU",
+            self.loadgen_cpu_seconds
+        );
+        s
+    }
+
+    /// Writes the report as pretty JSON.
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_device_memory() {
+        let before = [Some(10 * 1024 * 1024), Some(1024 * 1024)];
+        let after = [
+            Some(10 * 1024 * 1024 + 5 * 1024 * 1000),
+            Some(1024 * 1024 + 5 * 1024 * 1000),
+        ];
+        assert_eq!(per_device_kib(&before, &after, 2000), Some(5.0));
+        assert_eq!(per_device_kib(&before, &[Some(1), None], 10), None);
+        assert_eq!(per_device_kib(&before, &after, 0), None);
+        let shrank = per_device_kib(&[Some(2048)], &[Some(1024)], 1).unwrap();
+        assert_eq!(shrank, -1.0);
+    }
+
+    #[test]
+    fn cpu_per_delivery() {
+        assert_eq!(us_per_delivery(Some(2.0), 200_000), Some(10.0));
+        assert_eq!(us_per_delivery(Some(2.0), 0), None);
+        assert_eq!(us_per_delivery(None, 10), None);
+    }
+
+    #[test]
+    fn report_round_trips_and_renders() {
+        let report = Report {
+            scenario: "hold".into(),
+            run_id: "r".into(),
+            started_at_unix_ms: 1,
+            targets: vec!["http://127.0.0.1:1".into()],
+            devices: 2,
+            processes: 1,
+            source_ips: vec![],
+            connect: ConnectReport {
+                attempted: 2,
+                connected: 1,
+                failed: 1,
+                failures: [("connect_connection_refused".to_owned(), 1)].into(),
+                duration_s: 0.5,
+                rate_per_s: 2.0,
+                latency_ms: Summary::from_micros(&mut [1_500]),
+                connections_open_reported: Some(1),
+                listen_overflows: Some(0),
+            },
+            memory: MemoryReport {
+                source: Source::Proc,
+                before_bytes: vec![Some(1 << 20)],
+                after_bytes: vec![Some(2 << 20)],
+                rss_per_device_kib: Some(1024.0),
+            },
+            hold: Some(HoldReport {
+                seconds: 1.0,
+                open_at_end: 1,
+                dropped: 0,
+            }),
+            broadcast: None,
+            close: CloseReport::default(),
+            loadgen_cpu_seconds: 0.5,
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            back.connect.failures.get("connect_connection_refused"),
+            Some(&1)
+        );
+        assert!(!json.contains("\"broadcast\""));
+        let text = report.render();
+        assert!(text.contains("1/2 connected"), "{text}");
+        assert!(text.contains("1024.00 KiB per device"), "{text}");
+        assert!(text.contains("connect_connection_refused=1"), "{text}");
+    }
+}

@@ -1,0 +1,295 @@
+//! The hidden `worker` subcommand: runs one share of the devices inside its
+//! own process (its own open-files budget) and reports over stdout.
+//!
+//! Connections start at a paced rate with a bounded number of handshakes in
+//! flight; each connected device then lives in its own task until the
+//! coordinator says `finish` (or stdin closes, or the deadline passes), when
+//! every device closes cleanly and the worker sends one `final` event with
+//! all receive stamps.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::unix_micros;
+use crate::device::{self, CloseOutcome, DeviceLog, Dial};
+use crate::ipc::{self, MessageReceipts, ReasonCounts, WorkerCommand, WorkerEvent, WorkerSpec};
+use crate::procstat;
+
+/// Counters the progress reporter reads while devices update them.
+#[derive(Debug, Default)]
+struct Counters {
+    open: AtomicU64,
+    failed: AtomicU64,
+    received: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Entry point of `pace-loadtest worker`: reads the spec from stdin, runs
+/// it, reports on stdout.
+pub async fn main() -> anyhow::Result<()> {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let first = lines
+        .next_line()
+        .await
+        .context("reading worker spec")?
+        .context("no worker spec on stdin")?;
+    let spec: WorkerSpec = serde_json::from_str(&first).context("parsing worker spec")?;
+    match run(spec, lines).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            emit(&WorkerEvent::Fatal {
+                message: format!("{e:#}"),
+            });
+            Err(e)
+        }
+    }
+}
+
+/// Writes one event line to stdout (the coordinator reads it).
+fn emit(event: &WorkerEvent) {
+    let Ok(mut line) = serde_json::to_string(event) else {
+        return;
+    };
+    line.push('\n');
+    let mut out = std::io::stdout().lock();
+    // A closed stdout means the coordinator is gone; the deadline or stdin
+    // EOF ends this worker soon after, so a failed write is not fatal.
+    let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+}
+
+async fn run(
+    spec: WorkerSpec,
+    mut commands: tokio::io::Lines<BufReader<tokio::io::Stdin>>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(spec.deadline_ms);
+    let mut addrs: Vec<SocketAddr> = Vec::with_capacity(spec.targets.len());
+    for t in &spec.targets {
+        addrs.push(t.resolve().await?);
+    }
+    let ws_urls: Vec<String> = spec.targets.iter().map(|t| t.ws_url()).collect();
+    let run_id: Arc<str> = Arc::from(spec.run_id.as_str());
+    let counters = Arc::new(Counters::default());
+    let stop = CancellationToken::new();
+
+    // Finish on command, on stdin EOF, or at the deadline — whichever first.
+    let finish = CancellationToken::new();
+    {
+        let finish = finish.clone();
+        tokio::spawn(async move {
+            let wait_command = async {
+                while let Ok(Some(line)) = commands.next_line().await {
+                    if let Ok(WorkerCommand::Finish) = serde_json::from_str(&line) {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = wait_command => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+            finish.cancel();
+        });
+    }
+
+    // Progress reporter.
+    {
+        let counters = counters.clone();
+        let finish = finish.clone();
+        let every = Duration::from_millis(spec.progress_interval_ms.max(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = finish.cancelled() => return,
+                    _ = tick.tick() => emit(&progress(&counters)),
+                }
+            }
+        });
+    }
+
+    // Connect phase: paced, bounded concurrency.
+    let config = device::client_config(spec.read_buffer_bytes);
+    let timeout = Duration::from_millis(spec.connect_timeout_ms);
+    let gate = Arc::new(Semaphore::new(spec.connect_concurrency.max(1)));
+    let rate = spec.connect_rate.max(1.0);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<Duration, String>>();
+    let mut devices: JoinSet<Option<DeviceLog>> = JoinSet::new();
+    let first_attempt_us = unix_micros();
+    let mut launched = 0u64;
+    for j in 0..spec.devices {
+        if finish.is_cancelled() {
+            break;
+        }
+        let due = started + Duration::from_secs_f64(j as f64 / rate);
+        tokio::select! {
+            () = tokio::time::sleep_until(due) => {}
+            () = finish.cancelled() => break,
+        }
+        let permit = tokio::select! {
+            p = gate.clone().acquire_owned() => p.context("connect gate closed")?,
+            () = finish.cancelled() => break,
+        };
+        let i = spec.first_device + j;
+        let t = (i % spec.targets.len() as u64) as usize;
+        let source = (!spec.source_ips.is_empty())
+            .then(|| spec.source_ips[(i % spec.source_ips.len() as u64) as usize]);
+        let device_id = format!("{}-{}-{}", spec.device_prefix, spec.run_id, i);
+        let ws_url = ws_urls[t].clone();
+        let addr = addrs[t];
+        let (counters, stop, run_id, done_tx) = (
+            counters.clone(),
+            stop.clone(),
+            run_id.clone(),
+            done_tx.clone(),
+        );
+        launched += 1;
+        devices.spawn(async move {
+            let dial = Dial {
+                device_id: &device_id,
+                ws_url: &ws_url,
+                addr,
+                source,
+                config,
+                timeout,
+            };
+            let connected = device::connect(dial).await;
+            drop(permit);
+            match connected {
+                Ok((ws, latency)) => {
+                    counters.open.fetch_add(1, Ordering::Relaxed);
+                    let _ = done_tx.send(Ok(latency));
+                    drop(done_tx);
+                    let log = device::run(ws, &run_id, stop, &counters.received).await;
+                    counters.open.fetch_sub(1, Ordering::Relaxed);
+                    if log.dropped.is_some() {
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(log)
+                }
+                Err(reason) => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    let _ = done_tx.send(Err(reason));
+                    None
+                }
+            }
+        });
+    }
+    drop(done_tx);
+
+    // Collect every attempt's outcome (all senders drop once each attempt ends).
+    let mut ok = 0u64;
+    let mut failures = ReasonCounts::new();
+    let mut connect_us = Vec::with_capacity(launched as usize);
+    let mut last_done_us = first_attempt_us;
+    let mut outcomes = 0u64;
+    while outcomes < launched {
+        let outcome = tokio::select! {
+            o = done_rx.recv() => o,
+            () = finish.cancelled() => None,
+        };
+        let Some(outcome) = outcome else { break };
+        outcomes += 1;
+        last_done_us = unix_micros();
+        match outcome {
+            Ok(latency) => {
+                ok += 1;
+                connect_us.push(latency.as_micros() as u64);
+            }
+            Err(reason) => ipc::bump(&mut failures, &reason, 1),
+        }
+    }
+    if outcomes < launched {
+        ipc::bump(&mut failures, "unfinished_at_finish", launched - outcomes);
+    }
+    if launched < spec.devices {
+        ipc::bump(&mut failures, "not_started", spec.devices - launched);
+    }
+    emit(&WorkerEvent::Connected {
+        ok,
+        failures,
+        connect_us,
+        first_attempt_us,
+        last_done_us,
+    });
+
+    // Hold until finish, then close everything and report.
+    finish.cancelled().await;
+    stop.cancel();
+    let mut receipts: Vec<Vec<u64>> = Vec::new();
+    let (mut duplicates, mut foreign, mut error_frames) = (0, 0, 0);
+    let (mut closed_clean, mut closed_no_reply, mut close_errors) = (0, 0, 0);
+    let mut dropped = ReasonCounts::new();
+    while let Some(joined) = devices.join_next().await {
+        let log = match joined {
+            Ok(Some(log)) => log,
+            Ok(None) => continue, // never connected: counted in `connected`
+            Err(_) => {
+                ipc::bump(&mut dropped, "task_panicked", 1);
+                continue;
+            }
+        };
+        for (k, at) in log.receipts {
+            let k = k as usize;
+            if receipts.len() <= k {
+                receipts.resize_with(k + 1, Vec::new);
+            }
+            receipts[k].push(at);
+        }
+        duplicates += log.duplicates;
+        foreign += log.foreign;
+        error_frames += log.error_frames;
+        match log.dropped {
+            Some(reason) => ipc::bump(&mut dropped, &reason, 1),
+            None => match log.close {
+                CloseOutcome::Clean => closed_clean += 1,
+                CloseOutcome::NoReply => closed_no_reply += 1,
+                CloseOutcome::Failed => close_errors += 1,
+            },
+        }
+    }
+    let receipts = receipts
+        .into_iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, recv_us)| MessageReceipts {
+            k: k as u32,
+            recv_us,
+        })
+        .collect();
+    emit(&progress(&counters));
+    emit(&WorkerEvent::Final {
+        receipts,
+        duplicates,
+        foreign,
+        error_frames,
+        dropped,
+        closed_clean,
+        closed_no_reply,
+        close_errors,
+        cpu_seconds: procstat::cpu_time(std::process::id(), procstat::clock_ticks_per_sec())
+            .map(|t| t.total().as_secs_f64())
+            .unwrap_or(0.0),
+    });
+    Ok(())
+}
+
+fn progress(c: &Counters) -> WorkerEvent {
+    WorkerEvent::Progress {
+        open: c.open.load(Ordering::Relaxed),
+        failed: c.failed.load(Ordering::Relaxed),
+        received: c.received.load(Ordering::Relaxed),
+        dropped: c.dropped.load(Ordering::Relaxed),
+    }
+}

@@ -1,0 +1,128 @@
+//! Small `hold` and `broadcast` runs against one real node each.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use pace_loadtest::report::Report;
+
+use crate::node::{Node, SERVICE_KEY};
+
+/// Runs `pace-loadtest ARGS --json FILE` to completion and parses the report.
+fn run_tool(name: &str, args: &[&str]) -> Report {
+    let json: PathBuf = std::env::temp_dir().join(format!(
+        "pace-loadtest-it-{}-{name}.json",
+        std::process::id()
+    ));
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_pace-loadtest"))
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run pace-loadtest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "pace-loadtest {args:?} failed: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    eprintln!("{name} took {:?}\n{stdout}", started.elapsed());
+    let text = std::fs::read_to_string(&json).expect("read json report");
+    let _ = std::fs::remove_file(&json);
+    serde_json::from_str(&text).expect("parse json report")
+}
+
+#[test]
+fn hold_200_devices_connects_and_closes_cleanly() {
+    let node = Node::start(1_000);
+    let pid = node.pid().to_string();
+    let r = run_tool(
+        "hold",
+        &[
+            "hold",
+            "--target",
+            &node.base,
+            "--devices",
+            "200",
+            "--hold",
+            "1",
+            "--settle",
+            "0.5",
+            "--node-pid",
+            &pid,
+        ],
+    );
+    assert_eq!(r.scenario, "hold");
+    assert_eq!(r.connect.attempted, 200);
+    assert_eq!(r.connect.failed, 0, "failures: {:?}", r.connect.failures);
+    assert_eq!(r.connect.connected, 200);
+    assert_eq!(r.connect.latency_ms.count, 200);
+    assert!(r.connect.rate_per_s > 0.0);
+    assert_eq!(r.source_ips.len(), 8, "loopback targets use 127.0.0.2-9");
+    assert!(r.memory.rss_per_device_kib.is_some(), "{:?}", r.memory);
+    let hold = r.hold.clone().expect("hold section");
+    assert_eq!(hold.open_at_end, 200);
+    assert_eq!(hold.dropped, 0);
+    assert_closed_cleanly(&r, 200);
+}
+
+/// Every device was closed by the tool, none by the node or the network,
+/// and the node answered every close frame (RFC 6455 closing handshake).
+fn assert_closed_cleanly(r: &Report, devices: u64) {
+    assert!(
+        r.close.dropped.is_empty(),
+        "dropped early: {:?}",
+        r.close.dropped
+    );
+    assert_eq!(r.close.errors, 0, "{:?}", r.close);
+    assert_eq!(
+        r.close.no_reply, 0,
+        "node dropped TCP without answering close: {:?}",
+        r.close
+    );
+    assert_eq!(r.close.clean, devices, "{:?}", r.close);
+}
+
+#[test]
+fn broadcast_200_devices_5_messages_loses_nothing() {
+    let node = Node::start(1_000);
+    let pid = node.pid().to_string();
+    let r = run_tool(
+        "broadcast",
+        &[
+            "broadcast",
+            "--target",
+            &node.base,
+            "--devices",
+            "200",
+            "--messages",
+            "5",
+            "--interval-ms",
+            "100",
+            "--settle",
+            "0.5",
+            "--service-key",
+            SERVICE_KEY,
+            "--node-pid",
+            &pid,
+        ],
+    );
+    assert_eq!(r.connect.failed, 0, "failures: {:?}", r.connect.failures);
+    let b = r.broadcast.clone().expect("broadcast section");
+    assert_eq!(b.accepted, 5, "post failures: {:?}", b.post_failures);
+    assert_eq!(b.devices_at_send, 200);
+    assert_eq!(b.expected, 1_000);
+    assert_eq!(b.received, 1_000);
+    assert_eq!(b.lost, 0);
+    assert_eq!(b.duplicates, 0);
+    assert_eq!(b.foreign, 0);
+    assert!(b.drained);
+    assert_eq!(b.incomplete_messages, 0);
+    assert_eq!(b.latency_ms.count, 1_000);
+    assert_eq!(b.time_to_last_device_ms.count, 5);
+    assert!(b.latency_ms.max >= b.latency_ms.p50 && b.latency_ms.p50 > 0.0);
+    assert!(b.cpu.us_per_delivery.is_some());
+    assert_closed_cleanly(&r, 200);
+}
