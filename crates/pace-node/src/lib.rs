@@ -13,7 +13,8 @@
 //! - [`connection`]: the task that owns one device's WebSocket.
 //! - [`hub`]: local registry of devices and groups, bounded delivery.
 //! - [`node`]: the shared state handle and local fan-out.
-//! - [`store`]: the seam for state shared across nodes; the in-memory store.
+//! - [`store`]: the seam for state shared across nodes; memory and Redis stores.
+//! - [`queue`]: the waiting-room queue store; memory and Redis.
 //! - [`metrics`]: every Prometheus metric, in one place.
 //! - [`error`]: error → HTTP status and JSON body, in one place.
 //! - [`systemd`]: readiness, stopping and watchdog notifications.
@@ -26,6 +27,7 @@ pub mod handshake;
 pub mod hub;
 pub mod metrics;
 pub mod node;
+pub mod queue;
 pub mod server;
 pub mod store;
 pub mod systemd;

@@ -1,0 +1,85 @@
+-- Frees expired sessions, then admits the head of the queue in ticket
+-- order while the room is not paused, below capacity and within the
+-- per-minute budget. Atomic: concurrent runs from several nodes never
+-- admit past capacity. Handles at most ARGV[3] expiries and admissions per
+-- run (the caller runs it again while `more` is 1).
+--
+-- KEYS[1] config hash     KEYS[2] counters hash   KEYS[3] queue zset
+-- KEYS[4] seen zset       KEYS[5] active zset     KEYS[6] sessions hash
+-- KEYS[7] devices hash    KEYS[8] rate zset
+-- ARGV[1] now (ms)        ARGV[2] nonce (a fresh UUID v4 per run)
+-- ARGV[3] batch size
+-- Returns {active, waiting, expires_at, more, {expired devices...},
+--          {device, session id, ticket, ...}}
+local now = tonumber(ARGV[1])
+local batch = tonumber(ARGV[3])
+local window_ms = 60000
+
+-- A session id in UUID v4 form from SHA-1(nonce ":" ticket): scripts
+-- cannot draw randomness, the nonce brings it.
+local function session_id(ticket)
+  local h = redis.sha1hex(ARGV[2] .. ':' .. ticket)
+  local v = tonumber(string.sub(h, 17, 17), 16) % 4 + 1
+  local variant = string.sub('89ab', v, v)
+  return string.sub(h, 1, 8) .. '-' .. string.sub(h, 9, 12) .. '-4' .. string.sub(h, 14, 16)
+    .. '-' .. variant .. string.sub(h, 18, 20) .. '-' .. string.sub(h, 21, 32)
+end
+
+local expired = {}
+local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, batch)
+for _, sid in ipairs(due) do
+  local session = redis.call('HGET', KEYS[6], sid)
+  redis.call('ZREM', KEYS[5], sid)
+  redis.call('HDEL', KEYS[6], sid)
+  if session then
+    local device = string.match(session, '^(.+)|%d+|%d+$')
+    if redis.call('HGET', KEYS[7], device) == sid then
+      redis.call('HDEL', KEYS[7], device)
+    end
+    expired[#expired + 1] = device
+  end
+end
+
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', string.format('%d', now - window_ms))
+
+local cfg = redis.call('HMGET', KEYS[1], 'state', 'capacity', 'admit_per_minute', 'session_ttl_secs')
+local active = redis.call('ZCARD', KEYS[5])
+local admitted = {}
+local expires_at = 0
+if cfg[1] == 'open' or cfg[1] == 'closed' then
+  local free = (tonumber(cfg[2]) or 0) - active
+  local per_minute = tonumber(cfg[3])
+  if per_minute then
+    free = math.min(free, per_minute - redis.call('ZCARD', KEYS[8]))
+  end
+  free = math.min(free, batch)
+  if free > 0 then
+    expires_at = now + (tonumber(cfg[4]) or 0) * 1000
+    local head = redis.call('ZRANGE', KEYS[3], 0, free - 1, 'WITHSCORES')
+    for i = 1, #head, 2 do
+      local device = head[i]
+      local ticket = string.format('%d', tonumber(head[i + 1]))
+      local sid = session_id(ticket)
+      redis.call('ZREM', KEYS[3], device)
+      redis.call('ZREM', KEYS[4], device)
+      redis.call('ZADD', KEYS[5], expires_at, sid)
+      redis.call('HSET', KEYS[6], sid, device .. '|' .. ticket .. '|' .. ARGV[1])
+      redis.call('HSET', KEYS[7], device, sid)
+      redis.call('ZADD', KEYS[8], now, sid)
+      admitted[#admitted + 1] = device
+      admitted[#admitted + 1] = sid
+      admitted[#admitted + 1] = tonumber(ticket)
+    end
+    local n = #head / 2
+    if n > 0 then
+      redis.call('HINCRBY', KEYS[2], 'admitted_total', n)
+      active = active + n
+    end
+  end
+end
+
+local more = 0
+if #due == batch or #admitted / 3 == batch then
+  more = 1
+end
+return {active, redis.call('ZCARD', KEYS[3]), expires_at, more, expired, admitted}

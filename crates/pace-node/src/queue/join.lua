@@ -1,0 +1,52 @@
+-- Joins a device to a room's queue, or returns what it already has: its
+-- live session, or its place (same ticket). Also a heartbeat. The only
+-- script that creates a place.
+--
+-- KEYS[1] config hash     KEYS[2] counters hash   KEYS[3] queue zset
+-- KEYS[4] seen zset       KEYS[5] active zset     KEYS[6] sessions hash
+-- KEYS[7] devices hash
+-- ARGV[1] device id       ARGV[2] now (ms)
+-- Returns {'waiting', ticket, position, waiting_total}
+--       | {'admitted', session id, ticket, admitted_at, expires_at}
+--       | {'closed'} | {'nosuchroom'}
+local device = ARGV[1]
+local now = tonumber(ARGV[2])
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  return {'nosuchroom'}
+end
+
+local sid = redis.call('HGET', KEYS[7], device)
+if sid then
+  local exp = redis.call('ZSCORE', KEYS[5], sid)
+  local session = redis.call('HGET', KEYS[6], sid)
+  if exp and session and tonumber(exp) > now then
+    local ticket, at = string.match(session, '^.+|(%d+)|(%d+)$')
+    return {'admitted', sid, tonumber(ticket), tonumber(at), tonumber(exp)}
+  end
+  -- Expired but not yet freed by admit: free it; the device queues anew.
+  redis.call('ZREM', KEYS[5], sid)
+  redis.call('HDEL', KEYS[6], sid)
+  redis.call('HDEL', KEYS[7], device)
+end
+
+local ticket = redis.call('ZSCORE', KEYS[3], device)
+if ticket then
+  redis.call('ZADD', KEYS[4], 'GT', now, device)
+  local rank = redis.call('ZRANK', KEYS[3], device)
+  return {'waiting', tonumber(ticket), rank + 1, redis.call('ZCARD', KEYS[3])}
+end
+
+if state == 'closed' then
+  return {'closed'}
+end
+
+ticket = redis.call('HINCRBY', KEYS[2], 'ticket', 1)
+redis.call('ZADD', KEYS[3], ticket, device)
+redis.call('ZADD', KEYS[4], now, device)
+local total = redis.call('ZCARD', KEYS[3])
+local peak = tonumber(redis.call('HGET', KEYS[2], 'peak_waiting') or '0')
+if total > peak then
+  redis.call('HSET', KEYS[2], 'peak_waiting', total)
+end
+return {'waiting', ticket, total, total}

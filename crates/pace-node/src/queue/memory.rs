@@ -1,0 +1,446 @@
+//! The embedded in-memory queue store: one node, no dependencies.
+//!
+//! Every operation runs under one lock over all rooms, which makes each as
+//! atomic as its Redis script; nothing inside awaits. It mirrors the Redis
+//! store's semantics exactly (the conformance suite holds both to it),
+//! including the order of swept and expired devices (by time, then id).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use pace_protocol::DeviceId;
+
+use super::{
+    Admission, AdmitOutcome, DeviceStatus, JoinOutcome, Place, Positions, QueueError, QueueStore,
+    RATE_WINDOW_MS, Room, RoomConfig, RoomCounters, RoomId, RoomState,
+};
+
+/// The in-memory [`QueueStore`].
+#[derive(Debug, Default)]
+pub struct MemoryQueueStore {
+    /// Every room's state, by id.
+    rooms: Mutex<HashMap<RoomId, RoomData>>,
+}
+
+/// One room: the same facts the Redis store keeps in the room's keys.
+#[derive(Debug)]
+struct RoomData {
+    config: RoomConfig,
+    /// Last ticket handed out.
+    last_ticket: u64,
+    /// Waiting devices by ticket: the queue, in order.
+    queue: BTreeMap<u64, DeviceId>,
+    /// Ticket of each waiting device (the queue, indexed the other way).
+    tickets: HashMap<DeviceId, u64>,
+    /// Last heartbeat of each waiting device, ms.
+    seen: HashMap<DeviceId, u64>,
+    /// Sessions holding a slot, by session id.
+    sessions: HashMap<String, Session>,
+    /// Session id of each admitted device.
+    by_device: HashMap<DeviceId, String>,
+    /// Admission times in the rate window (trimmed on every admit).
+    admissions: Vec<u64>,
+    admitted_total: u64,
+    abandoned_total: u64,
+    peak_waiting: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    device: DeviceId,
+    ticket: u64,
+    admitted_at_ms: u64,
+    expires_at_ms: u64,
+}
+
+impl Session {
+    fn admission(&self, session_id: &str) -> Admission {
+        Admission {
+            session_id: session_id.to_owned(),
+            ticket: self.ticket,
+            admitted_at_ms: self.admitted_at_ms,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+}
+
+impl RoomData {
+    fn new(config: RoomConfig) -> RoomData {
+        RoomData {
+            config,
+            last_ticket: 0,
+            queue: BTreeMap::new(),
+            tickets: HashMap::new(),
+            seen: HashMap::new(),
+            sessions: HashMap::new(),
+            by_device: HashMap::new(),
+            admissions: Vec::new(),
+            admitted_total: 0,
+            abandoned_total: 0,
+            peak_waiting: 0,
+        }
+    }
+
+    fn waiting(&self) -> u64 {
+        self.queue.len() as u64
+    }
+
+    fn place(&self, device: &DeviceId) -> Option<Place> {
+        let ticket = *self.tickets.get(device)?;
+        Some(Place {
+            ticket,
+            position: self.queue.range(..ticket).count() as u64 + 1,
+            waiting_total: self.waiting(),
+        })
+    }
+
+    /// The device's session, if it is live at `now_ms`.
+    fn live_session(&self, device: &DeviceId, now_ms: u64) -> Option<Admission> {
+        let sid = self.by_device.get(device)?;
+        let s = self.sessions.get(sid)?;
+        (s.expires_at_ms > now_ms).then(|| s.admission(sid))
+    }
+
+    fn end_session(&mut self, sid: &str) -> Option<Session> {
+        let s = self.sessions.remove(sid)?;
+        if self.by_device.get(&s.device).map(String::as_str) == Some(sid) {
+            self.by_device.remove(&s.device);
+        }
+        Some(s)
+    }
+
+    fn remove_waiting(&mut self, device: &DeviceId) -> bool {
+        let Some(ticket) = self.tickets.remove(device) else {
+            return false;
+        };
+        self.queue.remove(&ticket);
+        self.seen.remove(device);
+        true
+    }
+
+    fn trim_rate(&mut self, now_ms: u64) {
+        self.admissions.retain(|t| in_window(*t, now_ms));
+    }
+}
+
+/// Whether an admission at `at_ms` falls in the rate window ending at
+/// `now_ms` (the last 60 s, start excluded).
+fn in_window(at_ms: u64, now_ms: u64) -> bool {
+    now_ms
+        .checked_sub(RATE_WINDOW_MS)
+        .is_none_or(|start| at_ms > start)
+}
+
+impl MemoryQueueStore {
+    /// An empty store.
+    pub fn new() -> MemoryQueueStore {
+        MemoryQueueStore::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<RoomId, RoomData>) -> T) -> T {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut rooms)
+    }
+
+    fn with_room<T>(&self, room: &RoomId, f: impl FnOnce(&mut RoomData) -> T) -> Option<T> {
+        self.with(|rooms| rooms.get_mut(room).map(f))
+    }
+}
+
+#[async_trait]
+impl QueueStore for MemoryQueueStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn put_room(&self, room: &RoomId, config: &RoomConfig) -> Result<Room, QueueError> {
+        config.validate().map_err(QueueError::InvalidConfig)?;
+        self.with(|rooms| {
+            rooms
+                .entry(room.clone())
+                .and_modify(|r| r.config = config.clone())
+                .or_insert_with(|| RoomData::new(config.clone()));
+        });
+        Ok(Room {
+            id: room.clone(),
+            config: config.clone(),
+        })
+    }
+
+    async fn get_room(&self, room: &RoomId) -> Result<Option<Room>, QueueError> {
+        Ok(self.with_room(room, |r| Room {
+            id: room.clone(),
+            config: r.config.clone(),
+        }))
+    }
+
+    async fn rooms(&self) -> Result<Vec<RoomId>, QueueError> {
+        let mut ids: Vec<RoomId> = self.with(|rooms| rooms.keys().cloned().collect());
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn join(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+        now_ms: u64,
+    ) -> Result<JoinOutcome, QueueError> {
+        let outcome = self.with_room(room, |r| {
+            if let Some(a) = r.live_session(device, now_ms) {
+                return JoinOutcome::Admitted(a);
+            }
+            // An expired session not yet freed by admit: free it here.
+            if let Some(sid) = r.by_device.get(device).cloned() {
+                r.end_session(&sid);
+            }
+            if r.tickets.contains_key(device) {
+                let seen = r.seen.entry(device.clone()).or_insert(now_ms);
+                *seen = (*seen).max(now_ms);
+                return r
+                    .place(device)
+                    .map_or(JoinOutcome::NoSuchRoom, JoinOutcome::Waiting);
+            }
+            if r.config.state == RoomState::Closed {
+                return JoinOutcome::Closed;
+            }
+            r.last_ticket += 1;
+            let ticket = r.last_ticket;
+            r.queue.insert(ticket, device.clone());
+            r.tickets.insert(device.clone(), ticket);
+            r.seen.insert(device.clone(), now_ms);
+            let total = r.waiting();
+            r.peak_waiting = r.peak_waiting.max(total);
+            JoinOutcome::Waiting(Place {
+                ticket,
+                position: total,
+                waiting_total: total,
+            })
+        });
+        Ok(outcome.unwrap_or(JoinOutcome::NoSuchRoom))
+    }
+
+    async fn touch(
+        &self,
+        room: &RoomId,
+        devices: &[DeviceId],
+        now_ms: u64,
+    ) -> Result<Vec<DeviceId>, QueueError> {
+        let missing = self.with_room(room, |r| {
+            let mut missing = Vec::new();
+            for d in devices {
+                match r.seen.get_mut(d) {
+                    Some(seen) => *seen = (*seen).max(now_ms),
+                    None => missing.push(d.clone()),
+                }
+            }
+            missing
+        });
+        Ok(missing.unwrap_or_else(|| devices.to_vec()))
+    }
+
+    async fn sweep(
+        &self,
+        room: &RoomId,
+        now_ms: u64,
+        grace_ms: u64,
+    ) -> Result<Vec<DeviceId>, QueueError> {
+        let cutoff = now_ms.saturating_sub(grace_ms);
+        let gone = self.with_room(room, |r| {
+            let mut silent: Vec<(u64, DeviceId)> = r
+                .seen
+                .iter()
+                .filter(|(_, seen)| **seen < cutoff)
+                .map(|(d, seen)| (*seen, d.clone()))
+                .collect();
+            silent.sort();
+            for (_, d) in &silent {
+                r.remove_waiting(d);
+            }
+            r.abandoned_total += silent.len() as u64;
+            silent.into_iter().map(|(_, d)| d).collect()
+        });
+        Ok(gone.unwrap_or_default())
+    }
+
+    async fn admit(&self, room: &RoomId, now_ms: u64) -> Result<AdmitOutcome, QueueError> {
+        let outcome = self.with_room(room, |r| {
+            let mut due: Vec<(u64, String)> = r
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.expires_at_ms <= now_ms)
+                .map(|(sid, s)| (s.expires_at_ms, sid.clone()))
+                .collect();
+            due.sort();
+            let expired = due
+                .iter()
+                .filter_map(|(_, sid)| r.end_session(sid).map(|s| s.device))
+                .collect();
+            r.trim_rate(now_ms);
+            let mut admitted = Vec::new();
+            if r.config.state != RoomState::Paused {
+                let mut free = u64::from(r.config.capacity).saturating_sub(r.sessions.len() as u64);
+                if let Some(apm) = r.config.admit_per_minute {
+                    free = free.min(u64::from(apm).saturating_sub(r.admissions.len() as u64));
+                }
+                let expires_at_ms = now_ms + r.config.session_ttl_ms();
+                for _ in 0..free {
+                    let Some((ticket, device)) = r.queue.pop_first() else {
+                        break;
+                    };
+                    r.tickets.remove(&device);
+                    r.seen.remove(&device);
+                    let sid = uuid::Uuid::new_v4().to_string();
+                    let session = Session {
+                        device: device.clone(),
+                        ticket,
+                        admitted_at_ms: now_ms,
+                        expires_at_ms,
+                    };
+                    admitted.push((device.clone(), session.admission(&sid)));
+                    r.sessions.insert(sid.clone(), session);
+                    r.by_device.insert(device, sid);
+                    r.admissions.push(now_ms);
+                }
+                r.admitted_total += admitted.len() as u64;
+            }
+            AdmitOutcome {
+                admitted,
+                expired,
+                active: r.sessions.len() as u64,
+                waiting: r.waiting(),
+            }
+        });
+        Ok(outcome.unwrap_or_default())
+    }
+
+    async fn position(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+    ) -> Result<Option<Place>, QueueError> {
+        Ok(self.with_room(room, |r| r.place(device)).flatten())
+    }
+
+    async fn positions(
+        &self,
+        room: &RoomId,
+        devices: &[DeviceId],
+    ) -> Result<Positions, QueueError> {
+        let positions = self.with_room(room, |r| {
+            // One walk over the queue for all devices: O(n + k log k).
+            let mut wanted: Vec<(u64, usize)> = devices
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| r.tickets.get(d).map(|t| (*t, i)))
+                .collect();
+            wanted.sort_unstable();
+            let mut out = vec![None; devices.len()];
+            let mut tickets = r.queue.keys().peekable();
+            let mut before = 0u64;
+            for (ticket, i) in wanted {
+                while tickets.next_if(|t| **t < ticket).is_some() {
+                    before += 1;
+                }
+                out[i] = Some(before + 1);
+            }
+            Positions {
+                positions: out,
+                waiting_total: r.waiting(),
+            }
+        });
+        Ok(positions.unwrap_or_else(|| Positions {
+            positions: vec![None; devices.len()],
+            waiting_total: 0,
+        }))
+    }
+
+    async fn head(&self, room: &RoomId, n: usize) -> Result<Vec<DeviceId>, QueueError> {
+        let head = self.with_room(room, |r| r.queue.values().take(n).cloned().collect());
+        Ok(head.unwrap_or_default())
+    }
+
+    async fn leave(&self, room: &RoomId, device: &DeviceId) -> Result<bool, QueueError> {
+        let left = self.with_room(room, |r| {
+            let left = r.remove_waiting(device);
+            if left {
+                r.abandoned_total += 1;
+            }
+            left
+        });
+        Ok(left.unwrap_or(false))
+    }
+
+    async fn release(&self, room: &RoomId, session_id: &str) -> Result<bool, QueueError> {
+        let released = self.with_room(room, |r| r.end_session(session_id).is_some());
+        Ok(released.unwrap_or(false))
+    }
+
+    async fn renew(
+        &self,
+        room: &RoomId,
+        session_id: &str,
+        now_ms: u64,
+    ) -> Result<Option<u64>, QueueError> {
+        let renewed = self.with_room(room, |r| {
+            let ttl = r.config.session_ttl_ms();
+            let s = r.sessions.get_mut(session_id)?;
+            if s.expires_at_ms <= now_ms {
+                return None;
+            }
+            s.expires_at_ms = now_ms + ttl;
+            Some(s.expires_at_ms)
+        });
+        Ok(renewed.flatten())
+    }
+
+    async fn status(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+        now_ms: u64,
+    ) -> Result<DeviceStatus, QueueError> {
+        let status = self.with_room(room, |r| {
+            if let Some(a) = r.live_session(device, now_ms) {
+                DeviceStatus::Admitted(a)
+            } else if let Some(p) = r.place(device) {
+                DeviceStatus::Waiting(p)
+            } else {
+                DeviceStatus::Unknown
+            }
+        });
+        Ok(status.unwrap_or(DeviceStatus::Unknown))
+    }
+
+    async fn stats(&self, room: &RoomId, now_ms: u64) -> Result<RoomCounters, QueueError> {
+        let counters = self.with_room(room, |r| RoomCounters {
+            waiting: r.waiting(),
+            active: r.sessions.len() as u64,
+            admitted_total: r.admitted_total,
+            abandoned_total: r.abandoned_total,
+            peak_waiting: r.peak_waiting,
+            admitted_last_minute: r
+                .admissions
+                .iter()
+                .filter(|t| in_window(**t, now_ms))
+                .count() as u64,
+        });
+        Ok(counters.unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::SharedQueueStore;
+    use super::super::conformance::queue_conformance;
+    use super::*;
+
+    async fn setup(_name: &str) -> ((), SharedQueueStore) {
+        ((), Arc::new(MemoryQueueStore::new()))
+    }
+
+    queue_conformance!(setup);
+}

@@ -1,0 +1,1062 @@
+//! The waiting-room queue store: every room's FIFO queue, its admitted
+//! sessions and its counters, behind [`QueueStore`].
+//!
+//! Two implementations pass one conformance suite (`conformance`, run by
+//! `memory.rs` and `redis.rs`): [`MemoryQueueStore`] (one node, no
+//! dependencies) and [`RedisQueueStore`] (a cluster; the tests run it
+//! against a real `redis-server`).
+//!
+//! # Data model
+//!
+//! A room (`RoomId`, the device-id charset, 1 to 64 bytes) has a
+//! [`RoomConfig`] (capacity, optional admissions per minute, session TTL,
+//! target URL, state, proof-of-work difficulty), every field replaceable
+//! live with [`QueueStore::put_room`] without touching the queue.
+//!
+//! - **Queue**: waiting devices ordered by *ticket*, a per-room counter
+//!   handed out by join. A device holds at most one place per room; joining
+//!   again returns the same ticket (never a new one), so a reconnect never
+//!   loses or improves a place. A place is only ever created by join.
+//! - **Seen**: the last heartbeat (join or [`QueueStore::touch`]) of each
+//!   waiting device; [`QueueStore::sweep`] drops those silent for longer
+//!   than the grace period (counted as abandoned).
+//! - **Active sessions**: admitted devices, each with a session id, its
+//!   ticket, admission time and expiry. A session holds a slot until it is
+//!   released, or until it expires (not renewed within the session TTL);
+//!   expired sessions are freed by the next admit.
+//! - **Admission log**: the admission times of the last 60 s, trimmed on
+//!   every admit; it enforces `admit_per_minute` and gives the measured
+//!   throughput ([`RoomCounters::admitted_last_minute`]) for wait estimates.
+//! - **Counters**: `admitted_total`, `abandoned_total` (left or swept
+//!   before admission), `peak_waiting` — in the store, so cluster-wide.
+//!
+//! States: `open` admits; `paused` keeps accepting joins but admits nobody;
+//! `closed` refuses *new* joins, while devices already waiting keep their
+//! place (a rejoin returns it) and are still admitted — the queue drains.
+//!
+//! # Time
+//!
+//! Every time-dependent operation takes `now_ms` (Unix ms) from the caller;
+//! the Redis scripts compare against that argument, never against Redis
+//! `TIME`. Both stores are then deterministic and run the same tests with
+//! explicit times and no sleeps; production callers pass the node's wall
+//! clock ([`crate::store::now_ms`]). The trade-off: node clocks must agree
+//! (NTP) to well within the heartbeat grace and session TTL — a node whose
+//! clock runs behind frees sessions and abandons devices a little late and
+//! one whose clock runs ahead a little early, by the skew. Heartbeats only
+//! ever move forward (`ZADD GT`), so a lagging node cannot make a device
+//! look older than another node saw it. Redis `TIME` would remove the skew
+//! but make expiry untestable without sleeps and make the stores differ.
+//!
+//! # Session ids
+//!
+//! UUID v4 strings, unguessable. The memory store draws them from the OS
+//! RNG. Lua scripts cannot draw randomness, so the node passes one fresh
+//! UUID v4 *nonce* per admit call and the script derives each session id as
+//! `SHA-1(nonce ":" ticket)` laid out in UUID v4 form (122 bits of the
+//! hash); knowing one session id reveals nothing about its batch-mates'.
+//!
+//! # Redis keys
+//!
+//! All keys of one room share the hash tag `{<prefix>:room:<id>}`, so every
+//! script touches one slot and runs on Redis Cluster:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{p:room:R}:config` | hash | `capacity`, `admit_per_minute` (empty = none), `session_ttl_secs`, `target_url`, `state`, `pow_difficulty` |
+//! | `{p:room:R}:counters` | hash | `ticket` (last handed out), `admitted_total`, `abandoned_total`, `peak_waiting` |
+//! | `{p:room:R}:queue` | zset | device → ticket |
+//! | `{p:room:R}:seen` | zset | device → last heartbeat ms (exactly the queue's members) |
+//! | `{p:room:R}:active` | zset | session id → expires at ms |
+//! | `{p:room:R}:sessions` | hash | session id → `device\|ticket\|admitted_at_ms` |
+//! | `{p:room:R}:devices` | hash | device → session id (admitted devices) |
+//! | `{p:room:R}:rate` | zset | session id → admitted at ms (last 60 s) |
+//! | `{p}:rooms` | set | room ids (another slot: written apart from the config) |
+//!
+//! # Operations and their Redis cost
+//!
+//! One round trip each (admit, sweep and touch: one per batch of 1,000);
+//! `n` waiting, `k` devices or sessions handled by the call.
+//!
+//! | operation | how | cost |
+//! |---|---|---|
+//! | `put_room` | `HSET` config + `SADD` rooms | 2 commands, O(1) |
+//! | `get_room` / `rooms` | `HGETALL` / `SMEMBERS` | O(1) / O(rooms) |
+//! | `join` | `join.lua`: `HGET` state, session lookup, `ZSCORE`; new place: `HINCRBY` ticket, `ZADD` queue + seen, `ZCARD`, peak | ~8 commands, O(log n) |
+//! | `touch` | `touch.lua`: `ZSCORE` + `ZADD` seen per device | O(k log n) |
+//! | `sweep` | `sweep.lua`: `ZRANGEBYSCORE` seen, `ZREM` queue + seen per device, `HINCRBY` | O(log n + k log n) |
+//! | `admit` | `admit.lua`: `ZRANGEBYSCORE` active (expired) and 3 removals each; trim rate; `HMGET` config; `ZRANGE` head and 6 writes per admission; `HINCRBY` | O((k+1) log n) |
+//! | `position` / `positions` | `positions.lua`: `ZRANK` per device + `ZCARD` | O(k log n) |
+//! | `head` | `ZRANGE 0 n-1` | O(log n + k) |
+//! | `leave` | `leave.lua`: `ZREM` queue + seen, `HINCRBY` | O(log n) |
+//! | `release` | `release.lua`: `HGET` session, `ZREM` active, 2 `HDEL` | O(log n) |
+//! | `renew` | `renew.lua`: `ZSCORE`, `HGET` TTL, `ZADD XX` | O(log n) |
+//! | `status` | `status.lua`: session lookup, or `ZSCORE` + `ZRANK` + `ZCARD` | O(log n) |
+//! | `stats` | `stats.lua`: `HMGET` counters, 2 `ZCARD`, `ZCOUNT` rate | O(log n) |
+//!
+//! Admit is atomic and idempotent: any node may run it for any room at any
+//! time, concurrently; each run sees the result of the previous one, so the
+//! room never goes past capacity and admits strictly in ticket order.
+
+mod memory;
+mod redis;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pace_protocol::{DeviceId, GroupId, IdError};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use memory::MemoryQueueStore;
+pub use redis::RedisQueueStore;
+
+/// Length of the sliding window of `admit_per_minute`, in ms.
+pub const RATE_WINDOW_MS: u64 = 60_000;
+
+/// A room id: 1 to 64 bytes of `[A-Za-z0-9._:@-]` (the group-id rules), so
+/// it is safe in URLs, Redis keys (no `{` `}`: it sits inside a hash tag)
+/// and logs.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomId(Arc<str>);
+
+impl RoomId {
+    /// Maximum length in bytes.
+    pub const MAX_LEN: usize = GroupId::MAX_LEN;
+
+    /// Validates `s` and wraps it.
+    pub fn parse(s: &str) -> Result<RoomId, IdError> {
+        GroupId::parse(s).map(|g| RoomId(g.as_arc().clone()))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for RoomId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<RoomId, IdError> {
+        RoomId::parse(s)
+    }
+}
+
+impl Serialize for RoomId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RoomId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RoomId, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        RoomId::parse(&s).map_err(|e| serde::de::Error::custom(format_args!("RoomId {e}")))
+    }
+}
+
+/// Whether a room admits and accepts joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomState {
+    /// Joins accepted, devices admitted.
+    Open,
+    /// Joins accepted (the queue builds), nobody admitted.
+    Paused,
+    /// New joins refused; devices already waiting keep their place and are
+    /// still admitted.
+    Closed,
+}
+
+impl RoomState {
+    /// `open`, `paused` or `closed` (as stored).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomState::Open => "open",
+            RoomState::Paused => "paused",
+            RoomState::Closed => "closed",
+        }
+    }
+
+    /// The inverse of [`RoomState::as_str`].
+    pub fn parse(s: &str) -> Option<RoomState> {
+        match s {
+            "open" => Some(RoomState::Open),
+            "paused" => Some(RoomState::Paused),
+            "closed" => Some(RoomState::Closed),
+            _ => None,
+        }
+    }
+}
+
+/// A room's settings; every field may change live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomConfig {
+    /// Most sessions admitted at once. Lowering it evicts nobody: admission
+    /// waits until enough sessions end.
+    pub capacity: u32,
+    /// Most new admissions in any 60 s window; `None` for no limit.
+    pub admit_per_minute: Option<u32>,
+    /// How long an admitted session holds its slot unless renewed.
+    pub session_ttl_secs: u32,
+    /// Where an admitted device is sent.
+    pub target_url: String,
+    /// Open, paused or closed.
+    pub state: RoomState,
+    /// Proof-of-work difficulty asked of joining devices (0 = none).
+    pub pow_difficulty: u8,
+}
+
+/// Longest target URL accepted, in bytes.
+pub const TARGET_URL_MAX_LEN: usize = 2048;
+
+impl RoomConfig {
+    /// Checks the values a store relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.session_ttl_secs == 0 {
+            return Err("session_ttl_secs must be at least 1".into());
+        }
+        if self.target_url.len() > TARGET_URL_MAX_LEN {
+            return Err(format!(
+                "target_url is longer than {TARGET_URL_MAX_LEN} bytes"
+            ));
+        }
+        if self.target_url.chars().any(|c| c.is_control() || c == ' ') {
+            return Err("target_url contains spaces or control characters".into());
+        }
+        Ok(())
+    }
+
+    /// The session TTL in ms.
+    pub fn session_ttl_ms(&self) -> u64 {
+        u64::from(self.session_ttl_secs) * 1000
+    }
+}
+
+/// A room as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Room {
+    /// Its id.
+    pub id: RoomId,
+    /// Its settings.
+    pub config: RoomConfig,
+}
+
+/// A waiting device's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Place {
+    /// The ticket the device got when it joined: its order in the queue.
+    pub ticket: u64,
+    /// 1-based position in the queue now.
+    pub position: u64,
+    /// Devices waiting in the room now.
+    pub waiting_total: u64,
+}
+
+/// An admitted device's session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    /// The session's id (UUID v4 form), bound into the admission token.
+    pub session_id: String,
+    /// The ticket the device waited with.
+    pub ticket: u64,
+    /// When it was admitted, Unix ms.
+    pub admitted_at_ms: u64,
+    /// When the session expires unless renewed, Unix ms.
+    pub expires_at_ms: u64,
+}
+
+/// What [`QueueStore::join`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinOutcome {
+    /// The device waits (a new place, or the one it already had).
+    Waiting(Place),
+    /// The device already holds a live session (it gets it again).
+    Admitted(Admission),
+    /// The room is closed to new joins.
+    Closed,
+    /// No such room.
+    NoSuchRoom,
+}
+
+/// Where a device stands in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceStatus {
+    /// Waiting.
+    Waiting(Place),
+    /// Holding a live (unexpired) session.
+    Admitted(Admission),
+    /// Neither: never joined, left, swept, released or expired.
+    Unknown,
+}
+
+/// What one [`QueueStore::admit`] run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdmitOutcome {
+    /// Devices admitted now, in ticket order.
+    pub admitted: Vec<(DeviceId, Admission)>,
+    /// Devices whose sessions expired and were freed now.
+    pub expired: Vec<DeviceId>,
+    /// Sessions active after the run.
+    pub active: u64,
+    /// Devices waiting after the run.
+    pub waiting: u64,
+}
+
+/// Positions of several devices at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Positions {
+    /// 1-based position of each requested device, in request order; `None`
+    /// for a device not waiting.
+    pub positions: Vec<Option<u64>>,
+    /// Devices waiting in the room.
+    pub waiting_total: u64,
+}
+
+/// A room's numbers, cluster-wide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomCounters {
+    /// Devices waiting now.
+    pub waiting: u64,
+    /// Sessions holding a slot now (expired ones count until freed).
+    pub active: u64,
+    /// Admissions since the room was created.
+    pub admitted_total: u64,
+    /// Devices that left or were swept before admission.
+    pub abandoned_total: u64,
+    /// Most devices ever waiting at once.
+    pub peak_waiting: u64,
+    /// Admissions in the last 60 s: the measured throughput.
+    pub admitted_last_minute: u64,
+}
+
+/// Failures of a queue store.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The store cannot be reached or did not answer in time (retryable).
+    #[error("queue store unavailable: {0}")]
+    Unavailable(String),
+    /// The room configuration was refused.
+    #[error("invalid room config: {0}")]
+    InvalidConfig(String),
+    /// The store answered something this version does not understand.
+    #[error("unexpected queue store reply: {0}")]
+    BadReply(String),
+}
+
+/// The waiting room's shared state. Time-dependent methods take `now_ms`
+/// (Unix ms, the caller's clock; see the module docs).
+#[async_trait]
+pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
+    /// `memory` or `redis`.
+    fn kind(&self) -> &'static str;
+
+    /// Creates the room or replaces its whole config; its queue, sessions
+    /// and counters are kept.
+    async fn put_room(&self, room: &RoomId, config: &RoomConfig) -> Result<Room, QueueError>;
+
+    /// The room, if it exists.
+    async fn get_room(&self, room: &RoomId) -> Result<Option<Room>, QueueError>;
+
+    /// Every room id, sorted.
+    async fn rooms(&self) -> Result<Vec<RoomId>, QueueError>;
+
+    /// Joins `device` to the room's queue, or returns the place or live
+    /// session it already has. Also counts as a heartbeat. A session that
+    /// has expired but was not yet freed is freed here and the device
+    /// queues anew.
+    async fn join(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+        now_ms: u64,
+    ) -> Result<JoinOutcome, QueueError>;
+
+    /// Heartbeat of waiting devices, in one call per batch. Returns the
+    /// devices among them that are not waiting (admitted, swept, left).
+    async fn touch(
+        &self,
+        room: &RoomId,
+        devices: &[DeviceId],
+        now_ms: u64,
+    ) -> Result<Vec<DeviceId>, QueueError>;
+
+    /// Removes waiting devices whose last heartbeat is more than `grace_ms`
+    /// before `now_ms` (counted as abandoned); returns them, oldest
+    /// heartbeat first.
+    async fn sweep(
+        &self,
+        room: &RoomId,
+        now_ms: u64,
+        grace_ms: u64,
+    ) -> Result<Vec<DeviceId>, QueueError>;
+
+    /// Frees expired sessions (`expires_at_ms <= now_ms`), then admits the
+    /// head of the queue in ticket order while the room is not paused,
+    /// active sessions are below capacity and the per-minute budget allows.
+    /// Atomic; safe to run from every node at once.
+    async fn admit(&self, room: &RoomId, now_ms: u64) -> Result<AdmitOutcome, QueueError>;
+
+    /// A waiting device's place.
+    async fn position(&self, room: &RoomId, device: &DeviceId)
+    -> Result<Option<Place>, QueueError>;
+
+    /// Positions of many devices at one instant.
+    async fn positions(&self, room: &RoomId, devices: &[DeviceId])
+    -> Result<Positions, QueueError>;
+
+    /// The first `n` waiting devices, in ticket order.
+    async fn head(&self, room: &RoomId, n: usize) -> Result<Vec<DeviceId>, QueueError>;
+
+    /// Removes a waiting device's place (counted as abandoned). Returns
+    /// whether it was waiting; an admitted device's session is untouched.
+    async fn leave(&self, room: &RoomId, device: &DeviceId) -> Result<bool, QueueError>;
+
+    /// Ends a session and frees its slot. Returns whether it was held.
+    async fn release(&self, room: &RoomId, session_id: &str) -> Result<bool, QueueError>;
+
+    /// Extends a live session to `now_ms` + the room's session TTL and
+    /// returns the new expiry; `None` if it is unknown or already expired.
+    async fn renew(
+        &self,
+        room: &RoomId,
+        session_id: &str,
+        now_ms: u64,
+    ) -> Result<Option<u64>, QueueError>;
+
+    /// Where `device` stands (sessions expired by `now_ms` count as gone).
+    async fn status(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+        now_ms: u64,
+    ) -> Result<DeviceStatus, QueueError>;
+
+    /// The room's counters (zero for an unknown room).
+    async fn stats(&self, room: &RoomId, now_ms: u64) -> Result<RoomCounters, QueueError>;
+}
+
+/// A queue store shared by the node's tasks.
+pub type SharedQueueStore = Arc<dyn QueueStore>;
+
+/// The conformance suite every [`QueueStore`] passes. Each store's tests
+/// instantiate it with [`queue_conformance!`], giving a setup function
+/// `async fn(name) -> (guard, SharedQueueStore)` that returns a fresh store.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    /// Start of time in the tests (any value works; a realistic one).
+    pub const T0: u64 = 1_700_000_000_000;
+
+    /// One `#[tokio::test]` per conformance case, calling `$setup`.
+    macro_rules! queue_conformance {
+        ($setup:path) => {
+            $crate::queue::conformance::queue_conformance!(@cases $setup,
+                rejoin_keeps_the_same_place,
+                admits_in_ticket_order_up_to_capacity,
+                concurrent_admits_never_exceed_capacity,
+                admit_per_minute_budget,
+                paused_admits_nobody,
+                closed_refuses_new_joins_only,
+                raised_capacity_admits_more,
+                release_and_expiry_free_slots,
+                renew_extends_a_session,
+                sweep_drops_silent_devices_only,
+                admitted_device_rejoining_gets_its_admission,
+                counters,
+                positions_and_head,
+                rooms_and_config,
+                leave_gives_up_a_place,
+            );
+        };
+        (@cases $setup:path, $($case:ident),* $(,)?) => {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let (_guard, store) = $setup(stringify!($case)).await;
+                    $crate::queue::conformance::$case(store).await;
+                }
+            )*
+        };
+    }
+    pub(crate) use queue_conformance;
+
+    pub fn room(s: &str) -> RoomId {
+        RoomId::parse(s).unwrap()
+    }
+
+    pub fn dev(s: &str) -> DeviceId {
+        DeviceId::parse(s).unwrap()
+    }
+
+    pub fn config(capacity: u32) -> RoomConfig {
+        RoomConfig {
+            capacity,
+            admit_per_minute: None,
+            session_ttl_secs: 60,
+            target_url: "https://shop.example/checkout".into(),
+            state: RoomState::Open,
+            pow_difficulty: 0,
+        }
+    }
+
+    async fn new_room(s: &SharedQueueStore, name: &str, c: RoomConfig) -> RoomId {
+        let r = room(name);
+        s.put_room(&r, &c).await.unwrap();
+        r
+    }
+
+    async fn waiting(s: &SharedQueueStore, r: &RoomId, d: &str, now: u64) -> Place {
+        match s.join(r, &dev(d), now).await.unwrap() {
+            JoinOutcome::Waiting(p) => p,
+            other => panic!("{d}: expected waiting, got {other:?}"),
+        }
+    }
+
+    fn admitted_names(o: &AdmitOutcome) -> Vec<&str> {
+        o.admitted.iter().map(|(d, _)| d.as_str()).collect()
+    }
+
+    fn assert_uuid_v4(sid: &str) {
+        let u = uuid::Uuid::parse_str(sid).unwrap();
+        assert_eq!(u.get_version_num(), 4, "{sid}");
+        assert_eq!(u.get_variant(), uuid::Variant::RFC4122, "{sid}");
+        assert_eq!(u.hyphenated().to_string(), sid, "canonical form");
+    }
+
+    /// Joining again (also after heartbeats) returns the same ticket; a
+    /// new device gets the next ticket at the back.
+    pub async fn rejoin_keeps_the_same_place(s: SharedQueueStore) {
+        let r = new_room(&s, "rejoin", config(0)).await;
+        let a = waiting(&s, &r, "a", T0).await;
+        let b = waiting(&s, &r, "b", T0 + 1).await;
+        let c = waiting(&s, &r, "c", T0 + 2).await;
+        assert!(a.ticket < b.ticket && b.ticket < c.ticket);
+        assert_eq!((b.position, b.waiting_total), (2, 2));
+        assert_eq!((c.position, c.waiting_total), (3, 3));
+        let again = waiting(&s, &r, "b", T0 + 10).await;
+        assert_eq!(
+            again,
+            Place {
+                waiting_total: 3,
+                ..b
+            }
+        );
+        assert_eq!(s.touch(&r, &[dev("b")], T0 + 20).await.unwrap(), vec![]);
+        let again = waiting(&s, &r, "b", T0 + 30).await;
+        assert_eq!((again.ticket, again.position), (b.ticket, 2));
+        let d = waiting(&s, &r, "d", T0 + 40).await;
+        assert!(d.ticket > c.ticket);
+        assert_eq!(s.stats(&r, T0).await.unwrap().waiting, 4);
+    }
+
+    /// The head of the queue is admitted in ticket order, never past
+    /// capacity; an admission carries a UUID v4 session and the TTL.
+    pub async fn admits_in_ticket_order_up_to_capacity(s: SharedQueueStore) {
+        let r = new_room(&s, "fifo", config(3)).await;
+        for (i, d) in ["d1", "d2", "d3", "d4", "d5"].iter().enumerate() {
+            waiting(&s, &r, d, T0 + i as u64).await;
+        }
+        let o = s.admit(&r, T0 + 100).await.unwrap();
+        assert_eq!(admitted_names(&o), ["d1", "d2", "d3"]);
+        assert_eq!((o.active, o.waiting), (3, 2));
+        assert!(o.expired.is_empty());
+        let tickets: Vec<u64> = o.admitted.iter().map(|(_, a)| a.ticket).collect();
+        assert!(tickets.windows(2).all(|w| w[0] < w[1]), "{tickets:?}");
+        let sids: HashSet<&str> = o
+            .admitted
+            .iter()
+            .map(|(_, a)| a.session_id.as_str())
+            .collect();
+        assert_eq!(sids.len(), 3);
+        for (_, a) in &o.admitted {
+            assert_uuid_v4(&a.session_id);
+            assert_eq!(a.admitted_at_ms, T0 + 100);
+            assert_eq!(a.expires_at_ms, T0 + 100 + 60_000);
+        }
+        let again = s.admit(&r, T0 + 200).await.unwrap();
+        assert!(again.admitted.is_empty(), "full: {again:?}");
+        assert_eq!((again.active, again.waiting), (3, 2));
+        let p = s.position(&r, &dev("d4")).await.unwrap().unwrap();
+        assert_eq!((p.position, p.waiting_total), (1, 2));
+    }
+
+    /// Eight tasks admit concurrently while 200 devices join (half of them
+    /// before the race starts) and admitted sessions end one at a time: the
+    /// room fills up to capacity and never past it, every device is
+    /// admitted exactly once, and admissions follow ticket order.
+    pub async fn concurrent_admits_never_exceed_capacity(s: SharedQueueStore) {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        const CAP: u64 = 7;
+        const DEVICES: usize = 200;
+        let r = new_room(&s, "race", config(CAP as u32)).await;
+        let join = |s: SharedQueueStore, r: RoomId, range: std::ops::Range<usize>| async move {
+            let mut tickets = Vec::new();
+            for i in range {
+                match s.join(&r, &dev(&format!("dev-{i:03}")), T0).await.unwrap() {
+                    JoinOutcome::Waiting(p) => tickets.push(p.ticket),
+                    other => panic!("{other:?}"),
+                }
+            }
+            tickets
+        };
+        let mut tickets = join(s.clone(), r.clone(), 0..DEVICES / 2).await;
+        let joiner = tokio::spawn(join(s.clone(), r.clone(), DEVICES / 2..DEVICES));
+
+        type Batch = Vec<(DeviceId, Admission)>;
+        let batches: Arc<Mutex<Vec<Batch>>> = Arc::default();
+        let done = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let mut admitters = Vec::new();
+        for _ in 0..8 {
+            let (s, r) = (s.clone(), r.clone());
+            let (batches, done, peak) = (batches.clone(), done.clone(), peak.clone());
+            admitters.push(tokio::spawn(async move {
+                // Sessions this worker holds; it ends one per round, so the
+                // room stays full and the workers race for each free slot.
+                let mut held = std::collections::VecDeque::new();
+                while !done.load(Ordering::Relaxed) {
+                    let o = s.admit(&r, T0 + 1).await.unwrap();
+                    assert!(o.active <= CAP, "active {} > capacity", o.active);
+                    peak.fetch_max(o.active, Ordering::Relaxed);
+                    held.extend(o.admitted.iter().map(|(_, a)| a.session_id.clone()));
+                    if !o.admitted.is_empty() {
+                        batches.lock().unwrap().push(o.admitted);
+                    }
+                    let st = s.stats(&r, T0 + 1).await.unwrap();
+                    assert!(st.active <= CAP, "stats active {} > capacity", st.active);
+                    if let Some(sid) = held.pop_front() {
+                        assert!(s.release(&r, &sid).await.unwrap());
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                held.len() as u64
+            }));
+        }
+        tickets.extend(joiner.await.unwrap());
+        for _ in 0..2000 {
+            let n: usize = batches.lock().unwrap().iter().map(Vec::len).sum();
+            if n >= DEVICES {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        done.store(true, Ordering::Relaxed);
+        let mut still_held = 0;
+        for a in admitters {
+            still_held += a.await.unwrap();
+        }
+        assert_eq!(peak.load(Ordering::Relaxed), CAP, "the room filled up");
+        let mut batches = batches.lock().unwrap().clone();
+        // Each batch is atomic and in ticket order; batches never overlap,
+        // so ordered by their first ticket they spell the join order.
+        batches.sort_by_key(|b| b[0].1.ticket);
+        let order: Vec<u64> = batches.iter().flatten().map(|(_, a)| a.ticket).collect();
+        assert_eq!(order, tickets, "admitted exactly once, in ticket order");
+        for (d, a) in batches.iter().flatten() {
+            let i = tickets.iter().position(|t| *t == a.ticket).unwrap();
+            assert_eq!(d.as_str(), format!("dev-{i:03}"));
+        }
+        let st = s.stats(&r, T0 + 1).await.unwrap();
+        assert_eq!((st.waiting, st.active), (0, still_held));
+        assert_eq!(st.admitted_total, DEVICES as u64);
+    }
+
+    /// At most `admit_per_minute` admissions in any 60 s window.
+    pub async fn admit_per_minute_budget(s: SharedQueueStore) {
+        let mut c = config(100);
+        c.admit_per_minute = Some(3);
+        let r = new_room(&s, "rate", c).await;
+        for i in 0..10 {
+            waiting(&s, &r, &format!("d{i}"), T0).await;
+        }
+        let o = s.admit(&r, T0).await.unwrap();
+        assert_eq!(admitted_names(&o), ["d0", "d1", "d2"]);
+        assert!(s.admit(&r, T0 + 30_000).await.unwrap().admitted.is_empty());
+        assert!(s.admit(&r, T0 + 59_999).await.unwrap().admitted.is_empty());
+        assert_eq!(
+            s.stats(&r, T0 + 59_999).await.unwrap().admitted_last_minute,
+            3
+        );
+        let o = s.admit(&r, T0 + 60_000).await.unwrap();
+        assert_eq!(admitted_names(&o), ["d3", "d4", "d5"]);
+        assert_eq!(
+            s.stats(&r, T0 + 60_000).await.unwrap().admitted_last_minute,
+            3
+        );
+        // Lifting the limit live admits the rest at once.
+        let mut c = s.get_room(&r).await.unwrap().unwrap().config;
+        c.admit_per_minute = None;
+        s.put_room(&r, &c).await.unwrap();
+        let o = s.admit(&r, T0 + 60_001).await.unwrap();
+        assert_eq!(o.admitted.len(), 4);
+        assert_eq!(
+            s.stats(&r, T0 + 60_001).await.unwrap().admitted_last_minute,
+            7
+        );
+        assert_eq!(
+            s.stats(&r, T0 + 200_000)
+                .await
+                .unwrap()
+                .admitted_last_minute,
+            0
+        );
+    }
+
+    /// A paused room keeps queueing and admits nobody until reopened.
+    pub async fn paused_admits_nobody(s: SharedQueueStore) {
+        let mut c = config(5);
+        c.state = RoomState::Paused;
+        let r = new_room(&s, "paused", c.clone()).await;
+        waiting(&s, &r, "a", T0).await;
+        waiting(&s, &r, "b", T0).await;
+        let o = s.admit(&r, T0 + 1).await.unwrap();
+        assert!(o.admitted.is_empty());
+        assert_eq!((o.active, o.waiting), (0, 2));
+        c.state = RoomState::Open;
+        s.put_room(&r, &c).await.unwrap();
+        let o = s.admit(&r, T0 + 2).await.unwrap();
+        assert_eq!(admitted_names(&o), ["a", "b"]);
+    }
+
+    /// A closed room refuses new joins; devices already waiting keep their
+    /// place and are still admitted; admitted devices keep their session.
+    pub async fn closed_refuses_new_joins_only(s: SharedQueueStore) {
+        let mut c = config(1);
+        let r = new_room(&s, "closed", c.clone()).await;
+        waiting(&s, &r, "in", T0).await;
+        let early = waiting(&s, &r, "early", T0).await;
+        let adm = s.admit(&r, T0).await.unwrap().admitted[0].1.clone();
+        c.state = RoomState::Closed;
+        s.put_room(&r, &c).await.unwrap();
+        assert_eq!(
+            s.join(&r, &dev("late"), T0 + 1).await.unwrap(),
+            JoinOutcome::Closed
+        );
+        assert_eq!(waiting(&s, &r, "early", T0 + 1).await.ticket, early.ticket);
+        assert_eq!(
+            s.join(&r, &dev("in"), T0 + 1).await.unwrap(),
+            JoinOutcome::Admitted(adm.clone())
+        );
+        assert!(s.release(&r, &adm.session_id).await.unwrap());
+        let o = s.admit(&r, T0 + 2).await.unwrap();
+        assert_eq!(admitted_names(&o), ["early"]);
+        assert_eq!(
+            s.status(&r, &dev("late"), T0 + 2).await.unwrap(),
+            DeviceStatus::Unknown
+        );
+        assert_eq!(
+            s.join(&room("nowhere"), &dev("a"), T0).await.unwrap(),
+            JoinOutcome::NoSuchRoom
+        );
+    }
+
+    /// Capacity changes apply on the next admit; lowering evicts nobody.
+    pub async fn raised_capacity_admits_more(s: SharedQueueStore) {
+        let mut c = config(1);
+        let r = new_room(&s, "capacity", c.clone()).await;
+        for d in ["a", "b", "c", "d"] {
+            waiting(&s, &r, d, T0).await;
+        }
+        assert_eq!(admitted_names(&s.admit(&r, T0).await.unwrap()), ["a"]);
+        c.capacity = 3;
+        s.put_room(&r, &c).await.unwrap();
+        let o = s.admit(&r, T0 + 1).await.unwrap();
+        assert_eq!(admitted_names(&o), ["b", "c"]);
+        assert_eq!(o.active, 3);
+        c.capacity = 1;
+        s.put_room(&r, &c).await.unwrap();
+        let o = s.admit(&r, T0 + 2).await.unwrap();
+        assert!(o.admitted.is_empty());
+        assert_eq!(o.active, 3, "lowering capacity evicts nobody");
+    }
+
+    /// A released or expired session frees its slot for the next device;
+    /// expiry is at `expires_at_ms`, inclusive.
+    pub async fn release_and_expiry_free_slots(s: SharedQueueStore) {
+        let r = new_room(&s, "slots", config(1)).await;
+        for d in ["a", "b", "c"] {
+            waiting(&s, &r, d, T0).await;
+        }
+        let a = s.admit(&r, T0).await.unwrap().admitted[0].1.clone();
+        assert!(s.release(&r, &a.session_id).await.unwrap());
+        assert!(!s.release(&r, &a.session_id).await.unwrap(), "only once");
+        assert!(!s.release(&r, "no-such-session").await.unwrap());
+        let o = s.admit(&r, T0 + 1_000).await.unwrap();
+        assert_eq!(admitted_names(&o), ["b"]);
+        let b = o.admitted[0].1.clone();
+        assert_eq!(b.expires_at_ms, T0 + 61_000);
+        let o = s.admit(&r, b.expires_at_ms - 1).await.unwrap();
+        assert!(o.admitted.is_empty() && o.expired.is_empty());
+        let o = s.admit(&r, b.expires_at_ms).await.unwrap();
+        assert_eq!(o.expired, vec![dev("b")]);
+        assert_eq!(admitted_names(&o), ["c"]);
+        assert_eq!((o.active, o.waiting), (1, 0));
+        assert_eq!(
+            s.status(&r, &dev("b"), b.expires_at_ms).await.unwrap(),
+            DeviceStatus::Unknown
+        );
+    }
+
+    /// Renewing moves the expiry to now + TTL; unknown or expired sessions
+    /// cannot be renewed.
+    pub async fn renew_extends_a_session(s: SharedQueueStore) {
+        let r = new_room(&s, "renew", config(1)).await;
+        waiting(&s, &r, "a", T0).await;
+        waiting(&s, &r, "b", T0).await;
+        let a = s.admit(&r, T0).await.unwrap().admitted[0].1.clone();
+        let new_exp = s.renew(&r, &a.session_id, T0 + 50_000).await.unwrap();
+        assert_eq!(new_exp, Some(T0 + 110_000));
+        let o = s.admit(&r, a.expires_at_ms).await.unwrap();
+        assert!(o.expired.is_empty() && o.admitted.is_empty(), "{o:?}");
+        match s.status(&r, &dev("a"), T0 + 100_000).await.unwrap() {
+            DeviceStatus::Admitted(x) => {
+                assert_eq!(x.expires_at_ms, T0 + 110_000);
+                assert_eq!(x.session_id, a.session_id);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.renew(&r, "unknown", T0).await.unwrap(), None);
+        assert_eq!(
+            s.renew(&r, &a.session_id, T0 + 110_000).await.unwrap(),
+            None,
+            "expired"
+        );
+        let o = s.admit(&r, T0 + 110_000).await.unwrap();
+        assert_eq!(o.expired, vec![dev("a")]);
+        assert_eq!(admitted_names(&o), ["b"]);
+    }
+
+    /// Sweep drops waiting devices silent for longer than the grace, keeps
+    /// those touched (or rejoined) in time; touch reports devices that are
+    /// not waiting.
+    pub async fn sweep_drops_silent_devices_only(s: SharedQueueStore) {
+        let r = new_room(&s, "sweep", config(0)).await;
+        for d in ["a", "b", "c", "d"] {
+            waiting(&s, &r, d, T0).await;
+        }
+        let missing = s
+            .touch(&r, &[dev("a"), dev("x"), dev("c")], T0 + 20_000)
+            .await
+            .unwrap();
+        assert_eq!(missing, vec![dev("x")]);
+        waiting(&s, &r, "d", T0 + 20_000).await;
+        // A touch with an older time (a node whose clock lags) never moves
+        // a heartbeat back.
+        s.touch(&r, &[dev("a")], T0 + 1).await.unwrap();
+        // b: silent for exactly the grace: kept.
+        assert!(s.sweep(&r, T0 + 30_000, 30_000).await.unwrap().is_empty());
+        assert_eq!(
+            s.sweep(&r, T0 + 30_001, 30_000).await.unwrap(),
+            vec![dev("b")]
+        );
+        let p = s
+            .positions(&r, &[dev("a"), dev("b"), dev("c")])
+            .await
+            .unwrap();
+        assert_eq!(p.positions, vec![Some(1), None, Some(2)]);
+        assert_eq!(p.waiting_total, 3);
+        assert_eq!(s.stats(&r, T0).await.unwrap().abandoned_total, 1);
+        let gone = s.sweep(&r, T0 + 50_001, 30_000).await.unwrap();
+        assert_eq!(gone, vec![dev("a"), dev("c"), dev("d")]);
+        assert_eq!(s.stats(&r, T0).await.unwrap().waiting, 0);
+        // A swept device that comes back queues anew, at the back.
+        let b = waiting(&s, &r, "b", T0 + 60_000).await;
+        assert_eq!((b.ticket, b.position), (5, 1));
+    }
+
+    /// A device holding a live session gets the same admission on rejoin;
+    /// once expired, it queues anew.
+    pub async fn admitted_device_rejoining_gets_its_admission(s: SharedQueueStore) {
+        let r = new_room(&s, "readmit", config(1)).await;
+        let first = waiting(&s, &r, "a", T0).await;
+        let a = s.admit(&r, T0).await.unwrap().admitted[0].1.clone();
+        assert_eq!(a.ticket, first.ticket);
+        for now in [T0 + 1, T0 + 59_999] {
+            assert_eq!(
+                s.join(&r, &dev("a"), now).await.unwrap(),
+                JoinOutcome::Admitted(a.clone())
+            );
+        }
+        assert_eq!(
+            s.status(&r, &dev("a"), T0 + 1).await.unwrap(),
+            DeviceStatus::Admitted(a.clone())
+        );
+        assert_eq!(
+            s.touch(&r, &[dev("a")], T0 + 2).await.unwrap(),
+            vec![dev("a")]
+        );
+        // Expired but not yet freed by admit: join frees it and queues.
+        let again = waiting(&s, &r, "a", a.expires_at_ms).await;
+        assert!(again.ticket > a.ticket);
+        assert_eq!(s.stats(&r, a.expires_at_ms).await.unwrap().active, 0);
+        let o = s.admit(&r, a.expires_at_ms).await.unwrap();
+        assert!(o.expired.is_empty(), "freed by the join already");
+        assert_eq!(admitted_names(&o), ["a"]);
+        assert_ne!(o.admitted[0].1.session_id, a.session_id);
+    }
+
+    /// The counters follow joins, admissions, leaves and sweeps.
+    pub async fn counters(s: SharedQueueStore) {
+        let r = new_room(&s, "counters", config(2)).await;
+        assert_eq!(s.stats(&r, T0).await.unwrap(), RoomCounters::default());
+        for d in ["a", "b", "c", "d", "e"] {
+            waiting(&s, &r, d, T0).await;
+        }
+        s.admit(&r, T0 + 10).await.unwrap();
+        assert!(s.leave(&r, &dev("c")).await.unwrap());
+        s.touch(&r, &[dev("d")], T0 + 40_000).await.unwrap();
+        assert_eq!(s.sweep(&r, T0 + 40_000, 30_000).await.unwrap(), [dev("e")]);
+        waiting(&s, &r, "f", T0 + 40_000).await;
+        let st = s.stats(&r, T0 + 40_000).await.unwrap();
+        assert_eq!(
+            st,
+            RoomCounters {
+                waiting: 2,
+                active: 2,
+                admitted_total: 2,
+                abandoned_total: 2,
+                peak_waiting: 5,
+                admitted_last_minute: 2,
+            }
+        );
+        assert_eq!(
+            s.stats(&room("unknown"), T0).await.unwrap(),
+            RoomCounters::default()
+        );
+    }
+
+    /// Positions (one and many) and the head agree with ticket order.
+    pub async fn positions_and_head(s: SharedQueueStore) {
+        let r = new_room(&s, "positions", config(1)).await;
+        for (i, d) in ["a", "b", "c", "d"].iter().enumerate() {
+            waiting(&s, &r, d, T0 + i as u64).await;
+        }
+        let p = s
+            .positions(&r, &[dev("c"), dev("x"), dev("a"), dev("d"), dev("c")])
+            .await
+            .unwrap();
+        assert_eq!(p.positions, [Some(3), None, Some(1), Some(4), Some(3)]);
+        assert_eq!(p.waiting_total, 4);
+        assert_eq!(s.head(&r, 2).await.unwrap(), [dev("a"), dev("b")]);
+        assert_eq!(s.head(&r, 10).await.unwrap().len(), 4);
+        assert!(s.head(&r, 0).await.unwrap().is_empty());
+        s.admit(&r, T0 + 10).await.unwrap();
+        let b = s.position(&r, &dev("b")).await.unwrap().unwrap();
+        assert_eq!((b.position, b.waiting_total), (1, 3));
+        assert_eq!(s.position(&r, &dev("a")).await.unwrap(), None);
+        assert_eq!(s.position(&r, &dev("x")).await.unwrap(), None);
+        assert_eq!(
+            s.status(&r, &dev("c"), T0 + 10).await.unwrap(),
+            DeviceStatus::Waiting(Place {
+                ticket: 3,
+                position: 2,
+                waiting_total: 3
+            })
+        );
+        assert!(matches!(
+            s.status(&r, &dev("a"), T0 + 10).await.unwrap(),
+            DeviceStatus::Admitted(_)
+        ));
+        let none = s.positions(&room("unknown"), &[dev("a")]).await.unwrap();
+        assert_eq!(none.positions, [None]);
+        assert!(s.positions(&r, &[]).await.unwrap().positions.is_empty());
+    }
+
+    /// Rooms round-trip their config; replacing it keeps the queue.
+    pub async fn rooms_and_config(s: SharedQueueStore) {
+        let r = room("rooms.a");
+        assert_eq!(s.get_room(&r).await.unwrap(), None);
+        let mut c = config(10);
+        c.admit_per_minute = Some(600);
+        c.pow_difficulty = 12;
+        c.state = RoomState::Paused;
+        let created = s.put_room(&r, &c).await.unwrap();
+        assert_eq!(
+            created,
+            Room {
+                id: r.clone(),
+                config: c.clone()
+            }
+        );
+        assert_eq!(s.get_room(&r).await.unwrap(), Some(created));
+        let p = waiting(&s, &r, "a", T0).await;
+        c.admit_per_minute = None;
+        c.target_url = "https://other.example/".into();
+        s.put_room(&r, &c).await.unwrap();
+        assert_eq!(s.get_room(&r).await.unwrap().unwrap().config, c);
+        assert_eq!(s.position(&r, &dev("a")).await.unwrap(), Some(p));
+        s.put_room(&room("rooms.b"), &config(1)).await.unwrap();
+        assert_eq!(s.rooms().await.unwrap(), [room("rooms.a"), room("rooms.b")]);
+        let mut bad = config(1);
+        bad.session_ttl_secs = 0;
+        assert!(matches!(
+            s.put_room(&room("rooms.c"), &bad).await,
+            Err(QueueError::InvalidConfig(_))
+        ));
+        assert_eq!(s.get_room(&room("rooms.c")).await.unwrap(), None);
+    }
+
+    /// Leaving gives the place up for good (a later join queues at the
+    /// back); leaving when not waiting does nothing.
+    pub async fn leave_gives_up_a_place(s: SharedQueueStore) {
+        let r = new_room(&s, "leave", config(0)).await;
+        let a = waiting(&s, &r, "a", T0).await;
+        waiting(&s, &r, "b", T0).await;
+        assert!(s.leave(&r, &dev("a")).await.unwrap());
+        assert!(!s.leave(&r, &dev("a")).await.unwrap());
+        assert!(!s.leave(&r, &dev("x")).await.unwrap());
+        assert_eq!(
+            s.position(&r, &dev("b")).await.unwrap().unwrap().position,
+            1
+        );
+        let back = waiting(&s, &r, "a", T0 + 1).await;
+        assert!(back.ticket > a.ticket);
+        assert_eq!((back.position, back.waiting_total), (2, 2));
+        // Both a leave and a sweep count as abandoned.
+        assert_eq!(s.sweep(&r, T0 + 1, 0).await.unwrap(), [dev("b")]);
+        assert_eq!(s.stats(&r, T0).await.unwrap().abandoned_total, 2);
+    }
+
+    #[test]
+    fn room_ids_follow_the_group_rules() {
+        assert!(RoomId::parse("flash-sale:2025@eu.1").is_ok());
+        assert_eq!(RoomId::parse(""), Err(IdError::Empty));
+        assert_eq!(RoomId::parse("{x}"), Err(IdError::BadChar));
+        assert_eq!(
+            RoomId::parse(&"r".repeat(65)),
+            Err(IdError::TooLong { max: 64 })
+        );
+        let r: RoomId = serde_json::from_str("\"demo\"").unwrap();
+        assert_eq!(serde_json::to_string(&r).unwrap(), "\"demo\"");
+        assert!(serde_json::from_str::<RoomId>("\"a b\"").is_err());
+    }
+
+    #[test]
+    fn config_serializes_plainly() {
+        let c = config(5);
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["state"], "open");
+        assert_eq!(v["admit_per_minute"], serde_json::Value::Null);
+        let mut bad = c.clone();
+        bad.target_url = "https://x/ y".into();
+        assert!(bad.validate().is_err());
+        assert!(c.validate().is_ok());
+    }
+}

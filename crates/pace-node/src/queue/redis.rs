@@ -1,0 +1,701 @@
+//! The Redis queue store: every room's queue, sessions and counters in
+//! Redis, shared by all nodes.
+//!
+//! Every multi-key step is one Lua script beside this file (`*.lua`),
+//! loaded by SHA with reload on `NOSCRIPT`; the keys of one room share the
+//! hash tag `{<prefix>:room:<id>}`, so each script touches one slot and
+//! runs on Redis Cluster. The key layout and the cost of each operation are
+//! in the module docs of [`crate::queue`]. Needs Redis 6.2 or later
+//! (`ZADD GT`).
+//!
+//! The store borrows a fred [`Client`] (the node shares the one its
+//! [`crate::store::RedisStore`] built, with its reconnect policy and
+//! command timeout) and fails fast while it is disconnected.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use pace_protocol::DeviceId;
+
+use super::{
+    Admission, AdmitOutcome, DeviceStatus, JoinOutcome, Place, Positions, QueueError, QueueStore,
+    RATE_WINDOW_MS, Room, RoomConfig, RoomCounters, RoomId, RoomState,
+};
+
+/// Most expiries, admissions, sweeps or heartbeats one script run handles,
+/// so no run blocks Redis for long; the store runs the script again for
+/// the rest.
+const BATCH: usize = 1000;
+
+/// The Redis [`QueueStore`].
+pub struct RedisQueueStore {
+    client: Client,
+    prefix: String,
+    rooms_key: String,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    join: Script,
+    admit: Script,
+    sweep: Script,
+    touch: Script,
+    leave: Script,
+    release: Script,
+    renew: Script,
+    positions: Script,
+    status: Script,
+    stats: Script,
+}
+
+impl std::fmt::Debug for RedisQueueStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisQueueStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The keys of one room, all under the room's hash tag.
+#[derive(Debug, Clone)]
+struct RoomKeys {
+    config: String,
+    counters: String,
+    queue: String,
+    seen: String,
+    active: String,
+    sessions: String,
+    devices: String,
+    rate: String,
+}
+
+impl RoomKeys {
+    fn new(prefix: &str, room: &RoomId) -> RoomKeys {
+        let tag = format!("{{{prefix}:room:{room}}}");
+        let key = |what: &str| format!("{tag}:{what}");
+        RoomKeys {
+            config: key("config"),
+            counters: key("counters"),
+            queue: key("queue"),
+            seen: key("seen"),
+            active: key("active"),
+            sessions: key("sessions"),
+            devices: key("devices"),
+            rate: key("rate"),
+        }
+    }
+}
+
+fn unavailable(e: fred::error::Error) -> QueueError {
+    QueueError::Unavailable(e.details().to_string())
+}
+
+fn bad(what: &str) -> QueueError {
+    QueueError::BadReply(what.to_owned())
+}
+
+/// Reads a script's array reply in order.
+struct Reply(std::vec::IntoIter<Value>);
+
+impl Reply {
+    fn new(v: Value) -> Reply {
+        Reply(v.into_array().into_iter())
+    }
+
+    fn value(&mut self) -> Result<Value, QueueError> {
+        self.0.next().ok_or_else(|| bad("reply too short"))
+    }
+
+    fn u64(&mut self) -> Result<u64, QueueError> {
+        self.value()?
+            .as_u64()
+            .ok_or_else(|| bad("expected a number"))
+    }
+
+    fn opt_u64(&mut self) -> Result<Option<u64>, QueueError> {
+        match self.value()? {
+            Value::Null => Ok(None),
+            v => v.as_u64().map(Some).ok_or_else(|| bad("expected a number")),
+        }
+    }
+
+    fn string(&mut self) -> Result<String, QueueError> {
+        self.value()?
+            .into_string()
+            .ok_or_else(|| bad("expected a string"))
+    }
+
+    fn device(&mut self) -> Result<DeviceId, QueueError> {
+        device(self.value()?)
+    }
+
+    fn array(&mut self) -> Result<Reply, QueueError> {
+        match self.value()? {
+            v @ Value::Array(_) => Ok(Reply::new(v)),
+            Value::Null => Ok(Reply(Vec::new().into_iter())),
+            _ => Err(bad("expected an array")),
+        }
+    }
+
+    fn admission(&mut self) -> Result<Admission, QueueError> {
+        Ok(Admission {
+            session_id: self.string()?,
+            ticket: self.u64()?,
+            admitted_at_ms: self.u64()?,
+            expires_at_ms: self.u64()?,
+        })
+    }
+
+    fn place(&mut self) -> Result<Place, QueueError> {
+        Ok(Place {
+            ticket: self.u64()?,
+            position: self.u64()?,
+            waiting_total: self.u64()?,
+        })
+    }
+
+    fn devices(self) -> Result<Vec<DeviceId>, QueueError> {
+        self.0.map(device).collect()
+    }
+}
+
+fn device(v: Value) -> Result<DeviceId, QueueError> {
+    let s = v.into_string().ok_or_else(|| bad("expected a device id"))?;
+    DeviceId::parse(&s).map_err(|_| bad("invalid device id in store"))
+}
+
+fn device_args(now_ms: u64, devices: &[DeviceId]) -> Vec<String> {
+    std::iter::once(now_ms.to_string())
+        .chain(devices.iter().map(|d| d.as_str().to_owned()))
+        .collect()
+}
+
+impl RedisQueueStore {
+    /// A store on `client` (connected by its owner), keys under `prefix`.
+    pub fn new(client: Client, prefix: &str) -> RedisQueueStore {
+        RedisQueueStore {
+            client,
+            prefix: prefix.to_owned(),
+            rooms_key: format!("{{{prefix}}}:rooms"),
+            scripts: Scripts {
+                join: Script::from_lua(include_str!("join.lua")),
+                admit: Script::from_lua(include_str!("admit.lua")),
+                sweep: Script::from_lua(include_str!("sweep.lua")),
+                touch: Script::from_lua(include_str!("touch.lua")),
+                leave: Script::from_lua(include_str!("leave.lua")),
+                release: Script::from_lua(include_str!("release.lua")),
+                renew: Script::from_lua(include_str!("renew.lua")),
+                positions: Script::from_lua(include_str!("positions.lua")),
+                status: Script::from_lua(include_str!("status.lua")),
+                stats: Script::from_lua(include_str!("stats.lua")),
+            },
+        }
+    }
+
+    fn keys(&self, room: &RoomId) -> RoomKeys {
+        RoomKeys::new(&self.prefix, room)
+    }
+
+    fn connected_or_fail(&self) -> Result<(), QueueError> {
+        if self.client.is_connected() {
+            Ok(())
+        } else {
+            Err(QueueError::Unavailable("not connected to redis".into()))
+        }
+    }
+
+    async fn run(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, QueueError> {
+        self.connected_or_fail()?;
+        script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// Reads a room config hash (`None` when the hash is empty).
+fn parse_config(h: &HashMap<String, String>) -> Result<Option<RoomConfig>, QueueError> {
+    if h.is_empty() {
+        return Ok(None);
+    }
+    let field = |name: &str| h.get(name).map(String::as_str).unwrap_or_default();
+    let num = |name: &str| {
+        field(name)
+            .parse::<u64>()
+            .map_err(|_| bad("room config field is not a number"))
+    };
+    let narrow = |v: u64| u32::try_from(v).map_err(|_| bad("room config field out of range"));
+    let admit_per_minute = match field("admit_per_minute") {
+        "" => None,
+        _ => Some(narrow(num("admit_per_minute")?)?),
+    };
+    Ok(Some(RoomConfig {
+        capacity: narrow(num("capacity")?)?,
+        admit_per_minute,
+        session_ttl_secs: narrow(num("session_ttl_secs")?)?,
+        target_url: field("target_url").to_owned(),
+        state: RoomState::parse(field("state")).ok_or_else(|| bad("unknown room state"))?,
+        pow_difficulty: u8::try_from(num("pow_difficulty")?)
+            .map_err(|_| bad("room config field out of range"))?,
+    }))
+}
+
+#[async_trait]
+impl QueueStore for RedisQueueStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn put_room(&self, room: &RoomId, config: &RoomConfig) -> Result<Room, QueueError> {
+        config.validate().map_err(QueueError::InvalidConfig)?;
+        self.connected_or_fail()?;
+        let k = self.keys(room);
+        let fields: Vec<(&str, String)> = vec![
+            ("capacity", config.capacity.to_string()),
+            (
+                "admit_per_minute",
+                config
+                    .admit_per_minute
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
+            ),
+            ("session_ttl_secs", config.session_ttl_secs.to_string()),
+            ("target_url", config.target_url.clone()),
+            ("state", config.state.as_str().to_owned()),
+            ("pow_difficulty", config.pow_difficulty.to_string()),
+        ];
+        // One HSET replaces every field at once; the room index lives in
+        // another slot, so it is a second (idempotent) command.
+        let _: i64 = self
+            .client
+            .hset(&k.config, fields)
+            .await
+            .map_err(unavailable)?;
+        let _: i64 = self
+            .client
+            .sadd(&self.rooms_key, room.as_str())
+            .await
+            .map_err(unavailable)?;
+        Ok(Room {
+            id: room.clone(),
+            config: config.clone(),
+        })
+    }
+
+    async fn get_room(&self, room: &RoomId) -> Result<Option<Room>, QueueError> {
+        self.connected_or_fail()?;
+        let h: HashMap<String, String> = self
+            .client
+            .hgetall(&self.keys(room).config)
+            .await
+            .map_err(unavailable)?;
+        Ok(parse_config(&h)?.map(|config| Room {
+            id: room.clone(),
+            config,
+        }))
+    }
+
+    async fn rooms(&self) -> Result<Vec<RoomId>, QueueError> {
+        self.connected_or_fail()?;
+        let ids: Vec<String> = self
+            .client
+            .smembers(&self.rooms_key)
+            .await
+            .map_err(unavailable)?;
+        let mut rooms = ids
+            .iter()
+            .map(|s| RoomId::parse(s).map_err(|_| bad("invalid room id in store")))
+            .collect::<Result<Vec<_>, _>>()?;
+        rooms.sort();
+        Ok(rooms)
+    }
+
+    async fn join(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+        now_ms: u64,
+    ) -> Result<JoinOutcome, QueueError> {
+        let k = self.keys(room);
+        let v = self
+            .run(
+                &self.scripts.join,
+                vec![
+                    k.config, k.counters, k.queue, k.seen, k.active, k.sessions, k.devices,
+                ],
+                vec![device.as_str().to_owned(), now_ms.to_string()],
+            )
+            .await?;
+        let mut r = Reply::new(v);
+        match r.string()?.as_str() {
+            "waiting" => Ok(JoinOutcome::Waiting(r.place()?)),
+            "admitted" => Ok(JoinOutcome::Admitted(r.admission()?)),
+            "closed" => Ok(JoinOutcome::Closed),
+            "nosuchroom" => Ok(JoinOutcome::NoSuchRoom),
+            _ => Err(bad("unknown join outcome")),
+        }
+    }
+
+    async fn touch(
+        &self,
+        room: &RoomId,
+        devices: &[DeviceId],
+        now_ms: u64,
+    ) -> Result<Vec<DeviceId>, QueueError> {
+        let k = self.keys(room);
+        let mut missing = Vec::new();
+        for chunk in devices.chunks(BATCH) {
+            let v = self
+                .run(
+                    &self.scripts.touch,
+                    vec![k.seen.clone()],
+                    device_args(now_ms, chunk),
+                )
+                .await?;
+            missing.extend(Reply::new(v).devices()?);
+        }
+        Ok(missing)
+    }
+
+    async fn sweep(
+        &self,
+        room: &RoomId,
+        now_ms: u64,
+        grace_ms: u64,
+    ) -> Result<Vec<DeviceId>, QueueError> {
+        let k = self.keys(room);
+        let cutoff = now_ms.saturating_sub(grace_ms).to_string();
+        let mut gone = Vec::new();
+        loop {
+            let v = self
+                .run(
+                    &self.scripts.sweep,
+                    vec![k.counters.clone(), k.queue.clone(), k.seen.clone()],
+                    vec![cutoff.clone(), BATCH.to_string()],
+                )
+                .await?;
+            let batch = Reply::new(v).devices()?;
+            let full = batch.len() == BATCH;
+            gone.extend(batch);
+            if !full {
+                return Ok(gone);
+            }
+        }
+    }
+
+    async fn admit(&self, room: &RoomId, now_ms: u64) -> Result<AdmitOutcome, QueueError> {
+        let k = self.keys(room);
+        let keys = vec![
+            k.config, k.counters, k.queue, k.seen, k.active, k.sessions, k.devices, k.rate,
+        ];
+        let mut out = AdmitOutcome::default();
+        loop {
+            let nonce = uuid::Uuid::new_v4().to_string();
+            let v = self
+                .run(
+                    &self.scripts.admit,
+                    keys.clone(),
+                    vec![now_ms.to_string(), nonce, BATCH.to_string()],
+                )
+                .await?;
+            let mut r = Reply::new(v);
+            out.active = r.u64()?;
+            out.waiting = r.u64()?;
+            let expires_at_ms = r.u64()?;
+            let more = r.u64()? == 1;
+            out.expired.extend(r.array()?.devices()?);
+            let mut admitted = r.array()?;
+            while !admitted.0.as_slice().is_empty() {
+                let device = admitted.device()?;
+                out.admitted.push((
+                    device,
+                    Admission {
+                        session_id: admitted.string()?,
+                        ticket: admitted.u64()?,
+                        admitted_at_ms: now_ms,
+                        expires_at_ms,
+                    },
+                ));
+            }
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn position(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+    ) -> Result<Option<Place>, QueueError> {
+        // Status at the end of time: no session is live, so only a place
+        // counts (a device is never both waiting and admitted).
+        match self.status(room, device, u64::MAX).await? {
+            DeviceStatus::Waiting(p) => Ok(Some(p)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn positions(
+        &self,
+        room: &RoomId,
+        devices: &[DeviceId],
+    ) -> Result<Positions, QueueError> {
+        let k = self.keys(room);
+        let mut out = Positions::default();
+        // At least one call, so an empty request still gets the total.
+        let mut chunks: Vec<&[DeviceId]> = devices.chunks(BATCH).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        for chunk in chunks {
+            let v = self
+                .run(
+                    &self.scripts.positions,
+                    vec![k.queue.clone()],
+                    chunk.iter().map(|d| d.as_str().to_owned()).collect(),
+                )
+                .await?;
+            let mut r = Reply::new(v);
+            out.waiting_total = r.u64()?;
+            for _ in chunk {
+                out.positions.push(r.opt_u64()?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn head(&self, room: &RoomId, n: usize) -> Result<Vec<DeviceId>, QueueError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        self.connected_or_fail()?;
+        let last = i64::try_from(n - 1).unwrap_or(i64::MAX);
+        let v: Value = self
+            .client
+            .zrange(&self.keys(room).queue, 0, last, None, false, None, false)
+            .await
+            .map_err(unavailable)?;
+        Reply::new(v).devices()
+    }
+
+    async fn leave(&self, room: &RoomId, device: &DeviceId) -> Result<bool, QueueError> {
+        let k = self.keys(room);
+        let v = self
+            .run(
+                &self.scripts.leave,
+                vec![k.counters, k.queue, k.seen],
+                vec![device.as_str().to_owned()],
+            )
+            .await?;
+        Ok(v.as_u64() == Some(1))
+    }
+
+    async fn release(&self, room: &RoomId, session_id: &str) -> Result<bool, QueueError> {
+        let k = self.keys(room);
+        let v = self
+            .run(
+                &self.scripts.release,
+                vec![k.active, k.sessions, k.devices],
+                vec![session_id.to_owned()],
+            )
+            .await?;
+        Ok(v.as_u64() == Some(1))
+    }
+
+    async fn renew(
+        &self,
+        room: &RoomId,
+        session_id: &str,
+        now_ms: u64,
+    ) -> Result<Option<u64>, QueueError> {
+        let k = self.keys(room);
+        let v = self
+            .run(
+                &self.scripts.renew,
+                vec![k.config, k.active],
+                vec![session_id.to_owned(), now_ms.to_string()],
+            )
+            .await?;
+        match v {
+            Value::Null => Ok(None),
+            v => v.as_u64().map(Some).ok_or_else(|| bad("expected a number")),
+        }
+    }
+
+    async fn status(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+        now_ms: u64,
+    ) -> Result<DeviceStatus, QueueError> {
+        let k = self.keys(room);
+        let v = self
+            .run(
+                &self.scripts.status,
+                vec![k.queue, k.active, k.sessions, k.devices],
+                vec![device.as_str().to_owned(), now_ms.to_string()],
+            )
+            .await?;
+        let mut r = Reply::new(v);
+        match r.string()?.as_str() {
+            "waiting" => Ok(DeviceStatus::Waiting(r.place()?)),
+            "admitted" => Ok(DeviceStatus::Admitted(r.admission()?)),
+            "unknown" => Ok(DeviceStatus::Unknown),
+            _ => Err(bad("unknown device status")),
+        }
+    }
+
+    async fn stats(&self, room: &RoomId, now_ms: u64) -> Result<RoomCounters, QueueError> {
+        let k = self.keys(room);
+        // Signed: before the first minute of the epoch the window starts
+        // below zero (tests), as in the memory store.
+        let window_start = i128::from(now_ms) - i128::from(RATE_WINDOW_MS);
+        let v = self
+            .run(
+                &self.scripts.stats,
+                vec![k.counters, k.queue, k.active, k.rate],
+                vec![window_start.to_string()],
+            )
+            .await?;
+        let mut r = Reply::new(v);
+        Ok(RoomCounters {
+            waiting: r.u64()?,
+            active: r.u64()?,
+            admitted_total: r.u64()?,
+            abandoned_total: r.u64()?,
+            peak_waiting: r.u64()?,
+            admitted_last_minute: r.u64()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::super::SharedQueueStore;
+    use super::super::conformance::{T0, config, dev, queue_conformance, room};
+    use super::*;
+    use crate::store::test_redis::TestRedis;
+
+    /// A connected client configured like the node's (reconnect forever,
+    /// short timeouts, one attempt per command).
+    async fn client(redis: &TestRedis) -> Client {
+        let mut builder = Builder::from_config(Config::from_url(&redis.url()).unwrap());
+        builder
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(2);
+                c.internal_command_timeout = Duration::from_secs(2);
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = Duration::from_secs(2);
+            });
+        let client = builder.build().unwrap();
+        drop(client.connect());
+        client.wait_for_connect().await.unwrap();
+        client
+    }
+
+    async fn setup(name: &str) -> (TestRedis, SharedQueueStore) {
+        let redis = TestRedis::start();
+        let store = RedisQueueStore::new(client(&redis).await, &format!("t-{name}"));
+        (redis, Arc::new(store))
+    }
+
+    queue_conformance!(setup);
+
+    #[test]
+    fn a_rooms_keys_share_one_slot() {
+        let k = RoomKeys::new("pace", &room("demo:1"));
+        assert_eq!(k.queue, "{pace:room:demo:1}:queue");
+        let slot = fred::util::redis_keyslot(k.config.as_bytes());
+        for key in [
+            &k.counters,
+            &k.queue,
+            &k.seen,
+            &k.active,
+            &k.sessions,
+            &k.devices,
+            &k.rate,
+        ] {
+            assert_eq!(fred::util::redis_keyslot(key.as_bytes()), slot, "{key}");
+        }
+    }
+
+    #[tokio::test]
+    async fn scripts_reload_after_a_script_flush() {
+        let redis = TestRedis::start();
+        let c = client(&redis).await;
+        let s = RedisQueueStore::new(c.clone(), "flush");
+        let r = room("flush");
+        s.put_room(&r, &config(1)).await.unwrap();
+        s.join(&r, &dev("a"), T0).await.unwrap();
+        let _: () = c.script_flush(false).await.unwrap();
+        let o = s.admit(&r, T0).await.unwrap();
+        assert_eq!(o.admitted.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn batches_beyond_one_script_run() {
+        let redis = TestRedis::start();
+        let s = RedisQueueStore::new(client(&redis).await, "batches");
+        let r = room("big");
+        s.put_room(&r, &config(2_500)).await.unwrap();
+        let devices: Vec<DeviceId> = (0..2_500).map(|i| dev(&format!("d{i:04}"))).collect();
+        for d in &devices {
+            s.join(&r, d, T0).await.unwrap();
+        }
+        let p = s.positions(&r, &devices).await.unwrap();
+        assert_eq!(p.positions.len(), 2_500);
+        assert_eq!(p.positions[1_234], Some(1_235));
+        assert!(s.touch(&r, &devices, T0 + 1).await.unwrap().is_empty());
+        let o = s.admit(&r, T0 + 1).await.unwrap();
+        assert_eq!(o.admitted.len(), 2_500);
+        assert_eq!(o.admitted[2_499].0, devices[2_499]);
+        assert_eq!((o.active, o.waiting), (2_500, 0));
+        let o = s.admit(&r, T0 + 1 + 60_000).await.unwrap();
+        assert_eq!(o.expired.len(), 2_500);
+        assert_eq!(o.active, 0);
+        for d in &devices {
+            s.join(&r, d, T0).await.unwrap();
+        }
+        assert_eq!(s.sweep(&r, T0 + 100_000, 1).await.unwrap().len(), 2_500);
+    }
+
+    #[tokio::test]
+    async fn operations_fail_fast_while_redis_is_down() {
+        let mut redis = TestRedis::start();
+        let c = client(&redis).await;
+        let s = RedisQueueStore::new(c.clone(), "outage");
+        let r = room("outage");
+        s.put_room(&r, &config(1)).await.unwrap();
+        redis.stop();
+        for _ in 0..200 {
+            if !c.is_connected() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            s.join(&r, &dev("a"), T0).await,
+            Err(QueueError::Unavailable(_))
+        ));
+        assert!(matches!(
+            s.admit(&r, T0).await,
+            Err(QueueError::Unavailable(_))
+        ));
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,17 @@
+-- Ends a session and frees its slot.
+--
+-- KEYS[1] active zset     KEYS[2] sessions hash   KEYS[3] devices hash
+-- ARGV[1] session id
+-- Returns 1 if the session was held, else 0.
+local sid = ARGV[1]
+local session = redis.call('HGET', KEYS[2], sid)
+if not session then
+  return 0
+end
+redis.call('ZREM', KEYS[1], sid)
+redis.call('HDEL', KEYS[2], sid)
+local device = string.match(session, '^(.+)|%d+|%d+$')
+if redis.call('HGET', KEYS[3], device) == sid then
+  redis.call('HDEL', KEYS[3], device)
+end
+return 1
