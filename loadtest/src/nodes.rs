@@ -134,17 +134,25 @@ async fn scrape_one(http: &Http, target: &Target, metric: &str) -> Option<f64> {
     metric_sum(&reply.text(), metric)
 }
 
-/// Waits until every target answers `GET /ready` with 200.
+/// Waits until every target answers `GET /ready` with 200 — or, for a
+/// gateway, which keeps `/ready` private (404), until a plain `GET /ws`
+/// reaches a node (426: "this is the WebSocket endpoint, upgrade").
 pub async fn wait_ready(http: &Http, targets: &[Target], timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     for t in targets {
         loop {
-            let status = http
+            let mut status = http
                 .get(&t.url("/ready"), PROBE_TIMEOUT)
                 .await
                 .map(|r| r.status);
+            if let Ok(404) = status {
+                status = http
+                    .get(&t.url("/ws"), PROBE_TIMEOUT)
+                    .await
+                    .map(|r| r.status);
+            }
             match status {
-                Ok(200) => break,
+                Ok(200 | 426) => break,
                 other if started.elapsed() >= timeout => {
                     bail!(
                         "{} not ready after {timeout:?} (last answer: {other:?})",
