@@ -14,9 +14,9 @@ use pace_protocol::{ErrorCode, NotifyRequest};
 use serde_json::json;
 
 use crate::error::{ApiError, Body, json_response};
-use crate::handshake;
 use crate::node::NodeRef;
 use crate::store::Draft;
+use crate::{handshake, rooms_api};
 
 /// Routes one request.
 pub async fn handle(node: NodeRef, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -27,6 +27,34 @@ pub async fn handle(node: NodeRef, req: Request<Incoming>, peer: SocketAddr) -> 
         (&Method::GET, "/metrics") => ("metrics", Ok(metrics(&node).await)),
         (&Method::POST, "/api/v1/notify") => ("notify", notify(&node, req).await),
         (&Method::GET, "/api/v1/cluster") => ("cluster", cluster(&node, &req).await),
+        (&Method::GET, "/.well-known/jwks.json") => ("jwks", Ok(rooms_api::jwks(&node))),
+        (&Method::POST, "/api/v1/admissions/verify") => {
+            ("verify", rooms_api::verify(&node, req).await)
+        }
+        (&Method::POST, "/api/v1/sessions/release") => {
+            ("session", rooms_api::session(&node, req, false).await)
+        }
+        (&Method::POST, "/api/v1/sessions/renew") => {
+            ("session", rooms_api::session(&node, req, true).await)
+        }
+        (&Method::GET, "/demo/target") => ("demo", Ok(rooms_api::demo_target(&node, &req))),
+        (method, path) if path.starts_with("/api/v1/rooms/") => {
+            let rest = &path["/api/v1/rooms/".len()..];
+            let (room, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            let room = room.to_owned();
+            let result = match (method, tail) {
+                (&Method::PUT, "") => rooms_api::put_room(&node, &room, req).await,
+                (&Method::GET, "") => rooms_api::get_room(&node, &room).await,
+                (&Method::GET, "stats") => rooms_api::stats(&node, &room, &req).await,
+                (&Method::GET, "status") => rooms_api::status(&node, &room, &req).await,
+                (_, "" | "stats" | "status") => Err(ApiError::new(
+                    ErrorCode::MethodNotAllowed,
+                    "method not allowed on this path",
+                )),
+                _ => Err(ApiError::new(ErrorCode::NotFound, "no such route")),
+            };
+            ("rooms", result)
+        }
         (&Method::GET, "/") => ("index", Ok(index(&node))),
         (
             _,
@@ -188,7 +216,7 @@ async fn cluster(node: &NodeRef, req: &Request<Incoming>) -> Result<Response<Bod
 }
 
 /// Whether the request carries the service key as a bearer token.
-fn authorized(node: &NodeRef, req: &Request<Incoming>) -> bool {
+pub(crate) fn authorized(node: &NodeRef, req: &Request<Incoming>) -> bool {
     let Some(value) = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -203,7 +231,7 @@ fn authorized(node: &NodeRef, req: &Request<Incoming>) -> bool {
 }
 
 /// Reads a JSON body of at most `max` bytes.
-async fn read_json<T: serde::de::DeserializeOwned>(
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
     max: usize,
 ) -> Result<T, ApiError> {

@@ -33,6 +33,39 @@ pub enum Command {
     /// or plan how devices spread over them.
     #[command(subcommand)]
     Gateway(GatewayCommand),
+    /// Manage the admission signing keys (create, rotate, list, retire).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `pace-node keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Add a new key to the key set (creating the file, mode 0600, when
+    /// missing). The new key signs from now on; older keys keep verifying
+    /// until retired. Restart (rolling) the nodes to pick it up.
+    Generate {
+        /// The key set file.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Publish the new key now but sign with it only after this delay
+        /// (e.g. `1h`), so target sites fetch it from the JWKS before
+        /// tokens signed with it reach them.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        activate_in: Option<Duration>,
+    },
+    /// List the keys of a key set (kid, creation time, role).
+    List {
+        /// The key set file.
+        file: std::path::PathBuf,
+    },
+    /// Remove a key: tokens it signed stop verifying.
+    Retire {
+        /// The key set file.
+        file: std::path::PathBuf,
+        /// The key id.
+        kid: String,
+    },
 }
 
 /// Flags of `serve` and `check-config`.
@@ -137,6 +170,40 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_ADVERTISE")]
     pub advertise: Option<String>,
 
+    /// How often this node runs the admission tick of every room and pushes
+    /// near-head positions.
+    #[arg(long, env = "PACE_ADMIT_TICK", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub admit_tick: Duration,
+
+    /// How often every waiting device on this node gets its exact position
+    /// and its heartbeat is written to the store (at most 10 s).
+    #[arg(long, env = "PACE_POSITION_REFRESH", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub position_refresh: Duration,
+
+    /// A waiting device unseen (no connection heart-beating its place) for
+    /// longer than this loses its place.
+    #[arg(long, env = "PACE_HEARTBEAT_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub heartbeat_grace: Duration,
+
+    /// Admission signing keys (JSON key set; `pace-node keys generate`
+    /// creates or rotates it) [default: <data-dir>/keys.json, created on
+    /// first run].
+    #[arg(long, env = "PACE_KEYS")]
+    pub keys: Option<std::path::PathBuf>,
+
+    /// Directory for node-local data (the generated key set).
+    #[arg(long, env = "PACE_DATA_DIR", default_value = "pace-data")]
+    pub data_dir: std::path::PathBuf,
+
+    /// `iss` claim of admission tokens.
+    #[arg(long, env = "PACE_TOKEN_ISSUER", default_value = "pace")]
+    pub token_issuer: String,
+
+    /// Create the `demo` room (capacity 2, 60 s sessions, target: this
+    /// node's demo page) at start when it does not exist.
+    #[arg(long, env = "PACE_DEMO_ROOM", default_value_t = true, action = clap::ArgAction::Set)]
+    pub demo_room: bool,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info,pace_node=debug`.
     #[arg(long, env = "PACE_LOG", default_value = "info")]
     pub log: String,
@@ -219,6 +286,17 @@ impl ServeArgs {
         if self.store_timeout.is_zero() || self.node_ttl < Duration::from_secs(1) {
             return bad("--store-timeout must be > 0 and --node-ttl at least 1s".into());
         }
+        if self.admit_tick.is_zero()
+            || self.position_refresh.is_zero()
+            || self.position_refresh > Duration::from_secs(10)
+        {
+            return bad(
+                "--admit-tick must be > 0 and --position-refresh between 1ms and 10s".into(),
+            );
+        }
+        if self.heartbeat_grace <= self.position_refresh {
+            return bad("--heartbeat-grace must be longer than --position-refresh".into());
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return bad(format!("--log: {e}"));
         }
@@ -252,6 +330,13 @@ impl ServeArgs {
             store_timeout: self.store_timeout,
             node_ttl: self.node_ttl,
             advertise: self.advertise,
+            admit_tick: self.admit_tick,
+            position_refresh: self.position_refresh,
+            heartbeat_grace: self.heartbeat_grace,
+            keys: self.keys,
+            data_dir: self.data_dir,
+            token_issuer: self.token_issuer,
+            demo_room: self.demo_room,
             log: self.log,
         })
     }
@@ -318,6 +403,20 @@ pub struct NodeConfig {
     pub node_ttl: Duration,
     /// See [`ServeArgs::advertise`].
     pub advertise: Option<String>,
+    /// See [`ServeArgs::admit_tick`].
+    pub admit_tick: Duration,
+    /// See [`ServeArgs::position_refresh`].
+    pub position_refresh: Duration,
+    /// See [`ServeArgs::heartbeat_grace`].
+    pub heartbeat_grace: Duration,
+    /// See [`ServeArgs::keys`].
+    pub keys: Option<std::path::PathBuf>,
+    /// See [`ServeArgs::data_dir`].
+    pub data_dir: std::path::PathBuf,
+    /// See [`ServeArgs::token_issuer`].
+    pub token_issuer: String,
+    /// See [`ServeArgs::demo_room`].
+    pub demo_room: bool,
     /// See [`ServeArgs::log`].
     pub log: String,
 }

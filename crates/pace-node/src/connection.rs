@@ -101,6 +101,7 @@ pub async fn serve(node: NodeRef, upgraded: Upgraded, hs: Handshake, slot: Slot)
     };
     let end = session.run(hs.groups).await;
     node.hub.unregister(&session.device, conn);
+    node.rooms.waiters.disconnected(&session.device);
     node.metrics.connections_open.dec();
     node.metrics
         .disconnects
@@ -276,6 +277,27 @@ impl Session {
                 ServerFrame::Unsubscribed { group }
             }
             ClientFrame::Ping { id } => ServerFrame::Pong { id },
+            ClientFrame::Join { room } => match self.node.rooms.join(&room, &self.device).await {
+                Ok(frame) => frame,
+                Err(refused) => {
+                    self.node
+                        .metrics
+                        .frames_rejected
+                        .with_label_values(&[refused.code.as_str()])
+                        .inc();
+                    ServerFrame::Error {
+                        code: refused.code,
+                        message: refused.message,
+                    }
+                }
+            },
+            ClientFrame::Leave { room } => match self.node.rooms.leave(&room, &self.device).await {
+                Ok(frame) => frame,
+                Err(refused) => ServerFrame::Error {
+                    code: refused.code,
+                    message: refused.message,
+                },
+            },
         };
         self.reply(&reply).await
     }

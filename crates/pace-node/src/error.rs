@@ -79,7 +79,8 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::NotWebsocket => StatusCode::UPGRADE_REQUIRED,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::NotFound | ErrorCode::NoSuchRoom => StatusCode::NOT_FOUND,
+        ErrorCode::RoomClosed => StatusCode::CONFLICT,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::NodeFull | ErrorCode::Draining | ErrorCode::StoreUnavailable => {
             StatusCode::SERVICE_UNAVAILABLE

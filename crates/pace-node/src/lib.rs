@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //!
+//! - [`admission`]: admission tokens (EdDSA JWTs), keys, JWKS.
 //! - [`config`]: flags and `PACE_*` environment, validated into [`NodeConfig`].
 //! - [`server`]: accept loop, HTTP/1.1 with upgrades, drain on shutdown.
 //! - [`api`]: HTTP routes (`/ws`, `/health`, `/ready`, `/metrics`, `/api/v1/notify`).
@@ -15,10 +16,13 @@
 //! - [`node`]: the shared state handle and local fan-out.
 //! - [`store`]: the seam for state shared across nodes; memory and Redis stores.
 //! - [`queue`]: the waiting-room queue store; memory and Redis.
+//! - [`rooms`]: joins, the admission tick, live positions.
+//! - [`rooms_api`]: room, status, session, token and JWKS routes.
 //! - [`metrics`]: every Prometheus metric, in one place.
 //! - [`error`]: error → HTTP status and JSON body, in one place.
 //! - [`systemd`]: readiness, stopping and watchdog notifications.
 
+pub mod admission;
 pub mod api;
 pub mod config;
 pub mod connection;
@@ -28,6 +32,8 @@ pub mod hub;
 pub mod metrics;
 pub mod node;
 pub mod queue;
+pub mod rooms;
+pub mod rooms_api;
 pub mod server;
 pub mod store;
 pub mod systemd;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use pace_node::config::{Cli, Command, ServeArgs};
+use pace_node::config::{Cli, Command, KeysCommand, ServeArgs};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(args),
         None => ServeArgs::from_env().map_err(|e| e.exit()).and_then(serve),
         Some(Command::CheckConfig(args)) => check_config(args),
+        Some(Command::Keys(cmd)) => keys(cmd),
         Some(Command::Gateway(cmd)) => {
             pace_gateway::execute(&cmd, &mut std::io::stdout().lock()).map_err(anyhow::Error::from)
         }
@@ -25,6 +26,35 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
+    use pace_node::admission;
+    match cmd {
+        KeysCommand::Generate { out, activate_in } => {
+            let delay = activate_in.unwrap_or_default();
+            let kid = admission::generate_into_at(&out, admission::unix_now(), delay)?;
+            if delay.is_zero() {
+                println!("added key {kid} to {} (it signs from the next node start)", out.display());
+            } else {
+                println!(
+                    "added key {kid} to {} (published from the next node start, signs after {})",
+                    out.display(),
+                    humantime::format_duration(delay)
+                );
+            }
+        }
+        KeysCommand::List { file } => {
+            for key in admission::list(&file)? {
+                println!("{key}");
+            }
+        }
+        KeysCommand::Retire { file, kid } => {
+            admission::retire(&file, &kid)?;
+            println!("retired key {kid} from {}", file.display());
+        }
+    }
+    Ok(())
 }
 
 fn check_config(args: ServeArgs) -> anyhow::Result<()> {

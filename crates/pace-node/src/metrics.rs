@@ -49,6 +49,16 @@ pub struct Metrics {
     pub bus_invalid: IntCounter,
     /// Devices closed because they connected again on another node.
     pub evicted_remote: IntCounter,
+    /// Devices waiting per room (cluster-wide; every node reports it).
+    pub room_waiting: IntGaugeVec,
+    /// Active sessions per room (cluster-wide; every node reports it).
+    pub room_active: IntGaugeVec,
+    /// Devices admitted per room by this node's admission ticks.
+    pub room_admitted: IntCounterVec,
+    /// Admission tokens that could not be signed.
+    pub token_sign_errors: IntCounter,
+    /// Admission tokens refused (verify, release, renew), by reason.
+    pub tokens_rejected: IntCounterVec,
     /// Event names seen so far, to cap label cardinality.
     events_seen: Arc<Mutex<HashSet<String>>>,
 }
@@ -147,6 +157,43 @@ impl Metrics {
                 "Local connections closed because the device connected on another node.",
             )
             .expect("valid metric"),
+            room_waiting: IntGaugeVec::new(
+                Opts::new(
+                    "pace_room_waiting",
+                    "Devices waiting in the room's queue (cluster-wide).",
+                ),
+                &["room"],
+            )
+            .expect("valid metric"),
+            room_active: IntGaugeVec::new(
+                Opts::new(
+                    "pace_room_active",
+                    "Admitted sessions holding a slot (cluster-wide).",
+                ),
+                &["room"],
+            )
+            .expect("valid metric"),
+            room_admitted: IntCounterVec::new(
+                Opts::new(
+                    "pace_room_admitted_total",
+                    "Devices admitted by this node's admission ticks.",
+                ),
+                &["room"],
+            )
+            .expect("valid metric"),
+            token_sign_errors: IntCounter::new(
+                "pace_token_sign_errors_total",
+                "Admission tokens that could not be signed.",
+            )
+            .expect("valid metric"),
+            tokens_rejected: IntCounterVec::new(
+                Opts::new(
+                    "pace_tokens_rejected_total",
+                    "Admission tokens refused, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
             events_seen: Arc::default(),
             registry,
         };
@@ -165,6 +212,11 @@ impl Metrics {
             Box::new(m.bus_dropped.clone()),
             Box::new(m.bus_invalid.clone()),
             Box::new(m.evicted_remote.clone()),
+            Box::new(m.room_waiting.clone()),
+            Box::new(m.room_active.clone()),
+            Box::new(m.room_admitted.clone()),
+            Box::new(m.token_sign_errors.clone()),
+            Box::new(m.tokens_rejected.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {

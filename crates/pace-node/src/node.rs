@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use pace_protocol::{DeviceId, Notification, ServerFrame, Target};
+use pace_protocol::{DeviceId, Notification, RoomId, ServerFrame, Target};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::task::TaskTracker;
 
@@ -24,6 +24,10 @@ pub struct Node {
     pub store: SharedStore,
     /// Metrics registry and handles.
     pub metrics: Metrics,
+    /// The waiting room engine.
+    pub rooms: Arc<crate::rooms::Rooms>,
+    /// Admission token keys (signing and verification, JWKS).
+    pub keys: Arc<crate::admission::KeySet>,
     /// True from SIGTERM/SIGINT on: new devices are refused, `/ready` is 503.
     draining: AtomicBool,
     /// True once the node has started (store reachable, listener open).
@@ -40,12 +44,21 @@ pub type NodeRef = Arc<Node>;
 
 impl Node {
     /// A node over `store`, not yet started.
-    pub fn new(config: NodeConfig, hub: Arc<Hub>, store: SharedStore, metrics: Metrics) -> Node {
+    pub fn new(
+        config: NodeConfig,
+        hub: Arc<Hub>,
+        store: SharedStore,
+        metrics: Metrics,
+        rooms: Arc<crate::rooms::Rooms>,
+        keys: Arc<crate::admission::KeySet>,
+    ) -> Node {
         Node {
             config,
             hub,
             store,
             metrics,
+            rooms,
+            keys,
             draining: AtomicBool::new(false),
             started: AtomicBool::new(false),
             slots: AtomicUsize::new(0),
@@ -105,9 +118,19 @@ pub struct LocalFanout {
     pub hub: Arc<Hub>,
     /// For `pace_messages_delivered_total`.
     pub metrics: Metrics,
+    /// Local waiting devices (an admitted device stops getting positions).
+    pub waiters: Arc<crate::rooms::Waiters>,
 }
 
 impl Local for LocalFanout {
+    fn admitted(&self, room: &RoomId, device: &DeviceId, frame: &str) {
+        self.waiters.remove(room, device);
+        self.hub.deliver(
+            &Target::Device(device.clone()),
+            &Utf8Bytes::from(frame.to_owned()),
+        );
+    }
+
     fn evict_older(&self, device: &DeviceId, generation: u64) {
         if self.hub.evict_older(device, generation) {
             self.metrics.evicted_remote.inc();

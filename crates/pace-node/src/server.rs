@@ -18,10 +18,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::KeySet;
 use crate::config::NodeConfig;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::node::{LocalFanout, Node, NodeRef};
+use crate::queue::{
+    MemoryQueueStore, RedisQueueStore, RoomConfig, RoomId, RoomState, SharedQueueStore,
+};
+use crate::rooms::{Rooms, RoomsConfig, Waiters};
 use crate::store::{MemoryStore, NodeInfo, RedisOptions, RedisStore, SharedStore, now_ms};
 use crate::{api, systemd};
 
@@ -34,6 +39,9 @@ pub enum ServeError {
     /// The store could not be set up (e.g. an invalid Redis URL).
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The admission key set could not be loaded or created.
+    #[error("admission keys: {0}")]
+    Keys(String),
 }
 
 /// Runs a node on `listener` until `shutdown` is cancelled, then drains and
@@ -44,28 +52,51 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let keys = load_keys(&config)?;
     let metrics = Metrics::new();
     let hub = Arc::new(Hub::new());
+    let waiters = Arc::new(Waiters::default());
     let local = Arc::new(LocalFanout {
         hub: hub.clone(),
         metrics: metrics.clone(),
+        waiters: waiters.clone(),
     });
-    let store: SharedStore = match &config.redis_url {
-        Some(url) => RedisStore::start(
-            RedisOptions {
-                url: url.clone(),
-                prefix: config.redis_prefix.clone(),
-                node_id: config.node_id.clone(),
-                bus_capacity: config.bus_buffer,
-                command_timeout: config.store_timeout,
-                node_ttl: config.node_ttl,
-            },
-            local,
-            metrics.clone(),
-        )?,
-        None => Arc::new(MemoryStore::new(local)),
+    let (store, queue): (SharedStore, SharedQueueStore) = match &config.redis_url {
+        Some(url) => {
+            let redis = RedisStore::start(
+                RedisOptions {
+                    url: url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                    node_id: config.node_id.clone(),
+                    bus_capacity: config.bus_buffer,
+                    command_timeout: config.store_timeout,
+                    node_ttl: config.node_ttl,
+                },
+                local,
+                metrics.clone(),
+            )?;
+            let queue = Arc::new(RedisQueueStore::new(redis.client(), &config.redis_prefix));
+            (redis, queue)
+        }
+        None => (
+            Arc::new(MemoryStore::new(local)),
+            Arc::new(MemoryQueueStore::new()),
+        ),
     };
-    let node = Arc::new(Node::new(config, hub, store, metrics));
+    let rooms = Arc::new(Rooms::new(
+        queue,
+        store.clone(),
+        hub.clone(),
+        keys.clone(),
+        waiters,
+        metrics.clone(),
+        RoomsConfig {
+            tick: config.admit_tick,
+            refresh: config.position_refresh,
+            grace: config.heartbeat_grace,
+        },
+    ));
+    let node = Arc::new(Node::new(config, hub, store, metrics, rooms, keys));
     serve(node, listener, shutdown).await
 }
 
@@ -99,6 +130,10 @@ pub async fn serve(
         .advertise
         .clone()
         .unwrap_or_else(|| addr.to_string());
+    if node.config.demo_room {
+        ensure_demo_room(&node, &advertise).await;
+    }
+    tokio::spawn(node.rooms.clone().run(stop_accepting.clone()));
     tokio::spawn(presence(node.clone(), advertise, stop_accepting.clone()));
     node.set_started();
     systemd::ready();
@@ -151,6 +186,52 @@ async fn presence(node: NodeRef, address: String, stop: CancellationToken) {
             }
             was_up = up;
         }
+    }
+}
+
+/// The admission key set: `--keys`, or (single node) `<data-dir>/keys.json`,
+/// created on first run. A cluster must share one key set, so with
+/// `--redis` the file must be named explicitly.
+fn load_keys(config: &NodeConfig) -> Result<Arc<KeySet>, ServeError> {
+    let keys = match (&config.keys, &config.redis_url) {
+        (Some(path), _) => KeySet::load(path),
+        (None, Some(_)) => {
+            return Err(ServeError::Keys(
+                "with --redis every node must use the cluster's shared key set: pass --keys FILE \
+                 (create it once with `pace-node keys generate --out FILE`)"
+                    .into(),
+            ));
+        }
+        (None, None) => KeySet::load_or_create(config.data_dir.join("keys.json")),
+    };
+    let keys = keys.map_err(|e| ServeError::Keys(e.to_string()))?;
+    Ok(Arc::new(keys.with_issuer(config.token_issuer.clone())))
+}
+
+/// Creates the `demo` room when asked to and it does not exist yet.
+async fn ensure_demo_room(node: &NodeRef, address: &str) {
+    let Ok(room) = RoomId::parse("demo") else {
+        return;
+    };
+    match node.rooms.queue.get_room(&room).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            let config = RoomConfig {
+                capacity: 2,
+                admit_per_minute: None,
+                session_ttl_secs: 60,
+                target_url: format!("http://{address}/demo/target"),
+                state: RoomState::Open,
+                pow_difficulty: 0,
+            };
+            match node.rooms.queue.put_room(&room, &config).await {
+                Ok(_) => {
+                    tracing::info!(target = %config.target_url, "created the demo room (capacity 2, 60 s sessions)")
+                }
+                Err(e) => tracing::warn!(error = %e, "could not create the demo room"),
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not check for the demo room"),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::DeviceId;
+use crate::ids::{DeviceId, RoomId};
 use crate::notify::Notification;
 
 /// The bus format version this build writes.
@@ -38,6 +38,21 @@ pub enum BusEnvelope {
         /// only connections with a lower generation, so a late message can
         /// never close a newer connection.
         generation: u64,
+    },
+    /// `device` was admitted to `room`: the node holding it sends it `frame`
+    /// (an `admitted` frame, already serialized and signed) and stops
+    /// pushing it queue positions.
+    Admitted {
+        /// Bus format version ([`BUS_VERSION`]).
+        v: u32,
+        /// Node whose admission tick admitted the device.
+        origin: String,
+        /// The room.
+        room: RoomId,
+        /// The device.
+        device: DeviceId,
+        /// The `admitted` frame's JSON text.
+        frame: String,
     },
 }
 

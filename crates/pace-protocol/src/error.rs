@@ -29,6 +29,10 @@ pub enum ErrorCode {
     InvalidFrame,
     /// Frame: the device is already in the maximum number of groups.
     TooManyGroups,
+    /// Join: the room does not exist.
+    NoSuchRoom,
+    /// Join: the room is closed to new joins.
+    RoomClosed,
     /// HTTP: missing or wrong credentials.
     Unauthorized,
     /// HTTP: the body is not valid JSON or not of the expected shape.
@@ -70,6 +74,8 @@ impl ErrorCode {
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::InvalidFrame => "invalid_frame",
             ErrorCode::TooManyGroups => "too_many_groups",
+            ErrorCode::NoSuchRoom => "no_such_room",
+            ErrorCode::RoomClosed => "room_closed",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::PayloadTooLarge => "payload_too_large",
@@ -129,6 +135,8 @@ mod tests {
             ErrorCode::UnknownType,
             ErrorCode::InvalidFrame,
             ErrorCode::TooManyGroups,
+            ErrorCode::NoSuchRoom,
+            ErrorCode::RoomClosed,
             ErrorCode::Unauthorized,
             ErrorCode::BadRequest,
             ErrorCode::PayloadTooLarge,

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
-use crate::ids::{DeviceId, GroupId};
+use crate::ids::{DeviceId, GroupId, RoomId};
 use crate::notify::Notification;
 
 /// A frame a device sends.
@@ -24,6 +24,17 @@ pub enum ClientFrame {
         /// The group to leave.
         group: GroupId,
     },
+    /// Take a place in a room's queue (or get the admission already
+    /// granted). Joining again returns the same place.
+    Join {
+        /// The room.
+        room: RoomId,
+    },
+    /// Give up the place in a room's queue.
+    Leave {
+        /// The room.
+        room: RoomId,
+    },
     /// Application-level ping for clients that cannot send WebSocket pings
     /// (browsers); answered by a `pong` echoing `id`.
     Ping {
@@ -35,7 +46,7 @@ pub enum ClientFrame {
 
 /// The `type` values a device may send, for telling an unknown type from a
 /// malformed frame.
-pub const CLIENT_FRAME_TYPES: [&str; 3] = ["subscribe", "unsubscribe", "ping"];
+pub const CLIENT_FRAME_TYPES: [&str; 5] = ["subscribe", "unsubscribe", "join", "leave", "ping"];
 
 /// Why a text frame is not a valid [`ClientFrame`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +127,17 @@ pub enum ServerFrame {
         /// The group left.
         group: GroupId,
     },
+    /// The device's place in a room's queue; sent on join and whenever the
+    /// place, the queue length or the estimate changes.
+    Queue(QueueUpdate),
+    /// The device is admitted: go to `target_url` (which already carries the
+    /// token as the `pace_token` query parameter).
+    Admitted(AdmittedFrame),
+    /// The device left the room's queue (answer to `leave`).
+    Left {
+        /// The room.
+        room: RoomId,
+    },
     /// Answer to a device's `ping`.
     Pong {
         /// The `id` the ping carried.
@@ -149,6 +171,37 @@ pub struct Welcome {
     pub heartbeat_timeout_ms: u64,
     /// Largest message the node accepts from the device, in bytes.
     pub max_message_bytes: u64,
+}
+
+/// The `queue` frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueUpdate {
+    /// The room.
+    pub room: RoomId,
+    /// 1 = next to be admitted.
+    pub position: u64,
+    /// Devices waiting in the room.
+    pub waiting_total: u64,
+    /// Estimated seconds until admission, from the measured admission rate;
+    /// absent while nothing has been admitted recently (no rate to measure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
+    /// `open`, `paused` (nobody is admitted for now) or `closed` (no new
+    /// joins; the queue still drains).
+    pub state: String,
+}
+
+/// The `admitted` frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdmittedFrame {
+    /// The room.
+    pub room: RoomId,
+    /// The signed admission token (a JWT; verify with the cluster's JWKS).
+    pub token: String,
+    /// Where to go, with `pace_token=<token>` already appended.
+    pub target_url: String,
+    /// When the session ends unless renewed, Unix seconds.
+    pub expires_at: u64,
 }
 
 impl ServerFrame {

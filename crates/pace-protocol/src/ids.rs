@@ -145,6 +145,13 @@ id_type!(
 );
 
 id_type!(
+    /// A waiting-room id: 1 to 64 bytes of `[A-Za-z0-9._:@-]` (no `{` `}`:
+    /// it sits inside a Redis hash tag).
+    RoomId,
+    GROUP_ID_MAX_LEN
+);
+
+id_type!(
     /// A notification event name: 1 to 64 bytes of `[A-Za-z0-9._:@-]`.
     ///
     /// Bounded and plain because it is also a metrics label value.

@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //!
-//! - [`ids`]: device, group and event name validation ([`DeviceId`], [`GroupId`], [`EventName`]).
+//! - [`ids`]: device, group, room and event name validation ([`DeviceId`], [`GroupId`], [`RoomId`], [`EventName`]).
 //! - [`frame`]: JSON text frames, device → node ([`ClientFrame`]) and node → device ([`ServerFrame`]).
 //! - [`notify`]: notification scopes, the `POST /api/v1/notify` body and the [`Notification`] itself.
 //! - [`bus`]: envelopes carried between nodes ([`BusEnvelope`]).
@@ -25,8 +25,8 @@ pub mod notify;
 pub use bus::BusEnvelope;
 pub use close::CloseCode;
 pub use error::{ErrorBody, ErrorCode};
-pub use frame::{ClientFrame, DecodeError, ServerFrame, Welcome};
-pub use ids::{DeviceId, EventName, GroupId, IdError};
+pub use frame::{AdmittedFrame, ClientFrame, DecodeError, QueueUpdate, ServerFrame, Welcome};
+pub use ids::{DeviceId, EventName, GroupId, IdError, RoomId};
 pub use notify::{Notification, NotifyRequest, Scope, Target};
 
 /// The protocol version a node announces in its `welcome` frame.

@@ -105,8 +105,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pace_protocol::{DeviceId, GroupId, IdError};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use pace_protocol::DeviceId;
+use serde::{Deserialize, Serialize};
 
 pub use memory::MemoryQueueStore;
 pub use redis::RedisQueueStore;
@@ -114,58 +114,7 @@ pub use redis::RedisQueueStore;
 /// Length of the sliding window of `admit_per_minute`, in ms.
 pub const RATE_WINDOW_MS: u64 = 60_000;
 
-/// A room id: 1 to 64 bytes of `[A-Za-z0-9._:@-]` (the group-id rules), so
-/// it is safe in URLs, Redis keys (no `{` `}`: it sits inside a hash tag)
-/// and logs.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RoomId(Arc<str>);
-
-impl RoomId {
-    /// Maximum length in bytes.
-    pub const MAX_LEN: usize = GroupId::MAX_LEN;
-
-    /// Validates `s` and wraps it.
-    pub fn parse(s: &str) -> Result<RoomId, IdError> {
-        GroupId::parse(s).map(|g| RoomId(g.as_arc().clone()))
-    }
-
-    /// The id as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for RoomId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl fmt::Display for RoomId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::str::FromStr for RoomId {
-    type Err = IdError;
-    fn from_str(s: &str) -> Result<RoomId, IdError> {
-        RoomId::parse(s)
-    }
-}
-
-impl Serialize for RoomId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for RoomId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RoomId, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        RoomId::parse(&s).map_err(|e| serde::de::Error::custom(format_args!("RoomId {e}")))
-    }
-}
+pub use pace_protocol::RoomId;
 
 /// Whether a room admits and accepts joins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1037,11 +986,11 @@ pub(crate) mod conformance {
     #[test]
     fn room_ids_follow_the_group_rules() {
         assert!(RoomId::parse("flash-sale:2025@eu.1").is_ok());
-        assert_eq!(RoomId::parse(""), Err(IdError::Empty));
-        assert_eq!(RoomId::parse("{x}"), Err(IdError::BadChar));
+        assert_eq!(RoomId::parse(""), Err(pace_protocol::IdError::Empty));
+        assert_eq!(RoomId::parse("{x}"), Err(pace_protocol::IdError::BadChar));
         assert_eq!(
             RoomId::parse(&"r".repeat(65)),
-            Err(IdError::TooLong { max: 64 })
+            Err(pace_protocol::IdError::TooLong { max: 64 })
         );
         let r: RoomId = serde_json::from_str("\"demo\"").unwrap();
         assert_eq!(serde_json::to_string(&r).unwrap(), "\"demo\"");

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use pace_protocol::{DeviceId, Notification};
+use pace_protocol::{DeviceId, Notification, RoomId};
 
 use super::{Draft, Local, NodeInfo, Store, StoreError, StoreHealth, stamp};
 
@@ -76,6 +76,16 @@ impl Store for MemoryStore {
         Ok(self.generation.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
+    async fn send_admitted(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+        frame: &str,
+    ) -> Result<(), StoreError> {
+        self.local.admitted(room, device, frame);
+        Ok(())
+    }
+
     async fn heartbeat(&self, info: &NodeInfo) -> Result<(), StoreError> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         nodes.insert(info.node_id.clone(), info.clone());
@@ -103,6 +113,12 @@ mod tests {
     #[tokio::test]
     async fn conformance_health() {
         conformance::reports_health(&MemoryStore::new(Arc::new(Recorder::default()))).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_admissions() {
+        let rec = Arc::new(Recorder::default());
+        conformance::admissions_reach_the_device(&MemoryStore::new(rec.clone()), &rec).await;
     }
 
     #[tokio::test]

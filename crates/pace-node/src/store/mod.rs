@@ -16,7 +16,7 @@ pub(crate) mod test_redis;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pace_protocol::{DeviceId, EventName, Notification, Target};
+use pace_protocol::{DeviceId, EventName, Notification, RoomId, Target};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -43,6 +43,10 @@ pub trait Local: Send + Sync + 'static {
     /// `device` connected elsewhere with connection `generation`: close a
     /// local connection of it that is older. Must not block.
     fn evict_older(&self, device: &DeviceId, generation: u64);
+
+    /// `device` was admitted to `room`: send it `frame` if it is connected
+    /// here. Must not block.
+    fn admitted(&self, room: &RoomId, device: &DeviceId, frame: &str);
 }
 
 /// One node as listed by `GET /api/v1/cluster`.
@@ -105,6 +109,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// close older connections of the same device.
     async fn connected(&self, device: &DeviceId) -> Result<u64, StoreError>;
 
+    /// Sends an `admitted` frame to `device` on whichever node holds it.
+    async fn send_admitted(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+        frame: &str,
+    ) -> Result<(), StoreError>;
+
     /// Publishes this node's presence; nodes that stop heart-beating age
     /// out of [`Store::nodes`].
     async fn heartbeat(&self, info: &NodeInfo) -> Result<(), StoreError>;
@@ -150,6 +162,7 @@ pub(crate) mod conformance {
     pub struct Recorder {
         pub delivered: Mutex<Vec<Notification>>,
         pub evicted: Mutex<Vec<(DeviceId, u64)>>,
+        pub admitted: Mutex<Vec<(RoomId, DeviceId, String)>>,
     }
 
     impl Local for Recorder {
@@ -161,6 +174,12 @@ pub(crate) mod conformance {
                 .lock()
                 .unwrap()
                 .push((device.clone(), generation));
+        }
+        fn admitted(&self, room: &RoomId, device: &DeviceId, frame: &str) {
+            self.admitted
+                .lock()
+                .unwrap()
+                .push((room.clone(), device.clone(), frame.to_owned()));
         }
     }
 
@@ -207,6 +226,27 @@ pub(crate) mod conformance {
         assert_eq!(d1.data, serde_json::json!({"e": "d"}));
         let seen = seen.wait_delivered(5).await;
         assert_eq!(seen, vec![a1, g1, a2, d1, g2]);
+    }
+
+    /// An admission reaches the node holding the device.
+    pub async fn admissions_reach_the_device(store: &dyn Store, seen: &Recorder) {
+        store.wait_ready().await;
+        let room = RoomId::parse("r").unwrap();
+        let device = DeviceId::parse("lucky").unwrap();
+        store
+            .send_admitted(&room, &device, "{\"type\":\"admitted\"}")
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            if !seen.admitted.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            seen.admitted.lock().unwrap().clone(),
+            vec![(room, device, "{\"type\":\"admitted\"}".to_owned())]
+        );
     }
 
     /// Connection generations increase, cluster-wide.

@@ -25,7 +25,7 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use pace_protocol::bus::BUS_VERSION;
-use pace_protocol::{BusEnvelope, DeviceId, Notification};
+use pace_protocol::{BusEnvelope, DeviceId, Notification, RoomId};
 use tokio::sync::{broadcast, watch};
 
 use super::{Draft, Local, NodeInfo, Store, StoreError, StoreHealth, stamp};
@@ -182,6 +182,12 @@ impl RedisStore {
         }))
     }
 
+    /// The command client, shared with the queue store (same connection,
+    /// same reconnect policy and timeouts).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     fn connected_or_fail(&self) -> Result<(), StoreError> {
         if self.client.is_connected() {
             Ok(())
@@ -316,6 +322,12 @@ async fn read_bus(
                     local.evict_older(&device, generation);
                 }
             }
+            Some(BusEnvelope::Admitted {
+                room,
+                device,
+                frame,
+                ..
+            }) => local.admitted(&room, &device, &frame),
             None => {
                 metrics.bus_invalid.inc();
                 tracing::warn!(channel = %msg.channel, "unreadable bus message skipped");
@@ -372,6 +384,30 @@ impl Store for RedisStore {
             serde_json::to_string(&envelope).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         self.incr_publish(&self.keys.generation, &text, "generation")
             .await
+    }
+
+    async fn send_admitted(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+        frame: &str,
+    ) -> Result<(), StoreError> {
+        self.connected_or_fail()?;
+        let envelope = BusEnvelope::Admitted {
+            v: BUS_VERSION,
+            origin: self.opts.node_id.clone(),
+            room: room.clone(),
+            device: device.clone(),
+            frame: frame.to_owned(),
+        };
+        let text =
+            serde_json::to_string(&envelope).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let _: i64 = self
+            .client
+            .publish(self.keys.bus.as_str(), text)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+        Ok(())
     }
 
     async fn heartbeat(&self, info: &NodeInfo) -> Result<(), StoreError> {
@@ -449,6 +485,7 @@ mod tests {
         conformance::reports_health(s.as_ref()).await;
         conformance::generations_increase(s.as_ref()).await;
         conformance::presence_lists_nodes(s.as_ref()).await;
+        conformance::admissions_reach_the_device(s.as_ref(), &rec).await;
     }
 
     #[tokio::test]

@@ -12,4 +12,5 @@ mod drain;
 mod handshake;
 mod liveness;
 mod metrics;
+mod rooms;
 mod systemd;

@@ -46,7 +46,31 @@ pub fn config() -> NodeConfig {
     c.service_key_generated = false;
     c.node_id = "test-node".into();
     c.drain_grace = Duration::from_secs(2);
+    c.data_dir = scratch_dir();
     c
+}
+
+/// A fresh directory under the system temp dir (node data: generated keys).
+pub fn scratch_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pace-test-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A key set shared by a test cluster's nodes.
+pub fn shared_keys() -> std::path::PathBuf {
+    let path = scratch_dir().join("keys.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_pace-node"))
+        .args(["keys", "generate", "--out"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
 }
 
 impl TestNode {
@@ -289,6 +313,8 @@ impl NodeProcess {
     pub fn spawn(args: &[&str]) -> NodeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pace-node"))
             .args(["serve", "--listen", "127.0.0.1:0", "--service-key", KEY])
+            .arg("--data-dir")
+            .arg(scratch_dir())
             .args(args)
             .env("PACE_LOG", "warn")
             .stdout(Stdio::piped())
@@ -439,6 +465,7 @@ impl Cluster {
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
         let redis = TestRedis::start();
         let prefix = format!("t{}", free_port());
+        let keys = shared_keys().display().to_string();
         let mut nodes = Vec::new();
         for i in 0..n {
             let id = format!("node-{i}");
@@ -451,6 +478,8 @@ impl Cluster {
                 &id,
                 "--node-ttl",
                 "2s",
+                "--keys",
+                &keys,
             ]
             .into_iter()
             .map(str::to_owned)

@@ -1,0 +1,485 @@
+//! The waiting room on one node: joins and leaves from devices, the
+//! admission tick, and live positions pushed to this node's waiting devices.
+//!
+//! Shared truth lives in the [`QueueStore`]; this module keeps only which
+//! *local* devices wait in which room, and what each was last told, so it
+//! pushes a `queue` frame only when something changed.
+//!
+//! Every node ticks every room (`--admit-tick`): the admit script is atomic
+//! and idempotent, so concurrent ticks never admit past capacity. The node
+//! whose tick admitted a device signs its token and sends the `admitted`
+//! frame through the store's bus to whichever node holds the device; a
+//! device offline at that moment gets the same admission when it joins
+//! again.
+//!
+//! Store cost per waiting device is bounded (see docs/architecture.md):
+//! per tick, one `ZRANGE` of the queue head per room and node gives exact
+//! positions near the head; every `--position-refresh` (5 s) one batched
+//! `ZRANK` and one heartbeat per waiting device refresh the rest.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pace_protocol::{AdmittedFrame, DeviceId, ErrorCode, QueueUpdate, RoomId, ServerFrame, Target};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::queue::{Admission, DeviceStatus, JoinOutcome, QueueError, Room, SharedQueueStore};
+use crate::store::{SharedStore, now_ms};
+
+/// Devices within this many places of the head get exact positions every tick.
+pub const EXACT_HEAD: usize = 200;
+
+/// Signs admission tokens (the cluster's newest key).
+pub trait Signer: Send + Sync + 'static {
+    /// A signed token for `device`'s session in `room`.
+    fn sign(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+        admission: &Admission,
+    ) -> Result<String, String>;
+}
+
+impl Signer for crate::admission::KeySet {
+    fn sign(&self, room: &RoomId, device: &DeviceId, adm: &Admission) -> Result<String, String> {
+        let claims = crate::admission::AdmissionClaims {
+            iss: self.issuer().to_owned(),
+            aud: room.to_string(),
+            sub: device.to_string(),
+            jti: adm.session_id.clone(),
+            iat: adm.admitted_at_ms / 1000,
+            exp: adm.expires_at_ms.div_ceil(1000),
+            target: None,
+        };
+        crate::admission::KeySet::sign(self, &claims).map_err(|e| e.to_string())
+    }
+}
+
+/// What this node last told one waiting device.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Told {
+    position: u64,
+    waiting_total: u64,
+    eta_seconds: Option<u64>,
+    state: String,
+}
+
+/// This node's waiting devices, per room. Shared with the store's
+/// [`crate::store::Local`] so an admission arriving over the bus removes
+/// the device here.
+#[derive(Debug, Default)]
+pub struct Waiters {
+    rooms: Mutex<HashMap<RoomId, HashMap<DeviceId, Told>>>,
+}
+
+impl Waiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, HashMap<DeviceId, Told>>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `device` waits in `room` on this node.
+    pub fn add(&self, room: &RoomId, device: &DeviceId, told: QueueUpdate) {
+        let told = Told {
+            position: told.position,
+            waiting_total: told.waiting_total,
+            eta_seconds: told.eta_seconds,
+            state: told.state,
+        };
+        self.lock()
+            .entry(room.clone())
+            .or_default()
+            .insert(device.clone(), told);
+    }
+
+    /// `device` no longer waits in `room` here (admitted, left, gone).
+    pub fn remove(&self, room: &RoomId, device: &DeviceId) {
+        let mut rooms = self.lock();
+        if let Some(devices) = rooms.get_mut(room) {
+            devices.remove(device);
+            if devices.is_empty() {
+                rooms.remove(room);
+            }
+        }
+    }
+
+    /// `device` disconnected: it stops being pushed updates (its place stays
+    /// in the store until the heartbeat grace runs out).
+    pub fn disconnected(&self, device: &DeviceId) {
+        self.lock().retain(|_, devices| {
+            devices.remove(device);
+            !devices.is_empty()
+        });
+    }
+
+    fn devices(&self, room: &RoomId) -> Vec<DeviceId> {
+        self.lock()
+            .get(room)
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Records `update` for `device` and returns whether it differs from what
+    /// the device was last told (and the device still waits here).
+    fn changed(&self, device: &DeviceId, update: &QueueUpdate) -> bool {
+        let mut rooms = self.lock();
+        let Some(told) = rooms.get_mut(&update.room).and_then(|d| d.get_mut(device)) else {
+            return false;
+        };
+        let new = Told {
+            position: update.position,
+            waiting_total: update.waiting_total,
+            eta_seconds: update.eta_seconds,
+            state: update.state.clone(),
+        };
+        if *told == new {
+            return false;
+        }
+        *told = new;
+        true
+    }
+
+    /// How many devices wait on this node, over all rooms.
+    pub fn len(&self) -> usize {
+        self.lock().values().map(HashMap::len).sum()
+    }
+
+    /// Whether no device waits on this node.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Tunables of the waiting room on a node.
+#[derive(Debug, Clone)]
+pub struct RoomsConfig {
+    /// How often this node runs admission and pushes near-head positions.
+    pub tick: Duration,
+    /// How often every local waiting device's exact position is refreshed
+    /// and its heartbeat written.
+    pub refresh: Duration,
+    /// A waiting device unseen for longer loses its place.
+    pub grace: Duration,
+}
+
+/// The waiting room engine of one node.
+pub struct Rooms {
+    /// Queues, sessions and counters.
+    pub queue: SharedQueueStore,
+    store: SharedStore,
+    hub: Arc<Hub>,
+    signer: Arc<dyn Signer>,
+    /// Local waiting devices.
+    pub waiters: Arc<Waiters>,
+    metrics: Metrics,
+    config: RoomsConfig,
+}
+
+impl std::fmt::Debug for Rooms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rooms")
+            .field("waiters", &self.waiters.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A refusal of a join, for the device's `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRefused {
+    /// The error code.
+    pub code: ErrorCode,
+    /// The message.
+    pub message: String,
+}
+
+fn unavailable(e: &QueueError) -> JoinRefused {
+    tracing::warn!(error = %e, "queue store unavailable");
+    JoinRefused {
+        code: ErrorCode::StoreUnavailable,
+        message: "the queue is unavailable; retry".into(),
+    }
+}
+
+/// `target_url` with `pace_token=<token>` appended.
+pub fn with_token(target_url: &str, token: &str) -> String {
+    let sep = if target_url.contains('?') { '&' } else { '?' };
+    // A JWT is base64url segments and dots: safe in a query string as is.
+    format!("{target_url}{sep}pace_token={token}")
+}
+
+/// Estimated seconds until a device at `position` is admitted, from the
+/// admissions of the last minute; `None` when nothing was admitted.
+pub fn eta_seconds(position: u64, admitted_last_minute: u64) -> Option<u64> {
+    (admitted_last_minute > 0).then(|| (position * 60).div_ceil(admitted_last_minute))
+}
+
+impl Rooms {
+    /// An engine over `queue`, delivering admissions through `store`.
+    pub fn new(
+        queue: SharedQueueStore,
+        store: SharedStore,
+        hub: Arc<Hub>,
+        signer: Arc<dyn Signer>,
+        waiters: Arc<Waiters>,
+        metrics: Metrics,
+        config: RoomsConfig,
+    ) -> Rooms {
+        Rooms {
+            queue,
+            store,
+            hub,
+            signer,
+            waiters,
+            metrics,
+            config,
+        }
+    }
+
+    /// The `admitted` frame for a device's admission in `room`.
+    fn admitted_frame(
+        &self,
+        room: &Room,
+        device: &DeviceId,
+        adm: &Admission,
+    ) -> Result<ServerFrame, String> {
+        let token = self.signer.sign(&room.id, device, adm).inspect_err(|e| {
+            self.metrics.token_sign_errors.inc();
+            tracing::error!(room = %room.id, error = %e, "signing an admission token failed");
+        })?;
+        Ok(ServerFrame::Admitted(AdmittedFrame {
+            room: room.id.clone(),
+            target_url: with_token(&room.config.target_url, &token),
+            token,
+            expires_at: adm.expires_at_ms / 1000,
+        }))
+    }
+
+    /// Handles a device's `join`: its place (and starts pushing updates to
+    /// it), or its admission when it already has one.
+    pub async fn join(
+        &self,
+        room_id: &RoomId,
+        device: &DeviceId,
+    ) -> Result<ServerFrame, JoinRefused> {
+        let now = now_ms();
+        let outcome = self
+            .queue
+            .join(room_id, device, now)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let refused = |code, message: String| Err(JoinRefused { code, message });
+        match outcome {
+            JoinOutcome::NoSuchRoom => refused(ErrorCode::NoSuchRoom, format!("no room {room_id}")),
+            JoinOutcome::Closed => refused(
+                ErrorCode::RoomClosed,
+                format!("room {room_id} is closed to new joins"),
+            ),
+            JoinOutcome::Waiting(place) => {
+                let room = self
+                    .queue
+                    .get_room(room_id)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                let stats = self
+                    .queue
+                    .stats(room_id, now)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                let update = QueueUpdate {
+                    room: room_id.clone(),
+                    position: place.position,
+                    waiting_total: place.waiting_total,
+                    eta_seconds: eta_seconds(place.position, stats.admitted_last_minute),
+                    state: room
+                        .map(|r| r.config.state.as_str().to_owned())
+                        .unwrap_or_default(),
+                };
+                self.waiters.add(room_id, device, update.clone());
+                Ok(ServerFrame::Queue(update))
+            }
+            JoinOutcome::Admitted(adm) => {
+                let Some(room) = self
+                    .queue
+                    .get_room(room_id)
+                    .await
+                    .map_err(|e| unavailable(&e))?
+                else {
+                    return refused(ErrorCode::NoSuchRoom, format!("no room {room_id}"));
+                };
+                self.waiters.remove(room_id, device);
+                self.admitted_frame(&room, device, &adm)
+                    .map_err(|_| JoinRefused {
+                        code: ErrorCode::Internal,
+                        message: "could not issue the admission token; retry".into(),
+                    })
+            }
+        }
+    }
+
+    /// Handles a device's `leave`.
+    pub async fn leave(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+    ) -> Result<ServerFrame, JoinRefused> {
+        self.waiters.remove(room, device);
+        self.queue
+            .leave(room, device)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(ServerFrame::Left { room: room.clone() })
+    }
+
+    /// Runs the admission tick until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_refresh = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let refresh = last_refresh.elapsed() >= self.config.refresh;
+            if refresh {
+                last_refresh = tokio::time::Instant::now();
+            }
+            let rooms = match self.queue.rooms().await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "admission tick skipped: queue store unavailable");
+                    continue;
+                }
+            };
+            for room in rooms {
+                if let Err(e) = self.tick_room(&room, refresh).await {
+                    tracing::debug!(room = %room, error = %e, "room tick failed");
+                }
+            }
+        }
+    }
+
+    async fn tick_room(&self, room_id: &RoomId, refresh: bool) -> Result<(), QueueError> {
+        let now = now_ms();
+        let Some(room) = self.queue.get_room(room_id).await? else {
+            return Ok(());
+        };
+        // 1. Admit (frees expired sessions first).
+        let outcome = self.queue.admit(room_id, now).await?;
+        for (device, adm) in &outcome.admitted {
+            self.metrics
+                .room_admitted
+                .with_label_values(&[room_id.as_str()])
+                .inc();
+            self.waiters.remove(room_id, device);
+            if let Ok(frame) = self.admitted_frame(&room, device, adm) {
+                let text = frame.to_json();
+                if let Err(e) = self.store.send_admitted(room_id, device, &text).await {
+                    // The device gets its admission when it joins again.
+                    tracing::debug!(%device, error = %e, "admission not delivered now");
+                }
+            }
+        }
+        // 2. Free the places of devices silent beyond the grace.
+        let grace = self.config.grace.as_millis() as u64;
+        let swept = self.queue.sweep(room_id, now, grace).await?;
+        for device in &swept {
+            self.waiters.remove(room_id, device);
+        }
+        // 3. Room gauges (cluster-wide values: aggregate with max()).
+        let stats = self.queue.stats(room_id, now).await?;
+        let label = [room_id.as_str()];
+        self.metrics
+            .room_waiting
+            .with_label_values(&label)
+            .set(stats.waiting as i64);
+        self.metrics
+            .room_active
+            .with_label_values(&label)
+            .set(stats.active as i64);
+
+        // 4. Positions of this node's waiting devices.
+        let local = self.waiters.devices(room_id);
+        if local.is_empty() {
+            return Ok(());
+        }
+        let state = room.config.state.as_str().to_owned();
+        let mut updates: Vec<(DeviceId, u64)> = Vec::new();
+        if refresh {
+            // Heartbeat, then exact positions for everyone waiting here.
+            let not_waiting = self.queue.touch(room_id, &local, now).await?;
+            for device in &not_waiting {
+                self.waiters.remove(room_id, device);
+                if let DeviceStatus::Admitted(adm) = self.queue.status(room_id, device, now).await?
+                    && let Ok(frame) = self.admitted_frame(&room, device, &adm)
+                {
+                    let _ = self
+                        .store
+                        .send_admitted(room_id, device, &frame.to_json())
+                        .await;
+                }
+            }
+            let positions = self.queue.positions(room_id, &local).await?;
+            for (device, pos) in local.iter().zip(positions.positions) {
+                if let Some(p) = pos {
+                    updates.push((device.clone(), p));
+                }
+            }
+        } else {
+            // Exact positions near the head, every tick.
+            let head = self.queue.head(room_id, EXACT_HEAD).await?;
+            let local: std::collections::HashSet<&DeviceId> = local.iter().collect();
+            for (i, device) in head.iter().enumerate() {
+                if local.contains(device) {
+                    updates.push((device.clone(), i as u64 + 1));
+                }
+            }
+        }
+        for (device, position) in updates {
+            let update = QueueUpdate {
+                room: room_id.clone(),
+                position,
+                waiting_total: stats.waiting,
+                eta_seconds: eta_seconds(position, stats.admitted_last_minute),
+                state: state.clone(),
+            };
+            if self.waiters.changed(&device, &update) {
+                let text = Utf8Bytes::from(ServerFrame::Queue(update).to_json());
+                self.hub.deliver(&Target::Device(device), &text);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eta_uses_the_measured_rate() {
+        assert_eq!(eta_seconds(10, 0), None);
+        assert_eq!(eta_seconds(10, 60), Some(10));
+        assert_eq!(
+            eta_seconds(1, 120),
+            Some(1),
+            "rounded up, never 0 while waiting"
+        );
+        assert_eq!(eta_seconds(30, 7), Some(258));
+    }
+
+    #[test]
+    fn token_goes_into_the_query() {
+        assert_eq!(
+            with_token("https://a.example/in", "x.y.z"),
+            "https://a.example/in?pace_token=x.y.z"
+        );
+        assert_eq!(
+            with_token("https://a.example/in?s=1", "x.y.z"),
+            "https://a.example/in?s=1&pace_token=x.y.z"
+        );
+    }
+}
