@@ -35,7 +35,10 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
             let delay = activate_in.unwrap_or_default();
             let kid = admission::generate_into_at(&out, admission::unix_now(), delay)?;
             if delay.is_zero() {
-                println!("added key {kid} to {} (it signs from the next node start)", out.display());
+                println!(
+                    "added key {kid} to {} (it signs from the next node start)",
+                    out.display()
+                );
             } else {
                 println!(
                     "added key {kid} to {} (published from the next node start, signs after {})",

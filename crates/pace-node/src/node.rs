@@ -124,11 +124,14 @@ pub struct LocalFanout {
 
 impl Local for LocalFanout {
     fn admitted(&self, room: &RoomId, device: &DeviceId, frame: &str) {
-        self.waiters.remove(room, device);
-        self.hub.deliver(
-            &Target::Device(device.clone()),
-            &Utf8Bytes::from(frame.to_owned()),
-        );
+        // Only a device waiting here gets it, once; a device that is not
+        // (reconnected elsewhere, or already told) gets it from `join`.
+        if self.waiters.remove(room, device) {
+            self.hub.deliver(
+                &Target::Device(device.clone()),
+                &Utf8Bytes::from(frame.to_owned()),
+            );
+        }
     }
 
     fn evict_older(&self, device: &DeviceId, generation: u64) {

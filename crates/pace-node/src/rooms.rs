@@ -96,14 +96,19 @@ impl Waiters {
     }
 
     /// `device` no longer waits in `room` here (admitted, left, gone).
-    pub fn remove(&self, room: &RoomId, device: &DeviceId) {
+    /// Returns whether it did: of several paths that learn of one admission
+    /// (the bus, a heartbeat finding the device admitted), only the one that
+    /// removes the waiter sends the `admitted` frame.
+    pub fn remove(&self, room: &RoomId, device: &DeviceId) -> bool {
         let mut rooms = self.lock();
-        if let Some(devices) = rooms.get_mut(room) {
-            devices.remove(device);
-            if devices.is_empty() {
-                rooms.remove(room);
-            }
+        let Some(devices) = rooms.get_mut(room) else {
+            return false;
+        };
+        let removed = devices.remove(device).is_some();
+        if devices.is_empty() {
+            rooms.remove(room);
         }
+        removed
     }
 
     /// `device` disconnected: it stops being pushed updates (its place stays
@@ -374,7 +379,8 @@ impl Rooms {
                 .room_admitted
                 .with_label_values(&[room_id.as_str()])
                 .inc();
-            self.waiters.remove(room_id, device);
+            // The node holding the device (this one included) removes its
+            // waiter and sends the frame when the bus delivers it.
             if let Ok(frame) = self.admitted_frame(&room, device, adm) {
                 let text = frame.to_json();
                 if let Err(e) = self.store.send_admitted(room_id, device, &text).await {
@@ -412,14 +418,15 @@ impl Rooms {
             // Heartbeat, then exact positions for everyone waiting here.
             let not_waiting = self.queue.touch(room_id, &local, now).await?;
             for device in &not_waiting {
-                self.waiters.remove(room_id, device);
+                // Admitted by another node's tick (or swept): send the
+                // admission unless the bus already did.
                 if let DeviceStatus::Admitted(adm) = self.queue.status(room_id, device, now).await?
+                    && self.waiters.remove(room_id, device)
                     && let Ok(frame) = self.admitted_frame(&room, device, &adm)
                 {
-                    let _ = self
-                        .store
-                        .send_admitted(room_id, device, &frame.to_json())
-                        .await;
+                    // The device is connected here: deliver directly.
+                    let text = Utf8Bytes::from(frame.to_json());
+                    self.hub.deliver(&Target::Device(device.clone()), &text);
                 }
             }
             let positions = self.queue.positions(room_id, &local).await?;

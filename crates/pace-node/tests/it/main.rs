@@ -13,4 +13,5 @@ mod handshake;
 mod liveness;
 mod metrics;
 mod rooms;
+mod rooms_cluster;
 mod systemd;
