@@ -7,7 +7,9 @@
 #                (KIND is redis, node or haproxy; STARTTIME is field 22 of
 #                /proc/PID/stat, so a PID the kernel has reused for some
 #                other process is never mistaken for ours)
-#   cluster.env  the settings `up` used, for status and down
+#   cluster.env  the settings `up` used, for status and down, and each
+#                node's command line (NODE_CMD_<port>), for
+#                pm2-equivalent-systemd/rolling-restart --local
 #   haproxy.cfg  the generated gateway config
 #   *.log        each process's stdout and stderr
 #   .lock        flock(1) lock so that up and down never run at once

@@ -12,6 +12,7 @@ mod drain;
 mod handshake;
 mod liveness;
 mod metrics;
+mod ops;
 mod rooms;
 mod rooms_cluster;
 mod systemd;

@@ -310,13 +310,26 @@ impl Drop for NodeProcess {
 }
 
 impl NodeProcess {
+    /// `pace-node serve` on a free loopback port, a scratch data dir, the
+    /// test service key, and `args`.
     pub fn spawn(args: &[&str]) -> NodeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pace-node"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--service-key", KEY])
+        NodeProcess::start(NodeProcess::command(args))
+    }
+
+    /// The command [`NodeProcess::spawn`] runs, for callers that add to it.
+    pub fn command(args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pace-node"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--service-key", KEY])
             .arg("--data-dir")
             .arg(scratch_dir())
             .args(args)
-            .env("PACE_LOG", "warn")
+            .env("PACE_LOG", "warn");
+        cmd
+    }
+
+    /// Starts `cmd` and reads the listen address from its banner.
+    pub fn start(mut cmd: Command) -> NodeProcess {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -5,9 +5,8 @@
 //! READY=1, WATCHDOG=1 and STOPPING=1 on a notify socket as `Type=notify` and
 //! `WatchdogSec=` expect.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixDatagram;
@@ -215,26 +214,11 @@ fn has(message: &str, assignment: &str) -> bool {
 /// `WATCHDOG_PID` to the main PID; sd-notify accepts it absent (it cannot be
 /// known before the spawn), so it is removed here.
 fn spawn_under_notify(socket: &Path, watchdog: Duration) -> NodeProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pace-node"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--service-key", KEY])
-        .args(["--drain-grace", "3s"])
-        .env("PACE_LOG", "warn")
-        .env("NOTIFY_SOCKET", socket)
+    let mut cmd = NodeProcess::command(&["--drain-grace", "3s"]);
+    cmd.env("NOTIFY_SOCKET", socket)
         .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
-        .env_remove("WATCHDOG_PID")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn pace-node");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().expect("banner").expect("banner line");
-    let addr = first
-        .rsplit_once("http://")
-        .and_then(|(_, a)| a.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no address in {first:?}"));
-    std::thread::spawn(move || for _ in lines {});
-    NodeProcess { child, addr }
+        .env_remove("WATCHDOG_PID");
+    NodeProcess::start(cmd)
 }
 
 #[tokio::test]
