@@ -135,6 +135,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_DRAIN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub drain_grace: Duration,
 
+    /// On SIGTERM/SIGINT: how long to stay up, refusing new devices and
+    /// answering `/ready` with 503, before telling connected devices to
+    /// reconnect — time for the gateway's health check to take the node
+    /// out, so reconnecting devices are not routed back to it.
+    #[arg(long, env = "PACE_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+
     /// Maximum groups (departments) one device may be in.
     #[arg(long, env = "PACE_MAX_GROUPS", default_value_t = 32)]
     pub max_groups: usize,
@@ -323,6 +330,7 @@ impl ServeArgs {
             ping_timeout: self.ping_timeout,
             write_timeout: self.write_timeout,
             drain_grace: self.drain_grace,
+            drain_delay: self.drain_delay,
             max_groups: self.max_groups,
             redis_url: self.redis_url,
             redis_prefix: self.redis_prefix,
@@ -389,6 +397,8 @@ pub struct NodeConfig {
     pub write_timeout: Duration,
     /// See [`ServeArgs::drain_grace`].
     pub drain_grace: Duration,
+    /// See [`ServeArgs::drain_delay`].
+    pub drain_delay: Duration,
     /// See [`ServeArgs::max_groups`].
     pub max_groups: usize,
     /// See [`ServeArgs::redis_url`].

@@ -239,7 +239,12 @@ async fn drain(node: &NodeRef) {
     if !node.begin_drain() {
         return;
     }
-    systemd::stopping(node.config.drain_grace);
+    systemd::stopping(node.config.drain_delay + node.config.drain_grace);
+    if !node.config.drain_delay.is_zero() {
+        // Not ready and refusing new devices; wait for the gateway's health
+        // check to take this node out before sending devices elsewhere.
+        tokio::time::sleep(node.config.drain_delay).await;
+    }
     let told = node.hub.close_all(CloseCode::SERVICE_RESTART);
     tracing::info!(devices = told, grace = ?node.config.drain_grace, "draining: devices told to reconnect");
     node.connections.close();

@@ -114,3 +114,45 @@ fn check_config_rejects_bad_values() {
         String::from_utf8_lossy(&ok.stderr)
     );
 }
+
+#[tokio::test]
+async fn drain_delay_keeps_devices_until_the_gateway_has_taken_the_node_out() {
+    let mut proc = NodeProcess::spawn(&["--drain-delay", "1s", "--drain-grace", "3s"]);
+    let node = TestNode::external(proc.addr);
+    node.wait_ready().await;
+    let (mut device, _) = node.connect("patient").await;
+    let started = Instant::now();
+    proc.signal("-TERM");
+    // Not ready at once, while the device is still served.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    loop {
+        let (status, _) = http(node.addr, "GET", "/ready", &[], "").await.unwrap();
+        if status == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/ready did not turn 503 at once");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        frame_within(&mut device, Duration::from_millis(400)).await,
+        None,
+        "no close during the delay"
+    );
+    assert_eq!(
+        close_code(&mut device).await,
+        Some(code(CloseCode::SERVICE_RESTART))
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before the delay: {:?}",
+        started.elapsed()
+    );
+    let status = loop {
+        if let Some(s) = proc.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(8));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success());
+}
