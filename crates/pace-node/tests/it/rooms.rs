@@ -373,3 +373,43 @@ async fn jwks_publishes_the_public_key() {
     assert!(key["kid"].as_str().is_some_and(|k| !k.is_empty()));
     assert!(key.get("d").is_none(), "never the private half");
 }
+
+#[tokio::test]
+async fn an_expired_session_frees_its_slot_for_the_next_device() {
+    let node = fast_node().await;
+    put_room(
+        &node,
+        "brief",
+        json!({"capacity": 1, "admit_per_minute": null, "session_ttl_secs": 1,
+               "target_url": "https://shop.example/in", "state": "open", "pow_difficulty": 0}),
+    )
+    .await;
+    let (mut first, _) = node.connect("brief-1").await;
+    join(&mut first, "brief").await;
+    let adm = wait_admitted(&mut first).await;
+    let (mut second, _) = node.connect("brief-2").await;
+    match join(&mut second, "brief").await {
+        ServerFrame::Queue(q) => assert_eq!(q.position, 1),
+        other => panic!("{other:?}"),
+    }
+    // Nobody renews the first session: after its TTL (1 s) the next tick
+    // frees the slot and admits the second device.
+    let started = std::time::Instant::now();
+    wait_admitted(&mut second).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Renewing an ended session is refused.
+    let (status, body) = http(
+        node.addr,
+        "POST",
+        "/api/v1/sessions/renew",
+        &[],
+        &json!({"token": adm.token}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 404, "{body}");
+}
