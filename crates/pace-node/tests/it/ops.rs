@@ -24,11 +24,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
@@ -236,6 +236,8 @@ struct Device {
     /// Times the node told it to reconnect (close 1012).
     told_to_reconnect: AtomicU32,
     got_final: AtomicBool,
+    /// Last queue position the node told it (room `roll`).
+    position: AtomicU64,
     last_error: Mutex<String>,
 }
 
@@ -276,6 +278,15 @@ async fn run_device(gateway: SocketAddr, id: String, dev: Arc<Device>, stop: Can
             Ok((mut ws, node)) => {
                 *dev.node.lock().unwrap() = node;
                 dev.welcomes.fetch_add(1, Ordering::SeqCst);
+                // Every (re)connection takes the device's place again: the
+                // same place, if the restart lost nothing.
+                if ws
+                    .send(Message::Text(r#"{"type":"join","room":"roll"}"#.into()))
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
                 dev.connected.store(true, Ordering::SeqCst);
                 let mut code = None;
                 loop {
@@ -295,6 +306,10 @@ async fn run_device(gateway: SocketAddr, id: String, dev: Arc<Device>, stop: Can
                             if v["type"] == "notification" && v["event"] == "final" {
                                 dev.got_final.store(true, Ordering::SeqCst);
                             }
+                            if v["type"] == "queue" {
+                                dev.position
+                                    .store(v["position"].as_u64().unwrap_or(0), Ordering::SeqCst);
+                            }
                         }
                         Some(Ok(_)) => {}
                     }
@@ -312,6 +327,27 @@ async fn run_device(gateway: SocketAddr, id: String, dev: Arc<Device>, stop: Can
             () = tokio::time::sleep(Duration::from_millis(100 + jitter)) => {}
         }
     }
+}
+
+/// Each device's queue position in room `roll`, asked through the gateway.
+async fn places(gateway: SocketAddr, devices: &[(String, Arc<Device>)]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (id, _) in devices {
+        let (status, body) = http(
+            gateway,
+            "GET",
+            &format!("/api/v1/rooms/roll/status?device_id={id}"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "waiting", "{id}: {body}");
+        out.insert(id.clone(), v["position"].as_u64().unwrap());
+    }
+    out
 }
 
 /// Waits (30 s at most) until every device is connected; otherwise names
@@ -380,6 +416,20 @@ async fn rolling_restart_local_keeps_every_device_and_never_two_nodes_down() {
     let cluster = LocalCluster::up(3).await;
     let gw = cluster.gateway;
 
+    // A room nobody is admitted to: every device holds a place throughout.
+    let (status, body) = http(
+        gw,
+        "PUT",
+        "/api/v1/rooms/roll",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        &json!({"capacity": 0, "admit_per_minute": null, "session_ttl_secs": 60,
+                "target_url": "https://shop.example/in", "state": "open", "pow_difficulty": 0})
+        .to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+
     let stop = CancellationToken::new();
     let devices: Vec<(String, Arc<Device>)> = (0..DEVICES)
         .map(|i| (format!("roll-{i:02}"), Arc::new(Device::default())))
@@ -395,6 +445,24 @@ async fn rolling_restart_local_keeps_every_device_and_never_two_nodes_down() {
     }
     assert_eq!(per_node.len(), 3, "devices on every node: {per_node:?}");
     let pids_before = cluster.node_pids();
+    wait_for(
+        "every device has its place",
+        Duration::from_secs(10),
+        || {
+            devices
+                .iter()
+                .all(|(_, d)| d.position.load(Ordering::SeqCst) > 0)
+        },
+    )
+    .await;
+    let places_before = places(gw, &devices).await;
+    let mut sorted: Vec<u64> = places_before.values().copied().collect();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        (1..=DEVICES as u64).collect::<Vec<_>>(),
+        "one place each"
+    );
 
     let sampler_stop = CancellationToken::new();
     let sampler = tokio::spawn(sample_ready(cluster.nodes.clone(), sampler_stop.clone()));
@@ -473,8 +541,27 @@ async fn rolling_restart_local_keeps_every_device_and_never_two_nodes_down() {
     }
     assert_eq!(open_total, DEVICES as f64, "one connection per device");
 
-    // (Waiting room, when it lands: devices waiting in a room before the
-    // restart must hold the same place after it — check it here.)
+    // Zero lost places: every device holds exactly the place it had.
+    assert_eq!(
+        places(gw, &devices).await,
+        places_before,
+        "queue places changed across the restart"
+    );
+    let (_, stats) = http(
+        gw,
+        "GET",
+        "/api/v1/rooms/roll/stats",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        "",
+    )
+    .await
+    .unwrap();
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(
+        (stats["waiting"].as_u64(), stats["abandoned_total"].as_u64()),
+        (Some(DEVICES as u64), Some(0)),
+        "{stats}"
+    );
 
     // And every one of them receives a broadcast sent through the gateway.
     let (status, body) = TestNode::external(gw)
