@@ -8,7 +8,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// How many distinct event names get their own label value; later ones are
@@ -55,6 +56,8 @@ pub struct Metrics {
     pub room_active: IntGaugeVec,
     /// Devices admitted per room by this node's admission ticks.
     pub room_admitted: IntCounterVec,
+    /// Waits (join → admission) of the admissions this node's ticks made.
+    pub room_wait: HistogramVec,
     /// Admission tokens that could not be signed.
     pub token_sign_errors: IntCounter,
     /// Admission tokens refused (verify, release, renew), by reason.
@@ -181,6 +184,15 @@ impl Metrics {
                 &["room"],
             )
             .expect("valid metric"),
+            room_wait: HistogramVec::new(
+                prometheus::HistogramOpts::new(
+                    "pace_room_wait_seconds",
+                    "Time from joining the queue to admission, for admissions made by this node's ticks.",
+                )
+                .buckets(crate::queue::WAIT_BUCKETS_SECS.iter().map(|b| *b as f64).collect()),
+                &["room"],
+            )
+            .expect("valid metric"),
             token_sign_errors: IntCounter::new(
                 "pace_token_sign_errors_total",
                 "Admission tokens that could not be signed.",
@@ -215,6 +227,7 @@ impl Metrics {
             Box::new(m.room_waiting.clone()),
             Box::new(m.room_active.clone()),
             Box::new(m.room_admitted.clone()),
+            Box::new(m.room_wait.clone()),
             Box::new(m.token_sign_errors.clone()),
             Box::new(m.tokens_rejected.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),

@@ -374,6 +374,12 @@ impl Rooms {
         };
         // 1. Admit (frees expired sessions first).
         let outcome = self.queue.admit(room_id, now).await?;
+        for waited in &outcome.waited_ms {
+            self.metrics
+                .room_wait
+                .with_label_values(&[room_id.as_str()])
+                .observe(*waited as f64 / 1000.0);
+        }
         for (device, adm) in &outcome.admitted {
             self.metrics
                 .room_admitted

@@ -112,6 +112,14 @@ pub async fn stats(
         .stats(&room, now_ms())
         .await
         .map_err(store_error)?;
+    let w = node.rooms.queue.waits(&room).await.map_err(store_error)?;
+    let buckets: Vec<serde_json::Value> = crate::queue::WAIT_BUCKETS_SECS
+        .iter()
+        .map(|b| json!(b))
+        .chain(std::iter::once(json!("+Inf")))
+        .zip(&w.counts)
+        .map(|(le, n)| json!({"le": le, "count": n}))
+        .collect();
     Ok(json_response(
         StatusCode::OK,
         &json!({
@@ -122,6 +130,11 @@ pub async fn stats(
             "admitted_total": c.admitted_total,
             "abandoned_total": c.abandoned_total,
             "admissions_last_minute": c.admitted_last_minute,
+            "wait_seconds": {
+                "count": w.count(),
+                "mean": if w.count() > 0 { w.sum_ms as f64 / w.count() as f64 / 1000.0 } else { 0.0 },
+                "buckets": buckets,
+            },
         }),
     ))
 }

@@ -7,10 +7,11 @@
 -- KEYS[1] config hash     KEYS[2] counters hash   KEYS[3] queue zset
 -- KEYS[4] seen zset       KEYS[5] active zset     KEYS[6] sessions hash
 -- KEYS[7] devices hash    KEYS[8] rate zset
+-- KEYS[9] joined hash (device -> join time)   KEYS[10] wait distribution hash
 -- ARGV[1] now (ms)        ARGV[2] nonce (a fresh UUID v4 per run)
--- ARGV[3] batch size
+-- ARGV[3] batch size      ARGV[4..] wait-time bucket bounds (s), ascending
 -- Returns {active, waiting, expires_at, more, {expired devices...},
---          {device, session id, ticket, ...}}
+--          {device, session id, ticket, waited ms, ...}}
 local now = tonumber(ARGV[1])
 local batch = tonumber(ARGV[3])
 local window_ms = 60000
@@ -66,9 +67,23 @@ if cfg[1] == 'open' or cfg[1] == 'closed' then
       redis.call('HSET', KEYS[6], sid, device .. '|' .. ticket .. '|' .. ARGV[1])
       redis.call('HSET', KEYS[7], device, sid)
       redis.call('ZADD', KEYS[8], now, sid)
+      -- Wait time (join to admission) into the room's distribution.
+      local joined = tonumber(redis.call('HGET', KEYS[9], device) or ARGV[1])
+      redis.call('HDEL', KEYS[9], device)
+      local waited = math.max(now - joined, 0)
+      local bucket = '+Inf'
+      for b = 4, #ARGV do
+        if waited <= tonumber(ARGV[b]) * 1000 then
+          bucket = ARGV[b]
+          break
+        end
+      end
+      redis.call('HINCRBY', KEYS[10], bucket, 1)
+      redis.call('HINCRBY', KEYS[10], 'sum_ms', waited)
       admitted[#admitted + 1] = device
       admitted[#admitted + 1] = sid
       admitted[#admitted + 1] = tonumber(ticket)
+      admitted[#admitted + 1] = waited
     end
     local n = #head / 2
     if n > 0 then
@@ -79,7 +94,7 @@ if cfg[1] == 'open' or cfg[1] == 'closed' then
 end
 
 local more = 0
-if #due == batch or #admitted / 3 == batch then
+if #due == batch or #admitted / 4 == batch then
   more = 1
 end
 return {active, redis.call('ZCARD', KEYS[3]), expires_at, more, expired, admitted}

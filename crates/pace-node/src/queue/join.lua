@@ -4,7 +4,7 @@
 --
 -- KEYS[1] config hash     KEYS[2] counters hash   KEYS[3] queue zset
 -- KEYS[4] seen zset       KEYS[5] active zset     KEYS[6] sessions hash
--- KEYS[7] devices hash
+-- KEYS[7] devices hash     KEYS[8] joined hash (device -> join time, ms)
 -- ARGV[1] device id       ARGV[2] now (ms)
 -- Returns {'waiting', ticket, position, waiting_total}
 --       | {'admitted', session id, ticket, admitted_at, expires_at}
@@ -44,6 +44,7 @@ end
 ticket = redis.call('HINCRBY', KEYS[2], 'ticket', 1)
 redis.call('ZADD', KEYS[3], ticket, device)
 redis.call('ZADD', KEYS[4], now, device)
+redis.call('HSET', KEYS[8], device, ARGV[2])
 local total = redis.call('ZCARD', KEYS[3])
 local peak = tonumber(redis.call('HGET', KEYS[2], 'peak_waiting') or '0')
 if total > peak then

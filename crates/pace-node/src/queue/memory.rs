@@ -13,7 +13,8 @@ use pace_protocol::DeviceId;
 
 use super::{
     Admission, AdmitOutcome, DeviceStatus, JoinOutcome, Place, Positions, QueueError, QueueStore,
-    RATE_WINDOW_MS, Room, RoomConfig, RoomCounters, RoomId, RoomState,
+    RATE_WINDOW_MS, Room, RoomConfig, RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS,
+    WaitDistribution,
 };
 
 /// The in-memory [`QueueStore`].
@@ -35,6 +36,10 @@ struct RoomData {
     tickets: HashMap<DeviceId, u64>,
     /// Last heartbeat of each waiting device, ms.
     seen: HashMap<DeviceId, u64>,
+    /// When each waiting device took its place, ms.
+    joined: HashMap<DeviceId, u64>,
+    /// Wait-time distribution of admissions.
+    waits: WaitDistribution,
     /// Sessions holding a slot, by session id.
     sessions: HashMap<String, Session>,
     /// Session id of each admitted device.
@@ -73,6 +78,11 @@ impl RoomData {
             queue: BTreeMap::new(),
             tickets: HashMap::new(),
             seen: HashMap::new(),
+            joined: HashMap::new(),
+            waits: WaitDistribution {
+                counts: vec![0; WAIT_BUCKETS_SECS.len() + 1],
+                sum_ms: 0,
+            },
             sessions: HashMap::new(),
             by_device: HashMap::new(),
             admissions: Vec::new(),
@@ -116,6 +126,7 @@ impl RoomData {
         };
         self.queue.remove(&ticket);
         self.seen.remove(device);
+        self.joined.remove(device);
         true
     }
 
@@ -210,6 +221,7 @@ impl QueueStore for MemoryQueueStore {
             r.queue.insert(ticket, device.clone());
             r.tickets.insert(device.clone(), ticket);
             r.seen.insert(device.clone(), now_ms);
+            r.joined.insert(device.clone(), now_ms);
             let total = r.waiting();
             r.peak_waiting = r.peak_waiting.max(total);
             JoinOutcome::Waiting(Place {
@@ -279,6 +291,7 @@ impl QueueStore for MemoryQueueStore {
                 .collect();
             r.trim_rate(now_ms);
             let mut admitted = Vec::new();
+            let mut waited_ms = Vec::new();
             if r.config.state != RoomState::Paused {
                 let mut free = u64::from(r.config.capacity).saturating_sub(r.sessions.len() as u64);
                 if let Some(apm) = r.config.admit_per_minute {
@@ -291,6 +304,13 @@ impl QueueStore for MemoryQueueStore {
                     };
                     r.tickets.remove(&device);
                     r.seen.remove(&device);
+                    let waited = now_ms.saturating_sub(r.joined.remove(&device).unwrap_or(now_ms));
+                    if r.waits.counts.is_empty() {
+                        r.waits.counts = vec![0; WAIT_BUCKETS_SECS.len() + 1];
+                    }
+                    r.waits.counts[WaitDistribution::bucket(waited)] += 1;
+                    r.waits.sum_ms += waited;
+                    waited_ms.push(waited);
                     let sid = uuid::Uuid::new_v4().to_string();
                     let session = Session {
                         device: device.clone(),
@@ -307,6 +327,7 @@ impl QueueStore for MemoryQueueStore {
             }
             AdmitOutcome {
                 admitted,
+                waited_ms,
                 expired,
                 active: r.sessions.len() as u64,
                 waiting: r.waiting(),
@@ -427,6 +448,16 @@ impl QueueStore for MemoryQueueStore {
                 .count() as u64,
         });
         Ok(counters.unwrap_or_default())
+    }
+
+    async fn waits(&self, room: &RoomId) -> Result<WaitDistribution, QueueError> {
+        let mut w = self
+            .with_room(room, |r| r.waits.clone())
+            .unwrap_or_default();
+        if w.counts.is_empty() {
+            w.counts = vec![0; WAIT_BUCKETS_SECS.len() + 1];
+        }
+        Ok(w)
     }
 }
 

@@ -256,12 +256,45 @@ pub enum DeviceStatus {
 pub struct AdmitOutcome {
     /// Devices admitted now, in ticket order.
     pub admitted: Vec<(DeviceId, Admission)>,
+    /// How long each of `admitted` waited (join → admission), ms, same order.
+    pub waited_ms: Vec<u64>,
     /// Devices whose sessions expired and were freed now.
     pub expired: Vec<DeviceId>,
     /// Sessions active after the run.
     pub active: u64,
     /// Devices waiting after the run.
     pub waiting: u64,
+}
+
+/// Upper bounds (seconds) of the wait-time buckets, ascending; a last,
+/// unbounded bucket (`+Inf`) follows.
+pub const WAIT_BUCKETS_SECS: [u64; 10] = [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600];
+
+/// The distribution of waits (join → admission) of a room's admissions,
+/// cluster-wide.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitDistribution {
+    /// Admissions per bucket (not cumulative): `counts[i]` waited at most
+    /// `WAIT_BUCKETS_SECS[i]` s and more than the previous bound; the last
+    /// entry is over the largest bound.
+    pub counts: Vec<u64>,
+    /// Sum of every wait, ms.
+    pub sum_ms: u64,
+}
+
+impl WaitDistribution {
+    /// The index of the bucket a wait of `waited_ms` falls into.
+    pub fn bucket(waited_ms: u64) -> usize {
+        WAIT_BUCKETS_SECS
+            .iter()
+            .position(|b| waited_ms <= b * 1000)
+            .unwrap_or(WAIT_BUCKETS_SECS.len())
+    }
+
+    /// Admissions counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }
 
 /// Positions of several devices at one instant.
@@ -395,6 +428,9 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
 
     /// The room's counters (zero for an unknown room).
     async fn stats(&self, room: &RoomId, now_ms: u64) -> Result<RoomCounters, QueueError>;
+
+    /// The room's wait-time distribution (join → admission), cluster-wide.
+    async fn waits(&self, room: &RoomId) -> Result<WaitDistribution, QueueError>;
 }
 
 /// A queue store shared by the node's tasks.
@@ -431,6 +467,7 @@ pub(crate) mod conformance {
                 positions_and_head,
                 rooms_and_config,
                 leave_gives_up_a_place,
+                wait_times_are_measured_from_the_first_join,
             );
         };
         (@cases $setup:path, $($case:ident),* $(,)?) => {
@@ -490,6 +527,32 @@ pub(crate) mod conformance {
 
     /// Joining again (also after heartbeats) returns the same ticket; a
     /// new device gets the next ticket at the back.
+    /// The wait of an admission runs from the device's first join (a
+    /// rejoin does not reset it) to its admission, and lands in the room's
+    /// distribution; a device that left is not counted.
+    pub async fn wait_times_are_measured_from_the_first_join(s: SharedQueueStore) {
+        let r = new_room(&s, "waits", config(0)).await;
+        waiting(&s, &r, "a", T0).await;
+        waiting(&s, &r, "gone", T0 + 100).await;
+        waiting(&s, &r, "b", T0 + 2_000).await;
+        waiting(&s, &r, "a", T0 + 2_500).await; // rejoin: same place, same start
+        assert!(s.leave(&r, &dev("gone")).await.unwrap());
+        s.put_room(&r, &config(2)).await.unwrap();
+        let out = s.admit(&r, T0 + 3_000).await.unwrap();
+        let who: Vec<&str> = out.admitted.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(who, ["a", "b"]);
+        assert_eq!(out.waited_ms, [3_000, 1_000]);
+        let w = s.waits(&r).await.unwrap();
+        assert_eq!(w.counts.len(), WAIT_BUCKETS_SECS.len() + 1);
+        assert_eq!(
+            (w.counts[0], w.counts[1], w.count(), w.sum_ms),
+            (1, 1, 2, 4_000)
+        );
+        assert_eq!(WaitDistribution::bucket(3_600_001), WAIT_BUCKETS_SECS.len());
+        let empty = new_room(&s, "no-waits", config(1)).await;
+        assert_eq!(s.waits(&empty).await.unwrap().count(), 0);
+    }
+
     pub async fn rejoin_keeps_the_same_place(s: SharedQueueStore) {
         let r = new_room(&s, "rejoin", config(0)).await;
         let a = waiting(&s, &r, "a", T0).await;

@@ -21,7 +21,8 @@ use pace_protocol::DeviceId;
 
 use super::{
     Admission, AdmitOutcome, DeviceStatus, JoinOutcome, Place, Positions, QueueError, QueueStore,
-    RATE_WINDOW_MS, Room, RoomConfig, RoomCounters, RoomId, RoomState,
+    RATE_WINDOW_MS, Room, RoomConfig, RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS,
+    WaitDistribution,
 };
 
 /// Most expiries, admissions, sweeps or heartbeats one script run handles,
@@ -69,6 +70,8 @@ struct RoomKeys {
     sessions: String,
     devices: String,
     rate: String,
+    joined: String,
+    waits: String,
 }
 
 impl RoomKeys {
@@ -84,6 +87,8 @@ impl RoomKeys {
             sessions: key("sessions"),
             devices: key("devices"),
             rate: key("rate"),
+            joined: key("joined"),
+            waits: key("waits"),
         }
     }
 }
@@ -329,6 +334,7 @@ impl QueueStore for RedisQueueStore {
                 &self.scripts.join,
                 vec![
                     k.config, k.counters, k.queue, k.seen, k.active, k.sessions, k.devices,
+                    k.joined,
                 ],
                 vec![device.as_str().to_owned(), now_ms.to_string()],
             )
@@ -377,7 +383,12 @@ impl QueueStore for RedisQueueStore {
             let v = self
                 .run(
                     &self.scripts.sweep,
-                    vec![k.counters.clone(), k.queue.clone(), k.seen.clone()],
+                    vec![
+                        k.counters.clone(),
+                        k.queue.clone(),
+                        k.seen.clone(),
+                        k.joined.clone(),
+                    ],
                     vec![cutoff.clone(), BATCH.to_string()],
                 )
                 .await?;
@@ -394,7 +405,9 @@ impl QueueStore for RedisQueueStore {
         let k = self.keys(room);
         let keys = vec![
             k.config, k.counters, k.queue, k.seen, k.active, k.sessions, k.devices, k.rate,
+            k.joined, k.waits,
         ];
+        let args_tail: Vec<String> = WAIT_BUCKETS_SECS.iter().map(u64::to_string).collect();
         let mut out = AdmitOutcome::default();
         loop {
             let nonce = uuid::Uuid::new_v4().to_string();
@@ -402,7 +415,11 @@ impl QueueStore for RedisQueueStore {
                 .run(
                     &self.scripts.admit,
                     keys.clone(),
-                    vec![now_ms.to_string(), nonce, BATCH.to_string()],
+                    [
+                        vec![now_ms.to_string(), nonce, BATCH.to_string()],
+                        args_tail.clone(),
+                    ]
+                    .concat(),
                 )
                 .await?;
             let mut r = Reply::new(v);
@@ -423,6 +440,7 @@ impl QueueStore for RedisQueueStore {
                         expires_at_ms,
                     },
                 ));
+                out.waited_ms.push(admitted.u64()?);
             }
             if !more {
                 return Ok(out);
@@ -491,7 +509,7 @@ impl QueueStore for RedisQueueStore {
         let v = self
             .run(
                 &self.scripts.leave,
-                vec![k.counters, k.queue, k.seen],
+                vec![k.counters, k.queue, k.seen, k.joined],
                 vec![device.as_str().to_owned()],
             )
             .await?;
@@ -574,6 +592,30 @@ impl QueueStore for RedisQueueStore {
             peak_waiting: r.u64()?,
             admitted_last_minute: r.u64()?,
         })
+    }
+
+    async fn waits(&self, room: &RoomId) -> Result<WaitDistribution, QueueError> {
+        self.connected_or_fail()?;
+        let k = self.keys(room);
+        let raw: std::collections::HashMap<String, u64> =
+            self.client.hgetall(&k.waits).await.map_err(unavailable)?;
+        let mut w = WaitDistribution {
+            counts: vec![0; WAIT_BUCKETS_SECS.len() + 1],
+            sum_ms: 0,
+        };
+        for (field, n) in raw {
+            if field == "sum_ms" {
+                w.sum_ms = n;
+            } else if field == "+Inf" {
+                w.counts[WAIT_BUCKETS_SECS.len()] = n;
+            } else if let Some(i) = WAIT_BUCKETS_SECS
+                .iter()
+                .position(|b| b.to_string() == field)
+            {
+                w.counts[i] = n;
+            }
+        }
+        Ok(w)
     }
 }
 

@@ -173,6 +173,25 @@ async fn admission_in_order_with_a_verifiable_token_and_release_frees_the_slot()
     }
     node.wait_metric(r#"pace_room_admitted_total{room="shop"}"#, 2.0)
         .await;
+    // Both waits are in the room's distribution and the node's histogram.
+    node.wait_metric(r#"pace_room_wait_seconds_count{room="shop"}"#, 2.0)
+        .await;
+    let (_, stats) = http(
+        node.addr,
+        "GET",
+        "/api/v1/rooms/shop/stats",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        "",
+    )
+    .await
+    .unwrap();
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["wait_seconds"]["count"], 2, "{stats}");
+    assert_eq!(
+        stats["wait_seconds"]["buckets"].as_array().unwrap().len(),
+        11,
+        "{stats}"
+    );
 }
 
 #[tokio::test]
