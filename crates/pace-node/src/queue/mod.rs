@@ -71,6 +71,8 @@
 //! | `{p:room:R}:sessions` | hash | session id → `device\|ticket\|admitted_at_ms` |
 //! | `{p:room:R}:devices` | hash | device → session id (admitted devices) |
 //! | `{p:room:R}:rate` | zset | session id → admitted at ms (last 60 s) |
+//! | `{p:room:R}:joined` | hash | device → first join ms (waiting devices) |
+//! | `{p:room:R}:waits` | hash | wait-time bucket bound (s, or `+Inf`) → admissions; `sum_ms` |
 //! | `{p}:rooms` | set | room ids (another slot: written apart from the config) |
 //!
 //! # Operations and their Redis cost
