@@ -432,3 +432,43 @@ async fn an_expired_session_frees_its_slot_for_the_next_device() {
     .unwrap();
     assert_eq!(status, 404, "{body}");
 }
+
+#[tokio::test]
+async fn verify_refuses_an_expired_token_signed_with_the_right_key() {
+    let dir = scratch_dir();
+    // A key made two hours ago, so a token can be signed for a past session.
+    let now = pace_node::admission::unix_now();
+    pace_node::admission::generate_into_at(dir.join("keys.json"), now - 7200, Duration::ZERO)
+        .unwrap();
+    let data = dir.clone();
+    let node = TestNode::start_with(move |c| {
+        c.data_dir = data;
+        c.demo_room = false;
+    })
+    .await;
+    // Sign with the node's own key set, as the node would, but for a session
+    // that ended an hour ago.
+    let keys = pace_node::admission::KeySet::load(dir.join("keys.json")).unwrap();
+    let claims = pace_node::admission::AdmissionClaims {
+        iss: keys.issuer().to_owned(),
+        aud: "shop".into(),
+        sub: "late".into(),
+        jti: "00000000-0000-4000-8000-000000000000".into(),
+        iat: now - 7200,
+        exp: now - 3600,
+        target: None,
+    };
+    let expired = keys.sign(&claims).unwrap();
+    let v = verify(&node, &expired, Some("shop")).await;
+    assert_eq!(v["valid"], false, "{v}");
+    assert_eq!(v["error"], "expired");
+    // The same key set's fresh token verifies: only the expiry was wrong.
+    let fresh = keys
+        .sign(&pace_node::admission::AdmissionClaims {
+            iat: now,
+            exp: now + 60,
+            ..claims
+        })
+        .unwrap();
+    assert_eq!(verify(&node, &fresh, Some("shop")).await["valid"], true);
+}
