@@ -498,10 +498,13 @@ async fn rolling_restart_local_keeps_every_device_and_never_two_nodes_down() {
         samples.violations
     );
     assert!(samples.samples >= 20, "{samples:?}");
-    assert_eq!(
-        samples.seen_not_ready.len(),
-        3,
-        "the sampler saw every node restart: {samples:?}"
+    // The sampler really watches restarts (it caught at least one node
+    // down). A node can be down for less than the 100 ms sampling period,
+    // so not every restart is caught; the PID check below proves every node
+    // did restart.
+    assert!(
+        !samples.seen_not_ready.is_empty(),
+        "the sampler saw no restart at all: {samples:?}"
     );
 
     // Every node is a new process, recorded where down will find it.
