@@ -278,7 +278,9 @@ impl Session {
             }
             ClientFrame::Ping { id } => ServerFrame::Pong { id },
             ClientFrame::Join { room } => match self.node.rooms.join(&room, &self.device).await {
-                Ok(frame) => frame,
+                Ok(Some(frame)) => frame,
+                // Admitted while joining: the `admitted` frame is on its way.
+                Ok(None) => return Ok(()),
                 Err(refused) => {
                     self.node
                         .metrics

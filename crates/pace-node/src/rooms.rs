@@ -81,20 +81,6 @@ impl Waiters {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `device` waits in `room` on this node.
-    pub fn add(&self, room: &RoomId, device: &DeviceId, told: QueueUpdate) {
-        let told = Told {
-            position: told.position,
-            waiting_total: told.waiting_total,
-            eta_seconds: told.eta_seconds,
-            state: told.state,
-        };
-        self.lock()
-            .entry(room.clone())
-            .or_default()
-            .insert(device.clone(), told);
-    }
-
     /// `device` no longer waits in `room` here (admitted, left, gone).
     /// Returns whether it did: of several paths that learn of one admission
     /// (the bus, a heartbeat finding the device admitted), only the one that
@@ -109,6 +95,23 @@ impl Waiters {
             rooms.remove(room);
         }
         removed
+    }
+
+    /// `device` is joining `room` here: it receives an admission from now
+    /// on, before it has been told a position.
+    pub fn reserve(&self, room: &RoomId, device: &DeviceId) {
+        self.lock()
+            .entry(room.clone())
+            .or_default()
+            .entry(device.clone())
+            .or_default();
+    }
+
+    /// Whether `device` waits in `room` here.
+    pub fn contains(&self, room: &RoomId, device: &DeviceId) -> bool {
+        self.lock()
+            .get(room)
+            .is_some_and(|d| d.contains_key(device))
     }
 
     /// `device` disconnected: it stops being pushed updates (its place stays
@@ -268,14 +271,28 @@ impl Rooms {
         &self,
         room_id: &RoomId,
         device: &DeviceId,
-    ) -> Result<ServerFrame, JoinRefused> {
+    ) -> Result<Option<ServerFrame>, JoinRefused> {
         let now = now_ms();
-        let outcome = self
-            .queue
-            .join(room_id, device, now)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        // Register as a local waiter *before* the join script runs: if any
+        // node's tick admits the device before this call returns, the
+        // bus's admission finds the waiter and is delivered (not dropped).
+        let fresh = !self.waiters.contains(room_id, device);
+        if fresh {
+            self.waiters.reserve(room_id, device);
+        }
+        let outcome = match self.queue.join(room_id, device, now).await {
+            Ok(o) => o,
+            Err(e) => {
+                if fresh {
+                    self.waiters.remove(room_id, device);
+                }
+                return Err(unavailable(&e));
+            }
+        };
         let refused = |code, message: String| Err(JoinRefused { code, message });
+        if !matches!(outcome, JoinOutcome::Waiting(_)) {
+            self.waiters.remove(room_id, device);
+        }
         match outcome {
             JoinOutcome::NoSuchRoom => refused(ErrorCode::NoSuchRoom, format!("no room {room_id}")),
             JoinOutcome::Closed => refused(
@@ -302,8 +319,13 @@ impl Rooms {
                         .map(|r| r.config.state.as_str().to_owned())
                         .unwrap_or_default(),
                 };
-                self.waiters.add(room_id, device, update.clone());
-                Ok(ServerFrame::Queue(update))
+                // Admitted meanwhile: the `admitted` frame went out already,
+                // a `queue` frame now would only confuse.
+                if !self.waiters.changed(device, &update) && !self.waiters.contains(room_id, device)
+                {
+                    return Ok(None);
+                }
+                Ok(Some(ServerFrame::Queue(update)))
             }
             JoinOutcome::Admitted(adm) => {
                 let Some(room) = self
@@ -314,8 +336,8 @@ impl Rooms {
                 else {
                     return refused(ErrorCode::NoSuchRoom, format!("no room {room_id}"));
                 };
-                self.waiters.remove(room_id, device);
                 self.admitted_frame(&room, device, &adm)
+                    .map(Some)
                     .map_err(|_| JoinRefused {
                         code: ErrorCode::Internal,
                         message: "could not issue the admission token; retry".into(),
@@ -340,6 +362,14 @@ impl Rooms {
 
     /// Runs the admission tick until `stop`.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        // Start at a random phase of the tick so the nodes of a cluster do
+        // not tick in lockstep: n nodes then give n chances per tick to
+        // admit after a slot frees.
+        let phase = self.config.tick.mul_f64(rand::random::<f64>());
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(phase) => {}
+        }
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_refresh = tokio::time::Instant::now();
