@@ -211,6 +211,7 @@ pub async fn run(args: &BroadcastArgs) -> anyhow::Result<Report> {
         memory: c.memory,
         hold: None,
         broadcast: Some(broadcast),
+        surge: None,
         close: CloseReport {
             clean: fin.closed_clean,
             no_reply: fin.closed_no_reply,

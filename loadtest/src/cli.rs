@@ -26,6 +26,11 @@ pub enum Command {
     /// Connect N devices, send K notifications to all from one target:
     /// delivery latency, time to the last device, losses, CPU per delivery.
     Broadcast(BroadcastArgs),
+    /// Connect N devices, make them join a waiting room at a set rate, let
+    /// admitted devices use their slot and release it: join rate and
+    /// latency, admission order, capacity, position freshness, slot-free to
+    /// admission latency, store commands per waiting device.
+    Surge(SurgeArgs),
     /// Internal: run a share of the devices (spec on stdin, events on stdout).
     #[command(hide = true)]
     Worker,
@@ -158,6 +163,118 @@ pub struct BroadcastArgs {
     pub drain_timeout: f64,
 }
 
+/// State the room is put in before the joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoomStateArg {
+    /// Admits from the head while below capacity.
+    Open,
+    /// Accepts joins, admits nobody (the queue only builds).
+    Paused,
+}
+
+impl RoomStateArg {
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomStateArg::Open => "open",
+            RoomStateArg::Paused => "paused",
+        }
+    }
+}
+
+/// `surge` options.
+#[derive(Debug, Clone, Args)]
+pub struct SurgeArgs {
+    /// Shared options.
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+
+    /// Room to create (PUT) and join. Default: surge-RUN (a fresh room).
+    #[arg(long, env = "PACE_LOADTEST_ROOM")]
+    pub room: Option<String>,
+
+    /// Room capacity (sessions at once). 0 keeps every device waiting.
+    #[arg(long, default_value_t = 100, env = "PACE_LOADTEST_CAPACITY")]
+    pub capacity: u32,
+
+    /// Session TTL of the room, seconds.
+    #[arg(long, default_value_t = 300, env = "PACE_LOADTEST_SESSION_TTL")]
+    pub session_ttl: u32,
+
+    /// Most admissions per minute (default: no limit).
+    #[arg(long, env = "PACE_LOADTEST_ADMIT_PER_MINUTE")]
+    pub admit_per_minute: Option<u32>,
+
+    /// Room state during the run (paused: everybody waits).
+    #[arg(long, value_enum, default_value_t = RoomStateArg::Open, env = "PACE_LOADTEST_ROOM_STATE")]
+    pub state: RoomStateArg,
+
+    /// Target URL stored in the room.
+    #[arg(
+        long,
+        default_value = "https://x.example/in",
+        env = "PACE_LOADTEST_TARGET_URL"
+    )]
+    pub target_url: String,
+
+    /// Joins per second, over all workers (after every device connected).
+    #[arg(long, default_value_t = 1_000.0, env = "PACE_LOADTEST_JOIN_RATE")]
+    pub join_rate: f64,
+
+    /// Milliseconds an admitted device uses its slot before releasing it
+    /// (POST /api/v1/sessions/release); 0 releases at once.
+    #[arg(long, default_value_t = 1_000, env = "PACE_LOADTEST_HOLD_ADMITTED")]
+    pub hold_admitted: u64,
+
+    /// Spread each device's hold by a fixed pseudo-random 0..=MS more, so
+    /// that releases fall at every phase of the admission tick (a fixed hold
+    /// releases in step with the tick and measures one phase only).
+    #[arg(long, default_value_t = 500, env = "PACE_LOADTEST_HOLD_JITTER")]
+    pub hold_jitter: u64,
+
+    /// Seconds to keep the devices in the room after the last join was
+    /// answered (the window of the store-command count).
+    #[arg(long = "hold", default_value_t = 0.0, env = "PACE_LOADTEST_HOLD")]
+    pub hold_secs: f64,
+
+    /// Seconds, after the hold, to wait for every device to be admitted and
+    /// to release (only in an open room with capacity).
+    #[arg(long, default_value_t = 120.0, env = "PACE_LOADTEST_DRAIN_TIMEOUT")]
+    pub drain_timeout: f64,
+
+    /// Seconds a join may wait for its answer.
+    #[arg(long, default_value_t = 10.0, env = "PACE_LOADTEST_JOIN_TIMEOUT")]
+    pub join_timeout: f64,
+
+    /// The nodes' --admit-tick in ms: the tolerance of the admission-order
+    /// check, and the yardstick of slot-free to admission latency.
+    #[arg(long, default_value_t = 500, env = "PACE_LOADTEST_ADMIT_TICK_MS")]
+    pub admit_tick_ms: u64,
+
+    /// Poll the room's stats this often, ms.
+    #[arg(long, default_value_t = 100, env = "PACE_LOADTEST_STATS_INTERVAL_MS")]
+    pub stats_interval_ms: u64,
+
+    /// Service key (Authorization: Bearer KEY) for the room and its stats.
+    #[arg(long, env = "PACE_SERVICE_KEY", hide_env_values = true)]
+    pub service_key: String,
+
+    /// Where to create the room and poll its stats (default: the first
+    /// --target).
+    #[arg(long, env = "PACE_LOADTEST_ADMIN_TARGET")]
+    pub admin_target: Option<String>,
+
+    /// Redis of the cluster (redis://host:port): INFO commandstats before
+    /// and after the join phase and the hold give store commands per join
+    /// and per waiting device per minute.
+    #[arg(long, env = "PACE_LOADTEST_REDIS")]
+    pub redis: Option<String>,
+
+    /// Also write every device's raw record (JSON lines) to this file.
+    #[arg(long, env = "PACE_LOADTEST_RECORDS")]
+    pub records: Option<PathBuf>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +311,34 @@ mod tests {
         assert_eq!(h.fleet.node_pids, vec![5, 6]);
         assert_eq!(h.hold_secs, 1.5);
         assert_eq!(h.fleet.devices, 10);
+    }
+
+    #[test]
+    fn surge_options() {
+        let cli = Cli::try_parse_from([
+            "pace-loadtest",
+            "surge",
+            "--target",
+            "http://127.0.0.1:1",
+            "--service-key",
+            "k",
+            "--capacity",
+            "0",
+            "--state",
+            "paused",
+            "--admit-per-minute",
+            "60",
+        ])
+        .unwrap();
+        let Command::Surge(s) = cli.command else {
+            panic!("not surge")
+        };
+        assert_eq!(s.capacity, 0);
+        assert_eq!(s.state, RoomStateArg::Paused);
+        assert_eq!(s.admit_per_minute, Some(60));
+        assert_eq!(s.hold_admitted, 1_000);
+        assert_eq!(s.admit_tick_ms, 500);
+        assert!(s.room.is_none() && s.redis.is_none());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::cli::FleetArgs;
 use crate::clock::unix_micros;
 use crate::fleet::{self, Fleet, Plan};
 use crate::http::Http;
-use crate::ipc::WorkerSpec;
+use crate::ipc::{SurgeSpec, WorkerSpec};
 use crate::nodes::{self, NodeProbe};
 use crate::procstat;
 use crate::report::{ConnectReport, MemoryReport, per_device_kib};
@@ -81,6 +81,17 @@ pub fn secs(s: f64) -> Duration {
 /// Connects the fleet. `scenario_time` is how long the scenario runs after
 /// connecting (it bounds each worker's lifetime).
 pub async fn connect(args: &FleetArgs, scenario_time: Duration) -> anyhow::Result<Connected> {
+    connect_with(args, scenario_time, None, None).await
+}
+
+/// [`connect`], with the waiting-room behaviour of `surge` devices and,
+/// optionally, a run id chosen by the caller.
+pub async fn connect_with(
+    args: &FleetArgs,
+    scenario_time: Duration,
+    surge: Option<SurgeSpec>,
+    run_id: Option<String>,
+) -> anyhow::Result<Connected> {
     let started_at_unix_ms = unix_micros() / 1000;
     let targets = args
         .targets
@@ -113,7 +124,7 @@ pub async fn connect(args: &FleetArgs, scenario_time: Duration) -> anyhow::Resul
             "{per_process} devices per process exceed the ~20 000 open-files cap: raise --processes"
         );
     }
-    let run_id = new_run_id();
+    let run_id = run_id.unwrap_or_else(new_run_id);
     let http = Http::new();
     nodes::wait_ready(&http, &targets, secs(args.ready_timeout)).await?;
     let probe = NodeProbe::new(args.node_pids.clone(), targets.clone(), http.clone());
@@ -139,6 +150,7 @@ pub async fn connect(args: &FleetArgs, scenario_time: Duration) -> anyhow::Resul
             read_buffer_bytes: args.read_buffer,
             progress_interval_ms: 100,
             deadline_ms: worker_deadline.as_millis() as u64,
+            surge: surge.map(|s| SurgeSpec { processes, ..s }),
         },
     };
     eprintln!(

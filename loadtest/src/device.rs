@@ -149,6 +149,8 @@ pub struct DeviceLog {
     pub dropped: Option<String>,
     /// How our close went (only meaningful if not dropped).
     pub close: CloseOutcome,
+    /// `surge`: the device's life in the waiting room.
+    pub surge: Option<crate::ipc::SurgeRecord>,
 }
 
 /// How a close we started ended.
@@ -271,7 +273,7 @@ fn on_text(
 }
 
 /// Sends a normal close and waits (bounded) for the node's reply.
-async fn close(ws: &mut Ws) -> CloseOutcome {
+pub async fn close(ws: &mut Ws) -> CloseOutcome {
     let frame = CloseFrame {
         code: WsCloseCode::from(u16::from(pace_protocol::CloseCode::NORMAL)),
         reason: "".into(),

@@ -16,7 +16,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::ipc::{self, ReasonCounts, WorkerCommand, WorkerEvent, WorkerSpec};
+use crate::ipc::{self, ReasonCounts, SurgeRecord, WorkerCommand, WorkerEvent, WorkerSpec};
 
 /// Devices per worker process by default: well under the 20 000 open-files
 /// cap, with room for the runtime's own descriptors.
@@ -54,6 +54,14 @@ pub struct Progress {
     pub received: u64,
     /// Connections the server ended early.
     pub dropped: u64,
+    /// `surge`: joins answered with a place or an admission.
+    pub joined: u64,
+    /// `surge`: joins answered with an error.
+    pub join_failed: u64,
+    /// `surge`: admissions received.
+    pub admitted: u64,
+    /// `surge`: releases finished.
+    pub released: u64,
 }
 
 /// The merged `connected` events.
@@ -92,6 +100,8 @@ pub struct FinalPhase {
     pub close_errors: u64,
     /// CPU the worker processes used, seconds.
     pub workers_cpu_seconds: f64,
+    /// `surge`: every connected device's record, over all workers.
+    pub surge: Vec<SurgeRecord>,
 }
 
 /// Everything needed to launch the workers.
@@ -212,12 +222,20 @@ impl Fleet {
                 failed,
                 received,
                 dropped,
+                joined,
+                join_failed,
+                admitted,
+                released,
             }) => {
                 self.progress[w] = Progress {
                     open,
                     failed,
                     received,
                     dropped,
+                    joined,
+                    join_failed,
+                    admitted,
+                    released,
                 };
             }
             Some(ev @ WorkerEvent::Connected { .. }) => self.connected[w] = Some(ev),
@@ -225,6 +243,11 @@ impl Fleet {
             Some(WorkerEvent::Fatal { message }) => bail!("worker {w} failed: {message}"),
         }
         Ok(())
+    }
+
+    /// PIDs of the worker processes still running.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(Child::id).collect()
     }
 
     /// Latest progress summed over workers.
@@ -236,7 +259,23 @@ impl Fleet {
                 failed: a.failed + p.failed,
                 received: a.received + p.received,
                 dropped: a.dropped + p.dropped,
+                joined: a.joined + p.joined,
+                join_failed: a.join_failed + p.join_failed,
+                admitted: a.admitted + p.admitted,
+                released: a.released + p.released,
             })
+    }
+
+    /// Sends `command` to every worker still running.
+    pub async fn command(&mut self, command: &WorkerCommand) -> anyhow::Result<()> {
+        let mut line = serde_json::to_string(command)?;
+        line.push('\n');
+        for stdin in self.stdins.iter_mut().flatten() {
+            // A worker that already exited has a closed pipe: fine.
+            let _ = stdin.write_all(line.as_bytes()).await;
+            let _ = stdin.flush().await;
+        }
+        Ok(())
     }
 
     /// Waits until every worker has finished its connect phase, printing a
@@ -369,8 +408,10 @@ impl Fleet {
                 closed_no_reply,
                 close_errors,
                 cpu_seconds,
+                surge,
             } = ev
             {
+                phase.surge.extend_from_slice(surge);
                 for r in receipts {
                     let k = r.k as usize;
                     if phase.recv_us.len() <= k {

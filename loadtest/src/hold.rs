@@ -37,6 +37,7 @@ pub async fn run(args: &HoldArgs) -> anyhow::Result<Report> {
             dropped: at_end.dropped,
         }),
         broadcast: None,
+        surge: None,
         close: CloseReport {
             clean: fin.closed_clean,
             no_reply: fin.closed_no_reply,

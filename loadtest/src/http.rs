@@ -1,5 +1,6 @@
-//! The coordinator's small HTTP client: `GET /ready` and `/metrics`, and the
-//! `POST /api/v1/notify` that starts each broadcast. Keep-alive connections
+//! The coordinator's small HTTP client: `GET /ready` and `/metrics`, the
+//! `POST /api/v1/notify` that starts each broadcast, and the waiting-room
+//! calls of `surge` (room setup, stats, session release from the workers). Keep-alive connections
 //! are pooled, so a notify's measured send instant does not include a TCP
 //! handshake after the first one.
 
@@ -82,6 +83,63 @@ impl Http {
         self.send(req, timeout)
             .await
             .with_context(|| format!("POST {url}"))
+    }
+
+    /// `POST url` with a JSON body and no credentials (the body carries
+    /// them, as in `POST /api/v1/sessions/release`).
+    pub async fn post_json_plain(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> anyhow::Result<Reply> {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .with_context(|| format!("building POST {url}"))?;
+        self.send(req, timeout)
+            .await
+            .with_context(|| format!("POST {url}"))
+    }
+
+    /// `PUT url` with a JSON body and a bearer token.
+    pub async fn put_json(
+        &self,
+        url: &str,
+        bearer: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> anyhow::Result<Reply> {
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri(url)
+            .header(CONTENT_TYPE, "application/json")
+            .header(AUTHORIZATION, format!("Bearer {bearer}"))
+            .body(Full::new(Bytes::from(body)))
+            .with_context(|| format!("building PUT {url}"))?;
+        self.send(req, timeout)
+            .await
+            .with_context(|| format!("PUT {url}"))
+    }
+
+    /// `GET url` with a bearer token.
+    pub async fn get_auth(
+        &self,
+        url: &str,
+        bearer: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Reply> {
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(url)
+            .header(AUTHORIZATION, format!("Bearer {bearer}"))
+            .body(Full::new(Bytes::new()))
+            .with_context(|| format!("building GET {url}"))?;
+        self.send(req, timeout)
+            .await
+            .with_context(|| format!("GET {url}"))
     }
 
     async fn send(&self, req: Request<Full<Bytes>>, timeout: Duration) -> anyhow::Result<Reply> {

@@ -48,6 +48,30 @@ pub struct WorkerSpec {
     /// The worker finishes on its own this long after starting, even without
     /// a `finish` command: a worker never outlives its scenario.
     pub deadline_ms: u64,
+    /// `surge` only: devices join a waiting room instead of idling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surge: Option<SurgeSpec>,
+}
+
+/// What a `surge` worker's devices do once connected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SurgeSpec {
+    /// The room every device joins.
+    pub room: String,
+    /// Joins per second over all workers. Device `j` (local index) of
+    /// worker `w` joins `(j × processes + w) / join_rate` seconds after the
+    /// start, so the workers interleave and the total rate is `join_rate`.
+    pub join_rate: f64,
+    /// Worker processes in the run (for the interleaving above).
+    pub processes: usize,
+    /// How long an admitted device keeps its slot before releasing it…
+    pub hold_admitted_ms: u64,
+    /// … plus a per-device spread in `0..=hold_jitter_ms` (a fixed hash of
+    /// the device index), so releases do not fall in step with the tick.
+    #[serde(default)]
+    pub hold_jitter_ms: u64,
+    /// Budget of one `POST /api/v1/sessions/release`.
+    pub release_timeout_ms: u64,
 }
 
 /// What the coordinator tells a running worker.
@@ -56,6 +80,12 @@ pub struct WorkerSpec {
 pub enum WorkerCommand {
     /// Close every device cleanly, send [`WorkerEvent::Final`], exit.
     Finish,
+    /// `surge`: start joining; the first join is due at this wall-clock
+    /// instant (µs since the epoch).
+    Join {
+        /// When the join schedule starts.
+        start_at_us: u64,
+    },
 }
 
 /// Why a device could not connect, or why its connection ended; keys of the
@@ -86,6 +116,18 @@ pub enum WorkerEvent {
         received: u64,
         /// Connections the server ended (or that broke) before `finish`.
         dropped: u64,
+        /// `surge`: joins answered with a place (or an admission).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        joined: u64,
+        /// `surge`: joins answered with an `error` frame.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        join_failed: u64,
+        /// `surge`: `admitted` frames received.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        admitted: u64,
+        /// `surge`: releases finished (successful or not).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        released: u64,
     },
     /// Every connection attempt has completed (success or failure).
     Connected {
@@ -122,12 +164,64 @@ pub enum WorkerEvent {
         /// CPU time this worker process used over its whole life, seconds
         /// (the load generator's own cost; it shares the machine's cores).
         cpu_seconds: f64,
+        /// `surge`: what each connected device saw.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        surge: Vec<SurgeRecord>,
     },
     /// The worker could not run at all.
     Fatal {
         /// What went wrong.
         message: String,
     },
+}
+
+/// One `surge` device's life in the waiting room. Instants are wall-clock
+/// µs since the Unix epoch (every process reads the same clock).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SurgeRecord {
+    /// Global device index.
+    pub i: u64,
+    /// When the `join` frame was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_us: Option<u64>,
+    /// The answer to the join: the first `queue` frame as `[received,
+    /// position, waiting_total]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<[u64; 3]>,
+    /// Every later `queue` frame while waiting, as `[received, position]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queue: Vec<[u64; 2]>,
+    /// When the `admitted` frame arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_us: Option<u64>,
+    /// The session end the `admitted` frame announced, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// When the release POST was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_sent_us: Option<u64>,
+    /// When its response was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_done_us: Option<u64>,
+    /// Why the release failed (`http_404`, `timeout`, `not_released`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_error: Option<String>,
+    /// The `error` code the join was answered with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_error: Option<String>,
+    /// Why the connection ended before the finish, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<String>,
+    /// `admitted` frames after the first (must stay 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub extra_admitted: u64,
+    /// `queue` frames received after the admission.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queue_after_admitted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Adds `n` to `counts[reason]`.
@@ -153,6 +247,10 @@ mod tests {
             failed: 2,
             received: 3,
             dropped: 4,
+            joined: 0,
+            join_failed: 0,
+            admitted: 0,
+            released: 0,
         };
         let line = serde_json::to_string(&ev).unwrap();
         assert!(!line.contains('\n'));
@@ -161,6 +259,41 @@ mod tests {
             r#"{"ev":"progress","open":1,"failed":2,"received":3,"dropped":4}"#
         );
         assert_eq!(serde_json::from_str::<WorkerEvent>(&line).unwrap(), ev);
+    }
+
+    #[test]
+    fn surge_fields_round_trip() {
+        let ev = WorkerEvent::Progress {
+            open: 1,
+            failed: 0,
+            received: 0,
+            dropped: 0,
+            joined: 5,
+            join_failed: 1,
+            admitted: 2,
+            released: 1,
+        };
+        let line = serde_json::to_string(&ev).unwrap();
+        assert!(line.contains(r#""joined":5"#), "{line}");
+        assert_eq!(serde_json::from_str::<WorkerEvent>(&line).unwrap(), ev);
+        let rec = SurgeRecord {
+            i: 7,
+            join_us: Some(10),
+            first: Some([12, 3, 40]),
+            queue: vec![[20, 2], [30, 1]],
+            admitted_us: Some(40),
+            ..SurgeRecord::default()
+        };
+        let text = serde_json::to_string(&rec).unwrap();
+        assert_eq!(
+            text,
+            r#"{"i":7,"join_us":10,"first":[12,3,40],"queue":[[20,2],[30,1]],"admitted_us":40}"#
+        );
+        assert_eq!(serde_json::from_str::<SurgeRecord>(&text).unwrap(), rec);
+        assert_eq!(
+            serde_json::to_string(&WorkerCommand::Join { start_at_us: 5 }).unwrap(),
+            r#"{"cmd":"join","start_at_us":5}"#
+        );
     }
 
     #[test]

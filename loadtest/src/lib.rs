@@ -4,8 +4,10 @@
 //! CPU.
 //!
 //! Layout:
-//! - [`cli`]: the command line; [`hold`] and [`broadcast`]: the scenarios,
-//!   both starting with [`connect`] (readiness, memory, the connect phase).
+//! - [`cli`]: the command line; [`hold`], [`broadcast`] and [`surge`]: the
+//!   scenarios, all starting with [`connect`] (readiness, memory, the
+//!   connect phase). `surge` devices live in [`surge_device`], its figures
+//!   come from [`surge_analysis`], its store counts from [`redis_info`].
 //! - [`fleet`]: the coordinator side of the worker processes;
 //!   [`worker`]: the worker side; [`ipc`]: the JSON lines between them.
 //! - [`device`]: one simulated device; [`target`]: a node or gateway URL.
@@ -28,8 +30,12 @@ pub mod ipc;
 pub mod nodes;
 pub mod procstat;
 pub mod promtext;
+pub mod redis_info;
 pub mod report;
 pub mod stats;
+pub mod surge;
+pub mod surge_analysis;
+pub mod surge_device;
 pub mod target;
 pub mod worker;
 
@@ -43,6 +49,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker => return worker::main().await,
         Command::Hold(args) => (hold::run(&args).await?, args.fleet.json),
         Command::Broadcast(args) => (broadcast::run(&args).await?, args.fleet.json),
+        Command::Surge(args) => (surge::run(&args).await?, args.fleet.json),
     };
     print!("{}", report.render());
     if let Some(path) = json {

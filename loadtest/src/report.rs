@@ -13,11 +13,12 @@ use serde::{Deserialize, Serialize};
 use crate::ipc::ReasonCounts;
 use crate::nodes::Source;
 use crate::stats::Summary;
+use crate::surge::{CpuWindow, StoreWindow, SurgeReport};
 
 /// A whole run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
-    /// `hold` or `broadcast`.
+    /// `hold`, `broadcast` or `surge`.
     pub scenario: String,
     /// Identifies the run (part of every device id).
     pub run_id: String,
@@ -41,6 +42,9 @@ pub struct Report {
     /// `broadcast` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast: Option<BroadcastReport>,
+    /// `surge` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surge: Option<SurgeReport>,
     /// How the devices' connections ended.
     pub close: CloseReport,
     /// CPU the load generator's worker processes used over the whole run,
@@ -325,6 +329,9 @@ impl Report {
                 let _ = writeln!(s, "  of which user {u:.2} µs, kernel {k:.2} µs");
             }
         }
+        if let Some(g) = &self.surge {
+            render_surge(&mut s, g);
+        }
         let _ = writeln!(
             s,
             "close: {} clean, {} without close reply, {} errors, dropped early: {}",
@@ -345,6 +352,195 @@ impl Report {
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(self)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "n/a".into())
+}
+
+fn store_line(s: &mut String, what: &str, w: &StoreWindow) {
+    let _ = writeln!(
+        s,
+        "store, {what}: {} commands in {:.1} s = {:.0}/min, redis CPU {:.2} s; avg waiting {:.0}",
+        w.commands, w.seconds, w.per_minute, w.redis_cpu_seconds, w.avg_waiting
+    );
+    if let Some(p) = w.per_waiting_device_per_minute {
+        let _ = writeln!(
+            s,
+            "  => {p:.2} commands per waiting device per minute ({} without the tool's {} stats polls)",
+            w.per_waiting_device_per_minute_without_polls
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "n/a".into()),
+            w.stats_polls
+        );
+    }
+    if let Some(p) = w.per_join {
+        let _ = writeln!(s, "  => {p:.1} commands per join ({} joins)", w.joins);
+    }
+    let top: Vec<String> = w
+        .by_command
+        .iter()
+        .take(12)
+        .map(|(c, n)| format!("{c}={n}"))
+        .collect();
+    let _ = writeln!(s, "  by command: {}", top.join(" "));
+}
+
+fn cpu_line(s: &mut String, what: &str, w: &CpuWindow, per: Option<(&str, u64)>) {
+    let secs = |v: Option<f64>| {
+        v.map(|v| format!("{v:.2} s"))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    let _ = write!(
+        s,
+        "CPU, {what} ({:.2} s wall): nodes {}, redis {}, load generator {}",
+        w.seconds,
+        secs(w.nodes),
+        secs(w.redis),
+        secs(w.loadgen)
+    );
+    if let (Some((unit, n)), Some(nodes)) = (per, w.nodes)
+        && n > 0
+    {
+        let _ = write!(s, " => nodes {:.1} µs per {unit}", nodes * 1e6 / n as f64);
+        if let Some(r) = w.redis {
+            let _ = write!(s, ", redis {:.1} µs", r * 1e6 / n as f64);
+        }
+        if let Some(l) = w.loadgen {
+            let _ = write!(s, ", load generator {:.1} µs", l * 1e6 / n as f64);
+        }
+    }
+    let _ = writeln!(s);
+}
+
+fn render_surge(s: &mut String, g: &SurgeReport) {
+    let _ = writeln!(
+        s,
+        "room {} via {}: capacity {}, admit/min {}, ttl {} s, {}, hold admitted {}+0..{} ms, tick {} ms",
+        g.room,
+        g.admin_target,
+        g.capacity,
+        opt(g.admit_per_minute),
+        g.session_ttl_secs,
+        g.state,
+        g.hold_admitted_ms,
+        g.hold_jitter_ms,
+        g.admit_tick_ms
+    );
+    let j = &g.joins;
+    let _ = writeln!(
+        s,
+        "joins: {} sent by {} devices, {} answered, refused: {}, unanswered {}",
+        j.sent,
+        g.devices_joining,
+        j.answered,
+        reasons(&j.refused),
+        j.unanswered
+    );
+    let _ = writeln!(
+        s,
+        "join rate: {:.0} answered/s over {:.2} s (offered {:.0}/s, sent {:.0}/s)",
+        j.rate_per_s, j.duration_s, g.join_rate_offered, j.sent_rate_per_s
+    );
+    let _ = writeln!(s, "join latency: {}", j.latency_ms.line());
+    cpu_line(s, "join phase", &g.cpu_joins, Some(("join", j.answered)));
+    if let Some(w) = &g.cpu_hold {
+        cpu_line(s, "hold", w, None);
+    }
+    let o = &g.order;
+    let _ = writeln!(
+        s,
+        "admission order: {} inversions over {} ordered pairs ({} devices admitted early; tolerance {:.0} ms; max lag of an earlier joiner {:.3} ms)",
+        o.inversions, o.pairs_checked, o.devices_admitted_early, o.tolerance_ms, o.max_lag_ms
+    );
+    let c = &g.capacity_check;
+    let _ = writeln!(
+        s,
+        "capacity {}: max active polled {} ({} polls, {} failed), max held by devices {}{}",
+        c.capacity,
+        opt(c.max_active_polled),
+        c.polls,
+        c.poll_errors,
+        c.max_held_by_devices,
+        if c.exceeded { "  [EXCEEDED]" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "admitted {}, released {}, extra admitted frames {}, queue frames after admission {}, dropped: {}{}",
+        g.admitted,
+        g.released,
+        g.extra_admitted,
+        g.queue_after_admitted,
+        reasons(&g.dropped),
+        match g.drained {
+            Some(true) => "  (all admitted and released)",
+            Some(false) => "  [drain timeout hit]",
+            None => "",
+        }
+    );
+    let f = &g.freshness;
+    let _ = writeln!(
+        s,
+        "queue frame gaps, first 200 places: {}",
+        f.gap_head_ms.line()
+    );
+    let _ = writeln!(
+        s,
+        "queue frame gaps, beyond place 200: {}",
+        f.gap_far_ms.line()
+    );
+    let _ = writeln!(
+        s,
+        "admission batch -> device told (head): {}",
+        f.news_head_ms.line()
+    );
+    let _ = writeln!(
+        s,
+        "admission batch -> device told (far):  {}",
+        f.news_far_ms.line()
+    );
+    let _ = writeln!(
+        s,
+        "  {} batches, {} (batch, device) pairs untold before admission or end, guard {:.0} ms; last position before admission p50 {} p99 {} max {}",
+        f.batches,
+        f.untold,
+        f.guard_ms,
+        f.last_position_before_admission.p50,
+        f.last_position_before_admission.p99,
+        f.last_position_before_admission.max
+    );
+    let sf = &g.slot_free;
+    let _ = writeln!(
+        s,
+        "release answered -> next admitted: {}",
+        sf.done_to_admitted_ms.line()
+    );
+    let _ = writeln!(
+        s,
+        "release sent -> next admitted:     {}",
+        sf.sent_to_admitted_ms.line()
+    );
+    let _ = writeln!(
+        s,
+        "  {} admitted before the release answer, {} releases with nobody waiting, {} unmatched, failed releases: {}",
+        sf.admitted_before_answer,
+        sf.queue_empty,
+        sf.unmatched,
+        reasons(&sf.failed)
+    );
+    if let Some(st) = &g.final_stats {
+        let _ = writeln!(
+            s,
+            "room stats at the end: waiting {} (peak {}), active {}, admitted {}, abandoned {}",
+            st.waiting, st.peak_waiting, st.active, st.admitted_total, st.abandoned_total
+        );
+    }
+    if let Some(w) = &g.store_joins {
+        store_line(s, "join phase", w);
+    }
+    if let Some(w) = &g.store_hold {
+        store_line(s, "hold", w);
     }
 }
 
@@ -406,6 +602,7 @@ mod tests {
                 dropped: 0,
             }),
             broadcast: None,
+            surge: None,
             close: CloseReport::default(),
             loadgen_cpu_seconds: 0.5,
         };

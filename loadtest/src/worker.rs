@@ -18,12 +18,15 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::unix_micros;
 use crate::device::{self, CloseOutcome, DeviceLog, Dial};
+use crate::http::Http;
 use crate::ipc::{self, MessageReceipts, ReasonCounts, WorkerCommand, WorkerEvent, WorkerSpec};
 use crate::procstat;
+use crate::surge_device::{self, SurgeCounters, SurgePlan};
 
 /// Counters the progress reporter reads while devices update them.
 #[derive(Debug, Default)]
@@ -32,6 +35,7 @@ struct Counters {
     failed: AtomicU64,
     received: AtomicU64,
     dropped: AtomicU64,
+    surge: SurgeCounters,
 }
 
 /// Entry point of `pace-loadtest worker`: reads the spec from stdin, runs
@@ -82,6 +86,9 @@ async fn run(
     let counters = Arc::new(Counters::default());
     let stop = CancellationToken::new();
 
+    // `surge`: the join schedule's start, set by the `join` command.
+    let (start_tx, start_rx) = tokio::sync::watch::channel::<Option<Instant>>(None);
+
     // Finish on command, on stdin EOF, or at the deadline — whichever first.
     let finish = CancellationToken::new();
     {
@@ -89,8 +96,14 @@ async fn run(
         tokio::spawn(async move {
             let wait_command = async {
                 while let Ok(Some(line)) = commands.next_line().await {
-                    if let Ok(WorkerCommand::Finish) = serde_json::from_str(&line) {
-                        return;
+                    match serde_json::from_str(&line) {
+                        Ok(WorkerCommand::Finish) => return,
+                        Ok(WorkerCommand::Join { start_at_us }) => {
+                            let delay = start_at_us.saturating_sub(unix_micros());
+                            let at = Instant::now() + Duration::from_micros(delay);
+                            start_tx.send_replace(Some(at));
+                        }
+                        Err(_) => {}
                     }
                 }
             };
@@ -126,6 +139,19 @@ async fn run(
     let rate = spec.connect_rate.max(1.0);
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<Duration, String>>();
     let mut devices: JoinSet<Option<DeviceLog>> = JoinSet::new();
+    let surge = match &spec.surge {
+        Some(s) => {
+            let room = pace_protocol::RoomId::parse(&s.room)
+                .map_err(|e| anyhow::anyhow!("room {:?}: {e}", s.room))?;
+            let join = pace_protocol::ClientFrame::Join { room };
+            Some((
+                s.clone(),
+                Utf8Bytes::from(serde_json::to_string(&join)?),
+                Http::new(),
+            ))
+        }
+        None => None,
+    };
     let first_attempt_us = unix_micros();
     let mut launched = 0u64;
     for j in 0..spec.devices {
@@ -148,6 +174,19 @@ async fn run(
         let device_id = format!("{}-{}-{}", spec.device_prefix, spec.run_id, i);
         let ws_url = ws_urls[t].clone();
         let addr = addrs[t];
+        let plan = surge.as_ref().map(|(s, join_text, http)| SurgePlan {
+            index: i,
+            join_text: join_text.clone(),
+            start: start_rx.clone(),
+            offset: Duration::from_secs_f64(
+                (j as f64 * s.processes.max(1) as f64 + spec.worker as f64)
+                    / s.join_rate.max(0.001),
+            ),
+            hold_admitted: Duration::from_millis(s.hold_admitted_ms + spread(i, s.hold_jitter_ms)),
+            release_url: spec.targets[t].url("/api/v1/sessions/release"),
+            release_timeout: Duration::from_millis(s.release_timeout_ms),
+            http: http.clone(),
+        });
         let (counters, stop, run_id, done_tx) = (
             counters.clone(),
             stop.clone(),
@@ -171,7 +210,10 @@ async fn run(
                     counters.open.fetch_add(1, Ordering::Relaxed);
                     let _ = done_tx.send(Ok(latency));
                     drop(done_tx);
-                    let log = device::run(ws, &run_id, stop, &counters.received).await;
+                    let log = match plan {
+                        Some(plan) => surge_device::run(ws, plan, stop, &counters.surge).await,
+                        None => device::run(ws, &run_id, stop, &counters.received).await,
+                    };
                     counters.open.fetch_sub(1, Ordering::Relaxed);
                     if log.dropped.is_some() {
                         counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -231,6 +273,7 @@ async fn run(
     let (mut duplicates, mut foreign, mut error_frames) = (0, 0, 0);
     let (mut closed_clean, mut closed_no_reply, mut close_errors) = (0, 0, 0);
     let mut dropped = ReasonCounts::new();
+    let mut surge_records = Vec::new();
     while let Some(joined) = devices.join_next().await {
         let log = match joined {
             Ok(Some(log)) => log,
@@ -246,6 +289,9 @@ async fn run(
                 receipts.resize_with(k + 1, Vec::new);
             }
             receipts[k].push(at);
+        }
+        if let Some(rec) = log.surge {
+            surge_records.push(rec);
         }
         duplicates += log.duplicates;
         foreign += log.foreign;
@@ -281,8 +327,22 @@ async fn run(
         cpu_seconds: procstat::cpu_time(std::process::id(), procstat::clock_ticks_per_sec())
             .map(|t| t.total().as_secs_f64())
             .unwrap_or(0.0),
+        surge: surge_records,
     });
     Ok(())
+}
+
+/// A fixed pseudo-random value in `0..=max` for device `i` (SplitMix64):
+/// the same run spreads the same way every time.
+pub fn spread(i: u64, max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    z % (max + 1)
 }
 
 fn progress(c: &Counters) -> WorkerEvent {
@@ -291,5 +351,24 @@ fn progress(c: &Counters) -> WorkerEvent {
         failed: c.failed.load(Ordering::Relaxed),
         received: c.received.load(Ordering::Relaxed),
         dropped: c.dropped.load(Ordering::Relaxed),
+        joined: c.surge.joined.load(Ordering::Relaxed),
+        join_failed: c.surge.join_failed.load(Ordering::Relaxed),
+        admitted: c.surge.admitted.load(Ordering::Relaxed),
+        released: c.surge.released.load(Ordering::Relaxed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_fixed_bounded_and_spread_out() {
+        assert_eq!(spread(5, 0), 0);
+        assert_eq!(spread(5, 100), spread(5, 100));
+        let values: Vec<u64> = (0..1_000).map(|i| spread(i, 99)).collect();
+        assert!(values.iter().all(|&v| v <= 99));
+        let low = values.iter().filter(|&&v| v < 50).count();
+        assert!((400..600).contains(&low), "{low}");
     }
 }

@@ -56,6 +56,11 @@ pub struct Node {
 impl Node {
     /// Starts a node on a free loopback port and waits for `/ready`.
     pub fn start(max_connections: u32) -> Node {
+        Node::start_with(max_connections, &[])
+    }
+
+    /// [`Node::start`] with extra `serve` flags.
+    pub fn start_with(max_connections: u32, extra: &[&str]) -> Node {
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
             l.local_addr().expect("local addr").port()
@@ -64,6 +69,7 @@ impl Node {
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--service-key", SERVICE_KEY])
             .args(["--max-connections", &max_connections.to_string()])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -126,3 +126,75 @@ fn broadcast_200_devices_5_messages_loses_nothing() {
     assert!(b.cpu.us_per_delivery.is_some());
     assert_closed_cleanly(&r, 200);
 }
+
+#[test]
+fn surge_200_devices_capacity_10_admits_in_order_within_capacity() {
+    let data = std::env::temp_dir().join(format!("pace-loadtest-it-surge-{}", std::process::id()));
+    let data_dir = data.to_string_lossy().into_owned();
+    let node = Node::start_with(1_000, &["--admit-tick", "100ms", "--data-dir", &data_dir]);
+    let pid = node.pid().to_string();
+    let r = run_tool(
+        "surge",
+        &[
+            "surge",
+            "--target",
+            &node.base,
+            "--devices",
+            "200",
+            "--capacity",
+            "10",
+            "--join-rate",
+            "1000",
+            "--hold-admitted",
+            "50",
+            "--hold-jitter",
+            "100",
+            "--admit-tick-ms",
+            "100",
+            "--drain-timeout",
+            "60",
+            "--settle",
+            "0.2",
+            "--service-key",
+            SERVICE_KEY,
+            "--node-pid",
+            &pid,
+        ],
+    );
+    drop(node);
+    let _ = std::fs::remove_dir_all(&data);
+    assert_eq!(r.scenario, "surge");
+    assert_eq!(r.connect.failed, 0, "failures: {:?}", r.connect.failures);
+    let g = r.surge.clone().expect("surge section");
+    assert_eq!(g.devices_joining, 200);
+    assert_eq!(g.joins.sent, 200);
+    assert_eq!(g.joins.answered, 200, "refused: {:?}", g.joins.refused);
+    assert_eq!(g.joins.unanswered, 0);
+    assert_eq!(g.joins.latency_ms.count, 200);
+    assert_eq!(g.drained, Some(true));
+    assert_eq!(g.admitted, 200);
+    assert_eq!(g.released, 200);
+    assert_eq!(g.extra_admitted, 0);
+    assert!(g.dropped.is_empty(), "{:?}", g.dropped);
+    assert_eq!(g.order.inversions, 0, "{:?}", g.order);
+    assert!(g.order.pairs_checked > 1_000, "{:?}", g.order);
+    let c = &g.capacity_check;
+    assert!(!c.exceeded, "{c:?}");
+    assert!(c.max_active_polled.is_some_and(|m| m <= 10), "{c:?}");
+    assert!(
+        c.max_held_by_devices <= 10 && c.max_held_by_devices > 0,
+        "{c:?}"
+    );
+    assert!(c.polls > 0);
+    // 190 admissions refill a released slot; each is matched to a release.
+    let sf = &g.slot_free;
+    assert!(sf.failed.is_empty(), "{sf:?}");
+    assert!(sf.done_to_admitted_ms.count >= 150, "{sf:?}");
+    assert_eq!(sf.unmatched, 0, "{sf:?}");
+    let stats = g.final_stats.expect("final stats");
+    assert_eq!(
+        (stats.admitted_total, stats.waiting, stats.active),
+        (200, 0, 0)
+    );
+    assert_closed_cleanly(&r, 200);
+}
