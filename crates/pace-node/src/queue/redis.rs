@@ -645,7 +645,10 @@ mod tests {
             });
         let client = builder.build().unwrap();
         drop(client.connect());
-        client.wait_for_connect().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), client.wait_for_connect())
+            .await
+            .expect("connected to the test redis within 10 s")
+            .unwrap();
         client
     }
 

@@ -208,7 +208,9 @@ pub(crate) mod conformance {
     /// Sequence numbers count per scope from 1, ids are unique, and every
     /// published notification is fanned out once, with its fields intact.
     pub async fn sequences_are_per_scope(store: &dyn Store, seen: &Recorder) {
-        store.wait_ready().await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), store.wait_ready())
+            .await
+            .expect("store ready within 10 s");
         let group = Target::Group(GroupId::parse("sales").unwrap());
         let device = Target::Device(DeviceId::parse("dev-1").unwrap());
         let a1 = store.publish(draft(Target::All, "a")).await.unwrap();
@@ -230,7 +232,9 @@ pub(crate) mod conformance {
 
     /// An admission reaches the node holding the device.
     pub async fn admissions_reach_the_device(store: &dyn Store, seen: &Recorder) {
-        store.wait_ready().await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), store.wait_ready())
+            .await
+            .expect("store ready within 10 s");
         let room = RoomId::parse("r").unwrap();
         let device = DeviceId::parse("lucky").unwrap();
         store
@@ -251,7 +255,9 @@ pub(crate) mod conformance {
 
     /// Connection generations increase, cluster-wide.
     pub async fn generations_increase(store: &dyn Store) {
-        store.wait_ready().await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), store.wait_ready())
+            .await
+            .expect("store ready within 10 s");
         let d = DeviceId::parse("gen-dev").unwrap();
         let a = store.connected(&d).await.unwrap();
         let b = store.connected(&d).await.unwrap();
@@ -260,7 +266,9 @@ pub(crate) mod conformance {
 
     /// A heart-beating node is listed; nodes are ordered by id.
     pub async fn presence_lists_nodes(store: &dyn Store) {
-        store.wait_ready().await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), store.wait_ready())
+            .await
+            .expect("store ready within 10 s");
         let info = |id: &str, n| NodeInfo {
             node_id: id.into(),
             address: "127.0.0.1:1".into(),

@@ -494,8 +494,12 @@ mod tests {
         let (ra, rb) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
         let a = store(&redis, "two-nodes", "a", ra.clone());
         let b = store(&redis, "two-nodes", "b", rb.clone());
-        a.wait_ready().await;
-        b.wait_ready().await;
+        tokio::time::timeout(Duration::from_secs(10), a.wait_ready())
+            .await
+            .expect("ready within 10 s");
+        tokio::time::timeout(Duration::from_secs(10), b.wait_ready())
+            .await
+            .expect("ready within 10 s");
         let target = pace_protocol::Target::All;
         let event = pace_protocol::EventName::parse("e").unwrap();
         let n = a
@@ -529,7 +533,9 @@ mod tests {
     async fn dead_nodes_age_out() {
         let redis = TestRedis::start();
         let s = store(&redis, "ageing", "n", Arc::new(Recorder::default()));
-        s.wait_ready().await;
+        tokio::time::timeout(Duration::from_secs(10), s.wait_ready())
+            .await
+            .expect("ready within 10 s");
         let info = |id: &str| NodeInfo {
             node_id: id.into(),
             address: "127.0.0.1:1".into(),
@@ -556,7 +562,9 @@ mod tests {
         let mut redis = TestRedis::start();
         let rec = Arc::new(Recorder::default());
         let s = store(&redis, "outage", "n", rec.clone());
-        s.wait_ready().await;
+        tokio::time::timeout(Duration::from_secs(10), s.wait_ready())
+            .await
+            .expect("ready within 10 s");
         redis.stop();
         for _ in 0..200 {
             if !s.health().await.up {

@@ -21,14 +21,20 @@ pub struct TestRedis {
 
 impl TestRedis {
     /// Starts a redis-server on a free port and waits until it answers.
+    /// If another process takes the port between choosing and binding it,
+    /// tries another port: a test must never talk to someone else's server.
     pub fn start() -> TestRedis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let mut r = TestRedis { port, child: None };
-        r.restart();
-        r
+        for _ in 0..10 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port");
+            let mut r = TestRedis { port, child: None };
+            if r.try_restart() {
+                return r;
+            }
+        }
+        panic!("could not start redis-server on a free port in 10 attempts");
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -46,8 +52,18 @@ impl TestRedis {
 
     /// Starts the server again on the same port (empty: no persistence).
     pub fn restart(&mut self) {
+        assert!(
+            self.try_restart(),
+            "redis-server could not start again on port {}",
+            self.port
+        );
+    }
+
+    /// Starts the server on this port; false when it exits at once (the
+    /// port is taken), so the answering server would not be ours.
+    fn try_restart(&mut self) -> bool {
         self.stop();
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .stdout(Stdio::null())
@@ -56,14 +72,24 @@ impl TestRedis {
             .unwrap_or_else(|e| {
                 panic!("cannot start redis-server ({e}); install it with deploy/install-deps redis")
             });
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.answers() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {}",
-                self.port
-            );
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if self.answers() {
+                // Answering, and still our process: ours.
+                if let Ok(Some(_)) = child.try_wait() {
+                    return false;
+                }
+                self.child = Some(child);
+                return true;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
