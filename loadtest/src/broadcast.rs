@@ -20,7 +20,7 @@ use crate::fleet::FinalPhase;
 use crate::ipc::{self, ReasonCounts};
 use crate::nodes::{Source, sum_all};
 use crate::procstat::CpuTimes;
-use crate::report::{BroadcastReport, CloseReport, CpuReport, Report, us_per_delivery};
+use crate::report::{BroadcastReport, CpuReport, Report, us_per_delivery};
 use crate::stats::Summary;
 use crate::target::Target;
 
@@ -212,12 +212,7 @@ pub async fn run(args: &BroadcastArgs) -> anyhow::Result<Report> {
         hold: None,
         broadcast: Some(broadcast),
         surge: None,
-        close: CloseReport {
-            clean: fin.closed_clean,
-            no_reply: fin.closed_no_reply,
-            errors: fin.close_errors,
-            dropped: fin.dropped,
-        },
+        close: fin.close_report(),
         loadgen_cpu_seconds: fin.workers_cpu_seconds,
     })
 }

@@ -104,6 +104,18 @@ pub struct FinalPhase {
     pub surge: Vec<SurgeRecord>,
 }
 
+impl FinalPhase {
+    /// How the devices' connections ended, for the report.
+    pub fn close_report(&self) -> crate::report::CloseReport {
+        crate::report::CloseReport {
+            clean: self.closed_clean,
+            no_reply: self.closed_no_reply,
+            errors: self.close_errors,
+            dropped: self.dropped.clone(),
+        }
+    }
+}
+
 /// Everything needed to launch the workers.
 #[derive(Debug, Clone)]
 pub struct Plan {

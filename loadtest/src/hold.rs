@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::cli::HoldArgs;
 use crate::connect::{self, secs};
-use crate::report::{CloseReport, HoldReport, Report};
+use crate::report::{HoldReport, Report};
 
 /// Time for workers to close every device and report.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,12 +38,7 @@ pub async fn run(args: &HoldArgs) -> anyhow::Result<Report> {
         }),
         broadcast: None,
         surge: None,
-        close: CloseReport {
-            clean: fin.closed_clean,
-            no_reply: fin.closed_no_reply,
-            errors: fin.close_errors,
-            dropped: fin.dropped,
-        },
+        close: fin.close_report(),
         loadgen_cpu_seconds: fin.workers_cpu_seconds,
     })
 }

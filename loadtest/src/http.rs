@@ -55,14 +55,18 @@ impl Http {
 
     /// `GET url`.
     pub async fn get(&self, url: &str, timeout: Duration) -> anyhow::Result<Reply> {
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(url)
-            .body(Full::new(Bytes::new()))
-            .with_context(|| format!("building GET {url}"))?;
-        self.send(req, timeout)
+        self.request(Method::GET, url, None, None, timeout).await
+    }
+
+    /// `GET url` with a bearer token.
+    pub async fn get_auth(
+        &self,
+        url: &str,
+        bearer: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Reply> {
+        self.request(Method::GET, url, Some(bearer), None, timeout)
             .await
-            .with_context(|| format!("GET {url}"))
     }
 
     /// `POST url` with a JSON body and a bearer token.
@@ -73,16 +77,8 @@ impl Http {
         body: Vec<u8>,
         timeout: Duration,
     ) -> anyhow::Result<Reply> {
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(url)
-            .header(CONTENT_TYPE, "application/json")
-            .header(AUTHORIZATION, format!("Bearer {bearer}"))
-            .body(Full::new(Bytes::from(body)))
-            .with_context(|| format!("building POST {url}"))?;
-        self.send(req, timeout)
+        self.request(Method::POST, url, Some(bearer), Some(body), timeout)
             .await
-            .with_context(|| format!("POST {url}"))
     }
 
     /// `POST url` with a JSON body and no credentials (the body carries
@@ -93,15 +89,8 @@ impl Http {
         body: Vec<u8>,
         timeout: Duration,
     ) -> anyhow::Result<Reply> {
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(url)
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .with_context(|| format!("building POST {url}"))?;
-        self.send(req, timeout)
+        self.request(Method::POST, url, None, Some(body), timeout)
             .await
-            .with_context(|| format!("POST {url}"))
     }
 
     /// `PUT url` with a JSON body and a bearer token.
@@ -112,34 +101,36 @@ impl Http {
         body: Vec<u8>,
         timeout: Duration,
     ) -> anyhow::Result<Reply> {
-        let req = Request::builder()
-            .method(Method::PUT)
-            .uri(url)
-            .header(CONTENT_TYPE, "application/json")
-            .header(AUTHORIZATION, format!("Bearer {bearer}"))
-            .body(Full::new(Bytes::from(body)))
-            .with_context(|| format!("building PUT {url}"))?;
-        self.send(req, timeout)
+        self.request(Method::PUT, url, Some(bearer), Some(body), timeout)
             .await
-            .with_context(|| format!("PUT {url}"))
     }
 
-    /// `GET url` with a bearer token.
-    pub async fn get_auth(
+    /// One request: optional bearer token, optional JSON body.
+    async fn request(
         &self,
+        method: Method,
         url: &str,
-        bearer: &str,
+        bearer: Option<&str>,
+        json: Option<Vec<u8>>,
         timeout: Duration,
     ) -> anyhow::Result<Reply> {
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(url)
-            .header(AUTHORIZATION, format!("Bearer {bearer}"))
-            .body(Full::new(Bytes::new()))
-            .with_context(|| format!("building GET {url}"))?;
+        let mut builder = Request::builder().method(method.clone()).uri(url);
+        if let Some(token) = bearer {
+            builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match json {
+            Some(bytes) => {
+                builder = builder.header(CONTENT_TYPE, "application/json");
+                Bytes::from(bytes)
+            }
+            None => Bytes::new(),
+        };
+        let req = builder
+            .body(Full::new(body))
+            .with_context(|| format!("building {method} {url}"))?;
         self.send(req, timeout)
             .await
-            .with_context(|| format!("GET {url}"))
+            .with_context(|| format!("{method} {url}"))
     }
 
     async fn send(&self, req: Request<Full<Bytes>>, timeout: Duration) -> anyhow::Result<Reply> {

@@ -34,7 +34,7 @@ use crate::ipc::{SurgeRecord, SurgeSpec, WorkerCommand};
 use crate::nodes::{self, sum_all};
 use crate::procstat::{self, CpuTimes};
 use crate::redis_info::{self, RedisSnapshot};
-use crate::report::{CloseReport, Report};
+use crate::report::Report;
 use crate::surge_analysis::{self as analysis, Freshness, Joins, Order, SlotFree};
 use crate::target::Target;
 
@@ -483,11 +483,11 @@ pub async fn run(args: &SurgeArgs) -> anyhow::Result<Report> {
     let final_stats = get_stats(&http, &stats_url, &args.service_key).await.ok();
     stop_polling.cancel();
     let _ = poller.await;
-    let fin = c.fleet.finish(FINISH_TIMEOUT).await?;
+    let mut fin = c.fleet.finish(FINISH_TIMEOUT).await?;
     let samples: Vec<Sample> =
         std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
 
-    let records = fin.surge;
+    let records = std::mem::take(&mut fin.surge);
     if let Some(path) = &args.records {
         let mut out = std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -574,12 +574,7 @@ pub async fn run(args: &SurgeArgs) -> anyhow::Result<Report> {
         hold: None,
         broadcast: None,
         surge: Some(surge),
-        close: CloseReport {
-            clean: fin.closed_clean,
-            no_reply: fin.closed_no_reply,
-            errors: fin.close_errors,
-            dropped: fin.dropped,
-        },
+        close: fin.close_report(),
         loadgen_cpu_seconds: fin.workers_cpu_seconds,
     })
 }
