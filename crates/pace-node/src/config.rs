@@ -167,6 +167,28 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_STORE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub store_timeout: Duration,
 
+    /// Notifications kept per scope (all, each group, each device) for
+    /// devices that reconnect and resume.
+    #[arg(long, env = "PACE_HISTORY_MAX_LEN", default_value_t = 1000)]
+    pub history_max_len: usize,
+
+    /// Oldest notification kept per scope, by age; a device away for longer
+    /// is told `recovered: false` when it resumes.
+    #[arg(long, env = "PACE_HISTORY_MAX_AGE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub history_max_age: Duration,
+
+    /// Notifications kept in the cluster's bus log, from which a node that
+    /// missed pub/sub messages (Redis reconnect, buffer overflow) repairs
+    /// the gap; a longer gap makes its devices reconnect and resume.
+    #[arg(long, env = "PACE_BUS_LOG_LEN", default_value_t = 10_000)]
+    pub bus_log_len: usize,
+
+    /// How long a connection that announced a resume (`?resume=1`) holds
+    /// live notifications back waiting for its `resume` frame, so replayed
+    /// ones come first.
+    #[arg(long, env = "PACE_RESUME_HOLD", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub resume_hold: Duration,
+
     /// A node that has not heart-beaten for this long leaves the cluster
     /// list; nodes heart-beat four times per period.
     #[arg(long, env = "PACE_NODE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -301,6 +323,15 @@ impl ServeArgs {
                 "--admit-tick must be > 0 and --position-refresh between 1ms and 10s".into(),
             );
         }
+        if self.history_max_len == 0 || self.history_max_age < Duration::from_secs(1) {
+            return bad("--history-max-len must be > 0 and --history-max-age at least 1s".into());
+        }
+        if self.bus_log_len < 16 {
+            return bad("--bus-log-len must be at least 16".into());
+        }
+        if self.resume_hold.is_zero() || self.resume_hold > Duration::from_secs(60) {
+            return bad("--resume-hold must be between 1ms and 60s".into());
+        }
         if self.heartbeat_grace <= self.position_refresh {
             return bad("--heartbeat-grace must be longer than --position-refresh".into());
         }
@@ -337,6 +368,12 @@ impl ServeArgs {
             bus_buffer: self.bus_buffer,
             store_timeout: self.store_timeout,
             node_ttl: self.node_ttl,
+            history: crate::store::HistoryLimits {
+                max_len: self.history_max_len,
+                max_age: self.history_max_age,
+            },
+            bus_log_len: self.bus_log_len,
+            resume_hold: self.resume_hold,
             advertise: self.advertise,
             admit_tick: self.admit_tick,
             position_refresh: self.position_refresh,
@@ -413,6 +450,12 @@ pub struct NodeConfig {
     pub node_ttl: Duration,
     /// See [`ServeArgs::advertise`].
     pub advertise: Option<String>,
+    /// See [`ServeArgs::history_max_len`] and [`ServeArgs::history_max_age`].
+    pub history: crate::store::HistoryLimits,
+    /// See [`ServeArgs::bus_log_len`].
+    pub bus_log_len: usize,
+    /// See [`ServeArgs::resume_hold`].
+    pub resume_hold: Duration,
     /// See [`ServeArgs::admit_tick`].
     pub admit_tick: Duration,
     /// See [`ServeArgs::position_refresh`].

@@ -5,6 +5,14 @@
 //! queued by the hub, frames from the device, and the heartbeat timer. No
 //! other task touches the socket, so the socket needs no lock and an idle
 //! device costs one small future, one small read buffer and one queue.
+//!
+//! Resume: a device that announced one in the handshake (`?resume=1`)
+//! gets no live notification until its `resume` frame has been answered
+//! (or `--resume-hold` passed): the frames wait in its queue. The node
+//! replays each scope's history after the device's cursor, answers
+//! `resumed`, then lets the held frames through, dropping those the replay
+//! already carried (same scope and epoch, sequence at or below the replay's
+//! end).
 
 use std::time::Duration;
 
@@ -12,8 +20,10 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use pace_protocol::{
-    ClientFrame, CloseCode, DeviceId, ErrorCode, PROTOCOL_VERSION, ServerFrame, Welcome,
+    ClientFrame, CloseCode, Cursor, DeviceId, ErrorCode, PROTOCOL_VERSION, ResumeOutcome, Scope,
+    ServerFrame, Target, Welcome,
 };
+use serde::Deserialize;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -31,6 +41,9 @@ type Ws = WebSocketStream<TokioIo<Upgraded>>;
 const MAX_BATCH: usize = 32;
 /// How long to wait for the device's close reply after sending ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How long after a replay live frames are checked against it: anything
+/// the replay overlapped was in flight when the history was read.
+const DEDUPE_WINDOW: Duration = Duration::from_secs(10);
 
 /// How a connection ended, for `pace_disconnects_total{reason}`.
 enum End {
@@ -93,11 +106,14 @@ pub async fn serve(node: NodeRef, upgraded: Upgraded, hs: Handshake, slot: Slot)
         reg.control.close(CloseCode::SERVICE_RESTART);
     }
     let conn = reg.conn;
+    let held_until = hs.resume.then(|| Instant::now() + node.config.resume_hold);
     let mut session = Session {
         node: node.clone(),
         ws,
         reg,
         device: hs.device,
+        held_until,
+        replayed: Replayed::default(),
     };
     let end = session.run(hs.groups).await;
     node.hub.unregister(&session.device, conn);
@@ -116,6 +132,63 @@ struct Session {
     ws: Ws,
     reg: Registration,
     device: DeviceId,
+    /// Live frames stay queued until the device's `resume` (or this time).
+    held_until: Option<Instant>,
+    /// Where the last replay ended, per scope, to drop live duplicates.
+    replayed: Replayed,
+}
+
+/// Where replays ended, to drop live frames the device already got.
+#[derive(Default)]
+struct Replayed {
+    /// (scope, target, epoch, last replayed or current head seq).
+    ends: Vec<(Scope, Option<String>, u64, u64)>,
+    until: Option<Instant>,
+}
+
+/// The position fields of a `notification` frame.
+#[derive(Deserialize)]
+struct Position {
+    scope: Scope,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    epoch: u64,
+    seq: u64,
+}
+
+impl Replayed {
+    /// Whether a live frame should go to the device (false: the replay
+    /// carried it already).
+    fn pass(&mut self, frame: &str) -> bool {
+        if self.ends.is_empty() {
+            return true;
+        }
+        if self.until.is_some_and(|u| Instant::now() >= u) {
+            self.ends.clear();
+            return true;
+        }
+        if !frame.starts_with(r#"{"type":"notification""#) {
+            return true;
+        }
+        let Ok(p) = serde_json::from_str::<Position>(frame) else {
+            return true;
+        };
+        let Some(i) = self
+            .ends
+            .iter()
+            .position(|(s, t, _, _)| *s == p.scope && *t == p.target)
+        else {
+            return true;
+        };
+        let (_, _, epoch, seq) = self.ends[i];
+        if p.epoch == epoch && p.seq <= seq {
+            return false;
+        }
+        // Past the replay: this scope needs no more checking.
+        self.ends.swap_remove(i);
+        true
+    }
 }
 
 impl Session {
@@ -143,12 +216,19 @@ impl Session {
         let heartbeat = sleep_until(Instant::now() + ping_interval - jitter);
         tokio::pin!(heartbeat);
         let mut awaiting_pong = false;
+        let hold = sleep_until(self.held_until.unwrap_or_else(Instant::now));
+        tokio::pin!(hold);
 
         let end = loop {
+            let held = self.held_until.is_some();
             tokio::select! {
                 biased;
                 code = self.reg.control.closed() => break End::Closed(code),
-                frame = self.reg.outbox.recv() => match frame {
+                () = &mut hold, if held => {
+                    // No `resume` came in time: deliver live frames anyway.
+                    self.held_until = None;
+                }
+                frame = self.reg.outbox.recv(), if !held => match frame {
                     Some(frame) => {
                         if let Err(end) = self.write_batch(frame).await {
                             break end;
@@ -196,11 +276,23 @@ impl Session {
         let write_timeout = self.node.config.write_timeout;
         let ws = &mut self.ws;
         let outbox = &mut self.reg.outbox;
+        let replayed = &mut self.replayed;
+        let duplicates = &self.node.metrics.resume_duplicates;
+        let mut pass = |frame: &Utf8Bytes| {
+            let pass = replayed.pass(frame);
+            if !pass {
+                duplicates.inc();
+            }
+            pass
+        };
         let batch = async {
-            ws.feed(Message::Text(first)).await?;
+            if pass(&first) {
+                ws.feed(Message::Text(first)).await?;
+            }
             for _ in 1..MAX_BATCH {
                 match outbox.try_recv() {
-                    Ok(frame) => ws.feed(Message::Text(frame)).await?,
+                    Ok(frame) if pass(&frame) => ws.feed(Message::Text(frame)).await?,
+                    Ok(_) => {}
                     Err(_) => break,
                 }
             }
@@ -277,6 +369,29 @@ impl Session {
                 ServerFrame::Unsubscribed { group }
             }
             ClientFrame::Ping { id } => ServerFrame::Pong { id },
+            ClientFrame::Resume { cursors } => {
+                let max = self.node.config.max_groups + 2;
+                if cursors.len() > max {
+                    self.node
+                        .metrics
+                        .frames_rejected
+                        .with_label_values(&["too_many_cursors"])
+                        .inc();
+                    self.held_until = None;
+                    ServerFrame::Error {
+                        code: ErrorCode::InvalidFrame,
+                        message: format!("resume takes at most {max} cursors"),
+                    }
+                } else {
+                    let mut scopes = Vec::with_capacity(cursors.len());
+                    for cursor in cursors {
+                        scopes.push(self.resume(cursor).await?);
+                    }
+                    // Replayed first; now the held live frames.
+                    self.held_until = None;
+                    ServerFrame::Resumed { scopes }
+                }
+            }
             ClientFrame::Join { room } => match self.node.rooms.join(&room, &self.device).await {
                 Ok(Some(frame)) => frame,
                 // Admitted while joining: the `admitted` frame is on its way.
@@ -302,6 +417,117 @@ impl Session {
             },
         };
         self.reply(&reply).await
+    }
+
+    /// Replays one scope after `cursor` and says how it went.
+    async fn resume(&mut self, cursor: Cursor) -> Result<ResumeOutcome, End> {
+        let refused = |cursor: Cursor, reason: &str| ResumeOutcome {
+            cursor,
+            recovered: false,
+            replayed: 0,
+            reason: Some(reason.to_owned()),
+        };
+        let metrics = self.node.metrics.clone();
+        let not_recovered = || metrics.resumes.with_label_values(&["not_recovered"]).inc();
+        let target = match cursor.audience() {
+            Ok(t) => t,
+            Err(_) => {
+                not_recovered();
+                return Ok(refused(cursor, "not_allowed"));
+            }
+        };
+        match &target {
+            Target::All => {}
+            Target::Device(d) if *d == self.device => {}
+            Target::Device(_) => {
+                not_recovered();
+                return Ok(refused(cursor, "not_allowed"));
+            }
+            Target::Group(group) => {
+                let max = self.node.config.max_groups;
+                match self
+                    .node
+                    .hub
+                    .subscribe(&self.device, self.reg.conn, group, max)
+                {
+                    Ok(_) => {}
+                    Err(SubscribeError::TooManyGroups(_)) => {
+                        not_recovered();
+                        return Ok(refused(cursor, "not_allowed"));
+                    }
+                    Err(SubscribeError::Gone) => {
+                        return Err(End::Closed(
+                            self.reg
+                                .control
+                                .requested()
+                                .unwrap_or(CloseCode::INTERNAL_ERROR),
+                        ));
+                    }
+                }
+            }
+        }
+        let history = match self.node.store.history(&target, &cursor).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(device = %self.device, error = %e, "history unavailable for resume");
+                not_recovered();
+                return Ok(refused(cursor, "store_unavailable"));
+            }
+        };
+        let replayed = history.messages.len() as u64;
+        if !history.messages.is_empty() {
+            let frames = history
+                .messages
+                .into_iter()
+                .map(|n| ServerFrame::Notification(n).to_json());
+            self.write_all(frames).await?;
+            metrics.history_replayed.inc_by(replayed);
+        }
+        self.replayed.ends.retain(|(s, t, _, _)| {
+            !(*s == cursor.scope && t.as_deref() == cursor.target.as_deref())
+        });
+        self.replayed.ends.push((
+            cursor.scope,
+            cursor.target.clone(),
+            history.epoch,
+            history.head,
+        ));
+        self.replayed.until = Some(Instant::now() + DEDUPE_WINDOW);
+        let recovered = history.missing.is_none();
+        metrics
+            .resumes
+            .with_label_values(&[if recovered {
+                "recovered"
+            } else {
+                "not_recovered"
+            }])
+            .inc();
+        Ok(ResumeOutcome {
+            cursor: Cursor {
+                epoch: history.epoch,
+                seq: history.head,
+                ..cursor
+            },
+            recovered,
+            replayed,
+            reason: history.missing.map(|m| m.as_str().to_owned()),
+        })
+    }
+
+    /// Writes frames (a replay) and flushes, under the write timeout.
+    async fn write_all(&mut self, frames: impl Iterator<Item = String>) -> Result<(), End> {
+        let ws = &mut self.ws;
+        let all = async {
+            for frame in frames {
+                ws.feed(Message::Text(frame.into())).await?;
+            }
+            ws.flush().await
+        };
+        match timeout(self.node.config.write_timeout, all).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Io),
+            Err(_) => Err(End::Closed(CloseCode::SLOW_CONSUMER)),
+        }
     }
 
     fn on_read_error(&self, e: WsError) -> End {

@@ -23,7 +23,15 @@ pub struct Handshake {
     pub groups: Vec<GroupId>,
     /// The `Sec-WebSocket-Accept` value to answer with.
     pub accept: String,
+    /// The device will send `resume` first (`?resume=1` or
+    /// `x-pace-resume: 1`): hold live notifications back until it has.
+    pub resume: bool,
 }
+
+/// Query parameter announcing a `resume` frame.
+pub const RESUME_QUERY: &str = "resume";
+/// Header announcing a `resume` frame.
+pub const RESUME_HEADER: &str = "x-pace-resume";
 
 /// Checks that `req` is a WebSocket upgrade and extracts the device.
 pub fn check<B>(req: &Request<B>, max_groups: usize) -> Result<Handshake, ApiError> {
@@ -44,10 +52,19 @@ pub fn check<B>(req: &Request<B>, max_groups: usize) -> Result<Handshake, ApiErr
     };
     let device = device_id(req)?;
     let groups = departments(headers, max_groups)?;
+    let yes = |v: &str| matches!(v.trim(), "1" | "true" | "yes");
+    let resume = headers
+        .get(RESUME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(yes)
+        || req.uri().query().is_some_and(|q| {
+            form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == RESUME_QUERY && yes(&v))
+        });
     Ok(Handshake {
         device,
         groups,
         accept: derive_accept_key(key.as_bytes()),
+        resume,
     })
 }
 
@@ -125,6 +142,7 @@ mod tests {
             .unwrap();
         let hs = check(&req, 8).unwrap();
         assert_eq!(hs.device.as_str(), "h");
+        assert!(!hs.resume);
         assert_eq!(hs.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "RFC 6455 sample");
     }
 
@@ -134,6 +152,13 @@ mod tests {
         assert_eq!(check(&req, 8).unwrap().device.as_str(), "laptop_1");
         let req = upgrade("/ws?deviceId=kiosk%3A7").body(()).unwrap();
         assert_eq!(check(&req, 8).unwrap().device.as_str(), "kiosk:7");
+        let req = upgrade("/ws?device_id=a&resume=1").body(()).unwrap();
+        assert!(check(&req, 8).unwrap().resume);
+        let req = upgrade("/ws?device_id=a&resume=0")
+            .header("x-pace-resume", "true")
+            .body(())
+            .unwrap();
+        assert!(check(&req, 8).unwrap().resume);
     }
 
     #[test]

@@ -62,6 +62,18 @@ pub struct Metrics {
     pub token_sign_errors: IntCounter,
     /// Admission tokens refused (verify, release, renew), by reason.
     pub tokens_rejected: IntCounterVec,
+    /// Notifications replayed from history to resuming devices.
+    pub history_replayed: IntCounter,
+    /// Scopes resumed, by result (`recovered`, `not_recovered`).
+    pub resumes: IntCounterVec,
+    /// Live notifications not sent because the device already had them
+    /// from a replay.
+    pub resume_duplicates: IntCounter,
+    /// Gaps in the bus sequence this node detected, by outcome
+    /// (`repaired` from the bus log, `unrepaired`: devices told to resync).
+    pub bus_gaps: IntCounterVec,
+    /// Notifications this node recovered from the bus log.
+    pub bus_repaired: IntCounter,
     /// Event names seen so far, to cap label cardinality.
     events_seen: Arc<Mutex<HashSet<String>>>,
 }
@@ -206,6 +218,37 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            history_replayed: IntCounter::new(
+                "pace_history_replayed_total",
+                "Notifications replayed from history to resuming devices.",
+            )
+            .expect("valid metric"),
+            resumes: IntCounterVec::new(
+                Opts::new(
+                    "pace_resumes_total",
+                    "Scopes resumed by devices, by result (recovered, not_recovered).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            resume_duplicates: IntCounter::new(
+                "pace_resume_duplicates_dropped_total",
+                "Live notifications not sent because the device just got them in a replay.",
+            )
+            .expect("valid metric"),
+            bus_gaps: IntCounterVec::new(
+                Opts::new(
+                    "pace_bus_gaps_total",
+                    "Gaps in the bus sequence detected, by outcome (repaired, unrepaired).",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            bus_repaired: IntCounter::new(
+                "pace_bus_repaired_total",
+                "Notifications recovered from the bus log after a gap.",
+            )
+            .expect("valid metric"),
             events_seen: Arc::default(),
             registry,
         };
@@ -230,6 +273,11 @@ impl Metrics {
             Box::new(m.room_wait.clone()),
             Box::new(m.token_sign_errors.clone()),
             Box::new(m.tokens_rejected.clone()),
+            Box::new(m.history_replayed.clone()),
+            Box::new(m.resumes.clone()),
+            Box::new(m.resume_duplicates.clone()),
+            Box::new(m.bus_gaps.clone()),
+            Box::new(m.bus_repaired.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {

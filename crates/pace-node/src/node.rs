@@ -134,6 +134,14 @@ impl Local for LocalFanout {
         }
     }
 
+    fn resync_all(&self) {
+        let n = self.hub.close_all(pace_protocol::CloseCode::RESYNC);
+        tracing::warn!(
+            devices = n,
+            "missed notifications could not be recovered; devices told to reconnect and resume"
+        );
+    }
+
     fn evict_older(&self, device: &DeviceId, generation: u64) {
         if self.hub.evict_older(device, generation) {
             self.metrics.evicted_remote.inc();

@@ -71,6 +71,8 @@ pub async fn run(
                     bus_capacity: config.bus_buffer,
                     command_timeout: config.store_timeout,
                     node_ttl: config.node_ttl,
+                    history: config.history,
+                    bus_log_len: config.bus_log_len,
                 },
                 local,
                 metrics.clone(),
@@ -79,7 +81,7 @@ pub async fn run(
             (redis, queue)
         }
         None => (
-            Arc::new(MemoryStore::new(local)),
+            Arc::new(MemoryStore::new(local, config.history)),
             Arc::new(MemoryQueueStore::new()),
         ),
     };

@@ -22,6 +22,14 @@ pub enum BusEnvelope {
         v: u32,
         /// Node that accepted the notification.
         origin: String,
+        /// Epoch of the bus sequence (see `bus_seq`).
+        #[serde(default)]
+        bus_epoch: u64,
+        /// Cluster-wide sequence number of notifications on the bus: a node
+        /// that sees it jump knows it missed messages and repairs the gap
+        /// from the bus log. 0 when the store has no bus (one node).
+        #[serde(default)]
+        bus_seq: u64,
         /// The notification itself.
         notification: Notification,
     },
@@ -66,17 +74,20 @@ mod tests {
         let env = BusEnvelope::Notify {
             v: BUS_VERSION,
             origin: "node-a".into(),
+            bus_epoch: 3,
+            bus_seq: 99,
             notification: Notification {
                 id: "0190f0a0-0000-7000-8000-000000000001".into(),
                 scope: Scope::Group,
                 target: Some("sales".into()),
+                epoch: 4,
                 seq: 7,
                 event: EventName::parse("price").unwrap(),
                 data: serde_json::json!({"sku": 1}),
                 sent_at_ms: 1_700_000_000_000,
             },
         };
-        let golden = r#"{"type":"notify","v":1,"origin":"node-a","notification":{"id":"0190f0a0-0000-7000-8000-000000000001","scope":"group","target":"sales","seq":7,"event":"price","data":{"sku":1},"sent_at_ms":1700000000000}}"#;
+        let golden = r#"{"type":"notify","v":1,"origin":"node-a","bus_epoch":3,"bus_seq":99,"notification":{"id":"0190f0a0-0000-7000-8000-000000000001","scope":"group","target":"sales","epoch":4,"seq":7,"event":"price","data":{"sku":1},"sent_at_ms":1700000000000}}"#;
         assert_eq!(serde_json::to_string(&env).unwrap(), golden);
         assert_eq!(serde_json::from_str::<BusEnvelope>(golden).unwrap(), env);
     }

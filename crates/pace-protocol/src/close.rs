@@ -38,6 +38,10 @@ impl CloseCode {
     pub const SLOW_CONSUMER: CloseCode = CloseCode(4001);
     /// 4002: the device did not answer a ping within the heartbeat timeout.
     pub const HEARTBEAT_TIMEOUT: CloseCode = CloseCode(4002);
+    /// 4003: the node may have missed notifications for this device and
+    /// could not repair the gap from history: reconnect (with jitter) and
+    /// `resume` from the last notification received.
+    pub const RESYNC: CloseCode = CloseCode(4003);
 
     /// Whether a device SHOULD reconnect (with backoff and jitter) after
     /// receiving this code.
@@ -68,12 +72,13 @@ impl CloseCode {
             CloseCode::REPLACED => "replaced",
             CloseCode::SLOW_CONSUMER => "slow_consumer",
             CloseCode::HEARTBEAT_TIMEOUT => "heartbeat_timeout",
+            CloseCode::RESYNC => "resync",
             _ => "other",
         }
     }
 
     /// Every code a node may send, for documentation and tests.
-    pub const ALL: [CloseCode; 11] = [
+    pub const ALL: [CloseCode; 12] = [
         CloseCode::NORMAL,
         CloseCode::UNSUPPORTED_DATA,
         CloseCode::INVALID_PAYLOAD,
@@ -85,6 +90,7 @@ impl CloseCode {
         CloseCode::REPLACED,
         CloseCode::SLOW_CONSUMER,
         CloseCode::HEARTBEAT_TIMEOUT,
+        CloseCode::RESYNC,
     ];
 }
 
@@ -111,7 +117,7 @@ mod tests {
             .filter(|c| c.should_reconnect())
             .map(|c| c.0)
             .collect();
-        assert_eq!(reconnect, vec![1011, 1012, 1013, 4001, 4002]);
+        assert_eq!(reconnect, vec![1011, 1012, 1013, 4001, 4002, 4003]);
         assert!(CloseCode(4999).should_reconnect(), "unknown codes: retry");
     }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
 use crate::ids::{DeviceId, GroupId, RoomId};
-use crate::notify::Notification;
+use crate::notify::{Cursor, Notification};
 
 /// A frame a device sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +35,15 @@ pub enum ClientFrame {
         /// The room.
         room: RoomId,
     },
+    /// After a reconnect: "I have everything up to these cursors". The node
+    /// replays what the device missed, in order, then answers `resumed`.
+    /// A cursor for a group also subscribes the connection to that group;
+    /// a `device` cursor must name this device.
+    Resume {
+        /// One cursor per scope the device wants to resume (at most
+        /// 1 + the group limit + 1).
+        cursors: Vec<Cursor>,
+    },
     /// Application-level ping for clients that cannot send WebSocket pings
     /// (browsers); answered by a `pong` echoing `id`.
     Ping {
@@ -46,7 +55,14 @@ pub enum ClientFrame {
 
 /// The `type` values a device may send, for telling an unknown type from a
 /// malformed frame.
-pub const CLIENT_FRAME_TYPES: [&str; 5] = ["subscribe", "unsubscribe", "join", "leave", "ping"];
+pub const CLIENT_FRAME_TYPES: [&str; 6] = [
+    "subscribe",
+    "unsubscribe",
+    "join",
+    "leave",
+    "resume",
+    "ping",
+];
 
 /// Why a text frame is not a valid [`ClientFrame`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +154,13 @@ pub enum ServerFrame {
         /// The room.
         room: RoomId,
     },
+    /// Answer to `resume`, sent after every replayed notification: per
+    /// scope, whether the device now has everything (`recovered`) and the
+    /// cursor it is at.
+    Resumed {
+        /// One outcome per cursor of the `resume`, in the same order.
+        scopes: Vec<ResumeOutcome>,
+    },
     /// Answer to a device's `ping`.
     Pong {
         /// The `id` the ping carried.
@@ -171,6 +194,25 @@ pub struct Welcome {
     pub heartbeat_timeout_ms: u64,
     /// Largest message the node accepts from the device, in bytes.
     pub max_message_bytes: u64,
+}
+
+/// How resuming one scope went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeOutcome {
+    /// The scope's current position (the cursor the device should keep).
+    #[serde(flatten)]
+    pub cursor: Cursor,
+    /// True when every notification after the device's cursor was replayed
+    /// (or there was none). False when history no longer reaches back that
+    /// far, the epoch changed, or the store could not be read: the
+    /// application should resynchronise its state another way.
+    pub recovered: bool,
+    /// Notifications replayed for this scope.
+    pub replayed: u64,
+    /// Why `recovered` is false: `history_exhausted`, `epoch_changed`,
+    /// `store_unavailable`, `not_allowed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The `queue` frame.
@@ -251,6 +293,25 @@ mod tests {
             r#"{"type":"ping","id":9}"#,
         );
         round_trip_client(ClientFrame::Ping { id: None }, r#"{"type":"ping"}"#);
+        round_trip_client(
+            ClientFrame::Resume {
+                cursors: vec![
+                    Cursor {
+                        scope: Scope::All,
+                        target: None,
+                        epoch: 5,
+                        seq: 17,
+                    },
+                    Cursor {
+                        scope: Scope::Group,
+                        target: Some("sales".into()),
+                        epoch: 0,
+                        seq: 0,
+                    },
+                ],
+            },
+            r#"{"type":"resume","cursors":[{"scope":"all","epoch":5,"seq":17},{"scope":"group","target":"sales","epoch":0,"seq":0}]}"#,
+        );
     }
 
     #[test]
@@ -272,12 +333,42 @@ mod tests {
                 id: "0190f0a0-0000-7000-8000-000000000001".into(),
                 scope: Scope::All,
                 target: None,
+                epoch: 1_700_000_000_000_000,
                 seq: 1,
                 event: EventName::parse("maintenance").unwrap(),
                 data: serde_json::json!({"at": "22:00", "n": [1, 2]}),
                 sent_at_ms: 1_700_000_000_000,
             }),
-            r#"{"type":"notification","id":"0190f0a0-0000-7000-8000-000000000001","scope":"all","seq":1,"event":"maintenance","data":{"at":"22:00","n":[1,2]},"sent_at_ms":1700000000000}"#,
+            r#"{"type":"notification","id":"0190f0a0-0000-7000-8000-000000000001","scope":"all","epoch":1700000000000000,"seq":1,"event":"maintenance","data":{"at":"22:00","n":[1,2]},"sent_at_ms":1700000000000}"#,
+        );
+        round_trip_server(
+            ServerFrame::Resumed {
+                scopes: vec![
+                    ResumeOutcome {
+                        cursor: Cursor {
+                            scope: Scope::All,
+                            target: None,
+                            epoch: 5,
+                            seq: 20,
+                        },
+                        recovered: true,
+                        replayed: 3,
+                        reason: None,
+                    },
+                    ResumeOutcome {
+                        cursor: Cursor {
+                            scope: Scope::Device,
+                            target: Some("laptop_1".into()),
+                            epoch: 9,
+                            seq: 2,
+                        },
+                        recovered: false,
+                        replayed: 2,
+                        reason: Some("epoch_changed".into()),
+                    },
+                ],
+            },
+            r#"{"type":"resumed","scopes":[{"scope":"all","epoch":5,"seq":20,"recovered":true,"replayed":3},{"scope":"device","target":"laptop_1","epoch":9,"seq":2,"recovered":false,"replayed":2,"reason":"epoch_changed"}]}"#,
         );
         round_trip_server(
             ServerFrame::Subscribed { group: group("it") },

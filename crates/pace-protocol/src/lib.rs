@@ -25,9 +25,11 @@ pub mod notify;
 pub use bus::BusEnvelope;
 pub use close::CloseCode;
 pub use error::{ErrorBody, ErrorCode};
-pub use frame::{AdmittedFrame, ClientFrame, DecodeError, QueueUpdate, ServerFrame, Welcome};
+pub use frame::{
+    AdmittedFrame, ClientFrame, DecodeError, QueueUpdate, ResumeOutcome, ServerFrame, Welcome,
+};
 pub use ids::{DeviceId, EventName, GroupId, IdError, RoomId};
-pub use notify::{Notification, NotifyRequest, Scope, Target};
+pub use notify::{Cursor, Notification, NotifyRequest, Scope, Target, TargetError};
 
 /// The protocol version a node announces in its `welcome` frame.
 ///

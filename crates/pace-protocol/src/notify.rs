@@ -141,8 +141,15 @@ pub struct Notification {
     /// Group or device id; absent for `all`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
-    /// Sequence number within the scope (`all`, one group, one device),
-    /// starting at 1, increasing by one per accepted notification.
+    /// The epoch of the scope's sequence: when the store started counting
+    /// this scope (Unix microseconds). A new epoch (the store lost its
+    /// state, or the scope was idle past its retention) restarts `seq` at 1.
+    #[serde(default)]
+    pub epoch: u64,
+    /// Sequence number within the scope (`all`, one group, one device) and
+    /// epoch, starting at 1, increasing by one per accepted notification.
+    /// (scope, target, epoch, seq) is the notification's place in its
+    /// scope's history: what a device sends back in `resume`.
     pub seq: u64,
     /// Event name.
     pub event: EventName,
@@ -150,6 +157,46 @@ pub struct Notification {
     pub data: Value,
     /// When the node accepted it, in Unix milliseconds.
     pub sent_at_ms: u64,
+}
+
+impl Notification {
+    /// The audience this notification went to.
+    pub fn audience(&self) -> Result<Target, TargetError> {
+        Target::new(self.scope, self.target.as_deref())
+    }
+
+    /// Where this notification sits in its scope's history.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            scope: self.scope,
+            target: self.target.clone(),
+            epoch: self.epoch,
+            seq: self.seq,
+        }
+    }
+}
+
+/// A position in one scope's history: "I have everything up to `seq` of
+/// `epoch`". Sent by a device in `resume`; `epoch` 0 and `seq` 0 mean "from
+/// the oldest message still kept".
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Audience kind.
+    pub scope: Scope,
+    /// Group or device id; absent for `all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The epoch of the last notification the device has (0: none).
+    pub epoch: u64,
+    /// The sequence number of the last notification the device has (0: none).
+    pub seq: u64,
+}
+
+impl Cursor {
+    /// The validated audience this cursor is about.
+    pub fn audience(&self) -> Result<Target, TargetError> {
+        Target::new(self.scope, self.target.as_deref())
+    }
 }
 
 #[cfg(test)]

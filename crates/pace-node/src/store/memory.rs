@@ -4,20 +4,42 @@
 //! scope every device sees notifications in sequence order even when
 //! several notify requests race.
 
-use std::collections::BTreeMap;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use pace_protocol::{DeviceId, Notification, RoomId};
+use pace_protocol::{Cursor, DeviceId, Notification, RoomId, Target};
 
-use super::{Draft, Local, NodeInfo, Store, StoreError, StoreHealth, stamp};
+use super::{
+    Draft, History, HistoryLimits, Local, NodeInfo, Store, StoreError, StoreHealth, now_ms, now_us,
+    stamp,
+};
+
+/// Publishes between sweeps of idle scopes' histories.
+const SWEEP_EVERY: u64 = 1024;
+
+/// One scope's sequence and kept notifications.
+struct ScopeLog {
+    epoch: u64,
+    seq: u64,
+    kept: VecDeque<Notification>,
+}
+
+#[derive(Default)]
+struct Logs {
+    scopes: HashMap<String, ScopeLog>,
+    /// Last epoch handed out, so two scopes created in the same
+    /// microsecond still get distinct, increasing epochs.
+    last_epoch: u64,
+    publishes: u64,
+}
 
 /// The in-memory [`Store`].
 pub struct MemoryStore {
-    /// Last sequence number per scope key (`all`, `group:<id>`, `device:<id>`).
-    sequences: Mutex<HashMap<String, u64>>,
+    /// Sequence and history per scope key (`all`, `group:<id>`, `device:<id>`).
+    logs: Mutex<Logs>,
+    limits: HistoryLimits,
     /// This node's devices: with one node, fan-out is local delivery.
     local: Arc<dyn Local>,
     /// Last connection generation handed out.
@@ -33,13 +55,21 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A fresh store delivering to `local`.
-    pub fn new(local: Arc<dyn Local>) -> MemoryStore {
+    /// A fresh store delivering to `local`, keeping `limits` of history.
+    pub fn new(local: Arc<dyn Local>, limits: HistoryLimits) -> MemoryStore {
         MemoryStore {
-            sequences: Mutex::default(),
+            logs: Mutex::default(),
+            limits,
             local,
             generation: AtomicU64::new(0),
             nodes: Mutex::default(),
+        }
+    }
+
+    fn trim(kept: &mut VecDeque<Notification>, limits: HistoryLimits, now: u64) {
+        let oldest = now.saturating_sub(limits.max_age.as_millis() as u64);
+        while kept.len() > limits.max_len || kept.front().is_some_and(|n| n.sent_at_ms < oldest) {
+            kept.pop_front();
         }
     }
 }
@@ -59,14 +89,57 @@ impl Store for MemoryStore {
     }
 
     async fn publish(&self, draft: Draft) -> Result<Notification, StoreError> {
-        let mut sequences = self.sequences.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = sequences.entry(draft.target.scope_key()).or_insert(0);
-        *seq += 1;
-        let n = stamp(draft, *seq);
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        let logs = &mut *logs;
+        let key = draft.target.scope_key();
+        let log = match logs.scopes.get_mut(&key) {
+            Some(log) => log,
+            None => {
+                logs.last_epoch = now_us().max(logs.last_epoch + 1);
+                logs.scopes.entry(key).or_insert(ScopeLog {
+                    epoch: logs.last_epoch,
+                    seq: 0,
+                    kept: VecDeque::new(),
+                })
+            }
+        };
+        log.seq += 1;
+        let n = stamp(draft, log.epoch, log.seq);
+        log.kept.push_back(n.clone());
+        Self::trim(&mut log.kept, self.limits, n.sent_at_ms);
+        logs.publishes += 1;
+        if logs.publishes.is_multiple_of(SWEEP_EVERY) {
+            // Idle scopes (a device that got one message) must not keep
+            // their history forever; their counters stay, like Redis's.
+            let now = now_ms();
+            for log in logs.scopes.values_mut() {
+                Self::trim(&mut log.kept, self.limits, now);
+            }
+        }
         // Delivery only queues frames (never waits), so holding the lock
         // here is short and keeps per-scope order.
         self.local.deliver(&n);
         Ok(n)
+    }
+
+    async fn history(&self, target: &Target, after: &Cursor) -> Result<History, StoreError> {
+        let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(log) = logs.scopes.get(&target.scope_key()) else {
+            return Ok(History::build(0, 0, Vec::new(), after, self.limits.max_age));
+        };
+        let from = if after.epoch == log.epoch {
+            after.seq
+        } else {
+            0
+        };
+        let kept = log.kept.iter().filter(|n| n.seq > from).cloned().collect();
+        Ok(History::build(
+            log.epoch,
+            log.seq,
+            kept,
+            after,
+            self.limits.max_age,
+        ))
     }
 
     async fn wait_ready(&self) {}
@@ -106,28 +179,85 @@ mod tests {
     #[tokio::test]
     async fn conformance_sequences() {
         let rec = Arc::new(Recorder::default());
-        let store = MemoryStore::new(rec.clone());
+        let store = MemoryStore::new(rec.clone(), HistoryLimits::default());
         conformance::sequences_are_per_scope(&store, &rec).await;
     }
 
     #[tokio::test]
+    async fn conformance_history() {
+        let store = MemoryStore::new(Arc::new(Recorder::default()), HistoryLimits::default());
+        conformance::history_after_a_cursor(&store).await;
+        let small = HistoryLimits {
+            max_len: 3,
+            ..HistoryLimits::default()
+        };
+        conformance::history_is_bounded(&MemoryStore::new(Arc::new(Recorder::default()), small))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn history_ages_out() {
+        let limits = HistoryLimits {
+            max_len: 100,
+            max_age: std::time::Duration::from_millis(200),
+        };
+        let store = MemoryStore::new(Arc::new(Recorder::default()), limits);
+        let all = Target::All;
+        let draft = || Draft {
+            target: Target::All,
+            event: pace_protocol::EventName::parse("e").unwrap(),
+            data: serde_json::Value::Null,
+        };
+        let first = store.publish(draft()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let second = store.publish(draft()).await.unwrap();
+        let from_start = Cursor {
+            scope: pace_protocol::Scope::All,
+            target: None,
+            epoch: 0,
+            seq: 0,
+        };
+        let h = store.history(&all, &from_start).await.unwrap();
+        assert_eq!(h.messages, vec![second.clone()], "the old one aged out");
+        assert_eq!(h.missing, Some(super::super::Incomplete::Exhausted));
+        let h = store.history(&all, &first.cursor()).await.unwrap();
+        assert_eq!((h.messages, h.missing), (vec![second], None));
+    }
+
+    #[tokio::test]
     async fn conformance_health() {
-        conformance::reports_health(&MemoryStore::new(Arc::new(Recorder::default()))).await;
+        conformance::reports_health(&MemoryStore::new(
+            Arc::new(Recorder::default()),
+            HistoryLimits::default(),
+        ))
+        .await;
     }
 
     #[tokio::test]
     async fn conformance_admissions() {
         let rec = Arc::new(Recorder::default());
-        conformance::admissions_reach_the_device(&MemoryStore::new(rec.clone()), &rec).await;
+        conformance::admissions_reach_the_device(
+            &MemoryStore::new(rec.clone(), HistoryLimits::default()),
+            &rec,
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn conformance_generations() {
-        conformance::generations_increase(&MemoryStore::new(Arc::new(Recorder::default()))).await;
+        conformance::generations_increase(&MemoryStore::new(
+            Arc::new(Recorder::default()),
+            HistoryLimits::default(),
+        ))
+        .await;
     }
 
     #[tokio::test]
     async fn conformance_presence() {
-        conformance::presence_lists_nodes(&MemoryStore::new(Arc::new(Recorder::default()))).await;
+        conformance::presence_lists_nodes(&MemoryStore::new(
+            Arc::new(Recorder::default()),
+            HistoryLimits::default(),
+        ))
+        .await;
     }
 }

@@ -16,7 +16,7 @@ pub(crate) mod test_redis;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pace_protocol::{DeviceId, EventName, Notification, RoomId, Target};
+use pace_protocol::{Cursor, DeviceId, EventName, Notification, RoomId, Target};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -34,6 +34,94 @@ pub struct Draft {
     pub data: Value,
 }
 
+/// How much history each scope keeps: both bounds apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Most notifications kept per scope.
+    pub max_len: usize,
+    /// Oldest notification kept, by age.
+    pub max_age: std::time::Duration,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> HistoryLimits {
+        HistoryLimits {
+            max_len: 1000,
+            max_age: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Why a history read could not give everything after a cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incomplete {
+    /// The oldest kept notification is newer than the one after the cursor
+    /// (trimmed by length or age).
+    Exhausted,
+    /// The cursor belongs to an earlier epoch of the scope.
+    EpochChanged,
+}
+
+impl Incomplete {
+    /// The `reason` of a `resumed` outcome.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Incomplete::Exhausted => "history_exhausted",
+            Incomplete::EpochChanged => "epoch_changed",
+        }
+    }
+}
+
+/// What one scope's history holds after a cursor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct History {
+    /// The scope's current epoch (0: nothing kept or counted).
+    pub epoch: u64,
+    /// The scope's last sequence number in `epoch` (0: none).
+    pub head: u64,
+    /// Kept notifications after the cursor, oldest first (all kept ones of
+    /// the current epoch when the cursor is of another epoch).
+    pub messages: Vec<Notification>,
+    /// `None` when `messages` is everything after the cursor.
+    pub missing: Option<Incomplete>,
+}
+
+impl History {
+    /// Builds the answer for `after` from the scope's state: `kept` are the
+    /// notifications the store still holds of `epoch` with a sequence number
+    /// above the cursor's (when the cursor is of `epoch`) or all of them,
+    /// oldest first. Notifications older than `max_age` count as gone.
+    pub fn build(
+        epoch: u64,
+        head: u64,
+        mut kept: Vec<Notification>,
+        after: &Cursor,
+        max_age: std::time::Duration,
+    ) -> History {
+        let oldest = now_ms().saturating_sub(max_age.as_millis() as u64);
+        kept.retain(|n| n.sent_at_ms >= oldest && n.epoch == epoch);
+        let from = if after.epoch == epoch { after.seq } else { 0 };
+        kept.retain(|n| n.seq > from && n.seq <= head);
+        // Kept entries are consecutive (sequence numbers only grow and
+        // trimming removes the oldest), so the first one tells.
+        let contiguous = head <= from || kept.first().is_some_and(|n| n.seq == from + 1);
+        let from_start = after.epoch == 0 && after.seq == 0;
+        let missing = if !from_start && after.epoch != epoch {
+            Some(Incomplete::EpochChanged)
+        } else if contiguous {
+            None
+        } else {
+            Some(Incomplete::Exhausted)
+        };
+        History {
+            epoch,
+            head,
+            messages: kept,
+            missing,
+        }
+    }
+}
+
 /// What a store calls on this node when the cluster says something about
 /// its devices.
 pub trait Local: Send + Sync + 'static {
@@ -47,6 +135,11 @@ pub trait Local: Send + Sync + 'static {
     /// `device` was admitted to `room`: send it `frame` if it is connected
     /// here. Must not block.
     fn admitted(&self, room: &RoomId, device: &DeviceId, frame: &str);
+
+    /// The node missed notifications it could not recover from the bus
+    /// log: every local device must reconnect and resume (4003). Must not
+    /// block.
+    fn resync_all(&self);
 }
 
 /// One node as listed by `GET /api/v1/cluster`.
@@ -104,6 +197,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// each node in sequence order.
     async fn publish(&self, draft: Draft) -> Result<Notification, StoreError>;
 
+    /// The notifications of `target`'s scope after `after`, from the
+    /// bounded history, with the scope's current position.
+    async fn history(&self, target: &Target, after: &Cursor) -> Result<History, StoreError>;
+
     /// Records that `device` connected to this node: returns the
     /// connection's cluster-wide generation and tells every other node to
     /// close older connections of the same device.
@@ -136,12 +233,21 @@ pub fn now_ms() -> u64 {
 /// A store shared by the node's tasks.
 pub type SharedStore = Arc<dyn Store>;
 
+/// Unix time in microseconds (epochs of scope sequences).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+}
+
 /// Stamps a draft into a notification with a fresh time-ordered id.
-pub(crate) fn stamp(draft: Draft, seq: u64) -> Notification {
+pub(crate) fn stamp(draft: Draft, epoch: u64, seq: u64) -> Notification {
     Notification {
         id: uuid::Uuid::now_v7().to_string(),
         scope: draft.target.scope(),
         target: draft.target.id().map(str::to_owned),
+        epoch,
         seq,
         event: draft.event,
         data: draft.data,
@@ -163,6 +269,7 @@ pub(crate) mod conformance {
         pub delivered: Mutex<Vec<Notification>>,
         pub evicted: Mutex<Vec<(DeviceId, u64)>>,
         pub admitted: Mutex<Vec<(RoomId, DeviceId, String)>>,
+        pub resyncs: Mutex<usize>,
     }
 
     impl Local for Recorder {
@@ -180,6 +287,9 @@ pub(crate) mod conformance {
                 .lock()
                 .unwrap()
                 .push((room.clone(), device.clone(), frame.to_owned()));
+        }
+        fn resync_all(&self) {
+            *self.resyncs.lock().unwrap() += 1;
         }
     }
 
@@ -228,6 +338,93 @@ pub(crate) mod conformance {
         assert_eq!(d1.data, serde_json::json!({"e": "d"}));
         let seen = seen.wait_delivered(5).await;
         assert_eq!(seen, vec![a1, g1, a2, d1, g2]);
+    }
+
+    fn cursor(target: &Target, epoch: u64, seq: u64) -> Cursor {
+        Cursor {
+            scope: target.scope(),
+            target: target.id().map(str::to_owned),
+            epoch,
+            seq,
+        }
+    }
+
+    /// History replays what came after a cursor, in order, per scope; a
+    /// cursor at the head gets nothing; a cursor of another epoch is told.
+    /// The store must keep at least 5 notifications per scope.
+    pub async fn history_after_a_cursor(store: &dyn Store) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), store.wait_ready())
+            .await
+            .expect("store ready within 10 s");
+        let group = Target::Group(GroupId::parse("hist").unwrap());
+        let never = Target::Device(DeviceId::parse("never-sent").unwrap());
+        let mut sent = Vec::new();
+        for i in 0..5 {
+            sent.push(store.publish(draft(group.clone(), "h")).await.unwrap());
+            // Another scope in between must not show up.
+            store
+                .publish(draft(Target::All, &format!("x{i}")))
+                .await
+                .unwrap();
+        }
+        let epoch = sent[0].epoch;
+        assert!(epoch > 0);
+        assert!(sent.iter().all(|n| n.epoch == epoch));
+
+        let h = store
+            .history(&group, &cursor(&group, epoch, 2))
+            .await
+            .unwrap();
+        assert_eq!((h.epoch, h.head, h.missing), (epoch, 5, None));
+        assert_eq!(h.messages, sent[2..].to_vec());
+
+        let from_start = store.history(&group, &cursor(&group, 0, 0)).await.unwrap();
+        assert_eq!(from_start.messages, sent);
+        assert_eq!(from_start.missing, None);
+
+        let at_head = store
+            .history(&group, &cursor(&group, epoch, 5))
+            .await
+            .unwrap();
+        assert!(at_head.messages.is_empty());
+        assert_eq!(at_head.missing, None);
+
+        let old_epoch = store
+            .history(&group, &cursor(&group, epoch - 1, 3))
+            .await
+            .unwrap();
+        assert_eq!(old_epoch.missing, Some(Incomplete::EpochChanged));
+        assert_eq!(old_epoch.messages, sent, "the new epoch is replayed whole");
+
+        let empty = store.history(&never, &cursor(&never, 0, 0)).await.unwrap();
+        assert_eq!((empty.epoch, empty.head, empty.missing), (0, 0, None));
+        assert!(empty.messages.is_empty());
+    }
+
+    /// A scope past its length bound no longer reaches back: the history
+    /// says so. The store must keep exactly 3 notifications per scope.
+    pub async fn history_is_bounded(store: &dyn Store) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), store.wait_ready())
+            .await
+            .expect("store ready within 10 s");
+        let device = Target::Device(DeviceId::parse("bounded").unwrap());
+        let mut sent = Vec::new();
+        for _ in 0..6 {
+            sent.push(store.publish(draft(device.clone(), "b")).await.unwrap());
+        }
+        let epoch = sent[0].epoch;
+        let h = store
+            .history(&device, &cursor(&device, epoch, 1))
+            .await
+            .unwrap();
+        assert_eq!(h.missing, Some(Incomplete::Exhausted));
+        assert_eq!(h.messages, sent[3..].to_vec(), "the newest 3 are kept");
+        let recent = store
+            .history(&device, &cursor(&device, epoch, 3))
+            .await
+            .unwrap();
+        assert_eq!(recent.missing, None, "seq 4.. are all kept");
+        assert_eq!(recent.messages, sent[3..].to_vec());
     }
 
     /// An admission reaches the node holding the device.

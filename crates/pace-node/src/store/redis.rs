@@ -10,8 +10,17 @@
 //! per-node channels.
 //!
 //! Every multi-step operation is one Lua script (`*.lua` beside this file):
-//! the sequence number and the publish of a notification happen atomically,
-//! so per scope, publish order is sequence order on every node.
+//! numbering, keeping and publishing a notification happen atomically
+//! (`publish.lua`), so per scope, publish order is sequence order on every
+//! node, and every published notification is in its scope's history (a
+//! Redis stream, bounded by length and age) and in the bus log.
+//!
+//! Pub/sub loses messages while a subscriber reconnects or falls behind.
+//! Every notification therefore carries a cluster-wide bus sequence number;
+//! the bus reader tracks it, and on a jump (or after re-subscribing, or
+//! after falling behind) reads the missed notifications back from the bus
+//! log and delivers them in order. When the log no longer reaches back, it
+//! tells every local device to reconnect and resume (4003).
 //!
 //! While Redis is unreachable, operations fail at once with
 //! [`StoreError::Unavailable`] (no queueing behind a dead connection), the
@@ -26,9 +35,12 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 use pace_protocol::bus::BUS_VERSION;
 use pace_protocol::{BusEnvelope, DeviceId, Notification, RoomId};
-use tokio::sync::{broadcast, watch};
+use pace_protocol::{Cursor, Target};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use super::{Draft, Local, NodeInfo, Store, StoreError, StoreHealth, stamp};
+use super::{
+    Draft, History, HistoryLimits, Local, NodeInfo, Store, StoreError, StoreHealth, stamp,
+};
 use crate::metrics::Metrics;
 
 /// How a node connects to Redis.
@@ -47,7 +59,20 @@ pub struct RedisOptions {
     pub command_timeout: Duration,
     /// Nodes silent for longer than this age out of the cluster list.
     pub node_ttl: Duration,
+    /// History kept per scope.
+    pub history: HistoryLimits,
+    /// Notifications kept in the bus log, for nodes repairing gaps.
+    pub bus_log_len: usize,
 }
+
+/// How long an idle scope's sequence number is kept (at least the history
+/// age): a device resuming within it learns it missed nothing instead of
+/// being told the epoch changed.
+const SEQUENCE_IDLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long the bus reader keeps trying to read the bus log before it
+/// gives up and makes its devices resume.
+const REPAIR_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A value no real counter reaches, serialized in place of the counter and
 /// replaced by the Lua script.
@@ -60,6 +85,8 @@ pub struct RedisStore {
     opts: RedisOptions,
     keys: Keys,
     incr_publish: Script,
+    publish: Script,
+    history: Script,
     heartbeat: Script,
     nodes: Script,
     /// True while the subscriber is subscribed to the bus (false from a
@@ -83,7 +110,22 @@ struct Keys {
     generation: String,
     nodes: String,
     node_info: String,
-    seq_prefix: String,
+    /// Sequence hash of a scope: `<scope_prefix><scope key>`.
+    scope_prefix: String,
+    /// History stream of a scope: `<history_prefix><scope key>`.
+    history_prefix: String,
+    bus_seq: String,
+    bus_log: String,
+}
+
+impl Keys {
+    fn scope(&self, target: &Target) -> [String; 2] {
+        let key = target.scope_key();
+        [
+            format!("{}{key}", self.scope_prefix),
+            format!("{}{key}", self.history_prefix),
+        ]
+    }
 }
 
 impl Keys {
@@ -93,7 +135,10 @@ impl Keys {
             generation: format!("{{{prefix}}}:conn-generation"),
             nodes: format!("{{{prefix}}}:nodes"),
             node_info: format!("{{{prefix}}}:node-info"),
-            seq_prefix: format!("{{{prefix}}}:seq:"),
+            scope_prefix: format!("{{{prefix}}}:scope:"),
+            history_prefix: format!("{{{prefix}}}:history:"),
+            bus_seq: format!("{{{prefix}}}:bus-seq"),
+            bus_log: format!("{{{prefix}}}:bus-log"),
         }
     }
 }
@@ -145,12 +190,19 @@ impl RedisStore {
 
         // Take the message receiver before subscribing so nothing is missed.
         let messages = subscriber.message_rx();
-        tokio::spawn(read_bus(
-            messages,
+        let history = Script::from_lua(include_str!("history.lua"));
+        let (catch_up_tx, catch_up_rx) = mpsc::channel(4);
+        let reader = BusReader {
+            client: client.clone(),
+            history: history.clone(),
+            keys: keys.clone(),
             local,
-            metrics.clone(),
-            opts.node_id.clone(),
-        ));
+            metrics: metrics.clone(),
+            node_id: opts.node_id.clone(),
+            bus_log_len: opts.bus_log_len,
+            at: None,
+        };
+        tokio::spawn(reader.run(messages, catch_up_rx));
 
         // The returned handles are the connection tasks; dropping them
         // detaches the tasks, which keep running until the clients quit.
@@ -168,7 +220,12 @@ impl RedisStore {
         ));
 
         let (tx, subscribed) = watch::channel(false);
-        tokio::spawn(keep_subscribed(subscriber.clone(), keys.bus.clone(), tx));
+        tokio::spawn(keep_subscribed(
+            subscriber.clone(),
+            keys.bus.clone(),
+            tx,
+            catch_up_tx,
+        ));
 
         Ok(Arc::new(RedisStore {
             client,
@@ -176,6 +233,8 @@ impl RedisStore {
             opts,
             keys,
             incr_publish: Script::from_lua(include_str!("incr_publish.lua")),
+            publish: Script::from_lua(include_str!("publish.lua")),
+            history,
             heartbeat: Script::from_lua(include_str!("heartbeat.lua")),
             nodes: Script::from_lua(include_str!("nodes.lua")),
             subscribed,
@@ -232,7 +291,15 @@ impl RedisStore {
 /// Subscribes to the bus channel, and again after every reconnect; keeps
 /// `live` true exactly while the subscription is in place, so health (and
 /// `pace_store_up`) only reports up when this node really receives the bus.
-async fn keep_subscribed(sub: SubscriberClient, channel: String, live: watch::Sender<bool>) {
+/// After every subscription the bus reader catches up from the bus log
+/// (what was published while this node was not subscribed) before `live`
+/// turns true.
+async fn keep_subscribed(
+    sub: SubscriberClient,
+    channel: String,
+    live: watch::Sender<bool>,
+    catch_up: mpsc::Sender<oneshot::Sender<()>>,
+) {
     let mut reconnects = sub.reconnect_rx();
     let mut errors = sub.error_rx();
     loop {
@@ -240,6 +307,11 @@ async fn keep_subscribed(sub: SubscriberClient, channel: String, live: watch::Se
         loop {
             if sub.wait_for_connect().await.is_ok() && sub.subscribe(channel.as_str()).await.is_ok()
             {
+                let (done, caught_up) = oneshot::channel();
+                if catch_up.send(done).await.is_err() {
+                    return;
+                }
+                let _ = caught_up.await;
                 let _ = live.send(true);
                 break;
             }
@@ -285,41 +357,122 @@ async fn log_events(
     }
 }
 
-/// Reads the cluster channel and hands envelopes to this node.
-async fn read_bus(
-    mut messages: broadcast::Receiver<fred::types::Message>,
+/// Reads a sequence's kept messages after a position (`history.lua`):
+/// returns the sequence's current epoch and head and the kept envelopes'
+/// JSON, oldest first.
+async fn read_log(
+    client: &Client,
+    script: &Script,
+    keys: [String; 2],
+    after_epoch: u64,
+    after_seq: u64,
+    max: usize,
+) -> Result<(u64, u64, Vec<String>), StoreError> {
+    if !client.is_connected() {
+        return Err(StoreError::Unavailable("not connected to redis".into()));
+    }
+    let out: Vec<String> = script
+        .evalsha_with_reload(
+            client,
+            keys.to_vec(),
+            vec![
+                after_epoch.to_string(),
+                after_seq.to_string(),
+                max.to_string(),
+            ],
+        )
+        .await
+        .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+    let number = |i: usize| {
+        out.get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| StoreError::Unavailable("unreadable history position".into()))
+    };
+    let (epoch, head) = (number(0)?, number(1)?);
+    Ok((epoch, head, out.into_iter().skip(2).collect()))
+}
+
+/// A notification envelope's bus position and notification.
+fn parse_notify(text: &[u8]) -> Option<(u64, u64, Notification)> {
+    match serde_json::from_slice::<BusEnvelope>(text).ok()? {
+        BusEnvelope::Notify {
+            bus_epoch,
+            bus_seq,
+            notification,
+            ..
+        } => Some((bus_epoch, bus_seq, notification)),
+        _ => None,
+    }
+}
+
+/// Reads the cluster channel and hands envelopes to this node, in bus
+/// order, repairing gaps from the bus log.
+struct BusReader {
+    client: Client,
+    history: Script,
+    keys: Keys,
     local: Arc<dyn Local>,
     metrics: Metrics,
     node_id: String,
-) {
-    loop {
-        let msg = match messages.recv().await {
-            Ok(m) => m,
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                metrics.bus_dropped.inc_by(n);
-                tracing::error!(
-                    dropped = n,
-                    "bus reader fell behind; messages dropped (raise --bus-buffer)"
-                );
-                continue;
+    bus_log_len: usize,
+    /// The bus position (epoch, seq) of the last notification delivered;
+    /// `None` until known.
+    at: Option<(u64, u64)>,
+}
+
+impl BusReader {
+    async fn run(
+        mut self,
+        mut messages: broadcast::Receiver<fred::types::Message>,
+        mut catch_ups: mpsc::Receiver<oneshot::Sender<()>>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                request = catch_ups.recv() => match request {
+                    Some(done) => {
+                        self.catch_up().await;
+                        let _ = done.send(());
+                    }
+                    None => return,
+                },
+                msg = messages.recv() => match msg {
+                    Ok(msg) => self.on_message(msg).await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        self.metrics.bus_dropped.inc_by(n);
+                        tracing::warn!(
+                            dropped = n,
+                            "bus reader fell behind (consider raising --bus-buffer); repairing from the bus log"
+                        );
+                        self.catch_up().await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
             }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        metrics.bus_received.inc();
+        }
+    }
+
+    async fn on_message(&mut self, msg: fred::types::Message) {
+        self.metrics.bus_received.inc();
         let envelope = msg
             .value
             .as_bytes()
             .and_then(|b| serde_json::from_slice::<BusEnvelope>(b).ok());
         match envelope {
-            Some(BusEnvelope::Notify { notification, .. }) => local.deliver(&notification),
+            Some(BusEnvelope::Notify {
+                bus_epoch,
+                bus_seq,
+                notification,
+                ..
+            }) => self.on_notify(bus_epoch, bus_seq, notification).await,
             Some(BusEnvelope::Connected {
                 origin,
                 device,
                 generation,
                 ..
             }) => {
-                if origin != node_id {
-                    local.evict_older(&device, generation);
+                if origin != self.node_id {
+                    self.local.evict_older(&device, generation);
                 }
             }
             Some(BusEnvelope::Admitted {
@@ -327,11 +480,137 @@ async fn read_bus(
                 device,
                 frame,
                 ..
-            }) => local.admitted(&room, &device, &frame),
+            }) => self.local.admitted(&room, &device, &frame),
             None => {
-                metrics.bus_invalid.inc();
+                self.metrics.bus_invalid.inc();
                 tracing::warn!(channel = %msg.channel, "unreadable bus message skipped");
             }
+        }
+    }
+
+    /// Delivers a live notification in bus order: skips what was already
+    /// delivered, repairs a gap before it.
+    async fn on_notify(&mut self, epoch: u64, seq: u64, n: Notification) {
+        if seq == 0 {
+            // From a node without a bus sequence: nothing to check.
+            self.local.deliver(&n);
+            return;
+        }
+        match self.at {
+            Some((e, s)) if e == epoch && seq <= s => return, // repaired already
+            Some((e, s)) if e == epoch && seq == s + 1 => {}
+            // Startup: this is where we begin.
+            None => {}
+            // A jump, or a new epoch not starting at 1.
+            Some((e, _)) if e != epoch && seq == 1 => {}
+            Some(_) => self.repair(Some((epoch, seq - 1))).await,
+        }
+        if self.at.is_some_and(|(e, s)| e == epoch && seq <= s) {
+            return;
+        }
+        self.local.deliver(&n);
+        self.at = Some((epoch, seq));
+    }
+
+    /// After (re)subscribing or falling behind: delivers whatever was
+    /// published since the last delivered notification.
+    async fn catch_up(&mut self) {
+        if self.at.is_none() {
+            // Starting: no device is connected yet; begin at the head.
+            let keys = [self.keys.bus_seq.clone(), self.keys.bus_log.clone()];
+            if let Ok((epoch, head, _)) =
+                read_log(&self.client, &self.history, keys, u64::MAX, u64::MAX, 1).await
+            {
+                self.at = Some((epoch, head));
+            }
+            return;
+        }
+        self.repair(None).await;
+    }
+
+    /// Delivers, from the bus log, the notifications after `self.at` up to
+    /// `upto` (or the head). When the log does not reach back far enough or
+    /// cannot be read in time, every local device is told to resync.
+    async fn repair(&mut self, upto: Option<(u64, u64)>) {
+        let (from_epoch, from_seq) = self.at.unwrap_or((0, 0));
+        let deadline = tokio::time::Instant::now() + REPAIR_DEADLINE;
+        let keys = [self.keys.bus_seq.clone(), self.keys.bus_log.clone()];
+        let read = loop {
+            match read_log(
+                &self.client,
+                &self.history,
+                keys.clone(),
+                from_epoch,
+                from_seq,
+                self.bus_log_len,
+            )
+            .await
+            {
+                Ok(read) => break Some(read),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    tracing::error!(error = %e, "cannot read the bus log to repair a gap");
+                    break None;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        let Some((epoch, head, envelopes)) = read else {
+            self.unrepaired(upto);
+            return;
+        };
+        if epoch == 0 {
+            // Nothing was ever published (or Redis lost everything and
+            // nothing was published since): nothing to repair.
+            return;
+        }
+        let (to_epoch, to_seq) = upto.unwrap_or((epoch, head));
+        let from = if epoch == from_epoch { from_seq } else { 0 };
+        if to_epoch != epoch || to_seq <= from {
+            if to_epoch != epoch {
+                self.unrepaired(upto);
+            }
+            return;
+        }
+        let mut next = from + 1;
+        for text in &envelopes {
+            let Some((e, s, n)) = parse_notify(text.as_bytes()) else {
+                continue;
+            };
+            if e != epoch || s < next {
+                continue;
+            }
+            if s > to_seq || s != next {
+                break;
+            }
+            self.local.deliver(&n);
+            next += 1;
+        }
+        let repaired = next - 1 - from;
+        self.metrics.bus_repaired.inc_by(repaired);
+        self.at = Some((epoch, next - 1));
+        if next - 1 < to_seq {
+            tracing::error!(
+                missed = to_seq - from,
+                repaired,
+                "the bus log no longer reaches back to the gap"
+            );
+            self.unrepaired(Some((to_epoch, to_seq)));
+        } else {
+            self.metrics.bus_gaps.with_label_values(&["repaired"]).inc();
+            tracing::info!(repaired, "bus gap repaired from the bus log");
+        }
+    }
+
+    /// Gives up on a gap: every local device reconnects and resumes from
+    /// its own cursors (the scopes' histories are separate from the log).
+    fn unrepaired(&mut self, upto: Option<(u64, u64)>) {
+        self.metrics
+            .bus_gaps
+            .with_label_values(&["unrepaired"])
+            .inc();
+        self.local.resync_all();
+        if let Some(upto) = upto {
+            self.at = Some(upto);
         }
     }
 }
@@ -360,17 +639,69 @@ impl Store for RedisStore {
     }
 
     async fn publish(&self, draft: Draft) -> Result<Notification, StoreError> {
-        let counter = format!("{}{}", self.keys.seq_prefix, draft.target.scope_key());
-        let mut n = stamp(draft, PLACEHOLDER);
+        self.connected_or_fail()?;
+        let [scope, history] = self.keys.scope(&draft.target);
+        let mut n = stamp(draft, PLACEHOLDER, PLACEHOLDER);
         let envelope = BusEnvelope::Notify {
             v: BUS_VERSION,
             origin: self.opts.node_id.clone(),
+            bus_epoch: PLACEHOLDER,
+            bus_seq: PLACEHOLDER,
             notification: n.clone(),
         };
         let text =
             serde_json::to_string(&envelope).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        n.seq = self.incr_publish(&counter, &text, "seq").await?;
+        let limits = self.opts.history;
+        let idle_ttl = SEQUENCE_IDLE_TTL.max(limits.max_age);
+        let out: Vec<String> = self
+            .publish
+            .evalsha_with_reload(
+                &self.client,
+                vec![
+                    scope,
+                    history,
+                    self.keys.bus_seq.clone(),
+                    self.keys.bus_log.clone(),
+                ],
+                vec![
+                    self.keys.bus.clone(),
+                    text,
+                    PLACEHOLDER.to_string(),
+                    limits.max_len.to_string(),
+                    limits.max_age.as_millis().to_string(),
+                    self.opts.bus_log_len.to_string(),
+                    idle_ttl.as_millis().to_string(),
+                ],
+            )
+            .await
+            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+        let number = |i: usize| out.get(i).and_then(|v| v.parse::<u64>().ok());
+        let (Some(epoch), Some(seq)) = (number(0), number(1)) else {
+            return Err(StoreError::Unavailable(
+                "publish script returned no position".into(),
+            ));
+        };
+        n.epoch = epoch;
+        n.seq = seq;
         Ok(n)
+    }
+
+    async fn history(&self, target: &Target, after: &Cursor) -> Result<History, StoreError> {
+        let limits = self.opts.history;
+        let (epoch, head, texts) = read_log(
+            &self.client,
+            &self.history,
+            self.keys.scope(target),
+            after.epoch,
+            after.seq,
+            limits.max_len,
+        )
+        .await?;
+        let kept = texts
+            .iter()
+            .filter_map(|t| parse_notify(t.as_bytes()).map(|(_, _, n)| n))
+            .collect();
+        Ok(History::build(epoch, head, kept, after, limits.max_age))
     }
 
     async fn connected(&self, device: &DeviceId) -> Result<u64, StoreError> {
@@ -461,6 +792,26 @@ mod tests {
     use super::*;
 
     fn store(redis: &TestRedis, prefix: &str, node: &str, local: Arc<Recorder>) -> Arc<RedisStore> {
+        store_with(
+            redis,
+            prefix,
+            node,
+            local,
+            HistoryLimits::default(),
+            1000,
+            Metrics::new(),
+        )
+    }
+
+    fn store_with(
+        redis: &TestRedis,
+        prefix: &str,
+        node: &str,
+        local: Arc<Recorder>,
+        history: HistoryLimits,
+        bus_log_len: usize,
+        metrics: Metrics,
+    ) -> Arc<RedisStore> {
         RedisStore::start(
             RedisOptions {
                 url: redis.url(),
@@ -469,9 +820,11 @@ mod tests {
                 bus_capacity: 1024,
                 command_timeout: Duration::from_secs(2),
                 node_ttl: Duration::from_secs(2),
+                history,
+                bus_log_len,
             },
             local,
-            Metrics::new(),
+            metrics,
         )
         .unwrap()
     }
@@ -486,6 +839,132 @@ mod tests {
         conformance::generations_increase(s.as_ref()).await;
         conformance::presence_lists_nodes(s.as_ref()).await;
         conformance::admissions_reach_the_device(s.as_ref(), &rec).await;
+    }
+
+    #[tokio::test]
+    async fn history_conformance_against_a_real_redis() {
+        let redis = TestRedis::start();
+        let s = store(&redis, "hist", "n1", Arc::new(Recorder::default()));
+        conformance::history_after_a_cursor(s.as_ref()).await;
+        let small = HistoryLimits {
+            max_len: 3,
+            ..HistoryLimits::default()
+        };
+        let bounded = store_with(
+            &redis,
+            "hist-small",
+            "n1",
+            Arc::new(Recorder::default()),
+            small,
+            1000,
+            Metrics::new(),
+        );
+        conformance::history_is_bounded(bounded.as_ref()).await;
+    }
+
+    fn draft(i: usize) -> Draft {
+        Draft {
+            target: pace_protocol::Target::All,
+            event: pace_protocol::EventName::parse("e").unwrap(),
+            data: serde_json::json!({ "i": i }),
+        }
+    }
+
+    /// Kills every pub/sub connection on the server, as a network blip
+    /// would; the subscribers reconnect by themselves.
+    fn kill_subscribers(redis: &TestRedis) {
+        let out = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis.port.to_string(),
+                "CLIENT",
+                "KILL",
+                "TYPE",
+                "pubsub",
+            ])
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn a_node_repairs_what_it_missed_while_resubscribing() {
+        let redis = TestRedis::start();
+        let (ra, rb) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+        let metrics_b = Metrics::new();
+        let limits = HistoryLimits::default();
+        let a = store(&redis, "repair", "a", ra.clone());
+        let b = store_with(
+            &redis,
+            "repair",
+            "b",
+            rb.clone(),
+            limits,
+            1000,
+            metrics_b.clone(),
+        );
+        for s in [&a, &b] {
+            tokio::time::timeout(Duration::from_secs(10), s.wait_ready())
+                .await
+                .expect("ready within 10 s");
+        }
+        let mut sent = vec![a.publish(draft(0)).await.unwrap()];
+        rb.wait_delivered(1).await;
+        kill_subscribers(&redis);
+        // Published while b's subscriber is away (it reconnects after 100 ms).
+        for i in 1..20 {
+            sent.push(a.publish(draft(i)).await.unwrap());
+        }
+        let got = rb.wait_delivered(20).await;
+        assert_eq!(got, sent, "every message, once, in order");
+        assert!(
+            metrics_b.bus_repaired.get() > 0,
+            "the messages came from the bus log"
+        );
+        assert_eq!(*rb.resyncs.lock().unwrap(), 0);
+        // Live delivery goes on afterwards, without duplicates.
+        let last = a.publish(draft(20)).await.unwrap();
+        sent.push(last);
+        assert_eq!(rb.wait_delivered(21).await, sent);
+    }
+
+    #[tokio::test]
+    async fn a_gap_longer_than_the_bus_log_makes_devices_resync() {
+        let redis = TestRedis::start();
+        let rb = Arc::new(Recorder::default());
+        let metrics_b = Metrics::new();
+        let a = store(&redis, "short-log", "a", Arc::new(Recorder::default()));
+        let b = store_with(
+            &redis,
+            "short-log",
+            "b",
+            rb.clone(),
+            HistoryLimits::default(),
+            16,
+            metrics_b.clone(),
+        );
+        for s in [&a, &b] {
+            tokio::time::timeout(Duration::from_secs(10), s.wait_ready())
+                .await
+                .expect("ready within 10 s");
+        }
+        a.publish(draft(0)).await.unwrap();
+        rb.wait_delivered(1).await;
+        kill_subscribers(&redis);
+        for i in 1..40 {
+            a.publish(draft(i)).await.unwrap();
+        }
+        for _ in 0..300 {
+            if *rb.resyncs.lock().unwrap() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*rb.resyncs.lock().unwrap(), 1, "devices told to resume");
+        assert_eq!(
+            metrics_b.bus_gaps.with_label_values(&["unrepaired"]).get(),
+            1
+        );
     }
 
     #[tokio::test]
