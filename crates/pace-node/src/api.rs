@@ -302,7 +302,7 @@ async fn notify(node: &NodeRef, req: Request<Incoming>) -> Result<Response<Body>
             count(scope, "accepted");
             Ok(json_response(
                 StatusCode::ACCEPTED,
-                &json!({"id": n.id, "scope": n.scope, "target": n.target, "seq": n.seq, "sent_at_ms": n.sent_at_ms}),
+                &json!({"id": n.id, "scope": n.scope, "target": n.target, "epoch": n.epoch, "seq": n.seq, "sent_at_ms": n.sent_at_ms}),
             ))
         }
         Err(e) => {

@@ -1,5 +1,6 @@
 //! A real `redis-server` for tests, on a free loopback port, without
-//! persistence; stopped (by its PID) when dropped.
+//! persistence (or with an fsync-always append-only file, for tests of
+//! what survives a Redis crash); stopped (by its PID) when dropped.
 //!
 //! Shared by the store's unit tests and the integration tests (which
 //! include this file by path), so there is one launcher.
@@ -17,6 +18,8 @@ pub struct TestRedis {
     /// Loopback port it listens on (kept across restarts).
     pub port: u16,
     child: Option<Child>,
+    /// Directory of the append-only file, when persistent.
+    aof_dir: Option<std::path::PathBuf>,
 }
 
 impl TestRedis {
@@ -24,12 +27,27 @@ impl TestRedis {
     /// If another process takes the port between choosing and binding it,
     /// tries another port: a test must never talk to someone else's server.
     pub fn start() -> TestRedis {
+        TestRedis::start_in(None)
+    }
+
+    /// Like [`TestRedis::start`], with every write in an append-only file
+    /// in `dir`, fsynced before Redis answers: what Redis acknowledged
+    /// survives [`TestRedis::stop`] (a crash) and [`TestRedis::restart`].
+    pub fn start_persistent(dir: &std::path::Path) -> TestRedis {
+        TestRedis::start_in(Some(dir.to_path_buf()))
+    }
+
+    fn start_in(aof_dir: Option<std::path::PathBuf>) -> TestRedis {
         for _ in 0..10 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .map(|a| a.port())
                 .expect("a free port");
-            let mut r = TestRedis { port, child: None };
+            let mut r = TestRedis {
+                port,
+                child: None,
+                aof_dir: aof_dir.clone(),
+            };
             if r.try_restart() {
                 return r;
             }
@@ -50,7 +68,7 @@ impl TestRedis {
         }
     }
 
-    /// Starts the server again on the same port (empty: no persistence).
+    /// Starts the server again on the same port (empty unless persistent).
     pub fn restart(&mut self) {
         assert!(
             self.try_restart(),
@@ -63,9 +81,16 @@ impl TestRedis {
     /// port is taken), so the answering server would not be ours.
     fn try_restart(&mut self) -> bool {
         self.stop();
-        let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--protected-mode", "no"]);
+        match &self.aof_dir {
+            Some(dir) => cmd
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir),
+            None => cmd.args(["--appendonly", "no"]),
+        };
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -10,6 +10,7 @@ mod cluster;
 mod delivery;
 mod drain;
 mod handshake;
+mod history;
 mod liveness;
 mod metrics;
 mod ops;

@@ -476,7 +476,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
-        let redis = TestRedis::start();
+        Cluster::start_on(TestRedis::start(), n, extra).await
+    }
+
+    /// A cluster over a Redis the test started.
+    pub async fn start_on(redis: TestRedis, n: usize, extra: &[&str]) -> Cluster {
         let prefix = format!("t{}", free_port());
         let keys = shared_keys().display().to_string();
         let mut nodes = Vec::new();
