@@ -80,6 +80,9 @@ global
 defaults
     mode http
     option dontlognull
+    # Tell the nodes the device's address (as Kong does); nodes believe it
+    # only from addresses given to --trusted-proxy.
+    option forwardfor
     timeout connect 5s
     # Requests and idle keep-alive connections.
     timeout client 60s

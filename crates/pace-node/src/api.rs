@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::error::{ApiError, Body, json_response};
 use crate::node::NodeRef;
 use crate::store::Draft;
-use crate::{handshake, rooms_api};
+use crate::{accounts, handshake, rooms_api};
 
 /// Routes one request.
 pub async fn handle(node: NodeRef, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -36,6 +36,9 @@ pub async fn handle(node: NodeRef, req: Request<Incoming>, peer: SocketAddr) -> 
         }
         (&Method::POST, "/api/v1/sessions/renew") => {
             ("session", rooms_api::session(&node, req, true).await)
+        }
+        (&Method::POST, "/api/v1/admin/login") => {
+            ("admin_login", accounts::login::login(&node, req).await)
         }
         (&Method::GET, "/demo/target") => ("demo", Ok(rooms_api::demo_target(&node, &req))),
         (method, path) if path.starts_with("/api/v1/rooms/") => {
@@ -165,6 +168,17 @@ fn upgrade(
         return Err(refuse(ApiError::new(
             ErrorCode::Draining,
             "node is draining; reconnect",
+        )));
+    }
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let address = crate::limits::client_address(peer.ip(), forwarded, &node.config.trusted_proxies);
+    if !node.handshakes.allow(&address, std::time::Instant::now()) {
+        return Err(refuse(ApiError::new(
+            ErrorCode::TooManyHandshakes,
+            "too many connections from this address right now; retry with backoff",
         )));
     }
     let hs = handshake::check(&req, node.config.max_groups).map_err(refuse)?;

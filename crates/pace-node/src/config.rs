@@ -36,6 +36,53 @@ pub enum Command {
     /// Manage the admission signing keys (create, rotate, list, retire).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage tenants and their admin accounts in the configured store
+    /// (the same --redis, --redis-prefix, --data-dir and PACE_* variables
+    /// as serve). Exit codes: 0 done, 2 bad input or conflict, 1 store error.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// `pace-node admin …` (see [`crate::accounts::cli`]).
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create a tenant (with --update: change the name and origins given).
+    AddTenant {
+        /// Tenant id (1 to 64 of A-Z a-z 0-9 . _ : @ -).
+        id: String,
+        /// Name shown to people [default: the id].
+        #[arg(long)]
+        name: Option<String>,
+        /// A browser origin the tenant's devices connect from
+        /// (`https://host[:port]`); repeat for several.
+        #[arg(long = "origin", value_name = "URL")]
+        origins: Vec<String>,
+        /// Change an existing tenant instead of failing.
+        #[arg(long)]
+        update: bool,
+        #[command(flatten, next_help_heading = "Store (the serve flags)")]
+        node: ServeArgs,
+    },
+    /// Create an admin user of a tenant; the password is the first line of
+    /// standard input (at least 12 characters).
+    AddUser {
+        /// The tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// User name (1 to 64 of A-Z a-z 0-9 . _ : @ -).
+        user: String,
+        /// Set a new password if the user exists instead of failing.
+        #[arg(long)]
+        update: bool,
+        #[command(flatten, next_help_heading = "Store (the serve flags)")]
+        node: ServeArgs,
+    },
+    /// List tenants, their origins and their admin users (never passwords
+    /// or hashes).
+    List {
+        #[command(flatten, next_help_heading = "Store (the serve flags)")]
+        node: ServeArgs,
+    },
 }
 
 /// `pace-node keys …`
@@ -189,6 +236,24 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_RESUME_HOLD", default_value = "5s", value_parser = humantime::parse_duration)]
     pub resume_hold: Duration,
 
+    /// Most `join`/`solve` attempts per device per minute on this node
+    /// (0 = no limit); past it, `too_many_joins`.
+    #[arg(long, env = "PACE_JOINS_PER_MINUTE", default_value_t = 30)]
+    pub joins_per_minute: u32,
+
+    /// Most WebSocket handshakes per source address per second on this node
+    /// (0 = no limit); past it, 429 `too_many_handshakes`. High by default:
+    /// whole enterprises share one NAT address. Behind a gateway, set
+    /// --trusted-proxy so the address comes from X-Forwarded-For.
+    #[arg(long, env = "PACE_HANDSHAKES_PER_ADDRESS", default_value_t = 2000)]
+    pub handshakes_per_address: u32,
+
+    /// Address (or CIDR range) of a gateway whose X-Forwarded-For is
+    /// believed; repeat or separate with commas. The device's address is
+    /// the right-most X-Forwarded-For entry not from a trusted proxy.
+    #[arg(long = "trusted-proxy", env = "PACE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// A node that has not heart-beaten for this long leaves the cluster
     /// list; nodes heart-beat four times per period.
     #[arg(long, env = "PACE_NODE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -227,6 +292,11 @@ pub struct ServeArgs {
     /// `iss` claim of admission tokens.
     #[arg(long, env = "PACE_TOKEN_ISSUER", default_value = "pace")]
     pub token_issuer: String,
+
+    /// Lifetime of the admin tokens `POST /api/v1/admin/login` hands out
+    /// (1s to 24h).
+    #[arg(long, env = "PACE_ADMIN_TOKEN_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub admin_token_ttl: Duration,
 
     /// Create the `demo` room (capacity 2, 60 s sessions, target: this
     /// node's demo page) at start when it does not exist.
@@ -299,15 +369,15 @@ impl ServeArgs {
         {
             return bad(format!("--redis / PACE_REDIS_URL: {e}"));
         }
-        if self.redis_prefix.is_empty()
-            || !self
-                .redis_prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !valid_redis_prefix(&self.redis_prefix) {
             return bad(
                 "--redis-prefix may only contain A-Z a-z 0-9 - _ and must not be empty".into(),
             );
+        }
+        if self.admin_token_ttl < Duration::from_secs(1)
+            || self.admin_token_ttl > Duration::from_secs(24 * 3600)
+        {
+            return bad("--admin-token-ttl must be between 1s and 24h".into());
         }
         if self.bus_buffer < 16 {
             return bad("--bus-buffer must be at least 16".into());
@@ -374,6 +444,9 @@ impl ServeArgs {
             },
             bus_log_len: self.bus_log_len,
             resume_hold: self.resume_hold,
+            joins_per_minute: self.joins_per_minute,
+            handshakes_per_address: self.handshakes_per_address,
+            trusted_proxies: self.trusted_proxies,
             advertise: self.advertise,
             admit_tick: self.admit_tick,
             position_refresh: self.position_refresh,
@@ -381,10 +454,67 @@ impl ServeArgs {
             keys: self.keys,
             data_dir: self.data_dir,
             token_issuer: self.token_issuer,
+            admin_token_ttl: self.admin_token_ttl,
             demo_room: self.demo_room,
             log: self.log,
         })
     }
+}
+
+/// An address (`10.0.0.1`, a /32 or /128) or a CIDR range (`10.0.0.0/24`).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))
+}
+
+impl ServeArgs {
+    /// Validates only the store flags (`--redis`, `--redis-prefix`,
+    /// `--data-dir`, `--store-timeout`), for `pace-node admin`, which must
+    /// not fail on limits that only matter to a serving node.
+    pub fn store_settings(&self) -> Result<StoreSettings, ConfigError> {
+        if let Some(url) = &self.redis_url
+            && let Err(e) = crate::store::check_redis_url(url)
+        {
+            return Err(ConfigError(format!("--redis / PACE_REDIS_URL: {e}")));
+        }
+        if !valid_redis_prefix(&self.redis_prefix) {
+            return Err(ConfigError(
+                "--redis-prefix may only contain A-Z a-z 0-9 - _ and must not be empty".into(),
+            ));
+        }
+        if self.store_timeout.is_zero() {
+            return Err(ConfigError("--store-timeout must be > 0".into()));
+        }
+        Ok(StoreSettings {
+            redis_url: self.redis_url.clone(),
+            redis_prefix: self.redis_prefix.clone(),
+            data_dir: self.data_dir.clone(),
+            store_timeout: self.store_timeout,
+        })
+    }
+}
+
+/// Where the shared state lives: what `pace-node admin` needs of the
+/// serve flags.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// See [`ServeArgs::redis_url`].
+    pub redis_url: Option<String>,
+    /// See [`ServeArgs::redis_prefix`].
+    pub redis_prefix: String,
+    /// See [`ServeArgs::data_dir`].
+    pub data_dir: std::path::PathBuf,
+    /// See [`ServeArgs::store_timeout`].
+    pub store_timeout: Duration,
+}
+
+fn valid_redis_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// File descriptors kept free beyond device connections (listener, logs,
@@ -456,6 +586,12 @@ pub struct NodeConfig {
     pub bus_log_len: usize,
     /// See [`ServeArgs::resume_hold`].
     pub resume_hold: Duration,
+    /// See [`ServeArgs::joins_per_minute`].
+    pub joins_per_minute: u32,
+    /// See [`ServeArgs::handshakes_per_address`].
+    pub handshakes_per_address: u32,
+    /// See [`ServeArgs::trusted_proxies`].
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// See [`ServeArgs::admit_tick`].
     pub admit_tick: Duration,
     /// See [`ServeArgs::position_refresh`].
@@ -468,6 +604,8 @@ pub struct NodeConfig {
     pub data_dir: std::path::PathBuf,
     /// See [`ServeArgs::token_issuer`].
     pub token_issuer: String,
+    /// See [`ServeArgs::admin_token_ttl`].
+    pub admin_token_ttl: Duration,
     /// See [`ServeArgs::demo_room`].
     pub demo_room: bool,
     /// See [`ServeArgs::log`].
@@ -563,5 +701,13 @@ mod tests {
         let c = parse(&["--ping-interval", "1500ms", "--drain-grace", "1m"]).unwrap();
         assert_eq!(c.ping_interval, Duration::from_millis(1500));
         assert_eq!(c.drain_grace, Duration::from_secs(60));
+        assert_eq!(c.admin_token_ttl, Duration::from_secs(15 * 60));
+        let c = parse(&["--admin-token-ttl", "5m"]).unwrap();
+        assert_eq!(c.admin_token_ttl, Duration::from_secs(300));
+        assert!(
+            parse(&["--admin-token-ttl", "2d"])
+                .unwrap_err()
+                .contains("--admin-token-ttl")
+        );
     }
 }

@@ -392,22 +392,24 @@ impl Session {
                     ServerFrame::Resumed { scopes }
                 }
             }
-            ClientFrame::Join { room } => match self.node.rooms.join(&room, &self.device).await {
-                Ok(Some(frame)) => frame,
-                // Admitted while joining: the `admitted` frame is on its way.
-                Ok(None) => return Ok(()),
-                Err(refused) => {
-                    self.node
-                        .metrics
-                        .frames_rejected
-                        .with_label_values(&[refused.code.as_str()])
-                        .inc();
-                    ServerFrame::Error {
-                        code: refused.code,
-                        message: refused.message,
-                    }
-                }
+            ClientFrame::Join { room } => match self.join(&room, None).await {
+                Some(frame) => frame,
+                None => return Ok(()),
             },
+            ClientFrame::Solve {
+                room,
+                challenge,
+                solution,
+            } => {
+                let solution = crate::rooms::Solution {
+                    challenge,
+                    solution,
+                };
+                match self.join(&room, Some(solution)).await {
+                    Some(frame) => frame,
+                    None => return Ok(()),
+                }
+            }
             ClientFrame::Leave { room } => match self.node.rooms.leave(&room, &self.device).await {
                 Ok(frame) => frame,
                 Err(refused) => ServerFrame::Error {
@@ -417,6 +419,29 @@ impl Session {
             },
         };
         self.reply(&reply).await
+    }
+
+    /// Joins a room (with a proof-of-work solution when answering a
+    /// challenge); the frame to answer with, if any.
+    async fn join(
+        &mut self,
+        room: &pace_protocol::RoomId,
+        solution: Option<crate::rooms::Solution>,
+    ) -> Option<ServerFrame> {
+        match self.node.rooms.join(room, &self.device, solution).await {
+            Ok(frame) => frame,
+            Err(refused) => {
+                self.node
+                    .metrics
+                    .frames_rejected
+                    .with_label_values(&[refused.code.as_str()])
+                    .inc();
+                Some(ServerFrame::Error {
+                    code: refused.code,
+                    message: refused.message,
+                })
+            }
+        }
     }
 
     /// Replays one scope after `cursor` and says how it went.

@@ -52,7 +52,7 @@ impl ApiError {
             StatusCode::UNAUTHORIZED => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            StatusCode::SERVICE_UNAVAILABLE => {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             StatusCode::UPGRADE_REQUIRED => {
@@ -75,9 +75,13 @@ fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::BadFrame
         | ErrorCode::UnknownType
         | ErrorCode::InvalidFrame
-        | ErrorCode::TooManyGroups => StatusCode::BAD_REQUEST,
+        | ErrorCode::TooManyGroups
+        | ErrorCode::PowInvalid
+        | ErrorCode::PowReused => StatusCode::BAD_REQUEST,
+        ErrorCode::TooManyJoins | ErrorCode::TooManyHandshakes => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::NotWebsocket => StatusCode::UPGRADE_REQUIRED,
-        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthorized | ErrorCode::InvalidCredentials => StatusCode::UNAUTHORIZED,
+        ErrorCode::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NotFound | ErrorCode::NoSuchRoom => StatusCode::NOT_FOUND,
         ErrorCode::RoomClosed => StatusCode::CONFLICT,

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //!
+//! - [`accounts`]: tenants, admin users, passwords, admin login and tokens.
 //! - [`admission`]: admission tokens (EdDSA JWTs), keys, JWKS.
 //! - [`config`]: flags and `PACE_*` environment, validated into [`NodeConfig`].
 //! - [`server`]: accept loop, HTTP/1.1 with upgrades, drain on shutdown.
@@ -22,6 +23,7 @@
 //! - [`error`]: error → HTTP status and JSON body, in one place.
 //! - [`systemd`]: readiness, stopping and watchdog notifications.
 
+pub mod accounts;
 pub mod admission;
 pub mod api;
 pub mod config;
@@ -29,8 +31,10 @@ pub mod connection;
 pub mod error;
 pub mod handshake;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod pow;
 pub mod queue;
 pub mod rooms;
 pub mod rooms_api;

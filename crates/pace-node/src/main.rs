@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         None => ServeArgs::from_env().map_err(|e| e.exit()).and_then(serve),
         Some(Command::CheckConfig(args)) => check_config(args),
         Some(Command::Keys(cmd)) => keys(cmd),
+        Some(Command::Admin(cmd)) => return pace_node::accounts::cli::main(cmd),
         Some(Command::Gateway(cmd)) => {
             pace_gateway::execute(&cmd, &mut std::io::stdout().lock()).map_err(anyhow::Error::from)
         }

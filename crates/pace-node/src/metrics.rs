@@ -74,8 +74,13 @@ pub struct Metrics {
     pub bus_gaps: IntCounterVec,
     /// Notifications this node recovered from the bus log.
     pub bus_repaired: IntCounter,
+    /// Proof-of-work steps, by result (`challenged`, `solved`, `invalid`,
+    /// `reused`).
+    pub pow: IntCounterVec,
     /// Event names seen so far, to cap label cardinality.
     events_seen: Arc<Mutex<HashSet<String>>>,
+    /// `POST /api/v1/admin/login` attempts, by result.
+    pub admin_logins: IntCounterVec,
 }
 
 impl Metrics {
@@ -249,8 +254,24 @@ impl Metrics {
                 "Notifications recovered from the bus log after a gap.",
             )
             .expect("valid metric"),
+            pow: IntCounterVec::new(
+                Opts::new(
+                    "pace_pow_total",
+                    "Proof-of-work challenges issued and solutions checked, by result.",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
             events_seen: Arc::default(),
             registry,
+            admin_logins: IntCounterVec::new(
+                Opts::new(
+                    "pace_admin_logins_total",
+                    "Admin login attempts, by result (ok, invalid, rate_limited, error).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.connections_open.clone()),
@@ -278,10 +299,23 @@ impl Metrics {
             Box::new(m.resume_duplicates.clone()),
             Box::new(m.bus_gaps.clone()),
             Box::new(m.bus_repaired.clone()),
+            Box::new(m.pow.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+            Box::new(m.admin_logins.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
+        }
+        // Export every series of a closed label set from the start, so
+        // dashboards and alerts see 0 rather than nothing.
+        for outcome in ["repaired", "unrepaired"] {
+            m.bus_gaps.with_label_values(&[outcome]);
+        }
+        for result in ["recovered", "not_recovered"] {
+            m.resumes.with_label_values(&[result]);
+        }
+        for result in ["challenged", "solved", "invalid", "reused"] {
+            m.pow.with_label_values(&[result]);
         }
         m
     }

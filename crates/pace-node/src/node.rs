@@ -28,6 +28,8 @@ pub struct Node {
     pub rooms: Arc<crate::rooms::Rooms>,
     /// Admission token keys (signing and verification, JWKS).
     pub keys: Arc<crate::admission::KeySet>,
+    /// Tenants and admin accounts (admin login, admin API).
+    pub accounts: crate::accounts::SharedAccountStore,
     /// True from SIGTERM/SIGINT on: new devices are refused, `/ready` is 503.
     draining: AtomicBool,
     /// True once the node has started (store reachable, listener open).
@@ -37,6 +39,8 @@ pub struct Node {
     slots: AtomicUsize,
     /// Device connection tasks, awaited while draining.
     pub connections: TaskTracker,
+    /// Handshakes per source address per second.
+    pub handshakes: crate::limits::WindowLimiter<std::net::IpAddr>,
 }
 
 /// A shared handle to the node.
@@ -51,14 +55,21 @@ impl Node {
         metrics: Metrics,
         rooms: Arc<crate::rooms::Rooms>,
         keys: Arc<crate::admission::KeySet>,
+        accounts: crate::accounts::SharedAccountStore,
     ) -> Node {
+        let handshakes = crate::limits::WindowLimiter::new(
+            config.handshakes_per_address,
+            std::time::Duration::from_secs(1),
+        );
         Node {
+            handshakes,
             config,
             hub,
             store,
             metrics,
             rooms,
             keys,
+            accounts,
             draining: AtomicBool::new(false),
             started: AtomicBool::new(false),
             slots: AtomicUsize::new(0),

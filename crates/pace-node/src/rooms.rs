@@ -171,6 +171,17 @@ pub struct RoomsConfig {
     pub refresh: Duration,
     /// A waiting device unseen for longer loses its place.
     pub grace: Duration,
+    /// Most `join`/`solve` attempts per device per minute (0 = no limit).
+    pub joins_per_minute: u32,
+}
+
+/// A device's answer to a proof-of-work challenge.
+#[derive(Debug, Clone)]
+pub struct Solution {
+    /// The challenge token as received.
+    pub challenge: String,
+    /// The solution number, in decimal.
+    pub solution: String,
 }
 
 /// The waiting room engine of one node.
@@ -180,10 +191,12 @@ pub struct Rooms {
     store: SharedStore,
     hub: Arc<Hub>,
     signer: Arc<dyn Signer>,
+    keys: Arc<crate::admission::KeySet>,
     /// Local waiting devices.
     pub waiters: Arc<Waiters>,
     metrics: Metrics,
     config: RoomsConfig,
+    joins: crate::limits::WindowLimiter<DeviceId>,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -230,7 +243,7 @@ impl Rooms {
         queue: SharedQueueStore,
         store: SharedStore,
         hub: Arc<Hub>,
-        signer: Arc<dyn Signer>,
+        keys: Arc<crate::admission::KeySet>,
         waiters: Arc<Waiters>,
         metrics: Metrics,
         config: RoomsConfig,
@@ -239,11 +252,87 @@ impl Rooms {
             queue,
             store,
             hub,
-            signer,
+            signer: keys.clone(),
+            keys,
             waiters,
             metrics,
+            joins: crate::limits::WindowLimiter::new(
+                config.joins_per_minute,
+                Duration::from_secs(60),
+            ),
             config,
         }
+    }
+
+    /// Applies the room's proof-of-work rule to a device without a place:
+    /// `Ok(Some(challenge))` when it must (still) solve one, `Ok(None)` when
+    /// it may join.
+    async fn proof_of_work(
+        &self,
+        room: &Room,
+        device: &DeviceId,
+        solution: Option<Solution>,
+    ) -> Result<Option<ServerFrame>, JoinRefused> {
+        let difficulty = room.config.pow_difficulty;
+        if difficulty == 0 {
+            return Ok(None);
+        }
+        // A device that holds a place (or a session) keeps it without new
+        // work: reconnecting must not cost a solve.
+        let status = self
+            .queue
+            .status(&room.id, device, now_ms())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if !matches!(status, DeviceStatus::Unknown) {
+            return Ok(None);
+        }
+        let now = now_ms() / 1000;
+        let Some(solution) = solution else {
+            self.metrics.pow.with_label_values(&["challenged"]).inc();
+            return crate::pow::issue(&self.keys, &room.id, device, difficulty, now)
+                .map(|c| Some(ServerFrame::Challenge(c)))
+                .map_err(|e| {
+                    tracing::error!(error = %e, "signing a challenge failed");
+                    JoinRefused {
+                        code: ErrorCode::Internal,
+                        message: "could not issue a challenge; retry".into(),
+                    }
+                });
+        };
+        let refuse = |r: crate::pow::Refusal, label: &str| {
+            self.metrics.pow.with_label_values(&[label]).inc();
+            JoinRefused {
+                code: r.code,
+                message: r.message.into(),
+            }
+        };
+        let claims = crate::pow::check(
+            &self.keys,
+            &room.id,
+            device,
+            &solution.challenge,
+            &solution.solution,
+            now,
+        )
+        .map_err(|r| refuse(r, "invalid"))?;
+        let ttl = Duration::from_secs(claims.exp.saturating_sub(now) + 1);
+        let first = self
+            .store
+            .claim_once(&format!("pow:{}", claims.jti), ttl)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "store unavailable for a challenge claim");
+                JoinRefused {
+                    code: ErrorCode::StoreUnavailable,
+                    message: "the store is unavailable; retry".into(),
+                }
+            })?;
+        if !first {
+            return Err(refuse(crate::pow::reused(), "reused"));
+        }
+        self.metrics.pow.with_label_values(&["solved"]).inc();
+        Ok(None)
     }
 
     /// The `admitted` frame for a device's admission in `room`.
@@ -271,8 +360,34 @@ impl Rooms {
         &self,
         room_id: &RoomId,
         device: &DeviceId,
+        solution: Option<Solution>,
     ) -> Result<Option<ServerFrame>, JoinRefused> {
+        if !self.joins.allow(device, std::time::Instant::now()) {
+            return Err(JoinRefused {
+                code: ErrorCode::TooManyJoins,
+                message: format!(
+                    "at most {} join attempts per minute; retry later",
+                    self.config.joins_per_minute
+                ),
+            });
+        }
         let now = now_ms();
+        let room = self
+            .queue
+            .get_room(room_id)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let Some(room) = room else {
+            return Err(JoinRefused {
+                code: ErrorCode::NoSuchRoom,
+                message: format!("no room {room_id}"),
+            });
+        };
+        if !self.waiters.contains(room_id, device)
+            && let Some(challenge) = self.proof_of_work(&room, device, solution).await?
+        {
+            return Ok(Some(challenge));
+        }
         // Register as a local waiter *before* the join script runs: if any
         // node's tick admits the device before this call returns, the
         // bus's admission finds the waiter and is delivered (not dropped).
@@ -300,11 +415,6 @@ impl Rooms {
                 format!("room {room_id} is closed to new joins"),
             ),
             JoinOutcome::Waiting(place) => {
-                let room = self
-                    .queue
-                    .get_room(room_id)
-                    .await
-                    .map_err(|e| unavailable(&e))?;
                 let stats = self
                     .queue
                     .stats(room_id, now)
@@ -315,9 +425,7 @@ impl Rooms {
                     position: place.position,
                     waiting_total: place.waiting_total,
                     eta_seconds: eta_seconds(place.position, stats.admitted_last_minute),
-                    state: room
-                        .map(|r| r.config.state.as_str().to_owned())
-                        .unwrap_or_default(),
+                    state: room.config.state.as_str().to_owned(),
                 };
                 // Admitted meanwhile: the `admitted` frame went out already,
                 // a `queue` frame now would only confuse.
@@ -327,22 +435,13 @@ impl Rooms {
                 }
                 Ok(Some(ServerFrame::Queue(update)))
             }
-            JoinOutcome::Admitted(adm) => {
-                let Some(room) = self
-                    .queue
-                    .get_room(room_id)
-                    .await
-                    .map_err(|e| unavailable(&e))?
-                else {
-                    return refused(ErrorCode::NoSuchRoom, format!("no room {room_id}"));
-                };
-                self.admitted_frame(&room, device, &adm)
-                    .map(Some)
-                    .map_err(|_| JoinRefused {
-                        code: ErrorCode::Internal,
-                        message: "could not issue the admission token; retry".into(),
-                    })
-            }
+            JoinOutcome::Admitted(adm) => self
+                .admitted_frame(&room, device, &adm)
+                .map(Some)
+                .map_err(|_| JoinRefused {
+                    code: ErrorCode::Internal,
+                    message: "could not issue the admission token; retry".into(),
+                }),
         }
     }
 

@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accounts::cli::ACCOUNTS_FILE;
+use crate::accounts::{MemoryAccountStore, RedisAccountStore, SharedAccountStore};
 use crate::admission::KeySet;
 use crate::config::NodeConfig;
 use crate::hub::Hub;
@@ -61,7 +63,7 @@ pub async fn run(
         metrics: metrics.clone(),
         waiters: waiters.clone(),
     });
-    let (store, queue): (SharedStore, SharedQueueStore) = match &config.redis_url {
+    let (store, queue, accounts): (SharedStore, SharedQueueStore, _) = match &config.redis_url {
         Some(url) => {
             let redis = RedisStore::start(
                 RedisOptions {
@@ -78,11 +80,16 @@ pub async fn run(
                 metrics.clone(),
             )?;
             let queue = Arc::new(RedisQueueStore::new(redis.client(), &config.redis_prefix));
-            (redis, queue)
+            let accounts: SharedAccountStore =
+                Arc::new(RedisAccountStore::new(redis.client(), &config.redis_prefix));
+            (redis, queue, accounts)
         }
         None => (
             Arc::new(MemoryStore::new(local, config.history)),
             Arc::new(MemoryQueueStore::new()),
+            Arc::new(MemoryAccountStore::open(
+                config.data_dir.join(ACCOUNTS_FILE),
+            )),
         ),
     };
     let rooms = Arc::new(Rooms::new(
@@ -96,9 +103,12 @@ pub async fn run(
             tick: config.admit_tick,
             refresh: config.position_refresh,
             grace: config.heartbeat_grace,
+            joins_per_minute: config.joins_per_minute,
         },
     ));
-    let node = Arc::new(Node::new(config, hub, store, metrics, rooms, keys));
+    let node = Arc::new(Node::new(
+        config, hub, store, metrics, rooms, keys, accounts,
+    ));
     serve(node, listener, shutdown).await
 }
 

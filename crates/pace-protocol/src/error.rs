@@ -47,6 +47,21 @@ pub enum ErrorCode {
     StoreUnavailable,
     /// The node failed; details are in its log, not in the response.
     Internal,
+    /// Join: the proof-of-work solution is wrong, or its challenge is
+    /// forged, expired, or for another room or device. Ask again.
+    PowInvalid,
+    /// Join: this challenge was already used. Ask for a new one.
+    PowReused,
+    /// Join: too many join attempts by this device in the last minute.
+    TooManyJoins,
+    /// Handshake: too many handshakes from this source address right now.
+    TooManyHandshakes,
+    /// HTTP: admin login with a wrong tenant, user or password (one answer
+    /// for all three).
+    InvalidCredentials,
+    /// HTTP: too many failed logins for this account; retry after the
+    /// `Retry-After` seconds.
+    TooManyAttempts,
 }
 
 impl ErrorCode {
@@ -58,6 +73,9 @@ impl ErrorCode {
                 | ErrorCode::Draining
                 | ErrorCode::StoreUnavailable
                 | ErrorCode::Internal
+                | ErrorCode::TooManyJoins
+                | ErrorCode::TooManyHandshakes
+                | ErrorCode::TooManyAttempts
         )
     }
 
@@ -83,6 +101,12 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::PowInvalid => "pow_invalid",
+            ErrorCode::PowReused => "pow_reused",
+            ErrorCode::TooManyJoins => "too_many_joins",
+            ErrorCode::TooManyHandshakes => "too_many_handshakes",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
         }
     }
 }
@@ -144,6 +168,12 @@ mod tests {
             ErrorCode::MethodNotAllowed,
             ErrorCode::StoreUnavailable,
             ErrorCode::Internal,
+            ErrorCode::PowInvalid,
+            ErrorCode::PowReused,
+            ErrorCode::TooManyJoins,
+            ErrorCode::TooManyHandshakes,
+            ErrorCode::InvalidCredentials,
+            ErrorCode::TooManyAttempts,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

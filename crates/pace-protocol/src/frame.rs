@@ -30,6 +30,16 @@ pub enum ClientFrame {
         /// The room.
         room: RoomId,
     },
+    /// Answer to a `challenge`: join the room with a proof of work.
+    Solve {
+        /// The room.
+        room: RoomId,
+        /// The `challenge` token, as received.
+        challenge: String,
+        /// A decimal number `n` such that SHA-256(`prefix:n`) starts with
+        /// `difficulty` zero bits (see [`crate::pow`]).
+        solution: String,
+    },
     /// Give up the place in a room's queue.
     Leave {
         /// The room.
@@ -55,10 +65,11 @@ pub enum ClientFrame {
 
 /// The `type` values a device may send, for telling an unknown type from a
 /// malformed frame.
-pub const CLIENT_FRAME_TYPES: [&str; 6] = [
+pub const CLIENT_FRAME_TYPES: [&str; 7] = [
     "subscribe",
     "unsubscribe",
     "join",
+    "solve",
     "leave",
     "resume",
     "ping",
@@ -146,6 +157,9 @@ pub enum ServerFrame {
     /// The device's place in a room's queue; sent on join and whenever the
     /// place, the queue length or the estimate changes.
     Queue(QueueUpdate),
+    /// Answer to `join` of a room that asks for proof of work: solve it and
+    /// send `solve`.
+    Challenge(Challenge),
     /// The device is admitted: go to `target_url` (which already carries the
     /// token as the `pace_token` query parameter).
     Admitted(AdmittedFrame),
@@ -233,6 +247,22 @@ pub struct QueueUpdate {
     pub state: String,
 }
 
+/// The `challenge` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// The room.
+    pub room: RoomId,
+    /// Signed challenge token; send it back unchanged in `solve`. Usable
+    /// once, until `expires_at`.
+    pub challenge: String,
+    /// The random prefix to hash.
+    pub prefix: String,
+    /// Leading zero bits the hash must have.
+    pub difficulty: u8,
+    /// When the challenge expires, Unix seconds.
+    pub expires_at: u64,
+}
+
 /// The `admitted` frame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdmittedFrame {
@@ -293,6 +323,14 @@ mod tests {
             r#"{"type":"ping","id":9}"#,
         );
         round_trip_client(ClientFrame::Ping { id: None }, r#"{"type":"ping"}"#);
+        round_trip_client(
+            ClientFrame::Solve {
+                room: RoomId::parse("sale").unwrap(),
+                challenge: "tok".into(),
+                solution: "42".into(),
+            },
+            r#"{"type":"solve","room":"sale","challenge":"tok","solution":"42"}"#,
+        );
         round_trip_client(
             ClientFrame::Resume {
                 cursors: vec![
@@ -369,6 +407,16 @@ mod tests {
                 ],
             },
             r#"{"type":"resumed","scopes":[{"scope":"all","epoch":5,"seq":20,"recovered":true,"replayed":3},{"scope":"device","target":"laptop_1","epoch":9,"seq":2,"recovered":false,"replayed":2,"reason":"epoch_changed"}]}"#,
+        );
+        round_trip_server(
+            ServerFrame::Challenge(Challenge {
+                room: RoomId::parse("sale").unwrap(),
+                challenge: "tok".into(),
+                prefix: "ab12".into(),
+                difficulty: 18,
+                expires_at: 1_700_000_060,
+            }),
+            r#"{"type":"challenge","room":"sale","challenge":"tok","prefix":"ab12","difficulty":18,"expires_at":1700000060}"#,
         );
         round_trip_server(
             ServerFrame::Subscribed { group: group("it") },

@@ -13,6 +13,7 @@
 //! - [`notify`]: notification scopes, the `POST /api/v1/notify` body and the [`Notification`] itself.
 //! - [`bus`]: envelopes carried between nodes ([`BusEnvelope`]).
 //! - [`close`]: WebSocket close codes and whether a device should reconnect ([`CloseCode`]).
+//! - [`pow`]: proof-of-work challenges (SHA-256 leading zero bits).
 //! - [`error`]: machine-readable error codes shared by error frames and HTTP error bodies ([`ErrorCode`]).
 
 pub mod bus;
@@ -21,12 +22,14 @@ pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod notify;
+pub mod pow;
 
 pub use bus::BusEnvelope;
 pub use close::CloseCode;
 pub use error::{ErrorBody, ErrorCode};
 pub use frame::{
-    AdmittedFrame, ClientFrame, DecodeError, QueueUpdate, ResumeOutcome, ServerFrame, Welcome,
+    AdmittedFrame, Challenge, ClientFrame, DecodeError, QueueUpdate, ResumeOutcome, ServerFrame,
+    Welcome,
 };
 pub use ids::{DeviceId, EventName, GroupId, IdError, RoomId};
 pub use notify::{Cursor, Notification, NotifyRequest, Scope, Target, TargetError};

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Header, Validation};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::keys::KeySet;
@@ -180,12 +181,46 @@ impl KeySet {
                 exp: claims.exp,
             });
         }
+        self.sign_claims(claims, claims.iat)
+    }
+
+    /// Signs any claims with the key that signs at `iat`. Other token kinds
+    /// (proof-of-work challenges, device and admin tokens) use an `aud`
+    /// that no room id can take (it contains `/`), so none of them can pass
+    /// as an admission token.
+    pub fn sign_claims<T: Serialize>(&self, claims: &T, iat: u64) -> Result<String, TokenError> {
         let key = self
-            .signing_key(claims.iat)
-            .ok_or(TokenError::NoActiveKey { at: claims.iat })?;
+            .signing_key(iat)
+            .ok_or(TokenError::NoActiveKey { at: iat })?;
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());
         jsonwebtoken::encode(&header, claims, &key.encoding).map_err(TokenError::Encode)
+    }
+
+    /// Checks a token's algorithm (EdDSA only), key (a `kid` of this set)
+    /// and signature, and decodes its claims. The caller checks the claims.
+    pub fn decode_claims<T: DeserializeOwned>(&self, token: &str) -> Result<T, VerifyError> {
+        let header = jsonwebtoken::decode_header(token).map_err(map_header_error)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(VerifyError::DisallowedAlgorithm(format!(
+                "{:?}",
+                header.alg
+            )));
+        }
+        let kid = header.kid.ok_or(VerifyError::MissingKid)?;
+        let key = self
+            .key(&kid)
+            .ok_or_else(|| VerifyError::UnknownKid(kid.clone()))?;
+        // The library checks algorithm and signature only; claims are
+        // checked by the caller against its own clock.
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        jsonwebtoken::decode::<T>(token, &key.decoding, &validation)
+            .map_err(map_decode_error)
+            .map(|d| d.claims)
     }
 
     /// Signs an admission of `device` to `room` in `session`, issued at
@@ -217,33 +252,21 @@ impl KeySet {
         expected_room: Option<&str>,
         now: u64,
     ) -> Result<AdmissionClaims, VerifyError> {
-        let header = jsonwebtoken::decode_header(token).map_err(map_header_error)?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(VerifyError::DisallowedAlgorithm(format!(
-                "{:?}",
-                header.alg
-            )));
-        }
-        let kid = header.kid.ok_or(VerifyError::MissingKid)?;
-        let key = self
-            .key(&kid)
-            .ok_or_else(|| VerifyError::UnknownKid(kid.clone()))?;
-
-        // The library checks algorithm and signature only; claims are
-        // checked below against the injected clock.
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        let claims = jsonwebtoken::decode::<AdmissionClaims>(token, &key.decoding, &validation)
-            .map_err(map_decode_error)?
-            .claims;
+        let claims: AdmissionClaims = self.decode_claims(token)?;
 
         if claims.iss != self.issuer {
             return Err(VerifyError::WrongIssuer {
                 expected: self.issuer.clone(),
                 found: claims.iss,
+            });
+        }
+        // Other tokens signed with these keys (proof-of-work challenges,
+        // admin tokens) have an audience no room id can be: never an
+        // admission, even when the caller names no room.
+        if pace_protocol::RoomId::parse(&claims.aud).is_err() {
+            return Err(VerifyError::WrongAudience {
+                expected: expected_room.unwrap_or("a room id").to_owned(),
+                found: claims.aud,
             });
         }
         if let Some(room) = expected_room

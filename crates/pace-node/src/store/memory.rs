@@ -46,6 +46,8 @@ pub struct MemoryStore {
     generation: AtomicU64,
     /// Presence of the (single) node, by id.
     nodes: Mutex<BTreeMap<String, NodeInfo>>,
+    /// Claimed keys: key -> (claims, expiry ms).
+    marks: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -63,7 +65,23 @@ impl MemoryStore {
             local,
             generation: AtomicU64::new(0),
             nodes: Mutex::default(),
+            marks: Mutex::default(),
         }
+    }
+
+    /// Counts a claim of `key` until it expires; returns the count.
+    fn mark(&self, key: &str, window: std::time::Duration) -> u64 {
+        let now = now_ms();
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        if marks.len() >= 1024 && marks.len().is_multiple_of(256) {
+            marks.retain(|_, (_, until)| *until > now);
+        }
+        let entry = marks.entry(key.to_owned()).or_insert((0, 0));
+        if entry.1 <= now {
+            *entry = (0, now + window.as_millis() as u64);
+        }
+        entry.0 += 1;
+        entry.0
     }
 
     fn trim(kept: &mut VecDeque<Notification>, limits: HistoryLimits, now: u64) {
@@ -144,6 +162,10 @@ impl Store for MemoryStore {
 
     async fn wait_ready(&self) {}
 
+    async fn claim_once(&self, key: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        Ok(self.mark(key, ttl) == 1)
+    }
+
     async fn connected(&self, _device: &DeviceId) -> Result<u64, StoreError> {
         // One node: the hub already replaced any older local connection.
         Ok(self.generation.fetch_add(1, Ordering::Relaxed) + 1)
@@ -193,6 +215,12 @@ mod tests {
         };
         conformance::history_is_bounded(&MemoryStore::new(Arc::new(Recorder::default()), small))
             .await;
+    }
+
+    #[tokio::test]
+    async fn conformance_claims_once() {
+        let store = MemoryStore::new(Arc::new(Recorder::default()), HistoryLimits::default());
+        conformance::claims_once(&store).await;
     }
 
     #[tokio::test]

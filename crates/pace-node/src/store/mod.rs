@@ -201,6 +201,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// bounded history, with the scope's current position.
     async fn history(&self, target: &Target, after: &Cursor) -> Result<History, StoreError>;
 
+    /// Claims `key` once: true the first time within `ttl`, false after
+    /// (single-use proof-of-work challenges).
+    async fn claim_once(&self, key: &str, ttl: std::time::Duration) -> Result<bool, StoreError>;
+
     /// Records that `device` connected to this node: returns the
     /// connection's cluster-wide generation and tells every other node to
     /// close older connections of the same device.
@@ -486,6 +490,22 @@ pub(crate) mod conformance {
         assert_eq!(ids, sorted);
         let b = nodes.iter().find(|n| n.node_id == "node-b").unwrap();
         assert_eq!(b.connections, 2);
+    }
+
+    /// A key can be claimed once, until its time to live passes.
+    pub async fn claims_once(store: &dyn Store) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), store.wait_ready())
+            .await
+            .expect("store ready within 10 s");
+        let ttl = std::time::Duration::from_millis(300);
+        assert!(store.claim_once("pow:abc", ttl).await.unwrap());
+        assert!(!store.claim_once("pow:abc", ttl).await.unwrap());
+        assert!(store.claim_once("pow:other", ttl).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert!(
+            store.claim_once("pow:abc", ttl).await.unwrap(),
+            "claims expire with their challenge"
+        );
     }
 
     /// A healthy store says so.

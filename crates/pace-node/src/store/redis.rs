@@ -116,6 +116,8 @@ struct Keys {
     history_prefix: String,
     bus_seq: String,
     bus_log: String,
+    /// Single-use claims: `<mark_prefix><key>`.
+    mark_prefix: String,
 }
 
 impl Keys {
@@ -139,6 +141,7 @@ impl Keys {
             history_prefix: format!("{{{prefix}}}:history:"),
             bus_seq: format!("{{{prefix}}}:bus-seq"),
             bus_log: format!("{{{prefix}}}:bus-log"),
+            mark_prefix: format!("{{{prefix}}}:mark:"),
         }
     }
 }
@@ -704,6 +707,22 @@ impl Store for RedisStore {
         Ok(History::build(epoch, head, kept, after, limits.max_age))
     }
 
+    async fn claim_once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.connected_or_fail()?;
+        let set: Option<String> = self
+            .client
+            .set(
+                format!("{}{key}", self.keys.mark_prefix),
+                1,
+                Some(Expiration::PX(ttl.as_millis() as i64)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+        Ok(set.is_some())
+    }
+
     async fn connected(&self, device: &DeviceId) -> Result<u64, StoreError> {
         let envelope = BusEnvelope::Connected {
             v: BUS_VERSION,
@@ -839,6 +858,13 @@ mod tests {
         conformance::generations_increase(s.as_ref()).await;
         conformance::presence_lists_nodes(s.as_ref()).await;
         conformance::admissions_reach_the_device(s.as_ref(), &rec).await;
+    }
+
+    #[tokio::test]
+    async fn claims_once_against_a_real_redis() {
+        let redis = TestRedis::start();
+        let s = store(&redis, "marks", "n1", Arc::new(Recorder::default()));
+        conformance::claims_once(s.as_ref()).await;
     }
 
     #[tokio::test]

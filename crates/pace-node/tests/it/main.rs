@@ -5,6 +5,8 @@
 
 mod support;
 
+mod abuse;
+mod admin_login;
 mod bad_input;
 mod cluster;
 mod delivery;
