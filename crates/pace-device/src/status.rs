@@ -1,0 +1,231 @@
+//! A device's status in a room, over HTTP (`GET /api/v1/rooms/{room}/status`):
+//! its place, or its admission, without joining. For a device that restarted
+//! and wants to know where it stands before it reconnects, or an application
+//! that polls instead of holding a WebSocket.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use pace_protocol::error::ErrorBody;
+use pace_protocol::{DEVICE_ID_HEADER, DEVICE_ID_QUERY, DeviceId, ErrorCode, RoomId};
+use serde::Deserialize;
+
+use crate::endpoint::Endpoint;
+use crate::transport::Transport;
+
+/// Where the device stands in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RoomStatus {
+    /// The device holds a place in the queue.
+    Waiting {
+        /// 1 = next to be admitted.
+        position: u64,
+        /// Devices waiting in the room.
+        waiting_total: u64,
+        /// Estimated seconds until admission; absent while nothing was
+        /// admitted in the last minute.
+        #[serde(default)]
+        eta_seconds: Option<u64>,
+        /// `open`, `paused` or `closed`.
+        state: String,
+    },
+    /// The device is admitted and its session is running.
+    Admitted {
+        /// The signed admission token.
+        token: String,
+        /// Where to go, with the token already appended.
+        target_url: String,
+        /// When the session ends unless renewed, Unix seconds.
+        expires_at: u64,
+    },
+    /// The device has no place and no session in this room.
+    Unknown {
+        /// The room's state, when the node reports it.
+        #[serde(default)]
+        state: Option<String>,
+    },
+}
+
+/// Why [`Client::status`](crate::Client::status) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// Connecting or the HTTP exchange failed, or it timed out.
+    #[error("status request to {url} failed: {message}")]
+    Transport {
+        /// The URL asked.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The node answered with an error (e.g. `no_such_room`).
+    #[error("status request refused: HTTP {status} {code:?}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The error code, when the body carried one.
+        code: Option<ErrorCode>,
+        /// The error message, or the start of the body.
+        message: String,
+    },
+    /// The answer was not the documented JSON.
+    #[error("unexpected status answer: {0}")]
+    BadAnswer(String),
+    /// The configuration is not usable ([`room_status`] only).
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
+}
+
+/// The device's status in `room`, asked without a [`Client`](crate::Client)
+/// (no WebSocket, so a running client of the same device is not replaced),
+/// from the first base URL of `config` that answers.
+pub async fn room_status(config: &crate::Config, room: &RoomId) -> Result<RoomStatus, StatusError> {
+    let endpoints = config.endpoints()?;
+    let mut last = None;
+    for ep in &endpoints {
+        match fetch(
+            ep,
+            &config.device_id,
+            config.token.as_deref(),
+            room,
+            config.connect_timeout,
+        )
+        .await
+        {
+            Err(e @ StatusError::Transport { .. }) => last = Some(e),
+            other => return other,
+        }
+    }
+    Err(last.unwrap_or(StatusError::Config(crate::ConfigError::NoUrl)))
+}
+
+/// Largest status answer read, in bytes.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// Asks `ep` for `device`'s status in `room`.
+pub(crate) async fn fetch(
+    ep: &Endpoint,
+    device: &DeviceId,
+    token: Option<&str>,
+    room: &RoomId,
+    timeout: std::time::Duration,
+) -> Result<RoomStatus, StatusError> {
+    // Room and device ids only hold URL-safe characters (the id rules).
+    let path = format!("/api/v1/rooms/{room}/status?{DEVICE_ID_QUERY}={device}");
+    let url = ep.http_url(&path);
+    let transport_err = |message: String| StatusError::Transport {
+        url: url.clone(),
+        message,
+    };
+    let exchange = async {
+        let stream = Transport::connect(ep)
+            .await
+            .map_err(|e| transport_err(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| transport_err(e.to_string()))?;
+        // The connection task ends when the answer is read or it fails.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "status connection ended");
+            }
+        });
+        let mut req = http::Request::get(format!("{}{path}", ep.prefix))
+            .header(http::header::HOST, ep.authority())
+            .header(DEVICE_ID_HEADER, device.as_str())
+            .header(http::header::ACCEPT, "application/json");
+        if let Some(t) = token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| transport_err(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| transport_err(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| transport_err(e.to_string()))?
+            .to_bytes();
+        Ok::<_, StatusError>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| transport_err(format!("no answer within {timeout:?}")))??;
+    parse_answer(status, &body)
+}
+
+/// Turns an HTTP answer into a status or an error.
+fn parse_answer(status: u16, body: &[u8]) -> Result<RoomStatus, StatusError> {
+    if status == 200 {
+        return serde_json::from_slice(body).map_err(|e| StatusError::BadAnswer(e.to_string()));
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => Err(StatusError::Refused {
+            status,
+            code: Some(b.error.code),
+            message: b.error.message,
+        }),
+        Err(_) => Err(StatusError::Refused {
+            status,
+            code: None,
+            message: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_answers() {
+        let w = br#"{"status":"waiting","room":"sale","position":3,"waiting_total":9,"eta_seconds":null,"state":"open"}"#;
+        assert_eq!(
+            parse_answer(200, w).unwrap(),
+            RoomStatus::Waiting {
+                position: 3,
+                waiting_total: 9,
+                eta_seconds: None,
+                state: "open".into()
+            }
+        );
+        let a = br#"{"status":"admitted","room":"sale","target_url":"https://x/?pace_token=t","token":"t","expires_at":5}"#;
+        assert!(matches!(
+            parse_answer(200, a).unwrap(),
+            RoomStatus::Admitted { expires_at: 5, .. }
+        ));
+        let u = br#"{"status":"unknown","room":"sale","state":"paused"}"#;
+        assert_eq!(
+            parse_answer(200, u).unwrap(),
+            RoomStatus::Unknown {
+                state: Some("paused".into())
+            }
+        );
+    }
+
+    #[test]
+    fn errors_keep_the_code() {
+        let body = br#"{"error":{"code":"no_such_room","message":"no room x","retryable":false}}"#;
+        match parse_answer(404, body) {
+            Err(StatusError::Refused {
+                status: 404,
+                code: Some(ErrorCode::NoSuchRoom),
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_answer(502, b"<html>bad gateway</html>"),
+            Err(StatusError::Refused { code: None, .. })
+        ));
+        assert!(matches!(
+            parse_answer(200, b"{}"),
+            Err(StatusError::BadAnswer(_))
+        ));
+    }
+}
