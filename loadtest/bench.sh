@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Reruns the benchmarks of docs/benchmarks.md on this machine: one release
-# pace-node on loopback, then `hold` (idle devices, memory per device) and
-# `broadcast` (delivery latency, CPU per delivery), each against a fresh node.
+# Reruns the single-node benchmarks of docs/benchmarks.md on this machine:
+# one release pace-node on loopback, then `hold` (idle devices, memory per
+# device), `broadcast` (delivery latency, CPU per delivery) and `overhead`
+# (bytes on the wire per waiting device: WebSocket against 1/s HTTP polling),
+# each against a fresh node. Every run writes a JSON report and an SVG chart.
+# `surge` and `failover` need the 3-node cluster (deploy/local/up 3): their
+# commands are in docs/benchmarks.md.
 #
 # Usage: loadtest/bench.sh            (from anywhere; builds release first)
 # Env:   DEVICES=10000 MESSAGES=20 INTERVAL_MS=500 HOLD=10 PORT=18080
+#        OVERHEAD_DEVICES=1000 OVERHEAD_SECONDS=60 (SKIP_OVERHEAD=1 to skip it)
 #        OUT=target/bench  NO_BUILD=1 (use already-built binaries)
 #        CARGO_TARGET_DIR (where the release binaries are)
 #        NICE=-10 (run node and load generator at this niceness, as root, when
@@ -16,6 +21,8 @@ DEVICES=${DEVICES:-10000}
 MESSAGES=${MESSAGES:-20}
 INTERVAL_MS=${INTERVAL_MS:-500}
 HOLD=${HOLD:-10}
+OVERHEAD_DEVICES=${OVERHEAD_DEVICES:-1000}
+OVERHEAD_SECONDS=${OVERHEAD_SECONDS:-60}
 PORT=${PORT:-18080}
 OUT=${OUT:-target/bench}
 KEY=bench-service-key-0123456789
@@ -55,13 +62,28 @@ echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kern
 
 start_node
 "${RUN[@]}" "$BIN/pace-loadtest" hold --target "http://127.0.0.1:$PORT" --devices "$DEVICES" \
-  --hold "$HOLD" --node-pid "$NODE" --json "$OUT/hold.json"
+  --hold "$HOLD" --node-pid "$NODE" --json "$OUT/hold.json" --svg "$OUT/hold.svg"
 stop_node
 
 start_node
 "${RUN[@]}" "$BIN/pace-loadtest" broadcast --target "http://127.0.0.1:$PORT" --devices "$DEVICES" \
   --messages "$MESSAGES" --interval-ms "$INTERVAL_MS" --service-key "$KEY" \
-  --node-pid "$NODE" --json "$OUT/broadcast.json"
+  --node-pid "$NODE" --json "$OUT/broadcast.json" --svg "$OUT/broadcast.svg"
 stop_node
 
-echo "JSON reports in $OUT/"
+if [ -z "${SKIP_OVERHEAD:-}" ]; then
+  # A paused room (the queue stands still: the WebSocket carries pings only),
+  # then a moving one (capacity 10, slots held 1 s: positions change).
+  start_node
+  "${RUN[@]}" "$BIN/pace-loadtest" overhead --target "http://127.0.0.1:$PORT" \
+    --devices "$OVERHEAD_DEVICES" --duration "$OVERHEAD_SECONDS" --service-key "$KEY" \
+    --json "$OUT/overhead-paused.json" --svg "$OUT/overhead-paused.svg"
+  stop_node
+  start_node
+  "${RUN[@]}" "$BIN/pace-loadtest" overhead --target "http://127.0.0.1:$PORT" \
+    --devices "$OVERHEAD_DEVICES" --duration "$OVERHEAD_SECONDS" --capacity 10 --hold-admitted 1000 \
+    --service-key "$KEY" --json "$OUT/overhead-moving.json" --svg "$OUT/overhead-moving.svg"
+  stop_node
+fi
+
+echo "JSON reports and SVG charts in $OUT/"

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use pace_protocol::{EventName, NotifyRequest, Scope};
 
+use crate::chart::Charts;
 use crate::cli::BroadcastArgs;
 use crate::clock::unix_micros;
 use crate::connect::{self, secs};
@@ -93,8 +94,8 @@ pub fn deliveries(sent_us: &[Option<u64>], recv_us: &[Vec<u64>], devices: u64) -
     }
 }
 
-/// Runs `broadcast` and returns its report.
-pub async fn run(args: &BroadcastArgs) -> anyhow::Result<Report> {
+/// Runs `broadcast` and returns its report and charts.
+pub async fn run(args: &BroadcastArgs) -> anyhow::Result<(Report, Charts)> {
     let notify_target = Target::parse(
         args.notify_target
             .as_deref()
@@ -172,6 +173,29 @@ pub async fn run(args: &BroadcastArgs) -> anyhow::Result<Report> {
     };
     let (user_seconds, system_seconds) = (split(|t| t.user), split(|t| t.system));
     let all_receipts = d.received + d.unexpected;
+    let t0 = c.started_at_unix_ms * 1000;
+    let mut charts = Charts::new(
+        format!("pace-loadtest broadcast, run {}", c.run_id),
+        "devices",
+    );
+    charts.dist("connect (TCP connect → welcome)", c.connect_us.clone());
+    let mut delivery_us = Vec::new();
+    for (k, recvs) in fin.recv_us.iter().enumerate() {
+        if let Some(Some(sent)) = sent_us.get(k) {
+            delivery_us.extend(recvs.iter().map(|&r| r.saturating_sub(*sent)));
+        }
+    }
+    charts.dist("delivery (POST → device)", delivery_us);
+    charts.progress_line("connections open", false, t0, &fin.timeline, |p| {
+        p.open as f64
+    });
+    charts.right_label = "notifications received".into();
+    charts.progress_line("notifications received", true, t0, &fin.timeline, |p| {
+        p.received as f64
+    });
+    if let Some(at) = sent_us.iter().flatten().next() {
+        charts.marker("first POST", t0, *at);
+    }
     let broadcast = BroadcastReport {
         messages: args.messages,
         accepted,
@@ -199,7 +223,7 @@ pub async fn run(args: &BroadcastArgs) -> anyhow::Result<Report> {
             system_us_per_delivery: us_per_delivery(system_seconds, all_receipts),
         },
     };
-    Ok(Report {
+    let report = Report {
         scenario: "broadcast".into(),
         run_id: c.run_id,
         started_at_unix_ms: c.started_at_unix_ms,
@@ -214,7 +238,10 @@ pub async fn run(args: &BroadcastArgs) -> anyhow::Result<Report> {
         surge: None,
         close: fin.close_report(),
         loadgen_cpu_seconds: fin.workers_cpu_seconds,
-    })
+        failover: None,
+        overhead: None,
+    };
+    Ok((report, charts))
 }
 
 #[cfg(test)]

@@ -31,6 +31,16 @@ pub enum Command {
     /// latency, admission order, capacity, position freshness, slot-free to
     /// admission latency, store commands per waiting device.
     Surge(SurgeArgs),
+    /// A surge during which one node is killed (SIGKILL): devices whose
+    /// connection drops reconnect with backoff and rejoin. Devices lost,
+    /// time to reconnect, places lost, over-admissions, plus every surge
+    /// figure.
+    Failover(FailoverArgs),
+    /// N devices wait in a paused room for a fixed time, each over its
+    /// WebSocket and, at the same time, by polling its status over HTTP
+    /// once per second: bytes on the wire per waiting device per minute,
+    /// both ways, and the WebSocket's share of polling's.
+    Overhead(OverheadArgs),
     /// Internal: run a share of the devices (spec on stdin, events on stdout).
     #[command(hide = true)]
     Worker,
@@ -117,6 +127,11 @@ pub struct FleetArgs {
     /// Also write the report as JSON to this file.
     #[arg(long, env = "PACE_LOADTEST_JSON")]
     pub json: Option<PathBuf>,
+
+    /// Also draw the latency distributions (CDF) and a timeline of the run
+    /// (connections, waiting, active, …) into this SVG file.
+    #[arg(long, env = "PACE_LOADTEST_SVG")]
+    pub svg: Option<PathBuf>,
 }
 
 /// `hold` options.
@@ -275,6 +290,124 @@ pub struct SurgeArgs {
     pub records: Option<PathBuf>,
 }
 
+/// `failover` options.
+#[derive(Debug, Clone, Args)]
+pub struct FailoverArgs {
+    /// The surge during which the node dies.
+    #[command(flatten)]
+    pub surge: SurgeArgs,
+
+    /// PID of the node to kill with SIGKILL (it must be a pace-node
+    /// process; nothing else is ever signalled).
+    #[arg(long, env = "PACE_LOADTEST_KILL_PID")]
+    pub kill_pid: u32,
+
+    /// Seconds after the first join is due at which the node is killed.
+    #[arg(long, default_value_t = 2.0, env = "PACE_LOADTEST_KILL_AFTER")]
+    pub kill_after: f64,
+
+    /// A gateway (http://host:port) devices reconnect through; without it
+    /// a device reconnects to the next --target (and the one after, …).
+    #[arg(long, env = "PACE_LOADTEST_GATEWAY")]
+    pub gateway: Option<String>,
+
+    /// Reconnect backoff base, ms: before attempt k a device waits a
+    /// uniform random time in 0..min(max, base × 2^k) (full jitter).
+    #[arg(long, default_value_t = 100, env = "PACE_LOADTEST_RECONNECT_BASE_MS")]
+    pub reconnect_base_ms: u64,
+
+    /// Reconnect backoff cap, ms.
+    #[arg(long, default_value_t = 5_000, env = "PACE_LOADTEST_RECONNECT_MAX_MS")]
+    pub reconnect_max_ms: u64,
+
+    /// Seconds after its drop within which a device must be connected
+    /// again; after that it gives up and counts as lost.
+    #[arg(long, default_value_t = 30.0, env = "PACE_LOADTEST_RECONNECT_WITHIN")]
+    pub reconnect_within: f64,
+
+    /// The nodes' --redis-prefix (with --redis: every device's ticket is
+    /// read before the kill and after the rejoins, and compared).
+    #[arg(long, default_value = "pace", env = "PACE_LOADTEST_REDIS_PREFIX")]
+    pub redis_prefix: String,
+}
+
+/// `overhead` options.
+#[derive(Debug, Clone, Args)]
+pub struct OverheadArgs {
+    /// Shared options.
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+
+    /// Room to create (PUT, paused) and join. Default: overhead-RUN.
+    #[arg(long, env = "PACE_LOADTEST_ROOM")]
+    pub room: Option<String>,
+
+    /// Seconds of the measured window (every device waiting, polling).
+    #[arg(long, default_value_t = 60.0, env = "PACE_LOADTEST_DURATION")]
+    pub duration: f64,
+
+    /// Joins per second, over all workers.
+    #[arg(long, default_value_t = 1_000.0, env = "PACE_LOADTEST_JOIN_RATE")]
+    pub join_rate: f64,
+
+    /// Milliseconds between two status polls of one device.
+    #[arg(long, default_value_t = 1_000, env = "PACE_LOADTEST_POLL_INTERVAL_MS")]
+    pub poll_interval_ms: u64,
+
+    /// Request headers of each poll: `browser` (what Chrome sends for a
+    /// same-origin fetch, no cookies) or `minimal` (Host only).
+    #[arg(long, value_enum, default_value_t = PollHeadersArg::Browser, env = "PACE_LOADTEST_POLL_HEADERS")]
+    pub poll_headers: PollHeadersArg,
+
+    /// Room capacity: 0 keeps the room paused (the queue stands still, so
+    /// the WebSocket carries only pings); C > 0 opens it with C slots, and
+    /// each admitted device releases its slot after --hold-admitted ms, so
+    /// the queue moves (≈ C admissions per hold + tick) and the WebSocket
+    /// pushes the new positions. Admitted devices keep polling; their bytes
+    /// stay in both totals.
+    #[arg(long, default_value_t = 0, env = "PACE_LOADTEST_CAPACITY")]
+    pub capacity: u32,
+
+    /// Milliseconds an admitted device keeps its slot (with --capacity).
+    #[arg(long, default_value_t = 1_000, env = "PACE_LOADTEST_HOLD_ADMITTED")]
+    pub hold_admitted: u64,
+
+    /// Seconds between the last join answered and the window's start
+    /// (every poller has its connection open by then).
+    #[arg(long, default_value_t = 3.0, env = "PACE_LOADTEST_WARMUP")]
+    pub warmup: f64,
+
+    /// Seconds a join may wait for its answer.
+    #[arg(long, default_value_t = 10.0, env = "PACE_LOADTEST_JOIN_TIMEOUT")]
+    pub join_timeout: f64,
+
+    /// Service key (Authorization: Bearer KEY) to create the room.
+    #[arg(long, env = "PACE_SERVICE_KEY", hide_env_values = true)]
+    pub service_key: String,
+
+    /// Where to create the room (default: the first --target).
+    #[arg(long, env = "PACE_LOADTEST_ADMIN_TARGET")]
+    pub admin_target: Option<String>,
+}
+
+/// `--poll-headers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PollHeadersArg {
+    /// Browser-like (Chrome 124 fetch(), no cookies).
+    Browser,
+    /// Host only.
+    Minimal,
+}
+
+impl From<PollHeadersArg> for crate::poller::PollHeaders {
+    fn from(a: PollHeadersArg) -> Self {
+        match a {
+            PollHeadersArg::Browser => crate::poller::PollHeaders::Browser,
+            PollHeadersArg::Minimal => crate::poller::PollHeaders::Minimal,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +472,55 @@ mod tests {
         assert_eq!(s.hold_admitted, 1_000);
         assert_eq!(s.admit_tick_ms, 500);
         assert!(s.room.is_none() && s.redis.is_none());
+    }
+
+    #[test]
+    fn failover_and_overhead_options() {
+        let cli = Cli::try_parse_from([
+            "pace-loadtest",
+            "failover",
+            "--target",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            "--service-key",
+            "k",
+            "--kill-pid",
+            "42",
+            "--kill-after",
+            "1.5",
+            "--gateway",
+            "http://127.0.0.1:3",
+            "--svg",
+            "x.svg",
+        ])
+        .unwrap();
+        let Command::Failover(f) = cli.command else {
+            panic!("not failover")
+        };
+        assert_eq!((f.kill_pid, f.kill_after), (42, 1.5));
+        assert_eq!(f.gateway.as_deref(), Some("http://127.0.0.1:3"));
+        assert_eq!(f.surge.fleet.targets.len(), 2);
+        assert_eq!(f.surge.fleet.svg, Some(PathBuf::from("x.svg")));
+        assert_eq!((f.reconnect_base_ms, f.reconnect_max_ms), (100, 5_000));
+        assert_eq!(f.redis_prefix, "pace");
+        let cli = Cli::try_parse_from([
+            "pace-loadtest",
+            "overhead",
+            "--target",
+            "http://127.0.0.1:1",
+            "--service-key",
+            "k",
+            "--duration",
+            "5",
+            "--poll-headers",
+            "minimal",
+        ])
+        .unwrap();
+        let Command::Overhead(o) = cli.command else {
+            panic!("not overhead")
+        };
+        assert_eq!(o.duration, 5.0);
+        assert_eq!(o.poll_headers, PollHeadersArg::Minimal);
+        assert_eq!(o.poll_interval_ms, 1_000);
     }
 
     #[test]

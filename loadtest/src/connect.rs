@@ -46,6 +46,8 @@ pub struct Connected {
     pub connect: ConnectReport,
     /// Memory part of the report.
     pub memory: MemoryReport,
+    /// Every device's connect latency, µs (for the charts).
+    pub connect_us: Vec<u64>,
 }
 
 /// A run identifier unique enough to tell this run's notifications and
@@ -205,6 +207,7 @@ pub async fn connect_with(
         source_ips: source_ips.iter().map(ToString::to_string).collect(),
         connect,
         memory,
+        connect_us: phase.connect_us,
     })
 }
 

@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,9 +28,10 @@ use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::unix_micros;
+use crate::counting::{ByteCounts, Counted};
 
-/// An open device connection.
-pub type Ws = WebSocketStream<TcpStream>;
+/// An open device connection; its bytes are counted at the socket.
+pub type Ws = WebSocketStream<Counted<TcpStream>>;
 
 /// How long a device waits for the node's close reply before giving up.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,6 +51,8 @@ pub struct Dial<'a> {
     pub config: WebSocketConfig,
     /// Budget for TCP connect + handshake + `welcome`.
     pub timeout: Duration,
+    /// Where the connection's bytes are counted.
+    pub counts: Arc<ByteCounts>,
 }
 
 /// The client-side WebSocket configuration: a small eagerly-allocated read
@@ -96,6 +100,7 @@ pub async fn connect(dial: Dial<'_>) -> Result<(Ws, Duration), String> {
         .headers_mut()
         .insert(pace_protocol::DEVICE_ID_HEADER, id);
 
+    let stream = Counted::new(stream, dial.counts);
     let (mut ws, _response) = timeout_at(
         deadline,
         client_async_with_config(request, stream, Some(dial.config)),

@@ -16,7 +16,11 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::ipc::{self, ReasonCounts, SurgeRecord, WorkerCommand, WorkerEvent, WorkerSpec};
+use crate::clock::unix_micros;
+use crate::ipc::{
+    self, MoreProgress, PollTotals, ReasonCounts, SurgeRecord, WorkerCommand, WorkerEvent,
+    WorkerSpec,
+};
 
 /// Devices per worker process by default: well under the 20 000 open-files
 /// cap, with room for the runtime's own descriptors.
@@ -62,7 +66,12 @@ pub struct Progress {
     pub admitted: u64,
     /// `surge`: releases finished.
     pub released: u64,
+    /// `failover` and `overhead` counters.
+    pub more: MoreProgress,
 }
+
+/// Progress samples kept for the timeline chart at most this often.
+const TIMELINE_EVERY_US: u64 = 100_000;
 
 /// The merged `connected` events.
 #[derive(Debug, Clone, Default)]
@@ -102,6 +111,10 @@ pub struct FinalPhase {
     pub workers_cpu_seconds: f64,
     /// `surge`: every connected device's record, over all workers.
     pub surge: Vec<SurgeRecord>,
+    /// `overhead`: what the status polls saw, over all workers.
+    pub polls: Option<PollTotals>,
+    /// Progress over time: `(µs since the epoch, totals)`.
+    pub timeline: Vec<(u64, Progress)>,
 }
 
 impl FinalPhase {
@@ -139,6 +152,7 @@ pub struct Fleet {
     connected: Vec<Option<WorkerEvent>>,
     finals: Vec<Option<WorkerEvent>>,
     exited: Vec<bool>,
+    timeline: Vec<(u64, Progress)>,
 }
 
 impl Fleet {
@@ -198,6 +212,7 @@ impl Fleet {
             connected: vec![None; n],
             finals: vec![None; n],
             exited: vec![false; n],
+            timeline: Vec::new(),
         })
     }
 
@@ -238,6 +253,7 @@ impl Fleet {
                 join_failed,
                 admitted,
                 released,
+                more,
             }) => {
                 self.progress[w] = Progress {
                     open,
@@ -248,7 +264,17 @@ impl Fleet {
                     join_failed,
                     admitted,
                     released,
+                    more,
                 };
+                let now = unix_micros();
+                if self
+                    .timeline
+                    .last()
+                    .is_none_or(|(at, _)| now.saturating_sub(*at) >= TIMELINE_EVERY_US)
+                {
+                    let total = self.progress();
+                    self.timeline.push((now, total));
+                }
             }
             Some(ev @ WorkerEvent::Connected { .. }) => self.connected[w] = Some(ev),
             Some(ev @ WorkerEvent::Final { .. }) => self.finals[w] = Some(ev),
@@ -275,6 +301,7 @@ impl Fleet {
                 join_failed: a.join_failed + p.join_failed,
                 admitted: a.admitted + p.admitted,
                 released: a.released + p.released,
+                more: a.more.plus(p.more),
             })
     }
 
@@ -408,7 +435,10 @@ impl Fleet {
                 let _ = child.wait().await;
             }
         }
-        let mut phase = FinalPhase::default();
+        let mut phase = FinalPhase {
+            timeline: std::mem::take(&mut self.timeline),
+            ..FinalPhase::default()
+        };
         for ev in self.finals.iter().flatten() {
             if let WorkerEvent::Final {
                 receipts,
@@ -421,9 +451,13 @@ impl Fleet {
                 close_errors,
                 cpu_seconds,
                 surge,
+                polls,
             } = ev
             {
                 phase.surge.extend_from_slice(surge);
+                if let Some(p) = polls {
+                    phase.polls.get_or_insert_with(PollTotals::default).merge(p);
+                }
                 for r in receipts {
                     let k = r.k as usize;
                     if phase.recv_us.len() <= k {

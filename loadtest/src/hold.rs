@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::chart::Charts;
 use crate::cli::HoldArgs;
 use crate::connect::{self, secs};
 use crate::report::{HoldReport, Report};
@@ -10,8 +11,8 @@ use crate::report::{HoldReport, Report};
 /// Time for workers to close every device and report.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs `hold` and returns its report.
-pub async fn run(args: &HoldArgs) -> anyhow::Result<Report> {
+/// Runs `hold` and returns its report and charts.
+pub async fn run(args: &HoldArgs) -> anyhow::Result<(Report, Charts)> {
     let hold = secs(args.hold_secs);
     let mut c = connect::connect(&args.fleet, hold).await?;
     eprintln!(
@@ -21,7 +22,17 @@ pub async fn run(args: &HoldArgs) -> anyhow::Result<Report> {
     c.fleet.follow(hold).await?;
     let at_end = c.fleet.progress();
     let fin = c.fleet.finish(FINISH_TIMEOUT).await?;
-    Ok(Report {
+    let t0 = c.started_at_unix_ms * 1000;
+    let mut charts = Charts::new(format!("pace-loadtest hold, run {}", c.run_id), "devices");
+    charts.dist("connect (TCP connect → welcome)", c.connect_us.clone());
+    charts.progress_line("connections open", false, t0, &fin.timeline, |p| {
+        p.open as f64
+    });
+    charts.progress_line("connect failures", false, t0, &fin.timeline, |p| {
+        p.failed as f64
+    });
+    charts.progress_line("dropped", false, t0, &fin.timeline, |p| p.dropped as f64);
+    let report = Report {
         scenario: "hold".into(),
         run_id: c.run_id,
         started_at_unix_ms: c.started_at_unix_ms,
@@ -40,5 +51,8 @@ pub async fn run(args: &HoldArgs) -> anyhow::Result<Report> {
         surge: None,
         close: fin.close_report(),
         loadgen_cpu_seconds: fin.workers_cpu_seconds,
-    })
+        failover: None,
+        overhead: None,
+    };
+    Ok((report, charts))
 }

@@ -72,6 +72,42 @@ pub struct SurgeSpec {
     pub hold_jitter_ms: u64,
     /// Budget of one `POST /api/v1/sessions/release`.
     pub release_timeout_ms: u64,
+    /// `failover`: devices whose connection drops reconnect and rejoin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect: Option<ReconnectSpec>,
+    /// `overhead`: each device also polls its status over HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll: Option<PollSpec>,
+}
+
+/// How a device whose connection dropped comes back (`failover`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconnectSpec {
+    /// Backoff before attempt k (0-based) is uniform in
+    /// `0..min(max_ms, base_ms × 2^k)` ("full jitter").
+    pub base_ms: u64,
+    /// Cap of the backoff.
+    pub max_ms: u64,
+    /// A device not connected again this long after its drop gives up and
+    /// counts as lost.
+    pub within_ms: u64,
+    /// Reconnect through this target (a gateway); without it, attempt k
+    /// goes to target `(first + k) mod targets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Target>,
+}
+
+/// How a device polls its status (`overhead`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PollSpec {
+    /// Between two polls of one device.
+    pub interval_ms: u64,
+    /// Budget of one poll.
+    pub timeout_ms: u64,
+    /// Request headers.
+    pub headers: crate::poller::PollHeaders,
+    /// The first poll goes out this long after the device's join.
+    pub delay_ms: u64,
 }
 
 /// What the coordinator tells a running worker.
@@ -128,6 +164,9 @@ pub enum WorkerEvent {
         /// `surge`: releases finished (successful or not).
         #[serde(default, skip_serializing_if = "is_zero")]
         released: u64,
+        /// Extra counters of `failover` and `overhead`.
+        #[serde(default, flatten)]
+        more: MoreProgress,
     },
     /// Every connection attempt has completed (success or failure).
     Connected {
@@ -167,12 +206,65 @@ pub enum WorkerEvent {
         /// `surge`: what each connected device saw.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         surge: Vec<SurgeRecord>,
+        /// `overhead`: what the status polls saw.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        polls: Option<PollTotals>,
     },
     /// The worker could not run at all.
     Fatal {
         /// What went wrong.
         message: String,
     },
+}
+
+/// Progress counters of `failover` (reconnections) and `overhead` (bytes
+/// on the wire, polls); all zero, and left out of the line, otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoreProgress {
+    /// Devices between a drop and the answer to their rejoin.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reconnecting: u64,
+    /// Successful reconnections.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reconnected: u64,
+    /// Devices that gave up reconnecting.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost: u64,
+    /// Bytes the device WebSockets received (socket level).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ws_rx: u64,
+    /// Bytes the device WebSockets sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ws_tx: u64,
+    /// Bytes the status pollers received.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub http_rx: u64,
+    /// Bytes the status pollers sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub http_tx: u64,
+    /// Polls answered 200.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub polls_ok: u64,
+    /// Polls that failed or were answered otherwise.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub polls_failed: u64,
+}
+
+impl MoreProgress {
+    /// Field-wise sum.
+    pub fn plus(self, o: MoreProgress) -> MoreProgress {
+        MoreProgress {
+            reconnecting: self.reconnecting + o.reconnecting,
+            reconnected: self.reconnected + o.reconnected,
+            lost: self.lost + o.lost,
+            ws_rx: self.ws_rx + o.ws_rx,
+            ws_tx: self.ws_tx + o.ws_tx,
+            http_rx: self.http_rx + o.http_rx,
+            http_tx: self.http_tx + o.http_tx,
+            polls_ok: self.polls_ok + o.polls_ok,
+            polls_failed: self.polls_failed + o.polls_failed,
+        }
+    }
 }
 
 /// One `surge` device's life in the waiting room. Instants are wall-clock
@@ -218,6 +310,78 @@ pub struct SurgeRecord {
     /// `queue` frames received after the admission.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub queue_after_admitted: u64,
+    /// `failover`: every drop of the connection and how the device came
+    /// back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reconnects: Vec<ReconnectRecord>,
+    /// `failover`: the device gave up reconnecting (last failure reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<String>,
+}
+
+/// One drop of a `failover` device's connection and its return.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReconnectRecord {
+    /// When the drop was seen.
+    pub dropped_us: u64,
+    /// Why the connection ended (`eof`, `io_connection_reset`, `closed_1012`, …).
+    pub reason: String,
+    /// Connection attempts made.
+    pub attempts: u32,
+    /// When the `welcome` of the new connection arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub welcome_us: Option<u64>,
+    /// The route (target index; the gateway comes after the targets) of
+    /// the new connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<usize>,
+    /// Waiting when it dropped: the last position it had been told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_before: Option<u64>,
+    /// Admitted (and not released) when it dropped: the session's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_before: Option<u64>,
+    /// When the rejoin (`join` again) was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejoin_us: Option<u64>,
+    /// When its answer arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_us: Option<u64>,
+    /// The answer: `queue`, `admitted`, or an error code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// `queue` answer: the position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_after: Option<u64>,
+    /// `admitted` answer: the session's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_after: Option<u64>,
+}
+
+/// What one worker's status polls saw (`overhead`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PollTotals {
+    /// Polls answered 200 with `"status":"waiting"`.
+    pub waiting: u64,
+    /// Polls answered 200 with another status.
+    pub other_status: u64,
+    /// Polls that failed, by reason (`http_404`, `timeout`, …).
+    pub failures: ReasonCounts,
+    /// TCP connections the pollers opened (1 per device with keep-alive).
+    pub connects: u64,
+    /// Round-trip time of answered polls, µs (at most the first 100 000).
+    pub latency_us: Vec<u64>,
+}
+
+impl PollTotals {
+    /// Adds `o` into `self`.
+    pub fn merge(&mut self, o: &PollTotals) {
+        self.waiting += o.waiting;
+        self.other_status += o.other_status;
+        merge(&mut self.failures, &o.failures);
+        self.connects += o.connects;
+        self.latency_us.extend_from_slice(&o.latency_us);
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -251,6 +415,7 @@ mod tests {
             join_failed: 0,
             admitted: 0,
             released: 0,
+            more: MoreProgress::default(),
         };
         let line = serde_json::to_string(&ev).unwrap();
         assert!(!line.contains('\n'));
@@ -272,9 +437,14 @@ mod tests {
             join_failed: 1,
             admitted: 2,
             released: 1,
+            more: MoreProgress {
+                reconnecting: 2,
+                ..MoreProgress::default()
+            },
         };
         let line = serde_json::to_string(&ev).unwrap();
         assert!(line.contains(r#""joined":5"#), "{line}");
+        assert!(line.contains(r#""reconnecting":2"#), "{line}");
         assert_eq!(serde_json::from_str::<WorkerEvent>(&line).unwrap(), ev);
         let rec = SurgeRecord {
             i: 7,

@@ -18,7 +18,7 @@ use crate::surge::{CpuWindow, StoreWindow, SurgeReport};
 /// A whole run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
-    /// `hold`, `broadcast` or `surge`.
+    /// `hold`, `broadcast`, `surge`, `failover` or `overhead`.
     pub scenario: String,
     /// Identifies the run (part of every device id).
     pub run_id: String,
@@ -42,9 +42,15 @@ pub struct Report {
     /// `broadcast` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast: Option<BroadcastReport>,
-    /// `surge` only.
+    /// `surge` and `failover`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub surge: Option<SurgeReport>,
+    /// `failover` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<crate::failover::FailoverReport>,
+    /// `overhead` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead: Option<crate::overhead::OverheadReport>,
     /// How the devices' connections ended.
     pub close: CloseReport,
     /// CPU the load generator's worker processes used over the whole run,
@@ -200,7 +206,8 @@ fn mib(b: Option<u64>) -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
-fn reasons(r: &ReasonCounts) -> String {
+/// `a=1, b=2`, or `none`.
+pub fn reasons(r: &ReasonCounts) -> String {
     if r.is_empty() {
         return "none".into();
     }
@@ -331,6 +338,12 @@ impl Report {
         }
         if let Some(g) = &self.surge {
             render_surge(&mut s, g);
+        }
+        if let Some(f) = &self.failover {
+            crate::failover::render(&mut s, f);
+        }
+        if let Some(o) = &self.overhead {
+            crate::overhead::render(&mut s, o);
         }
         let _ = writeln!(
             s,
@@ -603,6 +616,8 @@ mod tests {
             }),
             broadcast: None,
             surge: None,
+            failover: None,
+            overhead: None,
             close: CloseReport::default(),
             loadgen_cpu_seconds: 0.5,
         };

@@ -17,6 +17,10 @@
 //! `--stats-interval-ms` (`active` must never exceed the capacity) and,
 //! with `--redis`, reads `INFO commandstats` around the join phase and the
 //! hold. What the records mean is computed by [`crate::surge_analysis`].
+//!
+//! [`crate::failover`] runs this same surge with a node killed in the
+//! middle ([`run_with`] with a plan): devices then reconnect and rejoin,
+//! and the stats are polled on whichever target still answers.
 
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
@@ -26,9 +30,11 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::chart::Charts;
 use crate::cli::{RoomStateArg, SurgeArgs};
 use crate::clock::unix_micros;
 use crate::connect::{self, secs};
+use crate::failover::{self, FailoverPlan, FailoverReport};
 use crate::http::Http;
 use crate::ipc::{SurgeRecord, SurgeSpec, WorkerCommand};
 use crate::nodes::{self, sum_all};
@@ -257,10 +263,11 @@ async fn get_stats(http: &Http, url: &str, key: &str) -> anyhow::Result<RoomStat
     serde_json::from_slice(&reply.body).context("parsing room stats")
 }
 
-/// Polls the stats until cancelled.
+/// Polls the stats until cancelled, on `urls[0]`, moving on to the next
+/// URL after a failure (`failover`: the admin node may be the one killed).
 fn start_poller(
     http: Http,
-    url: String,
+    urls: Vec<String>,
     key: String,
     every: Duration,
     stop: CancellationToken,
@@ -270,12 +277,16 @@ fn start_poller(
     let handle = tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut at = 0;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let stats = get_stats(&http, &url, &key).await.ok();
+            let stats = get_stats(&http, &urls[at % urls.len()], &key).await.ok();
+            if stats.is_none() {
+                at += 1;
+            }
             let sample = Sample {
                 at_us: unix_micros(),
                 stats,
@@ -354,8 +365,27 @@ fn store_window(
     }
 }
 
-/// Runs `surge` and returns its report.
-pub async fn run(args: &SurgeArgs) -> anyhow::Result<Report> {
+/// The room's stats from the first of `urls` that answers.
+async fn get_stats_any(http: &Http, urls: &[String], key: &str) -> Option<RoomStats> {
+    for url in urls {
+        if let Ok(s) = get_stats(http, url, key).await {
+            return Some(s);
+        }
+    }
+    None
+}
+
+/// Runs `surge` and returns its report and charts.
+pub async fn run(args: &SurgeArgs) -> anyhow::Result<(Report, Charts)> {
+    run_with(args, None).await
+}
+
+/// Runs a surge; with a failover plan, kills the node during it and
+/// reports the reconnections too.
+pub async fn run_with(
+    args: &SurgeArgs,
+    failover: Option<&FailoverPlan>,
+) -> anyhow::Result<(Report, Charts)> {
     if args.join_rate.is_nan() || args.join_rate <= 0.0 {
         bail!("--join-rate must be positive");
     }
@@ -394,7 +424,18 @@ pub async fn run(args: &SurgeArgs) -> anyhow::Result<Report> {
             reply.text()
         );
     }
-    let stats_url = admin.url(&format!("/api/v1/rooms/{room}/stats"));
+    let stats_path = format!("/api/v1/rooms/{room}/stats");
+    let stats_url = admin.url(&stats_path);
+    // Where else the stats can be read when the admin node is gone.
+    let mut stats_urls = vec![stats_url.clone()];
+    if failover.is_some() {
+        for t in &args.fleet.targets {
+            let u = Target::parse(t)?.url(&stats_path);
+            if !stats_urls.contains(&u) {
+                stats_urls.push(u);
+            }
+        }
+    }
 
     let join_time = secs(args.fleet.devices as f64 / args.join_rate);
     let join_timeout = secs(args.join_timeout);
@@ -408,7 +449,13 @@ pub async fn run(args: &SurgeArgs) -> anyhow::Result<Report> {
         hold_admitted_ms: args.hold_admitted,
         hold_jitter_ms: args.hold_jitter,
         release_timeout_ms: RELEASE_TIMEOUT.as_millis() as u64,
+        reconnect: failover.map(|f| f.reconnect.clone()),
+        poll: None,
     };
+    let scenario_time = scenario_time
+        + failover.map_or(Duration::ZERO, |f| {
+            f.kill_after + Duration::from_millis(f.reconnect.within_ms) + Duration::from_secs(10)
+        });
     let mut c = connect::connect_with(&args.fleet, scenario_time, Some(spec), Some(run_id)).await?;
     c.fleet.sync()?;
     let devices_joining = c
@@ -419,7 +466,7 @@ pub async fn run(args: &SurgeArgs) -> anyhow::Result<Report> {
     let stop_polling = CancellationToken::new();
     let (samples, poller) = start_poller(
         http.clone(),
-        stats_url.clone(),
+        stats_urls.clone(),
         args.service_key.clone(),
         Duration::from_millis(args.stats_interval_ms.max(10)),
         stop_polling.clone(),
@@ -438,6 +485,9 @@ pub async fn run(args: &SurgeArgs) -> anyhow::Result<Report> {
     c.fleet
         .command(&WorkerCommand::Join { start_at_us })
         .await?;
+    let device_prefix = format!("{}-{}-", args.fleet.device_prefix, c.run_id);
+    let killer =
+        failover.map(|f| failover::spawn_kill(f, start_at_us, room.clone(), device_prefix.clone()));
     let all_answered = c
         .fleet
         .wait_for(join_time + join_timeout + Duration::from_millis(200), |p| {
@@ -464,6 +514,13 @@ pub async fn run(args: &SurgeArgs) -> anyhow::Result<Report> {
         after_hold = Some(mark(&c, redis_addr.as_deref()).await);
     }
 
+    let aftermath = match (failover, killer) {
+        (Some(f), Some(k)) => {
+            Some(failover::await_aftermath(&mut c.fleet, k, f, &room, &device_prefix).await?)
+        }
+        _ => None,
+    };
+
     let admits = args.state == RoomStateArg::Open && args.capacity > 0;
     let drained = if admits {
         let target = c.fleet.progress().joined;
@@ -480,7 +537,7 @@ pub async fn run(args: &SurgeArgs) -> anyhow::Result<Report> {
         None
     };
     let end_us = unix_micros();
-    let final_stats = get_stats(&http, &stats_url, &args.service_key).await.ok();
+    let final_stats = get_stats_any(&http, &stats_urls, &args.service_key).await;
     stop_polling.cancel();
     let _ = poller.await;
     let mut fin = c.fleet.finish(FINISH_TIMEOUT).await?;
@@ -519,6 +576,22 @@ pub async fn run(args: &SurgeArgs) -> anyhow::Result<Report> {
             crate::ipc::bump(&mut dropped, d, 1);
         }
     }
+    // A dropped device learns of an admission made while it was away
+    // only when it rejoins: the order check covers the others.
+    let undisrupted: Vec<SurgeRecord> = if failover.is_some() {
+        records
+            .iter()
+            .filter(|r| r.reconnects.is_empty())
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let undisrupted: &[SurgeRecord] = if failover.is_some() {
+        &undisrupted
+    } else {
+        &records
+    };
     let window = |a: &Mark, b: &Mark| match (&a.redis, &b.redis) {
         (Some(x), Some(y)) => Some(store_window(
             &(a.at_us, x.clone()),
@@ -542,7 +615,7 @@ pub async fn run(args: &SurgeArgs) -> anyhow::Result<Report> {
         hold_s: hold.as_secs_f64(),
         devices_joining,
         joins: analysis::joins(&records),
-        order: analysis::order(&records, tick_us, end_us),
+        order: analysis::order(undisrupted, tick_us, end_us),
         capacity_check,
         admitted: records.iter().filter(|r| r.admitted_us.is_some()).count() as u64,
         released: records
@@ -561,8 +634,55 @@ pub async fn run(args: &SurgeArgs) -> anyhow::Result<Report> {
         cpu_joins: cpu_window(&before_joins, &after_joins),
         cpu_hold: after_hold.as_ref().map(|h| cpu_window(&after_joins, h)),
     };
-    Ok(Report {
-        scenario: "surge".into(),
+    let over = max_active_polled
+        .unwrap_or(0)
+        .max(max_held)
+        .saturating_sub(cap);
+    let failover_report = match (failover, &aftermath) {
+        (Some(f), Some(a)) => {
+            let before_kill = samples
+                .iter()
+                .filter(|s| s.at_us <= a.kill.at_us)
+                .filter_map(|s| s.stats)
+                .next_back();
+            Some(FailoverReport {
+                killed_pid: f.pid,
+                kill_after_s: f.kill_after.as_secs_f64(),
+                killed_at_s: a.kill.at_us.saturating_sub(c.started_at_unix_ms * 1000) as f64 / 1e6,
+                kill_error: a.kill.error.clone(),
+                reconnect_via: match &f.gateway {
+                    Some(g) => format!("gateway {}", g.base),
+                    None => "the next target".to_owned(),
+                },
+                backoff_base_ms: f.reconnect.base_ms,
+                backoff_max_ms: f.reconnect.max_ms,
+                reconnect_within_s: f.reconnect.within_ms as f64 / 1000.0,
+                waiting_at_kill: before_kill.map(|s| s.waiting),
+                active_at_kill: before_kill.map(|s| s.active),
+                settled: a.settled,
+                reconnections: failover::reconnections(&records),
+                tickets: failover::tickets_of(a, &records, &device_prefix),
+                over_admissions: over,
+                order_checked_devices: undisrupted.len() as u64,
+            })
+        }
+        _ => None,
+    };
+    let scenario = if failover.is_some() {
+        "failover"
+    } else {
+        "surge"
+    };
+    let charts = surge_charts(
+        scenario,
+        (&c.run_id, c.started_at_unix_ms, &c.connect_us),
+        &records,
+        &samples,
+        &fin.timeline,
+        aftermath.as_ref().map(|a| a.kill.at_us),
+    );
+    let report = Report {
+        scenario: scenario.into(),
         run_id: c.run_id,
         started_at_unix_ms: c.started_at_unix_ms,
         targets: c.targets.iter().map(|t| t.base.clone()).collect(),
@@ -574,9 +694,76 @@ pub async fn run(args: &SurgeArgs) -> anyhow::Result<Report> {
         hold: None,
         broadcast: None,
         surge: Some(surge),
+        failover: failover_report,
+        overhead: None,
         close: fin.close_report(),
         loadgen_cpu_seconds: fin.workers_cpu_seconds,
-    })
+    };
+    Ok((report, charts))
+}
+
+/// The charts of a surge (and of a failover: reconnection latencies and
+/// the kill).
+fn surge_charts(
+    scenario: &str,
+    (run_id, started_at_unix_ms, connect_us): (&str, u64, &[u64]),
+    records: &[SurgeRecord],
+    samples: &[Sample],
+    timeline: &[(u64, crate::fleet::Progress)],
+    killed_at_us: Option<u64>,
+) -> Charts {
+    let t0 = started_at_unix_ms * 1000;
+    let mut charts = Charts::new(format!("pace-loadtest {scenario}, run {run_id}"), "devices");
+    charts.right_label = "active sessions".into();
+    charts.dist("connect (TCP connect → welcome)", connect_us.to_vec());
+    let joins: Vec<u64> = records
+        .iter()
+        .filter(|r| r.join_error.is_none())
+        .filter_map(|r| {
+            let sent = r.join_us?;
+            let answer = match (r.first.map(|f| f[0]), r.admitted_us) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b)?,
+            };
+            Some(answer.saturating_sub(sent))
+        })
+        .collect();
+    charts.dist("join (join → answer)", joins);
+    if killed_at_us.is_some() {
+        let drops = records.iter().flat_map(|r| r.reconnects.iter());
+        let (mut welcome, mut answer) = (Vec::new(), Vec::new());
+        for d in drops {
+            if let Some(w) = d.welcome_us {
+                welcome.push(w.saturating_sub(d.dropped_us));
+            }
+            if let Some(a) = d.answer_us {
+                answer.push(a.saturating_sub(d.dropped_us));
+            }
+        }
+        charts.dist("reconnect (drop → welcome)", welcome);
+        charts.dist("rejoin (drop → rejoin answered)", answer);
+    }
+    charts.progress_line("connections open", false, t0, timeline, |p| p.open as f64);
+    let stat = |f: fn(&RoomStats) -> u64| -> Vec<(u64, f64)> {
+        samples
+            .iter()
+            .filter_map(|s| s.stats.map(|st| (s.at_us, f(&st) as f64)))
+            .collect()
+    };
+    charts.line("waiting (room stats)", false, t0, &stat(|s| s.waiting));
+    charts.line(
+        "active sessions (room stats)",
+        true,
+        t0,
+        &stat(|s| s.active),
+    );
+    if let Some(at) = killed_at_us {
+        charts.progress_line("reconnecting", false, t0, timeline, |p| {
+            p.more.reconnecting as f64
+        });
+        charts.marker("node killed", t0, at);
+    }
+    charts
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,11 +22,16 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::unix_micros;
+use crate::counting::ByteCounts;
 use crate::device::{self, CloseOutcome, DeviceLog, Dial};
 use crate::http::Http;
-use crate::ipc::{self, MessageReceipts, ReasonCounts, WorkerCommand, WorkerEvent, WorkerSpec};
+use crate::ipc::{
+    self, MessageReceipts, MoreProgress, PollSpec, PollTotals, ReasonCounts, WorkerCommand,
+    WorkerEvent, WorkerSpec,
+};
+use crate::poller::{self, Poller};
 use crate::procstat;
-use crate::surge_device::{self, SurgeCounters, SurgePlan};
+use crate::surge_device::{self, Reconnect, Route, SurgeCounters, SurgePlan};
 
 /// Counters the progress reporter reads while devices update them.
 #[derive(Debug, Default)]
@@ -36,7 +41,18 @@ struct Counters {
     received: AtomicU64,
     dropped: AtomicU64,
     surge: SurgeCounters,
+    /// Bytes of every device WebSocket, at the socket.
+    ws_bytes: Arc<ByteCounts>,
+    /// Bytes of every status poller, at the socket (`overhead`).
+    http_bytes: Arc<ByteCounts>,
+    polls_ok: AtomicU64,
+    polls_failed: AtomicU64,
+    /// What the polls saw.
+    polls: Mutex<PollTotals>,
 }
+
+/// Poll latencies kept per worker at most.
+const MAX_POLL_SAMPLES: usize = 100_000;
 
 /// Entry point of `pace-loadtest worker`: reads the spec from stdin, runs
 /// it, reports on stdout.
@@ -82,6 +98,29 @@ async fn run(
         addrs.push(t.resolve().await?);
     }
     let ws_urls: Vec<String> = spec.targets.iter().map(|t| t.ws_url()).collect();
+    // Routes for `surge` devices: the targets, then the gateway they
+    // reconnect through (`failover`), if any.
+    let mut routes: Vec<Route> = spec
+        .targets
+        .iter()
+        .zip(&addrs)
+        .map(|(t, &addr)| Route {
+            ws_url: t.ws_url(),
+            addr,
+            release_url: t.url("/api/v1/sessions/release"),
+        })
+        .collect();
+    let reconnect_spec = spec.surge.as_ref().and_then(|s| s.reconnect.clone());
+    let mut gateway_route = None;
+    if let Some(g) = reconnect_spec.as_ref().and_then(|r| r.gateway.as_ref()) {
+        gateway_route = Some(routes.len());
+        routes.push(Route {
+            ws_url: g.ws_url(),
+            addr: g.resolve().await?,
+            release_url: g.url("/api/v1/sessions/release"),
+        });
+    }
+    let routes: Arc<[Route]> = Arc::from(routes);
     let run_id: Arc<str> = Arc::from(spec.run_id.as_str());
     let counters = Arc::new(Counters::default());
     let stop = CancellationToken::new();
@@ -183,10 +222,41 @@ async fn run(
                     / s.join_rate.max(0.001),
             ),
             hold_admitted: Duration::from_millis(s.hold_admitted_ms + spread(i, s.hold_jitter_ms)),
-            release_url: spec.targets[t].url("/api/v1/sessions/release"),
+            routes: routes.clone(),
+            route: t,
             release_timeout: Duration::from_millis(s.release_timeout_ms),
             http: http.clone(),
+            reconnect: reconnect_spec.as_ref().map(|r| Reconnect {
+                base: Duration::from_millis(r.base_ms.max(1)),
+                max: Duration::from_millis(r.max_ms.max(r.base_ms).max(1)),
+                within: Duration::from_millis(r.within_ms),
+                gateway: gateway_route,
+                targets: spec.targets.len(),
+                device_id: device_id.clone(),
+                source,
+                config,
+                timeout,
+                counts: counters.ws_bytes.clone(),
+            }),
         });
+        // `overhead`: the device's status poller, started with it.
+        let poll = match (&spec.surge, &plan) {
+            (Some(s), Some(p)) => s.poll.clone().map(|ps| {
+                let path = format!("/api/v1/rooms/{}/status?device_id={device_id}", s.room);
+                let host = format!("{}:{}", spec.targets[t].host, spec.targets[t].port);
+                let request = poller::status_request(&host, &path, ps.headers);
+                // Polls of different devices spread over the interval, as
+                // pages opened at different moments would.
+                let phase = Duration::from_millis(spread(i, ps.interval_ms.saturating_sub(1)));
+                (
+                    ps,
+                    Poller::new(addr, source, request, counters.http_bytes.clone()),
+                    p.start.clone(),
+                    p.offset + phase,
+                )
+            }),
+            _ => None,
+        };
         let (counters, stop, run_id, done_tx) = (
             counters.clone(),
             stop.clone(),
@@ -202,6 +272,7 @@ async fn run(
                 source,
                 config,
                 timeout,
+                counts: counters.ws_bytes.clone(),
             };
             let connected = device::connect(dial).await;
             drop(permit);
@@ -210,6 +281,16 @@ async fn run(
                     counters.open.fetch_add(1, Ordering::Relaxed);
                     let _ = done_tx.send(Ok(latency));
                     drop(done_tx);
+                    if let Some((ps, poller, start, offset)) = poll {
+                        tokio::spawn(poll_status(
+                            ps,
+                            poller,
+                            start,
+                            offset,
+                            stop.clone(),
+                            counters.clone(),
+                        ));
+                    }
                     let log = match plan {
                         Some(plan) => surge_device::run(ws, plan, stop, &counters.surge).await,
                         None => device::run(ws, &run_id, stop, &counters.received).await,
@@ -328,6 +409,11 @@ async fn run(
             .map(|t| t.total().as_secs_f64())
             .unwrap_or(0.0),
         surge: surge_records,
+        polls: spec
+            .surge
+            .as_ref()
+            .and_then(|s| s.poll.as_ref())
+            .map(|_| std::mem::take(&mut *lock(&counters.polls))),
     });
     Ok(())
 }
@@ -345,6 +431,81 @@ pub fn spread(i: u64, max: u64) -> u64 {
     z % (max + 1)
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Polls one device's status every interval, from its join (plus the
+/// spec's delay) until `stop`.
+async fn poll_status(
+    spec: PollSpec,
+    mut poller: Poller,
+    mut start: tokio::sync::watch::Receiver<Option<Instant>>,
+    offset: Duration,
+    stop: CancellationToken,
+    counters: Arc<Counters>,
+) {
+    let at = tokio::select! {
+        () = stop.cancelled() => return,
+        v = start.wait_for(Option::is_some) => match v {
+            Ok(v) => *v,
+            Err(_) => None,
+        },
+    };
+    let Some(at) = at else { return };
+    let first = at + offset + Duration::from_millis(spec.delay_ms);
+    let every = Duration::from_millis(spec.interval_ms.max(1));
+    let budget = Duration::from_millis(spec.timeout_ms.max(1));
+    let mut tick = tokio::time::interval_at(first, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut counted = 0;
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let sent = Instant::now();
+        let outcome = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            o = poller.poll(budget) => o,
+        };
+        let rtt = sent.elapsed().as_micros() as u64;
+        let mut totals = lock(&counters.polls);
+        totals.connects += poller.connects - counted;
+        counted = poller.connects;
+        match outcome {
+            Ok(reply) if reply.status == 200 => {
+                counters.polls_ok.fetch_add(1, Ordering::Relaxed);
+                let waiting = serde_json::from_slice::<serde_json::Value>(&reply.body)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("status")
+                            .and_then(|s| s.as_str().map(|s| s == "waiting"))
+                    })
+                    .unwrap_or(false);
+                if waiting {
+                    totals.waiting += 1;
+                } else {
+                    totals.other_status += 1;
+                }
+                if totals.latency_us.len() < MAX_POLL_SAMPLES {
+                    totals.latency_us.push(rtt);
+                }
+            }
+            Ok(reply) => {
+                counters.polls_failed.fetch_add(1, Ordering::Relaxed);
+                ipc::bump(&mut totals.failures, &format!("http_{}", reply.status), 1);
+            }
+            Err(reason) => {
+                counters.polls_failed.fetch_add(1, Ordering::Relaxed);
+                ipc::bump(&mut totals.failures, &reason, 1);
+            }
+        }
+    }
+}
+
 fn progress(c: &Counters) -> WorkerEvent {
     WorkerEvent::Progress {
         open: c.open.load(Ordering::Relaxed),
@@ -355,6 +516,21 @@ fn progress(c: &Counters) -> WorkerEvent {
         join_failed: c.surge.join_failed.load(Ordering::Relaxed),
         admitted: c.surge.admitted.load(Ordering::Relaxed),
         released: c.surge.released.load(Ordering::Relaxed),
+        more: {
+            let (ws_rx, ws_tx) = c.ws_bytes.get();
+            let (http_rx, http_tx) = c.http_bytes.get();
+            MoreProgress {
+                reconnecting: c.surge.reconnecting.load(Ordering::Relaxed),
+                reconnected: c.surge.reconnected.load(Ordering::Relaxed),
+                lost: c.surge.lost.load(Ordering::Relaxed),
+                ws_rx,
+                ws_tx,
+                http_rx,
+                http_tx,
+                polls_ok: c.polls_ok.load(Ordering::Relaxed),
+                polls_failed: c.polls_failed.load(Ordering::Relaxed),
+            }
+        },
     }
 }
 

@@ -7,6 +7,12 @@
 //! package's own binary (where `cargo test --workspace` builds it), then in
 //! `$CARGO_TARGET_DIR` and the workspace `target/` (debug, then release).
 //! When none exists the tests fail and say to run `cargo build -p pace-node`.
+//!
+//! `resilience` runs `failover` on three nodes over a real redis-server
+//! (redis-server must be installed: `deploy/install-deps redis`) and
+//! `overhead` on one node; every scenario's `--svg` is checked.
 
+mod cluster;
 mod node;
+mod resilience;
 mod scenarios;

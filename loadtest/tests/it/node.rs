@@ -71,6 +71,7 @@ impl Node {
             .args(["--max-connections", &max_connections.to_string()])
             .args(extra)
             .env("RUST_LOG", "warn")
+            .env("PACE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -121,8 +122,19 @@ fn ready(addr: &str) -> bool {
     s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
+impl Node {
+    /// Whether the node process has exited (it is then reaped).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
+        // Already gone (and reaped): its PID may belong to someone else now.
+        if self.exited() {
+            return;
+        }
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(10);

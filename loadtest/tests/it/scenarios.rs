@@ -1,4 +1,5 @@
-//! Small `hold` and `broadcast` runs against one real node each.
+//! Small `hold`, `broadcast` and `surge` runs against one real node each,
+//! and the helpers every scenario test uses.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -8,8 +9,37 @@ use pace_loadtest::report::Report;
 
 use crate::node::{Node, SERVICE_KEY};
 
+/// A scratch file path for this test process.
+pub fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("pace-loadtest-it-{}-{name}", std::process::id()))
+}
+
+/// Checks, loosely, that `path` is an SVG picture with lines drawn and
+/// every one of `labels` in it; removes it.
+pub fn assert_svg(path: &std::path::Path, labels: &[&str]) {
+    let svg = std::fs::read_to_string(path).expect("the --svg file was written");
+    let _ = std::fs::remove_file(path);
+    let head = svg.trim_start();
+    assert!(
+        head.starts_with("<svg") || head.starts_with("<?xml"),
+        "not an SVG: {:.120}",
+        head
+    );
+    assert!(svg.contains("xmlns=\"http://www.w3.org/2000/svg\""));
+    assert!(svg.trim_end().ends_with("</svg>"), "truncated SVG");
+    assert_eq!(svg.matches("<svg").count(), 1, "one root element");
+    assert!(svg.contains("<rect"), "no background");
+    assert!(
+        svg.matches("<polyline").count() + svg.matches("<path").count() >= 2,
+        "no series drawn"
+    );
+    for label in labels {
+        assert!(svg.contains(label), "series {label:?} missing from the SVG");
+    }
+}
+
 /// Runs `pace-loadtest ARGS --json FILE` to completion and parses the report.
-fn run_tool(name: &str, args: &[&str]) -> Report {
+pub fn run_tool(name: &str, args: &[&str]) -> Report {
     let json: PathBuf = std::env::temp_dir().join(format!(
         "pace-loadtest-it-{}-{name}.json",
         std::process::id()
@@ -38,10 +68,13 @@ fn run_tool(name: &str, args: &[&str]) -> Report {
 fn hold_200_devices_connects_and_closes_cleanly() {
     let node = Node::start(1_000);
     let pid = node.pid().to_string();
+    let svg = scratch("hold.svg");
     let r = run_tool(
         "hold",
         &[
             "hold",
+            "--svg",
+            &svg.to_string_lossy(),
             "--target",
             &node.base,
             "--devices",
@@ -66,11 +99,18 @@ fn hold_200_devices_connects_and_closes_cleanly() {
     assert_eq!(hold.open_at_end, 200);
     assert_eq!(hold.dropped, 0);
     assert_closed_cleanly(&r, 200);
+    assert_svg(
+        &svg,
+        &[
+            "connect (TCP connect → welcome) (n=200)",
+            "connections open",
+        ],
+    );
 }
 
 /// Every device was closed by the tool, none by the node or the network,
 /// and the node answered every close frame (RFC 6455 closing handshake).
-fn assert_closed_cleanly(r: &Report, devices: u64) {
+pub fn assert_closed_cleanly(r: &Report, devices: u64) {
     assert!(
         r.close.dropped.is_empty(),
         "dropped early: {:?}",
@@ -89,10 +129,13 @@ fn assert_closed_cleanly(r: &Report, devices: u64) {
 fn broadcast_200_devices_5_messages_loses_nothing() {
     let node = Node::start(1_000);
     let pid = node.pid().to_string();
+    let svg = scratch("broadcast.svg");
     let r = run_tool(
         "broadcast",
         &[
             "broadcast",
+            "--svg",
+            &svg.to_string_lossy(),
             "--target",
             &node.base,
             "--devices",
@@ -125,6 +168,14 @@ fn broadcast_200_devices_5_messages_loses_nothing() {
     assert!(b.latency_ms.max >= b.latency_ms.p50 && b.latency_ms.p50 > 0.0);
     assert!(b.cpu.us_per_delivery.is_some());
     assert_closed_cleanly(&r, 200);
+    assert_svg(
+        &svg,
+        &[
+            "delivery (POST → device) (n=1000)",
+            "notifications received (right axis)",
+            "first POST",
+        ],
+    );
 }
 
 #[test]
@@ -133,10 +184,13 @@ fn surge_200_devices_capacity_10_admits_in_order_within_capacity() {
     let data_dir = data.to_string_lossy().into_owned();
     let node = Node::start_with(1_000, &["--admit-tick", "100ms", "--data-dir", &data_dir]);
     let pid = node.pid().to_string();
+    let svg = scratch("surge.svg");
     let r = run_tool(
         "surge",
         &[
             "surge",
+            "--svg",
+            &svg.to_string_lossy(),
             "--target",
             &node.base,
             "--devices",
@@ -197,4 +251,12 @@ fn surge_200_devices_capacity_10_admits_in_order_within_capacity() {
         (200, 0, 0)
     );
     assert_closed_cleanly(&r, 200);
+    assert_svg(
+        &svg,
+        &[
+            "join (join → answer) (n=200)",
+            "waiting (room stats)",
+            "active sessions (room stats) (right axis)",
+        ],
+    );
 }
