@@ -37,6 +37,18 @@ pub async fn handle(node: NodeRef, req: Request<Incoming>, peer: SocketAddr) -> 
         (&Method::POST, "/api/v1/sessions/renew") => {
             ("session", rooms_api::session(&node, req, true).await)
         }
+        (&Method::POST, "/api/v1/devices/register") => {
+            let forwarded = req
+                .headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok());
+            let address =
+                crate::limits::client_address(peer.ip(), forwarded, &node.config.trusted_proxies);
+            (
+                "device_register",
+                crate::devices::api::register(&node, req, address).await,
+            )
+        }
         (&Method::POST, "/api/v1/admin/login") => {
             ("admin_login", accounts::login::login(&node, req).await)
         }
@@ -182,6 +194,7 @@ fn upgrade(
         )));
     }
     let hs = handshake::check(&req, node.config.max_groups).map_err(refuse)?;
+    let identity = crate::devices::api::authenticate(node, &req, &hs.device).map_err(refuse)?;
     let Some(slot) = node.take_slot() else {
         return Err(refuse(ApiError::new(
             ErrorCode::NodeFull,
@@ -192,6 +205,9 @@ fn upgrade(
     let task_node = node.clone();
     let accept = HeaderValue::from_str(&hs.accept)
         .map_err(|_| ApiError::new(ErrorCode::Internal, "bad accept key"))?;
+    if identity != crate::devices::api::Identity::Anonymous {
+        crate::devices::api::note_seen(node, &hs.device, address);
+    }
     node.connections.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => crate::connection::serve(task_node, upgraded, hs, slot).await,

@@ -236,6 +236,30 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_RESUME_HOLD", default_value = "5s", value_parser = humantime::parse_duration)]
     pub resume_hold: Duration,
 
+    /// Accept devices without a device token (development and load tests
+    /// only: anyone knowing a device id can then take its place). The node
+    /// says so loudly at start and in `pace_insecure_anonymous_devices`.
+    #[arg(long, env = "PACE_INSECURE_ANONYMOUS_DEVICES")]
+    pub insecure_anonymous_devices: bool,
+
+    /// Lifetime of the device tokens this node issues at registration.
+    #[arg(long, env = "PACE_DEVICE_TOKEN_TTL", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub device_token_ttl: Duration,
+
+    /// JWKS file of an enterprise's device token issuer: its tokens are
+    /// accepted too, their `sub` being the device id. Needs
+    /// --device-token-issuer and --device-token-audience.
+    #[arg(long, env = "PACE_DEVICE_TOKEN_JWKS")]
+    pub device_token_jwks: Option<std::path::PathBuf>,
+
+    /// Expected `iss` of the external issuer's device tokens.
+    #[arg(long, env = "PACE_DEVICE_TOKEN_ISSUER")]
+    pub device_token_issuer: Option<String>,
+
+    /// Expected `aud` of the external issuer's device tokens.
+    #[arg(long, env = "PACE_DEVICE_TOKEN_AUDIENCE")]
+    pub device_token_audience: Option<String>,
+
     /// Most `join`/`solve` attempts per device per minute on this node
     /// (0 = no limit); past it, `too_many_joins`.
     #[arg(long, env = "PACE_JOINS_PER_MINUTE", default_value_t = 30)]
@@ -396,6 +420,26 @@ impl ServeArgs {
         if self.history_max_len == 0 || self.history_max_age < Duration::from_secs(1) {
             return bad("--history-max-len must be > 0 and --history-max-age at least 1s".into());
         }
+        if self.device_token_ttl < Duration::from_secs(60) {
+            return bad("--device-token-ttl must be at least 1m".into());
+        }
+        if self.device_token_jwks.is_some()
+            && (self
+                .device_token_issuer
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty()
+                || self
+                    .device_token_audience
+                    .as_deref()
+                    .unwrap_or_default()
+                    .is_empty())
+        {
+            return bad(
+                "--device-token-jwks needs --device-token-issuer and --device-token-audience"
+                    .into(),
+            );
+        }
         if self.bus_log_len < 16 {
             return bad("--bus-log-len must be at least 16".into());
         }
@@ -445,6 +489,11 @@ impl ServeArgs {
             bus_log_len: self.bus_log_len,
             resume_hold: self.resume_hold,
             joins_per_minute: self.joins_per_minute,
+            insecure_anonymous_devices: self.insecure_anonymous_devices,
+            device_token_ttl: self.device_token_ttl,
+            device_token_jwks: self.device_token_jwks,
+            device_token_issuer: self.device_token_issuer,
+            device_token_audience: self.device_token_audience,
             handshakes_per_address: self.handshakes_per_address,
             trusted_proxies: self.trusted_proxies,
             advertise: self.advertise,
@@ -588,6 +637,16 @@ pub struct NodeConfig {
     pub resume_hold: Duration,
     /// See [`ServeArgs::joins_per_minute`].
     pub joins_per_minute: u32,
+    /// See [`ServeArgs::insecure_anonymous_devices`].
+    pub insecure_anonymous_devices: bool,
+    /// See [`ServeArgs::device_token_ttl`].
+    pub device_token_ttl: Duration,
+    /// See [`ServeArgs::device_token_jwks`].
+    pub device_token_jwks: Option<std::path::PathBuf>,
+    /// See [`ServeArgs::device_token_issuer`].
+    pub device_token_issuer: Option<String>,
+    /// See [`ServeArgs::device_token_audience`].
+    pub device_token_audience: Option<String>,
     /// See [`ServeArgs::handshakes_per_address`].
     pub handshakes_per_address: u32,
     /// See [`ServeArgs::trusted_proxies`].

@@ -84,7 +84,10 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NotFound | ErrorCode::NoSuchRoom => StatusCode::NOT_FOUND,
-        ErrorCode::RoomClosed => StatusCode::CONFLICT,
+        ErrorCode::RoomClosed | ErrorCode::DeviceExists => StatusCode::CONFLICT,
+        ErrorCode::MissingDeviceToken
+        | ErrorCode::InvalidDeviceToken
+        | ErrorCode::DeviceTokenMismatch => StatusCode::UNAUTHORIZED,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::NodeFull | ErrorCode::Draining | ErrorCode::StoreUnavailable => {
             StatusCode::SERVICE_UNAVAILABLE

@@ -28,6 +28,7 @@ pub mod admission;
 pub mod api;
 pub mod config;
 pub mod connection;
+pub mod devices;
 pub mod error;
 pub mod handshake;
 pub mod hub;

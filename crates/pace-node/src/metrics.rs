@@ -77,6 +77,11 @@ pub struct Metrics {
     /// Proof-of-work steps, by result (`challenged`, `solved`, `invalid`,
     /// `reused`).
     pub pow: IntCounterVec,
+    /// Device registrations, by result (`created`, `refreshed`, `taken`,
+    /// `invalid`).
+    pub device_registrations: IntCounterVec,
+    /// 1 when the node accepts devices without a token.
+    pub insecure_anonymous_devices: IntGauge,
     /// Event names seen so far, to cap label cardinality.
     events_seen: Arc<Mutex<HashSet<String>>>,
     /// `POST /api/v1/admin/login` attempts, by result.
@@ -262,6 +267,19 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric"),
+            device_registrations: IntCounterVec::new(
+                Opts::new(
+                    "pace_device_registrations_total",
+                    "Device registrations, by result (created, refreshed, taken, invalid).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            insecure_anonymous_devices: IntGauge::new(
+                "pace_insecure_anonymous_devices",
+                "1 when the node accepts devices without a device token (--insecure-anonymous-devices).",
+            )
+            .expect("valid metric"),
             events_seen: Arc::default(),
             registry,
             admin_logins: IntCounterVec::new(
@@ -300,6 +318,8 @@ impl Metrics {
             Box::new(m.bus_gaps.clone()),
             Box::new(m.bus_repaired.clone()),
             Box::new(m.pow.clone()),
+            Box::new(m.device_registrations.clone()),
+            Box::new(m.insecure_anonymous_devices.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
             Box::new(m.admin_logins.clone()),
         ];

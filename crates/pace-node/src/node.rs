@@ -30,6 +30,10 @@ pub struct Node {
     pub keys: Arc<crate::admission::KeySet>,
     /// Tenants and admin accounts (admin login, admin API).
     pub accounts: crate::accounts::SharedAccountStore,
+    /// Registered devices.
+    pub devices: crate::devices::SharedDeviceRegistry,
+    /// An enterprise's device token issuer, when configured.
+    pub external_issuer: Option<Arc<crate::devices::ExternalIssuer>>,
     /// True from SIGTERM/SIGINT on: new devices are refused, `/ready` is 503.
     draining: AtomicBool,
     /// True once the node has started (store reachable, listener open).
@@ -43,20 +47,43 @@ pub struct Node {
     pub handshakes: crate::limits::WindowLimiter<std::net::IpAddr>,
 }
 
+/// What a node is built from (besides its configuration).
+#[derive(Debug)]
+pub struct NodeParts {
+    /// Local connections.
+    pub hub: Arc<Hub>,
+    /// Shared facts and cluster fan-out.
+    pub store: SharedStore,
+    /// Metrics registry and handles.
+    pub metrics: Metrics,
+    /// The waiting room engine.
+    pub rooms: Arc<crate::rooms::Rooms>,
+    /// Signing keys.
+    pub keys: Arc<crate::admission::KeySet>,
+    /// Tenants and admins.
+    pub accounts: crate::accounts::SharedAccountStore,
+    /// Registered devices.
+    pub devices: crate::devices::SharedDeviceRegistry,
+    /// An enterprise's device token issuer.
+    pub external_issuer: Option<Arc<crate::devices::ExternalIssuer>>,
+}
+
 /// A shared handle to the node.
 pub type NodeRef = Arc<Node>;
 
 impl Node {
     /// A node over `store`, not yet started.
-    pub fn new(
-        config: NodeConfig,
-        hub: Arc<Hub>,
-        store: SharedStore,
-        metrics: Metrics,
-        rooms: Arc<crate::rooms::Rooms>,
-        keys: Arc<crate::admission::KeySet>,
-        accounts: crate::accounts::SharedAccountStore,
-    ) -> Node {
+    pub fn new(config: NodeConfig, parts: NodeParts) -> Node {
+        let NodeParts {
+            hub,
+            store,
+            metrics,
+            rooms,
+            keys,
+            accounts,
+            devices,
+            external_issuer,
+        } = parts;
         let handshakes = crate::limits::WindowLimiter::new(
             config.handshakes_per_address,
             std::time::Duration::from_secs(1),
@@ -70,6 +97,8 @@ impl Node {
             rooms,
             keys,
             accounts,
+            devices,
+            external_issuer,
             draining: AtomicBool::new(false),
             started: AtomicBool::new(false),
             slots: AtomicUsize::new(0),

@@ -44,6 +44,9 @@ pub enum ServeError {
     /// The admission key set could not be loaded or created.
     #[error("admission keys: {0}")]
     Keys(String),
+    /// Another part of the configuration could not be loaded.
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// Runs a node on `listener` until `shutdown` is cancelled, then drains and
@@ -63,7 +66,12 @@ pub async fn run(
         metrics: metrics.clone(),
         waiters: waiters.clone(),
     });
-    let (store, queue, accounts): (SharedStore, SharedQueueStore, _) = match &config.redis_url {
+    let (store, queue, accounts, devices): (
+        SharedStore,
+        SharedQueueStore,
+        SharedAccountStore,
+        crate::devices::SharedDeviceRegistry,
+    ) = match &config.redis_url {
         Some(url) => {
             let redis = RedisStore::start(
                 RedisOptions {
@@ -82,7 +90,11 @@ pub async fn run(
             let queue = Arc::new(RedisQueueStore::new(redis.client(), &config.redis_prefix));
             let accounts: SharedAccountStore =
                 Arc::new(RedisAccountStore::new(redis.client(), &config.redis_prefix));
-            (redis, queue, accounts)
+            let devices = Arc::new(crate::devices::RedisDeviceRegistry::new(
+                redis.client(),
+                &config.redis_prefix,
+            ));
+            (redis, queue, accounts, devices)
         }
         None => (
             Arc::new(MemoryStore::new(local, config.history)),
@@ -90,8 +102,29 @@ pub async fn run(
             Arc::new(MemoryAccountStore::open(
                 config.data_dir.join(ACCOUNTS_FILE),
             )),
+            Arc::new(crate::devices::MemoryDeviceRegistry::new()),
         ),
     };
+    let external_issuer = match &config.device_token_jwks {
+        Some(path) => Some(Arc::new(
+            crate::devices::ExternalIssuer::load(
+                path,
+                config.device_token_issuer.as_deref().unwrap_or_default(),
+                config.device_token_audience.as_deref().unwrap_or_default(),
+            )
+            .map_err(ServeError::Config)?,
+        )),
+        None => None,
+    };
+    if config.insecure_anonymous_devices {
+        for line in [
+            "INSECURE: --insecure-anonymous-devices is on: devices connect WITHOUT a device token.",
+            "INSECURE: anyone who knows a device id can take its queue place and its admission.",
+            "INSECURE: use this for development and load tests only, never in production.",
+        ] {
+            tracing::warn!("{line}");
+        }
+    }
     let rooms = Arc::new(Rooms::new(
         queue,
         store.clone(),
@@ -106,8 +139,21 @@ pub async fn run(
             joins_per_minute: config.joins_per_minute,
         },
     ));
+    metrics
+        .insecure_anonymous_devices
+        .set(i64::from(config.insecure_anonymous_devices));
     let node = Arc::new(Node::new(
-        config, hub, store, metrics, rooms, keys, accounts,
+        config,
+        crate::node::NodeParts {
+            hub,
+            store,
+            metrics,
+            rooms,
+            keys,
+            accounts,
+            devices,
+            external_issuer,
+        },
     ));
     serve(node, listener, shutdown).await
 }

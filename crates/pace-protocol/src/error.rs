@@ -62,6 +62,15 @@ pub enum ErrorCode {
     /// HTTP: too many failed logins for this account; retry after the
     /// `Retry-After` seconds.
     TooManyAttempts,
+    /// Handshake: no device token (and the node requires one).
+    MissingDeviceToken,
+    /// Handshake: the device token is forged, malformed or expired.
+    InvalidDeviceToken,
+    /// Handshake: the device token is valid but for another device id.
+    DeviceTokenMismatch,
+    /// Register: the device id is taken and the request did not present
+    /// that device's current token.
+    DeviceExists,
 }
 
 impl ErrorCode {
@@ -107,6 +116,10 @@ impl ErrorCode {
             ErrorCode::TooManyHandshakes => "too_many_handshakes",
             ErrorCode::InvalidCredentials => "invalid_credentials",
             ErrorCode::TooManyAttempts => "too_many_attempts",
+            ErrorCode::MissingDeviceToken => "missing_device_token",
+            ErrorCode::InvalidDeviceToken => "invalid_device_token",
+            ErrorCode::DeviceTokenMismatch => "device_token_mismatch",
+            ErrorCode::DeviceExists => "device_exists",
         }
     }
 }
@@ -174,6 +187,10 @@ mod tests {
             ErrorCode::TooManyHandshakes,
             ErrorCode::InvalidCredentials,
             ErrorCode::TooManyAttempts,
+            ErrorCode::MissingDeviceToken,
+            ErrorCode::InvalidDeviceToken,
+            ErrorCode::DeviceTokenMismatch,
+            ErrorCode::DeviceExists,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -72,6 +72,8 @@ impl Node {
             .args(extra)
             .env("RUST_LOG", "warn")
             .env("PACE_LOG", "warn")
+            // Load-test devices connect without device tokens.
+            .env("PACE_INSECURE_ANONYMOUS_DEVICES", "true")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

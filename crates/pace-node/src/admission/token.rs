@@ -189,10 +189,21 @@ impl KeySet {
     /// that no room id can take (it contains `/`), so none of them can pass
     /// as an admission token.
     pub fn sign_claims<T: Serialize>(&self, claims: &T, iat: u64) -> Result<String, TokenError> {
+        self.sign_claims_typed(claims, iat, "JWT")
+    }
+
+    /// [`KeySet::sign_claims`] with a `typ` header naming the token kind.
+    pub fn sign_claims_typed<T: Serialize>(
+        &self,
+        claims: &T,
+        iat: u64,
+        typ: &str,
+    ) -> Result<String, TokenError> {
         let key = self
             .signing_key(iat)
             .ok_or(TokenError::NoActiveKey { at: iat })?;
         let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(typ.to_owned());
         header.kid = Some(key.kid.clone());
         jsonwebtoken::encode(&header, claims, &key.encoding).map_err(TokenError::Encode)
     }

@@ -10,6 +10,7 @@ mod admin_login;
 mod bad_input;
 mod cluster;
 mod delivery;
+mod devices;
 mod drain;
 mod handshake;
 mod history;

@@ -47,6 +47,9 @@ pub fn config() -> NodeConfig {
     c.node_id = "test-node".into();
     c.drain_grace = Duration::from_secs(2);
     c.data_dir = scratch_dir();
+    // Most tests are about other things than device credentials; the
+    // credential tests (devices.rs) turn this off.
+    c.insecure_anonymous_devices = true;
     c
 }
 
@@ -323,7 +326,9 @@ impl NodeProcess {
             .arg("--data-dir")
             .arg(scratch_dir())
             .args(args)
-            .env("PACE_LOG", "warn");
+            .env("PACE_LOG", "warn")
+            // As in `config()`; a test that checks credentials overrides it.
+            .env("PACE_INSECURE_ANONYMOUS_DEVICES", "true");
         cmd
     }
 

@@ -1,0 +1,299 @@
+//! Device credentials and the device registry.
+//!
+//! `x-device-id` is chosen by the client, so on its own it proves nothing.
+//! A device registers once (`POST /api/v1/devices/register`) and gets a
+//! signed device token (an EdDSA JWT with `aud` `pace/device` and the
+//! device id as `sub`), which it presents in every WebSocket handshake.
+//! The handshake is refused (401) unless the token verifies and names the
+//! same device as the header or query, so queue places and admissions,
+//! keyed by device id, belong to whoever holds the token. Enterprises that
+//! issue their own device JWTs configure that issuer's public keys instead
+//! (`--device-token-jwks`), and the node trusts its `sub`.
+//!
+//! The registry keeps what a device said about itself when it registered
+//! (type, model, OS, app version, department, user, tenant), when it
+//! registered and was last seen, the address it was last seen from (for
+//! NAT debugging), and the id of its current token: registering an id that
+//! exists is refused unless the request presents that current token (a
+//! refresh), so nobody can take a device id over by registering it.
+//!
+//! # Layout
+//!
+//! - [`token`]: [`DeviceClaims`], issuing and verifying device tokens
+//!   (ours and an external issuer's).
+//! - [`memory`], [`redis`]: the [`DeviceRegistry`] implementations.
+//! - [`api`]: the register route and the handshake check.
+
+pub mod api;
+pub mod memory;
+pub mod redis;
+pub mod token;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pace_protocol::{DeviceId, GroupId};
+use serde::{Deserialize, Serialize};
+
+pub use memory::MemoryDeviceRegistry;
+pub use redis::RedisDeviceRegistry;
+pub use token::{DeviceClaims, DeviceTokenError, ExternalIssuer};
+
+/// Longest free-text field of a registration, in bytes.
+pub const MAX_FIELD_LEN: usize = 128;
+
+/// What a device says about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Its id (the one it connects with).
+    pub device_id: DeviceId,
+    /// Kind of device (`laptop`, `kiosk`, `phone`, `browser`, …).
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    /// Hardware model.
+    #[serde(default)]
+    pub model: String,
+    /// Operating system.
+    #[serde(default)]
+    pub os: String,
+    /// Operating system version.
+    #[serde(default)]
+    pub os_version: String,
+    /// Version of the app that registered.
+    #[serde(default)]
+    pub app_version: String,
+    /// The department (group) it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub department: Option<GroupId>,
+    /// The person using it, when known (then carried in its token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The tenant whose admins may read this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+impl DeviceInfo {
+    /// Checks the free-text fields: at most [`MAX_FIELD_LEN`] bytes of
+    /// printable characters each; `user` and `tenant` non-empty when given.
+    pub fn validate(&self) -> Result<(), String> {
+        let fields = [
+            ("type", &self.kind),
+            ("model", &self.model),
+            ("os", &self.os),
+            ("os_version", &self.os_version),
+            ("app_version", &self.app_version),
+        ];
+        let optional = [("user", &self.user), ("tenant", &self.tenant)];
+        let check = |name: &str, value: &str| {
+            if value.len() > MAX_FIELD_LEN {
+                return Err(format!("{name} is longer than {MAX_FIELD_LEN} bytes"));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(format!("{name} contains control characters"));
+            }
+            Ok(())
+        };
+        for (name, value) in fields {
+            check(name, value)?;
+        }
+        for (name, value) in optional {
+            if let Some(v) = value {
+                if v.is_empty() {
+                    return Err(format!("{name} must not be empty when given"));
+                }
+                check(name, v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One registered device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// What it said about itself at its last registration.
+    #[serde(flatten)]
+    pub info: DeviceInfo,
+    /// First registration, Unix milliseconds.
+    pub first_registered_ms: u64,
+    /// Last registration or connection, Unix milliseconds.
+    pub last_seen_ms: u64,
+    /// Address it last connected from (the NAT address for most
+    /// enterprise devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ip: Option<String>,
+    /// The id (`jti`) of its current token; never shown to admins.
+    #[serde(skip_serializing, default)]
+    pub token_id: String,
+}
+
+/// How a registration went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    /// A new device.
+    Created,
+    /// An existing device presented its current token: a new one replaces it.
+    Refreshed,
+    /// The id is taken and the request did not prove it is that device.
+    Taken,
+}
+
+/// Failures of the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The store cannot be reached.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where device records live: Redis hashes in a cluster, memory on one node.
+#[async_trait]
+pub trait DeviceRegistry: Send + Sync + std::fmt::Debug + 'static {
+    /// Creates `record` if its id is free (`current_token` `None`), or
+    /// replaces it if the stored token id equals `current_token`
+    /// (keeping its first registration time). One atomic step.
+    async fn register(
+        &self,
+        record: &DeviceRecord,
+        current_token: Option<&str>,
+    ) -> Result<Registered, RegistryError>;
+
+    /// The record of `device`, if registered.
+    async fn get(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, RegistryError>;
+
+    /// Records that a registered `device` connected from `ip` at `at_ms`
+    /// (nothing for an unregistered one).
+    async fn seen(&self, device: &DeviceId, ip: &str, at_ms: u64) -> Result<(), RegistryError>;
+
+    /// Up to `limit` records of `tenant` (all tenants when `None`) whose id,
+    /// user, model or department contains `query`, ordered by device id.
+    async fn list(
+        &self,
+        tenant: Option<&str>,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, RegistryError>;
+}
+
+/// A registry shared by the node's tasks.
+pub type SharedDeviceRegistry = Arc<dyn DeviceRegistry>;
+
+/// Whether `record` matches a registry search.
+pub(crate) fn matches(record: &DeviceRecord, tenant: Option<&str>, query: &str) -> bool {
+    if tenant.is_some() && record.info.tenant.as_deref() != tenant {
+        return false;
+    }
+    if query.is_empty() {
+        return true;
+    }
+    let q = query.to_lowercase();
+    let hay = [
+        record.info.device_id.as_str(),
+        record.info.user.as_deref().unwrap_or_default(),
+        record.info.model.as_str(),
+        record
+            .info
+            .department
+            .as_ref()
+            .map(GroupId::as_str)
+            .unwrap_or_default(),
+        record.last_ip.as_deref().unwrap_or_default(),
+    ];
+    hay.iter().any(|h| h.to_lowercase().contains(&q))
+}
+
+/// The conformance suite every [`DeviceRegistry`] passes.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+
+    pub fn record(id: &str, tenant: Option<&str>, token_id: &str) -> DeviceRecord {
+        DeviceRecord {
+            info: DeviceInfo {
+                device_id: DeviceId::parse(id).unwrap(),
+                kind: "laptop".into(),
+                model: "ThinkPad X1".into(),
+                os: "linux".into(),
+                os_version: "6.8".into(),
+                app_version: "1.2.3".into(),
+                department: Some(GroupId::parse("sales").unwrap()),
+                user: Some("alice@acme.example".into()),
+                tenant: tenant.map(str::to_owned),
+            },
+            first_registered_ms: 1_000,
+            last_seen_ms: 1_000,
+            last_ip: None,
+            token_id: token_id.into(),
+        }
+    }
+
+    /// Create once; refresh only with the current token id; seen updates
+    /// time and address; list filters by tenant and query.
+    pub async fn registers_refreshes_and_lists(r: &dyn DeviceRegistry) {
+        let a = record("dev-a", Some("acme"), "t1");
+        assert_eq!(r.register(&a, None).await.unwrap(), Registered::Created);
+        let mut thief = record("dev-a", Some("acme"), "evil");
+        thief.info.user = Some("mallory".into());
+        assert_eq!(r.register(&thief, None).await.unwrap(), Registered::Taken);
+        assert_eq!(
+            r.register(&thief, Some("guessed")).await.unwrap(),
+            Registered::Taken
+        );
+        assert_eq!(r.get(&a.info.device_id).await.unwrap().unwrap(), a);
+
+        let mut refreshed = record("dev-a", Some("acme"), "t2");
+        refreshed.first_registered_ms = 5_000;
+        refreshed.last_seen_ms = 5_000;
+        refreshed.info.app_version = "1.3.0".into();
+        assert_eq!(
+            r.register(&refreshed, Some("t1")).await.unwrap(),
+            Registered::Refreshed
+        );
+        let got = r.get(&a.info.device_id).await.unwrap().unwrap();
+        assert_eq!(got.token_id, "t2");
+        assert_eq!(got.info.app_version, "1.3.0");
+        assert_eq!(got.first_registered_ms, 1_000, "first registration kept");
+        assert_eq!(
+            r.register(&refreshed, Some("t1")).await.unwrap(),
+            Registered::Taken,
+            "an old token cannot refresh"
+        );
+
+        r.seen(&a.info.device_id, "198.51.100.7", 9_000)
+            .await
+            .unwrap();
+        let got = r.get(&a.info.device_id).await.unwrap().unwrap();
+        assert_eq!(got.last_ip.as_deref(), Some("198.51.100.7"));
+        assert_eq!(got.last_seen_ms, 9_000);
+        let ghost = DeviceId::parse("ghost").unwrap();
+        r.seen(&ghost, "1.2.3.4", 9_000).await.unwrap();
+        assert_eq!(r.get(&ghost).await.unwrap(), None, "seen creates nothing");
+
+        r.register(&record("dev-b", Some("acme"), "t"), None)
+            .await
+            .unwrap();
+        r.register(&record("dev-c", Some("globex"), "t"), None)
+            .await
+            .unwrap();
+        let ids = |v: Vec<DeviceRecord>| {
+            v.into_iter()
+                .map(|d| d.info.device_id.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(r.list(Some("acme"), "", 10).await.unwrap()),
+            ["dev-a", "dev-b"]
+        );
+        assert_eq!(
+            ids(r.list(Some("globex"), "", 10).await.unwrap()),
+            ["dev-c"]
+        );
+        assert_eq!(ids(r.list(None, "", 10).await.unwrap()).len(), 3);
+        assert_eq!(
+            ids(r.list(Some("acme"), "198.51", 10).await.unwrap()),
+            ["dev-a"]
+        );
+        assert_eq!(ids(r.list(Some("acme"), "", 1).await.unwrap()), ["dev-a"]);
+    }
+}

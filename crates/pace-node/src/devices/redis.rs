@@ -1,0 +1,191 @@
+//! The Redis device registry, shared by every node of a cluster.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{prefix}:device:<id>` | hash | `record` (the registration, JSON), `token_id`, `first_registered_ms`, `last_seen_ms`, `last_ip` |
+//! | `{prefix}:devices` | set | every registered device id |
+//!
+//! Registration is one Lua script (`register_device.lua`): create if
+//! absent, replace only with the current token id.
+
+use async_trait::async_trait;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use pace_protocol::DeviceId;
+
+use super::{DeviceInfo, DeviceRecord, DeviceRegistry, Registered, RegistryError, matches};
+
+/// Most devices a listing scans (the registry search is for people, not
+/// for bulk export).
+const SCAN_LIMIT: usize = 100_000;
+
+/// The Redis [`DeviceRegistry`].
+pub struct RedisDeviceRegistry {
+    client: Client,
+    prefix: String,
+    register: Script,
+    seen: Script,
+}
+
+impl std::fmt::Debug for RedisDeviceRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisDeviceRegistry")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: Error) -> RegistryError {
+    RegistryError::Unavailable(e.details().to_string())
+}
+
+impl RedisDeviceRegistry {
+    /// A registry on `client` under `{prefix}`.
+    pub fn new(client: Client, prefix: &str) -> Self {
+        RedisDeviceRegistry {
+            client,
+            prefix: prefix.to_owned(),
+            register: Script::from_lua(include_str!("register_device.lua")),
+            seen: Script::from_lua(include_str!("seen_device.lua")),
+        }
+    }
+
+    fn key(&self, device: &DeviceId) -> String {
+        format!("{{{}}}:device:{device}", self.prefix)
+    }
+
+    fn index(&self) -> String {
+        format!("{{{}}}:devices", self.prefix)
+    }
+
+    /// Builds a record from a device hash (`None` when absent or unreadable).
+    fn parse(fields: std::collections::HashMap<String, String>) -> Option<DeviceRecord> {
+        let info: DeviceInfo = serde_json::from_str(fields.get("record")?).ok()?;
+        let num = |k: &str| {
+            fields
+                .get(k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Some(DeviceRecord {
+            info,
+            first_registered_ms: num("first_registered_ms"),
+            last_seen_ms: num("last_seen_ms"),
+            last_ip: fields.get("last_ip").cloned(),
+            token_id: fields.get("token_id").cloned().unwrap_or_default(),
+        })
+    }
+}
+
+#[async_trait]
+impl DeviceRegistry for RedisDeviceRegistry {
+    async fn register(
+        &self,
+        record: &DeviceRecord,
+        current_token: Option<&str>,
+    ) -> Result<Registered, RegistryError> {
+        let json = serde_json::to_string(&record.info)
+            .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        let outcome: String = self
+            .register
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.key(&record.info.device_id), self.index()],
+                vec![
+                    record.info.device_id.to_string(),
+                    current_token.unwrap_or_default().to_owned(),
+                    json,
+                    record.token_id.clone(),
+                    record.last_seen_ms.to_string(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        match outcome.as_str() {
+            "created" => Ok(Registered::Created),
+            "refreshed" => Ok(Registered::Refreshed),
+            _ => Ok(Registered::Taken),
+        }
+    }
+
+    async fn get(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, RegistryError> {
+        let fields: std::collections::HashMap<String, String> = self
+            .client
+            .hgetall(self.key(device))
+            .await
+            .map_err(unavailable)?;
+        Ok(RedisDeviceRegistry::parse(fields))
+    }
+
+    async fn seen(&self, device: &DeviceId, ip: &str, at_ms: u64) -> Result<(), RegistryError> {
+        let _: i64 = self
+            .seen
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.key(device)],
+                vec![ip.to_owned(), at_ms.to_string()],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        tenant: Option<&str>,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, RegistryError> {
+        let mut ids: Vec<String> = self
+            .client
+            .smembers(self.index())
+            .await
+            .map_err(unavailable)?;
+        ids.sort();
+        ids.truncate(SCAN_LIMIT);
+        let mut out = Vec::new();
+        for chunk in ids.chunks(200) {
+            let pipeline = self.client.pipeline();
+            for id in chunk {
+                let Ok(device) = DeviceId::parse(id) else {
+                    continue;
+                };
+                let _: () = pipeline
+                    .hgetall::<(), _>(self.key(&device))
+                    .await
+                    .map_err(unavailable)?;
+            }
+            let all: Vec<std::collections::HashMap<String, String>> =
+                pipeline.all().await.map_err(unavailable)?;
+            for fields in all {
+                if let Some(r) = RedisDeviceRegistry::parse(fields)
+                    && matches(&r, tenant, query)
+                {
+                    out.push(r);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::conformance;
+    use super::*;
+    use crate::store::test_redis::TestRedis;
+
+    #[tokio::test]
+    async fn conformance_against_a_real_redis() {
+        let redis = TestRedis::start();
+        let client = Builder::from_config(Config::from_url(&redis.url()).unwrap())
+            .build()
+            .unwrap();
+        client.init().await.unwrap();
+        let r = RedisDeviceRegistry::new(client, "devreg");
+        conformance::registers_refreshes_and_lists(&r).await;
+    }
+}

@@ -1,0 +1,332 @@
+//! Device tokens: ours (EdDSA, signed with the cluster's key set) and an
+//! enterprise issuer's (its JWKS, `iss` and `aud` configured).
+//!
+//! Our tokens carry `aud` `pace/device` — no room id can contain `/`, so a
+//! device token never passes as an admission token — and `typ`
+//! `pace-device+jwt`. The algorithm is decided by the key, never by the
+//! token: `alg: none`, HMAC, and keys outside the configured sets fail.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use pace_protocol::DeviceId;
+use serde::{Deserialize, Serialize};
+
+use super::DeviceInfo;
+use crate::admission::{KeySet, TokenError};
+
+/// `aud` of our device tokens.
+pub const DEVICE_AUDIENCE: &str = "pace/device";
+/// `typ` header of our device tokens.
+pub const DEVICE_TOKEN_TYPE: &str = "pace-device+jwt";
+/// Clock leeway for expiry checks, seconds.
+const LEEWAY_SECS: u64 = 5;
+
+/// The claims of a device token we issue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceClaims {
+    /// Issuer (the key set's).
+    pub iss: String,
+    /// Always [`DEVICE_AUDIENCE`].
+    pub aud: String,
+    /// The device id.
+    pub sub: String,
+    /// The person using the device, when it registered one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The tenant it registered with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Token id: the registry's current token for the device.
+    pub jti: String,
+}
+
+/// Why a device token is refused. The handshake answers 401 with
+/// [`DeviceTokenError::code`]; no variant quotes the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceTokenError {
+    /// No `Authorization: Bearer` header and no `token` query parameter.
+    #[error("no device token: register at POST /api/v1/devices/register and send the token")]
+    Missing,
+    /// Not a token we (or the configured issuer) signed, or malformed.
+    #[error("device token not valid: {0}")]
+    Invalid(&'static str),
+    /// Past its expiry: register again (refresh) for a new one.
+    #[error("device token expired; refresh it at POST /api/v1/devices/register")]
+    Expired,
+    /// Valid, but for another device id than the handshake names.
+    #[error("device token belongs to another device")]
+    Mismatch,
+}
+
+impl DeviceTokenError {
+    /// The error code (also the metrics reason).
+    pub fn code(&self) -> pace_protocol::ErrorCode {
+        use pace_protocol::ErrorCode;
+        match self {
+            DeviceTokenError::Missing => ErrorCode::MissingDeviceToken,
+            DeviceTokenError::Invalid(_) | DeviceTokenError::Expired => {
+                ErrorCode::InvalidDeviceToken
+            }
+            DeviceTokenError::Mismatch => ErrorCode::DeviceTokenMismatch,
+        }
+    }
+}
+
+/// Signs a token for a registration, valid `ttl` from `now`.
+pub fn issue(
+    keys: &KeySet,
+    info: &DeviceInfo,
+    now: u64,
+    ttl: Duration,
+) -> Result<(String, DeviceClaims), TokenError> {
+    let claims = DeviceClaims {
+        iss: keys.issuer().to_owned(),
+        aud: DEVICE_AUDIENCE.to_owned(),
+        sub: info.device_id.to_string(),
+        user: info.user.clone(),
+        tenant: info.tenant.clone(),
+        iat: now,
+        exp: now.saturating_add(ttl.as_secs()),
+        jti: uuid::Uuid::new_v4().simple().to_string(),
+    };
+    let token = keys.sign_claims_typed(&claims, now, DEVICE_TOKEN_TYPE)?;
+    Ok((token, claims))
+}
+
+/// Verifies one of our device tokens at `now`; expiry is not checked when
+/// `allow_expired` (a refresh proves possession; the registry checks that
+/// it is the current token).
+pub fn verify_own(
+    keys: &KeySet,
+    token: &str,
+    now: u64,
+    allow_expired: bool,
+) -> Result<DeviceClaims, DeviceTokenError> {
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|_| DeviceTokenError::Invalid("malformed"))?;
+    if header.typ.as_deref() != Some(DEVICE_TOKEN_TYPE) {
+        return Err(DeviceTokenError::Invalid("not a device token"));
+    }
+    let claims: DeviceClaims = keys
+        .decode_claims(token)
+        .map_err(|_| DeviceTokenError::Invalid("not signed by this cluster"))?;
+    if claims.aud != DEVICE_AUDIENCE || claims.iss != keys.issuer() {
+        return Err(DeviceTokenError::Invalid(
+            "not a device token of this cluster",
+        ));
+    }
+    if !allow_expired && now >= claims.exp.saturating_add(LEEWAY_SECS) {
+        return Err(DeviceTokenError::Expired);
+    }
+    Ok(claims)
+}
+
+/// An enterprise's device token issuer: its public keys (JWKS), `iss`
+/// and `aud`. Its tokens' `sub` is the device id.
+pub struct ExternalIssuer {
+    keys: HashMap<String, (DecodingKey, Algorithm)>,
+    issuer: String,
+    audience: String,
+}
+
+impl std::fmt::Debug for ExternalIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalIssuer")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The claims we read from an external token.
+#[derive(Deserialize)]
+struct ExternalClaims {
+    sub: String,
+}
+
+impl ExternalIssuer {
+    /// Reads the issuer's JWKS from `path`. Every key needs a `kid`;
+    /// symmetric (`oct`) keys are refused; a key without `alg` gets the
+    /// usual one for its type (RSA: RS256, P-256: ES256, P-384: ES384,
+    /// Ed25519: EdDSA).
+    pub fn load(path: &Path, issuer: &str, audience: &str) -> Result<ExternalIssuer, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        ExternalIssuer::from_jwks(&text, issuer, audience)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Like [`ExternalIssuer::load`], from the JWKS text.
+    pub fn from_jwks(jwks: &str, issuer: &str, audience: &str) -> Result<ExternalIssuer, String> {
+        if issuer.is_empty() || audience.is_empty() {
+            return Err("an external issuer needs both an issuer and an audience".into());
+        }
+        let set: JwkSet = serde_json::from_str(jwks).map_err(|e| format!("not a JWKS: {e}"))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let kid = jwk.common.key_id.clone().ok_or("every key needs a kid")?;
+            let alg = match (jwk.common.key_algorithm, &jwk.algorithm) {
+                (_, AlgorithmParameters::OctetKey(_)) => {
+                    return Err(format!("key {kid}: symmetric keys are not accepted"));
+                }
+                (Some(KeyAlgorithm::HS256 | KeyAlgorithm::HS384 | KeyAlgorithm::HS512), _) => {
+                    return Err(format!("key {kid}: HMAC is not accepted"));
+                }
+                (Some(a), _) => Algorithm::try_from(a).map_err(|e| format!("key {kid}: {e}"))?,
+                (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
+                (None, AlgorithmParameters::EllipticCurve(p)) => match p.curve {
+                    EllipticCurve::P256 => Algorithm::ES256,
+                    EllipticCurve::P384 => Algorithm::ES384,
+                    _ => return Err(format!("key {kid}: unsupported curve")),
+                },
+                (None, AlgorithmParameters::OctetKeyPair(_)) => Algorithm::EdDSA,
+                (None, _) => return Err(format!("key {kid}: unsupported key type")),
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {kid}: {e}"))?;
+            keys.insert(kid, (key, alg));
+        }
+        if keys.is_empty() {
+            return Err("the JWKS has no keys".into());
+        }
+        Ok(ExternalIssuer {
+            keys,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        })
+    }
+
+    /// Verifies a token of this issuer (key by `kid`, its algorithm only,
+    /// `iss`, `aud`, `exp` with 5 s leeway); returns its `sub`.
+    pub fn verify(&self, token: &str) -> Result<String, DeviceTokenError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| DeviceTokenError::Invalid("malformed"))?;
+        let kid = header.kid.ok_or(DeviceTokenError::Invalid("no kid"))?;
+        let (key, alg) = self
+            .keys
+            .get(&kid)
+            .ok_or(DeviceTokenError::Invalid("unknown key"))?;
+        if header.alg != *alg {
+            return Err(DeviceTokenError::Invalid(
+                "algorithm does not match the key",
+            ));
+        }
+        let mut validation = Validation::new(*alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        match jsonwebtoken::decode::<ExternalClaims>(token, key, &validation) {
+            Ok(data) => Ok(data.claims.sub),
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
+                Err(DeviceTokenError::Expired)
+            }
+            Err(_) => Err(DeviceTokenError::Invalid(
+                "not accepted from the configured issuer",
+            )),
+        }
+    }
+}
+
+/// Checks a handshake's token against the device id it names: ours first,
+/// then the external issuer's.
+pub fn authenticate(
+    keys: &KeySet,
+    external: Option<&ExternalIssuer>,
+    token: &str,
+    device: &DeviceId,
+    now: u64,
+) -> Result<Option<DeviceClaims>, DeviceTokenError> {
+    let is_ours = jsonwebtoken::decode_header(token)
+        .ok()
+        .is_some_and(|h: Header| h.typ.as_deref() == Some(DEVICE_TOKEN_TYPE));
+    if is_ours || external.is_none() {
+        let claims = verify_own(keys, token, now, false)?;
+        if claims.sub != device.as_str() {
+            return Err(DeviceTokenError::Mismatch);
+        }
+        return Ok(Some(claims));
+    }
+    let Some(external) = external else {
+        return Err(DeviceTokenError::Invalid("unknown issuer"));
+    };
+    let sub = external.verify(token)?;
+    if sub != device.as_str() {
+        return Err(DeviceTokenError::Mismatch);
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::unix_now;
+
+    fn info(id: &str) -> DeviceInfo {
+        DeviceInfo {
+            device_id: DeviceId::parse(id).unwrap(),
+            kind: "laptop".into(),
+            model: String::new(),
+            os: String::new(),
+            os_version: String::new(),
+            app_version: String::new(),
+            department: None,
+            user: Some("alice".into()),
+            tenant: None,
+        }
+    }
+
+    #[test]
+    fn our_tokens_bind_the_device() {
+        let keys = KeySet::generate_in_memory().unwrap();
+        let now = unix_now();
+        let (token, claims) = issue(&keys, &info("dev-1"), now, Duration::from_secs(60)).unwrap();
+        assert_eq!(claims.user.as_deref(), Some("alice"));
+        let dev = DeviceId::parse("dev-1").unwrap();
+        let other = DeviceId::parse("dev-2").unwrap();
+        assert_eq!(
+            authenticate(&keys, None, &token, &dev, now).unwrap(),
+            Some(claims)
+        );
+        assert_eq!(
+            authenticate(&keys, None, &token, &other, now),
+            Err(DeviceTokenError::Mismatch)
+        );
+        assert_eq!(
+            authenticate(&keys, None, &token, &dev, now + 120),
+            Err(DeviceTokenError::Expired)
+        );
+        assert!(
+            verify_own(&keys, &token, now + 120, true).is_ok(),
+            "refresh"
+        );
+        let foreign = KeySet::generate_in_memory().unwrap();
+        assert!(matches!(
+            authenticate(&foreign, None, &token, &dev, now),
+            Err(DeviceTokenError::Invalid(_))
+        ));
+        // Never an admission token.
+        for room in [None, Some("pace/device")] {
+            assert!(keys.verify(&token, room, now).is_err());
+        }
+    }
+
+    #[test]
+    fn external_jwks_must_be_asymmetric_with_kids() {
+        let hmac = r#"{"keys":[{"kty":"oct","kid":"k","k":"c2VjcmV0"}]}"#;
+        assert!(ExternalIssuer::from_jwks(hmac, "i", "a").is_err());
+        let no_kid = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+        assert!(ExternalIssuer::from_jwks(no_kid, "i", "a").is_err());
+        let ok = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+        assert!(ExternalIssuer::from_jwks(ok, "i", "a").is_ok());
+        assert!(ExternalIssuer::from_jwks(ok, "", "a").is_err());
+    }
+}
