@@ -85,6 +85,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NotFound | ErrorCode::NoSuchRoom => StatusCode::NOT_FOUND,
         ErrorCode::RoomClosed | ErrorCode::DeviceExists => StatusCode::CONFLICT,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::MissingDeviceToken
         | ErrorCode::InvalidDeviceToken
         | ErrorCode::DeviceTokenMismatch => StatusCode::UNAUTHORIZED,

@@ -24,6 +24,7 @@
 //! - [`systemd`]: readiness, stopping and watchdog notifications.
 
 pub mod accounts;
+pub mod admin_api;
 pub mod admission;
 pub mod api;
 pub mod config;

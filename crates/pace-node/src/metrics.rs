@@ -82,6 +82,8 @@ pub struct Metrics {
     pub device_registrations: IntCounterVec,
     /// 1 when the node accepts devices without a token.
     pub insecure_anonymous_devices: IntGauge,
+    /// Admin API requests, by result (`ok`, `refused`, `unauthorized`).
+    pub admin_requests: IntCounterVec,
     /// Event names seen so far, to cap label cardinality.
     events_seen: Arc<Mutex<HashSet<String>>>,
     /// `POST /api/v1/admin/login` attempts, by result.
@@ -280,6 +282,14 @@ impl Metrics {
                 "1 when the node accepts devices without a device token (--insecure-anonymous-devices).",
             )
             .expect("valid metric"),
+            admin_requests: IntCounterVec::new(
+                Opts::new(
+                    "pace_admin_requests_total",
+                    "Admin API requests, by result (ok, refused, unauthorized).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
             events_seen: Arc::default(),
             registry,
             admin_logins: IntCounterVec::new(
@@ -318,6 +328,7 @@ impl Metrics {
             Box::new(m.bus_gaps.clone()),
             Box::new(m.bus_repaired.clone()),
             Box::new(m.pow.clone()),
+            Box::new(m.admin_requests.clone()),
             Box::new(m.device_registrations.clone()),
             Box::new(m.insecure_anonymous_devices.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),

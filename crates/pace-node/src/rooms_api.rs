@@ -17,7 +17,7 @@ use crate::queue::{DeviceStatus, QueueError, RoomConfig};
 use crate::rooms::{eta_seconds, with_token};
 use crate::store::now_ms;
 
-fn store_error(e: QueueError) -> ApiError {
+pub(crate) fn store_error(e: QueueError) -> ApiError {
     match e {
         QueueError::InvalidConfig(msg) => ApiError::new(ErrorCode::BadRequest, msg),
         other => {
@@ -106,6 +106,18 @@ pub async fn stats(
             format!("no room {room}"),
         ));
     }
+    Ok(json_response(
+        StatusCode::OK,
+        &stats_body(node, &room).await?,
+    ))
+}
+
+/// The stats of an existing room, as `GET …/stats` answers them.
+pub(crate) async fn stats_body(
+    node: &NodeRef,
+    room: &RoomId,
+) -> Result<serde_json::Value, ApiError> {
+    let room = room.clone();
     let c = node
         .rooms
         .queue
@@ -120,9 +132,7 @@ pub async fn stats(
         .zip(&w.counts)
         .map(|(le, n)| json!({"le": le, "count": n}))
         .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
+    Ok(json!({
             "room": room,
             "waiting": c.waiting,
             "peak_waiting": c.peak_waiting,
@@ -135,8 +145,7 @@ pub async fn stats(
                 "mean": if w.count() > 0 { w.sum_ms as f64 / w.count() as f64 / 1000.0 } else { 0.0 },
                 "buckets": buckets,
             },
-        }),
-    ))
+    }))
 }
 
 /// The device a request speaks for: `x-device-id` header, else `device_id`

@@ -71,6 +71,8 @@ pub enum ErrorCode {
     /// Register: the device id is taken and the request did not present
     /// that device's current token.
     DeviceExists,
+    /// HTTP: authenticated, but this credential may not do that.
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -120,6 +122,7 @@ impl ErrorCode {
             ErrorCode::InvalidDeviceToken => "invalid_device_token",
             ErrorCode::DeviceTokenMismatch => "device_token_mismatch",
             ErrorCode::DeviceExists => "device_exists",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -191,6 +194,7 @@ mod tests {
             ErrorCode::InvalidDeviceToken,
             ErrorCode::DeviceTokenMismatch,
             ErrorCode::DeviceExists,
+            ErrorCode::Forbidden,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -22,6 +22,8 @@ use super::{
 pub struct MemoryQueueStore {
     /// Every room's state, by id.
     rooms: Mutex<HashMap<RoomId, RoomData>>,
+    /// Owners of rooms (tenant ids), by room.
+    owners: Mutex<HashMap<RoomId, String>>,
 }
 
 /// One room: the same facts the Redis store keeps in the room's keys.
@@ -184,6 +186,23 @@ impl QueueStore for MemoryQueueStore {
             id: room.clone(),
             config: r.config.clone(),
         }))
+    }
+
+    async fn room_owner(&self, room: &RoomId) -> Result<Option<String>, QueueError> {
+        let owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(owners.get(room).cloned())
+    }
+
+    async fn claim_room(&self, room: &RoomId, tenant: &str) -> Result<Option<String>, QueueError> {
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(owner) = owners.get(room) {
+            return Ok(Some(owner.clone()));
+        }
+        if self.with(|rooms| rooms.contains_key(room)) {
+            return Ok(None);
+        }
+        owners.insert(room.clone(), tenant.to_owned());
+        Ok(Some(tenant.to_owned()))
     }
 
     async fn rooms(&self) -> Result<Vec<RoomId>, QueueError> {

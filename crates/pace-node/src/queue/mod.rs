@@ -357,6 +357,15 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
     /// Every room id, sorted.
     async fn rooms(&self) -> Result<Vec<RoomId>, QueueError>;
 
+    /// The tenant that owns `room` (rooms made with the service key have
+    /// none).
+    async fn room_owner(&self, room: &RoomId) -> Result<Option<String>, QueueError>;
+
+    /// Makes `tenant` the owner of `room` when the room does not exist yet
+    /// and nobody owns it, atomically. Returns the owner after the call
+    /// (`None`: the room exists without an owner).
+    async fn claim_room(&self, room: &RoomId, tenant: &str) -> Result<Option<String>, QueueError>;
+
     /// Joins `device` to the room's queue, or returns the place or live
     /// session it already has. Also counts as a heartbeat. A session that
     /// has expired but was not yet freed is freed here and the device
@@ -468,6 +477,7 @@ pub(crate) mod conformance {
                 counters,
                 positions_and_head,
                 rooms_and_config,
+                rooms_have_one_owner,
                 leave_gives_up_a_place,
                 wait_times_are_measured_from_the_first_join,
             );
@@ -991,6 +1001,26 @@ pub(crate) mod conformance {
         let none = s.positions(&room("unknown"), &[dev("a")]).await.unwrap();
         assert_eq!(none.positions, [None]);
         assert!(s.positions(&r, &[]).await.unwrap().positions.is_empty());
+    }
+
+    /// A new room can be claimed by one tenant only; an existing room
+    /// without an owner cannot be claimed.
+    pub async fn rooms_have_one_owner(s: SharedQueueStore) {
+        let r = RoomId::parse("owned").unwrap();
+        assert_eq!(s.room_owner(&r).await.unwrap(), None);
+        assert_eq!(
+            s.claim_room(&r, "acme").await.unwrap().as_deref(),
+            Some("acme")
+        );
+        assert_eq!(
+            s.claim_room(&r, "globex").await.unwrap().as_deref(),
+            Some("acme")
+        );
+        assert_eq!(s.room_owner(&r).await.unwrap().as_deref(), Some("acme"));
+        new_room(&s, "legacy", config(5)).await;
+        let legacy = RoomId::parse("legacy").unwrap();
+        assert_eq!(s.claim_room(&legacy, "acme").await.unwrap(), None);
+        assert_eq!(s.room_owner(&legacy).await.unwrap(), None);
     }
 
     /// Rooms round-trip their config; replacing it keeps the queue.

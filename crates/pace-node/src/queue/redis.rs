@@ -72,6 +72,7 @@ struct RoomKeys {
     rate: String,
     joined: String,
     waits: String,
+    owner: String,
 }
 
 impl RoomKeys {
@@ -89,6 +90,7 @@ impl RoomKeys {
             rate: key("rate"),
             joined: key("joined"),
             waits: key("waits"),
+            owner: key("owner"),
         }
     }
 }
@@ -305,6 +307,28 @@ impl QueueStore for RedisQueueStore {
             id: room.clone(),
             config,
         }))
+    }
+
+    async fn room_owner(&self, room: &RoomId) -> Result<Option<String>, QueueError> {
+        self.connected_or_fail()?;
+        self.client
+            .get(&self.keys(room).owner)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn claim_room(&self, room: &RoomId, tenant: &str) -> Result<Option<String>, QueueError> {
+        self.connected_or_fail()?;
+        let k = self.keys(room);
+        let owner: String = Script::from_lua(include_str!("claim_room.lua"))
+            .evalsha_with_reload(
+                &self.client,
+                vec![k.owner, k.config],
+                vec![tenant.to_owned()],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok((!owner.is_empty()).then_some(owner))
     }
 
     async fn rooms(&self) -> Result<Vec<RoomId>, QueueError> {

@@ -6,6 +6,7 @@
 mod support;
 
 mod abuse;
+mod admin_api;
 mod admin_login;
 mod bad_input;
 mod cluster;

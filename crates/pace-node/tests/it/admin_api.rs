@@ -1,0 +1,267 @@
+//! The admin API and tenant isolation: every admin endpoint, tried by an
+//! admin of one tenant on the other tenant's rooms and devices, answers as
+//! if they did not exist.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// `pace-node admin ARGS --data-dir DIR`, password on stdin.
+fn admin_cli(dir: &std::path::Path, args: &[&str]) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pace-node"))
+        .arg("admin")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("PACE_REDIS_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+}
+
+async fn call(node: &TestNode, method: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let (status, text) = http(
+        node.addr,
+        method,
+        path,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        &body,
+    )
+    .await
+    .unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn login(node: &TestNode, tenant: &str) -> String {
+    let (status, text) = http(
+        node.addr,
+        "POST",
+        "/api/v1/admin/login",
+        &[("content-type", "application/json")],
+        &json!({"tenant": tenant, "user": "admin", "password": PASSWORD}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+fn room(capacity: u32) -> Value {
+    json!({"capacity": capacity, "admit_per_minute": null, "session_ttl_secs": 60,
+           "target_url": "https://shop.example/in", "state": "open", "pow_difficulty": 0})
+}
+
+async fn register(node: &TestNode, id: &str, tenant: &str) {
+    let (status, text) = http(
+        node.addr,
+        "POST",
+        "/api/v1/devices/register",
+        &[("content-type", "application/json")],
+        &json!({"device_id": id, "tenant": tenant, "model": "kiosk"}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{text}");
+}
+
+#[tokio::test]
+async fn an_admin_sees_and_changes_only_its_own_tenant() {
+    let dir = scratch_dir();
+    for tenant in ["acme", "globex"] {
+        admin_cli(&dir, &["add-tenant", tenant]);
+        admin_cli(&dir, &["add-user", "--tenant", tenant, "admin"]);
+    }
+    let node = TestNode::start_with(|c| {
+        c.data_dir = dir.clone();
+        c.demo_room = false;
+    })
+    .await;
+    let tokens = [login(&node, "acme").await, login(&node, "globex").await];
+    let tenants = ["acme", "globex"];
+    for (t, token) in tenants.iter().zip(&tokens) {
+        let (status, body) = call(
+            &node,
+            "PUT",
+            &format!("/api/v1/admin/rooms/{t}-sale"),
+            token,
+            room(10),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        register(&node, &format!("{t}-kiosk"), t).await;
+    }
+    // A room made with the service key belongs to no tenant.
+    let (status, _) = http(
+        node.addr,
+        "PUT",
+        "/api/v1/rooms/legacy",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        &room(3).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+
+    for (i, me) in tenants.iter().enumerate() {
+        let token = &tokens[i];
+        let other = tenants[1 - i];
+        // Every admin endpoint, on the other tenant's room and on the
+        // unowned one: 404, exactly like a room that does not exist.
+        for target in [
+            format!("{other}-sale"),
+            "legacy".to_owned(),
+            format!("{me}-fresh"),
+        ] {
+            for (method, path, body) in [
+                ("GET", format!("/api/v1/admin/rooms/{target}"), Value::Null),
+                (
+                    "GET",
+                    format!("/api/v1/admin/rooms/{target}/stats"),
+                    Value::Null,
+                ),
+                ("PUT", format!("/api/v1/admin/rooms/{target}"), room(999)),
+            ] {
+                let (status, body) = call(&node, method, &path, token, body).await;
+                if target == format!("{me}-fresh") && method == "PUT" {
+                    // A free id: creating it is fine (and it is now ours).
+                    assert_eq!(status, 200, "{me} {method} {path}: {body}");
+                    continue;
+                }
+                assert_eq!(status, 404, "{me} {method} {path}: {body}");
+                assert_eq!(body["error"]["code"], "no_such_room");
+            }
+        }
+        // The other tenant's room is unchanged.
+        let (_, theirs) = http(
+            node.addr,
+            "GET",
+            &format!("/api/v1/rooms/{other}-sale"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+        let theirs: Value = serde_json::from_str(&theirs).unwrap();
+        assert_eq!(theirs["config"]["capacity"], 10, "{me} could not change it");
+
+        // Listings show only the tenant's own.
+        let (status, body) = call(&node, "GET", "/api/v1/admin/rooms", token, Value::Null).await;
+        assert_eq!(status, 200);
+        let ids: Vec<&str> = body["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        assert!(ids.contains(&format!("{me}-sale").as_str()), "{ids:?}");
+        assert!(!ids.contains(&format!("{other}-sale").as_str()));
+        assert!(!ids.contains(&"legacy"));
+        let (status, body) = call(&node, "GET", "/api/v1/admin/devices", token, Value::Null).await;
+        assert_eq!(status, 200);
+        let devices: Vec<&str> = body["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["device_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(devices, [format!("{me}-kiosk").as_str()]);
+        assert!(
+            !body.to_string().contains("token_id"),
+            "token ids stay private"
+        );
+        let (_, body) = call(
+            &node,
+            "GET",
+            &format!("/api/v1/admin/devices?q={other}"),
+            token,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(body["devices"], json!([]));
+
+        // Own stats and room work.
+        let (status, body) = call(
+            &node,
+            "GET",
+            &format!("/api/v1/admin/rooms/{me}-sale/stats"),
+            token,
+            Value::Null,
+        )
+        .await;
+        assert_eq!((status, body["waiting"].as_u64()), (200, Some(0)));
+
+        // Notifications: own device and own groups; not another tenant's
+        // device, not its groups, not everyone.
+        let notify = |scope: &str, target: Option<String>| {
+            let mut b = json!({"scope": scope, "event": "hello"});
+            if let Some(t) = target {
+                b["target"] = json!(t);
+            }
+            b
+        };
+        for (body, want) in [
+            (notify("device", Some(format!("{me}-kiosk"))), 202),
+            (notify("group", Some(format!("{me}:ops"))), 202),
+            (notify("device", Some(format!("{other}-kiosk"))), 404),
+            (notify("device", Some("unregistered".into())), 404),
+            (notify("group", Some(format!("{other}:ops"))), 403),
+            (notify("group", Some("ops".into())), 403),
+            (notify("all", None), 403),
+        ] {
+            let (status, resp) = call(&node, "POST", "/api/v1/notify", token, body.clone()).await;
+            assert_eq!(status, want, "{me}: {body} -> {resp}");
+        }
+
+        let (status, body) = call(&node, "GET", "/api/v1/admin/cluster", token, Value::Null).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // Without a valid admin token: 401 everywhere; an admin token is no
+    // service key.
+    let endpoints = [
+        ("GET", "/api/v1/admin/rooms"),
+        ("GET", "/api/v1/admin/rooms/acme-sale"),
+        ("PUT", "/api/v1/admin/rooms/acme-sale"),
+        ("GET", "/api/v1/admin/rooms/acme-sale/stats"),
+        ("GET", "/api/v1/admin/devices"),
+        ("GET", "/api/v1/admin/cluster"),
+    ];
+    for bad in ["", "garbage", KEY] {
+        for (method, path) in endpoints {
+            let (status, _) = call(&node, method, path, bad, room(1)).await;
+            assert_eq!(status, 401, "{method} {path} with {bad:?}");
+        }
+    }
+    let (status, _) = call(&node, "PUT", "/api/v1/rooms/acme-sale", &tokens[0], room(1)).await;
+    assert_eq!(status, 401, "the service-key room API refuses admin tokens");
+    assert!(
+        node.metric(r#"pace_admin_requests_total{result="unauthorized"}"#)
+            .await
+            >= 18.0
+    );
+}
