@@ -6,25 +6,32 @@
 //! does the `x-device-id` header reach the node, is the WebSocket upgrade
 //! allowed, does the connection survive idle periods.
 //!
+//! Before connecting it gets a device token: the one stored in the token
+//! file (`--token-file`, next to the id file), refreshed when close to
+//! expiry, or a new registration (`POST /api/v1/devices/register`). It
+//! prints which. `--token` uses a given token instead; `--no-register`
+//! connects without one (nodes started with `--insecure-anonymous-devices`).
+//!
 //! ```sh
 //! cargo run -p pace-device --example device -- --url http://127.0.0.1:8080 --room demo --group it
 //! cargo run -p pace-device --features tls --example device -- --url wss://pace.example.com --check --hold 2m
 //! cargo run -p pace-device --example device -- --url http://127.0.0.1:8080 --status demo
 //! ```
 //!
-//! Exit codes: 0 fine; 1 could not connect, or the client stopped; 2 bad
+//! Exit codes: 0 fine; 1 could not register or connect, or the client stopped; 2 bad
 //! usage; 3 (`--check`) connected only through the `device_id` query
 //! fallback because the header was stripped; 4 (`--check --hold`) the
 //! connection dropped while idle.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Parser;
 use pace_device::{
-    Client, Closed, Config, DeviceType, Disconnect, Event, load_or_create_device_id,
+    Client, Closed, Config, Credentials, CredentialsError, DeviceInfo, DeviceType, Disconnect,
+    Event, Obtained, TokenStore, ensure_token, load_or_create_device_id,
 };
 use pace_protocol::{DeviceId, ErrorCode, GroupId, RoomId};
 
@@ -46,9 +53,27 @@ struct Args {
     #[arg(long, env = "PACE_DEVICE_ID_FILE", default_value = "pace-device-id")]
     id_file: PathBuf,
 
-    /// Bearer token, for gateways that authenticate devices.
+    /// Device token to use as is (no registration, no renewal).
     #[arg(long, env = "PACE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+
+    /// File keeping this device's token [default: `<id-file>.token`, or
+    /// `<device-id>.token` beside the id file with --device-id].
+    #[arg(long, env = "PACE_DEVICE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+
+    /// Connect without a device token (nodes started with
+    /// --insecure-anonymous-devices).
+    #[arg(long, conflicts_with_all = ["token", "token_file"])]
+    no_register: bool,
+
+    /// Person using the device, sent when registering.
+    #[arg(long)]
+    user: Option<String>,
+
+    /// Tenant the device registers with (must exist on the node).
+    #[arg(long)]
+    tenant: Option<String>,
 
     /// Department(s) sent in the x-department-id header (repeat or comma-separate).
     #[arg(long = "department", value_delimiter = ',')]
@@ -128,6 +153,17 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(id) => DeviceId::parse(id).map_err(|e| anyhow::anyhow!("--device-id {e}"))?,
         None => load_or_create_device_id(&args.id_file, DeviceType::detect())?,
     };
+    let token_store = match (&args.token_file, &args.device_id) {
+        (Some(path), _) => TokenStore::new(path.clone()),
+        (None, None) => TokenStore::next_to(&args.id_file),
+        // Not the id file's device: keep its token apart.
+        (None, Some(_)) => TokenStore::new(
+            args.id_file
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join(format!("{device_id}.token")),
+        ),
+    };
     let mut urls = args.urls.iter();
     let first = urls.next().context("--url is required")?;
     let mut config = Config::new(first.clone(), device_id)
@@ -140,13 +176,25 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for url in urls {
         config = config.with_url(url.clone());
     }
-    if let Some(t) = &args.token {
-        config = config.with_token(t.clone());
-    }
     config.connect_timeout = args.connect_timeout;
     config.replay_device_history_on_first_connect = args.replay_device_history;
     let rooms = parse_all(&args.rooms, RoomId::parse, "--room")?;
     let groups = parse_all(&args.groups, GroupId::parse, "--group")?;
+
+    if let Some(t) = &args.token {
+        config = config.with_token(t.clone());
+    } else if !args.no_register {
+        let mut info = DeviceInfo::detect(&config.device_id, env!("CARGO_PKG_VERSION"));
+        info.department = config.departments.first().cloned();
+        info.user = args.user.clone();
+        info.tenant = args.tenant.clone();
+        let creds = Credentials::new(info, token_store);
+        let Some(token) = obtain_token(&config, &creds).await else {
+            return Ok(ExitCode::from(1));
+        };
+        // With the credentials, the client renews a token the node refuses.
+        config = config.with_token(token).with_credentials(creds);
+    }
 
     if let Some(room) = &args.status {
         let room = RoomId::parse(room).map_err(|e| anyhow::anyhow!("--status {e}"))?;
@@ -165,6 +213,49 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return check(config, args.hold).await;
     }
     listen(config, rooms, groups, args.exit_after).await
+}
+
+/// The stored, refreshed or new device token, with what happened printed;
+/// `None` (after saying why) when there is none.
+async fn obtain_token(config: &Config, creds: &Credentials) -> Option<String> {
+    let path = creds.store.path().display();
+    let expiry = |at: u64| {
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(at)).to_string()
+    };
+    match ensure_token(config, creds).await {
+        Ok((token, how)) => {
+            let what = match how {
+                Obtained::Stored => format!("using the stored token from {path}"),
+                Obtained::Registered => {
+                    format!(
+                        "registered device {}; token saved in {path}",
+                        token.device_id
+                    )
+                }
+                Obtained::Refreshed => format!("refreshed the token; saved in {path}"),
+            };
+            println!("token: {what} (expires {})", expiry(token.expires_at));
+            Some(token.token)
+        }
+        Err(CredentialsError::NotSaved {
+            token,
+            obtained,
+            source,
+        }) => {
+            println!(
+                "token: {obtained}, but NOT saved ({source}); connecting with it (expires {}), fix the file before it must be refreshed",
+                expiry(token.expires_at)
+            );
+            Some(token.token)
+        }
+        Err(e) => {
+            println!("token: registration failed: {e}");
+            if e.is_retryable() {
+                println!("       (the node could not be reached or is busy: try again later)");
+            }
+            None
+        }
+    }
 }
 
 /// Connects, joins, and prints events until stopped.
@@ -266,6 +357,12 @@ async fn listen(
             Event::Challenge(c) => println!(
                 "[{t:9.3}s] room {} asks for proof of work (difficulty {}); solving",
                 c.room, c.difficulty
+            ),
+            Event::TokenRenewed {
+                obtained,
+                expires_at,
+            } => println!(
+                "[{t:9.3}s] the node refused the device token; {obtained} a new one (expires at {expires_at})"
             ),
             Event::Subscribed(g) => println!("[{t:9.3}s] subscribed to {g}"),
             Event::Unsubscribed(g) => println!("[{t:9.3}s] unsubscribed from {g}"),

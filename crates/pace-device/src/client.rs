@@ -40,8 +40,6 @@ struct Inner {
     endpoints: Vec<Endpoint>,
     /// The device id.
     device_id: DeviceId,
-    /// The bearer token, for the status API.
-    token: Option<String>,
     /// Bounds the status request.
     timeout: std::time::Duration,
 }
@@ -74,7 +72,6 @@ impl Client {
             shared: shared.clone(),
             endpoints: endpoints.clone(),
             device_id: config.device_id.clone(),
-            token: config.token.clone(),
             timeout: config.connect_timeout,
         };
         let driver = Driver::new(config, endpoints, shared, cmd_rx, ev_tx);
@@ -123,7 +120,7 @@ impl Client {
         crate::status::fetch(
             &inner.endpoints[idx],
             &inner.device_id,
-            inner.token.as_deref(),
+            inner.shared.token().as_deref(),
             room,
             inner.timeout,
         )

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use pace_protocol::{DeviceId, GroupId};
 
+use crate::credentials::Credentials;
 use crate::endpoint::{Endpoint, EndpointError};
 
 /// The configuration of a [`Client`](crate::Client).
@@ -26,6 +27,13 @@ pub struct Config {
     /// proxies that strip headers). Note that a query parameter may end up in
     /// proxy access logs.
     pub token: Option<String>,
+    /// How the client gets a new device token by itself: when a handshake
+    /// is refused with 401 `invalid_device_token` (forged or expired) or
+    /// `missing_device_token`, it refreshes the token (or registers) once
+    /// with these and reconnects, instead of stopping. When `token` is
+    /// `None`, the stored token is used from the first connection. See
+    /// [`crate::credentials`].
+    pub credentials: Option<Credentials>,
     /// Departments sent in the `x-department-id` header: the node puts the
     /// device in these groups at connect time.
     pub departments: Vec<GroupId>,
@@ -66,6 +74,7 @@ impl std::fmt::Debug for Config {
             .field("urls", &self.urls)
             .field("device_id", &self.device_id)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("credentials", &self.credentials)
             .field("departments", &self.departments)
             .field("backoff_min", &self.backoff_min)
             .field("backoff_max", &self.backoff_max)
@@ -90,12 +99,14 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(20);
 
 impl Config {
     /// A configuration for one base URL and a device id, with defaults:
-    /// backoff 0.5 s to 20 s, 10 s connect timeout, no token, no departments.
+    /// backoff 0.5 s to 20 s, 10 s connect timeout, no token, no
+    /// credentials, no departments.
     pub fn new(url: impl Into<String>, device_id: DeviceId) -> Config {
         Config {
             urls: vec![url.into()],
             device_id,
             token: None,
+            credentials: None,
             departments: Vec::new(),
             backoff_min: DEFAULT_BACKOFF_MIN,
             backoff_max: DEFAULT_BACKOFF_MAX,
@@ -118,6 +129,13 @@ impl Config {
     /// Sets the bearer token.
     pub fn with_token(mut self, token: impl Into<String>) -> Config {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Sets the credentials the client renews its token with (see
+    /// [`Config::credentials`]).
+    pub fn with_credentials(mut self, credentials: Credentials) -> Config {
+        self.credentials = Some(credentials);
         self
     }
 
@@ -151,7 +169,7 @@ impl Config {
             return Err(ConfigError::Invalid("event_buffer must be at least 1"));
         }
         if let Some(t) = &self.token
-            && (t.is_empty() || t.bytes().any(|b| b.is_ascii_control() || b == b' '))
+            && !valid_token(t)
         {
             return Err(ConfigError::Invalid(
                 "token must be non-empty and contain no spaces or control characters",
@@ -169,6 +187,12 @@ impl Config {
         }
         Ok(endpoints)
     }
+}
+
+/// Whether `token` can be sent as a bearer token: non-empty, visible
+/// ASCII only.
+pub(crate) fn valid_token(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Why a configuration cannot be used.

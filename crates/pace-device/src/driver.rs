@@ -13,8 +13,8 @@
 //! ([`End::Retry`]) and stopping ([`End::Stop`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -33,7 +33,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::backoff::Backoff;
-use crate::config::Config;
+use crate::config::{Config, valid_token};
+use crate::credentials::CredentialsError;
 use crate::dedupe::{Dedupe, Verdict};
 use crate::endpoint::Endpoint;
 use crate::event::{Closed, Disconnect, Event};
@@ -55,11 +56,34 @@ pub(crate) enum Command {
 }
 
 /// What the task shares with the [`Client`](crate::Client) handles.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Shared {
     /// Index of the endpoint in use (or tried last), so the status API goes
     /// where the WebSocket goes.
     pub(crate) current: AtomicUsize,
+    /// The device token in use (it changes when the task renews it), for
+    /// the status API.
+    token: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// The device token in use.
+    pub(crate) fn token(&self) -> Option<String> {
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_token(&self, token: Option<String>) {
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = token;
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("current", &self.current)
+            .field("token", &self.token().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Query parameter carrying the bearer token.
@@ -196,12 +220,15 @@ pub(crate) struct Driver {
     next: usize,
     /// What survives reconnects.
     state: State,
+    /// The device token was renewed after a refusal and no connection got
+    /// `welcome` since: another refusal of the token stops the client.
+    renewed: bool,
 }
 
 impl Driver {
     /// A task for `config`, ready to [`run`](Driver::run).
     pub(crate) fn new(
-        config: Config,
+        mut config: Config,
         endpoints: Vec<Endpoint>,
         shared: Arc<Shared>,
         commands: mpsc::Receiver<Command>,
@@ -209,6 +236,20 @@ impl Driver {
     ) -> Driver {
         let backoff = Backoff::new(config.backoff_min, config.backoff_max);
         let dedupe = Dedupe::new(config.dedupe_capacity);
+        if config.token.is_none()
+            && let Some(creds) = &config.credentials
+        {
+            // The stored token, if it is this device's and can be sent; a
+            // refusal of it (or of no token) renews it.
+            match creds.store.load() {
+                Ok(Some(t)) if t.device_id == config.device_id && valid_token(&t.token) => {
+                    config.token = Some(t.token);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "device token file not read"),
+            }
+        }
+        shared.set_token(config.token.clone());
         Driver {
             config,
             endpoints,
@@ -226,6 +267,7 @@ impl Driver {
                 dedupe,
                 device_history_asked: false,
             },
+            renewed: false,
         }
     }
 
@@ -308,7 +350,7 @@ impl Driver {
                     "{ep}: no connection within {timeout:?}"
                 )));
             }
-            Ok(Ok(Err(e))) => return handshake_failed(&ep, e),
+            Ok(Ok(Err(e))) => return self.renew_if_refused(handshake_failed(&ep, e)).await,
             Ok(Ok(Ok((ws, _response)))) => ws,
         };
 
@@ -326,6 +368,7 @@ impl Driver {
             Ok(Ok(Ok(w))) => w,
         };
         let connected_at = Instant::now();
+        self.renewed = false;
         let silence = heartbeat_window(&welcome);
         tracing::info!(node = %welcome.node_id, url = %ep, "pace client connected");
         if !self
@@ -349,6 +392,101 @@ impl Driver {
                 stable: connected_at.elapsed() >= self.config.stable_after,
             },
             other => other,
+        }
+    }
+
+    /// A handshake refused with 401 `invalid_device_token` or
+    /// `missing_device_token`, with credentials configured: gets a new token
+    /// (a refresh with the stored token, or the one refused; a new
+    /// registration when there is none or the node does not recognise it)
+    /// and reconnects promptly. Once: if the new token is refused too
+    /// before a connection succeeds, the refusal stands. Other ends pass.
+    async fn renew_if_refused(&mut self, end: End) -> End {
+        let End::Stop(Closed::Refused {
+            status: 401,
+            error: Some(detail),
+        }) = &end
+        else {
+            return end;
+        };
+        let code = detail.code;
+        if !matches!(
+            code,
+            ErrorCode::InvalidDeviceToken | ErrorCode::MissingDeviceToken
+        ) {
+            return end;
+        }
+        let Some(creds) = self.config.credentials.clone() else {
+            return end;
+        };
+        if self.renewed {
+            tracing::warn!(
+                code = code.as_str(),
+                "the renewed device token was refused too"
+            );
+            return end;
+        }
+        let stop = |reason: String| {
+            End::Stop(Closed::Credentials {
+                refused: code,
+                reason,
+            })
+        };
+        let current = match creds.store.load() {
+            Ok(Some(t)) if t.device_id == self.config.device_id => Some(t.token),
+            Ok(Some(t)) => {
+                return stop(
+                    CredentialsError::OtherDevice {
+                        path: creds.store.path().display().to_string(),
+                        stored: t.device_id,
+                        expected: self.config.device_id.clone(),
+                    }
+                    .to_string(),
+                );
+            }
+            Ok(None) => self.config.token.clone(),
+            Err(e) => return stop(e.to_string()),
+        };
+        tracing::info!(
+            code = code.as_str(),
+            refresh = current.is_some(),
+            "device token refused; renewing it"
+        );
+        let config = self.config.clone();
+        let renewal = crate::credentials::renew(&config, &creds, current.as_deref());
+        let (token, obtained) = match self.offline(renewal).await {
+            Err(end) => return end,
+            Ok(Ok(t)) => t,
+            Ok(Err(CredentialsError::NotSaved {
+                token,
+                obtained,
+                source,
+            })) => {
+                tracing::warn!(error = %source, "renewed device token not saved; using it anyway");
+                (token, obtained)
+            }
+            Ok(Err(e)) if e.is_retryable() => {
+                return End::retry(Disconnect::TokenRenewal(e.to_string()));
+            }
+            Ok(Err(e)) => return stop(e.to_string()),
+        };
+        self.renewed = true;
+        self.config.token = Some(token.token);
+        self.shared.set_token(self.config.token.clone());
+        let event = Event::TokenRenewed {
+            obtained,
+            expires_at: token.expires_at,
+        };
+        if !self.emit(event).await {
+            return End::Gone;
+        }
+        End::Retry {
+            reason: Disconnect::Refused {
+                status: 401,
+                error: Some(detail.clone()),
+            },
+            prompt: true,
+            stable: false,
         }
     }
 

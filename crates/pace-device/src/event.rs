@@ -10,6 +10,8 @@ use pace_protocol::{
     ResumeOutcome, RoomId, Welcome,
 };
 
+use crate::credentials::Obtained;
+
 /// Something that happened on the device's connection.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -59,6 +61,16 @@ pub enum Event {
         /// Human-readable explanation from the node.
         message: String,
     },
+    /// The handshake refused the device token (401 `invalid_device_token`
+    /// or `missing_device_token`) and the client got a new one with its
+    /// [`Credentials`](crate::Credentials) (saved in the token file); it
+    /// reconnects with it at once (an [`Event::Reconnecting`] follows).
+    TokenRenewed {
+        /// A refresh of the old token, or a new registration.
+        obtained: Obtained,
+        /// The new token's expiry, Unix seconds.
+        expires_at: u64,
+    },
     /// The connection ended or could not be made; the client tries again
     /// after `delay`.
     Reconnecting {
@@ -104,6 +116,10 @@ pub enum Disconnect {
     },
     /// The node broke the protocol (e.g. no `welcome` first).
     Protocol(String),
+    /// The handshake refused the device token and getting a new one
+    /// failed for a reason that may pass (node unreachable, store
+    /// unavailable); the client tries again.
+    TokenRenewal(String),
 }
 
 /// Why the client stopped for good.
@@ -124,12 +140,26 @@ pub enum Closed {
         reason: String,
     },
     /// The handshake was refused for a reason retrying will not fix (bad
-    /// device id or department, wrong token, wrong URL).
+    /// device id or department, wrong URL; 401 `device_token_mismatch`: the
+    /// token is another device's; `invalid_device_token` or
+    /// `missing_device_token` without [`Credentials`](crate::Credentials),
+    /// or again right after renewing the token).
     Refused {
         /// The HTTP status.
         status: u16,
         /// The node's error body, when it sent one.
         error: Option<ErrorDetail>,
+    },
+    /// The handshake refused the device token and the client could not get
+    /// a new one with its [`Credentials`](crate::Credentials) (e.g. the
+    /// device id is registered and the stored token is not its current
+    /// token: see [`CredentialsError::Taken`](crate::CredentialsError::Taken)).
+    Credentials {
+        /// The handshake's refusal (`invalid_device_token` or
+        /// `missing_device_token`).
+        refused: ErrorCode,
+        /// Why no new token could be had.
+        reason: String,
     },
 }
 
@@ -142,6 +172,7 @@ impl fmt::Display for Disconnect {
             Disconnect::ConnectFailed(e) => write!(f, "connect failed: {e}"),
             Disconnect::Refused { status, error } => refused(f, *status, error.as_ref()),
             Disconnect::Protocol(e) => write!(f, "protocol error: {e}"),
+            Disconnect::TokenRenewal(e) => write!(f, "device token refused, renewal failed: {e}"),
         }
     }
 }
@@ -155,18 +186,31 @@ impl fmt::Display for Closed {
             }
             Closed::ByNode { code, reason } => write!(f, "closed by node: {} {reason}", code.0),
             Closed::Refused { status, error } => refused(f, *status, error.as_ref()),
+            Closed::Credentials { refused, reason } => write!(
+                f,
+                "handshake refused the device token ({}) and no new token could be had: {reason}",
+                refused.as_str()
+            ),
         }
     }
 }
 
 fn refused(f: &mut fmt::Formatter<'_>, status: u16, error: Option<&ErrorDetail>) -> fmt::Result {
     match error {
-        Some(e) => write!(
-            f,
-            "handshake refused: HTTP {status} {}: {}",
-            e.code.as_str(),
-            e.message
-        ),
+        Some(e) => {
+            write!(
+                f,
+                "handshake refused: HTTP {status} {}: {}",
+                e.code.as_str(),
+                e.message
+            )?;
+            if e.code == ErrorCode::DeviceTokenMismatch {
+                f.write_str(
+                    " (the token was issued to another device id: check the device id and token files)",
+                )?;
+            }
+            Ok(())
+        }
         None => write!(f, "handshake refused: HTTP {status}"),
     }
 }

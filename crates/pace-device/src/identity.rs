@@ -49,6 +49,22 @@ impl DeviceType {
         }
     }
 
+    /// The type named by an id's prefix (`linux_…` → [`DeviceType::Linux`]),
+    /// if it has one of the prefixes [`DeviceType::new_id`] writes.
+    pub fn from_id(id: &DeviceId) -> Option<DeviceType> {
+        let (prefix, _) = id.as_str().split_once('_')?;
+        [
+            DeviceType::Linux,
+            DeviceType::Windows,
+            DeviceType::Mac,
+            DeviceType::Android,
+            DeviceType::Ios,
+            DeviceType::Other,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == prefix)
+    }
+
     /// A new id for a device of this type: `<type>_<full uuid v4>`.
     pub fn new_id(self) -> DeviceId {
         let id = format!("{}_{}", self.as_str(), uuid::Uuid::new_v4().hyphenated());
@@ -147,6 +163,21 @@ mod tests {
         let err = load_or_create_device_id(&path, DeviceType::Linux).unwrap_err();
         assert!(matches!(err, IdentityError::Invalid { .. }), "{err}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "not a valid id!\n");
+    }
+
+    #[test]
+    fn the_type_is_read_back_from_the_id() {
+        for t in [DeviceType::Linux, DeviceType::Mac, DeviceType::Other] {
+            assert_eq!(DeviceType::from_id(&t.new_id()), Some(t));
+        }
+        assert_eq!(
+            DeviceType::from_id(&DeviceId::parse("kiosk_1").unwrap()),
+            None
+        );
+        assert_eq!(
+            DeviceType::from_id(&DeviceId::parse("linux").unwrap()),
+            None
+        );
     }
 
     #[test]

@@ -3,15 +3,11 @@
 //! and wants to know where it stands before it reconnects, or an application
 //! that polls instead of holding a WebSocket.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
-use pace_protocol::error::ErrorBody;
 use pace_protocol::{DEVICE_ID_HEADER, DEVICE_ID_QUERY, DeviceId, ErrorCode, RoomId};
 use serde::Deserialize;
 
 use crate::endpoint::Endpoint;
-use crate::transport::Transport;
+use crate::http::{Exchange, body_excerpt, error_detail, exchange};
 
 /// Where the device stands in a room.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -100,9 +96,6 @@ pub async fn room_status(config: &crate::Config, room: &RoomId) -> Result<RoomSt
     Err(last.unwrap_or(StatusError::Config(crate::ConfigError::NoUrl)))
 }
 
-/// Largest status answer read, in bytes.
-const MAX_ANSWER: usize = 64 * 1024;
-
 /// Asks `ep` for `device`'s status in `room`.
 pub(crate) async fn fetch(
     ep: &Endpoint,
@@ -113,49 +106,23 @@ pub(crate) async fn fetch(
 ) -> Result<RoomStatus, StatusError> {
     // Room and device ids only hold URL-safe characters (the id rules).
     let path = format!("/api/v1/rooms/{room}/status?{DEVICE_ID_QUERY}={device}");
-    let url = ep.http_url(&path);
-    let transport_err = |message: String| StatusError::Transport {
-        url: url.clone(),
-        message,
+    let req = Exchange {
+        method: http::Method::GET,
+        path: &path,
+        headers: vec![(
+            http::HeaderName::from_static(DEVICE_ID_HEADER),
+            device.to_string(),
+        )],
+        bearer: token,
+        json: None,
     };
-    let exchange = async {
-        let stream = Transport::connect(ep)
+    let (status, body) =
+        exchange(ep, req, timeout)
             .await
-            .map_err(|e| transport_err(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| transport_err(e.to_string()))?;
-        // The connection task ends when the answer is read or it fails.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "status connection ended");
-            }
-        });
-        let mut req = http::Request::get(format!("{}{path}", ep.prefix))
-            .header(http::header::HOST, ep.authority())
-            .header(DEVICE_ID_HEADER, device.as_str())
-            .header(http::header::ACCEPT, "application/json");
-        if let Some(t) = token {
-            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = req
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| transport_err(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| transport_err(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let body = Limited::new(resp.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| transport_err(e.to_string()))?
-            .to_bytes();
-        Ok::<_, StatusError>((status, body))
-    };
-    let (status, body) = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| transport_err(format!("no answer within {timeout:?}")))??;
+            .map_err(|message| StatusError::Transport {
+                url: ep.http_url(&path),
+                message,
+            })?;
     parse_answer(status, &body)
 }
 
@@ -164,16 +131,16 @@ fn parse_answer(status: u16, body: &[u8]) -> Result<RoomStatus, StatusError> {
     if status == 200 {
         return serde_json::from_slice(body).map_err(|e| StatusError::BadAnswer(e.to_string()));
     }
-    match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(b) => Err(StatusError::Refused {
+    match error_detail(body) {
+        Some(e) => Err(StatusError::Refused {
             status,
-            code: Some(b.error.code),
-            message: b.error.message,
+            code: Some(e.code),
+            message: e.message,
         }),
-        Err(_) => Err(StatusError::Refused {
+        None => Err(StatusError::Refused {
             status,
             code: None,
-            message: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            message: body_excerpt(body),
         }),
     }
 }

@@ -1,10 +1,12 @@
 //! Integration tests of the device client: against a scripted node (exact
 //! frames and close codes), against a real `pace-node` process (killed and
-//! restarted), and against a two-node cluster on a real Redis (resume).
+//! restarted), against one that requires device tokens (registration and
+//! renewal), and against a two-node cluster on a real Redis (resume).
 
 #![allow(clippy::unwrap_used)]
 
 mod backoff;
+mod credentials;
 mod fake;
 mod node;
 mod real_node;

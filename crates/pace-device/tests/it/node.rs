@@ -66,6 +66,20 @@ pub struct NodeOpts {
     pub node_id: Option<String>,
     /// More `serve` flags.
     pub extra: Vec<String>,
+    /// Require device tokens (the node's default). Off by default: the
+    /// node is started with `PACE_INSECURE_ANONYMOUS_DEVICES=true`, so
+    /// tests that are not about credentials connect without a token.
+    pub secure: bool,
+}
+
+impl NodeOpts {
+    /// Options for a node that requires device tokens.
+    pub fn secure() -> NodeOpts {
+        NodeOpts {
+            secure: true,
+            ..NodeOpts::default()
+        }
+    }
 }
 
 /// A running `pace-node`, stopped when dropped.
@@ -111,6 +125,11 @@ impl Node {
             .args(["--drain-grace", "1s", "--log", "warn"])
             .arg("--data-dir")
             .arg(self.data_dir.path());
+        if self.opts.secure {
+            cmd.env_remove("PACE_INSECURE_ANONYMOUS_DEVICES");
+        } else {
+            cmd.env("PACE_INSECURE_ANONYMOUS_DEVICES", "true");
+        }
         if let Some(r) = &self.opts.redis {
             cmd.args(["--redis", r]);
         }
