@@ -428,16 +428,16 @@ pub fn tickets_of(
     let after = aftermath.tickets_after.as_ref()?;
     match (before, after) {
         (Ok(b), Ok(a)) => {
-            let released: BTreeMap<String, u64> = records
+            // A device that released its session has no ticket afterwards
+            // for that reason alone, whenever the release completed: one
+            // whose release landed after the read still had its ticket
+            // then and is compared like any other.
+            let released: std::collections::BTreeSet<String> = records
                 .iter()
-                .filter(|r| r.release_error.is_none())
-                .filter_map(|r| Some((format!("{device_prefix}{}", r.i), r.release_done_us?)))
+                .filter(|r| r.release_error.is_none() && r.release_done_us.is_some())
+                .map(|r| format!("{device_prefix}{}", r.i))
                 .collect();
-            Some(ticket_check(b, a, |d| {
-                released
-                    .get(d)
-                    .is_some_and(|&at| at <= aftermath.settled_us)
-            }))
+            Some(ticket_check(b, a, |d| released.contains(d)))
         }
         (Err(e), _) | (_, Err(e)) => Some(TicketCheck {
             error: Some(e.clone()),

@@ -307,7 +307,11 @@ async fn serve(
                     return End::Dropped(ws_reason(&e));
                 }
             }
-            () = &mut release_due, if st.token.is_some() => {
+            // Not while a rejoin is unanswered: releasing the session
+            // before the node has processed the rejoin would turn the
+            // rejoin into a fresh join (a new place), which is what the
+            // device asked for but not what failover measures.
+            () = &mut release_due, if st.token.is_some() && st.rejoin.is_none() => {
                 if let Some(t) = st.token.take() {
                     release(plan, st.route, &t, &mut st.rec).await;
                     st.released = true;
