@@ -22,6 +22,7 @@ use crate::{accounts, handshake, rooms_api};
 pub async fn handle(node: NodeRef, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let (route, result) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => ("ws", upgrade(&node, req, peer)),
+        (&Method::GET, "/admin/ws") => ("admin_ws", crate::admin_ws::upgrade(&node, req)),
         (&Method::GET, "/health") => ("health", Ok(health(&node))),
         (&Method::GET, "/ready") => ("ready", Ok(ready(&node).await)),
         (&Method::GET, "/metrics") => ("metrics", Ok(metrics(&node).await)),

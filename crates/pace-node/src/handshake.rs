@@ -33,8 +33,9 @@ pub const RESUME_QUERY: &str = "resume";
 /// Header announcing a `resume` frame.
 pub const RESUME_HEADER: &str = "x-pace-resume";
 
-/// Checks that `req` is a WebSocket upgrade and extracts the device.
-pub fn check<B>(req: &Request<B>, max_groups: usize) -> Result<Handshake, ApiError> {
+/// Checks that `req` is a WebSocket upgrade; returns the
+/// `Sec-WebSocket-Accept` value to answer with.
+pub fn upgrade_accept<B>(req: &Request<B>) -> Result<String, ApiError> {
     let headers = req.headers();
     let upgrade_ok = req.method() == Method::GET
         && header_has_token(headers, header::CONNECTION, "upgrade")
@@ -42,14 +43,20 @@ pub fn check<B>(req: &Request<B>, max_groups: usize) -> Result<Handshake, ApiErr
         && headers
             .get(header::SEC_WEBSOCKET_VERSION)
             .is_some_and(|v| v == "13");
-    let key = headers.get(header::SEC_WEBSOCKET_KEY);
-    let (true, Some(key)) = (upgrade_ok, key) else {
-        return Err(ApiError::new(
+    match (upgrade_ok, headers.get(header::SEC_WEBSOCKET_KEY)) {
+        (true, Some(key)) => Ok(derive_accept_key(key.as_bytes())),
+        _ => Err(ApiError::new(
             ErrorCode::NotWebsocket,
-            "GET /ws must be a WebSocket upgrade (Connection: upgrade, Upgrade: websocket, \
+            "this route is a WebSocket upgrade (Connection: upgrade, Upgrade: websocket, \
              Sec-WebSocket-Version: 13, Sec-WebSocket-Key)",
-        ));
-    };
+        )),
+    }
+}
+
+/// Checks that `req` is a WebSocket upgrade and extracts the device.
+pub fn check<B>(req: &Request<B>, max_groups: usize) -> Result<Handshake, ApiError> {
+    let accept = upgrade_accept(req)?;
+    let headers = req.headers();
     let device = device_id(req)?;
     let groups = departments(headers, max_groups)?;
     let yes = |v: &str| matches!(v.trim(), "1" | "true" | "yes");
@@ -63,7 +70,7 @@ pub fn check<B>(req: &Request<B>, max_groups: usize) -> Result<Handshake, ApiErr
     Ok(Handshake {
         device,
         groups,
-        accept: derive_accept_key(key.as_bytes()),
+        accept,
         resume,
     })
 }

@@ -25,6 +25,7 @@
 
 pub mod accounts;
 pub mod admin_api;
+pub mod admin_ws;
 pub mod admission;
 pub mod api;
 pub mod config;

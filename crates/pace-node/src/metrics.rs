@@ -84,6 +84,8 @@ pub struct Metrics {
     pub insecure_anonymous_devices: IntGauge,
     /// Admin API requests, by result (`ok`, `refused`, `unauthorized`).
     pub admin_requests: IntCounterVec,
+    /// Admin console feeds (`/admin/ws`) open now.
+    pub admin_feeds_open: IntGauge,
     /// Event names seen so far, to cap label cardinality.
     events_seen: Arc<Mutex<HashSet<String>>>,
     /// `POST /api/v1/admin/login` attempts, by result.
@@ -290,6 +292,11 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric"),
+            admin_feeds_open: IntGauge::new(
+                "pace_admin_feeds_open",
+                "Admin console live feeds (/admin/ws) open now.",
+            )
+            .expect("valid metric"),
             events_seen: Arc::default(),
             registry,
             admin_logins: IntCounterVec::new(
@@ -329,6 +336,7 @@ impl Metrics {
             Box::new(m.bus_repaired.clone()),
             Box::new(m.pow.clone()),
             Box::new(m.admin_requests.clone()),
+            Box::new(m.admin_feeds_open.clone()),
             Box::new(m.device_registrations.clone()),
             Box::new(m.insecure_anonymous_devices.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),

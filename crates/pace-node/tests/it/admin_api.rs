@@ -265,3 +265,95 @@ async fn an_admin_sees_and_changes_only_its_own_tenant() {
             >= 18.0
     );
 }
+
+#[tokio::test]
+async fn the_admin_feed_streams_the_tenants_rooms_every_second() {
+    let dir = scratch_dir();
+    for tenant in ["acme", "globex"] {
+        admin_cli(&dir, &["add-tenant", tenant]);
+        admin_cli(&dir, &["add-user", "--tenant", tenant, "admin"]);
+    }
+    let node = TestNode::start_with(|c| {
+        c.data_dir = dir.clone();
+        c.demo_room = false;
+    })
+    .await;
+    let acme = login(&node, "acme").await;
+    let globex = login(&node, "globex").await;
+    call(
+        &node,
+        "PUT",
+        "/api/v1/admin/rooms/acme-drop",
+        &acme,
+        room(5),
+    )
+    .await;
+    call(
+        &node,
+        "PUT",
+        "/api/v1/admin/rooms/globex-drop",
+        &globex,
+        room(7),
+    )
+    .await;
+
+    // A wrong or missing token: refused before the upgrade.
+    assert!(
+        node.try_connect("/admin/ws?token=garbage", &[])
+            .await
+            .is_err()
+    );
+    assert!(node.try_connect("/admin/ws", &[]).await.is_err());
+    let service_key_is_no_admin_token = node
+        .try_connect(&format!("/admin/ws?token={KEY}"), &[])
+        .await;
+    assert!(service_key_is_no_admin_token.is_err());
+
+    let mut ws = node
+        .try_connect(&format!("/admin/ws?token={acme}"), &[])
+        .await
+        .expect("admin feed");
+    let first = next_json(&mut ws).await;
+    assert_eq!(first["type"], "telemetry");
+    assert_eq!(first["tenant"], "acme");
+    let rooms = first["rooms"].as_array().unwrap();
+    assert_eq!(rooms.len(), 1, "only its own tenant's rooms: {first}");
+    assert_eq!(rooms[0]["id"], "acme-drop");
+    assert_eq!(rooms[0]["config"]["capacity"], 5);
+    assert_eq!(rooms[0]["stats"]["waiting"], 0);
+    assert!(first["nodes"].is_array());
+    // A change made through the admin API shows in the next frames.
+    call(
+        &node,
+        "PUT",
+        "/api/v1/admin/rooms/acme-drop",
+        &acme,
+        room(50),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    loop {
+        let f = next_json(&mut ws).await;
+        if f["rooms"][0]["config"]["capacity"] == 50 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(4), "{f}");
+    }
+    assert_eq!(node.metric("pace_admin_feeds_open").await, 1.0);
+}
+
+/// The next text frame of an admin feed, as JSON.
+async fn next_json(ws: &mut Ws) -> Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(SOON, ws.next())
+            .await
+            .expect("a frame within 5 s")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            return serde_json::from_str::<Value>(&t).unwrap();
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! `GET /admin/ws`: the admin console's live feed. The admin token is
+//! checked in the handshake (`Authorization: Bearer`, or the `token` query
+//! parameter, since browsers cannot set headers on a WebSocket); then,
+//! every second, the node sends one `telemetry` frame with the tenant's
+//! rooms (configuration and stats) and the cluster's nodes:
+//!
+//! ```json
+//! {"type":"telemetry","at_ms":1763856000000,"tenant":"acme",
+//!  "rooms":[{"id":"sale","config":{…},"stats":{"waiting":…,"active":…,…}}],
+//!  "total_connections":12000,"nodes":[{"node_id":…,"connections":…,"ready":true,…}]}
+//! ```
+//!
+//! The feed ends (close 1008, `token_expired`) when the admin token
+//! expires, and with 1012 when the node drains. Frames from the console
+//! are ignored (pings are answered).
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, Request, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use pace_protocol::{CloseCode, ErrorCode};
+use serde_json::json;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+
+use crate::accounts::AdminClaims;
+use crate::accounts::login::verify_admin_token;
+use crate::admission::unix_now;
+use crate::error::{ApiError, Body};
+use crate::node::NodeRef;
+use crate::store::now_ms;
+
+/// How often a telemetry frame goes out.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+
+/// Checks the admin token and the upgrade, answers 101 and starts the feed.
+pub fn upgrade(
+    node: &NodeRef,
+    mut req: Request<Incoming>,
+) -> Result<http::Response<Body>, ApiError> {
+    let token = crate::devices::api::handshake_token(&req).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            "send the admin token (Authorization: Bearer, or ?token=)",
+        )
+    })?;
+    let claims = verify_admin_token(&node.keys, &token).map_err(|e| {
+        node.metrics
+            .admin_requests
+            .with_label_values(&["unauthorized"])
+            .inc();
+        tracing::debug!(reason = e.code(), "admin feed token refused");
+        ApiError::new(ErrorCode::Unauthorized, "admin token not valid")
+    })?;
+    let accept = crate::handshake::upgrade_accept(&req)?;
+    let accept = HeaderValue::from_str(&accept)
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "bad accept key"))?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let task_node = node.clone();
+    node.connections.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => feed(task_node, upgraded, claims).await,
+            Err(e) => tracing::debug!(error = %e, "admin feed upgrade failed"),
+        }
+    });
+    let mut resp = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    Ok(resp)
+}
+
+/// One telemetry frame for the admin's tenant.
+pub async fn telemetry(node: &NodeRef, claims: &AdminClaims) -> serde_json::Value {
+    let q = &node.rooms.queue;
+    let mut rooms = Vec::new();
+    if let Ok(ids) = q.rooms().await {
+        for id in ids {
+            if q.room_owner(&id).await.ok().flatten().as_deref() != Some(claims.tenant.as_str()) {
+                continue;
+            }
+            let Ok(Some(room)) = q.get_room(&id).await else {
+                continue;
+            };
+            let stats = crate::rooms_api::stats_body(node, &id)
+                .await
+                .unwrap_or(serde_json::Value::Null);
+            rooms.push(json!({"id": room.id, "config": room.config, "stats": stats}));
+        }
+    }
+    let nodes = node.store.nodes().await.unwrap_or_default();
+    let total: u64 = nodes.iter().map(|n| n.connections).sum();
+    json!({
+        "type": "telemetry",
+        "at_ms": now_ms(),
+        "tenant": claims.tenant,
+        "rooms": rooms,
+        "total_connections": total,
+        "nodes": nodes,
+    })
+}
+
+async fn feed(node: NodeRef, upgraded: hyper::upgrade::Upgraded, claims: AdminClaims) {
+    let mut ws = WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Server,
+        Some(crate::connection::ws_config(&node)),
+    )
+    .await;
+    node.metrics.admin_feeds_open.inc();
+    let mut tick = tokio::time::interval(INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let close = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if node.is_draining() {
+                    break Some(CloseCode::SERVICE_RESTART);
+                }
+                if unix_now() >= claims.exp {
+                    break Some(CloseCode::POLICY_VIOLATION);
+                }
+                let frame = telemetry(&node, &claims).await.to_string();
+                let sent = tokio::time::timeout(
+                    node.config.write_timeout,
+                    ws.send(Message::Text(frame.into())),
+                )
+                .await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break None;
+                }
+            }
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                Some(Ok(_)) => {}
+            },
+        }
+    };
+    if let Some(code) = close {
+        let reason = if code == CloseCode::POLICY_VIOLATION {
+            "token_expired"
+        } else {
+            code.reason()
+        };
+        let frame = CloseFrame {
+            code: code.0.into(),
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+    }
+    node.metrics.admin_feeds_open.dec();
+}
