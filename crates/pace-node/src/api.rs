@@ -20,8 +20,11 @@ use crate::{accounts, handshake, rooms_api};
 
 /// Routes one request.
 pub async fn handle(node: NodeRef, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let origins = crate::origins::OriginCheck::of(&node, &req).await;
     let (route, result) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => ("ws", upgrade(&node, req, peer)),
+        _ if origins.admin_refused() => ("admin", Err(origins.refuse_admin(&node))),
+        (&Method::OPTIONS, _) if origins.is_preflight() => ("cors_preflight", origins.preflight()),
+        (&Method::GET, "/ws") => ("ws", upgrade(&node, req, peer).await),
         (&Method::GET, "/admin/ws") => ("admin_ws", crate::admin_ws::upgrade(&node, req)),
         (&Method::GET, "/health") => ("health", Ok(health(&node))),
         (&Method::GET, "/ready") => ("ready", Ok(ready(&node).await)),
@@ -90,7 +93,8 @@ pub async fn handle(node: NodeRef, req: Request<Incoming>, peer: SocketAddr) -> 
             Err(ApiError::new(ErrorCode::NotFound, "no such route")),
         ),
     };
-    let resp = result.unwrap_or_else(ApiError::into_response);
+    let mut resp = result.unwrap_or_else(ApiError::into_response);
+    origins.add_headers(&mut resp);
     let class = match resp.status().as_u16() {
         100..=199 => "1xx",
         200..=299 => "2xx",
@@ -167,7 +171,7 @@ fn index(node: &NodeRef) -> Response<Body> {
 
 /// Checks the handshake, answers 101 and hands the upgraded socket to a
 /// connection task.
-fn upgrade(
+async fn upgrade(
     node: &NodeRef,
     mut req: Request<Incoming>,
     peer: SocketAddr,
@@ -199,6 +203,13 @@ fn upgrade(
     }
     let hs = handshake::check(&req, node.config.max_groups).map_err(refuse)?;
     let identity = crate::devices::api::authenticate(node, &req, &hs.device).map_err(refuse)?;
+    crate::origins::check_handshake(node, &req, &identity)
+        .await
+        .map_err(refuse)?;
+    let mut hs = hs;
+    if let crate::devices::api::Identity::Registered(claims) = &identity {
+        hs.user = claims.user.clone();
+    }
     let Some(slot) = node.take_slot() else {
         return Err(refuse(ApiError::new(
             ErrorCode::NodeFull,

@@ -265,6 +265,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_JOINS_PER_MINUTE", default_value_t = 30)]
     pub joins_per_minute: u32,
 
+    /// Most places one verified user (device tokens that carry a user)
+    /// may hold per room, over all their devices (0 = no limit); past it,
+    /// `too_many_places`.
+    #[arg(long, env = "PACE_MAX_PLACES_PER_USER", default_value_t = 3)]
+    pub max_places_per_user: u32,
+
     /// Most WebSocket handshakes per source address per second on this node
     /// (0 = no limit); past it, 429 `too_many_handshakes`. High by default:
     /// whole enterprises share one NAT address. Behind a gateway, set
@@ -277,6 +283,20 @@ pub struct ServeArgs {
     /// the right-most X-Forwarded-For entry not from a trusted proxy.
     #[arg(long = "trusted-proxy", env = "PACE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// A browser origin (`https://host[:port]`) whose pages may use the
+    /// device WebSocket and the device REST endpoints (CORS) for every
+    /// tenant; repeat or separate with commas. `null` (sandboxed iframes,
+    /// `file://`) is refused unless listed literally. The node's own
+    /// origin is always allowed; a tenant adds its own with
+    /// `pace-node admin add-tenant --origin`.
+    #[arg(
+        long = "allowed-origin",
+        env = "PACE_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub allowed_origins: Vec<String>,
 
     /// A node that has not heart-beaten for this long leaves the cluster
     /// list; nodes heart-beat four times per period.
@@ -452,6 +472,10 @@ impl ServeArgs {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return bad(format!("--log: {e}"));
         }
+        let allowed_origins = match cluster_origins(&self.allowed_origins) {
+            Ok(o) => o,
+            Err(e) => return bad(format!("--allowed-origin / PACE_ALLOWED_ORIGINS: {e}")),
+        };
         let node_id = self.node_id.unwrap_or_else(|| {
             let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
             format!("node-{}-{suffix}", self.listen.port())
@@ -489,6 +513,7 @@ impl ServeArgs {
             bus_log_len: self.bus_log_len,
             resume_hold: self.resume_hold,
             joins_per_minute: self.joins_per_minute,
+            max_places_per_user: self.max_places_per_user,
             insecure_anonymous_devices: self.insecure_anonymous_devices,
             device_token_ttl: self.device_token_ttl,
             device_token_jwks: self.device_token_jwks,
@@ -496,6 +521,7 @@ impl ServeArgs {
             device_token_audience: self.device_token_audience,
             handshakes_per_address: self.handshakes_per_address,
             trusted_proxies: self.trusted_proxies,
+            allowed_origins,
             advertise: self.advertise,
             admit_tick: self.admit_tick,
             position_refresh: self.position_refresh,
@@ -508,6 +534,24 @@ impl ServeArgs {
             log: self.log,
         })
     }
+}
+
+/// The cluster-wide origins: each normalised, or the literal `null`;
+/// empty entries (an empty `PACE_ALLOWED_ORIGINS`) skipped, duplicates
+/// dropped.
+fn cluster_origins(raw: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for o in raw.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+        let o = if o == crate::origins::NULL_ORIGIN {
+            o.to_owned()
+        } else {
+            crate::accounts::normalize_origin(o).map_err(|e| e.to_string())?
+        };
+        if !out.contains(&o) {
+            out.push(o);
+        }
+    }
+    Ok(out)
 }
 
 /// An address (`10.0.0.1`, a /32 or /128) or a CIDR range (`10.0.0.0/24`).
@@ -637,6 +681,8 @@ pub struct NodeConfig {
     pub resume_hold: Duration,
     /// See [`ServeArgs::joins_per_minute`].
     pub joins_per_minute: u32,
+    /// See [`ServeArgs::max_places_per_user`].
+    pub max_places_per_user: u32,
     /// See [`ServeArgs::insecure_anonymous_devices`].
     pub insecure_anonymous_devices: bool,
     /// See [`ServeArgs::device_token_ttl`].
@@ -651,6 +697,9 @@ pub struct NodeConfig {
     pub handshakes_per_address: u32,
     /// See [`ServeArgs::trusted_proxies`].
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// See [`ServeArgs::allowed_origins`]: normalised
+    /// ([`crate::accounts::normalize_origin`]) or `null`, no duplicates.
+    pub allowed_origins: Vec<String>,
     /// See [`ServeArgs::admit_tick`].
     pub admit_tick: Duration,
     /// See [`ServeArgs::position_refresh`].
@@ -753,6 +802,28 @@ mod tests {
                 .contains("--redis-prefix")
         );
         assert!(parse(&["--redis", "redis://127.0.0.1:6390/2"]).is_ok());
+    }
+
+    #[test]
+    fn allowed_origins_are_normalised() {
+        assert!(parse(&[]).unwrap().allowed_origins.is_empty());
+        let c = parse(&[
+            "--allowed-origin",
+            "HTTPS://Shop.Example, null",
+            "--allowed-origin",
+            "http://localhost:8080/",
+            "--allowed-origin",
+            "https://shop.example",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.allowed_origins,
+            ["https://shop.example", "null", "http://localhost:8080"]
+        );
+        for bad in ["*", "shop.example", "https://shop.example/path", "NULL"] {
+            let e = parse(&["--allowed-origin", bad]).unwrap_err();
+            assert!(e.contains("--allowed-origin"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -114,6 +114,7 @@ pub async fn serve(node: NodeRef, upgraded: Upgraded, hs: Handshake, slot: Slot)
         device: hs.device,
         held_until,
         replayed: Replayed::default(),
+        user: hs.user.clone(),
     };
     let end = session.run(hs.groups).await;
     node.hub.unregister(&session.device, conn);
@@ -136,6 +137,8 @@ struct Session {
     held_until: Option<Instant>,
     /// Where the last replay ended, per scope, to drop live duplicates.
     replayed: Replayed,
+    /// The person behind the device (from its token), for per-user limits.
+    user: Option<String>,
 }
 
 /// Where replays ended, to drop live frames the device already got.
@@ -428,7 +431,12 @@ impl Session {
         room: &pace_protocol::RoomId,
         solution: Option<crate::rooms::Solution>,
     ) -> Option<ServerFrame> {
-        match self.node.rooms.join(room, &self.device, solution).await {
+        match self
+            .node
+            .rooms
+            .join(room, &self.device, solution, self.user.as_deref())
+            .await
+        {
             Ok(frame) => frame,
             Err(refused) => {
                 self.node

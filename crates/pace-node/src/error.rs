@@ -77,7 +77,8 @@ fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::InvalidFrame
         | ErrorCode::TooManyGroups
         | ErrorCode::PowInvalid
-        | ErrorCode::PowReused => StatusCode::BAD_REQUEST,
+        | ErrorCode::PowReused
+        | ErrorCode::TooManyPlaces => StatusCode::BAD_REQUEST,
         ErrorCode::TooManyJoins | ErrorCode::TooManyHandshakes => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::NotWebsocket => StatusCode::UPGRADE_REQUIRED,
         ErrorCode::Unauthorized | ErrorCode::InvalidCredentials => StatusCode::UNAUTHORIZED,
@@ -85,7 +86,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NotFound | ErrorCode::NoSuchRoom => StatusCode::NOT_FOUND,
         ErrorCode::RoomClosed | ErrorCode::DeviceExists => StatusCode::CONFLICT,
-        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden | ErrorCode::OriginNotAllowed => StatusCode::FORBIDDEN,
         ErrorCode::MissingDeviceToken
         | ErrorCode::InvalidDeviceToken
         | ErrorCode::DeviceTokenMismatch => StatusCode::UNAUTHORIZED,

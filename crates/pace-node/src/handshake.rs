@@ -26,6 +26,9 @@ pub struct Handshake {
     /// The device will send `resume` first (`?resume=1` or
     /// `x-pace-resume: 1`): hold live notifications back until it has.
     pub resume: bool,
+    /// The person behind the device, from its verified device token (set
+    /// by the caller after the token check).
+    pub user: Option<String>,
 }
 
 /// Query parameter announcing a `resume` frame.
@@ -72,6 +75,7 @@ pub fn check<B>(req: &Request<B>, max_groups: usize) -> Result<Handshake, ApiErr
         groups,
         accept,
         resume,
+        user: None,
     })
 }
 

@@ -15,6 +15,7 @@
 //! - [`connection`]: the task that owns one device's WebSocket.
 //! - [`hub`]: local registry of devices and groups, bounded delivery.
 //! - [`node`]: the shared state handle and local fan-out.
+//! - [`origins`]: browser origins: the WebSocket check, CORS, the admin gate.
 //! - [`store`]: the seam for state shared across nodes; memory and Redis stores.
 //! - [`queue`]: the waiting-room queue store; memory and Redis.
 //! - [`rooms`]: joins, the admission tick, live positions.
@@ -37,6 +38,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod origins;
 pub mod pow;
 pub mod queue;
 pub mod rooms;

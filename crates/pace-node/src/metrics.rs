@@ -82,8 +82,14 @@ pub struct Metrics {
     pub device_registrations: IntCounterVec,
     /// 1 when the node accepts devices without a token.
     pub insecure_anonymous_devices: IntGauge,
-    /// Admin API requests, by result (`ok`, `refused`, `unauthorized`).
+    /// Admin API requests, by result (`ok`, `refused`, `unauthorized`,
+    /// `origin_not_allowed`).
     pub admin_requests: IntCounterVec,
+    /// Cross-origin requests to the device REST endpoints from an origin
+    /// that is not allowed, by route.
+    pub cors_refused: IntCounterVec,
+    /// Origin checks refused because tenants' origins could not be read.
+    pub origin_store_errors: IntCounter,
     /// Admin console feeds (`/admin/ws`) open now.
     pub admin_feeds_open: IntGauge,
     /// Event names seen so far, to cap label cardinality.
@@ -287,9 +293,22 @@ impl Metrics {
             admin_requests: IntCounterVec::new(
                 Opts::new(
                     "pace_admin_requests_total",
-                    "Admin API requests, by result (ok, refused, unauthorized).",
+                    "Admin API requests, by result (ok, refused, unauthorized, origin_not_allowed).",
                 ),
                 &["result"],
+            )
+            .expect("valid metric"),
+            cors_refused: IntCounterVec::new(
+                Opts::new(
+                    "pace_cors_refused_total",
+                    "Cross-origin requests and preflights to the device REST endpoints from an origin that is not allowed (answered without CORS headers), by route.",
+                ),
+                &["route"],
+            )
+            .expect("valid metric"),
+            origin_store_errors: IntCounter::new(
+                "pace_origin_store_errors_total",
+                "Origin checks refused (fail closed) because the tenants' origins could not be read from the store.",
             )
             .expect("valid metric"),
             admin_feeds_open: IntGauge::new(
@@ -336,6 +355,8 @@ impl Metrics {
             Box::new(m.bus_repaired.clone()),
             Box::new(m.pow.clone()),
             Box::new(m.admin_requests.clone()),
+            Box::new(m.cors_refused.clone()),
+            Box::new(m.origin_store_errors.clone()),
             Box::new(m.admin_feeds_open.clone()),
             Box::new(m.device_registrations.clone()),
             Box::new(m.insecure_anonymous_devices.clone()),
@@ -355,6 +376,9 @@ impl Metrics {
         }
         for result in ["challenged", "solved", "invalid", "reused"] {
             m.pow.with_label_values(&[result]);
+        }
+        for route in crate::origins::CORS_ROUTES {
+            m.cors_refused.with_label_values(&[route]);
         }
         m
     }

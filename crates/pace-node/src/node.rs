@@ -45,6 +45,9 @@ pub struct Node {
     pub connections: TaskTracker,
     /// Handshakes per source address per second.
     pub handshakes: crate::limits::WindowLimiter<std::net::IpAddr>,
+    /// Tenants' browser origins, cached (origin checks must not read the
+    /// store on every handshake).
+    pub origins: crate::origins::OriginCache,
 }
 
 /// What a node is built from (besides its configuration).
@@ -88,8 +91,11 @@ impl Node {
             config.handshakes_per_address,
             std::time::Duration::from_secs(1),
         );
+        let origins =
+            crate::origins::OriginCache::new(crate::origins::CACHE_TTL, config.store_timeout);
         Node {
             handshakes,
+            origins,
             config,
             hub,
             store,

@@ -173,6 +173,8 @@ pub struct RoomsConfig {
     pub grace: Duration,
     /// Most `join`/`solve` attempts per device per minute (0 = no limit).
     pub joins_per_minute: u32,
+    /// Most places one verified user may hold per room (0 = no limit).
+    pub max_places_per_user: u32,
 }
 
 /// A device's answer to a proof-of-work challenge.
@@ -262,6 +264,64 @@ impl Rooms {
             ),
             config,
         }
+    }
+
+    /// Refuses a device a new place when its user already holds
+    /// `max_places_per_user` places in the room with other devices. Places
+    /// that ended (left, admitted and done, swept) are forgotten here, so
+    /// the count is of live places only.
+    async fn user_place_limit(
+        &self,
+        room: &RoomId,
+        user: &str,
+        device: &DeviceId,
+    ) -> Result<(), JoinRefused> {
+        let limit = self.config.max_places_per_user as usize;
+        if limit == 0 {
+            return Ok(());
+        }
+        let q = &self.queue;
+        let devices = q
+            .add_user_place(room, user, device)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if devices.len() <= limit {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut live = 0;
+        for other in devices.iter().filter(|d| *d != device) {
+            match q
+                .status(room, other, now)
+                .await
+                .map_err(|e| unavailable(&e))?
+            {
+                DeviceStatus::Unknown => q
+                    .remove_user_place(room, user, other)
+                    .await
+                    .map_err(|e| unavailable(&e))?,
+                _ => live += 1,
+            }
+        }
+        if live < limit {
+            return Ok(());
+        }
+        // Unless this device already holds one of those places.
+        if !matches!(
+            q.status(room, device, now)
+                .await
+                .map_err(|e| unavailable(&e))?,
+            DeviceStatus::Unknown
+        ) {
+            return Ok(());
+        }
+        q.remove_user_place(room, user, device)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Err(JoinRefused {
+            code: ErrorCode::TooManyPlaces,
+            message: format!("your user already holds {limit} places in this room"),
+        })
     }
 
     /// Applies the room's proof-of-work rule to a device without a place:
@@ -361,6 +421,7 @@ impl Rooms {
         room_id: &RoomId,
         device: &DeviceId,
         solution: Option<Solution>,
+        user: Option<&str>,
     ) -> Result<Option<ServerFrame>, JoinRefused> {
         if !self.joins.allow(device, std::time::Instant::now()) {
             return Err(JoinRefused {
@@ -387,6 +448,9 @@ impl Rooms {
             && let Some(challenge) = self.proof_of_work(&room, device, solution).await?
         {
             return Ok(Some(challenge));
+        }
+        if let Some(user) = user {
+            self.user_place_limit(room_id, user, device).await?;
         }
         // Register as a local waiter *before* the join script runs: if any
         // node's tick admits the device before this call returns, the

@@ -137,6 +137,7 @@ pub async fn run(
             refresh: config.position_refresh,
             grace: config.heartbeat_grace,
             joins_per_minute: config.joins_per_minute,
+            max_places_per_user: config.max_places_per_user,
         },
     ));
     metrics

@@ -73,6 +73,14 @@ pub enum ErrorCode {
     DeviceExists,
     /// HTTP: authenticated, but this credential may not do that.
     Forbidden,
+    /// HTTP or handshake: the request comes from a browser page whose
+    /// `Origin` is not allowed here (the device WebSocket and REST
+    /// endpoints: not the node's own origin, the cluster's list nor the
+    /// tenant's; the admin API: not the node's own origin).
+    OriginNotAllowed,
+    /// Join: the device's user already holds the most places allowed in
+    /// this room (`--max-places-per-user`).
+    TooManyPlaces,
 }
 
 impl ErrorCode {
@@ -123,6 +131,8 @@ impl ErrorCode {
             ErrorCode::DeviceTokenMismatch => "device_token_mismatch",
             ErrorCode::DeviceExists => "device_exists",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
+            ErrorCode::TooManyPlaces => "too_many_places",
         }
     }
 }
@@ -195,6 +205,8 @@ mod tests {
             ErrorCode::DeviceTokenMismatch,
             ErrorCode::DeviceExists,
             ErrorCode::Forbidden,
+            ErrorCode::OriginNotAllowed,
+            ErrorCode::TooManyPlaces,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -24,6 +24,8 @@ pub struct MemoryQueueStore {
     rooms: Mutex<HashMap<RoomId, RoomData>>,
     /// Owners of rooms (tenant ids), by room.
     owners: Mutex<HashMap<RoomId, String>>,
+    /// Devices each user holds places with, by room and user.
+    user_places: Mutex<HashMap<(RoomId, String), std::collections::BTreeSet<DeviceId>>>,
 }
 
 /// One room: the same facts the Redis store keeps in the room's keys.
@@ -186,6 +188,35 @@ impl QueueStore for MemoryQueueStore {
             id: room.clone(),
             config: r.config.clone(),
         }))
+    }
+
+    async fn add_user_place(
+        &self,
+        room: &RoomId,
+        user: &str,
+        device: &DeviceId,
+    ) -> Result<Vec<DeviceId>, QueueError> {
+        let mut places = self.user_places.lock().unwrap_or_else(|p| p.into_inner());
+        let set = places.entry((room.clone(), user.to_owned())).or_default();
+        set.insert(device.clone());
+        Ok(set.iter().cloned().collect())
+    }
+
+    async fn remove_user_place(
+        &self,
+        room: &RoomId,
+        user: &str,
+        device: &DeviceId,
+    ) -> Result<(), QueueError> {
+        let mut places = self.user_places.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (room.clone(), user.to_owned());
+        if let Some(set) = places.get_mut(&key) {
+            set.remove(device);
+            if set.is_empty() {
+                places.remove(&key);
+            }
+        }
+        Ok(())
     }
 
     async fn room_owner(&self, room: &RoomId) -> Result<Option<String>, QueueError> {

@@ -357,6 +357,23 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
     /// Every room id, sorted.
     async fn rooms(&self) -> Result<Vec<RoomId>, QueueError>;
 
+    /// Records that `user` holds (or is taking) a place in `room` with
+    /// `device`; returns every device recorded for the user there.
+    async fn add_user_place(
+        &self,
+        room: &RoomId,
+        user: &str,
+        device: &DeviceId,
+    ) -> Result<Vec<DeviceId>, QueueError>;
+
+    /// Forgets `device` among `user`'s places in `room`.
+    async fn remove_user_place(
+        &self,
+        room: &RoomId,
+        user: &str,
+        device: &DeviceId,
+    ) -> Result<(), QueueError>;
+
     /// The tenant that owns `room` (rooms made with the service key have
     /// none).
     async fn room_owner(&self, room: &RoomId) -> Result<Option<String>, QueueError>;
@@ -478,6 +495,7 @@ pub(crate) mod conformance {
                 positions_and_head,
                 rooms_and_config,
                 rooms_have_one_owner,
+                user_places_are_recorded,
                 leave_gives_up_a_place,
                 wait_times_are_measured_from_the_first_join,
             );
@@ -1001,6 +1019,26 @@ pub(crate) mod conformance {
         let none = s.positions(&room("unknown"), &[dev("a")]).await.unwrap();
         assert_eq!(none.positions, [None]);
         assert!(s.positions(&r, &[]).await.unwrap().positions.is_empty());
+    }
+
+    /// A user's devices per room are recorded and forgotten.
+    pub async fn user_places_are_recorded(s: SharedQueueStore) {
+        let r = RoomId::parse("users").unwrap();
+        let d = |x: &str| DeviceId::parse(x).unwrap();
+        let mut got = s.add_user_place(&r, "alice", &d("a1")).await.unwrap();
+        assert_eq!(got, [d("a1")]);
+        got = s.add_user_place(&r, "alice", &d("a2")).await.unwrap();
+        got.sort();
+        assert_eq!(got, [d("a1"), d("a2")]);
+        assert_eq!(
+            s.add_user_place(&r, "bob", &d("b1")).await.unwrap(),
+            [d("b1")]
+        );
+        s.remove_user_place(&r, "alice", &d("a1")).await.unwrap();
+        assert_eq!(
+            s.add_user_place(&r, "alice", &d("a2")).await.unwrap(),
+            [d("a2")]
+        );
     }
 
     /// A new room can be claimed by one tenant only; an existing room

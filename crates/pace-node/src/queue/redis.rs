@@ -205,6 +205,13 @@ impl RedisQueueStore {
         RoomKeys::new(&self.prefix, room)
     }
 
+    /// The set of devices `user` holds places with in `room`. A user name
+    /// is free text, so it goes in hex (no key injection, any length).
+    fn user_places_key(&self, room: &RoomId, user: &str) -> String {
+        let hex: String = user.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{{{}:room:{room}}}:user:{hex}", self.prefix)
+    }
+
     fn connected_or_fail(&self) -> Result<(), QueueError> {
         if self.client.is_connected() {
             Ok(())
@@ -307,6 +314,41 @@ impl QueueStore for RedisQueueStore {
             id: room.clone(),
             config,
         }))
+    }
+
+    async fn add_user_place(
+        &self,
+        room: &RoomId,
+        user: &str,
+        device: &DeviceId,
+    ) -> Result<Vec<DeviceId>, QueueError> {
+        self.connected_or_fail()?;
+        let key = self.user_places_key(room, user);
+        let _: i64 = self
+            .client
+            .sadd(&key, device.as_str())
+            .await
+            .map_err(unavailable)?;
+        let members: Vec<String> = self.client.smembers(&key).await.map_err(unavailable)?;
+        Ok(members
+            .iter()
+            .filter_map(|m| DeviceId::parse(m).ok())
+            .collect())
+    }
+
+    async fn remove_user_place(
+        &self,
+        room: &RoomId,
+        user: &str,
+        device: &DeviceId,
+    ) -> Result<(), QueueError> {
+        self.connected_or_fail()?;
+        let _: i64 = self
+            .client
+            .srem(self.user_places_key(room, user), device.as_str())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn room_owner(&self, room: &RoomId) -> Result<Option<String>, QueueError> {

@@ -218,3 +218,72 @@ async fn behind_a_trusted_proxy_the_forwarded_address_counts() {
         .await;
     assert!(third.is_err(), "a spoofed left-most entry changes nothing");
 }
+
+#[tokio::test]
+async fn a_verified_user_holds_a_bounded_number_of_places() {
+    let node = TestNode::start_with(|c| {
+        c.demo_room = false;
+        c.insecure_anonymous_devices = false;
+        c.max_places_per_user = 2;
+    })
+    .await;
+    put_room(&node, "tickets", 0).await;
+    let mut devices = Vec::new();
+    for (id, user) in [
+        ("alice-phone", "alice"),
+        ("alice-laptop", "alice"),
+        ("alice-tablet", "alice"),
+        ("bob-phone", "bob"),
+    ] {
+        let (status, text) = http(
+            node.addr,
+            "POST",
+            "/api/v1/devices/register",
+            &[("content-type", "application/json")],
+            &json!({"device_id": id, "user": user}).to_string(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 201, "{text}");
+        let token = serde_json::from_str::<Value>(&text).unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (ws, _) = node
+            .connect_with(&format!("/ws?device_id={id}&token={token}"), &[])
+            .await;
+        devices.push(ws);
+    }
+    let join = json!({"type": "join", "room": "tickets"});
+    for ws in &mut devices[..2] {
+        assert!(matches!(ask(ws, join.clone()).await, ServerFrame::Queue(_)));
+    }
+    assert_eq!(
+        error_code(ask(&mut devices[2], join.clone()).await),
+        ErrorCode::TooManyPlaces,
+        "a third place for alice"
+    );
+    // Other users are not affected; a device with a place rejoins freely.
+    assert!(matches!(
+        ask(&mut devices[3], join.clone()).await,
+        ServerFrame::Queue(_)
+    ));
+    assert!(matches!(
+        ask(&mut devices[0], join.clone()).await,
+        ServerFrame::Queue(_)
+    ));
+    // Once one of alice's places ends, her third device may take one.
+    assert!(matches!(
+        ask(&mut devices[0], json!({"type": "leave", "room": "tickets"})).await,
+        ServerFrame::Left { .. }
+    ));
+    assert!(matches!(
+        ask(&mut devices[2], join).await,
+        ServerFrame::Queue(_)
+    ));
+    assert_eq!(
+        node.metric(r#"pace_frames_rejected_total{reason="too_many_places"}"#)
+            .await,
+        1.0
+    );
+}

@@ -18,6 +18,7 @@ mod history;
 mod liveness;
 mod metrics;
 mod ops;
+mod origins;
 mod rooms;
 mod rooms_cluster;
 mod systemd;
