@@ -469,8 +469,13 @@ impl Rooms {
             }
         };
         let refused = |code, message: String| Err(JoinRefused { code, message });
+        // The device was a waiter here from before the script ran, so if it
+        // is gone now, the bus (or a heartbeat) already delivered its
+        // admission: of the paths that learn of one admission, only the one
+        // that removes the waiter sends the frame.
+        let mut still_waiting = false;
         if !matches!(outcome, JoinOutcome::Waiting(_)) {
-            self.waiters.remove(room_id, device);
+            still_waiting = self.waiters.remove(room_id, device);
         }
         match outcome {
             JoinOutcome::NoSuchRoom => refused(ErrorCode::NoSuchRoom, format!("no room {room_id}")),
@@ -499,6 +504,7 @@ impl Rooms {
                 }
                 Ok(Some(ServerFrame::Queue(update)))
             }
+            JoinOutcome::Admitted(_) if !still_waiting => Ok(None),
             JoinOutcome::Admitted(adm) => self
                 .admitted_frame(&room, device, &adm)
                 .map(Some)
