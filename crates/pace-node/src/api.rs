@@ -190,6 +190,14 @@ async fn upgrade(
             "node is draining; reconnect",
         )));
     }
+    if !node.is_ready() {
+        // Before the store answers, a device could not rejoin its place
+        // nor resume its history here.
+        return Err(refuse(ApiError::new(
+            ErrorCode::Starting,
+            "node is starting; retry shortly",
+        )));
+    }
     let forwarded = req
         .headers()
         .get("x-forwarded-for")

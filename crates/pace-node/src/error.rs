@@ -91,9 +91,10 @@ fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::InvalidDeviceToken
         | ErrorCode::DeviceTokenMismatch => StatusCode::UNAUTHORIZED,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::NodeFull | ErrorCode::Draining | ErrorCode::StoreUnavailable => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ErrorCode::NodeFull
+        | ErrorCode::Draining
+        | ErrorCode::StoreUnavailable
+        | ErrorCode::Starting => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

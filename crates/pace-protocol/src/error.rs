@@ -81,6 +81,8 @@ pub enum ErrorCode {
     /// Join: the device's user already holds the most places allowed in
     /// this room (`--max-places-per-user`).
     TooManyPlaces,
+    /// Handshake: the node is starting (its store not reached yet); retry.
+    Starting,
 }
 
 impl ErrorCode {
@@ -94,6 +96,7 @@ impl ErrorCode {
                 | ErrorCode::Internal
                 | ErrorCode::TooManyJoins
                 | ErrorCode::TooManyHandshakes
+                | ErrorCode::Starting
                 | ErrorCode::TooManyAttempts
         )
     }
@@ -133,6 +136,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::OriginNotAllowed => "origin_not_allowed",
             ErrorCode::TooManyPlaces => "too_many_places",
+            ErrorCode::Starting => "starting",
         }
     }
 }
@@ -207,6 +211,7 @@ mod tests {
             ErrorCode::Forbidden,
             ErrorCode::OriginNotAllowed,
             ErrorCode::TooManyPlaces,
+            ErrorCode::Starting,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -141,3 +141,33 @@ async fn connection_limit_refuses_with_503() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_starting_node_refuses_devices_until_its_store_answers() {
+    // A Redis nobody listens on: the node never finishes starting.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let keys = shared_keys().display().to_string();
+    let node = NodeProcess::spawn(&[
+        "--redis",
+        &format!("redis://127.0.0.1:{closed}"),
+        "--keys",
+        &keys,
+    ]);
+    let handle = TestNode::external(node.addr);
+    match handle.try_connect("/ws?device_id=early", &[]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 503);
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "starting");
+            assert_eq!(body["error"]["retryable"], true);
+        }
+        other => panic!("{other:?}"),
+    }
+    let (status, _) = http(node.addr, "GET", "/ready", &[], "").await.unwrap();
+    assert_eq!(status, 503);
+}
