@@ -2,37 +2,9 @@
 //! admin of one tenant on the other tenant's rooms and devices, answers as
 //! if they did not exist.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use serde_json::{Value, json};
 
 use crate::support::*;
-
-const PASSWORD: &str = "correct horse battery staple";
-
-/// `pace-node admin ARGS --data-dir DIR`, password on stdin.
-fn admin_cli(dir: &std::path::Path, args: &[&str]) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pace-node"))
-        .arg("admin")
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .env_remove("PACE_REDIS_URL")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{PASSWORD}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{args:?}: {out:?}");
-}
 
 async fn call(node: &TestNode, method: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
     let auth = format!("Bearer {token}");
@@ -62,7 +34,7 @@ async fn login(node: &TestNode, tenant: &str) -> String {
         "POST",
         "/api/v1/admin/login",
         &[("content-type", "application/json")],
-        &json!({"tenant": tenant, "user": "admin", "password": PASSWORD}).to_string(),
+        &json!({"tenant": tenant, "user": "admin", "password": ADMIN_PASSWORD}).to_string(),
     )
     .await
     .unwrap();

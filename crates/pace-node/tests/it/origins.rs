@@ -3,9 +3,7 @@
 //! `null`), CORS on the device REST endpoints, and the admin API's
 //! own-origin rule.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -16,33 +14,9 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 
 use crate::support::*;
 
-const PASSWORD: &str = "correct horse battery staple";
 const ACME: &str = "https://shop.acme.example";
 const GLOBEX: &str = "https://globex.example";
 const PORTAL: &str = "https://portal.example";
-
-/// `pace-node admin ARGS --data-dir DIR`, the password on stdin.
-fn admin_cli(dir: &std::path::Path, args: &[&str]) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pace-node"))
-        .arg("admin")
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .env_remove("PACE_REDIS_URL")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{PASSWORD}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{args:?}: {out:?}");
-}
 
 /// A node requiring device tokens, with tenants acme (origin
 /// [`ACME`], admin user `admin`) and globex ([`GLOBEX`]), and [`PORTAL`]
@@ -159,7 +133,7 @@ async fn admin_token(node: &TestNode) -> String {
         "POST",
         "/api/v1/admin/login",
         &[("content-type", "application/json")],
-        &json!({"tenant": "acme", "user": "admin", "password": PASSWORD}).to_string(),
+        &json!({"tenant": "acme", "user": "admin", "password": ADMIN_PASSWORD}).to_string(),
     )
     .await;
     assert_eq!(status, 200, "{text}");
@@ -430,7 +404,7 @@ async fn cors_on_the_device_endpoints_follows_the_lists() {
 async fn the_admin_api_answers_only_its_own_origin() {
     let node = node().await;
     let own = format!("http://{}", node.addr);
-    let body = json!({"tenant": "acme", "user": "admin", "password": PASSWORD}).to_string();
+    let body = json!({"tenant": "acme", "user": "admin", "password": ADMIN_PASSWORD}).to_string();
     let login = |origin: Option<String>| {
         let (addr, body) = (node.addr, body.clone());
         async move {

@@ -533,3 +533,31 @@ impl Cluster {
             .expect("node id node-<i>")
     }
 }
+
+/// The admin password the test accounts get.
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+/// `pace-node admin ARGS --data-dir DIR` with [`ADMIN_PASSWORD`] on stdin
+/// (for `add-user`); asserts it succeeds.
+pub fn admin_cli(dir: &std::path::Path, args: &[&str]) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pace-node"))
+        .arg("admin")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("PACE_REDIS_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{ADMIN_PASSWORD}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+}
