@@ -109,13 +109,14 @@ pub async fn run(args: &BroadcastArgs) -> anyhow::Result<(Report, Charts)> {
 
     // Bodies are built up front so the send instant is just the send.
     let bodies = (0..args.messages)
-        .map(|k| notify_body(&c.run_id, k, args.payload_bytes))
+        .map(|k| notify_body(&c.run.run_id, k, args.payload_bytes))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let url = notify_target.url("/api/v1/notify");
     // Connected minus those dropped since: exact even if a progress report
     // is still in flight.
     c.fleet.sync()?;
     let devices_at_send = c
+        .run
         .connect
         .connected
         .saturating_sub(c.fleet.progress().dropped);
@@ -173,9 +174,9 @@ pub async fn run(args: &BroadcastArgs) -> anyhow::Result<(Report, Charts)> {
     };
     let (user_seconds, system_seconds) = (split(|t| t.user), split(|t| t.system));
     let all_receipts = d.received + d.unexpected;
-    let t0 = c.started_at_unix_ms * 1000;
+    let t0 = c.run.started_at_unix_ms * 1000;
     let mut charts = Charts::new(
-        format!("pace-loadtest broadcast, run {}", c.run_id),
+        format!("pace-loadtest broadcast, run {}", c.run.run_id),
         "devices",
     );
     charts.dist("connect (TCP connect → welcome)", c.connect_us.clone());
@@ -224,22 +225,8 @@ pub async fn run(args: &BroadcastArgs) -> anyhow::Result<(Report, Charts)> {
         },
     };
     let report = Report {
-        scenario: "broadcast".into(),
-        run_id: c.run_id,
-        started_at_unix_ms: c.started_at_unix_ms,
-        targets: c.targets.iter().map(|t| t.base.clone()).collect(),
-        devices: args.fleet.devices,
-        processes: c.processes,
-        source_ips: c.source_ips,
-        connect: c.connect,
-        memory: c.memory,
-        hold: None,
         broadcast: Some(broadcast),
-        surge: None,
-        close: fin.close_report(),
-        loadgen_cpu_seconds: fin.workers_cpu_seconds,
-        failover: None,
-        overhead: None,
+        ..Report::new("broadcast", c.run, args.fleet.devices, &fin)
     };
     Ok((report, charts))
 }

@@ -34,10 +34,21 @@ pub struct Connected {
     pub probe: NodeProbe,
     /// Shared HTTP client.
     pub http: Http,
+    /// The run and its connect phase, as every report gives them.
+    pub run: RunFacts,
+    /// Every device's connect latency, µs (for the charts).
+    pub connect_us: Vec<u64>,
+}
+
+/// What every scenario's report says about the run and its connect phase.
+#[derive(Debug)]
+pub struct RunFacts {
     /// Run identifier.
     pub run_id: String,
     /// Start of the run, ms since the epoch.
     pub started_at_unix_ms: u64,
+    /// Targets' base URLs.
+    pub targets: Vec<String>,
     /// Worker processes used.
     pub processes: usize,
     /// Source addresses used.
@@ -46,8 +57,6 @@ pub struct Connected {
     pub connect: ConnectReport,
     /// Memory part of the report.
     pub memory: MemoryReport,
-    /// Every device's connect latency, µs (for the charts).
-    pub connect_us: Vec<u64>,
 }
 
 /// A run identifier unique enough to tell this run's notifications and
@@ -198,15 +207,18 @@ pub async fn connect_with(
     };
     Ok(Connected {
         fleet,
+        run: RunFacts {
+            run_id,
+            started_at_unix_ms,
+            targets: targets.iter().map(|t| t.base.clone()).collect(),
+            processes,
+            source_ips: source_ips.iter().map(ToString::to_string).collect(),
+            connect,
+            memory,
+        },
         targets,
         probe,
         http,
-        run_id,
-        started_at_unix_ms,
-        processes,
-        source_ips: source_ips.iter().map(ToString::to_string).collect(),
-        connect,
-        memory,
         connect_us: phase.connect_us,
     })
 }

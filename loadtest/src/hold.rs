@@ -17,13 +17,16 @@ pub async fn run(args: &HoldArgs) -> anyhow::Result<(Report, Charts)> {
     let mut c = connect::connect(&args.fleet, hold).await?;
     eprintln!(
         "connected {}/{}; holding for {:.1} s",
-        c.connect.connected, c.connect.attempted, args.hold_secs
+        c.run.connect.connected, c.run.connect.attempted, args.hold_secs
     );
     c.fleet.follow(hold).await?;
     let at_end = c.fleet.progress();
     let fin = c.fleet.finish(FINISH_TIMEOUT).await?;
-    let t0 = c.started_at_unix_ms * 1000;
-    let mut charts = Charts::new(format!("pace-loadtest hold, run {}", c.run_id), "devices");
+    let t0 = c.run.started_at_unix_ms * 1000;
+    let mut charts = Charts::new(
+        format!("pace-loadtest hold, run {}", c.run.run_id),
+        "devices",
+    );
     charts.dist("connect (TCP connect → welcome)", c.connect_us.clone());
     charts.progress_line("connections open", false, t0, &fin.timeline, |p| {
         p.open as f64
@@ -33,26 +36,12 @@ pub async fn run(args: &HoldArgs) -> anyhow::Result<(Report, Charts)> {
     });
     charts.progress_line("dropped", false, t0, &fin.timeline, |p| p.dropped as f64);
     let report = Report {
-        scenario: "hold".into(),
-        run_id: c.run_id,
-        started_at_unix_ms: c.started_at_unix_ms,
-        targets: c.targets.iter().map(|t| t.base.clone()).collect(),
-        devices: args.fleet.devices,
-        processes: c.processes,
-        source_ips: c.source_ips,
-        connect: c.connect,
-        memory: c.memory,
         hold: Some(HoldReport {
             seconds: hold.as_secs_f64(),
             open_at_end: at_end.open,
             dropped: at_end.dropped,
         }),
-        broadcast: None,
-        surge: None,
-        close: fin.close_report(),
-        loadgen_cpu_seconds: fin.workers_cpu_seconds,
-        failover: None,
-        overhead: None,
+        ..Report::new("hold", c.run, args.fleet.devices, &fin)
     };
     Ok((report, charts))
 }

@@ -273,6 +273,7 @@ pub async fn run(args: &OverheadArgs) -> anyhow::Result<(Report, Charts)> {
     let mut c = connect::connect_with(&args.fleet, scenario_time, Some(spec), Some(run_id)).await?;
     c.fleet.sync()?;
     let devices_joining = c
+        .run
         .connect
         .connected
         .saturating_sub(c.fleet.progress().dropped);
@@ -321,7 +322,7 @@ pub async fn run(args: &OverheadArgs) -> anyhow::Result<(Report, Charts)> {
     );
     let ok = b.more.polls_ok.saturating_sub(a.more.polls_ok);
     let totals = fin.polls.clone().unwrap_or_default();
-    let first_id = format!("{}-{}-0", args.fleet.device_prefix, c.run_id);
+    let first_id = format!("{}-{}-0", args.fleet.device_prefix, c.run.run_id);
     let host = format!("{}:{}", c.targets[0].host, c.targets[0].port);
     let request_bytes = status_request(
         &host,
@@ -376,9 +377,9 @@ pub async fn run(args: &OverheadArgs) -> anyhow::Result<(Report, Charts)> {
         met: percent.is_some_and(|p| p <= TARGET_PERCENT),
     };
 
-    let t0 = c.started_at_unix_ms * 1000;
+    let t0 = c.run.started_at_unix_ms * 1000;
     let mut charts = Charts::new(
-        format!("pace-loadtest overhead, run {}", c.run_id),
+        format!("pace-loadtest overhead, run {}", c.run.run_id),
         "devices",
     );
     charts.right_label = "KiB/s, both directions".into();
@@ -415,22 +416,8 @@ pub async fn run(args: &OverheadArgs) -> anyhow::Result<(Report, Charts)> {
     charts.marker("window end", t0, to_us);
 
     let report = Report {
-        scenario: "overhead".into(),
-        run_id: c.run_id,
-        started_at_unix_ms: c.started_at_unix_ms,
-        targets: c.targets.iter().map(|t| t.base.clone()).collect(),
-        devices: args.fleet.devices,
-        processes: c.processes,
-        source_ips: c.source_ips,
-        connect: c.connect,
-        memory: c.memory,
-        hold: None,
-        broadcast: None,
-        surge: None,
-        failover: None,
         overhead: Some(overhead),
-        close: fin.close_report(),
-        loadgen_cpu_seconds: fin.workers_cpu_seconds,
+        ..Report::new("overhead", c.run, args.fleet.devices, &fin)
     };
     Ok((report, charts))
 }

@@ -58,6 +58,37 @@ pub struct Report {
     pub loadgen_cpu_seconds: f64,
 }
 
+impl Report {
+    /// The parts every scenario reports — the run, its connect phase and
+    /// memory, how the connections ended — with no scenario section yet;
+    /// the caller fills in its own.
+    pub fn new(
+        scenario: &str,
+        run: crate::connect::RunFacts,
+        devices: u64,
+        fin: &crate::fleet::FinalPhase,
+    ) -> Report {
+        Report {
+            scenario: scenario.into(),
+            run_id: run.run_id,
+            started_at_unix_ms: run.started_at_unix_ms,
+            targets: run.targets,
+            devices,
+            processes: run.processes,
+            source_ips: run.source_ips,
+            connect: run.connect,
+            memory: run.memory,
+            hold: None,
+            broadcast: None,
+            surge: None,
+            failover: None,
+            overhead: None,
+            close: fin.close_report(),
+            loadgen_cpu_seconds: fin.workers_cpu_seconds,
+        }
+    }
+}
+
 /// The connect phase.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectReport {

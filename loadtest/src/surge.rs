@@ -459,6 +459,7 @@ pub async fn run_with(
     let mut c = connect::connect_with(&args.fleet, scenario_time, Some(spec), Some(run_id)).await?;
     c.fleet.sync()?;
     let devices_joining = c
+        .run
         .connect
         .connected
         .saturating_sub(c.fleet.progress().dropped);
@@ -485,7 +486,7 @@ pub async fn run_with(
     c.fleet
         .command(&WorkerCommand::Join { start_at_us })
         .await?;
-    let device_prefix = format!("{}-{}-", args.fleet.device_prefix, c.run_id);
+    let device_prefix = format!("{}-{}-", args.fleet.device_prefix, c.run.run_id);
     let killer =
         failover.map(|f| failover::spawn_kill(f, start_at_us, room.clone(), device_prefix.clone()));
     let all_answered = c
@@ -648,7 +649,8 @@ pub async fn run_with(
             Some(FailoverReport {
                 killed_pid: f.pid,
                 kill_after_s: f.kill_after.as_secs_f64(),
-                killed_at_s: a.kill.at_us.saturating_sub(c.started_at_unix_ms * 1000) as f64 / 1e6,
+                killed_at_s: a.kill.at_us.saturating_sub(c.run.started_at_unix_ms * 1000) as f64
+                    / 1e6,
                 kill_error: a.kill.error.clone(),
                 reconnect_via: match &f.gateway {
                     Some(g) => format!("gateway {}", g.base),
@@ -675,29 +677,16 @@ pub async fn run_with(
     };
     let charts = surge_charts(
         scenario,
-        (&c.run_id, c.started_at_unix_ms, &c.connect_us),
+        (&c.run.run_id, c.run.started_at_unix_ms, &c.connect_us),
         &records,
         &samples,
         &fin.timeline,
         aftermath.as_ref().map(|a| a.kill.at_us),
     );
     let report = Report {
-        scenario: scenario.into(),
-        run_id: c.run_id,
-        started_at_unix_ms: c.started_at_unix_ms,
-        targets: c.targets.iter().map(|t| t.base.clone()).collect(),
-        devices: args.fleet.devices,
-        processes: c.processes,
-        source_ips: c.source_ips,
-        connect: c.connect,
-        memory: c.memory,
-        hold: None,
-        broadcast: None,
         surge: Some(surge),
         failover: failover_report,
-        overhead: None,
-        close: fin.close_report(),
-        loadgen_cpu_seconds: fin.workers_cpu_seconds,
+        ..Report::new(scenario, c.run, args.fleet.devices, &fin)
     };
     Ok((report, charts))
 }
