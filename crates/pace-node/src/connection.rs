@@ -219,15 +219,24 @@ impl Session {
         let heartbeat = sleep_until(Instant::now() + ping_interval - jitter);
         tokio::pin!(heartbeat);
         let mut awaiting_pong = false;
-        let hold = sleep_until(self.held_until.unwrap_or_else(Instant::now));
-        tokio::pin!(hold);
+        // The resume hold's timer exists only for connections that
+        // announced a resume: an idle device carries no second timer.
+        let mut hold = self.held_until.map(|t| Box::pin(sleep_until(t)));
 
         let end = loop {
             let held = self.held_until.is_some();
+            if !held {
+                hold = None;
+            }
             tokio::select! {
                 biased;
                 code = self.reg.control.closed() => break End::Closed(code),
-                () = &mut hold, if held => {
+                () = async {
+                    match hold.as_mut() {
+                        Some(timer) => timer.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if held => {
                     // No `resume` came in time: deliver live frames anyway.
                     self.held_until = None;
                 }
