@@ -844,7 +844,9 @@ mod tests {
     async fn tracked_accounts_are_bounded() {
         let s = MemoryAccountStore::in_memory();
         let t = tid("acme");
-        let short = Duration::from_secs(1);
+        // Long enough that no entry expires while 100,000 are inserted on
+        // a slow machine; the clock is then advanced past it.
+        let short = Duration::from_secs(3600);
         for i in 0..MAX_TRACKED_ACCOUNTS {
             s.count_login_attempt(&t, &uname(&format!("u{i}")), short)
                 .await
@@ -852,12 +854,12 @@ mod tests {
         }
         assert_eq!(s.attempts.lock().unwrap().len(), MAX_TRACKED_ACCOUNTS);
         // Full of live entries: the one ending soonest makes room.
-        s.count_login_attempt(&t, &uname("x"), Duration::from_secs(60))
+        s.count_login_attempt(&t, &uname("x"), Duration::from_secs(7200))
             .await
             .unwrap();
         assert_eq!(s.attempts.lock().unwrap().len(), MAX_TRACKED_ACCOUNTS);
         // Expired entries are dropped first.
-        s.advance(Duration::from_secs(2));
+        s.advance(Duration::from_secs(3601));
         s.count_login_attempt(&t, &uname("y"), Duration::from_secs(60))
             .await
             .unwrap();
