@@ -22,8 +22,15 @@ pub const DEVICE_ID_QUERY_ARG: &str = "device_id";
 /// `/health`, `/ready` and `/metrics` — is never routed publicly: the gateway
 /// health-checks `/ready` directly on each node, and Prometheus scrapes nodes
 /// directly.
-pub const PUBLIC_PATH_PREFIXES: &[&str] =
-    &["/ws", "/api", "/.well-known", "/r/", "/admin", "/demo"];
+pub const PUBLIC_PATH_PREFIXES: &[&str] = &[
+    "/ws",
+    "/api",
+    "/.well-known",
+    "/r/",
+    "/admin",
+    "/assets/",
+    "/demo",
+];
 
 /// Paths each node serves for operators only; listed so tests and docs can
 /// check they are not reachable through the gateway.

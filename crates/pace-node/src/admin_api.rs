@@ -54,16 +54,21 @@ fn not_found(raw: &str) -> ApiError {
     ApiError::new(ErrorCode::NoSuchRoom, format!("no room {raw}"))
 }
 
-/// The room `raw`, if the admin's tenant owns it; 404 otherwise.
-async fn owned(node: &NodeRef, claims: &AdminClaims, raw: &str) -> Result<Room, ApiError> {
-    let room = RoomId::parse(raw).map_err(|_| not_found(raw))?;
+/// Whether the admin's tenant owns `room`.
+async fn owns(node: &NodeRef, claims: &AdminClaims, room: &RoomId) -> Result<bool, ApiError> {
     let owner = node
         .rooms
         .queue
-        .room_owner(&room)
+        .room_owner(room)
         .await
         .map_err(store_error)?;
-    if owner.as_deref() != Some(claims.tenant.as_str()) {
+    Ok(owner.as_deref() == Some(claims.tenant.as_str()))
+}
+
+/// The room `raw`, if the admin's tenant owns it; 404 otherwise.
+async fn owned(node: &NodeRef, claims: &AdminClaims, raw: &str) -> Result<Room, ApiError> {
+    let room = RoomId::parse(raw).map_err(|_| not_found(raw))?;
+    if !owns(node, claims, &room).await? {
         return Err(not_found(raw));
     }
     node.rooms
@@ -208,8 +213,9 @@ async fn cluster(node: &NodeRef) -> Result<http::Response<Body>, ApiError> {
 }
 
 /// Whether an admin of `claims.tenant` may send to `target`: one of its
-/// tenant's registered devices, or a group in its tenant's namespace
-/// (`<tenant>:<name>`). `all` reaches every tenant's devices: service key
+/// tenant's registered devices, a group in its tenant's namespace
+/// (`<tenant>:<name>`), or the channel of one of its rooms
+/// (`@room:<room>`: everyone waiting in it). `all` reaches every tenant's devices: service key
 /// only. `Err` is the refusal to answer (404 for a device of another
 /// tenant, as if unknown; 403 otherwise).
 pub async fn notify_scope_allowed(
@@ -222,6 +228,20 @@ pub async fn notify_scope_allowed(
             ErrorCode::Forbidden,
             "scope all reaches every tenant: use the service key, or a group of your tenant",
         )),
+        // A room's channel: the room must be the tenant's (checked before
+        // the tenant prefix, so no tenant id can reach another's room).
+        Target::Group(g)
+            if g.as_str()
+                .starts_with(pace_protocol::ids::ROOM_GROUP_PREFIX) =>
+        {
+            let unknown = || ApiError::new(ErrorCode::NoSuchRoom, format!("no room for {g}"));
+            let room = g.room().ok_or_else(unknown)?;
+            if owns(node, claims, &room).await? {
+                Ok(())
+            } else {
+                Err(unknown())
+            }
+        }
         Target::Group(g) => {
             let prefix = format!("{}:", claims.tenant.as_str());
             if g.as_str().starts_with(&prefix) {

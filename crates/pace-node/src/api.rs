@@ -60,6 +60,18 @@ pub async fn handle(node: NodeRef, req: Request<Incoming>, peer: SocketAddr) -> 
             crate::admin_api::route(&node, req).await
         }
         (&Method::GET, "/demo/target") => ("demo", Ok(rooms_api::demo_target(&node, &req))),
+        (&Method::GET | &Method::HEAD, path) if path.starts_with("/r/") => (
+            "room_page",
+            Ok(crate::web::room_page(&node, &path["/r/".len()..]).await),
+        ),
+        (&Method::GET | &Method::HEAD, "/admin" | "/admin/") => {
+            ("admin_page", Ok(crate::web::admin_page()))
+        }
+        (&Method::GET | &Method::HEAD, path) if path.starts_with("/assets/") => (
+            "asset",
+            crate::web::asset(&path["/assets/".len()..], req.headers())
+                .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such asset")),
+        ),
         (method, path) if path.starts_with("/api/v1/rooms/") => {
             let rest = &path["/api/v1/rooms/".len()..];
             let (room, tail) = rest.split_once('/').unwrap_or((rest, ""));

@@ -347,6 +347,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_DEMO_ROOM", default_value_t = true, action = clap::ArgAction::Set)]
     pub demo_room: bool,
 
+    /// The tenant the demo room is created for, so that tenant's admins
+    /// steer it from the console (`/admin`); without it the demo room has
+    /// no owner and only the service key changes it.
+    #[arg(long, env = "PACE_DEMO_TENANT")]
+    pub demo_tenant: Option<String>,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info,pace_node=debug`.
     #[arg(long, env = "PACE_LOG", default_value = "info")]
     pub log: String,
@@ -531,6 +537,7 @@ impl ServeArgs {
             token_issuer: self.token_issuer,
             admin_token_ttl: self.admin_token_ttl,
             demo_room: self.demo_room,
+            demo_tenant: self.demo_tenant,
             log: self.log,
         })
     }
@@ -716,6 +723,8 @@ pub struct NodeConfig {
     pub admin_token_ttl: Duration,
     /// See [`ServeArgs::demo_room`].
     pub demo_room: bool,
+    /// See [`ServeArgs::demo_tenant`].
+    pub demo_tenant: Option<String>,
     /// See [`ServeArgs::log`].
     pub log: String,
 }

@@ -423,7 +423,13 @@ impl Session {
                 }
             }
             ClientFrame::Leave { room } => match self.node.rooms.leave(&room, &self.device).await {
-                Ok(frame) => frame,
+                Ok(frame) => {
+                    let channel = pace_protocol::room_group(&room);
+                    self.node
+                        .hub
+                        .unsubscribe(&self.device, self.reg.conn, &channel);
+                    frame
+                }
                 Err(refused) => ServerFrame::Error {
                     code: refused.code,
                     message: refused.message,
@@ -446,7 +452,12 @@ impl Session {
             .join(room, &self.device, solution, self.user.as_deref())
             .await
         {
-            Ok(frame) => frame,
+            Ok(frame) => {
+                if matches!(frame, Some(ServerFrame::Queue(_))) {
+                    self.enter_room_channel(room);
+                }
+                frame
+            }
             Err(refused) => {
                 self.node
                     .metrics
@@ -458,6 +469,22 @@ impl Session {
                     message: refused.message,
                 })
             }
+        }
+    }
+
+    /// Puts the waiting device in the room's channel (`@room:<room>`), so
+    /// a notification to the room reaches it. One channel beyond the
+    /// device's own group limit; a device over it just misses room
+    /// notifications (nothing else depends on the channel).
+    fn enter_room_channel(&self, room: &pace_protocol::RoomId) {
+        let channel = pace_protocol::room_group(room);
+        let max = self.node.config.max_groups.saturating_add(1);
+        if let Err(e) = self
+            .node
+            .hub
+            .subscribe(&self.device, self.reg.conn, &channel, max)
+        {
+            tracing::debug!(device = %self.device, %room, error = %e, "not put in the room channel");
         }
     }
 

@@ -46,6 +46,7 @@ pub mod rooms_api;
 pub mod server;
 pub mod store;
 pub mod systemd;
+pub mod web;
 
 pub use config::NodeConfig;
 pub use server::{ServeError, run};

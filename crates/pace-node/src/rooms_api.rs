@@ -333,33 +333,12 @@ pub fn demo_target(node: &NodeRef, req: &Request<Incoming>) -> Response<Body> {
             .find(|(k, _)| k == "pace_token")
             .map(|(_, v)| v.into_owned())
     });
-    let (title, detail) = match token.as_deref().map(|t| node.keys.verify(t, None, now_ms() / 1000)) {
-        Some(Ok(c)) => (
-            "You're in".to_owned(),
-            format!(
-                "Admission token verified (EdDSA, key set of this cluster).<br>room: <b>{}</b><br>device: <b>{}</b><br>session: <code>{}</code><br>expires: {} (Unix s)",
-                escape(&c.aud), escape(&c.sub), escape(&c.jti), c.exp
-            ),
-        ),
-        Some(Err(e)) => ("Token refused".to_owned(), escape(&e.to_string())),
-        None => ("No token".to_owned(), "Open <code>/ws?device_id=…</code>, send <code>{\"type\":\"join\",\"room\":\"demo\"}</code> and follow <code>target_url</code>.".to_owned()),
-    };
-    let page = format!(
-        "<!doctype html><html lang=en><meta charset=utf-8><title>Pace demo target</title>\
-         <body style=\"font-family:system-ui;max-width:40em;margin:3em auto;line-height:1.5\">\
-         <h1>{title}</h1><p>{detail}</p></body></html>"
-    );
-    let mut resp = Response::new(Full::new(Bytes::from(page)));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    resp
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    let verified = token
+        .as_deref()
+        .map(|t| node.keys.verify(t, None, now_ms() / 1000));
+    match verified {
+        Some(Ok(claims)) => crate::web::target_page(Ok(&claims), true),
+        Some(Err(e)) => crate::web::target_page(Err(e.to_string()), true),
+        None => crate::web::target_page(Err(String::new()), false),
+    }
 }

@@ -275,6 +275,19 @@ async fn ensure_demo_room(node: &NodeRef, address: &str) {
     match node.rooms.queue.get_room(&room).await {
         Ok(Some(_)) => {}
         Ok(None) => {
+            if let Some(tenant) = &node.config.demo_tenant {
+                match node.rooms.queue.claim_room(&room, tenant).await {
+                    Ok(owner) if owner.as_deref() == Some(tenant.as_str()) => {}
+                    Ok(owner) => {
+                        tracing::warn!(?owner, %tenant, "the demo room is not the demo tenant's; left as is");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not claim the demo room");
+                        return;
+                    }
+                }
+            }
             let config = RoomConfig {
                 capacity: 2,
                 admit_per_minute: None,
@@ -282,6 +295,11 @@ async fn ensure_demo_room(node: &NodeRef, address: &str) {
                 target_url: format!("http://{address}/demo/target"),
                 state: RoomState::Open,
                 pow_difficulty: 0,
+                appearance: crate::queue::Appearance {
+                    title: "Pace demo: you are in line".into(),
+                    message: "This is the demo waiting room. Raise its capacity in the console (/admin) to let people in.".into(),
+                    ..Default::default()
+                },
             };
             match node.rooms.queue.put_room(&room, &config).await {
                 Ok(_) => {

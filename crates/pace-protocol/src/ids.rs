@@ -13,8 +13,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Maximum length of a device id, in bytes.
 pub const DEVICE_ID_MAX_LEN: usize = 128;
-/// Maximum length of a group (department) id, in bytes.
-pub const GROUP_ID_MAX_LEN: usize = 64;
+/// Maximum length of a group (department) id, in bytes: room ids plus the
+/// room channel prefix [`ROOM_GROUP_PREFIX`].
+pub const GROUP_ID_MAX_LEN: usize = 70;
+/// Maximum length of a waiting-room id, in bytes.
+pub const ROOM_ID_MAX_LEN: usize = 64;
+/// The prefix of a room's channel: the group every device waiting in room
+/// `r` is put in by the node that holds its connection ([`room_group`]).
+pub const ROOM_GROUP_PREFIX: &str = "@room:";
 /// Maximum length of an event name, in bytes.
 pub const EVENT_NAME_MAX_LEN: usize = 64;
 
@@ -139,7 +145,7 @@ id_type!(
 );
 
 id_type!(
-    /// A group (department) id: 1 to 64 bytes of `[A-Za-z0-9._:@-]`.
+    /// A group (department) id: 1 to 70 bytes of `[A-Za-z0-9._:@-]`.
     GroupId,
     GROUP_ID_MAX_LEN
 );
@@ -148,8 +154,22 @@ id_type!(
     /// A waiting-room id: 1 to 64 bytes of `[A-Za-z0-9._:@-]` (no `{` `}`:
     /// it sits inside a Redis hash tag).
     RoomId,
-    GROUP_ID_MAX_LEN
+    ROOM_ID_MAX_LEN
 );
+
+/// The room's channel: `@room:<room>`. The node puts every device that
+/// joins the room in it, so one group notification reaches everyone
+/// waiting in the room, on every node.
+pub fn room_group(room: &RoomId) -> GroupId {
+    GroupId(Arc::from(format!("{ROOM_GROUP_PREFIX}{room}")))
+}
+
+impl GroupId {
+    /// The room whose channel this group is, if it is one.
+    pub fn room(&self) -> Option<RoomId> {
+        RoomId::parse(self.as_str().strip_prefix(ROOM_GROUP_PREFIX)?).ok()
+    }
+}
 
 id_type!(
     /// A notification event name: 1 to 64 bytes of `[A-Za-z0-9._:@-]`.
@@ -185,10 +205,34 @@ mod tests {
 
     #[test]
     fn group_ids_are_shorter() {
-        assert!(GroupId::parse(&"g".repeat(64)).is_ok());
+        assert!(GroupId::parse(&"g".repeat(70)).is_ok());
         assert_eq!(
-            GroupId::parse(&"g".repeat(65)),
+            GroupId::parse(&"g".repeat(71)),
+            Err(IdError::TooLong { max: 70 })
+        );
+        assert_eq!(
+            RoomId::parse(&"r".repeat(65)),
             Err(IdError::TooLong { max: 64 })
+        );
+    }
+
+    #[test]
+    fn every_room_has_a_valid_channel() {
+        let longest = RoomId::parse(&"r".repeat(ROOM_ID_MAX_LEN)).unwrap();
+        let group = room_group(&longest);
+        // What the node builds is what a notify request may name.
+        assert_eq!(GroupId::parse(group.as_str()).unwrap(), group);
+        assert_eq!(group.room(), Some(longest));
+        assert_eq!(
+            room_group(&RoomId::parse("demo").unwrap()).as_str(),
+            "@room:demo"
+        );
+        assert_eq!(GroupId::parse("sales").unwrap().room(), None);
+        assert_eq!(
+            GroupId::parse("@room:")
+                .unwrap_or_else(|_| GroupId::parse("x").unwrap())
+                .room(),
+            None
         );
     }
 

@@ -31,7 +31,7 @@ pub use frame::{
     AdmittedFrame, Challenge, ClientFrame, DecodeError, QueueUpdate, ResumeOutcome, ServerFrame,
     Welcome,
 };
-pub use ids::{DeviceId, EventName, GroupId, IdError, RoomId};
+pub use ids::{DeviceId, EventName, GroupId, IdError, RoomId, room_group};
 pub use notify::{Cursor, Notification, NotifyRequest, Scope, Target, TargetError};
 
 /// The protocol version a node announces in its `welcome` frame.

@@ -61,12 +61,20 @@ macro_rules! account_id {
         pub struct $name(GroupId);
 
         impl $name {
-            /// Maximum length in bytes.
-            pub const MAX_LEN: usize = GroupId::MAX_LEN;
+            /// Maximum length in bytes (a group id's charset, a room id's
+            /// length: `<tenant>:<name>` groups stay within the group rules).
+            pub const MAX_LEN: usize = pace_protocol::ids::ROOM_ID_MAX_LEN;
 
-            /// Validates `s` (the group id rules: 1 to 64 bytes of
-            /// `A-Z a-z 0-9 . _ : @ -`) and wraps it.
+            /// Validates `s` (1 to 64 bytes of `A-Z a-z 0-9 . _ : @ -`) and
+            /// wraps it.
             pub fn parse(s: &str) -> Result<Self, AccountError> {
+                if s.len() > Self::MAX_LEN {
+                    return Err(AccountError::Invalid(format!(
+                        "{} is longer than {} bytes",
+                        $what,
+                        Self::MAX_LEN
+                    )));
+                }
                 GroupId::parse(s)
                     .map($name)
                     .map_err(|e| AccountError::Invalid(format!("{} {e}", $what)))
@@ -349,6 +357,8 @@ mod tests {
         assert!(TenantId::parse("").is_err());
         assert!(TenantId::parse("has space").is_err());
         assert!(UserName::parse(&"a".repeat(65)).is_err());
+        assert!(TenantId::parse(&"t".repeat(64)).is_ok());
+        assert!(TenantId::parse(&"t".repeat(65)).is_err());
         let e = TenantId::parse("a/b").unwrap_err();
         assert!(e.to_string().starts_with("tenant id "), "{e}");
     }

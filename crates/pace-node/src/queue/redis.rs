@@ -20,9 +20,9 @@ use fred::types::scripts::Script;
 use pace_protocol::DeviceId;
 
 use super::{
-    Admission, AdmitOutcome, DeviceStatus, JoinOutcome, Place, Positions, QueueError, QueueStore,
-    RATE_WINDOW_MS, Room, RoomConfig, RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS,
-    WaitDistribution,
+    Admission, AdmitOutcome, Appearance, DeviceStatus, JoinOutcome, Place, Positions, QueueError,
+    QueueStore, RATE_WINDOW_MS, Room, RoomConfig, RoomCounters, RoomId, RoomState,
+    WAIT_BUCKETS_SECS, WaitDistribution,
 };
 
 /// Most expiries, admissions, sweeps or heartbeats one script run handles,
@@ -258,6 +258,10 @@ fn parse_config(h: &HashMap<String, String>) -> Result<Option<RoomConfig>, Queue
         state: RoomState::parse(field("state")).ok_or_else(|| bad("unknown room state"))?,
         pow_difficulty: u8::try_from(num("pow_difficulty")?)
             .map_err(|_| bad("room config field out of range"))?,
+        appearance: match field("appearance") {
+            "" => Appearance::default(),
+            json => serde_json::from_str(json).map_err(|_| bad("room appearance is not valid"))?,
+        },
     }))
 }
 
@@ -284,6 +288,16 @@ impl QueueStore for RedisQueueStore {
             ("target_url", config.target_url.clone()),
             ("state", config.state.as_str().to_owned()),
             ("pow_difficulty", config.pow_difficulty.to_string()),
+            (
+                "appearance",
+                if config.appearance.is_default() {
+                    String::new()
+                } else {
+                    serde_json::to_string(&config.appearance).map_err(|_| {
+                        QueueError::InvalidConfig("appearance cannot be stored".into())
+                    })?
+                },
+            ),
         ];
         // One HSET replaces every field at once; the room index lives in
         // another slot, so it is a second (idempotent) command.

@@ -235,20 +235,7 @@ async fn a_verified_user_holds_a_bounded_number_of_places() {
         ("alice-tablet", "alice"),
         ("bob-phone", "bob"),
     ] {
-        let (status, text) = http(
-            node.addr,
-            "POST",
-            "/api/v1/devices/register",
-            &[("content-type", "application/json")],
-            &json!({"device_id": id, "user": user}).to_string(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(status, 201, "{text}");
-        let token = serde_json::from_str::<Value>(&text).unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let token = register_device(node.addr, &json!({"device_id": id, "user": user})).await;
         let (ws, _) = node
             .connect_with(&format!("/ws?device_id={id}&token={token}"), &[])
             .await;

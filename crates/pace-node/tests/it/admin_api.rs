@@ -204,6 +204,11 @@ async fn an_admin_sees_and_changes_only_its_own_tenant() {
             (notify("group", Some(format!("{other}:ops"))), 403),
             (notify("group", Some("ops".into())), 403),
             (notify("all", None), 403),
+            // Room channels: only of the tenant's own rooms.
+            (notify("group", Some(format!("@room:{me}-sale"))), 202),
+            (notify("group", Some(format!("@room:{other}-sale"))), 404),
+            (notify("group", Some("@room:legacy".into())), 404),
+            (notify("group", Some("@room:no-such-room".into())), 404),
         ] {
             let (status, resp) = call(&node, "POST", "/api/v1/notify", token, body.clone()).await;
             assert_eq!(status, want, "{me}: {body} -> {resp}");

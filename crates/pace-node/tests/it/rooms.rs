@@ -472,3 +472,61 @@ async fn verify_refuses_an_expired_token_signed_with_the_right_key() {
         .unwrap();
     assert_eq!(verify(&node, &fresh, Some("shop")).await["valid"], true);
 }
+
+/// Joining a room puts the device in the room's channel (`@room:<room>`):
+/// a notification to it reaches everyone waiting there, not devices in
+/// other rooms, and not a device that left.
+#[tokio::test]
+async fn a_notification_to_a_room_reaches_the_devices_waiting_in_it() {
+    let node = fast_node().await;
+    for room in ["concert", "other"] {
+        let (status, text) = put_room(&node, room, room_config(0, "open")).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let mut waiting = Vec::new();
+    for id in ["fan-1", "fan-2"] {
+        let (mut ws, _) = node.connect(id).await;
+        assert!(matches!(
+            join(&mut ws, "concert").await,
+            ServerFrame::Queue(_)
+        ));
+        waiting.push(ws);
+    }
+    let (mut elsewhere, _) = node.connect("elsewhere").await;
+    assert!(matches!(
+        join(&mut elsewhere, "other").await,
+        ServerFrame::Queue(_)
+    ));
+    let (mut gone, _) = node.connect("gone").await;
+    assert!(matches!(
+        join(&mut gone, "concert").await,
+        ServerFrame::Queue(_)
+    ));
+    send_text(&mut gone, r#"{"type":"leave","room":"concert"}"#).await;
+    assert!(matches!(
+        next_frame(&mut gone).await,
+        ServerFrame::Left { .. }
+    ));
+
+    let (status, body) = node
+        .notify(json!({"scope": "group", "target": "@room:concert", "event": "doors", "data": {"text": "open"}}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    for ws in &mut waiting {
+        match next_frame(ws).await {
+            ServerFrame::Notification(n) => {
+                assert_eq!(n.target.as_deref(), Some("@room:concert"));
+                assert_eq!(n.data, json!({"text": "open"}));
+            }
+            other => panic!("expected the room notification, got {other:?}"),
+        }
+    }
+    for ws in [&mut elsewhere, &mut gone] {
+        while let Some(frame) = frame_within(ws, Duration::from_millis(300)).await {
+            assert!(
+                !matches!(frame, ServerFrame::Notification(_)),
+                "only devices waiting in the room get it: {frame:?}"
+            );
+        }
+    }
+}

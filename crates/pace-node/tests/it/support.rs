@@ -534,6 +534,25 @@ impl Cluster {
     }
 }
 
+/// Registers a device (`body`: the registration, `device_id` at least);
+/// asserts 201 and returns its token.
+pub async fn register_device(addr: SocketAddr, body: &Value) -> String {
+    let (status, text) = http(
+        addr,
+        "POST",
+        "/api/v1/devices/register",
+        &[("content-type", "application/json")],
+        &body.to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{text}");
+    serde_json::from_str::<Value>(&text).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// The admin password the test accounts get.
 pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
 

@@ -1,0 +1,284 @@
+// The waiting-room page: keeps the device's id and credential, holds its
+// place over a WebSocket, and sends it on with its admission token.
+// Protocol: docs/protocol.md. No framework, no build step.
+'use strict';
+(() => {
+  const cfg = JSON.parse(document.getElementById('pace-room').textContent);
+  const $ = (id) => document.getElementById(id);
+  const store = {
+    get: (k) => { try { return localStorage.getItem(k); } catch { return null; } },
+    set: (k, v) => { try { localStorage.setItem(k, v); } catch { /* private mode: this page only */ } },
+    del: (k) => { try { localStorage.removeItem(k); } catch { /* ignore */ } },
+  };
+  const css = document.documentElement.style;
+  css.setProperty('--bg', cfg.colours.background);
+  css.setProperty('--fg', cfg.colours.text);
+  css.setProperty('--accent', cfg.colours.accent);
+
+  const KEY_ID = 'pace.device_id', KEY_TOKEN = 'pace.token', KEY_EXP = 'pace.token_expires_at';
+  const KEY_FIRST = 'pace.first.' + cfg.room, KEY_CURSORS = 'pace.cursors';
+  const RENEW_BEFORE_S = 7 * 86400;
+
+  function newId() {
+    const b = new Uint8Array(16);
+    crypto.getRandomValues(b);
+    return 'browser_' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  }
+  let deviceId = store.get(KEY_ID);
+  if (!deviceId) { deviceId = newId(); store.set(KEY_ID, deviceId); }
+
+  // ---- what the page shows --------------------------------------------
+  let state = '', lastAnnounce = 0, lastPosition = 0;
+  function say(text, urgent) {
+    // The live region speaks on every state change, and on position
+    // changes at most every 20 s, so a screen reader is not flooded.
+    const now = Date.now();
+    if (urgent || now - lastAnnounce > 20000) { $('announce').textContent = text; lastAnnounce = now; }
+  }
+  function show(next, headline, detail) {
+    const changed = next !== state;
+    state = next;
+    document.body.dataset.state = next;
+    $('headline').textContent = headline;
+    if (detail !== undefined) $('detail').textContent = detail;
+    $('retry').hidden = !(next === 'reconnecting' || next === 'replaced' || next === 'error');
+    if (changed) say(headline, true);
+  }
+  const fmt = new Intl.NumberFormat();
+  function eta(seconds) {
+    if (seconds === undefined || seconds === null) return 'Estimating…';
+    if (seconds < 60) return 'Under a minute';
+    const m = Math.round(seconds / 60);
+    if (m < 60) return `About ${m} min`;
+    return `About ${Math.floor(m / 60)} h ${m % 60} min`;
+  }
+  function place(q) {
+    let first = Number(store.get(KEY_FIRST) || 0);
+    if (!first || q.position > first) { first = q.position; store.set(KEY_FIRST, String(first)); }
+    $('position').textContent = fmt.format(q.position);
+    $('waiting').textContent = fmt.format(q.waiting_total);
+    $('eta').textContent = eta(q.eta_seconds);
+    const pct = first > 1 ? Math.round(((first - q.position) / (first - 1)) * 100) : 100;
+    $('bar').style.width = Math.max(pct, 3) + '%';
+    $('progress').setAttribute('aria-valuenow', String(pct));
+    const words = `You are number ${fmt.format(q.position)} in line.`;
+    if (q.state === 'paused') {
+      show('paused', 'The line is paused for now.', 'You keep your place; it moves again as soon as the organiser resumes.');
+    } else if (q.state === 'closed') {
+      show('closed-waiting', words, 'This waiting room takes no new visitors, but your place is kept.');
+    } else {
+      show('waiting', words, 'Keep this page open. Reloading it keeps your place.');
+    }
+    if (q.position !== lastPosition) { lastPosition = q.position; say(words, false); }
+  }
+  function note(n) {
+    const d = n.data;
+    const text = typeof d === 'string' ? d : (d && (d.text || d.message)) || JSON.stringify(d);
+    const li = document.createElement('li');
+    const t = document.createElement('time');
+    t.textContent = new Date(n.sent_at_ms).toLocaleTimeString();
+    li.append(t, text);
+    $('note-list').prepend(li);
+    while ($('note-list').children.length > 5) $('note-list').lastChild.remove();
+    $('notes').hidden = false;
+    say('Message: ' + text, true);
+  }
+
+  // ---- credential ---------------------------------------------------------
+  async function register(withToken) {
+    const headers = { 'content-type': 'application/json' };
+    const token = store.get(KEY_TOKEN);
+    if (withToken && token) headers.authorization = 'Bearer ' + token;
+    const body = { device_id: deviceId, type: 'browser', app_version: 'pace-web/1', os: navigator.platform || '' };
+    if (cfg.tenant) body.tenant = cfg.tenant;
+    const r = await fetch('/api/v1/devices/register', { method: 'POST', headers, body: JSON.stringify(body) });
+    const j = await r.json().catch(() => ({}));
+    if (r.ok && j.token) {
+      store.set(KEY_TOKEN, j.token);
+      store.set(KEY_EXP, String(j.expires_at));
+      return 'ok';
+    }
+    return (j.error && j.error.code) || 'http_' + r.status;
+  }
+  // A token valid for a week more is used as is; otherwise it is renewed.
+  // An id this browser can no longer prove is given up for a new one.
+  async function credential(force) {
+    const exp = Number(store.get(KEY_EXP) || 0);
+    if (!force && store.get(KEY_TOKEN) && exp - Date.now() / 1000 > RENEW_BEFORE_S) return;
+    let r = await register(true);
+    if (r === 'device_exists' || r === 'invalid_device_token' || r === 'device_token_mismatch') {
+      deviceId = newId();
+      store.set(KEY_ID, deviceId);
+      store.del(KEY_TOKEN);
+      store.del(KEY_FIRST);
+      r = await register(false);
+    }
+    if (r !== 'ok') throw new Error(r);
+  }
+
+  // ---- notifications: dedupe by id, resume by cursor ------------------
+  const seen = new Set();
+  function cursors() { try { return JSON.parse(store.get(KEY_CURSORS) || '{}'); } catch { return {}; } }
+  function keep(c) {
+    const all = cursors();
+    const k = c.scope + '|' + (c.target || '');
+    const old = all[k];
+    if (!old || c.epoch !== old.epoch || c.seq > old.seq) {
+      all[k] = { scope: c.scope, target: c.target, epoch: c.epoch, seq: c.seq };
+      store.set(KEY_CURSORS, JSON.stringify(all));
+    }
+  }
+
+  // ---- proof of work ------------------------------------------------------
+  let worker = null;
+  function solve(ch) {
+    show('verifying', 'Checking your browser…', 'A short calculation keeps automated visitors out. It takes a moment.');
+    if (worker) worker.terminate();
+    worker = new Worker('/assets/pow-worker.js');
+    worker.onmessage = (ev) => {
+      worker.terminate();
+      worker = null;
+      send({ type: 'solve', room: cfg.room, challenge: ch.challenge, solution: String(ev.data.solution) });
+    };
+    worker.postMessage({ prefix: ch.prefix, difficulty: ch.difficulty });
+  }
+
+  // ---- connection ---------------------------------------------------------
+  let ws = null, attempt = 0, timer = null, countdown = null, welcomed = false, stableSince = 0, powRetries = 0;
+  function send(frame) { if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame)); }
+
+  async function connect() {
+    clearTimeout(timer);
+    clearInterval(countdown);
+    try {
+      await credential(attempt > 1 && !welcomed);
+    } catch (e) {
+      return retry(`Could not register this browser (${e.message}).`);
+    }
+    const held = Object.values(cursors());
+    const q = new URLSearchParams({ device_id: deviceId, token: store.get(KEY_TOKEN) || '' });
+    if (held.length) q.set('resume', '1');
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    welcomed = false;
+    ws = new WebSocket(`${scheme}//${location.host}/ws?${q}`);
+    ws.onmessage = (ev) => {
+      let f;
+      try { f = JSON.parse(ev.data); } catch { return; }
+      frame(f, held);
+    };
+    ws.onclose = (ev) => closed(ev.code);
+  }
+
+  function frame(f, held) {
+    switch (f.type) {
+      case 'welcome':
+        // Marks for real-user monitoring and the page benchmark.
+        if (!performance.getEntriesByName('pace:welcome').length) performance.mark('pace:welcome');
+        welcomed = true;
+        stableSince = Date.now();
+        $('device').textContent = 'Device ' + deviceId.slice(0, 16) + '…';
+        if (held.length) send({ type: 'resume', cursors: held });
+        send({ type: 'join', room: cfg.room });
+        break;
+      case 'queue':
+        if (!performance.getEntriesByName('pace:first-position').length) performance.mark('pace:first-position');
+        powRetries = 0;
+        place(f);
+        break;
+      case 'challenge':
+        solve(f);
+        break;
+      case 'admitted':
+        store.del(KEY_FIRST);
+        show('admitted', "You're in!", 'Taking you there now…');
+        $('position').textContent = '0';
+        setTimeout(() => location.replace(f.target_url), 400);
+        break;
+      case 'notification':
+        keep(f);
+        if (!seen.has(f.id)) {
+          seen.add(f.id);
+          if (seen.size > 500) seen.delete(seen.values().next().value);
+          note(f);
+        }
+        break;
+      case 'resumed':
+        for (const s of f.scopes) keep(s);
+        break;
+      case 'error':
+        refused(f);
+        break;
+      default:
+        break;
+    }
+  }
+
+  function refused(f) {
+    switch (f.code) {
+      case 'room_closed':
+      case 'no_such_room':
+        show('closed', 'This waiting room is closed.', f.code === 'room_closed'
+          ? 'It takes no new visitors right now. Please come back later.'
+          : 'There is no waiting room at this address.');
+        break;
+      case 'pow_invalid':
+      case 'pow_reused':
+        if (powRetries++ < 3) send({ type: 'join', room: cfg.room });
+        else show('error', 'We could not verify this browser.', 'Reload the page to try again.');
+        break;
+      case 'too_many_joins':
+      case 'too_many_places':
+        show('error', 'Too many attempts from this device.', f.message);
+        timer = setTimeout(() => send({ type: 'join', room: cfg.room }), 30000);
+        break;
+      default:
+        if (f.code === 'store_unavailable') {
+          timer = setTimeout(() => send({ type: 'join', room: cfg.room }), 2000);
+        }
+        show('error', 'Something went wrong; retrying.', f.message);
+    }
+  }
+
+  function closed(code) {
+    ws = null;
+    if (worker) { worker.terminate(); worker = null; }
+    if (state === 'admitted') return;
+    if (code === 4000) {
+      // Replaced: the same browser opened the room in another tab.
+      show('replaced', 'This waiting room is open in another tab.', 'Your place is held there. Use this tab instead?');
+      $('retry').textContent = 'Use this tab';
+      return;
+    }
+    if (welcomed && Date.now() - stableSince > 10000) attempt = 0;
+    // Restarts and resyncs come back at once (with a little jitter);
+    // anything else backs off (full jitter, 0.5 s doubling to 20 s).
+    const prompt = code === 1012 || code === 1013 || code === 4003;
+    const cap = Math.min(20000, 500 * 2 ** attempt);
+    const wait = prompt ? Math.random() * 1000 : Math.random() * cap;
+    attempt++;
+    return retry(welcomed ? 'Connection lost; your place is kept.' : 'Could not reach the waiting room.', wait);
+  }
+
+  function retry(why, wait) {
+    if (wait === undefined) wait = Math.random() * Math.min(20000, 500 * 2 ** attempt++);
+    const until = Date.now() + wait;
+    const tick = () => {
+      const s = Math.max(0, Math.ceil((until - Date.now()) / 1000));
+      show('reconnecting', 'Reconnecting…', `${why} Trying again in ${s} s.`);
+    };
+    tick();
+    clearInterval(countdown);
+    countdown = setInterval(tick, 1000);
+    clearTimeout(timer);
+    timer = setTimeout(connect, wait);
+  }
+
+  $('retry').addEventListener('click', () => {
+    $('retry').textContent = 'Reconnect now';
+    attempt = 0;
+    if (ws) ws.close();
+    connect();
+  });
+  window.addEventListener('online', () => { if (!ws) connect(); });
+  connect();
+})();
