@@ -17,8 +17,6 @@
 //! Chromium needs `deploy/install-deps chromium` (Debian's `chromium` and
 //! `chromium-driver`).
 
-#![allow(dead_code)]
-
 use std::fmt::Display;
 use std::fs::File;
 use std::future::Future;
@@ -161,11 +159,6 @@ impl Browser {
         }
     }
 
-    /// chromedriver's port on 127.0.0.1.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// What chromedriver has printed so far.
     pub fn log(&self) -> String {
         self.log_dir
@@ -220,7 +213,6 @@ impl Browser {
             .await
             .expect("session id")
             .expect("a session was created");
-        let profile_dir = profile.path().to_owned();
         self.profiles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -229,7 +221,6 @@ impl Browser {
             client,
             port: self.port,
             session,
-            profile: profile_dir,
         }
     }
 }
@@ -268,7 +259,6 @@ pub struct Page {
     client: Client,
     port: u16,
     session: String,
-    profile: PathBuf,
 }
 
 impl Page {
@@ -448,16 +438,6 @@ impl Page {
             Ok(Err(e)) => panic!("closing the browser session failed: {e}"),
             Err(_) => panic!("closing the browser session took over {COMMAND_LIMIT:?}"),
         }
-    }
-
-    /// The underlying WebDriver client, for what the helpers do not cover.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
-    /// This page's Chromium profile directory (`--user-data-dir`).
-    pub fn profile_dir(&self) -> &Path {
-        &self.profile
     }
 
     /// The first element matching `css`; panics (with a failure report) if

@@ -167,6 +167,19 @@ async fn a_device_waits_and_is_let_in_from_the_console() {
     device.wait_text("#position", UI, |t| t == "4").await;
     wait_state(&device, "waiting").await;
     assert_eq!(device.text("#waiting").await, "4");
+    // Screen readers hear the place from a polite live region.
+    assert_eq!(
+        device.attr("#announce", "aria-live").await.as_deref(),
+        Some("polite")
+    );
+    let spoken = device
+        .eval("return document.getElementById('announce').textContent")
+        .await;
+    assert_eq!(spoken, json!("You are number 4 in line."));
+    assert_eq!(
+        device.attr("#progress", "role").await.as_deref(),
+        Some("progressbar")
+    );
     assert_eq!(device.text("#title").await, "Pace demo: you are in line");
     let id = device
         .eval("return localStorage.getItem('pace.device_id')")
