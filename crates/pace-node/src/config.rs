@@ -446,6 +446,11 @@ impl ServeArgs {
         if self.history_max_len == 0 || self.history_max_age < Duration::from_secs(1) {
             return bad("--history-max-len must be > 0 and --history-max-age at least 1s".into());
         }
+        if let Some(tenant) = &self.demo_tenant
+            && let Err(e) = crate::accounts::TenantId::parse(tenant)
+        {
+            return bad(format!("--demo-tenant: {e}"));
+        }
         if self.device_token_ttl < Duration::from_secs(60) {
             return bad("--device-token-ttl must be at least 1m".into());
         }
@@ -798,6 +803,12 @@ mod tests {
                 .unwrap_err()
                 .contains("--node-id")
         );
+        assert!(
+            parse(&["--demo-tenant", "not a tenant"])
+                .unwrap_err()
+                .contains("--demo-tenant")
+        );
+        assert!(parse(&["--demo-tenant", "acme"]).is_ok());
         assert!(parse(&["--listen", "nonsense"]).is_err());
         assert!(parse(&["--handshake-timeout", "ten"]).is_err());
         assert!(

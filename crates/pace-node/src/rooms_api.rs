@@ -336,9 +336,10 @@ pub fn demo_target(node: &NodeRef, req: &Request<Incoming>) -> Response<Body> {
     let verified = token
         .as_deref()
         .map(|t| node.keys.verify(t, None, now_ms() / 1000));
+    use crate::web::{TargetToken, target_page};
     match verified {
-        Some(Ok(claims)) => crate::web::target_page(Ok(&claims), true),
-        Some(Err(e)) => crate::web::target_page(Err(e.to_string()), true),
-        None => crate::web::target_page(Err(String::new()), false),
+        Some(Ok(claims)) => target_page(TargetToken::Verified(&claims)),
+        Some(Err(e)) => target_page(TargetToken::Refused(e.to_string())),
+        None => target_page(TargetToken::Missing),
     }
 }

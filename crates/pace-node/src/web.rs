@@ -216,46 +216,53 @@ pub fn admin_page() -> Response<Body> {
     html(StatusCode::OK, ADMIN_HTML.to_owned())
 }
 
+/// What the demo target page found in its `pace_token`.
+#[derive(Debug)]
+pub enum TargetToken<'a> {
+    /// A valid admission token, with its claims.
+    Verified(&'a crate::admission::AdmissionClaims),
+    /// A token that did not verify, and why.
+    Refused(String),
+    /// No token in the URL.
+    Missing,
+}
+
 /// The demo target page: the verified claims of its admission token, or
-/// why it was refused. `claims` is what verification returned.
-pub fn target_page(
-    outcome: Result<&crate::admission::AdmissionClaims, String>,
-    token_given: bool,
-) -> Response<Body> {
-    let (state, title, lead, rows) = match outcome {
-        Ok(c) => (
+/// why it was refused.
+pub fn target_page(token: TargetToken<'_>) -> Response<Body> {
+    let row = |k: &str, v: &str| {
+        format!(
+            "<div><dt>{}</dt><dd>{}</dd></div>",
+            escape_html(k),
+            escape_html(v)
+        )
+    };
+    let (state, title, lead, rows) = match token {
+        TargetToken::Verified(c) => (
             "verified",
             "You're in",
             "Your admission token was verified with this cluster's public keys (EdDSA).",
             [
-                ("Room", c.aud.clone()),
-                ("Device", c.sub.clone()),
-                ("Session", c.jti.clone()),
-                ("Issued", unix_time(c.iat)),
-                ("Expires", unix_time(c.exp)),
-                ("Issuer", c.iss.clone()),
+                row("Room", &c.aud),
+                row("Device", &c.sub),
+                row("Session", &c.jti),
+                row("Issued", &unix_time(c.iat)),
+                row("Expires", &unix_time(c.exp)),
+                row("Issuer", &c.iss),
             ]
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "<div><dt>{}</dt><dd>{}</dd></div>",
-                    escape_html(k),
-                    escape_html(v)
-                )
-            })
-            .collect::<String>(),
+            .concat(),
         ),
-        Err(_) if !token_given => (
+        TargetToken::Refused(why) => (
+            "refused",
+            "Token refused",
+            "The admission token did not verify; nobody is let in with it.",
+            row("Reason", &why),
+        ),
+        TargetToken::Missing => (
             "none",
             "No admission token",
             "This page is where a waiting room sends admitted visitors. Open /r/demo to queue for it.",
             String::new(),
-        ),
-        Err(why) => (
-            "refused",
-            "Token refused",
-            "The admission token did not verify; nobody is let in with it.",
-            format!("<div><dt>Reason</dt><dd>{}</dd></div>", escape_html(&why)),
         ),
     };
     let page = TARGET_HTML
@@ -263,8 +270,7 @@ pub fn target_page(
         .replace("{{title}}", title)
         .replace("{{lead}}", lead)
         .replace("{{rows}}", &rows);
-    let status = StatusCode::OK;
-    html(status, page)
+    html(StatusCode::OK, page)
 }
 
 fn unix_time(secs: u64) -> String {

@@ -571,12 +571,13 @@ pub fn admin_cli(dir: &std::path::Path, args: &[&str]) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
+    // Commands other than add-user never read standard input and may have
+    // exited already (a broken pipe here): their exit status tells.
+    let _ = child
         .stdin
         .take()
         .unwrap()
-        .write_all(format!("{ADMIN_PASSWORD}\n").as_bytes())
-        .unwrap();
+        .write_all(format!("{ADMIN_PASSWORD}\n").as_bytes());
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{args:?}: {out:?}");
 }
