@@ -77,6 +77,14 @@ pub fn ws_config(node: &NodeRef) -> WebSocketConfig {
 
 /// Serves one upgraded device connection until it ends.
 pub async fn serve(node: NodeRef, upgraded: Upgraded, hs: Handshake, slot: Slot) {
+    // Only what the connection keeps; the rest of the handshake goes now.
+    let Handshake {
+        device,
+        groups,
+        resume,
+        user,
+        ..
+    } = hs;
     let ws = WebSocketStream::from_raw_socket(
         TokioIo::new(upgraded),
         Role::Server,
@@ -86,16 +94,16 @@ pub async fn serve(node: NodeRef, upgraded: Upgraded, hs: Handshake, slot: Slot)
     // Tell the cluster first, so a connection of this device on another
     // node closes; without the store the device still connects (generation
     // 0: any later connection elsewhere replaces it).
-    let generation = match node.store.connected(&hs.device).await {
+    let generation = match node.store.connected(&device).await {
         Ok(g) => g,
         Err(e) => {
-            tracing::debug!(device = %hs.device, error = %e, "connection not announced to the cluster");
+            tracing::debug!(device = %device, error = %e, "connection not announced to the cluster");
             0
         }
     };
     let reg = node.hub.register(
-        hs.device.clone(),
-        hs.groups.clone(),
+        device.clone(),
+        groups.clone(),
         node.config.send_queue,
         generation,
     );
@@ -106,17 +114,17 @@ pub async fn serve(node: NodeRef, upgraded: Upgraded, hs: Handshake, slot: Slot)
         reg.control.close(CloseCode::SERVICE_RESTART);
     }
     let conn = reg.conn;
-    let held_until = hs.resume.then(|| Instant::now() + node.config.resume_hold);
+    let held_until = resume.then(|| Instant::now() + node.config.resume_hold);
     let mut session = Session {
         node: node.clone(),
         ws,
         reg,
-        device: hs.device,
+        device,
         held_until,
         replayed: Replayed::default(),
-        user: hs.user.clone(),
+        user,
     };
-    let end = session.run(hs.groups).await;
+    let end = session.run(groups).await;
     node.hub.unregister(&session.device, conn);
     node.rooms.waiters.disconnected(&session.device);
     node.metrics.connections_open.dec();
@@ -255,7 +263,13 @@ impl Session {
                     heartbeat.as_mut().reset(Instant::now() + ping_interval);
                     match msg {
                         Some(Ok(Message::Text(text))) => {
-                            if let Err(end) = self.on_text(&text).await {
+                            // Boxed: a frame's handling (join, proof of
+                            // work, resume and their store calls) is deep;
+                            // inline, its state would be part of every idle
+                            // connection's task. A frame is rare per
+                            // connection; the allocation lives while it is
+                            // handled.
+                            if let Err(end) = Box::pin(self.on_text(&text)).await {
                                 break end;
                             }
                         }

@@ -1460,10 +1460,18 @@ async fn a_real_prometheus_scrapes_a_node_and_loads_the_rules() {
         let answer = prom_query(web, &concrete(&expr)).await;
         assert_eq!(answer["status"], "success", "{title}: {expr}: {answer}");
     }
-    // A healthy node fires nothing.
+    // A healthy node fires nothing. (An alert may be pending for a moment
+    // — e.g. readiness scraped as 0 while a loaded machine starts the node
+    // — but pending is not firing: its `for` is what keeps it quiet.)
     let (_, body) = http(web, "GET", "/api/v1/alerts", &[], "").await.unwrap();
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["data"]["alerts"], json!([]), "{body}");
+    let firing: Vec<&Value> = v["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["state"] != "pending")
+        .collect();
+    assert!(firing.is_empty(), "{body}");
 }
 
 // --- Grafana ------------------------------------------------------------------

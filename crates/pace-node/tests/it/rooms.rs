@@ -504,7 +504,7 @@ async fn a_notification_to_a_room_reaches_the_devices_waiting_in_it() {
     ));
     send_text(&mut gone, r#"{"type":"leave","room":"concert"}"#).await;
     assert!(matches!(
-        next_frame(&mut gone).await,
+        next_frame_but_queue(&mut gone).await,
         ServerFrame::Left { .. }
     ));
 
@@ -513,7 +513,7 @@ async fn a_notification_to_a_room_reaches_the_devices_waiting_in_it() {
         .await;
     assert_eq!(status, 202, "{body}");
     for ws in &mut waiting {
-        match next_frame(ws).await {
+        match next_frame_but_queue(ws).await {
             ServerFrame::Notification(n) => {
                 assert_eq!(n.target.as_deref(), Some("@room:concert"));
                 assert_eq!(n.data, json!({"text": "open"}));

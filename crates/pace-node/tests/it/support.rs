@@ -268,6 +268,17 @@ pub async fn next_frame(ws: &mut Ws) -> ServerFrame {
 }
 
 /// Whether another frame arrives within `wait`.
+/// The next frame that is not a `queue` update (a waiting device gets one
+/// whenever the line moves, at any moment).
+pub async fn next_frame_but_queue(ws: &mut Ws) -> ServerFrame {
+    loop {
+        match next_frame(ws).await {
+            ServerFrame::Queue(_) => continue,
+            other => return other,
+        }
+    }
+}
+
 pub async fn frame_within(ws: &mut Ws, wait: Duration) -> Option<ServerFrame> {
     match tokio::time::timeout(wait, ws.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => Some(serde_json::from_str(&t).unwrap()),
