@@ -516,8 +516,33 @@ async fn the_console_is_labelled_and_shows_nodes_devices_and_refusals() {
             t.contains("not applied") && t.contains("contrast")
         })
         .await;
-    // A department broadcast reaches nobody here but is accepted; a device
-    // broadcast reaches the page.
+    // A department broadcast goes to the tenant's group of that name; a
+    // device broadcast reaches the page.
+    let (mut clerk, _) = node
+        .connect_with(
+            &format!(
+                "/ws?device_id=clerk&token={}",
+                register_device(node.addr, &json!({"device_id": "clerk"})).await
+            ),
+            &[("x-department-id", "acme:ops")],
+        )
+        .await;
+    console
+        .eval("const s = document.getElementById('bc-scope'); s.value = 'department'; s.dispatchEvent(new Event('change')); return true")
+        .await;
+    console.fill("#bc-target", "ops").await;
+    console.fill("#bc-text", "Shift change at six").await;
+    console.click("#broadcast button[type=submit]").await;
+    console
+        .wait_text("#bc-status", UI, |t| t.contains("sent to group acme:ops"))
+        .await;
+    match next_frame(&mut clerk).await {
+        pace_protocol::ServerFrame::Notification(n) => {
+            assert_eq!(n.target.as_deref(), Some("acme:ops"));
+            assert_eq!(n.data, json!({"text": "Shift change at six"}));
+        }
+        other => panic!("expected the department's message, got {other:?}"),
+    }
     console
         .eval("const s = document.getElementById('bc-scope'); s.value = 'device'; s.dispatchEvent(new Event('change')); return true")
         .await;
