@@ -218,8 +218,10 @@
       case 'room_closed':
       case 'no_such_room':
         show('closed', 'This waiting room is closed.', f.code === 'room_closed'
-          ? 'It takes no new visitors right now. Please come back later.'
+          ? 'It takes no new visitors right now. This page checks again every 30 seconds.'
           : 'There is no waiting room at this address.');
+        // A closed room may open again: ask again now and then.
+        if (f.code === 'room_closed') timer = setTimeout(() => send({ type: 'join', room: cfg.room }), 30000);
         break;
       case 'pow_invalid':
       case 'pow_reused':

@@ -345,6 +345,14 @@ async fn paused_closed_and_proof_of_work_show_in_the_page() {
     assert!(newcomer.text("#headline").await.contains("closed"));
     newcomer.screenshot("room-closed").await;
 
+    // The room reopens: the newcomer's page, still open, asks again (every
+    // 30 s) and takes the place behind the first device.
+    set_room(&node, &token, |c| c["state"] = json!("open")).await;
+    newcomer
+        .wait_text("#position", Duration::from_secs(45), |t| t == "2")
+        .await;
+    wait_state(&newcomer, "waiting").await;
+
     // An unknown room is a clear 404 page, not a broken one.
     newcomer.goto(&url(&node, "/r/no-such-room")).await;
     newcomer
