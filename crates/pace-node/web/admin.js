@@ -64,6 +64,7 @@
     clearTimeout(feedTimer);
     $('console').hidden = true;
     $('logout').hidden = true;
+    $('feed').hidden = true;
     $('login-view').hidden = false;
     $('who').textContent = '';
     feedState(false, 'offline');
@@ -76,6 +77,7 @@
     $('login-view').hidden = true;
     $('console').hidden = false;
     $('logout').hidden = false;
+    $('feed').hidden = false;
     $('who').textContent = `${session.user} @ ${session.tenant}`;
     connectFeed();
     search();
