@@ -8,6 +8,8 @@
 //! pages load only their own scripts and styles; the Content-Security-Policy
 //! says so, so a tenant's text can never run as code.
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
@@ -281,12 +283,15 @@ fn unix_time(secs: u64) -> String {
 /// `GET /assets/{name}`: an embedded file, with an ETag (answered 304 when
 /// the browser already has it).
 pub fn asset(name: &str, headers: &HeaderMap) -> Option<Response<Body>> {
-    let asset = ASSETS.iter().find(|a| a.name == name)?;
-    let tag = etag(asset.body.as_bytes());
+    // Hashed once per process: the files never change while it runs.
+    static ETAGS: LazyLock<Vec<String>> =
+        LazyLock::new(|| ASSETS.iter().map(|a| etag(a.body.as_bytes())).collect());
+    let i = ASSETS.iter().position(|a| a.name == name)?;
+    let (asset, tag) = (&ASSETS[i], &ETAGS[i]);
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag));
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag.as_str()));
     let mut resp = if fresh {
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::NOT_MODIFIED;
@@ -305,7 +310,7 @@ pub fn asset(name: &str, headers: &HeaderMap) -> Option<Response<Body>> {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    if let Ok(v) = HeaderValue::from_str(&tag) {
+    if let Ok(v) = HeaderValue::from_str(tag) {
         h.insert(header::ETAG, v);
     }
     Some(resp)
