@@ -28,52 +28,31 @@ async fn call(node: &TestNode, method: &str, path: &str, token: &str, body: Valu
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-async fn login(node: &TestNode, tenant: &str) -> String {
-    let (status, text) = http(
-        node.addr,
-        "POST",
-        "/api/v1/admin/login",
-        &[("content-type", "application/json")],
-        &json!({"tenant": tenant, "user": "admin", "password": ADMIN_PASSWORD}).to_string(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["token"].as_str().unwrap().to_owned()
-}
-
 fn room(capacity: u32) -> Value {
     json!({"capacity": capacity, "admit_per_minute": null, "session_ttl_secs": 60,
            "target_url": "https://shop.example/in", "state": "open", "pow_difficulty": 0})
 }
 
 async fn register(node: &TestNode, id: &str, tenant: &str) {
-    let (status, text) = http(
+    register_device(
         node.addr,
-        "POST",
-        "/api/v1/devices/register",
-        &[("content-type", "application/json")],
-        &json!({"device_id": id, "tenant": tenant, "model": "kiosk"}).to_string(),
+        &json!({"device_id": id, "tenant": tenant, "model": "kiosk"}),
     )
-    .await
-    .unwrap();
-    assert_eq!(status, 201, "{text}");
+    .await;
 }
 
 #[tokio::test]
 async fn an_admin_sees_and_changes_only_its_own_tenant() {
-    let dir = scratch_dir();
-    for tenant in ["acme", "globex"] {
-        admin_cli(&dir, &["add-tenant", tenant]);
-        admin_cli(&dir, &["add-user", "--tenant", tenant, "admin"]);
-    }
+    let dir = tenants_dir(&["acme", "globex"]);
     let node = TestNode::start_with(|c| {
         c.data_dir = dir.clone();
         c.demo_room = false;
     })
     .await;
-    let tokens = [login(&node, "acme").await, login(&node, "globex").await];
+    let tokens = [
+        admin_login(node.addr, "acme").await,
+        admin_login(node.addr, "globex").await,
+    ];
     let tenants = ["acme", "globex"];
     for (t, token) in tenants.iter().zip(&tokens) {
         let (status, body) = call(
@@ -245,18 +224,14 @@ async fn an_admin_sees_and_changes_only_its_own_tenant() {
 
 #[tokio::test]
 async fn the_admin_feed_streams_the_tenants_rooms_every_second() {
-    let dir = scratch_dir();
-    for tenant in ["acme", "globex"] {
-        admin_cli(&dir, &["add-tenant", tenant]);
-        admin_cli(&dir, &["add-user", "--tenant", tenant, "admin"]);
-    }
+    let dir = tenants_dir(&["acme", "globex"]);
     let node = TestNode::start_with(|c| {
         c.data_dir = dir.clone();
         c.demo_room = false;
     })
     .await;
-    let acme = login(&node, "acme").await;
-    let globex = login(&node, "globex").await;
+    let acme = admin_login(node.addr, "acme").await;
+    let globex = admin_login(node.addr, "globex").await;
     call(
         &node,
         "PUT",

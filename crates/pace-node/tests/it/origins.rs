@@ -5,11 +5,8 @@
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
 use http::HeaderMap;
-use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 use crate::support::*;
@@ -43,32 +40,7 @@ async fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, HeaderMap, String) {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
-    let resp = tokio::time::timeout(SOON, sender.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        headers,
-        String::from_utf8_lossy(&bytes).into_owned(),
-    )
+    http_full(addr, method, path, headers, body).await.unwrap()
 }
 
 fn code(body: &str) -> String {

@@ -21,9 +21,7 @@ const UI: Duration = Duration::from_secs(20);
 /// required (the page registers for real), and the demo room owned by
 /// `acme` at `capacity`.
 async fn node(capacity: u32) -> (TestNode, String) {
-    let dir = scratch_dir();
-    admin_cli(&dir, &["add-tenant", "acme"]);
-    admin_cli(&dir, &["add-user", "--tenant", "acme", "admin"]);
+    let dir = tenants_dir(&["acme"]);
     let node = TestNode::start_with(|c| {
         c.data_dir = dir.clone();
         c.insecure_anonymous_devices = false;
@@ -32,26 +30,9 @@ async fn node(capacity: u32) -> (TestNode, String) {
         c.position_refresh = Duration::from_millis(500);
     })
     .await;
-    let token = login(&node).await;
+    let token = admin_login(node.addr, "acme").await;
     set_room(&node, &token, |c| c["capacity"] = json!(capacity)).await;
     (node, token)
-}
-
-async fn login(node: &TestNode) -> String {
-    let (status, text) = http(
-        node.addr,
-        "POST",
-        "/api/v1/admin/login",
-        &[("content-type", "application/json")],
-        &json!({"tenant": "acme", "user": "admin", "password": ADMIN_PASSWORD}).to_string(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200, "{text}");
-    serde_json::from_str::<Value>(&text).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 /// Changes the demo room through the admin API (as a second admin would).

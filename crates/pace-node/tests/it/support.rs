@@ -12,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use pace_node::NodeConfig;
 use pace_protocol::{ServerFrame, Welcome};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -223,6 +223,19 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<(u16, String), String> {
+    http_full(addr, method, path, headers, body)
+        .await
+        .map(|(status, _, body)| (status, body))
+}
+
+/// [`http`], with the response headers.
+pub async fn http_full(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, http::HeaderMap, String), String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -242,13 +255,18 @@ pub async fn http(
         .map_err(|_| "timeout".to_string())?
         .map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let bytes = resp
         .into_body()
         .collect()
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    Ok((
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    ))
 }
 
 /// The next server frame (skipping pings), or panic after [`SOON`].
@@ -267,7 +285,6 @@ pub async fn next_frame(ws: &mut Ws) -> ServerFrame {
     }
 }
 
-/// Whether another frame arrives within `wait`.
 /// The next frame that is not a `queue` update (a waiting device gets one
 /// whenever the line moves, at any moment).
 pub async fn next_frame_but_queue(ws: &mut Ws) -> ServerFrame {
@@ -279,6 +296,7 @@ pub async fn next_frame_but_queue(ws: &mut Ws) -> ServerFrame {
     }
 }
 
+/// Whether another frame arrives within `wait`.
 pub async fn frame_within(ws: &mut Ws, wait: Duration) -> Option<ServerFrame> {
     match tokio::time::timeout(wait, ws.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => Some(serde_json::from_str(&t).unwrap()),
@@ -543,6 +561,35 @@ impl Cluster {
             .and_then(|s| s.parse().ok())
             .expect("node id node-<i>")
     }
+}
+
+/// A data dir with `tenants`, each with its admin `admin` (password
+/// [`ADMIN_PASSWORD`]), for a node's `data_dir`.
+pub fn tenants_dir(tenants: &[&str]) -> std::path::PathBuf {
+    let dir = scratch_dir();
+    for tenant in tenants {
+        admin_cli(&dir, &["add-tenant", tenant]);
+        admin_cli(&dir, &["add-user", "--tenant", tenant, "admin"]);
+    }
+    dir
+}
+
+/// Signs `tenant`'s `admin` in; asserts 200 and returns the admin token.
+pub async fn admin_login(addr: SocketAddr, tenant: &str) -> String {
+    let (status, text) = http(
+        addr,
+        "POST",
+        "/api/v1/admin/login",
+        &[("content-type", "application/json")],
+        &json!({"tenant": tenant, "user": "admin", "password": ADMIN_PASSWORD}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str::<Value>(&text).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// Registers a device (`body`: the registration, `device_id` at least);
