@@ -81,16 +81,27 @@ impl Http {
             .await
     }
 
-    /// `POST url` with a JSON body and no credentials (the body carries
-    /// them, as in `POST /api/v1/sessions/release`).
-    pub async fn post_json_plain(
+    /// `POST url` with a JSON body on behalf of `device` (`x-device-id`:
+    /// the credential of an anonymous device on a node that accepts them,
+    /// as for `POST /api/v1/sessions/release`; the gateway also hashes on
+    /// it).
+    pub async fn post_json_as_device(
         &self,
         url: &str,
+        device: &str,
         body: Vec<u8>,
         timeout: Duration,
     ) -> anyhow::Result<Reply> {
-        self.request(Method::POST, url, None, Some(body), timeout)
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .header(CONTENT_TYPE, "application/json")
+            .header("x-device-id", device)
+            .body(Full::new(Bytes::from(body)))
+            .with_context(|| format!("building POST {url}"))?;
+        self.send(req, timeout)
             .await
+            .with_context(|| format!("POST {url}"))
     }
 
     /// `PUT url` with a JSON body and a bearer token.

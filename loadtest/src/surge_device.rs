@@ -119,6 +119,9 @@ impl Reconnect {
 pub struct SurgePlan {
     /// Global device index.
     pub index: u64,
+    /// The device id (sent with the release: a session is released by its
+    /// own device).
+    pub device_id: String,
     /// The `join` frame's text.
     pub join_text: Utf8Bytes,
     /// The schedule's start, set once by the coordinator's `join` command.
@@ -499,7 +502,12 @@ async fn release(plan: &SurgePlan, route: usize, token: &str, rec: &mut SurgeRec
         };
         let outcome = plan
             .http
-            .post_json_plain(&r.release_url, body.clone(), plan.release_timeout)
+            .post_json_as_device(
+                &r.release_url,
+                &plan.device_id,
+                body.clone(),
+                plan.release_timeout,
+            )
             .await;
         error = match outcome {
             Ok(reply) if reply.status == 200 => {

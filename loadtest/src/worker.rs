@@ -215,6 +215,7 @@ async fn run(
         let addr = addrs[t];
         let plan = surge.as_ref().map(|(s, join_text, http)| SurgePlan {
             index: i,
+            device_id: device_id.clone(),
             join_text: join_text.clone(),
             start: start_rx.clone(),
             offset: Duration::from_secs_f64(

@@ -131,8 +131,9 @@ pub enum Closed {
     /// Another connection of the same device id took over (close 4000).
     /// Reconnecting would make the two evict each other forever.
     Replaced,
-    /// The node closed with a code that says not to reconnect (1000, or a
-    /// client bug: 1003, 1007, 1008, 1009).
+    /// The node closed with a code that says not to reconnect (1000; 4004:
+    /// an admin revoked the device's credential; or a client bug: 1003,
+    /// 1007, 1008, 1009).
     ByNode {
         /// The close code.
         code: CloseCode,

@@ -16,53 +16,44 @@
 //! | `GET /api/v1/admin/rooms/{room}/stats` | its stats |
 //! | `GET /api/v1/admin/devices?q=&limit=` | the tenant's device registry |
 //! | `GET /api/v1/admin/cluster` | the nodes and their connection counts |
+//! | `POST /api/v1/admin/ws-ticket` | a single-use ticket for `/admin/ws` |
+//!
+//! And, for an admin of the device's (or room's) tenant or the service key:
+//!
+//! | route | does |
+//! |---|---|
+//! | `PUT /api/v1/admin/devices/{device}/departments` | sets the groups the device's credential grants; a connected device leaves the lost ones within a second |
+//! | `POST /api/v1/admin/devices/{device}/kick` | revokes every token the device holds and closes its connection (4004) |
+//! | `DELETE /api/v1/admin/devices/{device}` | forgets the registration, so the id can register anew |
+//! | `POST /api/v1/admin/rooms/{room}/sessions/revoke` | ends a device's admitted session: its slot frees, its token stops verifying |
+//!
+//! Who may call which route is [`crate::routes::ROUTES`]' and
+//! [`crate::auth`]'s; the handlers here check what belongs to whom.
 //!
 //! Notifications: `POST /api/v1/notify` also takes an admin token (see
 //! [`notify_scope_allowed`]).
 
-use http::{Method, Request, StatusCode};
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use pace_protocol::{ErrorCode, RoomId, Target};
+use pace_protocol::{DeviceAction, DeviceId, ErrorCode, GroupId, RoomId, Target};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::accounts::AdminClaims;
-use crate::accounts::login::admin_from_headers;
+use crate::auth::{Principal, owns_room as owns};
+use crate::devices::DeviceRecord;
 use crate::error::{ApiError, Body, json_response};
 use crate::node::NodeRef;
-use crate::queue::{Room, RoomConfig};
+use crate::queue::{DeviceStatus, Room, RoomConfig};
 use crate::rooms_api::{stats_body, store_error};
+use crate::routes::Route;
+use crate::store::now_ms;
 
 /// Most registry entries one listing returns.
 const MAX_LIST: usize = 500;
 
-/// The admin named by the request's bearer token.
-pub fn admin(node: &NodeRef, req: &Request<Incoming>) -> Result<AdminClaims, ApiError> {
-    admin_from_headers(&node.keys, req.headers()).map_err(|e| {
-        node.metrics
-            .admin_requests
-            .with_label_values(&["unauthorized"])
-            .inc();
-        tracing::debug!(reason = e.code(), "admin token refused");
-        ApiError::new(
-            ErrorCode::Unauthorized,
-            "send Authorization: Bearer <admin token from POST /api/v1/admin/login>",
-        )
-    })
-}
-
 fn not_found(raw: &str) -> ApiError {
     ApiError::new(ErrorCode::NoSuchRoom, format!("no room {raw}"))
-}
-
-/// Whether the admin's tenant owns `room`.
-async fn owns(node: &NodeRef, claims: &AdminClaims, room: &RoomId) -> Result<bool, ApiError> {
-    let owner = node
-        .rooms
-        .queue
-        .room_owner(room)
-        .await
-        .map_err(store_error)?;
-    Ok(owner.as_deref() == Some(claims.tenant.as_str()))
 }
 
 /// The room `raw`, if the admin's tenant owns it; 404 otherwise.
@@ -79,45 +70,303 @@ async fn owned(node: &NodeRef, claims: &AdminClaims, raw: &str) -> Result<Room, 
         .ok_or_else(|| not_found(raw))
 }
 
-/// Routes `/api/v1/admin/…` (but login). Returns the route label for
-/// metrics and the answer.
+/// Serves one admin route for `principal` (already authorized by the
+/// route's rule: an admin, or an admin or the service key).
 pub async fn route(
     node: &NodeRef,
+    route: Route,
+    room: &str,
+    device: &str,
     req: Request<Incoming>,
-) -> (&'static str, Result<http::Response<Body>, ApiError>) {
-    let path = req.uri().path().to_owned();
-    let tail = path.trim_start_matches("/api/v1/admin/");
-    let parts: Vec<&str> = tail.split('/').collect();
-    let method = req.method().clone();
-    let claims = match admin(node, &req) {
-        Ok(c) => c,
-        Err(e) => return ("admin", Err(e)),
-    };
-    let answer = match (&method, parts.as_slice()) {
-        (&Method::GET, ["rooms"]) => list_rooms(node, &claims).await,
-        (&Method::PUT, ["rooms", room]) => put_room(node, &claims, room, req).await,
-        (&Method::GET, ["rooms", room]) => owned(node, &claims, room)
+    principal: Principal,
+) -> Result<http::Response<Body>, ApiError> {
+    let answer = match (&principal, route) {
+        (Principal::Admin(claims), Route::AdminRooms) => list_rooms(node, claims).await,
+        (Principal::Admin(claims), Route::AdminPutRoom) => put_room(node, claims, room, req).await,
+        (Principal::Admin(claims), Route::AdminGetRoom) => owned(node, claims, room)
             .await
             .map(|r| json_response(StatusCode::OK, &json!(r))),
-        (&Method::GET, ["rooms", room, "stats"]) => match owned(node, &claims, room).await {
-            Ok(r) => stats_body(node, &r.id)
-                .await
-                .map(|v| json_response(StatusCode::OK, &v)),
-            Err(e) => Err(e),
-        },
-        (&Method::GET, ["devices"]) => devices(node, &claims, &req).await,
-        (&Method::GET, ["cluster"]) => cluster(node).await,
-        (_, ["rooms"] | ["rooms", _] | ["rooms", _, "stats"] | ["devices"] | ["cluster"]) => Err(
-            ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed here"),
-        ),
-        _ => Err(ApiError::new(ErrorCode::NotFound, "no such route")),
+        (Principal::Admin(claims), Route::AdminRoomStats) => {
+            match owned(node, claims, room).await {
+                Ok(r) => stats_body(node, &r.id)
+                    .await
+                    .map(|v| json_response(StatusCode::OK, &v)),
+                Err(e) => Err(e),
+            }
+        }
+        (Principal::Admin(claims), Route::AdminDevices) => devices(node, claims, &req).await,
+        (Principal::Admin(_), Route::AdminCluster) => cluster(node).await,
+        (Principal::Admin(claims), Route::AdminWsTicket) => ws_ticket(node, claims),
+        (_, Route::AdminRevokeSession) => revoke_session(node, &principal, room, req).await,
+        (_, Route::AdminDepartments) => departments(node, &principal, device, req).await,
+        (_, Route::AdminKick) => kick(node, &principal, device).await,
+        (_, Route::AdminForget) => forget(node, &principal, device).await,
+        _ => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "send Authorization: Bearer <admin token from POST /api/v1/admin/login>",
+        )),
     };
     let label = if answer.is_ok() { "ok" } else { "refused" };
     node.metrics
         .admin_requests
         .with_label_values(&[label])
         .inc();
-    ("admin", answer)
+    answer
+}
+
+/// `POST /api/v1/admin/ws-ticket`: a ticket that opens `/admin/ws` once,
+/// within 30 s.
+fn ws_ticket(node: &NodeRef, claims: &AdminClaims) -> Result<http::Response<Body>, ApiError> {
+    let (ticket, t) = crate::auth::tickets::issue(&node.keys, claims, crate::admission::unix_now())
+        .map_err(|e| {
+            tracing::error!(error = %e, "signing a feed ticket failed");
+            ApiError::new(ErrorCode::Internal, "could not issue a ticket; retry")
+        })?;
+    node.metrics
+        .admin_tickets
+        .with_label_values(&["issued"])
+        .inc();
+    let mut resp = json_response(
+        StatusCode::OK,
+        &json!({"ticket": ticket, "expires_at": t.exp}),
+    );
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
+}
+
+fn no_device(raw: &str) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, format!("no device {raw}"))
+}
+
+fn registry_down(e: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "device registry unavailable");
+    ApiError::new(
+        ErrorCode::StoreUnavailable,
+        "the store is unavailable; retry",
+    )
+}
+
+/// The registered device `raw`, if `principal` may manage it; 404 (as for
+/// an unknown device) otherwise.
+async fn managed(
+    node: &NodeRef,
+    principal: &Principal,
+    raw: &str,
+) -> Result<DeviceRecord, ApiError> {
+    let device = DeviceId::parse(raw).map_err(|_| no_device(raw))?;
+    let record = node
+        .devices
+        .get(&device)
+        .await
+        .map_err(registry_down)?
+        .ok_or_else(|| no_device(raw))?;
+    if crate::auth::may_manage_device(principal, &record) {
+        Ok(record)
+    } else {
+        Err(no_device(raw))
+    }
+}
+
+#[derive(Deserialize)]
+struct DepartmentsBody {
+    departments: Vec<String>,
+}
+
+/// `PUT /api/v1/admin/devices/{device}/departments`: the groups the
+/// device's credential grants, replaced. An admin names departments of
+/// its tenant (`finance` or `acme:finance`); the service key names any
+/// group of the device's tenant, or untenanted ones.
+async fn departments(
+    node: &NodeRef,
+    principal: &Principal,
+    raw: &str,
+    req: Request<Incoming>,
+) -> Result<http::Response<Body>, ApiError> {
+    let record = managed(node, principal, raw).await?;
+    let body: DepartmentsBody = crate::api::read_json(req, node.config.max_message_bytes).await?;
+    if body.departments.len() > node.config.max_groups {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("at most {} departments per device", node.config.max_groups),
+        ));
+    }
+    let tenant = record.info.tenant.as_deref();
+    let mut groups: Vec<GroupId> = Vec::new();
+    for name in &body.departments {
+        let full = match (principal, tenant) {
+            (Principal::Admin(_), Some(t)) if !name.contains(':') => format!("{t}:{name}"),
+            _ => name.clone(),
+        };
+        let group = GroupId::parse(&full)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidGroup, format!("department {e}")))?;
+        let fits = match crate::auth::grants::group_tenant(&group) {
+            Some(t) => tenant == Some(t),
+            None => !group
+                .as_str()
+                .starts_with(pace_protocol::ids::ROOM_GROUP_PREFIX),
+        };
+        if !fits {
+            return Err(ApiError::new(
+                ErrorCode::InvalidGroup,
+                format!("{group} is not a department of this device's tenant"),
+            ));
+        }
+        if !groups.contains(&group) {
+            groups.push(group);
+        }
+    }
+    let device = record.info.device_id.clone();
+    if !node
+        .devices
+        .set_departments(&device, &groups)
+        .await
+        .map_err(registry_down)?
+    {
+        return Err(no_device(raw));
+    }
+    node.metrics
+        .revocations
+        .with_label_values(&["departments"])
+        .inc();
+    tell_node(
+        node,
+        &device,
+        DeviceAction::Groups {
+            groups: groups.clone(),
+        },
+    )
+    .await;
+    tracing::info!(%device, ?groups, "device departments changed");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"device_id": device, "departments": groups}),
+    ))
+}
+
+/// Tells the node holding `device` (if any) to apply `action` now. The
+/// store holds the change already; a lost message only delays it to the
+/// device's next connection, so a failure is logged, not returned.
+async fn tell_node(node: &NodeRef, device: &DeviceId, action: DeviceAction) {
+    if let Err(e) = node.store.device_action(device, action).await {
+        tracing::warn!(%device, error = %e, "device action not sent to the cluster");
+    }
+}
+
+/// `POST /api/v1/admin/devices/{device}/kick`: every token the device
+/// holds stops working (the deny-list covers tokens issued up to now) and
+/// its connection, wherever it is, closes with 4004. The service key may
+/// kick a device that is not registered (an external issuer's, or an
+/// anonymous one).
+async fn kick(
+    node: &NodeRef,
+    principal: &Principal,
+    raw: &str,
+) -> Result<http::Response<Body>, ApiError> {
+    let device = match managed(node, principal, raw).await {
+        Ok(record) => record.info.device_id,
+        Err(e) if matches!(principal, Principal::Service) && e.code == ErrorCode::NotFound => {
+            DeviceId::parse(raw).map_err(|_| no_device(raw))?
+        }
+        Err(e) => return Err(e),
+    };
+    let cutoff = crate::admission::unix_now();
+    // The longest any of its tokens lives, plus the clock leeway.
+    let ttl = node.config.device_token_ttl + std::time::Duration::from_secs(60);
+    node.devices
+        .revoke_before(&device, cutoff, ttl)
+        .await
+        .map_err(registry_down)?;
+    tell_node(
+        node,
+        &device,
+        DeviceAction::Close {
+            code: pace_protocol::CloseCode::REVOKED.0,
+        },
+    )
+    .await;
+    node.metrics.revocations.with_label_values(&["kick"]).inc();
+    tracing::info!(%device, "device kicked: tokens revoked, connection closed");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"device_id": device, "kicked": true, "revoked_before": cutoff}),
+    ))
+}
+
+/// `DELETE /api/v1/admin/devices/{device}`: forgets the registration (the
+/// id can register anew; revoked tokens stay refused).
+async fn forget(
+    node: &NodeRef,
+    principal: &Principal,
+    raw: &str,
+) -> Result<http::Response<Body>, ApiError> {
+    let record = managed(node, principal, raw).await?;
+    let device = record.info.device_id;
+    let forgotten = node.devices.forget(&device).await.map_err(registry_down)?;
+    tracing::info!(%device, "device registration forgotten");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"device_id": device, "forgotten": forgotten}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct RevokeBody {
+    device_id: DeviceId,
+}
+
+/// `POST /api/v1/admin/rooms/{room}/sessions/revoke` `{"device_id"}`: ends
+/// the device's admitted session in the room (the origin's "revoke"): its
+/// slot goes to the next device at the next tick and its admission token
+/// stops verifying at `POST /api/v1/admissions/verify`.
+async fn revoke_session(
+    node: &NodeRef,
+    principal: &Principal,
+    raw: &str,
+    req: Request<Incoming>,
+) -> Result<http::Response<Body>, ApiError> {
+    let room = RoomId::parse(raw).map_err(|_| not_found(raw))?;
+    let visible = match principal {
+        Principal::Service => node
+            .rooms
+            .queue
+            .get_room(&room)
+            .await
+            .map_err(store_error)?
+            .is_some(),
+        Principal::Admin(claims) => owns(node, claims, &room).await?,
+        _ => false,
+    };
+    if !visible {
+        return Err(not_found(raw));
+    }
+    let body: RevokeBody = crate::api::read_json(req, node.config.max_message_bytes).await?;
+    let queue = &node.rooms.queue;
+    let DeviceStatus::Admitted(adm) = queue
+        .status(&room, &body.device_id, now_ms())
+        .await
+        .map_err(store_error)?
+    else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("{} holds no session in {room}", body.device_id),
+        ));
+    };
+    let revoked = queue
+        .release(&room, &adm.session_id)
+        .await
+        .map_err(store_error)?;
+    node.metrics
+        .revocations
+        .with_label_values(&["session"])
+        .inc();
+    tracing::info!(%room, device = %body.device_id, session = %adm.session_id, "session revoked");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"room": room, "device_id": body.device_id, "session_id": adm.session_id, "revoked": revoked}),
+    ))
 }
 
 async fn list_rooms(

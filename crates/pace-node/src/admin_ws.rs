@@ -1,7 +1,8 @@
-//! `GET /admin/ws`: the admin console's live feed. The admin token is
-//! checked in the handshake (`Authorization: Bearer`, or the `token` query
-//! parameter, since browsers cannot set headers on a WebSocket); then,
-//! every second, the node sends one `telemetry` frame with the tenant's
+//! `GET /admin/ws`: the admin console's live feed. The handshake carries a
+//! single-use ticket (`?ticket=` from `POST /api/v1/admin/ws-ticket`;
+//! browsers cannot set headers on a WebSocket) or an admin token in
+//! `Authorization: Bearer` — never an admin token in the URL
+//! ([`crate::auth::tickets`]); then, every second, the node sends one `telemetry` frame with the tenant's
 //! rooms (configuration and stats) and the cluster's nodes:
 //!
 //! ```json
@@ -28,8 +29,8 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 
 use crate::accounts::AdminClaims;
-use crate::accounts::login::verify_admin_token;
 use crate::admission::unix_now;
+use crate::auth::Principal;
 use crate::error::{ApiError, Body};
 use crate::node::NodeRef;
 use crate::store::now_ms;
@@ -37,25 +38,16 @@ use crate::store::now_ms;
 /// How often a telemetry frame goes out.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
-/// Checks the admin token and the upgrade, answers 101 and starts the feed.
+/// Checks the upgrade, answers 101 and starts the feed for the admin the
+/// authorization step found.
 pub fn upgrade(
     node: &NodeRef,
     mut req: Request<Incoming>,
+    principal: Principal,
 ) -> Result<http::Response<Body>, ApiError> {
-    let token = crate::devices::api::handshake_token(&req).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::Unauthorized,
-            "send the admin token (Authorization: Bearer, or ?token=)",
-        )
-    })?;
-    let claims = verify_admin_token(&node.keys, &token).map_err(|e| {
-        node.metrics
-            .admin_requests
-            .with_label_values(&["unauthorized"])
-            .inc();
-        tracing::debug!(reason = e.code(), "admin feed token refused");
-        ApiError::new(ErrorCode::Unauthorized, "admin token not valid")
-    })?;
+    let Principal::Admin(claims) = principal else {
+        return Err(ApiError::new(ErrorCode::Internal, "not an admin"));
+    };
     let accept = crate::handshake::upgrade_accept(&req)?;
     let accept = HeaderValue::from_str(&accept)
         .map_err(|_| ApiError::new(ErrorCode::Internal, "bad accept key"))?;

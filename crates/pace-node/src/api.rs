@@ -13,97 +13,32 @@ use hyper::body::Incoming;
 use pace_protocol::{ErrorCode, NotifyRequest};
 use serde_json::json;
 
+use crate::auth::{self, Principal};
 use crate::error::{ApiError, Body, json_response};
 use crate::node::NodeRef;
 use crate::store::Draft;
-use crate::{accounts, handshake, rooms_api};
+use crate::{accounts, handshake, rooms_api, routes};
 
-/// Routes one request.
+/// Routes one request: the origin gate, the route table, the
+/// authorization step, then the handler.
 pub async fn handle(node: NodeRef, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let origins = crate::origins::OriginCheck::of(&node, &req).await;
-    let (route, result) = match (req.method(), req.uri().path()) {
-        _ if origins.admin_refused() => ("admin", Err(origins.refuse_admin(&node))),
-        (&Method::OPTIONS, _) if origins.is_preflight() => ("cors_preflight", origins.preflight()),
-        (&Method::GET, "/ws") => ("ws", upgrade(&node, req, peer).await),
-        (&Method::GET, "/admin/ws") => ("admin_ws", crate::admin_ws::upgrade(&node, req)),
-        (&Method::GET, "/health") => ("health", Ok(health(&node))),
-        (&Method::GET, "/ready") => ("ready", Ok(ready(&node).await)),
-        (&Method::GET, "/metrics") => ("metrics", Ok(metrics(&node).await)),
-        (&Method::POST, "/api/v1/notify") => ("notify", notify(&node, req).await),
-        (&Method::GET, "/api/v1/cluster") => ("cluster", cluster(&node, &req).await),
-        (&Method::GET, "/.well-known/jwks.json") => ("jwks", Ok(rooms_api::jwks(&node))),
-        (&Method::POST, "/api/v1/admissions/verify") => {
-            ("verify", rooms_api::verify(&node, req).await)
+    let (route, result) = if origins.admin_refused() {
+        ("admin", Err(origins.refuse_admin(&node)))
+    } else if req.method() == Method::OPTIONS && origins.is_preflight() {
+        ("cors_preflight", origins.preflight())
+    } else {
+        match routes::resolve(req.method(), req.uri().path()) {
+            routes::Resolved::Found(spec, params) => (
+                spec.route.label(),
+                serve(&node, spec, params, req, peer).await,
+            ),
+            routes::Resolved::MethodNotAllowed(allow) => ("other", Err(method_not_allowed(&allow))),
+            routes::Resolved::NotFound => (
+                "other",
+                Err(ApiError::new(ErrorCode::NotFound, "no such route")),
+            ),
         }
-        (&Method::POST, "/api/v1/sessions/release") => {
-            ("session", rooms_api::session(&node, req, false).await)
-        }
-        (&Method::POST, "/api/v1/sessions/renew") => {
-            ("session", rooms_api::session(&node, req, true).await)
-        }
-        (&Method::POST, "/api/v1/devices/register") => {
-            let forwarded = req
-                .headers()
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok());
-            let address =
-                crate::limits::client_address(peer.ip(), forwarded, &node.config.trusted_proxies);
-            (
-                "device_register",
-                crate::devices::api::register(&node, req, address).await,
-            )
-        }
-        (&Method::POST, "/api/v1/admin/login") => {
-            ("admin_login", accounts::login::login(&node, req).await)
-        }
-        (_, path) if path.starts_with("/api/v1/admin/") => {
-            crate::admin_api::route(&node, req).await
-        }
-        (&Method::GET, "/demo/target") => ("demo", Ok(rooms_api::demo_target(&node, &req))),
-        (&Method::GET | &Method::HEAD, path) if path.starts_with("/r/") => (
-            "room_page",
-            Ok(crate::web::room_page(&node, &path["/r/".len()..]).await),
-        ),
-        (&Method::GET | &Method::HEAD, "/admin" | "/admin/") => {
-            ("admin_page", Ok(crate::web::admin_page()))
-        }
-        (&Method::GET | &Method::HEAD, path) if path.starts_with("/assets/") => (
-            "asset",
-            crate::web::asset(&path["/assets/".len()..], req.headers())
-                .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such asset")),
-        ),
-        (method, path) if path.starts_with("/api/v1/rooms/") => {
-            let rest = &path["/api/v1/rooms/".len()..];
-            let (room, tail) = rest.split_once('/').unwrap_or((rest, ""));
-            let room = room.to_owned();
-            let result = match (method, tail) {
-                (&Method::PUT, "") => rooms_api::put_room(&node, &room, req).await,
-                (&Method::GET, "") => rooms_api::get_room(&node, &room).await,
-                (&Method::GET, "stats") => rooms_api::stats(&node, &room, &req).await,
-                (&Method::GET, "status") => rooms_api::status(&node, &room, &req).await,
-                (_, "" | "stats" | "status") => Err(ApiError::new(
-                    ErrorCode::MethodNotAllowed,
-                    "method not allowed on this path",
-                )),
-                _ => Err(ApiError::new(ErrorCode::NotFound, "no such route")),
-            };
-            ("rooms", result)
-        }
-        (&Method::GET, "/") => ("index", Ok(index(&node))),
-        (
-            _,
-            "/ws" | "/health" | "/ready" | "/metrics" | "/api/v1/notify" | "/api/v1/cluster" | "/",
-        ) => (
-            "other",
-            Err(ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                "method not allowed on this path",
-            )),
-        ),
-        _ => (
-            "other",
-            Err(ApiError::new(ErrorCode::NotFound, "no such route")),
-        ),
     };
     let mut resp = result.unwrap_or_else(ApiError::into_response);
     origins.add_headers(&mut resp);
@@ -119,6 +54,112 @@ pub async fn handle(node: NodeRef, req: Request<Incoming>, peer: SocketAddr) -> 
         .with_label_values(&[route, class])
         .inc();
     resp
+}
+
+fn method_not_allowed(allow: &[Method]) -> ApiError {
+    let list: Vec<&str> = allow.iter().map(Method::as_str).collect();
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "method not allowed on this path (allowed: {})",
+            list.join(", ")
+        ),
+    )
+}
+
+/// Authorizes the request by its route's rule, then calls the handler
+/// with the principal.
+async fn serve(
+    node: &NodeRef,
+    spec: &routes::RouteSpec,
+    params: routes::Params,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ApiError> {
+    use routes::Route as R;
+    if spec.route == R::DeviceWs {
+        // Cheap refusals first: a draining node or a flood from one
+        // address costs no credential check.
+        before_handshake(node, &req, peer)?;
+    }
+    let principal = match auth::authorize(node, spec.rule, &req).await {
+        Ok(p) => p,
+        Err(e) => return Err(count_refusal(node, spec.route, peer, e)),
+    };
+    let room = params.room.as_str();
+    let device = params.device.as_str();
+    match spec.route {
+        R::Index => Ok(index(node)),
+        R::Health => Ok(health(node)),
+        R::Ready => Ok(ready(node).await),
+        R::Metrics => Ok(metrics(node).await),
+        R::DeviceWs => upgrade(node, req, peer, principal).await,
+        R::AdminWs => crate::admin_ws::upgrade(node, req, principal),
+        R::Notify => notify(node, req, principal).await,
+        R::Cluster => cluster(node).await,
+        R::Jwks => Ok(rooms_api::jwks(node)),
+        R::Verify => rooms_api::verify(node, req).await,
+        R::Release => rooms_api::session(node, req, principal, false).await,
+        R::Renew => rooms_api::session(node, req, principal, true).await,
+        R::Register => {
+            let address = client_address(node, &req, peer);
+            crate::devices::api::register(node, req, principal, address).await
+        }
+        R::AdminLogin => accounts::login::login(node, req).await,
+        R::AdminWsTicket
+        | R::AdminRooms
+        | R::AdminPutRoom
+        | R::AdminGetRoom
+        | R::AdminRoomStats
+        | R::AdminRevokeSession
+        | R::AdminDevices
+        | R::AdminDepartments
+        | R::AdminKick
+        | R::AdminForget
+        | R::AdminCluster => {
+            crate::admin_api::route(node, spec.route, room, device, req, principal).await
+        }
+        R::PutRoom => rooms_api::put_room(node, room, req).await,
+        R::GetRoom => rooms_api::get_room(node, room).await,
+        R::RoomStats => rooms_api::stats(node, room).await,
+        R::RoomStatus => rooms_api::status(node, room, principal).await,
+        R::DemoTarget => Ok(rooms_api::demo_target(node, &req)),
+        R::RoomPage => Ok(crate::web::room_page(node, room).await),
+        R::AdminPage => Ok(crate::web::admin_page()),
+        R::Asset => crate::web::asset(&params.file, req.headers())
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such asset")),
+    }
+}
+
+/// Counts a credential refusal where the route's own metrics count its
+/// refusals too (besides `pace_auth_refused_total`).
+fn count_refusal(node: &NodeRef, route: routes::Route, peer: SocketAddr, e: ApiError) -> ApiError {
+    use routes::Route as R;
+    match route {
+        R::DeviceWs => return refused_handshake(node, peer, e),
+        R::Notify => node
+            .metrics
+            .notify_requests
+            .with_label_values(&["unknown", "unauthorized"])
+            .inc(),
+        _ if route.label() == "admin" || route == R::AdminWs => node
+            .metrics
+            .admin_requests
+            .with_label_values(&["unauthorized"])
+            .inc(),
+        _ => {}
+    }
+    e
+}
+
+/// The client's address: the peer, or the `X-Forwarded-For` entry a
+/// trusted proxy added.
+fn client_address<B>(node: &NodeRef, req: &Request<B>, peer: SocketAddr) -> std::net::IpAddr {
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    crate::limits::client_address(peer.ip(), forwarded, &node.config.trusted_proxies)
 }
 
 fn health(node: &NodeRef) -> Response<Body> {
@@ -181,21 +222,25 @@ fn index(node: &NodeRef) -> Response<Body> {
     resp
 }
 
-/// Checks the handshake, answers 101 and hands the upgraded socket to a
-/// connection task.
-async fn upgrade(
+/// Counts and logs a refused handshake.
+fn refused_handshake(node: &NodeRef, peer: SocketAddr, e: ApiError) -> ApiError {
+    node.metrics
+        .handshakes_refused
+        .with_label_values(&[e.code.as_str()])
+        .inc();
+    tracing::debug!(%peer, code = e.code.as_str(), "handshake refused");
+    e
+}
+
+/// What a handshake is refused for before its credential is looked at:
+/// draining, starting, too many handshakes from the address, not an
+/// upgrade.
+fn before_handshake(
     node: &NodeRef,
-    mut req: Request<Incoming>,
+    req: &Request<Incoming>,
     peer: SocketAddr,
-) -> Result<Response<Body>, ApiError> {
-    let refuse = |e: ApiError| {
-        node.metrics
-            .handshakes_refused
-            .with_label_values(&[e.code.as_str()])
-            .inc();
-        tracing::debug!(%peer, code = e.code.as_str(), "handshake refused");
-        e
-    };
+) -> Result<(), ApiError> {
+    let refuse = |e: ApiError| refused_handshake(node, peer, e);
     if node.is_draining() {
         return Err(refuse(ApiError::new(
             ErrorCode::Draining,
@@ -210,26 +255,35 @@ async fn upgrade(
             "node is starting; retry shortly",
         )));
     }
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    let address = crate::limits::client_address(peer.ip(), forwarded, &node.config.trusted_proxies);
+    let address = client_address(node, req, peer);
     if !node.handshakes.allow(&address, std::time::Instant::now()) {
         return Err(refuse(ApiError::new(
             ErrorCode::TooManyHandshakes,
             "too many connections from this address right now; retry with backoff",
         )));
     }
+    handshake::upgrade_accept(req).map_err(refuse)?;
+    Ok(())
+}
+
+/// Checks the rest of the handshake (departments against the device's
+/// grants, origin, a free slot), answers 101 and hands the upgraded socket
+/// to a connection task.
+async fn upgrade(
+    node: &NodeRef,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    principal: Principal,
+) -> Result<Response<Body>, ApiError> {
+    let refuse = |e: ApiError| refused_handshake(node, peer, e);
+    let Principal::Device(device) = principal else {
+        return Err(refuse(ApiError::new(ErrorCode::Internal, "not a device")));
+    };
     let hs = handshake::check(&req, node.config.max_groups).map_err(refuse)?;
-    let identity = crate::devices::api::authenticate(node, &req, &hs.device).map_err(refuse)?;
-    crate::origins::check_handshake(node, &req, &identity)
+    let hs = handshake::grant(node, hs, &device).await;
+    crate::origins::check_handshake(node, &req, &device)
         .await
         .map_err(refuse)?;
-    let mut hs = hs;
-    if let crate::devices::api::Identity::Registered(claims) = &identity {
-        hs.user = claims.user.clone();
-    }
     let Some(slot) = node.take_slot() else {
         return Err(refuse(ApiError::new(
             ErrorCode::NodeFull,
@@ -240,12 +294,12 @@ async fn upgrade(
     let task_node = node.clone();
     let accept = HeaderValue::from_str(&hs.accept)
         .map_err(|_| ApiError::new(ErrorCode::Internal, "bad accept key"))?;
-    if identity != crate::devices::api::Identity::Anonymous {
-        crate::devices::api::note_seen(node, &hs.device, address);
+    if device.credential != auth::DeviceCredential::Anonymous {
+        crate::devices::api::note_seen(node, &device.device, client_address(node, &req, peer));
     }
     node.connections.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => crate::connection::serve(task_node, upgraded, hs, slot).await,
+            Ok(upgraded) => crate::connection::serve(task_node, upgraded, hs, device, slot).await,
             Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),
         }
     });
@@ -258,14 +312,9 @@ async fn upgrade(
     Ok(resp)
 }
 
-/// `GET /api/v1/cluster`: the live nodes and their connection counts.
-async fn cluster(node: &NodeRef, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    if !authorized(node, req) {
-        return Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "send Authorization: Bearer <service key>",
-        ));
-    }
+/// `GET /api/v1/cluster` (service key): the live nodes and their
+/// connection counts.
+async fn cluster(node: &NodeRef) -> Result<Response<Body>, ApiError> {
     let nodes = node.store.nodes().await.map_err(|e| {
         tracing::warn!(error = %e, "cluster listing failed");
         ApiError::new(
@@ -278,21 +327,6 @@ async fn cluster(node: &NodeRef, req: &Request<Incoming>) -> Result<Response<Bod
         StatusCode::OK,
         &json!({"store": node.store.kind(), "total_connections": total, "nodes": nodes}),
     ))
-}
-
-/// Whether the request carries the service key as a bearer token.
-pub(crate) fn authorized(node: &NodeRef, req: &Request<Incoming>) -> bool {
-    let Some(value) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some(token) = value.strip_prefix("Bearer ").map(str::trim) else {
-        return false;
-    };
-    constant_time_eq::constant_time_eq(token.as_bytes(), node.config.service_key.as_bytes())
 }
 
 /// Reads a JSON body of at most `max` bytes.
@@ -330,28 +364,22 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
 }
 
-/// `POST /api/v1/notify`.
-async fn notify(node: &NodeRef, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+/// `POST /api/v1/notify` (service key: anywhere; an admin: within its
+/// tenant).
+async fn notify(
+    node: &NodeRef,
+    req: Request<Incoming>,
+    principal: Principal,
+) -> Result<Response<Body>, ApiError> {
     let count = |scope: &str, result: &str| {
         node.metrics
             .notify_requests
             .with_label_values(&[scope, result])
             .inc()
     };
-    // The service key sends anywhere; an admin token within its tenant.
-    let admin = if authorized(node, &req) {
-        None
-    } else {
-        match crate::admin_api::admin(node, &req) {
-            Ok(claims) => Some(claims),
-            Err(_) => {
-                count("unknown", "unauthorized");
-                return Err(ApiError::new(
-                    ErrorCode::Unauthorized,
-                    "send Authorization: Bearer <service key or admin token>",
-                ));
-            }
-        }
+    let admin = match principal {
+        Principal::Admin(claims) => Some(claims),
+        _ => None,
     };
     let body: NotifyRequest = match read_json(req, node.config.max_message_bytes).await {
         Ok(b) => b,

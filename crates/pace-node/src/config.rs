@@ -260,6 +260,18 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_DEVICE_TOKEN_AUDIENCE")]
     pub device_token_audience: Option<String>,
 
+    /// The tenant the external issuer's devices belong to (their groups
+    /// are that tenant's: `<tenant>:<name>`). Without it they have no
+    /// tenant and only untenanted groups.
+    #[arg(long, env = "PACE_DEVICE_TOKEN_TENANT")]
+    pub device_token_tenant: Option<String>,
+
+    /// The claim of the external issuer's device tokens that lists the
+    /// groups (departments) the device may join: a JSON array of names,
+    /// or one space- or comma-separated string.
+    #[arg(long, env = "PACE_DEVICE_TOKEN_GROUPS_CLAIM", default_value = "groups")]
+    pub device_token_groups_claim: String,
+
     /// Most `join`/`solve` attempts per device per minute on this node
     /// (0 = no limit); past it, `too_many_joins`.
     #[arg(long, env = "PACE_JOINS_PER_MINUTE", default_value_t = 30)]
@@ -530,6 +542,8 @@ impl ServeArgs {
             device_token_jwks: self.device_token_jwks,
             device_token_issuer: self.device_token_issuer,
             device_token_audience: self.device_token_audience,
+            device_token_tenant: self.device_token_tenant,
+            device_token_groups_claim: self.device_token_groups_claim,
             handshakes_per_address: self.handshakes_per_address,
             trusted_proxies: self.trusted_proxies,
             allowed_origins,
@@ -705,6 +719,10 @@ pub struct NodeConfig {
     pub device_token_issuer: Option<String>,
     /// See [`ServeArgs::device_token_audience`].
     pub device_token_audience: Option<String>,
+    /// See [`ServeArgs::device_token_tenant`].
+    pub device_token_tenant: Option<String>,
+    /// See [`ServeArgs::device_token_groups_claim`].
+    pub device_token_groups_claim: String,
     /// See [`ServeArgs::handshakes_per_address`].
     pub handshakes_per_address: u32,
     /// See [`ServeArgs::trusted_proxies`].

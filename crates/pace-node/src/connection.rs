@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use crate::auth::DevicePrincipal;
 use crate::handshake::Handshake;
 use crate::hub::{Registration, SubscribeError};
 use crate::node::{NodeRef, Slot};
@@ -65,6 +66,14 @@ impl End {
     }
 }
 
+/// The answer to a `subscribe` the device's credential does not grant.
+fn not_allowed(group: &pace_protocol::GroupId) -> ServerFrame {
+    ServerFrame::Error {
+        code: ErrorCode::NotAllowed,
+        message: format!("{group} is not granted to this device's credential"),
+    }
+}
+
 /// The WebSocket settings every device connection uses.
 pub fn ws_config(node: &NodeRef) -> WebSocketConfig {
     let c = &node.config;
@@ -75,16 +84,27 @@ pub fn ws_config(node: &NodeRef) -> WebSocketConfig {
         .max_frame_size(Some(c.max_message_bytes))
 }
 
-/// Serves one upgraded device connection until it ends.
-pub async fn serve(node: NodeRef, upgraded: Upgraded, hs: Handshake, slot: Slot) {
+/// Serves one upgraded device connection of `principal` until it ends.
+pub async fn serve(
+    node: NodeRef,
+    upgraded: Upgraded,
+    hs: Handshake,
+    principal: DevicePrincipal,
+    slot: Slot,
+) {
     // Only what the connection keeps; the rest of the handshake goes now.
     let Handshake {
-        device,
         groups,
+        refused,
         resume,
-        user,
         ..
     } = hs;
+    let DevicePrincipal {
+        device,
+        user,
+        grants,
+        ..
+    } = principal;
     let ws = WebSocketStream::from_raw_socket(
         TokioIo::new(upgraded),
         Role::Server,
@@ -106,6 +126,7 @@ pub async fn serve(node: NodeRef, upgraded: Upgraded, hs: Handshake, slot: Slot)
         groups.clone(),
         node.config.send_queue,
         generation,
+        grants,
     );
     node.metrics.connections_open.inc();
     node.metrics.connections_accepted.inc();
@@ -124,7 +145,7 @@ pub async fn serve(node: NodeRef, upgraded: Upgraded, hs: Handshake, slot: Slot)
         replayed: Replayed::default(),
         user,
     };
-    let end = session.run(groups).await;
+    let end = session.run(groups, refused).await;
     node.hub.unregister(&session.device, conn);
     node.rooms.waiters.disconnected(&session.device);
     node.metrics.connections_open.dec();
@@ -203,7 +224,11 @@ impl Replayed {
 }
 
 impl Session {
-    async fn run(&mut self, groups: Vec<pace_protocol::GroupId>) -> End {
+    async fn run(
+        &mut self,
+        groups: Vec<pace_protocol::GroupId>,
+        refused: Vec<pace_protocol::GroupId>,
+    ) -> End {
         let node = self.node.clone();
         let cfg = &node.config;
         let welcome = ServerFrame::Welcome(Welcome {
@@ -217,6 +242,19 @@ impl Session {
         });
         if let Err(end) = self.reply(&welcome).await {
             return self.finish(end).await;
+        }
+        if !refused.is_empty() {
+            let names: Vec<&str> = refused.iter().map(pace_protocol::GroupId::as_str).collect();
+            let error = ServerFrame::Error {
+                code: ErrorCode::NotAllowed,
+                message: format!(
+                    "not joined: {} (not granted to this device's credential)",
+                    names.join(", ")
+                ),
+            };
+            if let Err(end) = self.reply(&error).await {
+                return self.finish(end).await;
+            }
         }
 
         let ping_interval = cfg.ping_interval;
@@ -366,7 +404,21 @@ impl Session {
         };
         let reply = match frame {
             ClientFrame::Subscribe { group } => {
-                let max = self.node.config.max_groups;
+                if !self.may_join(&group).await {
+                    self.node
+                        .metrics
+                        .groups_refused
+                        .with_label_values(&["subscribe"])
+                        .inc();
+                    return self.reply(&not_allowed(&group)).await;
+                }
+                // A room channel is one beyond the device's own groups, as
+                // when a join puts the device in it.
+                let max = if group.room().is_some() {
+                    self.node.config.max_groups.saturating_add(1)
+                } else {
+                    self.node.config.max_groups
+                };
                 match self
                     .node
                     .hub
@@ -407,6 +459,23 @@ impl Session {
                     ServerFrame::Error {
                         code: ErrorCode::InvalidFrame,
                         message: format!("resume takes at most {max} cursors"),
+                    }
+                } else if let Some((i, e)) = cursors
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, c)| c.audience().err().map(|e| (i, e)))
+                {
+                    // A cursor without (or with a bad) `target` for a group
+                    // or device scope is a malformed frame, not a refusal.
+                    self.node
+                        .metrics
+                        .frames_rejected
+                        .with_label_values(&["invalid_cursor"])
+                        .inc();
+                    self.held_until = None;
+                    ServerFrame::Error {
+                        code: ErrorCode::InvalidFrame,
+                        message: format!("cursor {i}: {e}"),
                     }
                 } else {
                     let mut scopes = Vec::with_capacity(cursors.len());
@@ -451,6 +520,24 @@ impl Session {
             },
         };
         self.reply(&reply).await
+    }
+
+    /// Whether the device may join `group` now (its credential's grants,
+    /// which an admin may have changed since the handshake).
+    fn may_join(
+        &self,
+        group: &pace_protocol::GroupId,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        // Owned parts only: the session (and its socket) is not borrowed
+        // across the store call.
+        let grants = self.node.hub.grants(&self.device, self.reg.conn);
+        let (node, device, group) = (self.node.clone(), self.device.clone(), group.clone());
+        async move {
+            match grants {
+                Some(grants) => crate::auth::may_join(&node, &device, &grants, &group).await,
+                None => false,
+            }
+        }
     }
 
     /// Joins a room (with a proof-of-work solution when answering a
@@ -515,8 +602,9 @@ impl Session {
         let target = match cursor.audience() {
             Ok(t) => t,
             Err(_) => {
+                // Checked before the replay began; kept for safety.
                 not_recovered();
-                return Ok(refused(cursor, "not_allowed"));
+                return Ok(refused(cursor, "invalid_frame"));
             }
         };
         match &target {
@@ -527,7 +615,20 @@ impl Session {
                 return Ok(refused(cursor, "not_allowed"));
             }
             Target::Group(group) => {
-                let max = self.node.config.max_groups;
+                if !self.may_join(group).await {
+                    self.node
+                        .metrics
+                        .groups_refused
+                        .with_label_values(&["resume"])
+                        .inc();
+                    not_recovered();
+                    return Ok(refused(cursor, "not_allowed"));
+                }
+                let max = if group.room().is_some() {
+                    self.node.config.max_groups.saturating_add(1)
+                } else {
+                    self.node.config.max_groups
+                };
                 match self
                     .node
                     .hub

@@ -86,10 +86,13 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NotFound | ErrorCode::NoSuchRoom => StatusCode::NOT_FOUND,
         ErrorCode::RoomClosed | ErrorCode::DeviceExists => StatusCode::CONFLICT,
-        ErrorCode::Forbidden | ErrorCode::OriginNotAllowed => StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden | ErrorCode::OriginNotAllowed | ErrorCode::NotAllowed => {
+            StatusCode::FORBIDDEN
+        }
         ErrorCode::MissingDeviceToken
         | ErrorCode::InvalidDeviceToken
-        | ErrorCode::DeviceTokenMismatch => StatusCode::UNAUTHORIZED,
+        | ErrorCode::DeviceTokenMismatch
+        | ErrorCode::DeviceTokenRevoked => StatusCode::UNAUTHORIZED,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::NodeFull
         | ErrorCode::Draining

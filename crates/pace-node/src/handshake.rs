@@ -1,34 +1,36 @@
-//! The WebSocket handshake: checks an upgrade request and finds the device.
+//! The WebSocket handshake: checks an upgrade request, its departments
+//! and its resume announcement.
 //!
 //! Everything is decided before the `101 Switching Protocols`: a request
-//! with no valid device id, a bad department or an overloaded or draining
-//! node gets an HTTP error with a JSON body, so a device (or the gateway's
-//! logs) sees why, and no connection state is created.
+//! with no valid device id or token ([`crate::auth`]), a bad department or
+//! an overloaded or draining node gets an HTTP error with a JSON body, so
+//! a device (or the gateway's logs) sees why, and no connection state is
+//! created. Departments the device's credential does not grant are not
+//! joined; the connection tells the device with an `error` frame
+//! (`not_allowed`) right after `welcome`.
 
 use http::{HeaderMap, Method, Request, header};
-use pace_protocol::{
-    DEPARTMENT_HEADER, DEVICE_ID_HEADER, DEVICE_ID_QUERY, DEVICE_ID_QUERY_ALIAS, DeviceId,
-    ErrorCode, GroupId,
-};
+use pace_protocol::{DEPARTMENT_HEADER, ErrorCode, GroupId};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::auth::DevicePrincipal;
 use crate::error::ApiError;
+use crate::node::NodeRef;
 
 /// A valid upgrade request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handshake {
-    /// The device, from the header or the query.
-    pub device: DeviceId,
-    /// Groups from the department header.
+    /// Groups from the department header (after [`grant`]: those the
+    /// device's credential grants).
     pub groups: Vec<GroupId>,
+    /// Departments asked for that the credential does not grant (set by
+    /// [`grant`]).
+    pub refused: Vec<GroupId>,
     /// The `Sec-WebSocket-Accept` value to answer with.
     pub accept: String,
     /// The device will send `resume` first (`?resume=1` or
     /// `x-pace-resume: 1`): hold live notifications back until it has.
     pub resume: bool,
-    /// The person behind the device, from its verified device token (set
-    /// by the caller after the token check).
-    pub user: Option<String>,
 }
 
 /// Query parameter announcing a `resume` frame.
@@ -56,11 +58,11 @@ pub fn upgrade_accept<B>(req: &Request<B>) -> Result<String, ApiError> {
     }
 }
 
-/// Checks that `req` is a WebSocket upgrade and extracts the device.
+/// Checks that `req` is a WebSocket upgrade and reads its departments and
+/// resume announcement.
 pub fn check<B>(req: &Request<B>, max_groups: usize) -> Result<Handshake, ApiError> {
     let accept = upgrade_accept(req)?;
     let headers = req.headers();
-    let device = device_id(req)?;
     let groups = departments(headers, max_groups)?;
     let yes = |v: &str| matches!(v.trim(), "1" | "true" | "yes");
     let resume = headers
@@ -71,12 +73,29 @@ pub fn check<B>(req: &Request<B>, max_groups: usize) -> Result<Handshake, ApiErr
             form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == RESUME_QUERY && yes(&v))
         });
     Ok(Handshake {
-        device,
         groups,
+        refused: Vec::new(),
         accept,
         resume,
-        user: None,
     })
+}
+
+/// Keeps the departments `device`'s credential grants; the others move to
+/// [`Handshake::refused`] (counted).
+pub async fn grant(node: &NodeRef, mut hs: Handshake, device: &DevicePrincipal) -> Handshake {
+    let asked = std::mem::take(&mut hs.groups);
+    for group in asked {
+        if crate::auth::may_join(node, &device.device, &device.grants, &group).await {
+            hs.groups.push(group);
+        } else {
+            node.metrics
+                .groups_refused
+                .with_label_values(&["handshake"])
+                .inc();
+            hs.refused.push(group);
+        }
+    }
+    hs
 }
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -84,29 +103,6 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         v.to_str()
             .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     })
-}
-
-/// The device id: `x-device-id` header, else `device_id` (or `deviceId`) query parameter.
-fn device_id<B>(req: &Request<B>) -> Result<DeviceId, ApiError> {
-    let from_header = req
-        .headers()
-        .get(DEVICE_ID_HEADER)
-        .map(|v| v.to_str().map(str::trim).unwrap_or("\u{fffd}").to_owned())
-        .filter(|s| !s.is_empty());
-    let raw = from_header.or_else(|| {
-        let query = req.uri().query()?;
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(k, v)| (k == DEVICE_ID_QUERY || k == DEVICE_ID_QUERY_ALIAS) && !v.is_empty())
-            .map(|(_, v)| v.into_owned())
-    });
-    let Some(raw) = raw else {
-        return Err(ApiError::new(
-            ErrorCode::MissingDeviceId,
-            "send the device id in the x-device-id header or the device_id query parameter",
-        ));
-    };
-    DeviceId::parse(&raw)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidDeviceId, format!("device id {e}")))
 }
 
 /// Groups from `x-department-id` (comma separated, repeated headers allowed).
@@ -145,6 +141,8 @@ mod tests {
             .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
     }
 
+    use crate::auth::device_id;
+
     #[test]
     fn header_wins_over_query() {
         let req = upgrade("/ws?device_id=q")
@@ -152,7 +150,7 @@ mod tests {
             .body(())
             .unwrap();
         let hs = check(&req, 8).unwrap();
-        assert_eq!(hs.device.as_str(), "h");
+        assert_eq!(device_id(&req).unwrap().as_str(), "h");
         assert!(!hs.resume);
         assert_eq!(hs.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "RFC 6455 sample");
     }
@@ -160,9 +158,9 @@ mod tests {
     #[test]
     fn query_and_alias() {
         let req = upgrade("/ws?x=1&device_id=laptop_1").body(()).unwrap();
-        assert_eq!(check(&req, 8).unwrap().device.as_str(), "laptop_1");
+        assert_eq!(device_id(&req).unwrap().as_str(), "laptop_1");
         let req = upgrade("/ws?deviceId=kiosk%3A7").body(()).unwrap();
-        assert_eq!(check(&req, 8).unwrap().device.as_str(), "kiosk:7");
+        assert_eq!(device_id(&req).unwrap().as_str(), "kiosk:7");
         let req = upgrade("/ws?device_id=a&resume=1").body(()).unwrap();
         assert!(check(&req, 8).unwrap().resume);
         let req = upgrade("/ws?device_id=a&resume=0")
@@ -175,19 +173,31 @@ mod tests {
     #[test]
     fn missing_and_invalid() {
         let req = upgrade("/ws").body(()).unwrap();
-        assert_eq!(check(&req, 8).unwrap_err().code, ErrorCode::MissingDeviceId);
+        assert_eq!(
+            device_id(&req).unwrap_err().code,
+            ErrorCode::MissingDeviceId
+        );
         let req = upgrade("/ws?device_id=")
             .header("x-device-id", "")
             .body(())
             .unwrap();
-        assert_eq!(check(&req, 8).unwrap_err().code, ErrorCode::MissingDeviceId);
+        assert_eq!(
+            device_id(&req).unwrap_err().code,
+            ErrorCode::MissingDeviceId
+        );
         let req = upgrade("/ws?device_id=a%20b").body(()).unwrap();
-        assert_eq!(check(&req, 8).unwrap_err().code, ErrorCode::InvalidDeviceId);
+        assert_eq!(
+            device_id(&req).unwrap_err().code,
+            ErrorCode::InvalidDeviceId
+        );
         let req = upgrade("/ws")
             .header("x-device-id", "a/b")
             .body(())
             .unwrap();
-        assert_eq!(check(&req, 8).unwrap_err().code, ErrorCode::InvalidDeviceId);
+        assert_eq!(
+            device_id(&req).unwrap_err().code,
+            ErrorCode::InvalidDeviceId
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ use pace_protocol::{CloseCode, DeviceId, GroupId, Target};
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::auth::{Access, Grants};
+
 /// A request to close one connection, set from outside its task.
 #[derive(Debug, Default)]
 pub struct Control {
@@ -95,6 +97,9 @@ struct Entry {
     outbox: mpsc::Sender<Utf8Bytes>,
     control: Arc<Control>,
     groups: Vec<GroupId>,
+    /// What the device's credential lets it join (shared, changed by an
+    /// admin through [`Hub::regrant`]).
+    grants: Arc<Grants>,
 }
 
 #[derive(Default)]
@@ -147,16 +152,17 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a connection for `device` in `groups`, with an outbound
-    /// queue of `queue` frames and its cluster-wide `generation`. An
-    /// existing local connection of the same device is removed and told to
-    /// close with 4000 (replaced).
+    /// Registers a connection for `device` in `groups` (already checked
+    /// against its `grants`), with an outbound queue of `queue` frames and
+    /// its cluster-wide `generation`. An existing local connection of the
+    /// same device is removed and told to close with 4000 (replaced).
     pub fn register(
         &self,
         device: DeviceId,
         mut groups: Vec<GroupId>,
         queue: usize,
         generation: u64,
+        grants: Arc<Grants>,
     ) -> Registration {
         groups.sort();
         groups.dedup();
@@ -182,6 +188,7 @@ impl Hub {
                 outbox: tx,
                 control: control.clone(),
                 groups,
+                grants,
             },
         );
         Registration {
@@ -204,6 +211,42 @@ impl Hub {
             old.control.close(CloseCode::REPLACED);
         }
         evicted.is_some()
+    }
+
+    /// Closes `device`'s local connection with `code` and removes it.
+    /// Returns whether there was one.
+    pub fn close_device(&self, device: &DeviceId, code: CloseCode) -> bool {
+        let removed = self.lock().remove(device);
+        if let Some(entry) = &removed {
+            entry.control.close(code);
+        }
+        removed.is_some()
+    }
+
+    /// The grants of connection `conn` of `device`, if it is registered.
+    pub fn grants(&self, device: &DeviceId, conn: u64) -> Option<Arc<Grants>> {
+        let inner = self.lock();
+        let entry = inner.devices.get(device).filter(|e| e.conn == conn)?;
+        Some(entry.grants.clone())
+    }
+
+    /// Replaces the groups `device`'s credential grants (its tenant
+    /// stays): the connection leaves every group it is in that the new
+    /// grants refuse (room channels stay: they follow the device's place).
+    /// Returns the groups it left, or `None` when it is not here.
+    pub fn regrant(&self, device: &DeviceId, groups: Vec<GroupId>) -> Option<Vec<GroupId>> {
+        let mut inner = self.lock();
+        let entry = inner.devices.get_mut(device)?;
+        let grants = Grants::new(entry.grants.tenant.clone(), groups);
+        let (keep, lost): (Vec<GroupId>, Vec<GroupId>) = std::mem::take(&mut entry.groups)
+            .into_iter()
+            .partition(|g| grants.access(g) != Access::Refused);
+        entry.groups = keep;
+        entry.grants = grants;
+        for g in &lost {
+            inner.leave_group(g, device);
+        }
+        Some(lost)
     }
 
     /// Removes connection `conn` of `device`, if it is still the registered one.
@@ -348,8 +391,8 @@ mod tests {
     #[test]
     fn delivers_by_scope() {
         let hub = Hub::new();
-        let mut a = hub.register(d("a"), vec![g("sales")], 8, 0);
-        let mut b = hub.register(d("b"), vec![g("it")], 8, 0);
+        let mut a = hub.register(d("a"), vec![g("sales")], 8, 0, Grants::open());
+        let mut b = hub.register(d("b"), vec![g("it")], 8, 0, Grants::open());
         assert_eq!(hub.deliver(&Target::All, &frame("all")).queued, 2);
         assert_eq!(
             hub.deliver(&Target::Group(g("sales")), &frame("sales"))
@@ -373,8 +416,8 @@ mod tests {
     #[test]
     fn second_registration_replaces_the_first() {
         let hub = Hub::new();
-        let first = hub.register(d("a"), vec![g("x")], 8, 0);
-        let second = hub.register(d("a"), vec![], 8, 0);
+        let first = hub.register(d("a"), vec![g("x")], 8, 0, Grants::open());
+        let second = hub.register(d("a"), vec![], 8, 0, Grants::open());
         assert_eq!(first.control.requested(), Some(CloseCode::REPLACED));
         assert_eq!(second.control.requested(), None);
         assert_eq!(hub.len(), 1);
@@ -396,8 +439,8 @@ mod tests {
     #[test]
     fn full_queue_disconnects_only_the_slow_device() {
         let hub = Hub::new();
-        let slow = hub.register(d("slow"), vec![], 2, 0);
-        let mut fast = hub.register(d("fast"), vec![], 16, 0);
+        let slow = hub.register(d("slow"), vec![], 2, 0, Grants::open());
+        let mut fast = hub.register(d("fast"), vec![], 16, 0, Grants::open());
         let mut total_slow = 0;
         for i in 0..5 {
             let r = hub.deliver(&Target::All, &frame(&i.to_string()));
@@ -413,7 +456,7 @@ mod tests {
     #[test]
     fn subscriptions_are_capped_and_reversible() {
         let hub = Hub::new();
-        let r = hub.register(d("a"), vec![], 8, 0);
+        let r = hub.register(d("a"), vec![], 8, 0, Grants::open());
         assert_eq!(hub.subscribe(&d("a"), r.conn, &g("one"), 2), Ok(true));
         assert_eq!(hub.subscribe(&d("a"), r.conn, &g("one"), 2), Ok(false));
         assert_eq!(hub.subscribe(&d("a"), r.conn, &g("two"), 2), Ok(true));
@@ -433,7 +476,7 @@ mod tests {
     #[test]
     fn evict_older_spares_newer_connections() {
         let hub = Hub::new();
-        let r = hub.register(d("a"), vec![], 8, 10);
+        let r = hub.register(d("a"), vec![], 8, 10, Grants::open());
         assert!(
             !hub.evict_older(&d("a"), 9),
             "a late message must not close a newer connection"
@@ -447,10 +490,35 @@ mod tests {
     }
 
     #[test]
+    fn regrant_leaves_lost_groups_and_keeps_room_channels() {
+        let hub = Hub::new();
+        let grants = Grants::new(Some("acme".into()), vec![g("acme:ops"), g("acme:it")]);
+        let r = hub.register(
+            d("a"),
+            vec![g("acme:ops"), g("acme:it"), g("@room:sale")],
+            8,
+            0,
+            grants,
+        );
+        let lost = hub.regrant(&d("a"), vec![g("acme:it")]).unwrap();
+        assert_eq!(lost, [g("acme:ops")]);
+        assert_eq!(hub.group_len(&g("acme:ops")), 0);
+        assert_eq!(hub.group_len(&g("acme:it")), 1);
+        assert_eq!(hub.group_len(&g("@room:sale")), 1);
+        let now = hub.grants(&d("a"), r.conn).unwrap();
+        assert_eq!(now.tenant.as_deref(), Some("acme"), "the tenant stays");
+        assert_eq!(now.access(&g("acme:ops")), Access::Refused);
+        assert_eq!(hub.regrant(&d("nobody"), vec![]), None);
+        assert!(hub.close_device(&d("a"), CloseCode::REVOKED));
+        assert_eq!(r.control.requested(), Some(CloseCode::REVOKED));
+        assert!(!hub.close_device(&d("a"), CloseCode::REVOKED));
+    }
+
+    #[test]
     fn close_all_tells_everyone() {
         let hub = Hub::new();
-        let a = hub.register(d("a"), vec![], 8, 0);
-        let b = hub.register(d("b"), vec![], 8, 0);
+        let a = hub.register(d("a"), vec![], 8, 0, Grants::open());
+        let b = hub.register(d("b"), vec![], 8, 0, Grants::open());
         assert_eq!(hub.close_all(CloseCode::SERVICE_RESTART), 2);
         assert_eq!(a.control.requested(), Some(CloseCode::SERVICE_RESTART));
         assert_eq!(b.control.requested(), Some(CloseCode::SERVICE_RESTART));

@@ -10,7 +10,9 @@
 //! - [`admission`]: admission tokens (EdDSA JWTs), keys, JWKS.
 //! - [`config`]: flags and `PACE_*` environment, validated into [`NodeConfig`].
 //! - [`server`]: accept loop, HTTP/1.1 with upgrades, drain on shutdown.
-//! - [`api`]: HTTP routes (`/ws`, `/health`, `/ready`, `/metrics`, `/api/v1/notify`).
+//! - [`routes`]: the route table: every HTTP entry point with its authorization rule.
+//! - [`auth`]: who is asking and what they may do, for every entry point.
+//! - [`api`]: the HTTP service: origin gate, routing, authorization, handlers.
 //! - [`handshake`]: WebSocket upgrade checks and device id extraction.
 //! - [`connection`]: the task that owns one device's WebSocket.
 //! - [`hub`]: local registry of devices and groups, bounded delivery.
@@ -29,6 +31,7 @@ pub mod admin_api;
 pub mod admin_ws;
 pub mod admission;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod devices;
@@ -43,6 +46,7 @@ pub mod pow;
 pub mod queue;
 pub mod rooms;
 pub mod rooms_api;
+pub mod routes;
 pub mod server;
 pub mod store;
 pub mod systemd;

@@ -92,6 +92,21 @@ pub struct Metrics {
     pub origin_store_errors: IntCounter,
     /// Admin console feeds (`/admin/ws`) open now.
     pub admin_feeds_open: IntGauge,
+    /// Requests the authorization step refused, by the route's rule and
+    /// the error code.
+    pub auth_refused: IntCounterVec,
+    /// Admin feed tickets, by result (`issued`, `accepted`, `invalid`,
+    /// `expired`, `reused`, `token_in_url`).
+    pub admin_tickets: IntCounterVec,
+    /// Group joins refused because the device's credential does not grant
+    /// the group, by where they were asked (`subscribe`, `resume`,
+    /// `handshake`).
+    pub groups_refused: IntCounterVec,
+    /// Revocations by admins or the service key, by kind (`kick`: a
+    /// device's tokens revoked and its connection closed; `session`: an
+    /// admitted session ended), and connected devices whose groups an
+    /// admin changed (`departments`).
+    pub revocations: IntCounterVec,
     /// Event names seen so far, to cap label cardinality.
     events_seen: Arc<Mutex<HashSet<String>>>,
     /// `POST /api/v1/admin/login` attempts, by result.
@@ -290,6 +305,38 @@ impl Metrics {
                 "1 when the node accepts devices without a device token (--insecure-anonymous-devices).",
             )
             .expect("valid metric"),
+            auth_refused: IntCounterVec::new(
+                Opts::new(
+                    "pace_auth_refused_total",
+                    "Requests the authorization step refused, by the route's rule and the error code.",
+                ),
+                &["rule", "code"],
+            )
+            .expect("valid metric"),
+            admin_tickets: IntCounterVec::new(
+                Opts::new(
+                    "pace_admin_tickets_total",
+                    "Admin feed tickets, by result (issued, accepted, invalid, expired, reused, token_in_url).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            groups_refused: IntCounterVec::new(
+                Opts::new(
+                    "pace_groups_refused_total",
+                    "Group joins refused because the device's credential does not grant the group, by where they were asked (subscribe, resume, handshake).",
+                ),
+                &["via"],
+            )
+            .expect("valid metric"),
+            revocations: IntCounterVec::new(
+                Opts::new(
+                    "pace_revocations_total",
+                    "Admin and service-key actions on devices and sessions, by kind (kick, session, departments).",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
             admin_requests: IntCounterVec::new(
                 Opts::new(
                     "pace_admin_requests_total",
@@ -358,6 +405,10 @@ impl Metrics {
             Box::new(m.cors_refused.clone()),
             Box::new(m.origin_store_errors.clone()),
             Box::new(m.admin_feeds_open.clone()),
+            Box::new(m.auth_refused.clone()),
+            Box::new(m.admin_tickets.clone()),
+            Box::new(m.groups_refused.clone()),
+            Box::new(m.revocations.clone()),
             Box::new(m.device_registrations.clone()),
             Box::new(m.insecure_anonymous_devices.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
@@ -376,6 +427,22 @@ impl Metrics {
         }
         for result in ["challenged", "solved", "invalid", "reused"] {
             m.pow.with_label_values(&[result]);
+        }
+        for result in [
+            "issued",
+            "accepted",
+            "invalid",
+            "expired",
+            "reused",
+            "token_in_url",
+        ] {
+            m.admin_tickets.with_label_values(&[result]);
+        }
+        for via in ["subscribe", "resume", "handshake"] {
+            m.groups_refused.with_label_values(&[via]);
+        }
+        for kind in ["kick", "session", "departments"] {
+            m.revocations.with_label_values(&[kind]);
         }
         for route in crate::origins::CORS_ROUTES {
             m.cors_refused.with_label_values(&[route]);

@@ -188,6 +188,26 @@ impl Local for LocalFanout {
         );
     }
 
+    fn device_action(&self, device: &DeviceId, action: &pace_protocol::DeviceAction) {
+        match action {
+            pace_protocol::DeviceAction::Close { code } => {
+                if self
+                    .hub
+                    .close_device(device, pace_protocol::CloseCode(*code))
+                {
+                    tracing::info!(%device, code, "device connection closed by an admin");
+                }
+            }
+            pace_protocol::DeviceAction::Groups { groups } => {
+                if let Some(lost) = self.hub.regrant(device, groups.clone())
+                    && !lost.is_empty()
+                {
+                    tracing::info!(%device, ?lost, "device left the groups it lost");
+                }
+            }
+        }
+    }
+
     fn evict_older(&self, device: &DeviceId, generation: u64) {
         if self.hub.evict_older(device, generation) {
             self.metrics.evicted_remote.inc();

@@ -41,7 +41,7 @@ use pace_protocol::{ErrorCode, RoomId};
 use std::time::Instant;
 
 use crate::accounts::{AccountError, AccountStore, TenantId, normalize_origin};
-use crate::devices::api::Identity;
+use crate::auth::{DeviceCredential, DevicePrincipal};
 use crate::error::{ApiError, Body};
 use crate::node::NodeRef;
 
@@ -328,19 +328,20 @@ pub async fn allowed(node: &NodeRef, origin: &BrowserOrigin, tenant: Option<&Ten
 pub async fn check_handshake<B>(
     node: &NodeRef,
     req: &Request<B>,
-    identity: &Identity,
+    device: &DevicePrincipal,
 ) -> Result<(), ApiError> {
     let origin = BrowserOrigin::of(req);
     if origin.is_absent() {
         return Ok(());
     }
-    let tenants = match identity {
-        Identity::Registered(claims) => claims
+    let tenants = match device.credential {
+        DeviceCredential::Token { .. } => device
+            .grants
             .tenant
             .as_deref()
             .and_then(|t| TenantId::parse(t).ok())
             .map_or(Tenants::None, Tenants::One),
-        Identity::External | Identity::Anonymous => Tenants::None,
+        DeviceCredential::External | DeviceCredential::Anonymous => Tenants::None,
     };
     let v = verdict(node, &origin, &tenants).await;
     match v.error() {

@@ -52,7 +52,7 @@ impl Signer for crate::admission::KeySet {
             sub: device.to_string(),
             jti: adm.session_id.clone(),
             iat: adm.admitted_at_ms / 1000,
-            exp: adm.expires_at_ms.div_ceil(1000),
+            exp: adm.expires_at_secs(),
             target: None,
         };
         crate::admission::KeySet::sign(self, &claims).map_err(|e| e.to_string())
@@ -410,7 +410,7 @@ impl Rooms {
             room: room.id.clone(),
             target_url: with_token(&room.config.target_url, &token),
             token,
-            expires_at: adm.expires_at_ms / 1000,
+            expires_at: adm.expires_at_secs(),
         }))
     }
 

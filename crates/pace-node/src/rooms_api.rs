@@ -6,11 +6,12 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use pace_protocol::{DEVICE_ID_HEADER, DEVICE_ID_QUERY, DeviceId, ErrorCode, RoomId};
+use pace_protocol::{DeviceId, ErrorCode, RoomId};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::{authorized, read_json};
+use crate::api::read_json;
+use crate::auth::Principal;
 use crate::error::{ApiError, Body, json_response};
 use crate::node::NodeRef;
 use crate::queue::{DeviceStatus, QueueError, RoomConfig};
@@ -34,24 +35,13 @@ fn room_id(raw: &str) -> Result<RoomId, ApiError> {
     RoomId::parse(raw).map_err(|e| ApiError::new(ErrorCode::NoSuchRoom, format!("room id {e}")))
 }
 
-fn require_service_key(node: &NodeRef, req: &Request<Incoming>) -> Result<(), ApiError> {
-    if authorized(node, req) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "send Authorization: Bearer <service key>",
-        ))
-    }
-}
-
-/// `PUT /api/v1/rooms/{room}`: create or change a room (every field, live).
+/// `PUT /api/v1/rooms/{room}` (service key): create or change a room
+/// (every field, live).
 pub async fn put_room(
     node: &NodeRef,
     raw: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    require_service_key(node, &req)?;
     let room = room_id(raw)?;
     let config: RoomConfig = read_json(req, node.config.max_message_bytes).await?;
     config
@@ -86,12 +76,7 @@ pub async fn get_room(node: &NodeRef, raw: &str) -> Result<Response<Body>, ApiEr
 }
 
 /// `GET /api/v1/rooms/{room}/stats` (service key).
-pub async fn stats(
-    node: &NodeRef,
-    raw: &str,
-    req: &Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
-    require_service_key(node, req)?;
+pub async fn stats(node: &NodeRef, raw: &str) -> Result<Response<Body>, ApiError> {
     let room = room_id(raw)?;
     if node
         .rooms
@@ -148,40 +133,20 @@ pub(crate) async fn stats_body(
     }))
 }
 
-/// The device a request speaks for: `x-device-id` header, else `device_id`
-/// query parameter.
-fn device_of(req: &Request<Incoming>) -> Result<DeviceId, ApiError> {
-    let raw = req
-        .headers()
-        .get(DEVICE_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| {
-            let q = req.uri().query()?;
-            form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == DEVICE_ID_QUERY)
-                .map(|(_, v)| v.into_owned())
-        })
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::MissingDeviceId,
-                "send x-device-id or ?device_id=",
-            )
-        })?;
-    DeviceId::parse(&raw)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidDeviceId, format!("device id {e}")))
-}
-
-/// `GET /api/v1/rooms/{room}/status`: `waiting` with the place, or
-/// `admitted` with the token and target URL (finishes the handoff after a
-/// page reload), or `unknown`.
+/// `GET /api/v1/rooms/{room}/status` (the device itself, by its token):
+/// `waiting` with the place, or `admitted` with the token and target URL
+/// (finishes the handoff after a page reload), or `unknown`. The
+/// admission token only ever goes to the device it was issued to.
 pub async fn status(
     node: &NodeRef,
     raw: &str,
-    req: &Request<Incoming>,
+    principal: Principal,
 ) -> Result<Response<Body>, ApiError> {
     let room_id = room_id(raw)?;
-    let device = device_of(req)?;
+    let Principal::Device(me) = principal else {
+        return Err(ApiError::new(ErrorCode::Internal, "not a device"));
+    };
+    let device = me.device;
     let now = now_ms();
     let queue = &node.rooms.queue;
     let Some(room) = queue.get_room(&room_id).await.map_err(store_error)? else {
@@ -225,7 +190,7 @@ pub async fn status(
                 "room": room_id,
                 "target_url": with_token(&room.config.target_url, &token),
                 "token": token,
-                "expires_at": adm.expires_at_ms / 1000,
+                "expires_at": adm.expires_at_secs(),
             })
         }
         DeviceStatus::Unknown => {
@@ -242,30 +207,71 @@ struct TokenBody {
     room: Option<String>,
 }
 
+/// The `error` of a verify answer whose token is sound but whose session
+/// is over (released, revoked, or expired and swept).
+pub const SESSION_ENDED: &str = "session_ended";
+
 /// `POST /api/v1/admissions/verify`: `{"valid": true, "claims": …}` or
 /// `{"valid": false, "error": "<reason>"}`, for sites that cannot verify a
-/// JWT themselves.
+/// JWT themselves. Unlike a site verifying the signature alone, it also
+/// asks the queue store: a released or revoked session answers
+/// `session_ended` although its token has not expired.
 pub async fn verify(node: &NodeRef, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let body: TokenBody = read_json(req, node.config.max_message_bytes).await?;
-    let now = now_ms() / 1000;
-    let answer = match node.keys.verify(&body.token, body.room.as_deref(), now) {
-        Ok(claims) => json!({"valid": true, "claims": claims}),
-        Err(e) => {
-            node.metrics
-                .tokens_rejected
-                .with_label_values(&[e.code()])
-                .inc();
-            json!({"valid": false, "error": e.code(), "message": e.to_string()})
+    let now = now_ms();
+    let refused = |code: &str, message: String| {
+        node.metrics
+            .tokens_rejected
+            .with_label_values(&[code])
+            .inc();
+        json!({"valid": false, "error": code, "message": message})
+    };
+    let answer = match node
+        .keys
+        .verify(&body.token, body.room.as_deref(), now / 1000)
+    {
+        Ok(claims) => {
+            if session_live(node, &claims.aud, &claims.sub, &claims.jti, now).await? {
+                json!({"valid": true, "claims": claims})
+            } else {
+                refused(
+                    SESSION_ENDED,
+                    "the session this token admitted has ended (released, revoked or expired)"
+                        .into(),
+                )
+            }
         }
+        Err(e) => refused(e.code(), e.to_string()),
     };
     Ok(json_response(StatusCode::OK, &answer))
 }
 
-/// `POST /api/v1/sessions/release` and `/renew`: the target site ends or
-/// extends the session its token names.
+/// Whether `device` still holds session `session` in `room`.
+async fn session_live(
+    node: &NodeRef,
+    room: &str,
+    device: &str,
+    session: &str,
+    now: u64,
+) -> Result<bool, ApiError> {
+    let (Ok(room), Ok(device)) = (RoomId::parse(room), DeviceId::parse(device)) else {
+        return Ok(false);
+    };
+    Ok(matches!(
+        node.rooms.queue.status(&room, &device, now).await.map_err(store_error)?,
+        DeviceStatus::Admitted(adm) if adm.session_id == session
+    ))
+}
+
+/// `POST /api/v1/sessions/release` and `/renew`: ends or extends the
+/// session the body's admission token names. The caller is the device
+/// itself (its device token), an admin of the room's tenant or the service
+/// key (the target site's backend): holding an admission token alone does
+/// not let anyone end somebody else's session.
 pub async fn session(
     node: &NodeRef,
     req: Request<Incoming>,
+    principal: Principal,
     renew: bool,
 ) -> Result<Response<Body>, ApiError> {
     let body: TokenBody = read_json(req, node.config.max_message_bytes).await?;
@@ -284,6 +290,14 @@ pub async fn session(
             )
         })?;
     let room = room_id(&claims.aud)?;
+    if !crate::auth::may_act_on_session(node, &principal, &room, &claims.sub).await? {
+        // Somebody else's session answers as if there were none.
+        node.metrics
+            .auth_refused
+            .with_label_values(&["session_holder", "not_found"])
+            .inc();
+        return Err(ApiError::new(ErrorCode::NotFound, "no such session"));
+    }
     let queue = &node.rooms.queue;
     if renew {
         let expires = queue
@@ -293,7 +307,7 @@ pub async fn session(
         match expires {
             Some(ms) => Ok(json_response(
                 StatusCode::OK,
-                &json!({"renewed": true, "expires_at": ms / 1000}),
+                &json!({"renewed": true, "expires_at": ms.div_ceil(1000)}),
             )),
             None => Err(ApiError::new(ErrorCode::NotFound, "the session has ended")),
         }

@@ -112,7 +112,8 @@ pub async fn run(
                 config.device_token_issuer.as_deref().unwrap_or_default(),
                 config.device_token_audience.as_deref().unwrap_or_default(),
             )
-            .map_err(ServeError::Config)?,
+            .map_err(ServeError::Config)?
+            .with_groups_claim(&config.device_token_groups_claim),
         )),
         None => None,
     };

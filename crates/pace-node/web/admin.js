@@ -85,10 +85,20 @@
 
   // ---- live feed --------------------------------------------------------------
   function feedState(up, text) { $('feed').dataset.up = String(up); $('feed').textContent = text; }
-  function connectFeed() {
+  async function connectFeed() {
     if (!signedIn()) return signOut('Your session ended; sign in again.');
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    feed = new WebSocket(`${scheme}//${location.host}/admin/ws?token=${encodeURIComponent(session.token)}`);
+    // A single-use ticket opens the feed: the admin token never goes in a URL.
+    let ticket;
+    try {
+      ticket = (await api('POST', '/api/v1/admin/ws-ticket')).ticket;
+    } catch {
+      if (!signedIn()) return;
+      feedState(false, 'reconnecting');
+      feedTimer = setTimeout(connectFeed, Math.random() * Math.min(10000, 500 * 2 ** feedAttempt++));
+      return;
+    }
+    feed = new WebSocket(`${scheme}//${location.host}/admin/ws?ticket=${encodeURIComponent(ticket)}`);
     feed.onopen = () => { feedAttempt = 0; feedState(true, 'live'); };
     feed.onmessage = (ev) => {
       let t;
@@ -343,8 +353,24 @@
     status.dataset.error = 'false';
     try {
       const r = await api('GET', `/api/v1/admin/devices?limit=100&q=${encodeURIComponent(q)}`);
-      $('devices').replaceChildren(...r.devices.map((d) => cells([d.device_id, d.user || '', d.type || '', d.model || '',
-        d.department || '', d.last_seen_ms ? ago(d.last_seen_ms) : '', d.last_ip || ''])));
+      $('devices').replaceChildren(...r.devices.map((d) => {
+        const tr = cells([d.device_id, d.user || '', d.type || '', d.model || '',
+          (d.departments || []).join(', '), d.last_seen_ms ? ago(d.last_seen_ms) : '', d.last_ip || '']);
+        const td = document.createElement('td');
+        const b = document.createElement('button');
+        b.type = 'button';
+        b.textContent = 'Manage';
+        b.setAttribute('aria-label', `Manage ${d.device_id}`);
+        b.addEventListener('click', () => {
+          $('manage-device').value = d.device_id;
+          const prefix = session.tenant + ':';
+          $('manage-departments').value = (d.departments || []).map((g) => g.startsWith(prefix) ? g.slice(prefix.length) : g).join(', ');
+          $('manage-departments').focus();
+        });
+        td.append(b);
+        tr.append(td);
+        return tr;
+      }));
       status.textContent = `${r.devices.length} device${r.devices.length === 1 ? '' : 's'}${q ? ` matching “${q}”` : ''}`;
     } catch (e) {
       status.dataset.error = 'true';
@@ -352,6 +378,45 @@
     }
   }
   $('device-search').addEventListener('submit', (ev) => { ev.preventDefault(); search(); });
+
+  // ---- device actions: departments, kick, forget; session revoke ---------------
+  async function manage(what, run) {
+    const status = $('manage-status');
+    const id = $('manage-device').value.trim();
+    status.dataset.error = 'false';
+    if (!id) { status.dataset.error = 'true'; status.textContent = '✗ name a device'; return; }
+    try {
+      await run(encodeURIComponent(id));
+      status.textContent = `✓ ${what}: ${id}`;
+      search();
+    } catch (e) {
+      status.dataset.error = 'true';
+      status.textContent = '✗ ' + e.message;
+    }
+  }
+  $('device-actions').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const departments = $('manage-departments').value.split(',').map((s) => s.trim()).filter(Boolean);
+    manage('departments set', (id) => api('PUT', `/api/v1/admin/devices/${id}/departments`, { departments }));
+  });
+  $('kick-device').addEventListener('click', () =>
+    manage('kicked', (id) => api('POST', `/api/v1/admin/devices/${id}/kick`, {})));
+  $('forget-device').addEventListener('click', () =>
+    manage('forgotten', (id) => api('DELETE', `/api/v1/admin/devices/${id}`)));
+  $('revoke-session').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const status = $('revoke-status');
+    status.dataset.error = 'false';
+    const device = $('revoke-device').value.trim();
+    if (!selected) { status.dataset.error = 'true'; status.textContent = '✗ select a room'; return; }
+    try {
+      await api('POST', `/api/v1/admin/rooms/${encodeURIComponent(selected)}/sessions/revoke`, { device_id: device });
+      status.textContent = `✓ session of ${device} revoked`;
+    } catch (e) {
+      status.dataset.error = 'true';
+      status.textContent = '✗ ' + e.message;
+    }
+  });
 
   if (signedIn()) start(); else $('login-tenant').focus();
 })();

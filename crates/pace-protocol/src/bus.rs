@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{DeviceId, RoomId};
+use crate::ids::{DeviceId, GroupId, RoomId};
 use crate::notify::Notification;
 
 /// The bus format version this build writes.
@@ -62,6 +62,36 @@ pub enum BusEnvelope {
         /// The `admitted` frame's JSON text.
         frame: String,
     },
+    /// An admin or the service key acted on `device`: the node holding
+    /// its connection applies `action` (no node holds it: nothing to do;
+    /// the change is in the store for its next connection).
+    Device {
+        /// Bus format version ([`BUS_VERSION`]).
+        v: u32,
+        /// Node that accepted the admin's request.
+        origin: String,
+        /// The device.
+        device: DeviceId,
+        /// What to do with its connection.
+        action: DeviceAction,
+    },
+}
+
+/// What a node does to a connected device on an admin's word.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DeviceAction {
+    /// Close the connection with this close code (4004, revoked).
+    Close {
+        /// The close code.
+        code: u16,
+    },
+    /// The groups the device's credential grants are now `groups`: its
+    /// connection leaves the groups it lost and joins the new ones.
+    Groups {
+        /// Every group granted now.
+        groups: Vec<GroupId>,
+    },
 }
 
 #[cfg(test)]
@@ -90,6 +120,29 @@ mod tests {
         let golden = r#"{"type":"notify","v":1,"origin":"node-a","bus_epoch":3,"bus_seq":99,"notification":{"id":"0190f0a0-0000-7000-8000-000000000001","scope":"group","target":"sales","epoch":4,"seq":7,"event":"price","data":{"sku":1},"sent_at_ms":1700000000000}}"#;
         assert_eq!(serde_json::to_string(&env).unwrap(), golden);
         assert_eq!(serde_json::from_str::<BusEnvelope>(golden).unwrap(), env);
+    }
+
+    #[test]
+    fn device_envelope_golden() {
+        let env = BusEnvelope::Device {
+            v: BUS_VERSION,
+            origin: "node-c".into(),
+            device: DeviceId::parse("kiosk-9").unwrap(),
+            action: DeviceAction::Groups {
+                groups: vec![GroupId::parse("acme:ops").unwrap()],
+            },
+        };
+        let golden = r#"{"type":"device","v":1,"origin":"node-c","device":"kiosk-9","action":{"kind":"groups","groups":["acme:ops"]}}"#;
+        assert_eq!(serde_json::to_string(&env).unwrap(), golden);
+        assert_eq!(serde_json::from_str::<BusEnvelope>(golden).unwrap(), env);
+        let close = r#"{"type":"device","v":1,"origin":"n","device":"d","action":{"kind":"close","code":4004}}"#;
+        assert!(matches!(
+            serde_json::from_str::<BusEnvelope>(close).unwrap(),
+            BusEnvelope::Device {
+                action: DeviceAction::Close { code: 4004 },
+                ..
+            }
+        ));
     }
 
     #[test]

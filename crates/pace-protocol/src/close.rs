@@ -42,6 +42,10 @@ impl CloseCode {
     /// could not repair the gap from history: reconnect (with jitter) and
     /// `resume` from the last notification received.
     pub const RESYNC: CloseCode = CloseCode(4003);
+    /// 4004: an admin or the service key revoked this device's credential
+    /// (kick). The device MUST NOT reconnect with the same token: it needs a
+    /// new registration (after an admin forgets the old one).
+    pub const REVOKED: CloseCode = CloseCode(4004);
 
     /// Whether a device SHOULD reconnect (with backoff and jitter) after
     /// receiving this code.
@@ -54,6 +58,7 @@ impl CloseCode {
                 | CloseCode::INVALID_PAYLOAD
                 | CloseCode::POLICY_VIOLATION
                 | CloseCode::MESSAGE_TOO_BIG
+                | CloseCode::REVOKED
         )
     }
 
@@ -73,12 +78,13 @@ impl CloseCode {
             CloseCode::SLOW_CONSUMER => "slow_consumer",
             CloseCode::HEARTBEAT_TIMEOUT => "heartbeat_timeout",
             CloseCode::RESYNC => "resync",
+            CloseCode::REVOKED => "revoked",
             _ => "other",
         }
     }
 
     /// Every code a node may send, for documentation and tests.
-    pub const ALL: [CloseCode; 12] = [
+    pub const ALL: [CloseCode; 13] = [
         CloseCode::NORMAL,
         CloseCode::UNSUPPORTED_DATA,
         CloseCode::INVALID_PAYLOAD,
@@ -91,6 +97,7 @@ impl CloseCode {
         CloseCode::SLOW_CONSUMER,
         CloseCode::HEARTBEAT_TIMEOUT,
         CloseCode::RESYNC,
+        CloseCode::REVOKED,
     ];
 }
 

@@ -83,6 +83,13 @@ pub enum ErrorCode {
     TooManyPlaces,
     /// Handshake: the node is starting (its store not reached yet); retry.
     Starting,
+    /// Frame or HTTP: this principal may not do that here (a group its
+    /// credential does not grant, a room channel without a place in the
+    /// room, a tenant department in a self-registration).
+    NotAllowed,
+    /// Handshake or HTTP: the device token was revoked (kick); register
+    /// again once an admin has forgotten the device.
+    DeviceTokenRevoked,
 }
 
 impl ErrorCode {
@@ -137,6 +144,8 @@ impl ErrorCode {
             ErrorCode::OriginNotAllowed => "origin_not_allowed",
             ErrorCode::TooManyPlaces => "too_many_places",
             ErrorCode::Starting => "starting",
+            ErrorCode::NotAllowed => "not_allowed",
+            ErrorCode::DeviceTokenRevoked => "device_token_revoked",
         }
     }
 }
@@ -212,6 +221,8 @@ mod tests {
             ErrorCode::OriginNotAllowed,
             ErrorCode::TooManyPlaces,
             ErrorCode::Starting,
+            ErrorCode::NotAllowed,
+            ErrorCode::DeviceTokenRevoked,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

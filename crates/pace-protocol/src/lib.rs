@@ -24,7 +24,7 @@ pub mod ids;
 pub mod notify;
 pub mod pow;
 
-pub use bus::BusEnvelope;
+pub use bus::{BusEnvelope, DeviceAction};
 pub use close::CloseCode;
 pub use error::{ErrorBody, ErrorCode};
 pub use frame::{

@@ -55,7 +55,7 @@ pub const MAX_DISPLAY_NAME_CHARS: usize = 200;
 pub const MAX_ORIGINS: usize = 64;
 
 macro_rules! account_id {
-    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $no_colon:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(GroupId);
@@ -73,6 +73,12 @@ macro_rules! account_id {
                         "{} is longer than {} bytes",
                         $what,
                         Self::MAX_LEN
+                    )));
+                }
+                if $no_colon && s.contains(':') {
+                    return Err(AccountError::Invalid(format!(
+                        "{} may not contain ':' (it ends the tenant's part of a group name)",
+                        $what
                     )));
                 }
                 GroupId::parse(s)
@@ -115,15 +121,18 @@ macro_rules! account_id {
 
 account_id!(
     /// A tenant id: the group id rules, so it is safe in URLs, Redis keys
-    /// and log lines without escaping.
+    /// and log lines without escaping, but no `:` — a tenant's groups are
+    /// `<tenant>:<name>`, and the first `:` must say where the tenant ends.
     TenantId,
-    "tenant id"
+    "tenant id",
+    true
 );
 
 account_id!(
     /// An admin user name, unique within its tenant; the group id rules.
     UserName,
-    "user name"
+    "user name",
+    false
 );
 
 /// One tenant.
@@ -590,17 +599,19 @@ pub(crate) mod conformance {
         assert_eq!(kept.password_hash, hash(), "the first password stays");
     }
 
-    /// Ids may contain `:`; `a:b`/`c` and `a`/`b:c` are different accounts.
+    /// User names may contain `:` (tenant ids may not): `a.b`/`c` and
+    /// `a`/`b:c` are different accounts, and no tenant id can end early.
     pub async fn users_belong_to_one_tenant(s: SharedAccountStore) {
-        for t in ["a", "a:b", "other"] {
+        assert!(TenantId::parse("a:b").is_err(), "tenant ids have no ':'");
+        for t in ["a", "a.b", "other"] {
             s.create_tenant(&tenant(t)).await.unwrap();
         }
-        s.create_user(&user("a:b", "c")).await.unwrap();
+        s.create_user(&user("a.b", "c")).await.unwrap();
         let mut bc = user("a", "b:c");
         bc.password_hash = other_hash();
         s.create_user(&bc).await.unwrap();
         assert_eq!(
-            s.user(&tid("a:b"), &uname("c"))
+            s.user(&tid("a.b"), &uname("c"))
                 .await
                 .unwrap()
                 .unwrap()
@@ -617,11 +628,11 @@ pub(crate) mod conformance {
         );
         assert_eq!(s.user(&tid("other"), &uname("c")).await.unwrap(), None);
         assert_eq!(s.users(&tid("other")).await.unwrap(), vec![]);
-        assert_eq!(s.users(&tid("a:b")).await.unwrap().len(), 1);
+        assert_eq!(s.users(&tid("a.b")).await.unwrap().len(), 1);
 
         // Attempts too are per account.
         let w = Duration::from_secs(60);
-        s.count_login_attempt(&tid("a:b"), &uname("c"), w)
+        s.count_login_attempt(&tid("a.b"), &uname("c"), w)
             .await
             .unwrap();
         let a = s

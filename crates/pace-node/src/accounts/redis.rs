@@ -440,8 +440,8 @@ mod tests {
     fn an_accounts_keys_share_the_cluster_slot() {
         let client = Builder::default_centralized().build().unwrap();
         let s = RedisAccountStore::new(client, "pace");
-        let (t, u) = (tid("a:b"), uname("c"));
-        assert_eq!(s.admin_key(&t, &u), "{pace}:admin:a:b/c");
+        let (t, u) = (tid("a.b"), uname("c"));
+        assert_eq!(s.admin_key(&t, &u), "{pace}:admin:a.b/c");
         let slot = fred::util::redis_keyslot(s.tenants_key().as_bytes());
         for key in [
             s.tenant_key(&t),

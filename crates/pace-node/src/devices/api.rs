@@ -1,86 +1,29 @@
-//! `POST /api/v1/devices/register` and the handshake's token check.
+//! `POST /api/v1/devices/register`: new devices and token refreshes.
+//!
+//! The credential check (a refresh's token) is [`crate::auth`]'s; this
+//! handler decides what the registration may say. A self-registration may
+//! name a tenant (its admins then see the device) and an untenanted
+//! department, never a tenant's department: those are granted by the
+//! tenant's admins (`PUT /api/v1/admin/devices/{device}/departments`).
 
 use std::net::IpAddr;
 
-use http::{HeaderMap, Request, StatusCode, header};
+use http::{Request, StatusCode, header};
 use hyper::body::Incoming;
 use pace_protocol::{DeviceId, ErrorCode};
 use serde_json::json;
 
-use super::token::{self, DeviceClaims, DeviceTokenError};
+use super::token::{self, DeviceTokenError};
 use super::{DeviceInfo, DeviceRecord, Registered};
 use crate::admission::unix_now;
 use crate::api::read_json;
+use crate::auth::{DeviceCredential, Principal};
 use crate::error::{ApiError, Body, json_response};
 use crate::node::NodeRef;
 use crate::store::now_ms;
 
 /// Largest registration body.
 const MAX_REGISTER_BODY: usize = 8 * 1024;
-
-/// The query parameter carrying the device token when a proxy strips the
-/// `Authorization` header.
-pub const TOKEN_QUERY: &str = "token";
-
-/// The bearer token of a request, if any.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-/// The device token of a handshake: `Authorization: Bearer`, else the
-/// `token` query parameter.
-pub fn handshake_token<B>(req: &Request<B>) -> Option<String> {
-    if let Some(t) = bearer(req.headers()) {
-        return Some(t.to_owned());
-    }
-    let query = req.uri().query()?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, v)| k == TOKEN_QUERY && !v.is_empty())
-        .map(|(_, v)| v.into_owned())
-}
-
-/// Who a handshake proved to be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identity {
-    /// A token of ours, with its claims.
-    Registered(DeviceClaims),
-    /// A token of the configured external issuer.
-    External,
-    /// No token, accepted only with `--insecure-anonymous-devices`.
-    Anonymous,
-}
-
-/// Checks the handshake's device token against the device id it names.
-pub fn authenticate<B>(
-    node: &NodeRef,
-    req: &Request<B>,
-    device: &DeviceId,
-) -> Result<Identity, ApiError> {
-    let refused = |e: DeviceTokenError| ApiError::new(e.code(), e.to_string());
-    let Some(t) = handshake_token(req) else {
-        if node.config.insecure_anonymous_devices {
-            return Ok(Identity::Anonymous);
-        }
-        return Err(refused(DeviceTokenError::Missing));
-    };
-    match token::authenticate(
-        &node.keys,
-        node.external_issuer.as_deref(),
-        &t,
-        device,
-        unix_now(),
-    ) {
-        Ok(Some(claims)) => Ok(Identity::Registered(claims)),
-        Ok(None) => Ok(Identity::External),
-        Err(e) => Err(refused(e)),
-    }
-}
 
 /// Records, in the background, that a device connected from `ip`.
 pub fn note_seen(node: &NodeRef, device: &DeviceId, ip: IpAddr) {
@@ -97,6 +40,7 @@ pub fn note_seen(node: &NodeRef, device: &DeviceId, ip: IpAddr) {
 pub async fn register(
     node: &NodeRef,
     req: Request<Incoming>,
+    principal: Principal,
     address: IpAddr,
 ) -> Result<http::Response<Body>, ApiError> {
     let count = |result: &str| {
@@ -105,7 +49,6 @@ pub async fn register(
             .with_label_values(&[result])
             .inc()
     };
-    let presented = bearer(req.headers()).map(str::to_owned);
     let info: DeviceInfo = match read_json(req, MAX_REGISTER_BODY).await {
         Ok(i) => i,
         Err(e) => {
@@ -116,6 +59,20 @@ pub async fn register(
     if let Err(e) = info.validate() {
         count("invalid");
         return Err(ApiError::new(ErrorCode::BadRequest, e));
+    }
+    if let Some(d) = &info.department
+        && (crate::auth::grants::group_tenant(d).is_some()
+            || d.as_str()
+                .starts_with(pace_protocol::ids::ROOM_GROUP_PREFIX))
+    {
+        count("invalid");
+        return Err(ApiError::new(
+            ErrorCode::NotAllowed,
+            format!(
+                "a device cannot give itself the group {d}: a tenant's departments are granted by \
+                 its admins (PUT /api/v1/admin/devices/{{device}}/departments)"
+            ),
+        ));
     }
     if let Some(tenant) = &info.tenant {
         let known = match crate::accounts::TenantId::parse(tenant) {
@@ -136,24 +93,39 @@ pub async fn register(
             ));
         }
     }
-    let now = unix_now();
-    // A refresh: the device proves it holds its (possibly expired) token.
-    let current = match &presented {
-        None => None,
-        Some(t) => {
-            let claims = token::verify_own(&node.keys, t, now, true).map_err(|e| {
-                count("invalid");
-                ApiError::new(e.code(), e.to_string())
-            })?;
-            if claims.sub != info.device_id.as_str() {
+    // A refresh: the device proved it holds its (possibly expired) token.
+    let current = match &principal {
+        Principal::Device(d) => {
+            if d.device != info.device_id {
                 count("invalid");
                 return Err(ApiError::new(
                     ErrorCode::DeviceTokenMismatch,
                     DeviceTokenError::Mismatch.to_string(),
                 ));
             }
-            Some(claims.jti)
+            match &d.credential {
+                DeviceCredential::Token { id, .. } => Some(id.clone()),
+                _ => None,
+            }
         }
+        _ => None,
+    };
+    // A token issued after a kick must not fall in the kicked second.
+    let cutoff = node
+        .devices
+        .credential(&info.device_id)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "device registry unavailable");
+            ApiError::new(
+                ErrorCode::StoreUnavailable,
+                "the store is unavailable; retry",
+            )
+        })?
+        .revoked_before;
+    let now = match cutoff {
+        Some(c) => unix_now().max(c + 1),
+        None => unix_now(),
     };
     let (token, claims) = token::issue(&node.keys, &info, now, node.config.device_token_ttl)
         .map_err(|e| {
@@ -162,6 +134,9 @@ pub async fn register(
         })?;
     let at = now_ms();
     let record = DeviceRecord {
+        // A new device's grant: the untenanted department it declared (a
+        // refresh keeps what the registry holds).
+        departments: info.department.iter().cloned().collect(),
         info,
         first_registered_ms: at,
         last_seen_ms: at,

@@ -2,18 +2,22 @@
 //! node restarts; tokens stay valid (they are verified by signature), and
 //! a device whose record is gone registers again as new.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pace_protocol::DeviceId;
+use pace_protocol::{DeviceId, GroupId};
 
-use super::{DeviceRecord, DeviceRegistry, Registered, RegistryError, matches};
+use super::{Credential, DeviceRecord, DeviceRegistry, Registered, RegistryError, matches};
 
 /// The in-memory [`DeviceRegistry`].
 #[derive(Debug, Default)]
 pub struct MemoryDeviceRegistry {
     records: Mutex<BTreeMap<DeviceId, DeviceRecord>>,
+    /// Per kicked device: tokens issued at or before this second are
+    /// revoked, until the entry's time (when the last of them expires).
+    revoked: Mutex<HashMap<DeviceId, (u64, Instant)>>,
 }
 
 impl MemoryDeviceRegistry {
@@ -24,6 +28,18 @@ impl MemoryDeviceRegistry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<DeviceId, DeviceRecord>> {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn revoked_before(&self, device: &DeviceId) -> Option<u64> {
+        let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        match revoked.get(device) {
+            Some((cutoff, until)) if *until > Instant::now() => Some(*cutoff),
+            Some(_) => {
+                revoked.remove(device);
+                None
+            }
+            None => None,
+        }
     }
 }
 
@@ -43,9 +59,11 @@ impl DeviceRegistry for MemoryDeviceRegistry {
             (Some(existing), Some(token)) if existing.token_id == token => {
                 let first = existing.first_registered_ms;
                 let last_ip = existing.last_ip.clone();
+                let departments = std::mem::take(&mut existing.departments);
                 *existing = record.clone();
                 existing.first_registered_ms = first;
                 existing.last_ip = last_ip;
+                existing.departments = departments;
                 Ok(Registered::Refreshed)
             }
             (Some(_), _) => Ok(Registered::Taken),
@@ -78,6 +96,53 @@ impl DeviceRegistry for MemoryDeviceRegistry {
             .cloned()
             .collect())
     }
+
+    async fn credential(&self, device: &DeviceId) -> Result<Credential, RegistryError> {
+        let revoked_before = self.revoked_before(device);
+        Ok(match self.lock().get(device) {
+            Some(r) => Credential {
+                registered: true,
+                tenant: r.info.tenant.clone(),
+                departments: r.departments.clone(),
+                revoked_before,
+            },
+            None => Credential {
+                revoked_before,
+                ..Credential::default()
+            },
+        })
+    }
+
+    async fn set_departments(
+        &self,
+        device: &DeviceId,
+        departments: &[GroupId],
+    ) -> Result<bool, RegistryError> {
+        Ok(match self.lock().get_mut(device) {
+            Some(r) => {
+                r.departments = departments.to_vec();
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn revoke_before(
+        &self,
+        device: &DeviceId,
+        cutoff: u64,
+        ttl: Duration,
+    ) -> Result<(), RegistryError> {
+        let now = Instant::now();
+        let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        revoked.retain(|_, (_, until)| *until > now);
+        revoked.insert(device.clone(), (cutoff, now + ttl));
+        Ok(())
+    }
+
+    async fn forget(&self, device: &DeviceId) -> Result<bool, RegistryError> {
+        Ok(self.lock().remove(device).is_some())
+    }
 }
 
 #[cfg(test)]
@@ -88,5 +153,6 @@ mod tests {
     #[tokio::test]
     async fn conformance_memory() {
         conformance::registers_refreshes_and_lists(&MemoryDeviceRegistry::new()).await;
+        conformance::credentials_departments_and_revocation(&MemoryDeviceRegistry::new()).await;
     }
 }

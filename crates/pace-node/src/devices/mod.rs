@@ -126,6 +126,34 @@ pub struct DeviceRecord {
     /// The id (`jti`) of its current token; never shown to admins.
     #[serde(skip_serializing, default)]
     pub token_id: String,
+    /// The groups its credential grants: the untenanted department it
+    /// declared when it registered, then whatever an admin of its tenant
+    /// (or the service key) set. Kept across refreshes: a device cannot
+    /// grant itself a group by registering again.
+    #[serde(default)]
+    pub departments: Vec<GroupId>,
+}
+
+/// What the handshake and the device routes need of a registered device,
+/// read in one store round trip.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Credential {
+    /// Whether the device has a record (the rest is empty when not).
+    pub registered: bool,
+    /// The tenant it registered with.
+    pub tenant: Option<String>,
+    /// The groups its credential grants ([`DeviceRecord::departments`]).
+    pub departments: Vec<GroupId>,
+    /// The deny-list entry: every token of this device issued at or
+    /// before this Unix second was revoked (kicked).
+    pub revoked_before: Option<u64>,
+}
+
+impl Credential {
+    /// Whether a token issued at `iat` (Unix seconds) is revoked.
+    pub fn revokes(&self, iat: u64) -> bool {
+        self.revoked_before.is_some_and(|cutoff| iat <= cutoff)
+    }
 }
 
 /// How a registration went.
@@ -174,6 +202,33 @@ pub trait DeviceRegistry: Send + Sync + std::fmt::Debug + 'static {
         query: &str,
         limit: usize,
     ) -> Result<Vec<DeviceRecord>, RegistryError>;
+
+    /// The credential facts of `device` (the deny-list entry is read even
+    /// when the device has no record: a kicked device whose record was
+    /// forgotten stays refused with its old tokens).
+    async fn credential(&self, device: &DeviceId) -> Result<Credential, RegistryError>;
+
+    /// Replaces the groups `device`'s credential grants. Returns false
+    /// when it is not registered.
+    async fn set_departments(
+        &self,
+        device: &DeviceId,
+        departments: &[GroupId],
+    ) -> Result<bool, RegistryError>;
+
+    /// Revokes every token of `device` issued at or before `cutoff` (Unix
+    /// seconds): the deny-list entry lives `ttl` (the longest a token
+    /// lives, so it expires with the last token it refuses).
+    async fn revoke_before(
+        &self,
+        device: &DeviceId,
+        cutoff: u64,
+        ttl: std::time::Duration,
+    ) -> Result<(), RegistryError>;
+
+    /// Forgets `device`'s registration, so its id can register anew.
+    /// Returns whether it was registered.
+    async fn forget(&self, device: &DeviceId) -> Result<bool, RegistryError>;
 }
 
 /// A registry shared by the node's tasks.
@@ -201,6 +256,10 @@ pub(crate) fn matches(record: &DeviceRecord, tenant: Option<&str>, query: &str) 
         record.last_ip.as_deref().unwrap_or_default(),
     ];
     hay.iter().any(|h| h.to_lowercase().contains(&q))
+        || record
+            .departments
+            .iter()
+            .any(|g| g.as_str().to_lowercase().contains(&q))
 }
 
 /// The conformance suite every [`DeviceRegistry`] passes.
@@ -225,7 +284,73 @@ pub(crate) mod conformance {
             last_seen_ms: 1_000,
             last_ip: None,
             token_id: token_id.into(),
+            departments: vec![GroupId::parse("sales").unwrap()],
         }
+    }
+
+    /// Departments survive a refresh and change only through
+    /// `set_departments`; the deny-list holds a token id until its time to
+    /// live; a forgotten device can register anew.
+    pub async fn credentials_departments_and_revocation(r: &dyn DeviceRegistry) {
+        let d = DeviceId::parse("cred-a").unwrap();
+        let g = |s: &str| GroupId::parse(s).unwrap();
+        assert_eq!(r.credential(&d).await.unwrap(), Credential::default());
+        let mut a = record("cred-a", Some("acme"), "t1");
+        a.departments = vec![];
+        r.register(&a, None).await.unwrap();
+        assert_eq!(
+            r.credential(&d).await.unwrap(),
+            Credential {
+                registered: true,
+                tenant: Some("acme".into()),
+                departments: vec![],
+                revoked_before: None,
+            }
+        );
+        assert!(
+            r.set_departments(&d, &[g("acme:ops"), g("acme:it")])
+                .await
+                .unwrap()
+        );
+        let mut refreshed = record("cred-a", Some("acme"), "t2");
+        refreshed.departments = vec![g("sales")];
+        assert_eq!(
+            r.register(&refreshed, Some("t1")).await.unwrap(),
+            Registered::Refreshed
+        );
+        assert_eq!(
+            r.credential(&d).await.unwrap().departments,
+            vec![g("acme:ops"), g("acme:it")],
+            "a refresh keeps the granted departments"
+        );
+        assert_eq!(
+            r.get(&d).await.unwrap().unwrap().departments,
+            vec![g("acme:ops"), g("acme:it")]
+        );
+        let ghost = DeviceId::parse("cred-ghost").unwrap();
+        assert!(!r.set_departments(&ghost, &[g("x")]).await.unwrap());
+
+        r.revoke_before(&d, 1_000, std::time::Duration::from_millis(400))
+            .await
+            .unwrap();
+        let cred = r.credential(&d).await.unwrap();
+        assert_eq!(cred.revoked_before, Some(1_000));
+        assert!(cred.revokes(999) && cred.revokes(1_000) && !cred.revokes(1_001));
+        assert!(r.forget(&d).await.unwrap());
+        assert!(!r.forget(&d).await.unwrap());
+        assert_eq!(r.get(&d).await.unwrap(), None);
+        let gone = r.credential(&d).await.unwrap();
+        assert!(
+            !gone.registered && gone.revoked_before == Some(1_000),
+            "the deny-list outlives the record"
+        );
+        assert_eq!(r.register(&a, None).await.unwrap(), Registered::Created);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(
+            r.credential(&d).await.unwrap().revoked_before,
+            None,
+            "deny-list entries expire with the tokens"
+        );
     }
 
     /// Create once; refresh only with the current token id; seen updates

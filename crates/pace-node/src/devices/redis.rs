@@ -2,18 +2,22 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{prefix}:device:<id>` | hash | `record` (the registration, JSON), `token_id`, `first_registered_ms`, `last_seen_ms`, `last_ip` |
+//! | `{prefix}:device:<id>` | hash | `record` (the registration, JSON), `token_id`, `first_registered_ms`, `last_seen_ms`, `last_ip`, `departments` (granted groups, JSON) |
 //! | `{prefix}:devices` | set | every registered device id |
+//! | `{prefix}:revoked:<id>` | string (Unix second), expiring with the last token it refuses | the deny-list: every token of a kicked device issued at or before that second |
 //!
 //! Registration is one Lua script (`register_device.lua`): create if
-//! absent, replace only with the current token id.
+//! absent, replace only with the current token id, keeping the granted
+//! departments. The handshake's read is one script too (`credential.lua`).
 
 use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::scripts::Script;
-use pace_protocol::DeviceId;
+use pace_protocol::{DeviceId, GroupId};
 
-use super::{DeviceInfo, DeviceRecord, DeviceRegistry, Registered, RegistryError, matches};
+use super::{
+    Credential, DeviceInfo, DeviceRecord, DeviceRegistry, Registered, RegistryError, matches,
+};
 
 /// Most devices a listing scans (the registry search is for people, not
 /// for bulk export).
@@ -25,6 +29,9 @@ pub struct RedisDeviceRegistry {
     prefix: String,
     register: Script,
     seen: Script,
+    credential: Script,
+    set_departments: Script,
+    forget: Script,
 }
 
 impl std::fmt::Debug for RedisDeviceRegistry {
@@ -47,7 +54,14 @@ impl RedisDeviceRegistry {
             prefix: prefix.to_owned(),
             register: Script::from_lua(include_str!("register_device.lua")),
             seen: Script::from_lua(include_str!("seen_device.lua")),
+            credential: Script::from_lua(include_str!("credential.lua")),
+            set_departments: Script::from_lua(include_str!("set_departments.lua")),
+            forget: Script::from_lua(include_str!("forget_device.lua")),
         }
+    }
+
+    fn revoked_key(&self, device: &DeviceId) -> String {
+        format!("{{{}}}:revoked:{device}", self.prefix)
     }
 
     fn key(&self, device: &DeviceId) -> String {
@@ -73,8 +87,25 @@ impl RedisDeviceRegistry {
             last_seen_ms: num("last_seen_ms"),
             last_ip: fields.get("last_ip").cloned(),
             token_id: fields.get("token_id").cloned().unwrap_or_default(),
+            departments: parse_departments(fields.get("departments").map(String::as_str)),
         })
     }
+}
+
+/// The `departments` field (a JSON list; unreadable entries are dropped).
+fn parse_departments(json: Option<&str>) -> Vec<GroupId> {
+    let Some(json) = json else {
+        return Vec::new();
+    };
+    serde_json::from_str::<Vec<String>>(json)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|g| GroupId::parse(g).ok())
+        .collect()
+}
+
+fn departments_json(departments: &[GroupId]) -> Result<String, RegistryError> {
+    serde_json::to_string(departments).map_err(|e| RegistryError::Unavailable(e.to_string()))
 }
 
 #[async_trait]
@@ -97,6 +128,7 @@ impl DeviceRegistry for RedisDeviceRegistry {
                     json,
                     record.token_id.clone(),
                     record.last_seen_ms.to_string(),
+                    departments_json(&record.departments)?,
                 ],
             )
             .await
@@ -170,6 +202,75 @@ impl DeviceRegistry for RedisDeviceRegistry {
         }
         Ok(out)
     }
+
+    async fn credential(&self, device: &DeviceId) -> Result<Credential, RegistryError> {
+        let (record, departments, cutoff): (Option<String>, Option<String>, Option<String>) = self
+            .credential
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.key(device), self.revoked_key(device)],
+                Vec::<String>::new(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let info = record.and_then(|r| serde_json::from_str::<DeviceInfo>(&r).ok());
+        Ok(Credential {
+            registered: info.is_some(),
+            tenant: info.and_then(|i| i.tenant),
+            departments: parse_departments(departments.as_deref()),
+            revoked_before: cutoff.and_then(|c| c.parse().ok()),
+        })
+    }
+
+    async fn set_departments(
+        &self,
+        device: &DeviceId,
+        departments: &[GroupId],
+    ) -> Result<bool, RegistryError> {
+        let n: i64 = self
+            .set_departments
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.key(device)],
+                vec![departments_json(departments)?],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    async fn revoke_before(
+        &self,
+        device: &DeviceId,
+        cutoff: u64,
+        ttl: std::time::Duration,
+    ) -> Result<(), RegistryError> {
+        let _: () = self
+            .client
+            .set(
+                self.revoked_key(device),
+                cutoff.to_string(),
+                Some(Expiration::PX(ttl.as_millis().max(1) as i64)),
+                None,
+                false,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn forget(&self, device: &DeviceId) -> Result<bool, RegistryError> {
+        let n: i64 = self
+            .forget
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.key(device), self.index()],
+                vec![device.to_string()],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
 }
 
 #[cfg(test)]
@@ -187,5 +288,6 @@ mod tests {
         client.init().await.unwrap();
         let r = RedisDeviceRegistry::new(client, "devreg");
         conformance::registers_refreshes_and_lists(&r).await;
+        conformance::credentials_departments_and_revocation(&r).await;
     }
 }

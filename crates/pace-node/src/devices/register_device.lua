@@ -6,7 +6,8 @@
 -- ARGV[1]  device id
 -- ARGV[2]  the presented current token id ('' when none)
 -- ARGV[3]  record JSON            ARGV[4]  new token id
--- ARGV[5]  now (ms)
+-- ARGV[5]  now (ms)              ARGV[6]  departments JSON (new devices only:
+--                                 a refresh keeps the granted ones)
 -- Returns 'created', 'refreshed' or 'taken'.
 local current = redis.call('HGET', KEYS[1], 'token_id')
 if current then
@@ -17,6 +18,6 @@ if current then
   return 'refreshed'
 end
 redis.call('HSET', KEYS[1], 'record', ARGV[3], 'token_id', ARGV[4],
-  'first_registered_ms', ARGV[5], 'last_seen_ms', ARGV[5])
+  'first_registered_ms', ARGV[5], 'last_seen_ms', ARGV[5], 'departments', ARGV[6])
 redis.call('SADD', KEYS[2], ARGV[1])
 return 'created'

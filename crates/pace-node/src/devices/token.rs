@@ -135,6 +135,8 @@ pub struct ExternalIssuer {
     keys: HashMap<String, (DecodingKey, Algorithm)>,
     issuer: String,
     audience: String,
+    /// The claim listing the device's groups.
+    groups_claim: String,
 }
 
 impl std::fmt::Debug for ExternalIssuer {
@@ -147,10 +149,34 @@ impl std::fmt::Debug for ExternalIssuer {
     }
 }
 
-/// The claims we read from an external token.
+/// The claims we read from an external token: `sub` and, under the
+/// configured name, the groups.
 #[derive(Deserialize)]
 struct ExternalClaims {
     sub: String,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What an external issuer's token says of a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalDevice {
+    /// The device id (`sub`).
+    pub sub: String,
+    /// Group names from the groups claim (a JSON array of strings, or one
+    /// string separated by spaces or commas), unvalidated.
+    pub groups: Vec<String>,
+    /// Issued at (`iat`), when the token says (for the deny-list).
+    pub iat: Option<u64>,
+}
+
+/// Who a device token proved the device to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// One of our tokens.
+    Ours(DeviceClaims),
+    /// The external issuer's.
+    External(ExternalDevice),
 }
 
 impl ExternalIssuer {
@@ -201,12 +227,19 @@ impl ExternalIssuer {
             keys,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
+            groups_claim: "groups".to_owned(),
         })
     }
 
+    /// Reads the device's groups from `claim` instead of `groups`.
+    pub fn with_groups_claim(mut self, claim: &str) -> ExternalIssuer {
+        self.groups_claim = claim.to_owned();
+        self
+    }
+
     /// Verifies a token of this issuer (key by `kid`, its algorithm only,
-    /// `iss`, `aud`, `exp` with 5 s leeway); returns its `sub`.
-    pub fn verify(&self, token: &str) -> Result<String, DeviceTokenError> {
+    /// `iss`, `aud`, `exp` with 5 s leeway); returns its `sub` and groups.
+    pub fn verify(&self, token: &str) -> Result<ExternalDevice, DeviceTokenError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| DeviceTokenError::Invalid("malformed"))?;
         let kid = header.kid.ok_or(DeviceTokenError::Invalid("no kid"))?;
@@ -225,7 +258,30 @@ impl ExternalIssuer {
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         match jsonwebtoken::decode::<ExternalClaims>(token, key, &validation) {
-            Ok(data) => Ok(data.claims.sub),
+            Ok(data) => {
+                let groups = match data.claims.rest.get(&self.groups_claim) {
+                    Some(serde_json::Value::Array(items)) => items
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect(),
+                    Some(serde_json::Value::String(s)) => s
+                        .split([' ', ','])
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let iat = data
+                    .claims
+                    .rest
+                    .get("iat")
+                    .and_then(serde_json::Value::as_u64);
+                Ok(ExternalDevice {
+                    sub: data.claims.sub,
+                    groups,
+                    iat,
+                })
+            }
             Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
                 Err(DeviceTokenError::Expired)
             }
@@ -236,7 +292,7 @@ impl ExternalIssuer {
     }
 }
 
-/// Checks a handshake's token against the device id it names: ours first,
+/// Checks a device token against the device id it names: ours first,
 /// then the external issuer's.
 pub fn authenticate(
     keys: &KeySet,
@@ -244,7 +300,7 @@ pub fn authenticate(
     token: &str,
     device: &DeviceId,
     now: u64,
-) -> Result<Option<DeviceClaims>, DeviceTokenError> {
+) -> Result<Verified, DeviceTokenError> {
     let is_ours = jsonwebtoken::decode_header(token)
         .ok()
         .is_some_and(|h: Header| h.typ.as_deref() == Some(DEVICE_TOKEN_TYPE));
@@ -253,16 +309,16 @@ pub fn authenticate(
         if claims.sub != device.as_str() {
             return Err(DeviceTokenError::Mismatch);
         }
-        return Ok(Some(claims));
+        return Ok(Verified::Ours(claims));
     }
     let Some(external) = external else {
         return Err(DeviceTokenError::Invalid("unknown issuer"));
     };
-    let sub = external.verify(token)?;
-    if sub != device.as_str() {
+    let found = external.verify(token)?;
+    if found.sub != device.as_str() {
         return Err(DeviceTokenError::Mismatch);
     }
-    Ok(None)
+    Ok(Verified::External(found))
 }
 
 #[cfg(test)]
@@ -294,7 +350,7 @@ mod tests {
         let other = DeviceId::parse("dev-2").unwrap();
         assert_eq!(
             authenticate(&keys, None, &token, &dev, now).unwrap(),
-            Some(claims)
+            Verified::Ours(claims)
         );
         assert_eq!(
             authenticate(&keys, None, &token, &other, now),

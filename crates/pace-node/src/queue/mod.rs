@@ -355,6 +355,15 @@ pub struct Admission {
     pub expires_at_ms: u64,
 }
 
+impl Admission {
+    /// The expiry in whole Unix seconds, rounded up: the admission token's
+    /// `exp`, the `admitted` frame's and the status route's `expires_at`
+    /// are all this one value.
+    pub fn expires_at_secs(&self) -> u64 {
+        self.expires_at_ms.div_ceil(1000)
+    }
+}
+
 /// What [`QueueStore::join`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinOutcome {

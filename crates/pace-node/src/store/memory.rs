@@ -171,6 +171,15 @@ impl Store for MemoryStore {
         Ok(self.generation.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
+    async fn device_action(
+        &self,
+        device: &DeviceId,
+        action: pace_protocol::DeviceAction,
+    ) -> Result<(), StoreError> {
+        self.local.device_action(device, &action);
+        Ok(())
+    }
+
     async fn send_admitted(
         &self,
         room: &RoomId,
@@ -265,6 +274,16 @@ mod tests {
     async fn conformance_admissions() {
         let rec = Arc::new(Recorder::default());
         conformance::admissions_reach_the_device(
+            &MemoryStore::new(rec.clone(), HistoryLimits::default()),
+            &rec,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn conformance_device_actions() {
+        let rec = Arc::new(Recorder::default());
+        conformance::device_actions_reach_the_node(
             &MemoryStore::new(rec.clone(), HistoryLimits::default()),
             &rec,
         )

@@ -16,7 +16,7 @@ pub(crate) mod test_redis;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pace_protocol::{Cursor, DeviceId, EventName, Notification, RoomId, Target};
+use pace_protocol::{Cursor, DeviceAction, DeviceId, EventName, Notification, RoomId, Target};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -140,6 +140,11 @@ pub trait Local: Send + Sync + 'static {
     /// log: every local device must reconnect and resume (4003). Must not
     /// block.
     fn resync_all(&self);
+
+    /// An admin acted on `device`: apply `action` to its connection if it
+    /// is here (close it, or change the groups it may be in). Must not
+    /// block.
+    fn device_action(&self, device: &DeviceId, action: &DeviceAction);
 }
 
 /// One node as listed by `GET /api/v1/cluster`.
@@ -210,6 +215,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// close older connections of the same device.
     async fn connected(&self, device: &DeviceId) -> Result<u64, StoreError>;
 
+    /// Applies `action` to `device`'s connection on whichever node holds
+    /// it (this one included).
+    async fn device_action(
+        &self,
+        device: &DeviceId,
+        action: DeviceAction,
+    ) -> Result<(), StoreError>;
+
     /// Sends an `admitted` frame to `device` on whichever node holds it.
     async fn send_admitted(
         &self,
@@ -274,6 +287,7 @@ pub(crate) mod conformance {
         pub evicted: Mutex<Vec<(DeviceId, u64)>>,
         pub admitted: Mutex<Vec<(RoomId, DeviceId, String)>>,
         pub resyncs: Mutex<usize>,
+        pub actions: Mutex<Vec<(DeviceId, DeviceAction)>>,
     }
 
     impl Local for Recorder {
@@ -294,6 +308,12 @@ pub(crate) mod conformance {
         }
         fn resync_all(&self) {
             *self.resyncs.lock().unwrap() += 1;
+        }
+        fn device_action(&self, device: &DeviceId, action: &DeviceAction) {
+            self.actions
+                .lock()
+                .unwrap()
+                .push((device.clone(), action.clone()));
         }
     }
 
@@ -452,6 +472,23 @@ pub(crate) mod conformance {
             seen.admitted.lock().unwrap().clone(),
             vec![(room, device, "{\"type\":\"admitted\"}".to_owned())]
         );
+    }
+
+    /// A device action reaches the node holding the device.
+    pub async fn device_actions_reach_the_node(store: &dyn Store, seen: &Recorder) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), store.wait_ready())
+            .await
+            .expect("store ready within 10 s");
+        let device = DeviceId::parse("kicked").unwrap();
+        let action = DeviceAction::Close { code: 4004 };
+        store.device_action(&device, action.clone()).await.unwrap();
+        for _ in 0..200 {
+            if !seen.actions.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen.actions.lock().unwrap().clone(), vec![(device, action)]);
     }
 
     /// Connection generations increase, cluster-wide.

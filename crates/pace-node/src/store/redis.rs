@@ -484,6 +484,9 @@ impl BusReader {
                 frame,
                 ..
             }) => self.local.admitted(&room, &device, &frame),
+            Some(BusEnvelope::Device { device, action, .. }) => {
+                self.local.device_action(&device, &action)
+            }
             None => {
                 self.metrics.bus_invalid.inc();
                 tracing::warn!(channel = %msg.channel, "unreadable bus message skipped");
@@ -736,6 +739,28 @@ impl Store for RedisStore {
             .await
     }
 
+    async fn device_action(
+        &self,
+        device: &DeviceId,
+        action: pace_protocol::DeviceAction,
+    ) -> Result<(), StoreError> {
+        self.connected_or_fail()?;
+        let envelope = BusEnvelope::Device {
+            v: BUS_VERSION,
+            origin: self.opts.node_id.clone(),
+            device: device.clone(),
+            action,
+        };
+        let text =
+            serde_json::to_string(&envelope).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let _: i64 = self
+            .client
+            .publish(self.keys.bus.as_str(), text)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+        Ok(())
+    }
+
     async fn send_admitted(
         &self,
         room: &RoomId,
@@ -858,6 +883,7 @@ mod tests {
         conformance::generations_increase(s.as_ref()).await;
         conformance::presence_lists_nodes(s.as_ref()).await;
         conformance::admissions_reach_the_device(s.as_ref(), &rec).await;
+        conformance::device_actions_reach_the_node(s.as_ref(), &rec).await;
     }
 
     #[tokio::test]

@@ -249,22 +249,48 @@ async fn the_admin_feed_streams_the_tenants_rooms_every_second() {
     )
     .await;
 
-    // A wrong or missing token: refused before the upgrade.
+    // A wrong or missing credential: refused before the upgrade; an admin
+    // token is never taken from the URL, not even a valid one.
     assert!(
-        node.try_connect("/admin/ws?token=garbage", &[])
+        node.try_connect("/admin/ws?ticket=garbage", &[])
             .await
             .is_err()
     );
     assert!(node.try_connect("/admin/ws", &[]).await.is_err());
-    let service_key_is_no_admin_token = node
-        .try_connect(&format!("/admin/ws?token={KEY}"), &[])
-        .await;
-    assert!(service_key_is_no_admin_token.is_err());
+    assert!(
+        node.try_connect(&format!("/admin/ws?token={acme}"), &[])
+            .await
+            .is_err(),
+        "an admin token in the query string"
+    );
+    assert_eq!(
+        node.metric(r#"pace_admin_tickets_total{result="token_in_url"}"#)
+            .await,
+        1.0
+    );
+    let (status, _) = call(&node, "POST", "/api/v1/admin/ws-ticket", KEY, Value::Null).await;
+    assert_eq!(status, 401, "the service key is no admin");
 
+    let (status, t) = call(&node, "POST", "/api/v1/admin/ws-ticket", &acme, Value::Null).await;
+    assert_eq!(status, 200, "{t}");
+    let ticket = t["ticket"].as_str().unwrap().to_owned();
+    assert!(t["expires_at"].as_u64().unwrap() <= pace_node::admission::unix_now() + 30);
     let mut ws = node
-        .try_connect(&format!("/admin/ws?token={acme}"), &[])
+        .try_connect(&format!("/admin/ws?ticket={ticket}"), &[])
         .await
         .expect("admin feed");
+    // Used once: the same ticket opens nothing more.
+    assert!(
+        node.try_connect(&format!("/admin/ws?ticket={ticket}"), &[])
+            .await
+            .is_err(),
+        "a reused ticket"
+    );
+    assert_eq!(
+        node.metric(r#"pace_admin_tickets_total{result="reused"}"#)
+            .await,
+        1.0
+    );
     let first = next_json(&mut ws).await;
     assert_eq!(first["type"], "telemetry");
     assert_eq!(first["tenant"], "acme");
@@ -292,6 +318,52 @@ async fn the_admin_feed_streams_the_tenants_rooms_every_second() {
         assert!(started.elapsed() < std::time::Duration::from_secs(4), "{f}");
     }
     assert_eq!(node.metric("pace_admin_feeds_open").await, 1.0);
+}
+
+/// A ticket older than 30 s (signed by the node's own keys) opens nothing.
+#[tokio::test]
+async fn an_expired_admin_feed_ticket_is_refused() {
+    let keys_path = shared_keys();
+    let keys = pace_node::admission::KeySet::load(&keys_path).unwrap();
+    let data = tenants_dir(&["acme"]);
+    let node = TestNode::start_with(|c| {
+        c.data_dir = data;
+        c.keys = Some(keys_path);
+    })
+    .await;
+    let now = pace_node::admission::unix_now();
+    let admin = pace_node::accounts::sign_admin_token(
+        &keys,
+        &pace_node::accounts::TenantId::parse("acme").unwrap(),
+        &pace_node::accounts::UserName::parse("admin").unwrap(),
+        now,
+        std::time::Duration::from_secs(900),
+    )
+    .unwrap()
+    .1;
+    let (_, mut claims) = pace_node::auth::tickets::issue(&keys, &admin, now).unwrap();
+    claims.iat = now - 31;
+    claims.exp = now - 1;
+    let old = keys
+        .sign_claims_typed(&claims, now, pace_node::auth::tickets::TICKET_TYPE)
+        .unwrap();
+    assert!(
+        node.try_connect(&format!("/admin/ws?ticket={old}"), &[])
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        node.metric(r#"pace_admin_tickets_total{result="expired"}"#)
+            .await,
+        1.0
+    );
+    let (fresh, _) = pace_node::auth::tickets::issue(&keys, &admin, now).unwrap();
+    assert!(
+        node.try_connect(&format!("/admin/ws?ticket={fresh}"), &[])
+            .await
+            .is_ok(),
+        "the same admin's fresh ticket opens the feed"
+    );
 }
 
 /// The next text frame of an admin feed, as JSON.

@@ -313,14 +313,24 @@ async fn cors_on_the_device_endpoints_follows_the_lists() {
     assert_eq!(status, 403);
     assert_eq!(acao(&h), None);
 
+    // The status route answers only the device itself (its token).
+    let web_auth = format!(
+        "Bearer {}",
+        register_device(node.addr, &json!({"device_id": "web-cors"})).await
+    );
     let get = |path: &'static str, origin: &'static str| {
         let addr = node.addr;
+        let auth = web_auth.clone();
         async move {
             request(
                 addr,
                 "GET",
                 path,
-                &[("origin", origin), ("x-device-id", "web-1")],
+                &[
+                    ("origin", origin),
+                    ("x-device-id", "web-cors"),
+                    ("authorization", &auth),
+                ],
                 "",
             )
             .await

@@ -505,14 +505,30 @@ async fn the_console_is_labelled_and_shows_nodes_devices_and_refusals() {
             t.contains("not applied") && t.contains("contrast")
         })
         .await;
-    // A department broadcast goes to the tenant's group of that name; a
+    // The console grants a device of the tenant its department; then a
+    // department broadcast goes to the tenant's group of that name; a
     // device broadcast reaches the page.
+    let clerk_token =
+        register_device(node.addr, &json!({"device_id": "clerk", "tenant": "acme"})).await;
+    console.fill("#device-q", "clerk").await;
+    console.click("#device-search button[type=submit]").await;
+    console
+        .wait_text("#devices", UI, |t| t.contains("clerk"))
+        .await;
+    console.click("button[aria-label='Manage clerk']").await;
+    console.fill("#manage-departments", "ops").await;
+    console.click("#set-departments").await;
+    console
+        .wait_text("#manage-status", UI, |t| {
+            t.contains("departments set: clerk")
+        })
+        .await;
+    console
+        .wait_text("#devices", UI, |t| t.contains("acme:ops"))
+        .await;
     let (mut clerk, _) = node
         .connect_with(
-            &format!(
-                "/ws?device_id=clerk&token={}",
-                register_device(node.addr, &json!({"device_id": "clerk"})).await
-            ),
+            &format!("/ws?device_id=clerk&token={clerk_token}"),
             &[("x-department-id", "acme:ops")],
         )
         .await;
@@ -532,6 +548,19 @@ async fn the_console_is_labelled_and_shows_nodes_devices_and_refusals() {
         }
         other => panic!("expected the department's message, got {other:?}"),
     }
+    // Kick from the console: the clerk is closed with 4004 and its token
+    // no longer opens a connection.
+    console.fill("#manage-device", "clerk").await;
+    console.click("#kick-device").await;
+    console
+        .wait_text("#manage-status", UI, |t| t.contains("kicked: clerk"))
+        .await;
+    assert_eq!(close_code(&mut clerk).await, Some(4004));
+    assert!(
+        node.try_connect(&format!("/ws?device_id=clerk&token={clerk_token}"), &[])
+            .await
+            .is_err()
+    );
     console
         .eval("const s = document.getElementById('bc-scope'); s.value = 'device'; s.dispatchEvent(new Event('change')); return true")
         .await;

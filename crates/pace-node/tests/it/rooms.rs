@@ -147,18 +147,23 @@ async fn admission_in_order_with_a_verifiable_token_and_release_frees_the_slot()
         other => panic!("{other:?}"),
     }
 
-    // The target site releases A's session: B is admitted next, then C moves up.
+    // The target site's backend (service key) releases A's session: B is
+    // admitted next, then C moves up; A's token stops verifying.
+    let auth = format!("Bearer {KEY}");
     let (status, body) = http(
         node.addr,
         "POST",
         "/api/v1/sessions/release",
-        &[],
+        &[("authorization", &auth)],
         &json!({"token": adm.token}).to_string(),
     )
     .await
     .unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""released":true"#), "{body}");
+    let v = verify(&node, &adm.token, Some("shop")).await;
+    assert_eq!(v["valid"], false, "{v}");
+    assert_eq!(v["error"], "session_ended", "{v}");
     let adm_b = wait_admitted(&mut b).await;
     assert_eq!(
         verify(&node, &adm_b.token, Some("shop")).await["claims"]["sub"],
@@ -421,11 +426,12 @@ async fn an_expired_session_frees_its_slot_for_the_next_device() {
         started.elapsed()
     );
     // Renewing an ended session is refused.
+    let auth = format!("Bearer {KEY}");
     let (status, body) = http(
         node.addr,
         "POST",
         "/api/v1/sessions/renew",
-        &[],
+        &[("authorization", &auth)],
         &json!({"token": adm.token}).to_string(),
     )
     .await
@@ -462,7 +468,9 @@ async fn verify_refuses_an_expired_token_signed_with_the_right_key() {
     let v = verify(&node, &expired, Some("shop")).await;
     assert_eq!(v["valid"], false, "{v}");
     assert_eq!(v["error"], "expired");
-    // The same key set's fresh token verifies: only the expiry was wrong.
+    // The same key set's fresh token passes the signature and expiry
+    // checks and is refused only because no such session is held: the
+    // verify route asks the queue store too.
     let fresh = keys
         .sign(&pace_node::admission::AdmissionClaims {
             iat: now,
@@ -470,7 +478,12 @@ async fn verify_refuses_an_expired_token_signed_with_the_right_key() {
             ..claims
         })
         .unwrap();
-    assert_eq!(verify(&node, &fresh, Some("shop")).await["valid"], true);
+    let v = verify(&node, &fresh, Some("shop")).await;
+    assert_eq!(
+        (v["valid"].clone(), v["error"].clone()),
+        (json!(false), json!("session_ended")),
+        "{v}"
+    );
 }
 
 /// Joining a room puts the device in the room's channel (`@room:<room>`):

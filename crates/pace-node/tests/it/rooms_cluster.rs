@@ -184,12 +184,13 @@ async fn three_nodes_admit_three_hundred_devices_in_ticket_order_never_past_capa
                 .is_err(),
             "round {round}: more than capacity admitted"
         );
+        let auth = format!("Bearer {KEY}");
         for (_, token) in &batch {
             let (status, _) = http(
                 gw0.addr,
                 "POST",
                 "/api/v1/sessions/release",
-                &[],
+                &[("authorization", &auth)],
                 &json!({"token": token}).to_string(),
             )
             .await

@@ -506,6 +506,10 @@ pub struct Cluster {
     pub redis: TestRedis,
     pub nodes: Vec<NodeProcess>,
     pub gateway: Gateway,
+    /// The nodes' `--redis-prefix` (for `pace-node admin` on their store).
+    pub prefix: String,
+    /// The nodes' key file.
+    pub keys: std::path::PathBuf,
 }
 
 impl Cluster {
@@ -515,8 +519,18 @@ impl Cluster {
 
     /// A cluster over a Redis the test started.
     pub async fn start_on(redis: TestRedis, n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_full(redis, n, extra, true).await
+    }
+
+    /// A cluster whose nodes require device tokens.
+    pub async fn start_secure(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_full(TestRedis::start(), n, extra, false).await
+    }
+
+    async fn start_full(redis: TestRedis, n: usize, extra: &[&str], anonymous: bool) -> Cluster {
         let prefix = format!("t{}", free_port());
-        let keys = shared_keys().display().to_string();
+        let keys_path = shared_keys();
+        let keys = keys_path.display().to_string();
         let mut nodes = Vec::new();
         for i in 0..n {
             let id = format!("node-{i}");
@@ -537,7 +551,11 @@ impl Cluster {
             .collect::<Vec<_>>();
             args.extend(extra.iter().map(|s| s.to_string()));
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            nodes.push(NodeProcess::spawn(&refs));
+            let mut cmd = NodeProcess::command(&refs);
+            if !anonymous {
+                cmd.env("PACE_INSECURE_ANONYMOUS_DEVICES", "false");
+            }
+            nodes.push(NodeProcess::start(cmd));
         }
         for node in &nodes {
             TestNode::external(node.addr).wait_ready().await;
@@ -548,6 +566,8 @@ impl Cluster {
             redis,
             nodes,
             gateway,
+            prefix,
+            keys: keys_path,
         }
     }
 
