@@ -463,6 +463,14 @@ impl ServeArgs {
         {
             return bad(format!("--demo-tenant: {e}"));
         }
+        if let Some(tenant) = &self.device_token_tenant
+            && let Err(e) = crate::accounts::TenantId::parse(tenant)
+        {
+            return bad(format!("--device-token-tenant: {e}"));
+        }
+        if self.device_token_groups_claim.is_empty() {
+            return bad("--device-token-groups-claim must name a claim".into());
+        }
         if self.device_token_ttl < Duration::from_secs(60) {
             return bad("--device-token-ttl must be at least 1m".into());
         }

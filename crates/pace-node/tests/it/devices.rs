@@ -301,14 +301,34 @@ async fn an_enterprise_issuer_is_trusted_for_its_own_tokens_only() {
         c.device_token_jwks = Some(jwks.clone());
         c.device_token_issuer = Some("https://idp.acme.example".into());
         c.device_token_audience = Some("pace".into());
+        c.device_token_tenant = Some("acme".into());
+        c.device_token_groups_claim = "departments".into();
     })
     .await;
     let now = unix_now();
     let sign = |claims: Value| enterprise.sign_claims(&claims, now).unwrap();
     let good = sign(json!({"iss": "https://idp.acme.example", "aud": "pace",
-        "sub": "corp-laptop-1", "iat": now, "exp": now + 600}));
-    node.connect_with(&format!("/ws?device_id=corp-laptop-1&token={good}"), &[])
+        "sub": "corp-laptop-1", "iat": now, "exp": now + 600,
+        "departments": ["finance", "globex:ops"]}));
+    // The groups claim grants the device its departments, within the
+    // issuer's tenant: `finance` is acme:finance; another tenant's group
+    // is never granted.
+    let (mut ws, welcome) = node
+        .connect_with(
+            &format!("/ws?device_id=corp-laptop-1&token={good}"),
+            &[("x-department-id", "acme:finance,globex:ops")],
+        )
         .await;
+    let joined: Vec<String> = welcome.groups.iter().map(|g| g.to_string()).collect();
+    assert_eq!(joined, ["acme:finance"]);
+    match next_frame(&mut ws).await {
+        pace_protocol::ServerFrame::Error { code, message } => {
+            assert_eq!(code, pace_protocol::ErrorCode::NotAllowed);
+            assert!(message.contains("globex:ops"), "{message}");
+        }
+        other => panic!("expected not_allowed for globex:ops, got {other:?}"),
+    }
+    drop(ws);
     let cases = [
         (
             "another device",
