@@ -141,14 +141,6 @@ fn no_device(raw: &str) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("no device {raw}"))
 }
 
-fn registry_down(e: impl std::fmt::Display) -> ApiError {
-    tracing::warn!(error = %e, "device registry unavailable");
-    ApiError::new(
-        ErrorCode::StoreUnavailable,
-        "the store is unavailable; retry",
-    )
-}
-
 /// The registered device `raw`, if `principal` may manage it; 404 (as for
 /// an unknown device) otherwise.
 async fn managed(
@@ -160,8 +152,7 @@ async fn managed(
     let record = node
         .devices
         .get(&device)
-        .await
-        .map_err(registry_down)?
+        .await?
         .ok_or_else(|| no_device(raw))?;
     if crate::auth::may_manage_device(principal, &record) {
         Ok(record)
@@ -219,12 +210,7 @@ async fn departments(
         }
     }
     let device = record.info.device_id.clone();
-    if !node
-        .devices
-        .set_departments(&device, &groups)
-        .await
-        .map_err(registry_down)?
-    {
+    if !node.devices.set_departments(&device, &groups).await? {
         return Err(no_device(raw));
     }
     node.metrics
@@ -275,10 +261,7 @@ async fn kick(
     let cutoff = crate::admission::unix_now();
     // The longest any of its tokens lives, plus the clock leeway.
     let ttl = node.config.device_token_ttl + std::time::Duration::from_secs(60);
-    node.devices
-        .revoke_before(&device, cutoff, ttl)
-        .await
-        .map_err(registry_down)?;
+    node.devices.revoke_before(&device, cutoff, ttl).await?;
     tell_node(
         node,
         &device,
@@ -295,8 +278,19 @@ async fn kick(
     ))
 }
 
-/// `DELETE /api/v1/admin/devices/{device}`: forgets the registration (the
-/// id can register anew; revoked tokens stay refused).
+/// Revokes every token `device` holds now (the deny-list covers tokens
+/// issued up to this second, for as long as our tokens live, plus the
+/// clock leeway); returns the cutoff.
+async fn revoke_tokens(node: &NodeRef, device: &DeviceId) -> Result<u64, ApiError> {
+    let cutoff = crate::admission::unix_now();
+    let ttl = node.config.device_token_ttl + std::time::Duration::from_secs(60);
+    node.devices.revoke_before(device, cutoff, ttl).await?;
+    Ok(cutoff)
+}
+
+/// `DELETE /api/v1/admin/devices/{device}`: forgets the registration, so
+/// the id can register anew. Its tokens are revoked first: whoever
+/// registers the id next is the only one holding a valid token for it.
 async fn forget(
     node: &NodeRef,
     principal: &Principal,
@@ -304,7 +298,8 @@ async fn forget(
 ) -> Result<http::Response<Body>, ApiError> {
     let record = managed(node, principal, raw).await?;
     let device = record.info.device_id;
-    let forgotten = node.devices.forget(&device).await.map_err(registry_down)?;
+    revoke_tokens(node, &device).await?;
+    let forgotten = node.devices.forget(&device).await?;
     tracing::info!(%device, "device registration forgotten");
     Ok(json_response(
         StatusCode::OK,
@@ -435,14 +430,7 @@ async fn devices(
     let records = node
         .devices
         .list(Some(claims.tenant.as_str()), &query, limit)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "device registry unavailable");
-            ApiError::new(
-                ErrorCode::StoreUnavailable,
-                "the store is unavailable; retry",
-            )
-        })?;
+        .await?;
     Ok(json_response(StatusCode::OK, &json!({"devices": records})))
 }
 
@@ -503,13 +491,7 @@ pub async fn notify_scope_allowed(
             }
         }
         Target::Device(d) => {
-            let record = node.devices.get(d).await.map_err(|e| {
-                tracing::warn!(error = %e, "device registry unavailable");
-                ApiError::new(
-                    ErrorCode::StoreUnavailable,
-                    "the store is unavailable; retry",
-                )
-            })?;
+            let record = node.devices.get(d).await?;
             match record {
                 Some(r) if r.info.tenant.as_deref() == Some(claims.tenant.as_str()) => Ok(()),
                 _ => Err(ApiError::new(ErrorCode::NotFound, format!("no device {d}"))),

@@ -33,7 +33,7 @@ pub async fn handle(node: NodeRef, req: Request<Incoming>, peer: SocketAddr) -> 
                 spec.route.label(),
                 serve(&node, spec, params, req, peer).await,
             ),
-            routes::Resolved::MethodNotAllowed(allow) => ("other", Err(method_not_allowed(&allow))),
+            routes::Resolved::MethodNotAllowed(allow) => ("other", Ok(method_not_allowed(&allow))),
             routes::Resolved::NotFound => (
                 "other",
                 Err(ApiError::new(ErrorCode::NotFound, "no such route")),
@@ -56,15 +56,22 @@ pub async fn handle(node: NodeRef, req: Request<Incoming>, peer: SocketAddr) -> 
     resp
 }
 
-fn method_not_allowed(allow: &[Method]) -> ApiError {
-    let list: Vec<&str> = allow.iter().map(Method::as_str).collect();
-    ApiError::new(
+/// 405, with the path's methods in `Allow` (and the message).
+fn method_not_allowed(allow: &[Method]) -> Response<Body> {
+    let list = allow
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut resp = ApiError::new(
         ErrorCode::MethodNotAllowed,
-        format!(
-            "method not allowed on this path (allowed: {})",
-            list.join(", ")
-        ),
+        format!("method not allowed on this path (allowed: {list})"),
     )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&list) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
 }
 
 /// Authorizes the request by its route's rule, then calls the handler

@@ -65,6 +65,18 @@ impl ApiError {
     }
 }
 
+/// A device registry failure is a retryable `store_unavailable` for the
+/// client; the details go to the log only.
+impl From<crate::devices::RegistryError> for ApiError {
+    fn from(e: crate::devices::RegistryError) -> ApiError {
+        tracing::warn!(error = %e, "device registry unavailable");
+        ApiError::new(
+            ErrorCode::StoreUnavailable,
+            "the store is unavailable; retry",
+        )
+    }
+}
+
 /// The HTTP status each error code is answered with.
 fn status_of(code: ErrorCode) -> StatusCode {
     match code {

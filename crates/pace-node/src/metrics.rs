@@ -104,8 +104,8 @@ pub struct Metrics {
     pub groups_refused: IntCounterVec,
     /// Revocations by admins or the service key, by kind (`kick`: a
     /// device's tokens revoked and its connection closed; `session`: an
-    /// admitted session ended), and connected devices whose groups an
-    /// admin changed (`departments`).
+    /// admitted session ended; `departments`: a device's granted groups
+    /// replaced).
     pub revocations: IntCounterVec,
     /// Event names seen so far, to cap label cardinality.
     events_seen: Arc<Mutex<HashSet<String>>>,

@@ -87,7 +87,8 @@ pub enum DeviceAction {
         code: u16,
     },
     /// The groups the device's credential grants are now `groups`: its
-    /// connection leaves the groups it lost and joins the new ones.
+    /// connection leaves the groups it lost (and may ask for the new
+    /// ones).
     Groups {
         /// Every group granted now.
         groups: Vec<GroupId>,

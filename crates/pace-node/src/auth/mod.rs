@@ -191,7 +191,7 @@ fn unauthorized(message: &str) -> ApiError {
 }
 
 fn store_unavailable(e: impl std::fmt::Display) -> ApiError {
-    tracing::warn!(error = %e, "device registry unavailable for a credential check");
+    tracing::warn!(error = %e, "store unavailable for a feed ticket");
     ApiError::new(
         ErrorCode::StoreUnavailable,
         "the store is unavailable; retry",
@@ -301,17 +301,15 @@ pub async fn authenticate_device(
         None if node.config.insecure_anonymous_devices => None,
         None => return Err(refused(DeviceTokenError::Missing)),
     };
-    let cred = node
-        .devices
-        .credential(&device)
-        .await
-        .map_err(store_unavailable)?;
+    let cred = node.devices.credential(&device).await?;
     match verified {
-        // Even an insecure node keeps a registered device's id its own.
+        // Even an insecure node keeps a registered device's id its own,
+        // and a kicked one out.
         None if cred.registered => Err(ApiError::new(
             ErrorCode::MissingDeviceToken,
             "this device id is registered: send its device token",
         )),
+        None if cred.revoked_before.is_some() => Err(revoked_error()),
         None => Ok(DevicePrincipal {
             device,
             credential: DeviceCredential::Anonymous,
@@ -403,11 +401,7 @@ async fn registration(node: &NodeRef, headers: &HeaderMap) -> Result<Principal, 
             "device token names no valid device",
         )
     })?;
-    let cred = node
-        .devices
-        .credential(&device)
-        .await
-        .map_err(store_unavailable)?;
+    let cred = node.devices.credential(&device).await?;
     ours(device, claims, cred).map(Principal::Device)
 }
 

@@ -114,14 +114,7 @@ pub async fn register(
     let cutoff = node
         .devices
         .credential(&info.device_id)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "device registry unavailable");
-            ApiError::new(
-                ErrorCode::StoreUnavailable,
-                "the store is unavailable; retry",
-            )
-        })?
+        .await?
         .revoked_before;
     let now = match cutoff {
         Some(c) => unix_now().max(c + 1),
@@ -143,17 +136,7 @@ pub async fn register(
         last_ip: Some(address.to_string()),
         token_id: claims.jti.clone(),
     };
-    let outcome = node
-        .devices
-        .register(&record, current.as_deref())
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "device registry unavailable");
-            ApiError::new(
-                ErrorCode::StoreUnavailable,
-                "the store is unavailable; retry",
-            )
-        })?;
+    let outcome = node.devices.register(&record, current.as_deref()).await?;
     let status = match outcome {
         Registered::Created => StatusCode::CREATED,
         Registered::Refreshed => StatusCode::OK,

@@ -133,6 +133,9 @@ impl DeviceRegistry for MemoryDeviceRegistry {
         cutoff: u64,
         ttl: Duration,
     ) -> Result<(), RegistryError> {
+        if let Some(r) = self.lock().get_mut(device) {
+            r.token_id.clear();
+        }
         let now = Instant::now();
         let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
         revoked.retain(|_, (_, until)| *until > now);

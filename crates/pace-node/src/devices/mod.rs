@@ -218,7 +218,9 @@ pub trait DeviceRegistry: Send + Sync + std::fmt::Debug + 'static {
 
     /// Revokes every token of `device` issued at or before `cutoff` (Unix
     /// seconds): the deny-list entry lives `ttl` (the longest a token
-    /// lives, so it expires with the last token it refuses).
+    /// lives, so it expires with the last token it refuses), and the
+    /// record's current token id is cleared, so no old token can refresh
+    /// even after the entry is gone.
     async fn revoke_before(
         &self,
         device: &DeviceId,
@@ -333,6 +335,12 @@ pub(crate) mod conformance {
         r.revoke_before(&d, 1_000, std::time::Duration::from_millis(400))
             .await
             .unwrap();
+        let again = record("cred-a", Some("acme"), "t3");
+        assert_eq!(
+            r.register(&again, Some("t2")).await.unwrap(),
+            Registered::Taken,
+            "a revoked token never refreshes"
+        );
         let cred = r.credential(&d).await.unwrap();
         assert_eq!(cred.revoked_before, Some(1_000));
         assert!(cred.revokes(999) && cred.revokes(1_000) && !cred.revokes(1_001));

@@ -32,6 +32,7 @@ pub struct RedisDeviceRegistry {
     credential: Script,
     set_departments: Script,
     forget: Script,
+    revoke: Script,
 }
 
 impl std::fmt::Debug for RedisDeviceRegistry {
@@ -57,6 +58,7 @@ impl RedisDeviceRegistry {
             credential: Script::from_lua(include_str!("credential.lua")),
             set_departments: Script::from_lua(include_str!("set_departments.lua")),
             forget: Script::from_lua(include_str!("forget_device.lua")),
+            revoke: Script::from_lua(include_str!("revoke_device.lua")),
         }
     }
 
@@ -245,14 +247,12 @@ impl DeviceRegistry for RedisDeviceRegistry {
         cutoff: u64,
         ttl: std::time::Duration,
     ) -> Result<(), RegistryError> {
-        let _: () = self
-            .client
-            .set(
-                self.revoked_key(device),
-                cutoff.to_string(),
-                Some(Expiration::PX(ttl.as_millis().max(1) as i64)),
-                None,
-                false,
+        let _: i64 = self
+            .revoke
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.revoked_key(device), self.key(device)],
+                vec![cutoff.to_string(), ttl.as_millis().max(1).to_string()],
             )
             .await
             .map_err(unavailable)?;

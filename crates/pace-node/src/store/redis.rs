@@ -258,6 +258,20 @@ impl RedisStore {
         }
     }
 
+    /// Publishes an envelope that needs no sequence number (admissions,
+    /// device actions) on the cluster channel.
+    async fn publish_envelope(&self, envelope: &BusEnvelope) -> Result<(), StoreError> {
+        self.connected_or_fail()?;
+        let text =
+            serde_json::to_string(envelope).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let _: i64 = self
+            .client
+            .publish(self.keys.bus.as_str(), text)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+        Ok(())
+    }
+
     /// Runs the increment-and-publish script on `message`, whose JSON
     /// field `field` holds [`PLACEHOLDER`]: the script writes the new
     /// counter value there. Returns the counter value.
@@ -744,21 +758,13 @@ impl Store for RedisStore {
         device: &DeviceId,
         action: pace_protocol::DeviceAction,
     ) -> Result<(), StoreError> {
-        self.connected_or_fail()?;
-        let envelope = BusEnvelope::Device {
+        self.publish_envelope(&BusEnvelope::Device {
             v: BUS_VERSION,
             origin: self.opts.node_id.clone(),
             device: device.clone(),
             action,
-        };
-        let text =
-            serde_json::to_string(&envelope).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let _: i64 = self
-            .client
-            .publish(self.keys.bus.as_str(), text)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
-        Ok(())
+        })
+        .await
     }
 
     async fn send_admitted(
@@ -767,22 +773,14 @@ impl Store for RedisStore {
         device: &DeviceId,
         frame: &str,
     ) -> Result<(), StoreError> {
-        self.connected_or_fail()?;
-        let envelope = BusEnvelope::Admitted {
+        self.publish_envelope(&BusEnvelope::Admitted {
             v: BUS_VERSION,
             origin: self.opts.node_id.clone(),
             room: room.clone(),
             device: device.clone(),
             frame: frame.to_owned(),
-        };
-        let text =
-            serde_json::to_string(&envelope).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let _: i64 = self
-            .client
-            .publish(self.keys.bus.as_str(), text)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
-        Ok(())
+        })
+        .await
     }
 
     async fn heartbeat(&self, info: &NodeInfo) -> Result<(), StoreError> {

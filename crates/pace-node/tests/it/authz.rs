@@ -526,3 +526,20 @@ fn the_security_doc_shows_the_same_matrix() {
         "docs/security.md's matrix differs from the test's"
     );
 }
+
+/// A path that exists for other methods answers 405 with them in `Allow`;
+/// any other path 404, before any credential is asked for.
+#[tokio::test]
+async fn other_methods_get_405_with_allow_and_unknown_paths_404() {
+    let node = TestNode::start().await;
+    let (status, headers, body) = http_full(node.addr, "POST", "/api/v1/rooms/sale", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(headers["allow"], "PUT, GET");
+    let (status, _, body) = http_full(node.addr, "GET", "/api/v1/admin/nothing-here", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("not_found"), "{body}");
+}

@@ -97,6 +97,21 @@ async fn the_status_gives_an_admission_only_to_its_own_device() {
     );
 }
 
+/// An admin's `memo` notification to `group` through `node`; asserts 202.
+async fn group_memo(node: &TestNode, admin: &str, group: &str, text: &str) {
+    let body = json!({"scope": "group", "target": group, "event": "memo", "data": {"text": text}});
+    let (status, answer) = call(
+        node.addr,
+        "POST",
+        "/api/v1/notify",
+        Some(admin),
+        &[],
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+}
+
 /// Tenants acme and globex in the store of `cluster`, each with admin
 /// `admin`.
 fn cluster_tenants(cluster: &Cluster) {
@@ -228,30 +243,8 @@ async fn isolation(entry: &TestNode, admin_entry: &TestNode) {
     }
     // A broadcast already in acme:finance's history: a resume cursor does
     // not replay it to mallory.
-    let notify = |target: &str, text: &str| {
-        json!({"scope": "group", "target": target, "event": "memo", "data": {"text": text}})
-            .to_string()
-    };
-    let (status, body) = call(
-        admin_entry.addr,
-        "POST",
-        "/api/v1/notify",
-        Some(&acme),
-        &[],
-        &notify("acme:finance", "payroll"),
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
-    let (status, body) = call(
-        admin_entry.addr,
-        "POST",
-        "/api/v1/notify",
-        Some(&acme),
-        &[],
-        &notify("@room:sale", "room news"),
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
+    group_memo(admin_entry, &acme, "acme:finance", "payroll").await;
+    group_memo(admin_entry, &acme, "@room:sale", "room news").await;
     send_text(
         &mut bad,
         r#"{"type":"resume","cursors":[{"scope":"group","target":"acme:finance","epoch":0,"seq":0},{"scope":"group","target":"@room:sale","epoch":0,"seq":0}]}"#,
@@ -272,16 +265,7 @@ async fn isolation(entry: &TestNode, admin_entry: &TestNode) {
     // The department's member got the broadcast; mallory never does.
     let got = frames_within(&mut good, Duration::from_millis(800)).await;
     assert_eq!(notifications(&got), vec![json!({"text": "payroll"})]);
-    let (status, _) = call(
-        admin_entry.addr,
-        "POST",
-        "/api/v1/notify",
-        Some(&acme),
-        &[],
-        &notify("acme:finance", "bonus"),
-    )
-    .await;
-    assert_eq!(status, 202);
+    group_memo(admin_entry, &acme, "acme:finance", "bonus").await;
     let got = frames_within(&mut good, Duration::from_millis(800)).await;
     assert_eq!(notifications(&got), vec![json!({"text": "bonus"})]);
     let got = frames_within(&mut bad, Duration::from_millis(300)).await;
@@ -355,23 +339,8 @@ async fn a_department_change_reaches_a_connected_device_within_a_second() {
         )
         .await;
     assert_eq!(welcome.groups.len(), 1);
-    let send = |text: &'static str| {
-        let (addr, acme) = (cluster.node(0).addr, acme.clone());
-        async move {
-            let body = json!({"scope": "group", "target": "acme:ops", "event": "memo", "data": {"text": text}});
-            let (status, _) = call(
-                addr,
-                "POST",
-                "/api/v1/notify",
-                Some(&acme),
-                &[],
-                &body.to_string(),
-            )
-            .await;
-            assert_eq!(status, 202);
-        }
-    };
-    send("before").await;
+    let sender = cluster.node(0);
+    group_memo(&sender, &acme, "acme:ops", "before").await;
     assert_eq!(
         notifications(&frames_within(&mut ws, Duration::from_millis(800)).await),
         vec![json!({"text": "before"})]
@@ -379,7 +348,7 @@ async fn a_department_change_reaches_a_connected_device_within_a_second() {
     // Moved from ops to finance by an admin on another node.
     grant(r#"["finance"]"#).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    send("after").await;
+    group_memo(&sender, &acme, "acme:ops", "after").await;
     let got = frames_within(&mut ws, Duration::from_millis(800)).await;
     assert!(
         notifications(&got).is_empty(),
@@ -563,5 +532,55 @@ async fn a_revoked_admission_stops_verifying_and_its_slot_goes_to_the_next_devic
             .metric(r#"pace_revocations_total{kind="session"}"#)
             .await,
         1.0
+    );
+}
+
+/// Forgetting a registration revokes its tokens: whoever registers the id
+/// next is the only one with a valid token for it. On an insecure node a
+/// kicked tokenless device stays out too.
+#[tokio::test]
+async fn forgetting_a_device_revokes_its_tokens_and_a_kick_holds_on_insecure_nodes() {
+    let w = World::new().await;
+    let addr = w.node.addr;
+    let (status, body) = call(
+        addr,
+        "DELETE",
+        "/api/v1/admin/devices/D",
+        Some(&w.adm_acme),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let fresh = register_device(addr, &json!({"device_id": "D", "tenant": "acme"})).await;
+    assert!(
+        w.node
+            .try_connect(&format!("/ws?device_id=D&token={}", w.dev_d), &[])
+            .await
+            .is_err(),
+        "the old token died with the registration"
+    );
+    w.node
+        .connect_with(&format!("/ws?device_id=D&token={fresh}"), &[])
+        .await;
+
+    let insecure = TestNode::start().await;
+    let (mut ws, _) = insecure.connect("walk-in").await;
+    let (status, body) = call(
+        insecure.addr,
+        "POST",
+        "/api/v1/admin/devices/walk-in/kick",
+        Some(KEY),
+        &[],
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(close_code(&mut ws).await, Some(4004));
+    assert!(
+        insecure
+            .try_connect("/ws?device_id=walk-in", &[])
+            .await
+            .is_err()
     );
 }
