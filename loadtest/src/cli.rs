@@ -112,6 +112,25 @@ pub struct FleetArgs {
     )]
     pub node_pids: Vec<u32>,
 
+    /// Register every device first (`POST /api/v1/devices/register` on its
+    /// target) and connect it with its device token (`Authorization:
+    /// Bearer`), as a node without --insecure-anonymous-devices requires.
+    /// Registration runs before the connect phase and counts in neither its
+    /// rate nor its latency; a device whose registration fails is not
+    /// connected and is reported as `register_failed`.
+    #[arg(long, env = "PACE_LOADTEST_REGISTER")]
+    pub register: bool,
+
+    /// With --register: registrations in flight at most, over all workers.
+    #[arg(long, default_value_t = 64, env = "PACE_LOADTEST_REGISTER_CONCURRENCY")]
+    pub register_concurrency: usize,
+
+    /// With --register: seconds the whole registration phase may take (one
+    /// request may take --connect-timeout); devices not registered by then
+    /// count as `register_failed`.
+    #[arg(long, default_value_t = 120.0, env = "PACE_LOADTEST_REGISTER_TIMEOUT")]
+    pub register_timeout: f64,
+
     /// Device ids are PREFIX-RUN-INDEX.
     #[arg(long, default_value = "lt", env = "PACE_LOADTEST_DEVICE_PREFIX")]
     pub device_prefix: String,
@@ -444,6 +463,26 @@ mod tests {
         assert_eq!(h.fleet.node_pids, vec![5, 6]);
         assert_eq!(h.hold_secs, 1.5);
         assert_eq!(h.fleet.devices, 10);
+    }
+
+    #[test]
+    fn register_is_a_fleet_option() {
+        let cli = Cli::try_parse_from([
+            "pace-loadtest",
+            "hold",
+            "--target",
+            "http://127.0.0.1:1",
+            "--register",
+            "--register-concurrency",
+            "8",
+        ])
+        .unwrap();
+        let Command::Hold(h) = cli.command else {
+            panic!("not hold")
+        };
+        assert!(h.fleet.register);
+        assert_eq!(h.fleet.register_concurrency, 8);
+        assert_eq!(h.fleet.register_timeout, 120.0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The phase every scenario starts with: check the targets are ready, read
-//! node memory, connect the devices through the worker processes, let things
-//! settle, read node memory again.
+//! node memory, (with `--register`, have the workers register every device
+//! and read node memory again), connect the devices through the worker
+//! processes, let things settle, read node memory again.
 //!
 //! What it returns — the running [`Fleet`] and the connect and memory parts
 //! of the report — is what the scenario then builds on.
@@ -13,15 +14,19 @@ use crate::cli::FleetArgs;
 use crate::clock::unix_micros;
 use crate::fleet::{self, Fleet, Plan};
 use crate::http::Http;
-use crate::ipc::{SurgeSpec, WorkerSpec};
+use crate::ipc::{RegisterSpec, SurgeSpec, WorkerCommand, WorkerSpec};
 use crate::nodes::{self, NodeProbe};
 use crate::procstat;
-use crate::report::{ConnectReport, MemoryReport, per_device_kib};
+use crate::report::{ConnectReport, MemoryReport, RegisterReport, per_device_kib};
 use crate::stats::Summary;
 use crate::target::{self, Target};
 
 /// Slack added to every computed deadline.
 const SLACK: Duration = Duration::from_secs(30);
+
+/// With `--register`: between the go and the connect phase's start, so
+/// that every worker has read the command and all start together.
+const CONNECT_START_DELAY: Duration = Duration::from_millis(100);
 
 /// A connected fleet and what was measured on the way.
 #[derive(Debug)]
@@ -53,6 +58,8 @@ pub struct RunFacts {
     pub processes: usize,
     /// Source addresses used.
     pub source_ips: Vec<String>,
+    /// Registration part of the report (`--register`).
+    pub register: Option<RegisterReport>,
     /// Connect part of the report.
     pub connect: ConnectReport,
     /// Memory part of the report.
@@ -118,6 +125,9 @@ pub async fn connect_with(
     if args.connect_rate.is_nan() || args.connect_rate <= 0.0 {
         bail!("--connect-rate must be positive");
     }
+    if args.register && (args.register_timeout.is_nan() || args.register_timeout <= 0.0) {
+        bail!("--register-timeout must be positive");
+    }
     let source_ips = if args.no_source_ip {
         Vec::new()
     } else if args.source_ips.is_empty() {
@@ -139,11 +149,17 @@ pub async fn connect_with(
     let http = Http::new();
     nodes::wait_ready(&http, &targets, secs(args.ready_timeout)).await?;
     let probe = NodeProbe::new(args.node_pids.clone(), targets.clone(), http.clone());
-    let before_bytes = probe.rss().await;
+    let mut before_bytes = probe.rss().await;
 
     let connect_timeout = secs(args.connect_timeout);
     let connect_budget = secs(args.devices as f64 / args.connect_rate) + connect_timeout + SLACK;
-    let worker_deadline = connect_budget + secs(args.settle) + scenario_time + SLACK;
+    let register_budget = if args.register {
+        secs(args.register_timeout) + SLACK
+    } else {
+        Duration::ZERO
+    };
+    let worker_deadline =
+        register_budget + connect_budget + secs(args.settle) + scenario_time + SLACK;
     let plan = Plan {
         processes,
         devices: args.devices,
@@ -162,6 +178,11 @@ pub async fn connect_with(
             progress_interval_ms: 100,
             deadline_ms: worker_deadline.as_millis() as u64,
             surge: surge.map(|s| SurgeSpec { processes, ..s }),
+            register: args.register.then(|| RegisterSpec {
+                concurrency: args.register_concurrency.max(1),
+                request_timeout_ms: connect_timeout.as_millis() as u64,
+                phase_timeout_ms: secs(args.register_timeout).as_millis() as u64,
+            }),
         },
     };
     eprintln!(
@@ -170,8 +191,47 @@ pub async fn connect_with(
         targets.len(),
         args.connect_rate
     );
-    let overflows_before = procstat::listen_overflows();
     let mut fleet = Fleet::launch(&plan).await.context("launching workers")?;
+    let register = if args.register {
+        eprintln!(
+            "registering {} devices ({} in flight at most)",
+            args.devices, args.register_concurrency
+        );
+        let mut reg = fleet.wait_registered(register_budget, args.devices).await?;
+        // Node memory from here on is the connections' (the registry's
+        // records are reported with the registration).
+        let registered_bytes = probe.rss().await;
+        let duration_s = reg.last_done_us.saturating_sub(reg.first_attempt_us) as f64 / 1e6;
+        let register_failed: u64 = reg.failures.values().sum();
+        let report = RegisterReport {
+            registered: reg.ok,
+            register_failed,
+            failures: reg.failures.clone(),
+            duration_s,
+            rate_per_s: if duration_s > 0.0 {
+                reg.ok as f64 / duration_s
+            } else {
+                0.0
+            },
+            latency_ms: Summary::from_micros(&mut reg.register_us),
+            rss_per_device_kib: per_device_kib(&before_bytes, &registered_bytes, reg.ok),
+        };
+        eprintln!(
+            "registered {}/{} ({register_failed} register_failed) in {duration_s:.2} s; connecting",
+            reg.ok, args.devices
+        );
+        before_bytes = registered_bytes;
+        Some(report)
+    } else {
+        None
+    };
+    let overflows_before = procstat::listen_overflows();
+    if args.register {
+        let start_at_us = unix_micros() + CONNECT_START_DELAY.as_micros() as u64;
+        fleet
+            .command(&WorkerCommand::Connect { start_at_us })
+            .await?;
+    }
     let mut phase = fleet.wait_connected(connect_budget, args.devices).await?;
     let listen_overflows = match (overflows_before, procstat::listen_overflows()) {
         (Some(b), Some(a)) => Some(a.saturating_sub(b)),
@@ -213,6 +273,7 @@ pub async fn connect_with(
             targets: targets.iter().map(|t| t.base.clone()).collect(),
             processes,
             source_ips: source_ips.iter().map(ToString::to_string).collect(),
+            register,
             connect,
             memory,
         },

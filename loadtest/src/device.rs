@@ -21,6 +21,7 @@ use tokio::time::timeout_at;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -41,6 +42,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Dial<'a> {
     /// The device id sent in `x-device-id`.
     pub device_id: &'a str,
+    /// Its device token (`--register`), sent as `Authorization: Bearer`.
+    pub token: Option<&'a str>,
     /// `ws://host:port/ws` of its target.
     pub ws_url: &'a str,
     /// Resolved address of its target.
@@ -99,6 +102,11 @@ pub async fn connect(dial: Dial<'_>) -> Result<(Ws, Duration), String> {
     request
         .headers_mut()
         .insert(pace_protocol::DEVICE_ID_HEADER, id);
+    if let Some(token) = dial.token {
+        let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "bad_device_token".to_owned())?;
+        request.headers_mut().insert(AUTHORIZATION, bearer);
+    }
 
     let stream = Counted::new(stream, dial.counts);
     let (mut ws, _response) = timeout_at(

@@ -88,6 +88,21 @@ pub struct ConnectPhase {
     pub last_done_us: u64,
 }
 
+/// The merged `registered` events (`--register`).
+#[derive(Debug, Clone, Default)]
+pub struct RegisterPhase {
+    /// Devices registered.
+    pub ok: u64,
+    /// Failures by reason.
+    pub failures: ReasonCounts,
+    /// Registration latencies, µs.
+    pub register_us: Vec<u64>,
+    /// Earliest first request over workers, µs since the epoch.
+    pub first_attempt_us: u64,
+    /// Latest answer over workers, µs since the epoch.
+    pub last_done_us: u64,
+}
+
 /// The merged `final` events.
 #[derive(Debug, Clone, Default)]
 pub struct FinalPhase {
@@ -136,9 +151,10 @@ pub struct Plan {
     pub processes: usize,
     /// Total devices.
     pub devices: u64,
-    /// Template spec; `worker`, `first_device`, `devices`, `connect_rate`
-    /// and `connect_concurrency` are filled per worker (the last two are
-    /// totals here and divided among workers).
+    /// Template spec; `worker`, `first_device`, `devices`, `connect_rate`,
+    /// `connect_concurrency` and the registration concurrency are filled
+    /// per worker (the last three are totals here and divided among
+    /// workers).
     pub template: WorkerSpec,
 }
 
@@ -149,6 +165,7 @@ pub struct Fleet {
     stdins: Vec<Option<ChildStdin>>,
     events: mpsc::UnboundedReceiver<(usize, Option<WorkerEvent>)>,
     progress: Vec<Progress>,
+    registered: Vec<Option<WorkerEvent>>,
     connected: Vec<Option<WorkerEvent>>,
     finals: Vec<Option<WorkerEvent>>,
     exited: Vec<bool>,
@@ -171,6 +188,9 @@ impl Fleet {
             spec.devices = count;
             spec.connect_rate = plan.template.connect_rate / n as f64;
             spec.connect_concurrency = plan.template.connect_concurrency.div_ceil(n).max(1);
+            if let Some(r) = spec.register.as_mut() {
+                r.concurrency = r.concurrency.div_ceil(n).max(1);
+            }
             let mut child = Command::new(&exe)
                 .arg("worker")
                 .stdin(Stdio::piped())
@@ -209,6 +229,7 @@ impl Fleet {
             stdins,
             events,
             progress: vec![Progress::default(); n],
+            registered: vec![None; n],
             connected: vec![None; n],
             finals: vec![None; n],
             exited: vec![false; n],
@@ -276,6 +297,7 @@ impl Fleet {
                     self.timeline.push((now, total));
                 }
             }
+            Some(ev @ WorkerEvent::Registered { .. }) => self.registered[w] = Some(ev),
             Some(ev @ WorkerEvent::Connected { .. }) => self.connected[w] = Some(ev),
             Some(ev @ WorkerEvent::Final { .. }) => self.finals[w] = Some(ev),
             Some(WorkerEvent::Fatal { message }) => bail!("worker {w} failed: {message}"),
@@ -315,6 +337,59 @@ impl Fleet {
             let _ = stdin.flush().await;
         }
         Ok(())
+    }
+
+    /// `--register`: waits until every worker has finished registering its
+    /// devices, printing a progress line every second. The workers then
+    /// wait for [`WorkerCommand::Connect`].
+    pub async fn wait_registered(
+        &mut self,
+        timeout: Duration,
+        devices: u64,
+    ) -> anyhow::Result<RegisterPhase> {
+        let deadline = Instant::now() + timeout;
+        let mut next_print = Instant::now() + Duration::from_secs(1);
+        while self
+            .registered
+            .iter()
+            .zip(&self.exited)
+            .any(|(r, &gone)| r.is_none() && !gone)
+        {
+            if !self.pump(deadline.min(next_print)).await? {
+                if Instant::now() >= deadline {
+                    bail!("workers did not finish registering within {timeout:?}");
+                }
+                let p = self.progress();
+                eprintln!(
+                    "  registering: {} registered, {} failed of {devices}",
+                    p.more.registered, p.more.register_failed
+                );
+                next_print += Duration::from_secs(1);
+            }
+        }
+        let mut phase = RegisterPhase {
+            first_attempt_us: u64::MAX,
+            ..RegisterPhase::default()
+        };
+        for (w, ev) in self.registered.iter().enumerate() {
+            match ev {
+                Some(WorkerEvent::Registered {
+                    ok,
+                    failures,
+                    register_us,
+                    first_attempt_us,
+                    last_done_us,
+                }) => {
+                    phase.ok += ok;
+                    ipc::merge(&mut phase.failures, failures);
+                    phase.register_us.extend_from_slice(register_us);
+                    phase.first_attempt_us = phase.first_attempt_us.min(*first_attempt_us);
+                    phase.last_done_us = phase.last_done_us.max(*last_done_us);
+                }
+                _ => bail!("worker {w} exited before reporting its registrations"),
+            }
+        }
+        Ok(phase)
     }
 
     /// Waits until every worker has finished its connect phase, printing a

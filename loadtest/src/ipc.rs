@@ -51,6 +51,23 @@ pub struct WorkerSpec {
     /// `surge` only: devices join a waiting room instead of idling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub surge: Option<SurgeSpec>,
+    /// `--register`: register every device over HTTP first, report
+    /// [`WorkerEvent::Registered`], wait for [`WorkerCommand::Connect`],
+    /// then connect each device with its token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register: Option<RegisterSpec>,
+}
+
+/// How a worker registers its devices (`--register`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterSpec {
+    /// Registrations this worker has in flight at most.
+    pub concurrency: usize,
+    /// Budget of one `POST /api/v1/devices/register`.
+    pub request_timeout_ms: u64,
+    /// Budget of this worker's whole registration phase; devices not
+    /// registered by then are not connected.
+    pub phase_timeout_ms: u64,
 }
 
 /// What a `surge` worker's devices do once connected.
@@ -122,6 +139,13 @@ pub enum WorkerCommand {
         /// When the join schedule starts.
         start_at_us: u64,
     },
+    /// `--register`: every worker has registered its devices; start
+    /// connecting at this wall-clock instant (µs since the epoch), so that
+    /// the connect phases of all workers start together.
+    Connect {
+        /// When the connect schedule starts.
+        start_at_us: u64,
+    },
 }
 
 /// Why a device could not connect, or why its connection ended; keys of the
@@ -167,6 +191,20 @@ pub enum WorkerEvent {
         /// Extra counters of `failover` and `overhead`.
         #[serde(default, flatten)]
         more: MoreProgress,
+    },
+    /// `--register`: every registration has completed (or the phase timed
+    /// out); the worker now waits for [`WorkerCommand::Connect`].
+    Registered {
+        /// Devices registered (token received).
+        ok: u64,
+        /// Failed or unfinished registrations by reason.
+        failures: ReasonCounts,
+        /// Latency of each successful registration (request to answer), µs.
+        register_us: Vec<u64>,
+        /// Wall clock of the first request, µs since the epoch.
+        first_attempt_us: u64,
+        /// Wall clock of the last answer, µs since the epoch.
+        last_done_us: u64,
     },
     /// Every connection attempt has completed (success or failure).
     Connected {
@@ -217,10 +255,17 @@ pub enum WorkerEvent {
     },
 }
 
-/// Progress counters of `failover` (reconnections) and `overhead` (bytes
-/// on the wire, polls); all zero, and left out of the line, otherwise.
+/// Progress counters of `--register` (registrations), `failover`
+/// (reconnections) and `overhead` (bytes on the wire, polls); all zero, and
+/// left out of the line, otherwise.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoreProgress {
+    /// `--register`: devices registered so far.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub registered: u64,
+    /// `--register`: registrations that failed so far.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub register_failed: u64,
     /// Devices between a drop and the answer to their rejoin.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub reconnecting: u64,
@@ -254,6 +299,8 @@ impl MoreProgress {
     /// Field-wise sum.
     pub fn plus(self, o: MoreProgress) -> MoreProgress {
         MoreProgress {
+            registered: self.registered + o.registered,
+            register_failed: self.register_failed + o.register_failed,
             reconnecting: self.reconnecting + o.reconnecting,
             reconnected: self.reconnected + o.reconnected,
             lost: self.lost + o.lost,

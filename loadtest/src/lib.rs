@@ -10,7 +10,9 @@
 //!   come from [`surge_analysis`], its store counts from [`redis_info`].
 //! - [`fleet`]: the coordinator side of the worker processes;
 //!   [`worker`]: the worker side; [`ipc`]: the JSON lines between them.
-//! - [`device`]: one simulated device; [`target`]: a node or gateway URL.
+//! - [`device`]: one simulated device; [`target`]: a node or gateway URL;
+//!   [`register`]: `--register`, each worker registering its devices for
+//!   device tokens before the connect phase.
 //! - [`nodes`], [`procstat`], [`promtext`], [`http`]: observing the nodes.
 //! - [`failover`]: a surge while one node is killed (devices reconnect and
 //!   rejoin; [`redis_tickets`] reads their tickets); [`overhead`]: bytes on
@@ -42,6 +44,7 @@ pub mod procstat;
 pub mod promtext;
 pub mod redis_info;
 pub mod redis_tickets;
+pub mod register;
 pub mod report;
 pub mod stats;
 pub mod surge;

@@ -32,6 +32,9 @@ pub struct Report {
     pub processes: usize,
     /// Source addresses device sockets were bound to (empty: the OS chose).
     pub source_ips: Vec<String>,
+    /// `--register`: the registration phase before the connect phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register: Option<RegisterReport>,
     /// Connect phase.
     pub connect: ConnectReport,
     /// Node memory before and after connecting.
@@ -76,6 +79,7 @@ impl Report {
             devices,
             processes: run.processes,
             source_ips: run.source_ips,
+            register: run.register,
             connect: run.connect,
             memory: run.memory,
             hold: None,
@@ -87,6 +91,30 @@ impl Report {
             loadgen_cpu_seconds: fin.workers_cpu_seconds,
         }
     }
+}
+
+/// The registration phase (`--register`): every device registered over
+/// HTTP for a device token before any connected. Not part of the connect
+/// phase's rate or latency.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterReport {
+    /// Devices registered (token received).
+    pub registered: u64,
+    /// Devices whose registration failed or did not finish in time; they
+    /// were not connected (connect failure `register_failed`).
+    pub register_failed: u64,
+    /// Registration failures by reason.
+    pub failures: ReasonCounts,
+    /// From the first request to the last answer, seconds.
+    pub duration_s: f64,
+    /// `registered / duration_s`.
+    pub rate_per_s: f64,
+    /// Request to answer, per registered device.
+    pub latency_ms: Summary,
+    /// Node RSS growth over the registration phase per registered device,
+    /// KiB (the device registry's records); the memory section starts
+    /// after it.
+    pub rss_per_device_kib: Option<f64>,
 }
 
 /// The connect phase.
@@ -120,7 +148,8 @@ pub struct ConnectReport {
 pub struct MemoryReport {
     /// Where the numbers come from.
     pub source: Source,
-    /// RSS of each node before any device connected, bytes.
+    /// RSS of each node before any device connected (after the
+    /// registrations, with `--register`), bytes.
     pub before_bytes: Vec<Option<u64>>,
     /// RSS of each node once all devices were connected and settled, bytes.
     pub after_bytes: Vec<Option<u64>>,
@@ -270,6 +299,22 @@ impl Report {
                 self.source_ips.len().to_string()
             }
         );
+        if let Some(r) = &self.register {
+            let _ = writeln!(
+                s,
+                "register: {}/{} registered, register_failed {} ({}) in {:.2} s = {:.0} reg/s, node RSS {} per device",
+                r.registered,
+                self.devices,
+                r.register_failed,
+                reasons(&r.failures),
+                r.duration_s,
+                r.rate_per_s,
+                r.rss_per_device_kib
+                    .map(|k| format!("{k:.2} KiB"))
+                    .unwrap_or_else(|| "n/a".into())
+            );
+            let _ = writeln!(s, "register latency: {}", r.latency_ms.line());
+        }
         let _ = writeln!(
             s,
             "connect: {}/{} connected, {} failed ({}) in {:.2} s = {:.0} conn/s",
@@ -623,6 +668,15 @@ mod tests {
             devices: 2,
             processes: 1,
             source_ips: vec![],
+            register: Some(RegisterReport {
+                registered: 1,
+                register_failed: 1,
+                failures: [("http_409_device_exists".to_owned(), 1)].into(),
+                duration_s: 0.1,
+                rate_per_s: 10.0,
+                latency_ms: Summary::from_micros(&mut [800]),
+                rss_per_device_kib: None,
+            }),
             connect: ConnectReport {
                 attempted: 2,
                 connected: 1,
@@ -663,5 +717,10 @@ mod tests {
         assert!(text.contains("1/2 connected"), "{text}");
         assert!(text.contains("1024.00 KiB per device"), "{text}");
         assert!(text.contains("connect_connection_refused=1"), "{text}");
+        assert!(
+            text.contains("register_failed 1 (http_409_device_exists=1)"),
+            "{text}"
+        );
+        assert!(json.contains(r#""register_failed":1"#), "{json}");
     }
 }

@@ -83,6 +83,8 @@ pub struct Reconnect {
     pub targets: usize,
     /// The device id (the same on every connection).
     pub device_id: String,
+    /// Its device token (`--register`), presented on every connection.
+    pub token: Option<String>,
     /// Source address to bind.
     pub source: Option<IpAddr>,
     /// WebSocket buffers and limits.
@@ -371,6 +373,7 @@ async fn come_back(
         };
         let dial = Dial {
             device_id: &rc.device_id,
+            token: rc.token.as_deref(),
             ws_url: &r.ws_url,
             addr: r.addr,
             source: rc.source,
@@ -659,6 +662,7 @@ mod tests {
             gateway: None,
             targets: 3,
             device_id: "d".into(),
+            token: None,
             source: None,
             config: WebSocketConfig::default(),
             timeout: Duration::from_secs(1),

@@ -31,6 +31,7 @@ use crate::ipc::{
 };
 use crate::poller::{self, Poller};
 use crate::procstat;
+use crate::register::{self, Pending, RegisterCounters};
 use crate::surge_device::{self, Reconnect, Route, SurgeCounters, SurgePlan};
 
 /// Counters the progress reporter reads while devices update them.
@@ -49,6 +50,8 @@ struct Counters {
     polls_failed: AtomicU64,
     /// What the polls saw.
     polls: Mutex<PollTotals>,
+    /// `--register`: registrations so far.
+    register: Arc<RegisterCounters>,
 }
 
 /// Poll latencies kept per worker at most.
@@ -127,6 +130,8 @@ async fn run(
 
     // `surge`: the join schedule's start, set by the `join` command.
     let (start_tx, start_rx) = tokio::sync::watch::channel::<Option<Instant>>(None);
+    // `--register`: the connect phase's start, set by the `connect` command.
+    let (connect_tx, mut connect_rx) = tokio::sync::watch::channel::<Option<Instant>>(None);
 
     // Finish on command, on stdin EOF, or at the deadline — whichever first.
     let finish = CancellationToken::new();
@@ -141,6 +146,11 @@ async fn run(
                             let delay = start_at_us.saturating_sub(unix_micros());
                             let at = Instant::now() + Duration::from_micros(delay);
                             start_tx.send_replace(Some(at));
+                        }
+                        Ok(WorkerCommand::Connect { start_at_us }) => {
+                            let delay = start_at_us.saturating_sub(unix_micros());
+                            let at = Instant::now() + Duration::from_micros(delay);
+                            connect_tx.send_replace(Some(at));
                         }
                         Err(_) => {}
                     }
@@ -171,6 +181,48 @@ async fn run(
         });
     }
 
+    // `--register`: register every device, report, wait for the go.
+    let mut tokens: Vec<Option<String>> = Vec::new();
+    let mut connect_start = started;
+    if let Some(r) = &spec.register {
+        let urls: Vec<Arc<str>> = spec
+            .targets
+            .iter()
+            .map(|t| Arc::from(t.url("/api/v1/devices/register")))
+            .collect();
+        let pending = (0..spec.devices)
+            .map(|j| {
+                let i = spec.first_device + j;
+                Pending {
+                    device_id: device_id_of(&spec, i),
+                    url: urls[(i % urls.len() as u64) as usize].clone(),
+                }
+            })
+            .collect();
+        let reg =
+            register::register_all(&Http::new(), pending, r, &counters.register, &finish).await;
+        emit(&progress(&counters));
+        emit(&WorkerEvent::Registered {
+            ok: reg.ok,
+            failures: reg.failures,
+            register_us: reg.register_us,
+            first_attempt_us: reg.first_attempt_us,
+            last_done_us: reg.last_done_us,
+        });
+        tokens = reg.tokens;
+        let go = tokio::select! {
+            v = connect_rx.wait_for(Option::is_some) => v.ok().and_then(|v| *v),
+            () = finish.cancelled() => None,
+        };
+        if let Some(at) = go {
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                () = finish.cancelled() => {}
+            }
+        }
+        connect_start = Instant::now();
+    }
+
     // Connect phase: paced, bounded concurrency.
     let config = device::client_config(spec.read_buffer_bytes);
     let timeout = Duration::from_millis(spec.connect_timeout_ms);
@@ -192,12 +244,23 @@ async fn run(
         None => None,
     };
     let first_attempt_us = unix_micros();
-    let mut launched = 0u64;
+    let (mut launched, mut unregistered) = (0u64, 0u64);
     for j in 0..spec.devices {
         if finish.is_cancelled() {
             break;
         }
-        let due = started + Duration::from_secs_f64(j as f64 / rate);
+        // `--register`: a device without a token is not connected.
+        let token = match &mut tokens[..] {
+            [] => None,
+            all => match all.get_mut(j as usize).and_then(Option::take) {
+                Some(t) => Some(t),
+                None => {
+                    unregistered += 1;
+                    continue;
+                }
+            },
+        };
+        let due = connect_start + Duration::from_secs_f64(launched as f64 / rate);
         tokio::select! {
             () = tokio::time::sleep_until(due) => {}
             () = finish.cancelled() => break,
@@ -210,7 +273,7 @@ async fn run(
         let t = (i % spec.targets.len() as u64) as usize;
         let source = (!spec.source_ips.is_empty())
             .then(|| spec.source_ips[(i % spec.source_ips.len() as u64) as usize]);
-        let device_id = format!("{}-{}-{}", spec.device_prefix, spec.run_id, i);
+        let device_id = device_id_of(&spec, i);
         let ws_url = ws_urls[t].clone();
         let addr = addrs[t];
         let plan = surge.as_ref().map(|(s, join_text, http)| SurgePlan {
@@ -234,6 +297,7 @@ async fn run(
                 gateway: gateway_route,
                 targets: spec.targets.len(),
                 device_id: device_id.clone(),
+                token: token.clone(),
                 source,
                 config,
                 timeout,
@@ -268,6 +332,7 @@ async fn run(
         devices.spawn(async move {
             let dial = Dial {
                 device_id: &device_id,
+                token: token.as_deref(),
                 ws_url: &ws_url,
                 addr,
                 source,
@@ -277,6 +342,7 @@ async fn run(
             };
             let connected = device::connect(dial).await;
             drop(permit);
+            drop(token);
             match connected {
                 Ok((ws, latency)) => {
                     counters.open.fetch_add(1, Ordering::Relaxed);
@@ -337,8 +403,15 @@ async fn run(
     if outcomes < launched {
         ipc::bump(&mut failures, "unfinished_at_finish", launched - outcomes);
     }
-    if launched < spec.devices {
-        ipc::bump(&mut failures, "not_started", spec.devices - launched);
+    if unregistered > 0 {
+        ipc::bump(&mut failures, "register_failed", unregistered);
+    }
+    if launched + unregistered < spec.devices {
+        ipc::bump(
+            &mut failures,
+            "not_started",
+            spec.devices - launched - unregistered,
+        );
     }
     emit(&WorkerEvent::Connected {
         ok,
@@ -417,6 +490,11 @@ async fn run(
             .map(|_| std::mem::take(&mut *lock(&counters.polls))),
     });
     Ok(())
+}
+
+/// Device `i`'s id: `{prefix}-{run}-{i}`.
+fn device_id_of(spec: &WorkerSpec, i: u64) -> String {
+    format!("{}-{}-{}", spec.device_prefix, spec.run_id, i)
 }
 
 /// A fixed pseudo-random value in `0..=max` for device `i` (SplitMix64):
@@ -521,6 +599,8 @@ fn progress(c: &Counters) -> WorkerEvent {
             let (ws_rx, ws_tx) = c.ws_bytes.get();
             let (http_rx, http_tx) = c.http_bytes.get();
             MoreProgress {
+                registered: c.register.registered.load(Ordering::Relaxed),
+                register_failed: c.register.failed.load(Ordering::Relaxed),
                 reconnecting: c.surge.reconnecting.load(Ordering::Relaxed),
                 reconnected: c.surge.reconnected.load(Ordering::Relaxed),
                 lost: c.surge.lost.load(Ordering::Relaxed),

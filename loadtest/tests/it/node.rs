@@ -61,19 +61,35 @@ impl Node {
 
     /// [`Node::start`] with extra `serve` flags.
     pub fn start_with(max_connections: u32, extra: &[&str]) -> Node {
+        Node::launch(max_connections, extra, true)
+    }
+
+    /// [`Node::start`], but the node requires device tokens (no
+    /// `--insecure-anonymous-devices`): devices must register first.
+    pub fn start_requiring_tokens(max_connections: u32) -> Node {
+        Node::launch(max_connections, &[], false)
+    }
+
+    fn launch(max_connections: u32, extra: &[&str], anonymous: bool) -> Node {
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
             l.local_addr().expect("local addr").port()
         };
-        let child = Command::new(node_binary())
+        let mut command = Command::new(node_binary());
+        command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--service-key", SERVICE_KEY])
             .args(["--max-connections", &max_connections.to_string()])
             .args(extra)
             .env("RUST_LOG", "warn")
-            .env("PACE_LOG", "warn")
+            .env("PACE_LOG", "warn");
+        if anonymous {
             // Load-test devices connect without device tokens.
-            .env("PACE_INSECURE_ANONYMOUS_DEVICES", "true")
+            command.env("PACE_INSECURE_ANONYMOUS_DEVICES", "true");
+        } else {
+            command.env_remove("PACE_INSECURE_ANONYMOUS_DEVICES");
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -108,6 +108,60 @@ fn hold_200_devices_connects_and_closes_cleanly() {
     );
 }
 
+#[test]
+fn hold_register_connects_devices_to_a_node_requiring_tokens() {
+    let node = Node::start_requiring_tokens(1_000);
+    let pid = node.pid().to_string();
+    let args = |register: bool| {
+        let mut a = vec![
+            "hold",
+            "--target",
+            &node.base,
+            "--devices",
+            "50",
+            "--hold",
+            "0.5",
+            "--settle",
+            "0.2",
+            "--node-pid",
+            &pid,
+        ];
+        if register {
+            a.extend(["--register", "--register-concurrency", "8"]);
+        }
+        a
+    };
+
+    // Without tokens the node refuses every handshake.
+    let r = run_tool("hold-anonymous", &args(false));
+    assert!(r.register.is_none());
+    assert_eq!(r.connect.connected, 0, "{:?}", r.connect);
+    assert_eq!(r.connect.failed, 50);
+    assert!(
+        r.connect
+            .failures
+            .iter()
+            .all(|(reason, _)| reason.starts_with("http_401")),
+        "failures: {:?}",
+        r.connect.failures
+    );
+
+    // Registered, every device connects with its token.
+    let r = run_tool("hold-register", &args(true));
+    let reg = r.register.clone().expect("register section");
+    assert_eq!(reg.registered, 50, "{reg:?}");
+    assert_eq!(reg.register_failed, 0, "{reg:?}");
+    assert!(reg.failures.is_empty(), "{reg:?}");
+    assert_eq!(reg.latency_ms.count, 50);
+    assert_eq!(r.connect.attempted, 50);
+    assert_eq!(r.connect.failed, 0, "failures: {:?}", r.connect.failures);
+    assert_eq!(r.connect.connected, 50);
+    assert_eq!(r.connect.latency_ms.count, 50);
+    let hold = r.hold.clone().expect("hold section");
+    assert_eq!(hold.open_at_end, 50);
+    assert_closed_cleanly(&r, 50);
+}
+
 /// Every device was closed by the tool, none by the node or the network,
 /// and the node answered every close frame (RFC 6455 closing handshake).
 pub fn assert_closed_cleanly(r: &Report, devices: u64) {
