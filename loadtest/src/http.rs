@@ -81,22 +81,38 @@ impl Http {
             .await
     }
 
-    /// `POST url` with a JSON body on behalf of `device` (`x-device-id`:
-    /// the credential of an anonymous device on a node that accepts them,
-    /// as for `POST /api/v1/sessions/release`; the gateway also hashes on
-    /// it).
+    /// `POST url` with a JSON body and no credentials.
+    pub async fn post_json_plain(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> anyhow::Result<Reply> {
+        self.request(Method::POST, url, None, Some(body), timeout)
+            .await
+    }
+
+    /// `POST url` with a JSON body on behalf of `device`: its token as the
+    /// bearer when it has one, and `x-device-id` (the credential of an
+    /// anonymous device on a node that accepts them; the gateway also
+    /// hashes on it), as for `POST /api/v1/sessions/release`.
     pub async fn post_json_as_device(
         &self,
         url: &str,
         device: &str,
+        token: Option<&str>,
         body: Vec<u8>,
         timeout: Duration,
     ) -> anyhow::Result<Reply> {
-        let req = Request::builder()
+        let mut builder = Request::builder()
             .method(Method::POST)
             .uri(url)
             .header(CONTENT_TYPE, "application/json")
-            .header("x-device-id", device)
+            .header("x-device-id", device);
+        if let Some(t) = token {
+            builder = builder.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = builder
             .body(Full::new(Bytes::from(body)))
             .with_context(|| format!("building POST {url}"))?;
         self.send(req, timeout)

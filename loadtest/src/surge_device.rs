@@ -124,6 +124,8 @@ pub struct SurgePlan {
     /// The device id (sent with the release: a session is released by its
     /// own device).
     pub device_id: String,
+    /// Its device token (`--register`): the release's credential.
+    pub device_token: Option<String>,
     /// The `join` frame's text.
     pub join_text: Utf8Bytes,
     /// The schedule's start, set once by the coordinator's `join` command.
@@ -508,6 +510,7 @@ async fn release(plan: &SurgePlan, route: usize, token: &str, rec: &mut SurgeRec
             .post_json_as_device(
                 &r.release_url,
                 &plan.device_id,
+                plan.device_token.as_deref(),
                 body.clone(),
                 plan.release_timeout,
             )

@@ -279,6 +279,7 @@ async fn run(
         let plan = surge.as_ref().map(|(s, join_text, http)| SurgePlan {
             index: i,
             device_id: device_id.clone(),
+            device_token: token.clone(),
             join_text: join_text.clone(),
             start: start_rx.clone(),
             offset: Duration::from_secs_f64(
