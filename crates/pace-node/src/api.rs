@@ -89,7 +89,7 @@ async fn serve(
         // address costs no credential check.
         before_handshake(node, &req, peer)?;
     }
-    let principal = match auth::authorize(node, spec.rule, &req).await {
+    let principal = match auth::authorize(node, spec.rule, &req, peer).await {
         Ok(p) => p,
         Err(e) => return Err(count_refusal(node, spec.route, peer, e)),
     };
@@ -109,7 +109,7 @@ async fn serve(
         R::Release => rooms_api::session(node, req, principal, false).await,
         R::Renew => rooms_api::session(node, req, principal, true).await,
         R::Register => {
-            let address = client_address(node, &req, peer);
+            let address = auth::client_address(node, &req, peer);
             crate::devices::api::register(node, req, principal, address).await
         }
         R::AdminLogin => accounts::login::login(node, req).await,
@@ -157,16 +157,6 @@ fn count_refusal(node: &NodeRef, route: routes::Route, peer: SocketAddr, e: ApiE
         _ => {}
     }
     e
-}
-
-/// The client's address: the peer, or the `X-Forwarded-For` entry a
-/// trusted proxy added.
-fn client_address<B>(node: &NodeRef, req: &Request<B>, peer: SocketAddr) -> std::net::IpAddr {
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    crate::limits::client_address(peer.ip(), forwarded, &node.config.trusted_proxies)
 }
 
 fn health(node: &NodeRef) -> Response<Body> {
@@ -262,7 +252,7 @@ fn before_handshake(
             "node is starting; retry shortly",
         )));
     }
-    let address = client_address(node, req, peer);
+    let address = auth::client_address(node, req, peer);
     if !node.handshakes.allow(&address, std::time::Instant::now()) {
         return Err(refuse(ApiError::new(
             ErrorCode::TooManyHandshakes,
@@ -301,12 +291,10 @@ async fn upgrade(
     let task_node = node.clone();
     let accept = HeaderValue::from_str(&hs.accept)
         .map_err(|_| ApiError::new(ErrorCode::Internal, "bad accept key"))?;
-    if device.credential != auth::DeviceCredential::Anonymous {
-        crate::devices::api::note_seen(node, &device.device, client_address(node, &req, peer));
-    }
+    let accepted = Box::new(crate::connection::Accepted { hs, device });
     node.connections.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => crate::connection::serve(task_node, upgraded, hs, device, slot).await,
+            Ok(upgraded) => crate::connection::serve(task_node, upgraded, accepted, slot).await,
             Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),
         }
     });

@@ -84,15 +84,21 @@ pub fn ws_config(node: &NodeRef) -> WebSocketConfig {
         .max_frame_size(Some(c.max_message_bytes))
 }
 
-/// Serves one upgraded device connection of `principal` until it ends.
-pub async fn serve(
-    node: NodeRef,
-    upgraded: Upgraded,
-    hs: Handshake,
-    principal: DevicePrincipal,
-    slot: Slot,
-) {
+/// What the handshake decided, handed to the connection task in one box:
+/// an idle connection's task keeps only the pointer in its state, not the
+/// handshake's fields, for as long as it lives.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The checked handshake (departments granted, resume announced).
+    pub hs: Handshake,
+    /// Who the device proved to be.
+    pub device: DevicePrincipal,
+}
+
+/// Serves one upgraded device connection until it ends.
+pub async fn serve(node: NodeRef, upgraded: Upgraded, accepted: Box<Accepted>, slot: Slot) {
     // Only what the connection keeps; the rest of the handshake goes now.
+    let Accepted { hs, device } = *accepted;
     let Handshake {
         groups,
         refused,
@@ -104,7 +110,7 @@ pub async fn serve(
         user,
         grants,
         ..
-    } = principal;
+    } = device;
     let ws = WebSocketStream::from_raw_socket(
         TokioIo::new(upgraded),
         Role::Server,
@@ -145,7 +151,11 @@ pub async fn serve(
         replayed: Replayed::default(),
         user,
     };
-    let end = session.run(groups, refused).await;
+    // Boxed: the greeting's frames are no part of an idle connection's task.
+    let end = match Box::pin(session.greet(groups, refused)).await {
+        Ok(()) => session.run().await,
+        Err(end) => session.finish(end).await,
+    };
     node.hub.unregister(&session.device, conn);
     node.rooms.waiters.disconnected(&session.device);
     node.metrics.connections_open.dec();
@@ -224,11 +234,13 @@ impl Replayed {
 }
 
 impl Session {
-    async fn run(
+    /// Sends `welcome` (with the groups joined) and, when departments were
+    /// refused, an `error` frame naming them.
+    async fn greet(
         &mut self,
         groups: Vec<pace_protocol::GroupId>,
         refused: Vec<pace_protocol::GroupId>,
-    ) -> End {
+    ) -> Result<(), End> {
         let node = self.node.clone();
         let cfg = &node.config;
         let welcome = ServerFrame::Welcome(Welcome {
@@ -240,9 +252,7 @@ impl Session {
             heartbeat_timeout_ms: cfg.ping_timeout.as_millis() as u64,
             max_message_bytes: cfg.max_message_bytes as u64,
         });
-        if let Err(end) = self.reply(&welcome).await {
-            return self.finish(end).await;
-        }
+        self.reply(&welcome).await?;
         if !refused.is_empty() {
             let names: Vec<&str> = refused.iter().map(pace_protocol::GroupId::as_str).collect();
             let error = ServerFrame::Error {
@@ -252,11 +262,14 @@ impl Session {
                     names.join(", ")
                 ),
             };
-            if let Err(end) = self.reply(&error).await {
-                return self.finish(end).await;
-            }
+            self.reply(&error).await?;
         }
+        Ok(())
+    }
 
+    async fn run(&mut self) -> End {
+        let node = self.node.clone();
+        let cfg = &node.config;
         let ping_interval = cfg.ping_interval;
         let ping_timeout = cfg.ping_timeout;
         // Spread the first ping over the interval so devices connected in a

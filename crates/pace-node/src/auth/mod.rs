@@ -150,10 +150,11 @@ pub async fn authorize<B>(
     node: &NodeRef,
     rule: Rule,
     req: &Request<B>,
+    peer: std::net::SocketAddr,
 ) -> Result<Principal, ApiError> {
     let result = match rule {
         Rule::Public => Ok(Principal::Anonymous),
-        Rule::Device => device(node, req).await.map(Principal::Device),
+        Rule::Device => device(node, req, peer).await.map(Principal::Device),
         Rule::Registration => registration(node, req.headers()).await,
         Rule::SessionHolder => session_holder(node, req).await,
         Rule::Admin => admin(node, req.headers()).map(Principal::Admin),
@@ -270,21 +271,44 @@ pub fn admin(node: &NodeRef, headers: &HeaderMap) -> Result<AdminClaims, ApiErro
     })
 }
 
-/// [`Rule::Device`]: the device the request names, proven by its token.
-pub async fn device<B>(node: &NodeRef, req: &Request<B>) -> Result<DevicePrincipal, ApiError> {
+/// [`Rule::Device`]: the device the request names, proven by its token;
+/// a registered device is marked seen from the client's address (behind
+/// trusted proxies, the one they forwarded).
+pub async fn device<B>(
+    node: &NodeRef,
+    req: &Request<B>,
+    peer: std::net::SocketAddr,
+) -> Result<DevicePrincipal, ApiError> {
     let device = device_id(req)?;
     let token = device_token(req);
-    authenticate_device(node, device, token.as_deref()).await
+    let address = client_address(node, req, peer).to_string();
+    authenticate_device(node, device, token.as_deref(), Some(&address)).await
+}
+
+/// The client's address: the peer, or the `X-Forwarded-For` entry a
+/// trusted proxy added.
+pub fn client_address<B>(
+    node: &NodeRef,
+    req: &Request<B>,
+    peer: std::net::SocketAddr,
+) -> std::net::IpAddr {
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    crate::limits::client_address(peer.ip(), forwarded, &node.config.trusted_proxies)
 }
 
 /// Proves `device` with `token` (ours or the external issuer's), checks
 /// the deny-list and reads the groups its credential grants — one store
-/// round trip. Without a token: only on an insecure node, and only for an
-/// id nobody registered.
+/// round trip, which also marks a registered device seen from `seen`'s
+/// address. Without a token: only on an insecure node, and only for an id
+/// nobody registered.
 pub async fn authenticate_device(
     node: &NodeRef,
     device: DeviceId,
     token: Option<&str>,
+    seen: Option<&str>,
 ) -> Result<DevicePrincipal, ApiError> {
     let refused = |e: DeviceTokenError| ApiError::new(e.code(), e.to_string());
     let verified = match token {
@@ -301,7 +325,9 @@ pub async fn authenticate_device(
         None if node.config.insecure_anonymous_devices => None,
         None => return Err(refused(DeviceTokenError::Missing)),
     };
-    let cred = node.devices.credential(&device).await?;
+    // Only a proven device is marked seen.
+    let seen = seen.filter(|_| verified.is_some()).map(|ip| (ip, now_ms()));
+    let cred = node.devices.credential(&device, seen).await?;
     match verified {
         // Even an insecure node keeps a registered device's id its own,
         // and a kicked one out.
@@ -349,7 +375,9 @@ fn ours(
     if cred.revokes(claims.iat) {
         return Err(revoked_error());
     }
-    let tenant = claims.tenant.clone().or(cred.tenant);
+    // The tenant is the token's: signed at registration, from the same
+    // registration the record holds.
+    let tenant = claims.tenant.clone();
     Ok(DevicePrincipal {
         device,
         credential: DeviceCredential::Token {
@@ -401,7 +429,7 @@ async fn registration(node: &NodeRef, headers: &HeaderMap) -> Result<Principal, 
             "device token names no valid device",
         )
     })?;
-    let cred = node.devices.credential(&device).await?;
+    let cred = node.devices.credential(&device, None).await?;
     ours(device, claims, cred).map(Principal::Device)
 }
 
@@ -426,13 +454,13 @@ async fn session_holder<B>(node: &NodeRef, req: &Request<B>) -> Result<Principal
             let claims =
                 token::verify_own(&node.keys, &t, unix_now(), false).map_err(|_| refuse())?;
             let device = DeviceId::parse(&claims.sub).map_err(|_| refuse())?;
-            authenticate_device(node, device, Some(&t))
+            authenticate_device(node, device, Some(&t), None)
                 .await
                 .map(Principal::Device)
         }
         None if node.config.insecure_anonymous_devices => {
             let device = device_id(req).map_err(|_| refuse())?;
-            authenticate_device(node, device, None)
+            authenticate_device(node, device, None, None)
                 .await
                 .map(Principal::Device)
         }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use http::{Request, StatusCode, header};
 use hyper::body::Incoming;
-use pace_protocol::{DeviceId, ErrorCode};
+use pace_protocol::ErrorCode;
 use serde_json::json;
 
 use super::token::{self, DeviceTokenError};
@@ -24,17 +24,6 @@ use crate::store::now_ms;
 
 /// Largest registration body.
 const MAX_REGISTER_BODY: usize = 8 * 1024;
-
-/// Records, in the background, that a device connected from `ip`.
-pub fn note_seen(node: &NodeRef, device: &DeviceId, ip: IpAddr) {
-    let registry = node.devices.clone();
-    let device = device.clone();
-    tokio::spawn(async move {
-        if let Err(e) = registry.seen(&device, &ip.to_string(), now_ms()).await {
-            tracing::debug!(%device, error = %e, "device registry not updated");
-        }
-    });
-}
 
 /// `POST /api/v1/devices/register`.
 pub async fn register(
@@ -113,7 +102,7 @@ pub async fn register(
     // A token issued after a kick must not fall in the kicked second.
     let cutoff = node
         .devices
-        .credential(&info.device_id)
+        .credential(&info.device_id, None)
         .await?
         .revoked_before;
     let now = match cutoff {

@@ -74,14 +74,6 @@ impl DeviceRegistry for MemoryDeviceRegistry {
         Ok(self.lock().get(device).cloned())
     }
 
-    async fn seen(&self, device: &DeviceId, ip: &str, at_ms: u64) -> Result<(), RegistryError> {
-        if let Some(r) = self.lock().get_mut(device) {
-            r.last_ip = Some(ip.to_owned());
-            r.last_seen_ms = at_ms;
-        }
-        Ok(())
-    }
-
     async fn list(
         &self,
         tenant: Option<&str>,
@@ -97,12 +89,20 @@ impl DeviceRegistry for MemoryDeviceRegistry {
             .collect())
     }
 
-    async fn credential(&self, device: &DeviceId) -> Result<Credential, RegistryError> {
+    async fn credential(
+        &self,
+        device: &DeviceId,
+        seen: Option<(&str, u64)>,
+    ) -> Result<Credential, RegistryError> {
         let revoked_before = self.revoked_before(device);
-        Ok(match self.lock().get(device) {
+        let mut records = self.lock();
+        if let (Some(r), Some((ip, at_ms))) = (records.get_mut(device), seen) {
+            r.last_ip = Some(ip.to_owned());
+            r.last_seen_ms = at_ms;
+        }
+        Ok(match records.get(device) {
             Some(r) => Credential {
                 registered: true,
-                tenant: r.info.tenant.clone(),
                 departments: r.departments.clone(),
                 revoked_before,
             },

@@ -117,7 +117,8 @@ pub struct DeviceRecord {
     pub info: DeviceInfo,
     /// First registration, Unix milliseconds.
     pub first_registered_ms: u64,
-    /// Last registration or connection, Unix milliseconds.
+    /// Last registration or credential check (a connection, a status
+    /// call), Unix milliseconds.
     pub last_seen_ms: u64,
     /// Address it last connected from (the NAT address for most
     /// enterprise devices).
@@ -140,8 +141,6 @@ pub struct DeviceRecord {
 pub struct Credential {
     /// Whether the device has a record (the rest is empty when not).
     pub registered: bool,
-    /// The tenant it registered with.
-    pub tenant: Option<String>,
     /// The groups its credential grants ([`DeviceRecord::departments`]).
     pub departments: Vec<GroupId>,
     /// The deny-list entry: every token of this device issued at or
@@ -190,10 +189,6 @@ pub trait DeviceRegistry: Send + Sync + std::fmt::Debug + 'static {
     /// The record of `device`, if registered.
     async fn get(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, RegistryError>;
 
-    /// Records that a registered `device` connected from `ip` at `at_ms`
-    /// (nothing for an unregistered one).
-    async fn seen(&self, device: &DeviceId, ip: &str, at_ms: u64) -> Result<(), RegistryError>;
-
     /// Up to `limit` records of `tenant` (all tenants when `None`) whose id,
     /// user, model or department contains `query`, ordered by device id.
     async fn list(
@@ -205,8 +200,15 @@ pub trait DeviceRegistry: Send + Sync + std::fmt::Debug + 'static {
 
     /// The credential facts of `device` (the deny-list entry is read even
     /// when the device has no record: a kicked device whose record was
-    /// forgotten stays refused with its old tokens).
-    async fn credential(&self, device: &DeviceId) -> Result<Credential, RegistryError>;
+    /// forgotten stays refused with its old tokens). With `seen` (the
+    /// address it presents its credential from, and when), a registered
+    /// device's record is marked seen in the same step (one store round
+    /// trip per handshake).
+    async fn credential(
+        &self,
+        device: &DeviceId,
+        seen: Option<(&str, u64)>,
+    ) -> Result<Credential, RegistryError>;
 
     /// Replaces the groups `device`'s credential grants. Returns false
     /// when it is not registered.
@@ -296,18 +298,30 @@ pub(crate) mod conformance {
     pub async fn credentials_departments_and_revocation(r: &dyn DeviceRegistry) {
         let d = DeviceId::parse("cred-a").unwrap();
         let g = |s: &str| GroupId::parse(s).unwrap();
-        assert_eq!(r.credential(&d).await.unwrap(), Credential::default());
+        assert_eq!(
+            r.credential(&d, Some(("192.0.2.1", 7))).await.unwrap(),
+            Credential::default()
+        );
+        assert_eq!(r.get(&d).await.unwrap(), None, "seen creates nothing");
         let mut a = record("cred-a", Some("acme"), "t1");
         a.departments = vec![];
         r.register(&a, None).await.unwrap();
         assert_eq!(
-            r.credential(&d).await.unwrap(),
+            r.credential(&d, None).await.unwrap(),
             Credential {
                 registered: true,
-                tenant: Some("acme".into()),
                 departments: vec![],
                 revoked_before: None,
             }
+        );
+        r.credential(&d, Some(("198.51.100.9", 4_000)))
+            .await
+            .unwrap();
+        let got = r.get(&d).await.unwrap().unwrap();
+        assert_eq!(
+            (got.last_ip.as_deref(), got.last_seen_ms),
+            (Some("198.51.100.9"), 4_000),
+            "seen with the credential read"
         );
         assert!(
             r.set_departments(&d, &[g("acme:ops"), g("acme:it")])
@@ -321,7 +335,7 @@ pub(crate) mod conformance {
             Registered::Refreshed
         );
         assert_eq!(
-            r.credential(&d).await.unwrap().departments,
+            r.credential(&d, None).await.unwrap().departments,
             vec![g("acme:ops"), g("acme:it")],
             "a refresh keeps the granted departments"
         );
@@ -341,13 +355,13 @@ pub(crate) mod conformance {
             Registered::Taken,
             "a revoked token never refreshes"
         );
-        let cred = r.credential(&d).await.unwrap();
+        let cred = r.credential(&d, None).await.unwrap();
         assert_eq!(cred.revoked_before, Some(1_000));
         assert!(cred.revokes(999) && cred.revokes(1_000) && !cred.revokes(1_001));
         assert!(r.forget(&d).await.unwrap());
         assert!(!r.forget(&d).await.unwrap());
         assert_eq!(r.get(&d).await.unwrap(), None);
-        let gone = r.credential(&d).await.unwrap();
+        let gone = r.credential(&d, None).await.unwrap();
         assert!(
             !gone.registered && gone.revoked_before == Some(1_000),
             "the deny-list outlives the record"
@@ -355,7 +369,7 @@ pub(crate) mod conformance {
         assert_eq!(r.register(&a, None).await.unwrap(), Registered::Created);
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         assert_eq!(
-            r.credential(&d).await.unwrap().revoked_before,
+            r.credential(&d, None).await.unwrap().revoked_before,
             None,
             "deny-list entries expire with the tokens"
         );
@@ -393,15 +407,12 @@ pub(crate) mod conformance {
             "an old token cannot refresh"
         );
 
-        r.seen(&a.info.device_id, "198.51.100.7", 9_000)
+        r.credential(&a.info.device_id, Some(("198.51.100.7", 9_000)))
             .await
             .unwrap();
         let got = r.get(&a.info.device_id).await.unwrap().unwrap();
         assert_eq!(got.last_ip.as_deref(), Some("198.51.100.7"));
         assert_eq!(got.last_seen_ms, 9_000);
-        let ghost = DeviceId::parse("ghost").unwrap();
-        r.seen(&ghost, "1.2.3.4", 9_000).await.unwrap();
-        assert_eq!(r.get(&ghost).await.unwrap(), None, "seen creates nothing");
 
         r.register(&record("dev-b", Some("acme"), "t"), None)
             .await

@@ -2,13 +2,16 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{prefix}:device:<id>` | hash | `record` (the registration, JSON), `token_id`, `first_registered_ms`, `last_seen_ms`, `last_ip`, `departments` (granted groups, JSON) |
+//! | `{prefix}:device:<id>` | hash | `record` (the registration, JSON), `token_id`, `first_registered_ms`, `last_seen_ms`, `last_ip`, `departments` (granted groups, JSON), `revoked_before` (a kick's cutoff) |
 //! | `{prefix}:devices` | set | every registered device id |
-//! | `{prefix}:revoked:<id>` | string (Unix second), expiring with the last token it refuses | the deny-list: every token of a kicked device issued at or before that second |
+//! | `{prefix}:revoked:<id>` | string (Unix second), expiring with the last token it refuses | the deny-list entry of a kicked device, read when it has no record (it outlives a forgotten one) |
 //!
 //! Registration is one Lua script (`register_device.lua`): create if
 //! absent, replace only with the current token id, keeping the granted
-//! departments. The handshake's read is one script too (`credential.lua`).
+//! departments. The handshake's read is one script too (`credential.lua`:
+//! token id, departments and the kick's cutoff from the hash, the separate
+//! deny-list key only for an id without a record, and the "seen" update
+//! the handshake used to send on its own).
 
 use async_trait::async_trait;
 use fred::prelude::*;
@@ -28,7 +31,6 @@ pub struct RedisDeviceRegistry {
     client: Client,
     prefix: String,
     register: Script,
-    seen: Script,
     credential: Script,
     set_departments: Script,
     forget: Script,
@@ -54,7 +56,6 @@ impl RedisDeviceRegistry {
             client,
             prefix: prefix.to_owned(),
             register: Script::from_lua(include_str!("register_device.lua")),
-            seen: Script::from_lua(include_str!("seen_device.lua")),
             credential: Script::from_lua(include_str!("credential.lua")),
             set_departments: Script::from_lua(include_str!("set_departments.lua")),
             forget: Script::from_lua(include_str!("forget_device.lua")),
@@ -151,19 +152,6 @@ impl DeviceRegistry for RedisDeviceRegistry {
         Ok(RedisDeviceRegistry::parse(fields))
     }
 
-    async fn seen(&self, device: &DeviceId, ip: &str, at_ms: u64) -> Result<(), RegistryError> {
-        let _: i64 = self
-            .seen
-            .evalsha_with_reload(
-                &self.client,
-                vec![self.key(device)],
-                vec![ip.to_owned(), at_ms.to_string()],
-            )
-            .await
-            .map_err(unavailable)?;
-        Ok(())
-    }
-
     async fn list(
         &self,
         tenant: Option<&str>,
@@ -205,20 +193,23 @@ impl DeviceRegistry for RedisDeviceRegistry {
         Ok(out)
     }
 
-    async fn credential(&self, device: &DeviceId) -> Result<Credential, RegistryError> {
-        let (record, departments, cutoff): (Option<String>, Option<String>, Option<String>) = self
-            .credential
-            .evalsha_with_reload(
-                &self.client,
-                vec![self.key(device), self.revoked_key(device)],
-                Vec::<String>::new(),
-            )
-            .await
-            .map_err(unavailable)?;
-        let info = record.and_then(|r| serde_json::from_str::<DeviceInfo>(&r).ok());
+    async fn credential(
+        &self,
+        device: &DeviceId,
+        seen: Option<(&str, u64)>,
+    ) -> Result<Credential, RegistryError> {
+        let (ip, at) = seen.unwrap_or_default();
+        let (token_id, departments, cutoff): (Option<String>, Option<String>, Option<String>) =
+            self.credential
+                .evalsha_with_reload(
+                    &self.client,
+                    vec![self.key(device), self.revoked_key(device)],
+                    vec![ip.to_owned(), at.to_string()],
+                )
+                .await
+                .map_err(unavailable)?;
         Ok(Credential {
-            registered: info.is_some(),
-            tenant: info.and_then(|i| i.tenant),
+            registered: token_id.is_some(),
             departments: parse_departments(departments.as_deref()),
             revoked_before: cutoff.and_then(|c| c.parse().ok()),
         })
