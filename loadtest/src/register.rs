@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pace_protocol::ErrorBody;
-use serde::Deserialize;
+use pace_protocol::rest::RegisterResponse;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -65,12 +65,6 @@ pub struct RegisterCounters {
 /// One registration's outcome: the token and the request's latency, or
 /// the failure reason.
 type Outcome = Result<(String, Duration), String>;
-
-/// The 201 answer (only the token is needed).
-#[derive(Deserialize)]
-struct Answer {
-    token: String,
-}
 
 /// Registers every device of `devices` (bounded by `spec`), stopping
 /// early if `finish` fires. Unfinished registrations count as
@@ -178,7 +172,7 @@ pub fn token_of(reply: &Reply) -> Result<String, String> {
             .unwrap_or_default();
         return Err(format!("http_{}{code}", reply.status));
     }
-    match serde_json::from_slice::<Answer>(&reply.body) {
+    match serde_json::from_slice::<RegisterResponse>(&reply.body) {
         Ok(a) if !a.token.is_empty() && a.token.len() <= MAX_TOKEN_BYTES => Ok(a.token),
         _ => Err("unreadable_answer".to_owned()),
     }

@@ -8,8 +8,8 @@
 //! [`register`] is the single request; [`crate::credentials`] keeps the
 //! token in a file and decides when to register or refresh.
 
+use pace_protocol::rest::{RegisterRequest, RegisterResponse};
 use pace_protocol::{DeviceId, ErrorCode, GroupId};
-use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::http::{Exchange, body_excerpt, error_detail, exchange};
@@ -198,33 +198,6 @@ impl RegisterError {
     }
 }
 
-/// The JSON body of a registration.
-#[derive(Serialize)]
-struct RegisterBody<'a> {
-    device_id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    model: &'a str,
-    os: &'a str,
-    os_version: &'a str,
-    app_version: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    department: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tenant: Option<&'a str>,
-}
-
-/// The node's answer to a registration.
-#[derive(Deserialize)]
-struct RegisterAnswer {
-    #[serde(default)]
-    device_id: Option<String>,
-    token: String,
-    expires_at: u64,
-}
-
 /// Registers `config.device_id` described by `info`, or refreshes its token
 /// when `current_token` is the device's current token (also when that
 /// token has expired). Tries the base URLs of `config` in order while they
@@ -242,16 +215,16 @@ pub async fn register(
     let endpoints = config
         .endpoints()
         .map_err(|e| RegisterError::Config(e.to_string()))?;
-    let body = RegisterBody {
-        device_id: config.device_id.as_str(),
-        kind: &info.kind,
-        model: &info.model,
-        os: &info.os,
-        os_version: &info.os_version,
-        app_version: &info.app_version,
-        department: info.department.as_ref().map(GroupId::as_str),
-        user: info.user.as_deref(),
-        tenant: info.tenant.as_deref(),
+    let body = RegisterRequest {
+        device_id: config.device_id.clone(),
+        kind: info.kind.clone(),
+        model: info.model.clone(),
+        os: info.os.clone(),
+        os_version: info.os_version.clone(),
+        app_version: info.app_version.clone(),
+        department: info.department.clone(),
+        user: info.user.clone(),
+        tenant: info.tenant.clone(),
     };
     // Strings and numbers only: serializing cannot fail.
     let json = serde_json::to_vec(&body).map_err(|e| RegisterError::Config(e.to_string()))?;
@@ -299,11 +272,11 @@ fn parse_answer(
     device: &DeviceId,
 ) -> Result<Registration, RegisterError> {
     if status == 200 || status == 201 {
-        let a: RegisterAnswer =
+        let a: RegisterResponse =
             serde_json::from_slice(body).map_err(|e| RegisterError::BadAnswer(e.to_string()))?;
-        if a.device_id.as_deref().is_some_and(|d| d != device.as_str()) {
+        if a.device_id != *device {
             return Err(RegisterError::BadAnswer(format!(
-                "token issued for {:?}, not {device}",
+                "token issued for {}, not {device}",
                 a.device_id
             )));
         }
@@ -377,7 +350,7 @@ mod tests {
             parse_answer(201, other, &dev()),
             Err(RegisterError::BadAnswer(_))
         ));
-        let spaced = br#"{"token":"a b","expires_at":99}"#;
+        let spaced = br#"{"device_id":"linux_1","token":"a b","expires_at":99}"#;
         assert!(matches!(
             parse_answer(201, spaced, &dev()),
             Err(RegisterError::BadAnswer(_))

@@ -4,45 +4,13 @@
 //! that polls instead of holding a WebSocket.
 
 use pace_protocol::{DEVICE_ID_HEADER, DEVICE_ID_QUERY, DeviceId, ErrorCode, RoomId};
-use serde::Deserialize;
 
 use crate::endpoint::Endpoint;
 use crate::http::{Exchange, body_excerpt, error_detail, exchange};
 
-/// Where the device stands in a room.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum RoomStatus {
-    /// The device holds a place in the queue.
-    Waiting {
-        /// 1 = next to be admitted.
-        position: u64,
-        /// Devices waiting in the room.
-        waiting_total: u64,
-        /// Estimated seconds until admission; absent while nothing was
-        /// admitted in the last minute.
-        #[serde(default)]
-        eta_seconds: Option<u64>,
-        /// `open`, `paused` or `closed`.
-        state: String,
-    },
-    /// The device is admitted and its session is running.
-    Admitted {
-        /// The signed admission token.
-        token: String,
-        /// Where to go, with the token already appended.
-        target_url: String,
-        /// When the session ends unless renewed, Unix seconds.
-        expires_at: u64,
-    },
-    /// The device has no place and no session in this room.
-    Unknown {
-        /// The room's state, when the node reports it.
-        #[serde(default)]
-        state: Option<String>,
-    },
-}
+/// Where the device stands in a room (the node's answer, as
+/// `pace-protocol` defines it).
+pub use pace_protocol::rest::RoomStatus;
 
 /// Why [`Client::status`](crate::Client::status) failed.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +123,7 @@ mod tests {
         assert_eq!(
             parse_answer(200, w).unwrap(),
             RoomStatus::Waiting {
+                room: RoomId::parse("sale").unwrap(),
                 position: 3,
                 waiting_total: 9,
                 eta_seconds: None,
@@ -170,6 +139,7 @@ mod tests {
         assert_eq!(
             parse_answer(200, u).unwrap(),
             RoomStatus::Unknown {
+                room: RoomId::parse("sale").unwrap(),
                 state: Some("paused".into())
             }
         );

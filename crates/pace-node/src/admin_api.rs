@@ -35,9 +35,7 @@
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use pace_protocol::{DeviceAction, DeviceId, ErrorCode, GroupId, RoomId, Target};
-use serde::Deserialize;
-use serde_json::json;
+use pace_protocol::{DeviceAction, DeviceId, ErrorCode, GroupId, RoomId, Target, rest};
 
 use crate::accounts::AdminClaims;
 use crate::auth::{Principal, owns_room as owns};
@@ -85,7 +83,7 @@ pub async fn route(
         (Principal::Admin(claims), Route::AdminPutRoom) => put_room(node, claims, room, req).await,
         (Principal::Admin(claims), Route::AdminGetRoom) => owned(node, claims, room)
             .await
-            .map(|r| json_response(StatusCode::OK, &json!(r))),
+            .map(|r| json_response(StatusCode::OK, &r)),
         (Principal::Admin(claims), Route::AdminRoomStats) => {
             match owned(node, claims, room).await {
                 Ok(r) => stats_body(node, &r.id)
@@ -128,7 +126,10 @@ fn ws_ticket(node: &NodeRef, claims: &AdminClaims) -> Result<http::Response<Body
         .inc();
     let mut resp = json_response(
         StatusCode::OK,
-        &json!({"ticket": ticket, "expires_at": t.exp}),
+        &rest::TicketResponse {
+            ticket,
+            expires_at: t.exp,
+        },
     );
     resp.headers_mut().insert(
         http::header::CACHE_CONTROL,
@@ -161,11 +162,6 @@ async fn managed(
     }
 }
 
-#[derive(Deserialize)]
-struct DepartmentsBody {
-    departments: Vec<String>,
-}
-
 /// `PUT /api/v1/admin/devices/{device}/departments`: the groups the
 /// device's credential grants, replaced. An admin names departments of
 /// its tenant (`finance` or `acme:finance`); the service key names any
@@ -177,7 +173,8 @@ async fn departments(
     req: Request<Incoming>,
 ) -> Result<http::Response<Body>, ApiError> {
     let record = managed(node, principal, raw).await?;
-    let body: DepartmentsBody = crate::api::read_json(req, node.config.max_message_bytes).await?;
+    let body: rest::DepartmentsRequest =
+        crate::api::read_json(req, node.config.max_message_bytes).await?;
     if body.departments.len() > node.config.max_groups {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
@@ -228,7 +225,10 @@ async fn departments(
     tracing::info!(%device, ?groups, "device departments changed");
     Ok(json_response(
         StatusCode::OK,
-        &json!({"device_id": device, "departments": groups}),
+        &rest::DepartmentsResponse {
+            device_id: device,
+            departments: groups,
+        },
     ))
 }
 
@@ -274,7 +274,11 @@ async fn kick(
     tracing::info!(%device, "device kicked: tokens revoked, connection closed");
     Ok(json_response(
         StatusCode::OK,
-        &json!({"device_id": device, "kicked": true, "revoked_before": cutoff}),
+        &rest::KickResponse {
+            device_id: device,
+            kicked: true,
+            revoked_before: cutoff,
+        },
     ))
 }
 
@@ -303,13 +307,11 @@ async fn forget(
     tracing::info!(%device, "device registration forgotten");
     Ok(json_response(
         StatusCode::OK,
-        &json!({"device_id": device, "forgotten": forgotten}),
+        &rest::ForgetResponse {
+            device_id: device,
+            forgotten,
+        },
     ))
-}
-
-#[derive(Deserialize)]
-struct RevokeBody {
-    device_id: DeviceId,
 }
 
 /// `POST /api/v1/admin/rooms/{room}/sessions/revoke` `{"device_id"}`: ends
@@ -337,7 +339,8 @@ async fn revoke_session(
     if !visible {
         return Err(not_found(raw));
     }
-    let body: RevokeBody = crate::api::read_json(req, node.config.max_message_bytes).await?;
+    let body: rest::RevokeSessionRequest =
+        crate::api::read_json(req, node.config.max_message_bytes).await?;
     let queue = &node.rooms.queue;
     let DeviceStatus::Admitted(adm) = queue
         .status(&room, &body.device_id, now_ms())
@@ -360,7 +363,12 @@ async fn revoke_session(
     tracing::info!(%room, device = %body.device_id, session = %adm.session_id, "session revoked");
     Ok(json_response(
         StatusCode::OK,
-        &json!({"room": room, "device_id": body.device_id, "session_id": adm.session_id, "revoked": revoked}),
+        &rest::RevokeSessionResponse {
+            room,
+            device_id: body.device_id,
+            session_id: adm.session_id,
+            revoked,
+        },
     ))
 }
 
@@ -377,7 +385,7 @@ async fn list_rooms(
             rooms.push(room);
         }
     }
-    Ok(json_response(StatusCode::OK, &json!({"rooms": rooms})))
+    Ok(json_response(StatusCode::OK, &rest::Rooms { rooms }))
 }
 
 async fn put_room(
@@ -408,7 +416,7 @@ async fn put_room(
         .await
         .map_err(store_error)?;
     tracing::info!(tenant = %claims.tenant, admin = %claims.sub, %room, "room changed by an admin");
-    Ok(json_response(StatusCode::OK, &json!(saved)))
+    Ok(json_response(StatusCode::OK, &saved))
 }
 
 async fn devices(
@@ -431,7 +439,17 @@ async fn devices(
         .devices
         .list(Some(claims.tenant.as_str()), &query, limit)
         .await?;
-    Ok(json_response(StatusCode::OK, &json!({"devices": records})))
+    let devices = records
+        .into_iter()
+        .map(|r| rest::DeviceEntry {
+            info: r.info,
+            first_registered_ms: r.first_registered_ms,
+            last_seen_ms: r.last_seen_ms,
+            last_ip: r.last_ip,
+            departments: r.departments,
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &rest::Devices { devices }))
 }
 
 async fn cluster(node: &NodeRef) -> Result<http::Response<Body>, ApiError> {
@@ -445,7 +463,11 @@ async fn cluster(node: &NodeRef) -> Result<http::Response<Body>, ApiError> {
     let total: u64 = nodes.iter().map(|n| n.connections).sum();
     Ok(json_response(
         StatusCode::OK,
-        &json!({"total_connections": total, "nodes": nodes}),
+        &rest::Cluster {
+            store: None,
+            total_connections: total,
+            nodes,
+        },
     ))
 }
 

@@ -21,8 +21,8 @@ use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use pace_protocol::rest::{Telemetry, TelemetryRoom};
 use pace_protocol::{CloseCode, ErrorCode};
-use serde_json::json;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -69,7 +69,7 @@ pub fn upgrade(
 }
 
 /// One telemetry frame for the admin's tenant.
-pub async fn telemetry(node: &NodeRef, claims: &AdminClaims) -> serde_json::Value {
+pub async fn telemetry(node: &NodeRef, claims: &AdminClaims) -> Telemetry {
     let q = &node.rooms.queue;
     let mut rooms = Vec::new();
     if let Ok(ids) = q.rooms().await {
@@ -80,22 +80,23 @@ pub async fn telemetry(node: &NodeRef, claims: &AdminClaims) -> serde_json::Valu
             let Ok(Some(room)) = q.get_room(&id).await else {
                 continue;
             };
-            let stats = crate::rooms_api::stats_body(node, &id)
-                .await
-                .unwrap_or(serde_json::Value::Null);
-            rooms.push(json!({"id": room.id, "config": room.config, "stats": stats}));
+            let stats = crate::rooms_api::stats_body(node, &id).await.ok();
+            rooms.push(TelemetryRoom {
+                id: room.id,
+                config: room.config,
+                stats,
+            });
         }
     }
     let nodes = node.store.nodes().await.unwrap_or_default();
     let total: u64 = nodes.iter().map(|n| n.connections).sum();
-    json!({
-        "type": "telemetry",
-        "at_ms": now_ms(),
-        "tenant": claims.tenant,
-        "rooms": rooms,
-        "total_connections": total,
-        "nodes": nodes,
-    })
+    Telemetry {
+        at_ms: now_ms(),
+        tenant: claims.tenant.to_string(),
+        rooms,
+        total_connections: total,
+        nodes,
+    }
 }
 
 async fn feed(node: NodeRef, upgraded: hyper::upgrade::Upgraded, claims: AdminClaims) {
@@ -117,7 +118,7 @@ async fn feed(node: NodeRef, upgraded: hyper::upgrade::Upgraded, claims: AdminCl
                 if unix_now() >= claims.exp {
                     break Some(CloseCode::POLICY_VIOLATION);
                 }
-                let frame = telemetry(&node, &claims).await.to_string();
+                let frame = serde_json::to_string(&telemetry(&node, &claims).await).unwrap_or_default();
                 let sent = tokio::time::timeout(
                     node.config.write_timeout,
                     ws.send(Message::Text(frame.into())),

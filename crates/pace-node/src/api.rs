@@ -10,8 +10,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use pace_protocol::{ErrorCode, NotifyRequest};
-use serde_json::json;
+use pace_protocol::{ErrorCode, NotifyRequest, rest};
 
 use crate::auth::{self, Principal};
 use crate::error::{ApiError, Body, json_response};
@@ -162,7 +161,10 @@ fn count_refusal(node: &NodeRef, route: routes::Route, peer: SocketAddr, e: ApiE
 fn health(node: &NodeRef) -> Response<Body> {
     json_response(
         StatusCode::OK,
-        &json!({"status": "ok", "node_id": node.config.node_id}),
+        &rest::Health {
+            status: "ok".into(),
+            node_id: node.config.node_id.clone(),
+        },
     )
 }
 
@@ -180,13 +182,17 @@ async fn ready(node: &NodeRef) -> Response<Body> {
     };
     json_response(
         status,
-        &json!({
-            "ready": ready,
-            "draining": node.is_draining(),
-            "node_id": node.config.node_id,
-            "connections": node.metrics.connections_open.get(),
-            "store": store,
-        }),
+        &rest::Ready {
+            ready,
+            draining: node.is_draining(),
+            node_id: node.config.node_id.clone(),
+            connections: node.metrics.connections_open.get(),
+            store: rest::StoreHealth {
+                kind: store.kind.to_owned(),
+                up: store.up,
+                error: store.error,
+            },
+        },
     )
 }
 
@@ -320,7 +326,11 @@ async fn cluster(node: &NodeRef) -> Result<Response<Body>, ApiError> {
     let total: u64 = nodes.iter().map(|n| n.connections).sum();
     Ok(json_response(
         StatusCode::OK,
-        &json!({"store": node.store.kind(), "total_connections": total, "nodes": nodes}),
+        &rest::Cluster {
+            store: Some(node.store.kind().to_owned()),
+            total_connections: total,
+            nodes,
+        },
     ))
 }
 
@@ -404,7 +414,14 @@ async fn notify(
             count(scope, "accepted");
             Ok(json_response(
                 StatusCode::ACCEPTED,
-                &json!({"id": n.id, "scope": n.scope, "target": n.target, "epoch": n.epoch, "seq": n.seq, "sent_at_ms": n.sent_at_ms}),
+                &rest::NotifyAccepted {
+                    id: n.id,
+                    scope: n.scope,
+                    target: n.target,
+                    epoch: n.epoch,
+                    seq: n.seq,
+                    sent_at_ms: n.sent_at_ms,
+                },
             ))
         }
         Err(e) => {

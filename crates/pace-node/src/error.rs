@@ -115,8 +115,14 @@ fn status_of(code: ErrorCode) -> StatusCode {
 }
 
 /// A JSON response with `status`.
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+pub fn json_response<T: serde::Serialize + ?Sized>(
+    status: StatusCode,
+    value: &T,
+) -> Response<Body> {
+    // The REST bodies are plain data (strings, numbers, maps with string
+    // keys): serializing them cannot fail.
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

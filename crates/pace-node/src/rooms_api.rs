@@ -6,9 +6,11 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use pace_protocol::rest::{
+    BucketBound, ReleaseResponse, RenewResponse, RoomStats, RoomStatus, SessionRequest,
+    VerifyRequest, VerifyResponse, WaitBucket, WaitSeconds,
+};
 use pace_protocol::{DeviceId, ErrorCode, RoomId};
-use serde::Deserialize;
-use serde_json::json;
 
 use crate::api::read_json;
 use crate::auth::Principal;
@@ -53,7 +55,7 @@ pub async fn put_room(
         .put_room(&room, &config)
         .await
         .map_err(store_error)?;
-    Ok(json_response(StatusCode::OK, &json!(saved)))
+    Ok(json_response(StatusCode::OK, &saved))
 }
 
 /// `GET /api/v1/rooms/{room}`: the room's configuration (public: the
@@ -67,7 +69,7 @@ pub async fn get_room(node: &NodeRef, raw: &str) -> Result<Response<Body>, ApiEr
         .await
         .map_err(store_error)?
     {
-        Some(r) => Ok(json_response(StatusCode::OK, &json!(r))),
+        Some(r) => Ok(json_response(StatusCode::OK, &r)),
         None => Err(ApiError::new(
             ErrorCode::NoSuchRoom,
             format!("no room {room}"),
@@ -98,39 +100,40 @@ pub async fn stats(node: &NodeRef, raw: &str) -> Result<Response<Body>, ApiError
 }
 
 /// The stats of an existing room, as `GET …/stats` answers them.
-pub(crate) async fn stats_body(
-    node: &NodeRef,
-    room: &RoomId,
-) -> Result<serde_json::Value, ApiError> {
-    let room = room.clone();
+pub(crate) async fn stats_body(node: &NodeRef, room: &RoomId) -> Result<RoomStats, ApiError> {
     let c = node
         .rooms
         .queue
-        .stats(&room, now_ms())
+        .stats(room, now_ms())
         .await
         .map_err(store_error)?;
-    let w = node.rooms.queue.waits(&room).await.map_err(store_error)?;
-    let buckets: Vec<serde_json::Value> = crate::queue::WAIT_BUCKETS_SECS
+    let w = node.rooms.queue.waits(room).await.map_err(store_error)?;
+    let buckets = crate::queue::WAIT_BUCKETS_SECS
         .iter()
-        .map(|b| json!(b))
-        .chain(std::iter::once(json!("+Inf")))
+        .map(|b| BucketBound::Seconds(*b))
+        .chain(std::iter::once(BucketBound::Infinity("+Inf".into())))
         .zip(&w.counts)
-        .map(|(le, n)| json!({"le": le, "count": n}))
+        .map(|(le, n)| WaitBucket { le, count: *n })
         .collect();
-    Ok(json!({
-            "room": room,
-            "waiting": c.waiting,
-            "peak_waiting": c.peak_waiting,
-            "active": c.active,
-            "admitted_total": c.admitted_total,
-            "abandoned_total": c.abandoned_total,
-            "admissions_last_minute": c.admitted_last_minute,
-            "wait_seconds": {
-                "count": w.count(),
-                "mean": if w.count() > 0 { w.sum_ms as f64 / w.count() as f64 / 1000.0 } else { 0.0 },
-                "buckets": buckets,
+    let count = w.count();
+    Ok(RoomStats {
+        room: room.clone(),
+        waiting: c.waiting,
+        peak_waiting: c.peak_waiting,
+        active: c.active,
+        admitted_total: c.admitted_total,
+        abandoned_total: c.abandoned_total,
+        admissions_last_minute: c.admitted_last_minute,
+        wait_seconds: WaitSeconds {
+            count,
+            mean: if count > 0 {
+                w.sum_ms as f64 / count as f64 / 1000.0
+            } else {
+                0.0
             },
-    }))
+            buckets,
+        },
+    })
 }
 
 /// `GET /api/v1/rooms/{room}/status` (the device itself, by its token):
@@ -166,14 +169,13 @@ pub async fn status(
                 .await
                 .map_err(store_error)?
                 .admitted_last_minute;
-            json!({
-                "status": "waiting",
-                "room": room_id,
-                "position": place.position,
-                "waiting_total": place.waiting_total,
-                "eta_seconds": eta_seconds(place.position, rate),
-                "state": room.config.state.as_str(),
-            })
+            RoomStatus::Waiting {
+                room: room_id,
+                position: place.position,
+                waiting_total: place.waiting_total,
+                eta_seconds: eta_seconds(place.position, rate),
+                state: room.config.state.as_str().to_owned(),
+            }
         }
         DeviceStatus::Admitted(adm) => {
             let token = crate::rooms::Signer::sign(node.keys.as_ref(), &room_id, &device, &adm)
@@ -185,26 +187,19 @@ pub async fn status(
                         "could not issue the admission token; retry",
                     )
                 })?;
-            json!({
-                "status": "admitted",
-                "room": room_id,
-                "target_url": with_token(&room.config.target_url, &token),
-                "token": token,
-                "expires_at": adm.expires_at_secs(),
-            })
+            RoomStatus::Admitted {
+                room: room_id,
+                target_url: with_token(&room.config.target_url, &token),
+                token,
+                expires_at: adm.expires_at_secs(),
+            }
         }
-        DeviceStatus::Unknown => {
-            json!({"status": "unknown", "room": room_id, "state": room.config.state.as_str()})
-        }
+        DeviceStatus::Unknown => RoomStatus::Unknown {
+            room: room_id,
+            state: Some(room.config.state.as_str().to_owned()),
+        },
     };
     Ok(json_response(StatusCode::OK, &body))
-}
-
-#[derive(Deserialize)]
-struct TokenBody {
-    token: String,
-    #[serde(default)]
-    room: Option<String>,
 }
 
 /// The `error` of a verify answer whose token is sound but whose session
@@ -217,14 +212,14 @@ pub const SESSION_ENDED: &str = "session_ended";
 /// asks the queue store: a released or revoked session answers
 /// `session_ended` although its token has not expired.
 pub async fn verify(node: &NodeRef, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let body: TokenBody = read_json(req, node.config.max_message_bytes).await?;
+    let body: VerifyRequest = read_json(req, node.config.max_message_bytes).await?;
     let now = now_ms();
     let refused = |code: &str, message: String| {
         node.metrics
             .tokens_rejected
             .with_label_values(&[code])
             .inc();
-        json!({"valid": false, "error": code, "message": message})
+        VerifyResponse::refused(code, message)
     };
     let answer = match node
         .keys
@@ -232,7 +227,7 @@ pub async fn verify(node: &NodeRef, req: Request<Incoming>) -> Result<Response<B
     {
         Ok(claims) => {
             if session_live(node, &claims.aud, &claims.sub, &claims.jti, now).await? {
-                json!({"valid": true, "claims": claims})
+                VerifyResponse::valid(claims)
             } else {
                 refused(
                     SESSION_ENDED,
@@ -274,7 +269,7 @@ pub async fn session(
     principal: Principal,
     renew: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let body: TokenBody = read_json(req, node.config.max_message_bytes).await?;
+    let body: SessionRequest = read_json(req, node.config.max_message_bytes).await?;
     let now = now_ms();
     let claims = node
         .keys
@@ -307,7 +302,10 @@ pub async fn session(
         match expires {
             Some(ms) => Ok(json_response(
                 StatusCode::OK,
-                &json!({"renewed": true, "expires_at": ms.div_ceil(1000)}),
+                &RenewResponse {
+                    renewed: true,
+                    expires_at: ms.div_ceil(1000),
+                },
             )),
             None => Err(ApiError::new(ErrorCode::NotFound, "the session has ended")),
         }
@@ -316,10 +314,7 @@ pub async fn session(
             .release(&room, &claims.jti)
             .await
             .map_err(store_error)?;
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({"released": released}),
-        ))
+        Ok(json_response(StatusCode::OK, &ReleaseResponse { released }))
     }
 }
 

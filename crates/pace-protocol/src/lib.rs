@@ -23,6 +23,8 @@ pub mod frame;
 pub mod ids;
 pub mod notify;
 pub mod pow;
+pub mod rest;
+pub mod room;
 
 pub use bus::{BusEnvelope, DeviceAction};
 pub use close::CloseCode;

@@ -32,7 +32,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use pace_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::password::{Password, verify_password_async};
 use super::{TenantId, UserName, unix_now};
@@ -379,7 +379,10 @@ async fn attempt(
     tracing::info!(%tenant, %user, jti = %claims.jti, exp = claims.exp, "admin login");
     let mut resp = json_response(
         StatusCode::OK,
-        &json!({"token": token, "expires_at": claims.exp}),
+        &pace_protocol::rest::LoginResponse {
+            token,
+            expires_at: claims.exp,
+        },
     );
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -390,6 +393,7 @@ async fn attempt(
 mod tests {
     use super::*;
     use crate::admission::AdmissionClaims;
+    use serde_json::json;
 
     const T0: u64 = 1_800_000_000;
     const TTL: Duration = Duration::from_secs(900);

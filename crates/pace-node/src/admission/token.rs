@@ -10,60 +10,12 @@ use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Header, Validation};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use super::keys::KeySet;
 
-/// The claims of an admission token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AdmissionClaims {
-    /// Issuer: which Pace deployment admitted the device.
-    pub iss: String,
-    /// Audience: the room id, so a token for one room opens no other.
-    pub aud: String,
-    /// Subject: the device id.
-    pub sub: String,
-    /// Token id: the admission session id, to release or audit one admission.
-    pub jti: String,
-    /// Issued at, unix seconds. Also the earliest time the token is valid.
-    pub iat: u64,
-    /// Expiry, unix seconds: the end of the admitted session.
-    pub exp: u64,
-    /// Host of the target site, so a site can refuse tokens meant for another.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-}
-
-impl AdmissionClaims {
-    /// Claims for `device` admitted to `room` in `session`, issued at `now`
-    /// (unix seconds) and valid for `ttl` (whole seconds).
-    pub fn new(
-        issuer: impl Into<String>,
-        room: impl Into<String>,
-        device: impl Into<String>,
-        session: impl Into<String>,
-        now: u64,
-        ttl: Duration,
-    ) -> Self {
-        AdmissionClaims {
-            iss: issuer.into(),
-            aud: room.into(),
-            sub: device.into(),
-            jti: session.into(),
-            iat: now,
-            exp: now.saturating_add(ttl.as_secs()),
-            target: None,
-        }
-    }
-
-    /// Adds the target host claim.
-    #[must_use]
-    pub fn with_target(mut self, host: impl Into<String>) -> Self {
-        self.target = Some(host.into());
-        self
-    }
-}
+pub use pace_protocol::rest::AdmissionClaims;
 
 /// Why a token could not be signed.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,6 @@ use std::net::IpAddr;
 use http::{Request, StatusCode, header};
 use hyper::body::Incoming;
 use pace_protocol::ErrorCode;
-use serde_json::json;
 
 use super::token::{self, DeviceTokenError};
 use super::{DeviceInfo, DeviceRecord, Registered};
@@ -45,7 +44,7 @@ pub async fn register(
             return Err(e);
         }
     };
-    if let Err(e) = info.validate() {
+    if let Err(e) = super::validate(&info) {
         count("invalid");
         return Err(ApiError::new(ErrorCode::BadRequest, e));
     }
@@ -145,11 +144,11 @@ pub async fn register(
     });
     let mut resp = json_response(
         status,
-        &json!({
-            "device_id": record.info.device_id,
-            "token": token,
-            "expires_at": claims.exp,
-        }),
+        &pace_protocol::rest::RegisterResponse {
+            device_id: record.info.device_id,
+            token,
+            expires_at: claims.exp,
+        },
     );
     resp.headers_mut().insert(
         header::CACHE_CONTROL,

@@ -42,71 +42,43 @@ pub use token::{DeviceClaims, DeviceTokenError, ExternalIssuer};
 /// Longest free-text field of a registration, in bytes.
 pub const MAX_FIELD_LEN: usize = 128;
 
-/// What a device says about itself when it registers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceInfo {
-    /// Its id (the one it connects with).
-    pub device_id: DeviceId,
-    /// Kind of device (`laptop`, `kiosk`, `phone`, `browser`, …).
-    #[serde(default, rename = "type")]
-    pub kind: String,
-    /// Hardware model.
-    #[serde(default)]
-    pub model: String,
-    /// Operating system.
-    #[serde(default)]
-    pub os: String,
-    /// Operating system version.
-    #[serde(default)]
-    pub os_version: String,
-    /// Version of the app that registered.
-    #[serde(default)]
-    pub app_version: String,
-    /// The department (group) it belongs to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub department: Option<GroupId>,
-    /// The person using it, when known (then carried in its token).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// The tenant whose admins may read this record.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
-}
+/// What a device says about itself when it registers (the
+/// registration's body).
+pub use pace_protocol::rest::RegisterRequest as DeviceInfo;
 
-impl DeviceInfo {
-    /// Checks the free-text fields: at most [`MAX_FIELD_LEN`] bytes of
-    /// printable characters each; `user` and `tenant` non-empty when given.
-    pub fn validate(&self) -> Result<(), String> {
-        let fields = [
-            ("type", &self.kind),
-            ("model", &self.model),
-            ("os", &self.os),
-            ("os_version", &self.os_version),
-            ("app_version", &self.app_version),
-        ];
-        let optional = [("user", &self.user), ("tenant", &self.tenant)];
-        let check = |name: &str, value: &str| {
-            if value.len() > MAX_FIELD_LEN {
-                return Err(format!("{name} is longer than {MAX_FIELD_LEN} bytes"));
-            }
-            if value.chars().any(char::is_control) {
-                return Err(format!("{name} contains control characters"));
-            }
-            Ok(())
-        };
-        for (name, value) in fields {
-            check(name, value)?;
+/// Checks a registration's free-text fields: at most [`MAX_FIELD_LEN`]
+/// bytes of printable characters each; `user` and `tenant` non-empty when
+/// given.
+pub fn validate(info: &DeviceInfo) -> Result<(), String> {
+    let fields = [
+        ("type", &info.kind),
+        ("model", &info.model),
+        ("os", &info.os),
+        ("os_version", &info.os_version),
+        ("app_version", &info.app_version),
+    ];
+    let optional = [("user", &info.user), ("tenant", &info.tenant)];
+    let check = |name: &str, value: &str| {
+        if value.len() > MAX_FIELD_LEN {
+            return Err(format!("{name} is longer than {MAX_FIELD_LEN} bytes"));
         }
-        for (name, value) in optional {
-            if let Some(v) = value {
-                if v.is_empty() {
-                    return Err(format!("{name} must not be empty when given"));
-                }
-                check(name, v)?;
-            }
+        if value.chars().any(char::is_control) {
+            return Err(format!("{name} contains control characters"));
         }
         Ok(())
+    };
+    for (name, value) in fields {
+        check(name, value)?;
     }
+    for (name, value) in optional {
+        if let Some(v) = value {
+            if v.is_empty() {
+                return Err(format!("{name} must not be empty when given"));
+            }
+            check(name, v)?;
+        }
+    }
+    Ok(())
 }
 
 /// One registered device.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pace_protocol::{Cursor, DeviceAction, DeviceId, EventName, Notification, RoomId, Target};
-use serde::{Deserialize, Serialize};
+
 use serde_json::Value;
 
 pub use memory::MemoryStore;
@@ -148,19 +148,7 @@ pub trait Local: Send + Sync + 'static {
 }
 
 /// One node as listed by `GET /api/v1/cluster`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    /// The node's id.
-    pub node_id: String,
-    /// Address devices and the gateway reach it on.
-    pub address: String,
-    /// Devices connected to it at its last heartbeat.
-    pub connections: u64,
-    /// Whether it accepted new devices at its last heartbeat.
-    pub ready: bool,
-    /// Its last heartbeat, Unix milliseconds.
-    pub last_heartbeat_ms: u64,
-}
+pub use pace_protocol::rest::NodeInfo;
 
 /// Failures of the store. Every variant maps to a retryable
 /// `store_unavailable` for clients; details go to the log only.
