@@ -43,7 +43,7 @@ use crate::devices::DeviceRecord;
 use crate::error::{ApiError, Body, json_response};
 use crate::node::NodeRef;
 use crate::queue::{DeviceStatus, Room, RoomConfig};
-use crate::rooms_api::{stats_body, store_error};
+use crate::rooms_api::stats_body;
 use crate::routes::Route;
 use crate::store::now_ms;
 
@@ -63,8 +63,7 @@ async fn owned(node: &NodeRef, claims: &AdminClaims, raw: &str) -> Result<Room, 
     node.rooms
         .queue
         .get_room(&room)
-        .await
-        .map_err(store_error)?
+        .await?
         .ok_or_else(|| not_found(raw))
 }
 
@@ -326,13 +325,7 @@ async fn revoke_session(
 ) -> Result<http::Response<Body>, ApiError> {
     let room = RoomId::parse(raw).map_err(|_| not_found(raw))?;
     let visible = match principal {
-        Principal::Service => node
-            .rooms
-            .queue
-            .get_room(&room)
-            .await
-            .map_err(store_error)?
-            .is_some(),
+        Principal::Service => node.rooms.queue.get_room(&room).await?.is_some(),
         Principal::Admin(claims) => owns(node, claims, &room).await?,
         _ => false,
     };
@@ -342,20 +335,13 @@ async fn revoke_session(
     let body: rest::RevokeSessionRequest =
         crate::api::read_json(req, node.config.max_message_bytes).await?;
     let queue = &node.rooms.queue;
-    let DeviceStatus::Admitted(adm) = queue
-        .status(&room, &body.device_id, now_ms())
-        .await
-        .map_err(store_error)?
-    else {
+    let DeviceStatus::Admitted(adm) = queue.status(&room, &body.device_id, now_ms()).await? else {
         return Err(ApiError::new(
             ErrorCode::NotFound,
             format!("{} holds no session in {room}", body.device_id),
         ));
     };
-    let revoked = queue
-        .release(&room, &adm.session_id)
-        .await
-        .map_err(store_error)?;
+    let revoked = queue.release(&room, &adm.session_id).await?;
     node.metrics
         .revocations
         .with_label_values(&["session"])
@@ -378,9 +364,9 @@ async fn list_rooms(
 ) -> Result<http::Response<Body>, ApiError> {
     let q = &node.rooms.queue;
     let mut rooms = Vec::new();
-    for id in q.rooms().await.map_err(store_error)? {
-        if q.room_owner(&id).await.map_err(store_error)?.as_deref() == Some(claims.tenant.as_str())
-            && let Some(room) = q.get_room(&id).await.map_err(store_error)?
+    for id in q.rooms().await? {
+        if q.room_owner(&id).await?.as_deref() == Some(claims.tenant.as_str())
+            && let Some(room) = q.get_room(&id).await?
         {
             rooms.push(room);
         }
@@ -404,17 +390,11 @@ async fn put_room(
         .rooms
         .queue
         .claim_room(&room, claims.tenant.as_str())
-        .await
-        .map_err(store_error)?;
+        .await?;
     if owner.as_deref() != Some(claims.tenant.as_str()) {
         return Err(not_found(raw));
     }
-    let saved = node
-        .rooms
-        .queue
-        .put_room(&room, &config)
-        .await
-        .map_err(store_error)?;
+    let saved = node.rooms.queue.put_room(&room, &config).await?;
     tracing::info!(tenant = %claims.tenant, admin = %claims.sub, %room, "room changed by an admin");
     Ok(json_response(StatusCode::OK, &saved))
 }
@@ -453,13 +433,7 @@ async fn devices(
 }
 
 async fn cluster(node: &NodeRef) -> Result<http::Response<Body>, ApiError> {
-    let nodes = node.store.nodes().await.map_err(|e| {
-        tracing::warn!(error = %e, "cluster listing failed");
-        ApiError::new(
-            ErrorCode::StoreUnavailable,
-            "the store is unavailable; retry",
-        )
-    })?;
+    let nodes = node.store.nodes().await?;
     let total: u64 = nodes.iter().map(|n| n.connections).sum();
     Ok(json_response(
         StatusCode::OK,

@@ -316,13 +316,7 @@ async fn upgrade(
 /// `GET /api/v1/cluster` (service key): the live nodes and their
 /// connection counts.
 async fn cluster(node: &NodeRef) -> Result<Response<Body>, ApiError> {
-    let nodes = node.store.nodes().await.map_err(|e| {
-        tracing::warn!(error = %e, "cluster listing failed");
-        ApiError::new(
-            ErrorCode::StoreUnavailable,
-            "the store is unavailable; retry",
-        )
-    })?;
+    let nodes = node.store.nodes().await?;
     let total: u64 = nodes.iter().map(|n| n.connections).sum();
     Ok(json_response(
         StatusCode::OK,
@@ -426,11 +420,7 @@ async fn notify(
         }
         Err(e) => {
             count(scope, "store_unavailable");
-            tracing::warn!(error = %e, "notify failed");
-            Err(ApiError::new(
-                ErrorCode::StoreUnavailable,
-                "the store is unavailable; retry",
-            ))
+            Err(ApiError::store_unavailable("notify", &e))
         }
     }
 }

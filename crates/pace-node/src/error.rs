@@ -65,15 +65,50 @@ impl ApiError {
     }
 }
 
-/// A device registry failure is a retryable `store_unavailable` for the
-/// client; the details go to the log only.
+/// What a client is told when a store fails: the one message for
+/// `store_unavailable` (HTTP answers and frame errors alike).
+pub const STORE_UNAVAILABLE: &str = "the store is unavailable; retry";
+
+impl ApiError {
+    /// The retryable `store_unavailable` answer for a store failure
+    /// `source` met while doing `what`; the details go to the log only.
+    pub fn store_unavailable(what: &str, source: &dyn std::error::Error) -> ApiError {
+        tracing::warn!(error = %source, "store unavailable: {what}");
+        ApiError::new(ErrorCode::StoreUnavailable, STORE_UNAVAILABLE)
+    }
+}
+
+/// A device registry failure is a retryable `store_unavailable`.
 impl From<crate::devices::RegistryError> for ApiError {
     fn from(e: crate::devices::RegistryError) -> ApiError {
-        tracing::warn!(error = %e, "device registry unavailable");
-        ApiError::new(
-            ErrorCode::StoreUnavailable,
-            "the store is unavailable; retry",
-        )
+        ApiError::store_unavailable("device registry", &e)
+    }
+}
+
+/// A store (bus, history, presence, claims) failure likewise.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        ApiError::store_unavailable("store", &e)
+    }
+}
+
+/// An account store failure likewise.
+impl From<crate::accounts::AccountError> for ApiError {
+    fn from(e: crate::accounts::AccountError) -> ApiError {
+        ApiError::store_unavailable("account store", &e)
+    }
+}
+
+/// A queue store failure likewise, but a refused room configuration is
+/// the caller's `bad_request`.
+impl From<crate::queue::QueueError> for ApiError {
+    fn from(e: crate::queue::QueueError) -> ApiError {
+        match e {
+            crate::queue::QueueError::InvalidConfig(msg) => {
+                ApiError::new(ErrorCode::BadRequest, msg)
+            }
+            other => ApiError::store_unavailable("queue store", &other),
+        }
     }
 }
 

@@ -222,7 +222,7 @@ fn unavailable(e: &QueueError) -> JoinRefused {
     tracing::warn!(error = %e, "queue store unavailable");
     JoinRefused {
         code: ErrorCode::StoreUnavailable,
-        message: "the queue is unavailable; retry".into(),
+        message: crate::error::STORE_UNAVAILABLE.into(),
     }
 }
 
@@ -385,7 +385,7 @@ impl Rooms {
                 tracing::warn!(error = %e, "store unavailable for a challenge claim");
                 JoinRefused {
                     code: ErrorCode::StoreUnavailable,
-                    message: "the store is unavailable; retry".into(),
+                    message: crate::error::STORE_UNAVAILABLE.into(),
                 }
             })?;
         if !first {

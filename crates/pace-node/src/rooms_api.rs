@@ -16,22 +16,9 @@ use crate::api::read_json;
 use crate::auth::Principal;
 use crate::error::{ApiError, Body, json_response};
 use crate::node::NodeRef;
-use crate::queue::{DeviceStatus, QueueError, RoomConfig};
+use crate::queue::{DeviceStatus, RoomConfig};
 use crate::rooms::{eta_seconds, with_token};
 use crate::store::now_ms;
-
-pub(crate) fn store_error(e: QueueError) -> ApiError {
-    match e {
-        QueueError::InvalidConfig(msg) => ApiError::new(ErrorCode::BadRequest, msg),
-        other => {
-            tracing::warn!(error = %other, "queue store error");
-            ApiError::new(
-                ErrorCode::StoreUnavailable,
-                "the queue store is unavailable; retry",
-            )
-        }
-    }
-}
 
 fn room_id(raw: &str) -> Result<RoomId, ApiError> {
     RoomId::parse(raw).map_err(|e| ApiError::new(ErrorCode::NoSuchRoom, format!("room id {e}")))
@@ -49,12 +36,7 @@ pub async fn put_room(
     config
         .validate()
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?;
-    let saved = node
-        .rooms
-        .queue
-        .put_room(&room, &config)
-        .await
-        .map_err(store_error)?;
+    let saved = node.rooms.queue.put_room(&room, &config).await?;
     Ok(json_response(StatusCode::OK, &saved))
 }
 
@@ -62,13 +44,7 @@ pub async fn put_room(
 /// waiting page shows it).
 pub async fn get_room(node: &NodeRef, raw: &str) -> Result<Response<Body>, ApiError> {
     let room = room_id(raw)?;
-    match node
-        .rooms
-        .queue
-        .get_room(&room)
-        .await
-        .map_err(store_error)?
-    {
+    match node.rooms.queue.get_room(&room).await? {
         Some(r) => Ok(json_response(StatusCode::OK, &r)),
         None => Err(ApiError::new(
             ErrorCode::NoSuchRoom,
@@ -80,14 +56,7 @@ pub async fn get_room(node: &NodeRef, raw: &str) -> Result<Response<Body>, ApiEr
 /// `GET /api/v1/rooms/{room}/stats` (service key).
 pub async fn stats(node: &NodeRef, raw: &str) -> Result<Response<Body>, ApiError> {
     let room = room_id(raw)?;
-    if node
-        .rooms
-        .queue
-        .get_room(&room)
-        .await
-        .map_err(store_error)?
-        .is_none()
-    {
+    if node.rooms.queue.get_room(&room).await?.is_none() {
         return Err(ApiError::new(
             ErrorCode::NoSuchRoom,
             format!("no room {room}"),
@@ -101,13 +70,8 @@ pub async fn stats(node: &NodeRef, raw: &str) -> Result<Response<Body>, ApiError
 
 /// The stats of an existing room, as `GET …/stats` answers them.
 pub(crate) async fn stats_body(node: &NodeRef, room: &RoomId) -> Result<RoomStats, ApiError> {
-    let c = node
-        .rooms
-        .queue
-        .stats(room, now_ms())
-        .await
-        .map_err(store_error)?;
-    let w = node.rooms.queue.waits(room).await.map_err(store_error)?;
+    let c = node.rooms.queue.stats(room, now_ms()).await?;
+    let w = node.rooms.queue.waits(room).await?;
     let buckets = crate::queue::WAIT_BUCKETS_SECS
         .iter()
         .map(|b| BucketBound::Seconds(*b))
@@ -152,23 +116,15 @@ pub async fn status(
     let device = me.device;
     let now = now_ms();
     let queue = &node.rooms.queue;
-    let Some(room) = queue.get_room(&room_id).await.map_err(store_error)? else {
+    let Some(room) = queue.get_room(&room_id).await? else {
         return Err(ApiError::new(
             ErrorCode::NoSuchRoom,
             format!("no room {room_id}"),
         ));
     };
-    let body = match queue
-        .status(&room_id, &device, now)
-        .await
-        .map_err(store_error)?
-    {
+    let body = match queue.status(&room_id, &device, now).await? {
         DeviceStatus::Waiting(place) => {
-            let rate = queue
-                .stats(&room_id, now)
-                .await
-                .map_err(store_error)?
-                .admitted_last_minute;
+            let rate = queue.stats(&room_id, now).await?.admitted_last_minute;
             RoomStatus::Waiting {
                 room: room_id,
                 position: place.position,
@@ -253,7 +209,7 @@ async fn session_live(
         return Ok(false);
     };
     Ok(matches!(
-        node.rooms.queue.status(&room, &device, now).await.map_err(store_error)?,
+        node.rooms.queue.status(&room, &device, now).await?,
         DeviceStatus::Admitted(adm) if adm.session_id == session
     ))
 }
@@ -295,10 +251,7 @@ pub async fn session(
     }
     let queue = &node.rooms.queue;
     if renew {
-        let expires = queue
-            .renew(&room, &claims.jti, now)
-            .await
-            .map_err(store_error)?;
+        let expires = queue.renew(&room, &claims.jti, now).await?;
         match expires {
             Some(ms) => Ok(json_response(
                 StatusCode::OK,
@@ -310,10 +263,7 @@ pub async fn session(
             None => Err(ApiError::new(ErrorCode::NotFound, "the session has ended")),
         }
     } else {
-        let released = queue
-            .release(&room, &claims.jti)
-            .await
-            .map_err(store_error)?;
+        let released = queue.release(&room, &claims.jti).await?;
         Ok(json_response(StatusCode::OK, &ReleaseResponse { released }))
     }
 }

@@ -291,11 +291,7 @@ fn invalid_credentials() -> ApiError {
 }
 
 fn store_unavailable(e: &super::AccountError) -> ApiError {
-    tracing::warn!(error = %e, "admin login: account store error");
-    ApiError::new(
-        ErrorCode::StoreUnavailable,
-        "the account store is unavailable; retry",
-    )
+    ApiError::store_unavailable("admin login", e)
 }
 
 /// The three strings of the body. Type errors are answered without

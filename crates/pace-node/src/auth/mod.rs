@@ -191,14 +191,6 @@ fn unauthorized(message: &str) -> ApiError {
     ApiError::new(ErrorCode::Unauthorized, message)
 }
 
-fn store_unavailable(e: impl std::fmt::Display) -> ApiError {
-    tracing::warn!(error = %e, "store unavailable for a feed ticket");
-    ApiError::new(
-        ErrorCode::StoreUnavailable,
-        "the store is unavailable; retry",
-    )
-}
-
 /// The bearer token of a request, if any.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -503,8 +495,7 @@ async fn redeem_ticket(node: &NodeRef, ticket: &str) -> Result<AdminClaims, ApiE
     let first = node
         .store
         .claim_once(&format!("ticket:{}", claims.jti), tickets::TICKET_TTL)
-        .await
-        .map_err(store_unavailable)?;
+        .await?;
     if !first {
         let e = tickets::TicketError::Reused;
         count(e.code());
@@ -535,12 +526,7 @@ pub async fn owns_room(
     admin: &AdminClaims,
     room: &pace_protocol::RoomId,
 ) -> Result<bool, ApiError> {
-    let owner = node
-        .rooms
-        .queue
-        .room_owner(room)
-        .await
-        .map_err(crate::rooms_api::store_error)?;
+    let owner = node.rooms.queue.room_owner(room).await?;
     Ok(owner.as_deref() == Some(admin.tenant.as_str()))
 }
 

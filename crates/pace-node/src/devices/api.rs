@@ -64,13 +64,7 @@ pub async fn register(
     }
     if let Some(tenant) = &info.tenant {
         let known = match crate::accounts::TenantId::parse(tenant) {
-            Ok(id) => node.accounts.tenant(&id).await.map_err(|e| {
-                tracing::warn!(error = %e, "account store unavailable for a registration");
-                ApiError::new(
-                    ErrorCode::StoreUnavailable,
-                    "the store is unavailable; retry",
-                )
-            })?,
+            Ok(id) => node.accounts.tenant(&id).await?,
             Err(_) => None,
         };
         if known.is_none() {
