@@ -546,14 +546,6 @@ fn save_screenshot(name: &str, png: &[u8]) -> PathBuf {
     path
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a loopback port")
-        .port()
-}
-
 /// One HTTP/1.1 request to chromedriver; `None` if it cannot be reached or
 /// does not answer within 5 s.
 async fn webdriver_http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {

@@ -72,14 +72,6 @@ fn free_port_block(n: u16) -> u16 {
     panic!("no block of {n} free ports between 20000 and 32000");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs a command with a time limit; returns (exit code, stdout, stderr).
 async fn run(mut cmd: tokio::process::Command, limit: Duration) -> (i32, String, String) {
     cmd.stdin(Stdio::null())

@@ -418,11 +418,11 @@ impl Drop for Gateway {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port that was free a moment ago (the tests' one finder).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
         .port()
 }
 
