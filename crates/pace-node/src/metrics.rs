@@ -18,6 +18,9 @@ const MAX_EVENT_LABELS: usize = 64;
 /// Label value for event names past [`MAX_EVENT_LABELS`].
 pub const OTHER_EVENT: &str = "_other";
 
+/// The `route` labels of `pace_cors_refused_total`.
+pub const CORS_ROUTES: [&str; 3] = ["register", "room", "room_status"];
+
 /// The node's metrics. Cheap to clone (every field is a shared handle).
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -236,7 +239,7 @@ impl Metrics {
                     "pace_room_wait_seconds",
                     "Time from joining the queue to admission, for admissions made by this node's ticks.",
                 )
-                .buckets(crate::queue::WAIT_BUCKETS_SECS.iter().map(|b| *b as f64).collect()),
+                .buckets(pace_protocol::rest::WAIT_BUCKETS_SECS.iter().map(|b| *b as f64).collect()),
                 &["room"],
             )
             .expect("valid metric"),
@@ -444,7 +447,7 @@ impl Metrics {
         for kind in ["kick", "session", "departments"] {
             m.revocations.with_label_values(&[kind]);
         }
-        for route in crate::origins::CORS_ROUTES {
+        for route in CORS_ROUTES {
             m.cors_refused.with_label_values(&[route]);
         }
         m

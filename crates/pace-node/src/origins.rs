@@ -409,8 +409,7 @@ impl CorsRoute {
     }
 }
 
-/// The `route` labels of `pace_cors_refused_total`.
-pub const CORS_ROUTES: [&str; 3] = ["register", "room", "room_status"];
+pub use crate::metrics::CORS_ROUTES;
 
 /// The owner tenant of the room `raw` names (fails closed on a store error).
 async fn room_tenants(node: &NodeRef, raw: &str) -> Tenants {

@@ -376,6 +376,10 @@ pub struct Cluster {
     pub nodes: Vec<NodeInfo>,
 }
 
+/// Upper bounds (seconds) of the wait-time buckets, ascending; a last,
+/// unbounded bucket (`+Inf`) follows.
+pub const WAIT_BUCKETS_SECS: [u64; 10] = [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600];
+
 /// The upper bound of a wait-time bucket: seconds, or `"+Inf"` for the
 /// last.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -195,9 +195,7 @@ pub struct AdmitOutcome {
     pub waiting: u64,
 }
 
-/// Upper bounds (seconds) of the wait-time buckets, ascending; a last,
-/// unbounded bucket (`+Inf`) follows.
-pub const WAIT_BUCKETS_SECS: [u64; 10] = [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600];
+pub use pace_protocol::rest::WAIT_BUCKETS_SECS;
 
 /// The distribution of waits (join → admission) of a room's admissions,
 /// cluster-wide.
