@@ -85,7 +85,13 @@ pub async fn run(
                     bus_log_len: config.bus_log_len,
                 },
                 local,
-                metrics.clone(),
+                crate::store::BusCounters {
+                    received: metrics.bus_received.clone(),
+                    dropped: metrics.bus_dropped.clone(),
+                    invalid: metrics.bus_invalid.clone(),
+                    gaps: metrics.bus_gaps.clone(),
+                    repaired: metrics.bus_repaired.clone(),
+                },
             )?;
             let queue = Arc::new(RedisQueueStore::new(redis.client(), &config.redis_prefix));
             let accounts: SharedAccountStore =

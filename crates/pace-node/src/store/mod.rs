@@ -150,6 +150,42 @@ pub trait Local: Send + Sync + 'static {
 /// One node as listed by `GET /api/v1/cluster`.
 pub use pace_protocol::rest::NodeInfo;
 
+/// The counters a store keeps about the cluster bus: handles into the
+/// node's registry, handed over by the composition root (`server.rs`), so
+/// the store depends on no metrics module.
+#[derive(Debug, Clone)]
+pub struct BusCounters {
+    /// `pace_bus_received_total`: messages read off the bus.
+    pub received: prometheus::IntCounter,
+    /// `pace_bus_dropped_total`: messages the reader fell behind on.
+    pub dropped: prometheus::IntCounter,
+    /// `pace_bus_invalid_total`: unreadable messages skipped.
+    pub invalid: prometheus::IntCounter,
+    /// `pace_bus_gaps_total{outcome}`: gaps seen, repaired or not.
+    pub gaps: prometheus::IntCounterVec,
+    /// `pace_bus_repaired_total`: notifications recovered from the bus log.
+    pub repaired: prometheus::IntCounter,
+}
+
+#[cfg(test)]
+impl BusCounters {
+    /// Counters registered nowhere.
+    pub fn detached() -> BusCounters {
+        let counter = |name: &str| prometheus::IntCounter::new(name, name).expect("valid metric");
+        BusCounters {
+            received: counter("received"),
+            dropped: counter("dropped"),
+            invalid: counter("invalid"),
+            gaps: prometheus::IntCounterVec::new(
+                prometheus::Opts::new("gaps", "gaps"),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            repaired: counter("repaired"),
+        }
+    }
+}
+
 /// Failures of the store. Every variant maps to a retryable
 /// `store_unavailable` for clients; details go to the log only.
 #[derive(Debug, thiserror::Error)]

@@ -39,9 +39,9 @@ use pace_protocol::{Cursor, Target};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{
-    Draft, History, HistoryLimits, Local, NodeInfo, Store, StoreError, StoreHealth, stamp,
+    BusCounters, Draft, History, HistoryLimits, Local, NodeInfo, Store, StoreError, StoreHealth,
+    stamp,
 };
-use crate::metrics::Metrics;
 
 /// How a node connects to Redis.
 #[derive(Debug, Clone)]
@@ -168,7 +168,7 @@ impl RedisStore {
     pub fn start(
         opts: RedisOptions,
         local: Arc<dyn Local>,
-        metrics: Metrics,
+        counters: BusCounters,
     ) -> Result<Arc<RedisStore>, StoreError> {
         check_url(&opts.url).map_err(StoreError::Unavailable)?;
         let config = Config::from_url(&opts.url)
@@ -200,7 +200,7 @@ impl RedisStore {
             history: history.clone(),
             keys: keys.clone(),
             local,
-            metrics: metrics.clone(),
+            counters,
             node_id: opts.node_id.clone(),
             bus_log_len: opts.bus_log_len,
             at: None,
@@ -429,7 +429,7 @@ struct BusReader {
     history: Script,
     keys: Keys,
     local: Arc<dyn Local>,
-    metrics: Metrics,
+    counters: BusCounters,
     node_id: String,
     bus_log_len: usize,
     /// The bus position (epoch, seq) of the last notification delivered;
@@ -456,7 +456,7 @@ impl BusReader {
                 msg = messages.recv() => match msg {
                     Ok(msg) => self.on_message(msg).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        self.metrics.bus_dropped.inc_by(n);
+                        self.counters.dropped.inc_by(n);
                         tracing::warn!(
                             dropped = n,
                             "bus reader fell behind (consider raising --bus-buffer); repairing from the bus log"
@@ -470,7 +470,7 @@ impl BusReader {
     }
 
     async fn on_message(&mut self, msg: fred::types::Message) {
-        self.metrics.bus_received.inc();
+        self.counters.received.inc();
         let envelope = msg
             .value
             .as_bytes()
@@ -502,7 +502,7 @@ impl BusReader {
                 self.local.device_action(&device, &action)
             }
             None => {
-                self.metrics.bus_invalid.inc();
+                self.counters.invalid.inc();
                 tracing::warn!(channel = %msg.channel, "unreadable bus message skipped");
             }
         }
@@ -606,7 +606,7 @@ impl BusReader {
             next += 1;
         }
         let repaired = next - 1 - from;
-        self.metrics.bus_repaired.inc_by(repaired);
+        self.counters.repaired.inc_by(repaired);
         self.at = Some((epoch, next - 1));
         if next - 1 < to_seq {
             tracing::error!(
@@ -616,7 +616,7 @@ impl BusReader {
             );
             self.unrepaired(Some((to_epoch, to_seq)));
         } else {
-            self.metrics.bus_gaps.with_label_values(&["repaired"]).inc();
+            self.counters.gaps.with_label_values(&["repaired"]).inc();
             tracing::info!(repaired, "bus gap repaired from the bus log");
         }
     }
@@ -624,10 +624,7 @@ impl BusReader {
     /// Gives up on a gap: every local device reconnects and resumes from
     /// its own cursors (the scopes' histories are separate from the log).
     fn unrepaired(&mut self, upto: Option<(u64, u64)>) {
-        self.metrics
-            .bus_gaps
-            .with_label_values(&["unrepaired"])
-            .inc();
+        self.counters.gaps.with_label_values(&["unrepaired"]).inc();
         self.local.resync_all();
         if let Some(upto) = upto {
             self.at = Some(upto);
@@ -841,7 +838,7 @@ mod tests {
             local,
             HistoryLimits::default(),
             1000,
-            Metrics::new(),
+            BusCounters::detached(),
         )
     }
 
@@ -852,7 +849,7 @@ mod tests {
         local: Arc<Recorder>,
         history: HistoryLimits,
         bus_log_len: usize,
-        metrics: Metrics,
+        counters: BusCounters,
     ) -> Arc<RedisStore> {
         RedisStore::start(
             RedisOptions {
@@ -866,7 +863,7 @@ mod tests {
                 bus_log_len,
             },
             local,
-            metrics,
+            counters,
         )
         .unwrap()
     }
@@ -907,7 +904,7 @@ mod tests {
             Arc::new(Recorder::default()),
             small,
             1000,
-            Metrics::new(),
+            BusCounters::detached(),
         );
         conformance::history_is_bounded(bounded.as_ref()).await;
     }
@@ -941,7 +938,7 @@ mod tests {
     async fn a_node_repairs_what_it_missed_while_resubscribing() {
         let redis = TestRedis::start();
         let (ra, rb) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
-        let metrics_b = Metrics::new();
+        let metrics_b = BusCounters::detached();
         let limits = HistoryLimits::default();
         let a = store(&redis, "repair", "a", ra.clone());
         let b = store_with(
@@ -968,7 +965,7 @@ mod tests {
         let got = rb.wait_delivered(20).await;
         assert_eq!(got, sent, "every message, once, in order");
         assert!(
-            metrics_b.bus_repaired.get() > 0,
+            metrics_b.repaired.get() > 0,
             "the messages came from the bus log"
         );
         assert_eq!(*rb.resyncs.lock().unwrap(), 0);
@@ -982,7 +979,7 @@ mod tests {
     async fn a_gap_longer_than_the_bus_log_makes_devices_resync() {
         let redis = TestRedis::start();
         let rb = Arc::new(Recorder::default());
-        let metrics_b = Metrics::new();
+        let metrics_b = BusCounters::detached();
         let a = store(&redis, "short-log", "a", Arc::new(Recorder::default()));
         let b = store_with(
             &redis,
@@ -1011,10 +1008,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(*rb.resyncs.lock().unwrap(), 1, "devices told to resume");
-        assert_eq!(
-            metrics_b.bus_gaps.with_label_values(&["unrepaired"]).get(),
-            1
-        );
+        assert_eq!(metrics_b.gaps.with_label_values(&["unrepaired"]).get(), 1);
     }
 
     #[tokio::test]
