@@ -158,6 +158,25 @@ pub struct Plan {
     pub template: WorkerSpec,
 }
 
+/// A phase every worker reports the end of.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// `--register`: the devices registered.
+    Registered,
+    /// The devices connected.
+    Connected,
+}
+
+impl Phase {
+    /// The phase's verb, for errors.
+    fn doing(self) -> &'static str {
+        match self {
+            Phase::Registered => "registering",
+            Phase::Connected => "connecting",
+        }
+    }
+}
+
 /// The running worker processes.
 #[derive(Debug)]
 pub struct Fleet {
@@ -339,6 +358,42 @@ impl Fleet {
         Ok(())
     }
 
+    /// Pumps worker events until every live worker has reported `phase`
+    /// (or `timeout` passes: an error), printing `line(progress)` every
+    /// second.
+    async fn wait_phase(
+        &mut self,
+        phase: Phase,
+        timeout: Duration,
+        line: impl Fn(&Progress) -> String,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut next_print = Instant::now() + Duration::from_secs(1);
+        loop {
+            let reported = match phase {
+                Phase::Registered => &self.registered,
+                Phase::Connected => &self.connected,
+            };
+            if !reported
+                .iter()
+                .zip(&self.exited)
+                .any(|(r, &gone)| r.is_none() && !gone)
+            {
+                return Ok(());
+            }
+            if !self.pump(deadline.min(next_print)).await? {
+                if Instant::now() >= deadline {
+                    bail!(
+                        "workers did not finish {} within {timeout:?}",
+                        phase.doing()
+                    );
+                }
+                eprintln!("{}", line(&self.progress()));
+                next_print += Duration::from_secs(1);
+            }
+        }
+    }
+
     /// `--register`: waits until every worker has finished registering its
     /// devices, printing a progress line every second. The workers then
     /// wait for [`WorkerCommand::Connect`].
@@ -347,26 +402,13 @@ impl Fleet {
         timeout: Duration,
         devices: u64,
     ) -> anyhow::Result<RegisterPhase> {
-        let deadline = Instant::now() + timeout;
-        let mut next_print = Instant::now() + Duration::from_secs(1);
-        while self
-            .registered
-            .iter()
-            .zip(&self.exited)
-            .any(|(r, &gone)| r.is_none() && !gone)
-        {
-            if !self.pump(deadline.min(next_print)).await? {
-                if Instant::now() >= deadline {
-                    bail!("workers did not finish registering within {timeout:?}");
-                }
-                let p = self.progress();
-                eprintln!(
-                    "  registering: {} registered, {} failed of {devices}",
-                    p.more.registered, p.more.register_failed
-                );
-                next_print += Duration::from_secs(1);
-            }
-        }
+        self.wait_phase(Phase::Registered, timeout, |p| {
+            format!(
+                "  registering: {} registered, {} failed of {devices}",
+                p.more.registered, p.more.register_failed
+            )
+        })
+        .await?;
         let mut phase = RegisterPhase {
             first_attempt_us: u64::MAX,
             ..RegisterPhase::default()
@@ -399,26 +441,13 @@ impl Fleet {
         timeout: Duration,
         devices: u64,
     ) -> anyhow::Result<ConnectPhase> {
-        let deadline = Instant::now() + timeout;
-        let mut next_print = Instant::now() + Duration::from_secs(1);
-        while self
-            .connected
-            .iter()
-            .zip(&self.exited)
-            .any(|(c, &gone)| c.is_none() && !gone)
-        {
-            if !self.pump(deadline.min(next_print)).await? {
-                if Instant::now() >= deadline {
-                    bail!("workers did not finish connecting within {timeout:?}");
-                }
-                let p = self.progress();
-                eprintln!(
-                    "  connecting: {} open, {} failed of {devices}",
-                    p.open, p.failed
-                );
-                next_print += Duration::from_secs(1);
-            }
-        }
+        self.wait_phase(Phase::Connected, timeout, |p| {
+            format!(
+                "  connecting: {} open, {} failed of {devices}",
+                p.open, p.failed
+            )
+        })
+        .await?;
         let mut phase = ConnectPhase {
             first_attempt_us: u64::MAX,
             ..ConnectPhase::default()

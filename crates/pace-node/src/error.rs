@@ -92,10 +92,23 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-/// An account store failure likewise.
+/// An account store failure likewise; the account rules' own refusals
+/// are the caller's (`bad_request`, `not_found`), a conflict `internal`
+/// (no handler creates accounts).
 impl From<crate::accounts::AccountError> for ApiError {
     fn from(e: crate::accounts::AccountError) -> ApiError {
-        ApiError::store_unavailable("account store", &e)
+        use crate::accounts::AccountError as E;
+        match e {
+            E::Invalid(msg) => ApiError::new(ErrorCode::BadRequest, msg),
+            E::NoSuchTenant(_) | E::NoSuchUser { .. } => {
+                ApiError::new(ErrorCode::NotFound, e.to_string())
+            }
+            E::TenantExists(_) | E::UserExists { .. } => {
+                tracing::error!(error = %e, "unexpected account conflict");
+                ApiError::new(ErrorCode::Internal, "the node failed; retry")
+            }
+            E::Unavailable(_) => ApiError::store_unavailable("account store", &e),
+        }
     }
 }
 

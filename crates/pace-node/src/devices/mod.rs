@@ -144,6 +144,9 @@ pub enum RegistryError {
     /// The store cannot be reached.
     #[error("registry unavailable: {0}")]
     Unavailable(String),
+    /// Redis failed the command (the client's error kept as the source).
+    #[error("registry: redis: {0}")]
+    Redis(#[from] fred::error::Error),
 }
 
 /// Where device records live: Redis hashes in a cluster, memory on one node.

@@ -46,7 +46,7 @@ impl std::fmt::Debug for RedisDeviceRegistry {
 }
 
 fn unavailable(e: Error) -> RegistryError {
-    RegistryError::Unavailable(e.details().to_string())
+    RegistryError::Redis(e)
 }
 
 impl RedisDeviceRegistry {

@@ -257,6 +257,10 @@ pub enum QueueError {
     /// The store cannot be reached or did not answer in time (retryable).
     #[error("queue store unavailable: {0}")]
     Unavailable(String),
+    /// Redis failed the command (the client's error kept as the source;
+    /// retryable).
+    #[error("queue store: redis: {0}")]
+    Redis(#[from] fred::error::Error),
     /// The room configuration was refused.
     #[error("invalid room config: {0}")]
     InvalidConfig(String),

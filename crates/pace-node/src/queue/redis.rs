@@ -96,7 +96,7 @@ impl RoomKeys {
 }
 
 fn unavailable(e: fred::error::Error) -> QueueError {
-    QueueError::Unavailable(e.details().to_string())
+    QueueError::Redis(e)
 }
 
 fn bad(what: &str) -> QueueError {

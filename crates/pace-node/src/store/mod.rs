@@ -193,6 +193,12 @@ pub enum StoreError {
     /// The store cannot be reached or did not answer in time.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Redis failed the command (the client's error kept as the source).
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    /// A message could not be encoded (a bug: every envelope is plain data).
+    #[error("could not encode a bus message: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// The store's health as reported by `/ready` and `pace_store_up`.

@@ -171,8 +171,7 @@ impl RedisStore {
         counters: BusCounters,
     ) -> Result<Arc<RedisStore>, StoreError> {
         check_url(&opts.url).map_err(StoreError::Unavailable)?;
-        let config = Config::from_url(&opts.url)
-            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+        let config = Config::from_url(&opts.url).map_err(StoreError::Redis)?;
         let mut builder = Builder::from_config(config);
         builder
             // Reconnect forever (0 attempts = no limit), 100 ms doubling to 2 s.
@@ -186,7 +185,7 @@ impl RedisStore {
                 p.default_command_timeout = opts.command_timeout;
                 p.broadcast_channel_capacity = opts.bus_capacity;
             });
-        let map = |e: fred::error::Error| StoreError::Unavailable(e.details().to_string());
+        let map = StoreError::Redis;
         let client = builder.build().map_err(map)?;
         let subscriber = builder.build_subscriber_client().map_err(map)?;
         let keys = Keys::new(&opts.prefix);
@@ -262,13 +261,12 @@ impl RedisStore {
     /// device actions) on the cluster channel.
     async fn publish_envelope(&self, envelope: &BusEnvelope) -> Result<(), StoreError> {
         self.connected_or_fail()?;
-        let text =
-            serde_json::to_string(envelope).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let text = serde_json::to_string(envelope).map_err(StoreError::Encode)?;
         let _: i64 = self
             .client
             .publish(self.keys.bus.as_str(), text)
             .await
-            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+            .map_err(StoreError::Redis)?;
         Ok(())
     }
 
@@ -300,7 +298,7 @@ impl RedisStore {
                 vec![self.keys.bus.clone(), before, after.to_owned()],
             )
             .await
-            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+            .map_err(StoreError::Redis)?;
         Ok(value)
     }
 }
@@ -399,7 +397,7 @@ async fn read_log(
             ],
         )
         .await
-        .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+        .map_err(StoreError::Redis)?;
     let number = |i: usize| {
         out.get(i)
             .and_then(|v| v.parse::<u64>().ok())
@@ -666,8 +664,7 @@ impl Store for RedisStore {
             bus_seq: PLACEHOLDER,
             notification: n.clone(),
         };
-        let text =
-            serde_json::to_string(&envelope).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let text = serde_json::to_string(&envelope).map_err(StoreError::Encode)?;
         let limits = self.opts.history;
         let idle_ttl = SEQUENCE_IDLE_TTL.max(limits.max_age);
         let out: Vec<String> = self
@@ -691,7 +688,7 @@ impl Store for RedisStore {
                 ],
             )
             .await
-            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+            .map_err(StoreError::Redis)?;
         let number = |i: usize| out.get(i).and_then(|v| v.parse::<u64>().ok());
         let (Some(epoch), Some(seq)) = (number(0), number(1)) else {
             return Err(StoreError::Unavailable(
@@ -733,7 +730,7 @@ impl Store for RedisStore {
                 false,
             )
             .await
-            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+            .map_err(StoreError::Redis)?;
         Ok(set.is_some())
     }
 
@@ -744,8 +741,7 @@ impl Store for RedisStore {
             device: device.clone(),
             generation: PLACEHOLDER,
         };
-        let text =
-            serde_json::to_string(&envelope).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let text = serde_json::to_string(&envelope).map_err(StoreError::Encode)?;
         self.incr_publish(&self.keys.generation, &text, "generation")
             .await
     }
@@ -782,8 +778,7 @@ impl Store for RedisStore {
 
     async fn heartbeat(&self, info: &NodeInfo) -> Result<(), StoreError> {
         self.connected_or_fail()?;
-        let json =
-            serde_json::to_string(info).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let json = serde_json::to_string(info).map_err(StoreError::Encode)?;
         let _: i64 = self
             .heartbeat
             .evalsha_with_reload(
@@ -796,7 +791,7 @@ impl Store for RedisStore {
                 ],
             )
             .await
-            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+            .map_err(StoreError::Redis)?;
         Ok(())
     }
 
@@ -810,7 +805,7 @@ impl Store for RedisStore {
                 vec![self.opts.node_ttl.as_millis().to_string()],
             )
             .await
-            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+            .map_err(StoreError::Redis)?;
         let mut out = Vec::with_capacity(flat.len() / 3);
         for chunk in flat.chunks_exact(3) {
             let Ok(mut info) = serde_json::from_str::<NodeInfo>(&chunk[2]) else {
@@ -1104,7 +1099,7 @@ mod tests {
         };
         assert!(matches!(
             s.publish(draft()).await,
-            Err(StoreError::Unavailable(_))
+            Err(StoreError::Unavailable(_) | StoreError::Redis(_))
         ));
         assert!(
             started.elapsed() < Duration::from_secs(3),
