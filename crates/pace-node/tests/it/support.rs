@@ -28,6 +28,11 @@ pub const KEY: &str = "test-service-key-0123456789";
 /// Generous bound for anything that should happen "soon".
 pub const SOON: Duration = Duration::from_secs(5);
 
+/// Bound for a node to become ready: a node process starting (exec, keys,
+/// the store's first answer) while the rest of the suite loads the 2 CI
+/// cores has been seen to need more than [`SOON`].
+pub const STARTUP: Duration = Duration::from_secs(20);
+
 pub struct TestNode {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
@@ -101,7 +106,7 @@ impl TestNode {
     }
 
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + SOON;
+        let deadline = tokio::time::Instant::now() + STARTUP;
         loop {
             if let Ok((200, _)) = http(self.addr, "GET", "/ready", &[], "").await {
                 return;
