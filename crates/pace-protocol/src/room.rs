@@ -191,6 +191,12 @@ pub const TARGET_URL_MAX_LEN: usize = 2048;
 impl RoomConfig {
     /// Checks the values a store relies on.
     pub fn validate(&self) -> Result<(), String> {
+        if self.pow_difficulty > crate::pow::MAX_DIFFICULTY {
+            return Err(format!(
+                "pow_difficulty must be at most {} (leading zero bits)",
+                crate::pow::MAX_DIFFICULTY
+            ));
+        }
         if self.session_ttl_secs == 0 {
             return Err("session_ttl_secs must be at least 1".into());
         }
@@ -223,6 +229,17 @@ pub struct Room {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proof_of_work_difficulty_is_bounded() {
+        let mut c: RoomConfig = serde_json::from_str(
+            r#"{"capacity":1,"admit_per_minute":null,"session_ttl_secs":60,"target_url":"https://x/","state":"open","pow_difficulty":32}"#,
+        )
+        .unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        c.pow_difficulty = 33;
+        assert!(c.validate().unwrap_err().contains("at most 32"));
+    }
 
     fn with(f: impl FnOnce(&mut Appearance)) -> Result<(), String> {
         let mut a = Appearance::default();
