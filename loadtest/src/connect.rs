@@ -208,12 +208,8 @@ pub async fn connect_with(
             register_failed,
             failures: reg.failures.clone(),
             duration_s,
-            rate_per_s: if duration_s > 0.0 {
-                reg.ok as f64 / duration_s
-            } else {
-                0.0
-            },
-            latency_ms: Summary::from_micros(&mut reg.register_us),
+            rate_per_s: per_second(reg.ok, duration_s),
+            latency_ms: Summary::from_micros(&mut reg.latency_us),
             rss_per_device_kib: per_device_kib(&before_bytes, &registered_bytes, reg.ok),
         };
         eprintln!(
@@ -250,12 +246,8 @@ pub async fn connect_with(
         failed,
         failures: phase.failures.clone(),
         duration_s,
-        rate_per_s: if duration_s > 0.0 {
-            phase.ok as f64 / duration_s
-        } else {
-            0.0
-        },
-        latency_ms: Summary::from_micros(&mut phase.connect_us),
+        rate_per_s: per_second(phase.ok, duration_s),
+        latency_ms: Summary::from_micros(&mut phase.latency_us),
         connections_open_reported,
         listen_overflows,
     };
@@ -280,8 +272,17 @@ pub async fn connect_with(
         targets,
         probe,
         http,
-        connect_us: phase.connect_us,
+        connect_us: phase.latency_us,
     })
+}
+
+/// `n` events over `seconds`, per second (0 for an empty interval).
+fn per_second(n: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        n as f64 / seconds
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]

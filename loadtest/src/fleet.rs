@@ -73,35 +73,26 @@ pub struct Progress {
 /// Progress samples kept for the timeline chart at most this often.
 const TIMELINE_EVERY_US: u64 = 100_000;
 
-/// The merged `connected` events.
+/// A phase's events merged over the workers (`connected`, and with
+/// `--register` `registered`).
 #[derive(Debug, Clone, Default)]
-pub struct ConnectPhase {
-    /// Devices connected.
+pub struct PhaseTotals {
+    /// Devices that made it (connected, registered).
     pub ok: u64,
     /// Failures by reason.
     pub failures: ReasonCounts,
-    /// Connect latencies, µs.
-    pub connect_us: Vec<u64>,
+    /// Latencies, µs.
+    pub latency_us: Vec<u64>,
     /// Earliest first attempt over workers, µs since the epoch.
     pub first_attempt_us: u64,
     /// Latest completion over workers, µs since the epoch.
     pub last_done_us: u64,
 }
 
+/// The merged `connected` events.
+pub type ConnectPhase = PhaseTotals;
 /// The merged `registered` events (`--register`).
-#[derive(Debug, Clone, Default)]
-pub struct RegisterPhase {
-    /// Devices registered.
-    pub ok: u64,
-    /// Failures by reason.
-    pub failures: ReasonCounts,
-    /// Registration latencies, µs.
-    pub register_us: Vec<u64>,
-    /// Earliest first request over workers, µs since the epoch.
-    pub first_attempt_us: u64,
-    /// Latest answer over workers, µs since the epoch.
-    pub last_done_us: u64,
-}
+pub type RegisterPhase = PhaseTotals;
 
 /// The merged `final` events.
 #[derive(Debug, Clone, Default)]
@@ -173,6 +164,14 @@ impl Phase {
         match self {
             Phase::Registered => "registering",
             Phase::Connected => "connecting",
+        }
+    }
+
+    /// What a worker reports at the phase's end, for errors.
+    fn done(self) -> &'static str {
+        match self {
+            Phase::Registered => "its registrations",
+            Phase::Connected => "its connections",
         }
     }
 }
@@ -358,6 +357,51 @@ impl Fleet {
         Ok(())
     }
 
+    /// The workers' reports of `phase`, merged (an error when a worker
+    /// exited without one).
+    fn totals(&self, phase: Phase) -> anyhow::Result<PhaseTotals> {
+        let reports = match phase {
+            Phase::Registered => &self.registered,
+            Phase::Connected => &self.connected,
+        };
+        let mut totals = PhaseTotals {
+            first_attempt_us: u64::MAX,
+            ..PhaseTotals::default()
+        };
+        for (w, ev) in reports.iter().enumerate() {
+            match (phase, ev) {
+                (
+                    Phase::Registered,
+                    Some(WorkerEvent::Registered {
+                        ok,
+                        failures,
+                        register_us: latency_us,
+                        first_attempt_us,
+                        last_done_us,
+                    }),
+                )
+                | (
+                    Phase::Connected,
+                    Some(WorkerEvent::Connected {
+                        ok,
+                        failures,
+                        connect_us: latency_us,
+                        first_attempt_us,
+                        last_done_us,
+                    }),
+                ) => {
+                    totals.ok += ok;
+                    ipc::merge(&mut totals.failures, failures);
+                    totals.latency_us.extend_from_slice(latency_us);
+                    totals.first_attempt_us = totals.first_attempt_us.min(*first_attempt_us);
+                    totals.last_done_us = totals.last_done_us.max(*last_done_us);
+                }
+                _ => bail!("worker {w} exited before it reported {}", phase.done()),
+            }
+        }
+        Ok(totals)
+    }
+
     /// Pumps worker events until every live worker has reported `phase`
     /// (or `timeout` passes: an error), printing `line(progress)` every
     /// second.
@@ -409,29 +453,7 @@ impl Fleet {
             )
         })
         .await?;
-        let mut phase = RegisterPhase {
-            first_attempt_us: u64::MAX,
-            ..RegisterPhase::default()
-        };
-        for (w, ev) in self.registered.iter().enumerate() {
-            match ev {
-                Some(WorkerEvent::Registered {
-                    ok,
-                    failures,
-                    register_us,
-                    first_attempt_us,
-                    last_done_us,
-                }) => {
-                    phase.ok += ok;
-                    ipc::merge(&mut phase.failures, failures);
-                    phase.register_us.extend_from_slice(register_us);
-                    phase.first_attempt_us = phase.first_attempt_us.min(*first_attempt_us);
-                    phase.last_done_us = phase.last_done_us.max(*last_done_us);
-                }
-                _ => bail!("worker {w} exited before reporting its registrations"),
-            }
-        }
-        Ok(phase)
+        self.totals(Phase::Registered)
     }
 
     /// Waits until every worker has finished its connect phase, printing a
@@ -448,29 +470,7 @@ impl Fleet {
             )
         })
         .await?;
-        let mut phase = ConnectPhase {
-            first_attempt_us: u64::MAX,
-            ..ConnectPhase::default()
-        };
-        for (w, ev) in self.connected.iter().enumerate() {
-            match ev {
-                Some(WorkerEvent::Connected {
-                    ok,
-                    failures,
-                    connect_us,
-                    first_attempt_us,
-                    last_done_us,
-                }) => {
-                    phase.ok += ok;
-                    ipc::merge(&mut phase.failures, failures);
-                    phase.connect_us.extend_from_slice(connect_us);
-                    phase.first_attempt_us = phase.first_attempt_us.min(*first_attempt_us);
-                    phase.last_done_us = phase.last_done_us.max(*last_done_us);
-                }
-                _ => bail!("worker {w} exited before reporting its connections"),
-            }
-        }
-        Ok(phase)
+        self.totals(Phase::Connected)
     }
 
     /// Follows progress until `done(progress)` holds or `timeout` passes;

@@ -97,6 +97,24 @@ async fn the_status_gives_an_admission_only_to_its_own_device() {
     );
 }
 
+/// `PUT /api/v1/admin/devices/{device}/departments` through `node`.
+async fn set_departments(
+    node: &TestNode,
+    admin: &str,
+    device: &str,
+    departments: &[&str],
+) -> (u16, String) {
+    call(
+        node.addr,
+        "PUT",
+        &format!("/api/v1/admin/devices/{device}/departments"),
+        Some(admin),
+        &[],
+        &json!({ "departments": departments }).to_string(),
+    )
+    .await
+}
+
 /// An admin's `memo` notification to `group` through `node`; asserts 202.
 async fn group_memo(node: &TestNode, admin: &str, group: &str, text: &str) {
     let body = json!({"scope": "group", "target": group, "event": "memo", "data": {"text": text}});
@@ -182,27 +200,11 @@ async fn isolation(entry: &TestNode, admin_entry: &TestNode) {
     .await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("not_allowed"), "{body}");
-    let (status, body) = call(
-        admin_entry.addr,
-        "PUT",
-        "/api/v1/admin/devices/clerk/departments",
-        Some(&acme),
-        &[],
-        r#"{"departments":["finance"]}"#,
-    )
-    .await;
+    let (status, body) = set_departments(admin_entry, &acme, "clerk", &["finance"]).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("acme:finance"), "{body}");
     // acme's admin cannot grant globex's device anything: not found.
-    let (status, _) = call(
-        admin_entry.addr,
-        "PUT",
-        "/api/v1/admin/devices/mallory/departments",
-        Some(&acme),
-        &[],
-        r#"{"departments":["finance"]}"#,
-    )
-    .await;
+    let (status, _) = set_departments(admin_entry, &acme, "mallory", &["finance"]).await;
     assert_eq!(status, 404);
 
     let (mut good, welcome) = entry
@@ -316,22 +318,15 @@ async fn a_department_change_reaches_a_connected_device_within_a_second() {
     let gw = cluster.gateway.handle();
     let acme = admin_login(cluster.node(0).addr, "acme").await;
     let token = register_device(gw.addr, &json!({"device_id": "moving", "tenant": "acme"})).await;
-    let grant = |groups: &'static str| {
-        let (addr, acme) = (cluster.node(1).addr, acme.clone());
+    let admin_node = cluster.node(1);
+    let grant = |groups: &'static [&'static str]| {
+        let (node, acme) = (&admin_node, acme.clone());
         async move {
-            let (status, body) = call(
-                addr,
-                "PUT",
-                "/api/v1/admin/devices/moving/departments",
-                Some(&acme),
-                &[],
-                &format!(r#"{{"departments":{groups}}}"#),
-            )
-            .await;
+            let (status, body) = set_departments(node, &acme, "moving", groups).await;
             assert_eq!(status, 200, "{body}");
         }
     };
-    grant(r#"["ops"]"#).await;
+    grant(&["ops"]).await;
     let (mut ws, welcome) = gw
         .connect_with(
             &format!("/ws?device_id=moving&token={token}"),
@@ -346,7 +341,7 @@ async fn a_department_change_reaches_a_connected_device_within_a_second() {
         vec![json!({"text": "before"})]
     );
     // Moved from ops to finance by an admin on another node.
-    grant(r#"["finance"]"#).await;
+    grant(&["finance"]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     group_memo(&sender, &acme, "acme:ops", "after").await;
     let got = frames_within(&mut ws, Duration::from_millis(800)).await;
