@@ -298,7 +298,7 @@ pub struct SurgeArgs {
     #[arg(long, env = "PACE_LOADTEST_ADMIN_TARGET")]
     pub admin_target: Option<String>,
 
-    /// Redis of the cluster (redis://host:port): INFO commandstats before
+    /// Redis of the cluster (redis://host:port, one server): INFO commandstats before
     /// and after the join phase and the hold give store commands per join
     /// and per waiting device per minute.
     #[arg(long, env = "PACE_LOADTEST_REDIS")]

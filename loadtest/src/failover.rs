@@ -52,7 +52,7 @@ pub struct FailoverPlan {
     pub gateway: Option<Target>,
     /// The devices' reconnect policy.
     pub reconnect: ReconnectSpec,
-    /// `host:port` of the cluster's Redis (ticket check), if given.
+    /// URL of the cluster's Redis (ticket check), if given.
     pub redis: Option<String>,
     /// The nodes' key prefix in Redis.
     pub redis_prefix: String,
@@ -80,7 +80,7 @@ pub async fn run(args: &FailoverArgs) -> anyhow::Result<(Report, Charts)> {
             .surge
             .redis
             .as_deref()
-            .map(crate::redis_info::address)
+            .map(crate::redis_conn::url)
             .transpose()?,
         redis_prefix: args.redis_prefix.clone(),
     };
@@ -136,9 +136,9 @@ async fn read_tickets(
     room: &str,
     device_prefix: &str,
 ) -> Option<Result<BTreeMap<String, u64>, String>> {
-    let addr = plan.redis.as_deref()?;
+    let url = plan.redis.as_deref()?;
     Some(
-        crate::redis_tickets::tickets(addr, &plan.redis_prefix, room, device_prefix)
+        crate::redis_tickets::tickets(url, &plan.redis_prefix, room, device_prefix)
             .await
             .map_err(|e| format!("{e:#}")),
     )

@@ -7,7 +7,8 @@
 //! - [`cli`]: the command line; [`hold`], [`broadcast`] and [`surge`]: the
 //!   scenarios, all starting with [`connect`] (readiness, memory, the
 //!   connect phase). `surge` devices live in [`surge_device`], its figures
-//!   come from [`surge_analysis`], its store counts from [`redis_info`].
+//!   come from [`surge_analysis`], its store counts from [`redis_info`]
+//!   (over a fred client from [`redis_conn`]).
 //! - [`fleet`]: the coordinator side of the worker processes;
 //!   [`worker`]: the worker side; [`ipc`]: the JSON lines between them.
 //! - [`device`]: one simulated device; [`target`]: a node or gateway URL;
@@ -42,6 +43,7 @@ pub mod overhead;
 pub mod poller;
 pub mod procstat;
 pub mod promtext;
+pub mod redis_conn;
 pub mod redis_info;
 pub mod redis_tickets;
 pub mod register;

@@ -3,16 +3,16 @@
 //! per waiting device (commands run inside Lua scripts are counted under
 //! their own names, next to `evalsha`).
 //!
-//! Two commands and one reply type (a bulk string) need no client library:
-//! the tool speaks RESP directly over a `TcpStream`.
+//! The client is fred's, opened for the one exchange ([`crate::redis_conn`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use fred::prelude::ClientLike;
+use fred::types::InfoKind;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+
+use crate::redis_conn;
 
 /// Timeout of one INFO exchange.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,52 +42,17 @@ impl RedisSnapshot {
     }
 }
 
-/// `host:port` from `redis://host:port[/db]` or `host:port`.
-pub fn address(url: &str) -> anyhow::Result<String> {
-    let rest = url.strip_prefix("redis://").unwrap_or(url);
-    let rest = rest.split('/').next().unwrap_or_default();
-    if rest.contains('@') {
-        bail!("redis {url:?}: credentials are not supported here");
-    }
-    if rest.is_empty() || !rest.contains(':') {
-        bail!("redis {url:?}: expected redis://host:port or host:port");
-    }
-    Ok(rest.to_owned())
-}
-
-/// Reads `INFO commandstats` and `INFO cpu` from the Redis at `addr`.
-pub async fn snapshot(addr: &str) -> anyhow::Result<RedisSnapshot> {
-    let exchange = async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to redis at {addr}"))?;
-        let mut stream = BufReader::new(stream);
-        let stats = info(&mut stream, "commandstats").await?;
-        let cpu = info(&mut stream, "cpu").await?;
-        anyhow::Ok(RedisSnapshot {
+/// Reads `INFO commandstats` and `INFO cpu` from the Redis at `url`.
+pub async fn snapshot(url: &str) -> anyhow::Result<RedisSnapshot> {
+    redis_conn::with_client(url, TIMEOUT, |client| async move {
+        let stats: String = client.info(Some(InfoKind::CommandStats)).await?;
+        let cpu: String = client.info(Some(InfoKind::Cpu)).await?;
+        Ok(RedisSnapshot {
             calls: parse_commandstats(&stats),
             cpu_seconds: parse_cpu(&cpu),
         })
-    };
-    tokio::time::timeout(TIMEOUT, exchange)
-        .await
-        .map_err(|_| anyhow::anyhow!("redis INFO at {addr} timed out"))?
-}
-
-async fn info(stream: &mut BufReader<TcpStream>, section: &str) -> anyhow::Result<String> {
-    let request = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
-    stream.get_mut().write_all(request.as_bytes()).await?;
-    let mut header = String::new();
-    stream.read_line(&mut header).await?;
-    let header = header.trim_end();
-    let Some(len) = header.strip_prefix('$') else {
-        bail!("redis answered INFO with {header:?}");
-    };
-    let len: usize = len.parse().context("bulk length")?;
-    let mut body = vec![0u8; len + 2];
-    stream.read_exact(&mut body).await?;
-    body.truncate(len);
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    })
+    .await
 }
 
 /// `cmdstat_zadd:calls=12,usec=…` lines → `{"zadd": 12}`.
@@ -140,13 +105,5 @@ mod tests {
         assert_eq!(d.get("evalsha"), Some(&20));
         assert_eq!(d.get("zadd"), Some(&3));
         assert_eq!(d.get("info"), None);
-    }
-
-    #[test]
-    fn addresses() {
-        assert_eq!(address("redis://127.0.0.1:6390").unwrap(), "127.0.0.1:6390");
-        assert_eq!(address("127.0.0.1:6390/0").unwrap(), "127.0.0.1:6390");
-        assert!(address("redis://u:p@h:1").is_err());
-        assert!(address("redis://h").is_err());
     }
 }

@@ -39,6 +39,7 @@ use crate::http::Http;
 use crate::ipc::{SurgeRecord, SurgeSpec, WorkerCommand};
 use crate::nodes::{self, sum_all};
 use crate::procstat::{self, CpuTimes};
+use crate::redis_conn;
 use crate::redis_info::{self, RedisSnapshot};
 use crate::report::Report;
 use crate::surge_analysis::{self as analysis, Freshness, Joins, Order, SlotFree};
@@ -297,9 +298,8 @@ fn start_poller(
     (samples, handle)
 }
 
-async fn redis_snapshot(addr: Option<&str>) -> Option<RedisSnapshot> {
-    let addr = addr?;
-    match redis_info::snapshot(addr).await {
+async fn redis_snapshot(url: Option<&str>) -> Option<RedisSnapshot> {
+    match redis_info::snapshot(url?).await {
         Ok(s) => Some(s),
         Err(e) => {
             eprintln!("warning: reading redis INFO: {e:#}");
@@ -394,7 +394,7 @@ pub async fn run_with(
             .as_deref()
             .unwrap_or(&args.fleet.targets[0]),
     )?;
-    let redis_addr = args.redis.as_deref().map(redis_info::address).transpose()?;
+    let redis_url = args.redis.as_deref().map(redis_conn::url).transpose()?;
     let run_id = connect::new_run_id();
     let room = args
         .room
@@ -473,7 +473,7 @@ pub async fn run_with(
         stop_polling.clone(),
     );
 
-    let before_joins = mark(&c, redis_addr.as_deref()).await;
+    let before_joins = mark(&c, redis_url.as_deref()).await;
     let start_at_us = unix_micros() + 200_000;
     eprintln!(
         "{devices_joining} devices join room {room} at {} joins/s (capacity {}, {}, hold admitted {}+0..{} ms)",
@@ -506,13 +506,13 @@ pub async fn run_with(
             "  [join timeout hit]"
         }
     );
-    let after_joins = mark(&c, redis_addr.as_deref()).await;
+    let after_joins = mark(&c, redis_url.as_deref()).await;
 
     let mut after_hold = None;
     if !hold.is_zero() {
         eprintln!("holding {:.1} s", hold.as_secs_f64());
         c.fleet.follow(hold).await?;
-        after_hold = Some(mark(&c, redis_addr.as_deref()).await);
+        after_hold = Some(mark(&c, redis_url.as_deref()).await);
     }
 
     let aftermath = match (failover, killer) {

@@ -14,5 +14,6 @@
 
 mod cluster;
 mod node;
+mod redis_readings;
 mod resilience;
 mod scenarios;
