@@ -90,17 +90,20 @@
 //! one file instead, or each node would sign with a key the others do not
 //! publish.
 
+pub mod alg;
 pub mod jwks;
 mod keyfile;
 pub mod keys;
+mod p256key;
 pub mod token;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use alg::{KeyAlg, UnknownAlg};
 pub use jwks::{Jwks, JwksError, PublicJwk};
 pub use keys::{
-    KeyError, KeyInfo, KeyRole, KeySet, generate_into, generate_into_at, list, list_at, retire,
-    retire_at,
+    KeyError, KeyInfo, KeyRole, KeySet, export_pems, generate_alg_into_at, generate_into,
+    generate_into_at, list, list_alg_at, list_at, retire, retire_at,
 };
 pub use token::{AdmissionClaims, TokenError, VerifyError};
 
