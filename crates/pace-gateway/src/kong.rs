@@ -6,6 +6,7 @@
 
 use serde::Serialize;
 
+use crate::protect::Protection;
 use crate::topology::{DEVICE_ID_QUERY_ARG, PUBLIC_PATH_PREFIXES};
 use crate::{GatewayError, Topology};
 
@@ -34,6 +35,8 @@ pub struct KongOptions {
     pub upstream_name: String,
     /// Upstream `slots`, the size of the consistent-hashing ring (10..=65536).
     pub slots: u32,
+    /// The protected site, if Kong enforces admissions for one.
+    pub protect: Option<Protection>,
 }
 
 impl Default for KongOptions {
@@ -41,6 +44,7 @@ impl Default for KongOptions {
         KongOptions {
             upstream_name: DEFAULT_UPSTREAM_NAME.to_owned(),
             slots: crate::DEFAULT_SLOTS,
+            protect: None,
         }
     }
 }
