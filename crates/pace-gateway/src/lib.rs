@@ -30,9 +30,10 @@ pub use cli::{GatewayCommand, HaproxyArgs, KongArgs, NodesArgs, PlanArgs, Protec
 pub use error::GatewayError;
 pub use haproxy::{DEFAULT_BIND, HaproxyOptions, render_haproxy};
 pub use kong::{
-    ActiveHealthcheck, DEFAULT_UPSTREAM_NAME, Healthchecks, Healthy, KONG_HASH_HEADER, KongConfig,
-    KongOptions, PACE_TAG, PassiveHealthcheck, Route, Service, Target, Unhealthy, Upstream,
-    kong_config, render_kong,
+    ADMISSION_CONSUMER, ANONYMOUS_CONSUMER, ActiveHealthcheck, Consumer, DEFAULT_UPSTREAM_NAME,
+    Healthchecks, Healthy, JwtSecret, KONG_HASH_HEADER, KongConfig, KongOptions, PACE_TAG,
+    PassiveHealthcheck, Plugin, Route, Service, Target, Unhealthy, Upstream, kong_config,
+    render_kong,
 };
 pub use plan::{
     Addition, Plan, Removal, numbered_device_ids, parse_device_ids, plan, read_device_ids,
