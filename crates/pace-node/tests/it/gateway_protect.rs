@@ -7,6 +7,9 @@
 //! and a retired key's are all sent to the waiting page; during a key
 //! rotation both keys open it and after retirement only the new one.
 //! Renewal works through the protected route and refreshes the cookie.
+//! And in a real browser: the waiting page, the admission, the redirect
+//! through HAProxy into the protected site; without a token, the waiting
+//! page.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -241,7 +244,11 @@ async fn es256_node(dir: &Path) -> TestNode {
 }
 
 async fn put_room(node: &TestNode, target_url: &str) {
-    let body = json!({"capacity": 10, "admit_per_minute": null, "session_ttl_secs": 60,
+    put_room_with(node, target_url, 10).await;
+}
+
+async fn put_room_with(node: &TestNode, target_url: &str, capacity: u32) {
+    let body = json!({"capacity": capacity, "admit_per_minute": null, "session_ttl_secs": 60,
         "target_url": target_url, "state": "open", "pow_difficulty": 0});
     let (status, text) = http(
         node.addr,
@@ -536,4 +543,55 @@ async fn haproxy_admits_only_valid_admissions_to_the_protected_site() {
         "buyer-2",
         "the new key after retirement",
     );
+}
+
+/// Long enough for an admission tick and a page update on a loaded CI
+/// machine; never a measure of speed.
+const UI: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_is_let_into_the_protected_site_only_after_the_waiting_room() {
+    let dir = scratch_dir();
+    let keys = keys_path(&dir);
+    let now = pace_node::admission::unix_now();
+    generate_alg_into_at(&keys, KeyAlg::Es256, now, Duration::ZERO).unwrap();
+    let node = es256_node(&dir).await;
+    let target = DemoTarget::start().await;
+    let published = export_pem(&keys, &dir.join("pems"));
+    let gw = ProtectingGateway::start(node.addr, target.addr, &published).await;
+    let site = format!("http://{}/shop/welcome", gw.addr);
+    put_room_with(&node, &site, 0).await;
+
+    let browser = crate::browser::Browser::start().await;
+    let page = browser.page().await;
+    // Straight to the site: sent to the waiting page, where it waits.
+    page.goto(&site).await;
+    page.wait_url(UI, |u| u.ends_with("/r/sale")).await;
+    page.wait_text("#position", UI, |t| t == "1").await;
+    page.screenshot("protected-site-waiting").await;
+
+    // Capacity frees: admitted, handed off through HAProxy, let in.
+    put_room_with(&node, &site, 1).await;
+    page.wait_url(UI, |u| u.contains("/shop/welcome?pace_token="))
+        .await;
+    let device = page
+        .eval("return localStorage.getItem('pace.device_id')")
+        .await;
+    let device = device.as_str().expect("the page's device id").to_owned();
+    page.wait_text("#in", UI, |t| t == format!("let in: {device}"))
+        .await;
+    page.screenshot("protected-site-let-in").await;
+    // Further pages of the site: the gateway's cookie, no token in the URL.
+    page.goto(&format!("http://{}/shop/cart", gw.addr)).await;
+    assert_eq!(page.text("#in").await, format!("let in: {device}"));
+    assert_eq!(page.text("#path").await, "/shop/cart");
+    page.close().await;
+
+    // Another browser profile, without a token: the waiting page.
+    let stranger = browser.page().await;
+    stranger
+        .goto(&format!("http://{}/shop/cart", gw.addr))
+        .await;
+    stranger.wait_url(UI, |u| u.ends_with("/r/sale")).await;
+    stranger.close().await;
 }
