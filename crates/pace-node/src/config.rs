@@ -903,6 +903,21 @@ mod tests {
     }
 
     #[test]
+    fn the_admission_algorithm_is_eddsa_unless_es256_is_asked() {
+        assert_eq!(
+            parse(&[]).unwrap().admission_alg,
+            crate::admission::KeyAlg::EdDsa
+        );
+        assert_eq!(
+            parse(&["--admission-alg", "ES256"]).unwrap().admission_alg,
+            crate::admission::KeyAlg::Es256
+        );
+        for bad in ["HS256", "none", "RS256"] {
+            assert!(parse(&["--admission-alg", bad]).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
     fn durations_use_human_units() {
         let c = parse(&["--ping-interval", "1500ms", "--drain-grace", "1m"]).unwrap();
         assert_eq!(c.ping_interval, Duration::from_millis(1500));

@@ -595,3 +595,22 @@ async fn a_browser_is_let_into_the_protected_site_only_after_the_waiting_room() 
     stranger.wait_url(UI, |u| u.ends_with("/r/sale")).await;
     stranger.close().await;
 }
+
+#[tokio::test]
+async fn a_node_told_to_sign_es256_without_an_es256_key_refuses_to_start() {
+    let dir = scratch_dir();
+    let keys = keys_path(&dir);
+    pace_node::admission::generate_into(&keys).unwrap();
+    let mut c = config();
+    c.keys = Some(keys);
+    c.admission_alg = KeyAlg::Es256;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = pace_node::run(c, listener, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect_err("the node must refuse to start")
+        .to_string();
+    assert!(
+        err.contains("no ES256 key") && err.contains("keys generate --alg ES256"),
+        "{err}"
+    );
+}
