@@ -300,6 +300,58 @@ mod tests {
     }
 
     #[test]
+    fn protect_needs_its_room_site_and_keys_and_reads_the_pems() {
+        let base = ["gateway", "haproxy", "--node", "127.0.0.1:8081"];
+        let with = |extra: &[&str]| {
+            Cli::try_parse_from(base.iter().chain(extra.iter()).copied()).map(|_| ())
+        };
+        assert!(with(&["--protect", "/shop/"]).is_err());
+        assert!(
+            with(&[
+                "--protect",
+                "/shop/",
+                "--room",
+                "sale",
+                "--site",
+                "127.0.0.1:9"
+            ])
+            .is_err()
+        );
+        assert!(
+            with(&["--room", "sale"]).is_err(),
+            "--room without --protect"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("k1.pem");
+        std::fs::write(&pem, crate::protect::tests::PEM).unwrap();
+        let key = format!("k1={}", pem.display());
+        let args = [
+            "haproxy",
+            "--node",
+            "127.0.0.1:8081",
+            "--protect",
+            "/shop/",
+            "--room",
+            "sale",
+            "--site",
+            "127.0.0.1:9090",
+            "--admission-key",
+            &key,
+        ];
+        let cfg = run(&args).unwrap();
+        assert!(cfg.contains("backend pace_site"));
+        assert!(cfg.contains("; Secure\""), "Secure by default");
+        let kong = run(&[&["kong"], &args[1..]].concat()).unwrap();
+        assert!(kong.contains("rsa_public_key"));
+        // A missing PEM file is an error naming it.
+        let missing = format!("k1={}", dir.path().join("nope.pem").display());
+        let mut bad = args;
+        bad[10] = &missing;
+        assert!(matches!(run(&bad), Err(GatewayError::ReadKey { .. })));
+    }
+
+    #[test]
     fn bad_input_is_an_error_not_a_panic() {
         assert!(run(&["kong", "--node", "nonsense"]).is_err());
         assert!(run(&["kong", "--node", "127.0.0.1:1", "--weights", "1,2"]).is_err());
