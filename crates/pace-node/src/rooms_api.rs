@@ -276,6 +276,7 @@ pub async fn session(
             ..claims
         };
         let token = node.keys.sign(&renewed).map_err(|e| {
+            node.metrics.token_sign_errors.inc();
             tracing::error!(error = %e, "cannot sign a renewed admission");
             ApiError::new(ErrorCode::Internal, "the node failed; retry")
         })?;
