@@ -585,6 +585,22 @@ async fn a_browser_is_let_into_the_protected_site_only_after_the_waiting_room() 
     page.goto(&format!("http://{}/shop/cart", gw.addr)).await;
     assert_eq!(page.text("#in").await, format!("let in: {device}"));
     assert_eq!(page.text("#path").await, "/shop/cart");
+    // A page of the site renews the session, as kong/README.md shows: the
+    // device token the waiting page stored, the cookie the gateway holds.
+    let renewed = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/shop/_pace/renew', {method: 'POST',
+               headers: {authorization: 'Bearer ' + localStorage.getItem('pace.token')}})
+               .then(async r => done({status: r.status, body: await r.json()}))
+               .catch(e => done({error: String(e)}));",
+        )
+        .await;
+    assert_eq!(renewed["status"], 200, "{renewed}");
+    assert_eq!(renewed["body"]["renewed"], true, "{renewed}");
+    page.goto(&format!("http://{}/shop/after-renewal", gw.addr))
+        .await;
+    assert_eq!(page.text("#in").await, format!("let in: {device}"));
     page.close().await;
 
     // Another browser profile, without a token: the waiting page.
