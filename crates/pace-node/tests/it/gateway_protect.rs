@@ -630,3 +630,58 @@ async fn a_node_told_to_sign_es256_without_an_es256_key_refuses_to_start() {
         "{err}"
     );
 }
+
+/// `pace-node keys` for ES256, as an operator runs it: generate, list,
+/// export, rotate, retire.
+#[test]
+fn the_keys_command_generates_lists_exports_and_retires_es256_keys() {
+    let dir = scratch_dir();
+    let keys = keys_path(&dir);
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pace-node"))
+            .arg("keys")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let file = keys.to_str().unwrap();
+    let (code, out, err) = run(&["generate", "--alg", "ES256", "--out", file]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("added ES256 key "), "{out}");
+    let (_, list, _) = run(&["list", file, "--alg", "ES256"]);
+    assert!(
+        list.contains("  ES256  created ") && list.contains("signing"),
+        "{list}"
+    );
+    let first = list.split_whitespace().next().unwrap().to_owned();
+
+    // Rotation: a second key, published first, then signing.
+    let (code, _, err) = run(&[
+        "generate",
+        "--alg",
+        "ES256",
+        "--out",
+        file,
+        "--activate-in",
+        "1h",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, list, _) = run(&["list", file, "--alg", "ES256"]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(list.contains("pending from"), "{list}");
+    let pems = dir.join("pems");
+    assert_eq!(export_pem(&keys, &pems).len(), 2);
+
+    // The signing key cannot be retired while the other is still pending.
+    let (code, _, err) = run(&["retire", file, &first]);
+    assert_eq!(code, Some(2), "retiring the only signer must fail");
+    assert!(err.contains("refusing to retire"), "{err}");
+    let (code, _, err) = run(&["generate", "--alg", "nope", "--out", file]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("EdDSA or ES256"), "{err}");
+}
