@@ -8,8 +8,10 @@
 //! rotation both keys open it and after retirement only the new one.
 //! Renewal works through the protected route and refreshes the cookie.
 //! And in a real browser: the waiting page, the admission, the redirect
-//! through HAProxy into the protected site; without a token, the waiting
-//! page.
+//! through HAProxy into the protected site, a renewal from the site's page;
+//! without a token, the waiting page. Also the operator's side: `pace-node
+//! keys` for ES256 keys, and a node that refuses to start on
+//! `--admission-alg ES256` without an ES256 key.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
