@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use crate::haproxy::{DEFAULT_BIND, HaproxyOptions};
 use crate::kong::{DEFAULT_UPSTREAM_NAME, KongOptions};
 use crate::plan::{numbered_device_ids, plan, read_device_ids};
+use crate::protect::{AdmissionKey, Protection};
 use crate::{GatewayError, Node, Topology};
 
 /// `pace-node gateway <kong|haproxy|plan> ...`
@@ -48,11 +49,91 @@ impl NodesArgs {
     }
 }
 
+/// The protected site: admissions enforced at the gateway.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Protected site (admission enforced at the gateway)")]
+pub struct ProtectArgs {
+    /// Path prefix of the site to protect on the public host, e.g. /shop/:
+    /// requests under it reach --site only with a valid admission token for
+    /// --room; everyone else is redirected (302) to /r/{room}.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        env = "PACE_GATEWAY_PROTECT",
+        requires_all = ["room", "site", "admission_keys"]
+    )]
+    pub protect: Option<String>,
+
+    /// The room whose admissions open the protected site (the tokens' aud).
+    #[arg(long, env = "PACE_GATEWAY_ROOM", requires = "protect")]
+    pub room: Option<String>,
+
+    /// The protected site's HOST:PORT.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "PACE_GATEWAY_SITE",
+        requires = "protect"
+    )]
+    pub site: Option<String>,
+
+    /// A published ES256 key as KID=PEM-FILE (the lines `pace-node keys
+    /// export-pem` prints); repeat for each key (two during a rotation).
+    #[arg(
+        long = "admission-key",
+        value_name = "KID=FILE",
+        env = "PACE_GATEWAY_ADMISSION_KEYS",
+        value_delimiter = ',',
+        requires = "protect"
+    )]
+    pub admission_keys: Vec<String>,
+
+    /// The tokens' iss (the nodes' --token-issuer).
+    #[arg(long, default_value = "pace", env = "PACE_GATEWAY_ISSUER")]
+    pub issuer: String,
+
+    /// Leave `Secure` off the admission cookie (labs on plain HTTP only).
+    #[arg(long, env = "PACE_GATEWAY_INSECURE_COOKIE")]
+    pub insecure_cookie: bool,
+}
+
+impl ProtectArgs {
+    /// The validated protection, or `None` without `--protect`. Reads the
+    /// key files.
+    pub fn protection(&self) -> Result<Option<Protection>, GatewayError> {
+        let Some(prefix) = &self.protect else {
+            return Ok(None);
+        };
+        let missing =
+            |flag: &str| GatewayError::InvalidProtection(format!("--protect needs {flag}"));
+        let room = self.room.clone().ok_or_else(|| missing("--room"))?;
+        let site = Node::parse(self.site.as_deref().ok_or_else(|| missing("--site"))?)?;
+        let keys = self
+            .admission_keys
+            .iter()
+            .map(|k| AdmissionKey::from_arg(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let protection = Protection {
+            prefix: prefix.clone(),
+            room,
+            site,
+            issuer: self.issuer.clone(),
+            keys,
+            secure_cookie: !self.insecure_cookie,
+        };
+        protection.validate()?;
+        Ok(Some(protection))
+    }
+}
+
 /// `pace-node gateway kong`
 #[derive(Debug, Clone, clap::Args)]
 pub struct KongArgs {
     #[command(flatten)]
     pub nodes: NodesArgs,
+
+    #[command(flatten)]
+    pub protect: ProtectArgs,
 
     /// Name of the Kong upstream (the service's host).
     #[arg(long, default_value = DEFAULT_UPSTREAM_NAME, env = "PACE_GATEWAY_UPSTREAM_NAME")]
@@ -83,6 +164,9 @@ pub struct HaproxyArgs {
     /// about twice as many descriptors or HAProxy refuses to start.
     #[arg(long, env = "PACE_GATEWAY_MAXCONN")]
     pub maxconn: Option<u32>,
+
+    #[command(flatten)]
+    pub protect: ProtectArgs,
 }
 
 /// `pace-node gateway plan`
@@ -120,6 +204,7 @@ pub fn execute(cmd: &GatewayCommand, out: &mut dyn Write) -> Result<(), GatewayE
             let options = KongOptions {
                 upstream_name: args.upstream_name.clone(),
                 slots: args.slots,
+                protect: args.protect.protection()?,
             };
             crate::render_kong(&args.nodes.topology()?, &options)?
         }
@@ -128,6 +213,7 @@ pub fn execute(cmd: &GatewayCommand, out: &mut dyn Write) -> Result<(), GatewayE
                 bind: args.bind.clone(),
                 stats_bind: args.stats_bind.clone(),
                 maxconn: args.maxconn,
+                protect: args.protect.protection()?,
             };
             crate::render_haproxy(&args.nodes.topology()?, &options)?
         }
@@ -211,6 +297,58 @@ mod tests {
             run(&["plan", "--node", "127.0.0.1:8081", "--devices", "0"]),
             Err(GatewayError::NoDevices)
         ));
+    }
+
+    #[test]
+    fn protect_needs_its_room_site_and_keys_and_reads_the_pems() {
+        let base = ["gateway", "haproxy", "--node", "127.0.0.1:8081"];
+        let with = |extra: &[&str]| {
+            Cli::try_parse_from(base.iter().chain(extra.iter()).copied()).map(|_| ())
+        };
+        assert!(with(&["--protect", "/shop/"]).is_err());
+        assert!(
+            with(&[
+                "--protect",
+                "/shop/",
+                "--room",
+                "sale",
+                "--site",
+                "127.0.0.1:9"
+            ])
+            .is_err()
+        );
+        assert!(
+            with(&["--room", "sale"]).is_err(),
+            "--room without --protect"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("k1.pem");
+        std::fs::write(&pem, crate::protect::tests::PEM).unwrap();
+        let key = format!("k1={}", pem.display());
+        let args = [
+            "haproxy",
+            "--node",
+            "127.0.0.1:8081",
+            "--protect",
+            "/shop/",
+            "--room",
+            "sale",
+            "--site",
+            "127.0.0.1:9090",
+            "--admission-key",
+            &key,
+        ];
+        let cfg = run(&args).unwrap();
+        assert!(cfg.contains("backend pace_site"));
+        assert!(cfg.contains("; Secure\""), "Secure by default");
+        let kong = run(&[&["kong"], &args[1..]].concat()).unwrap();
+        assert!(kong.contains("rsa_public_key"));
+        // A missing PEM file is an error naming it.
+        let missing = format!("k1={}", dir.path().join("nope.pem").display());
+        let mut bad = args;
+        bad[10] = &missing;
+        assert!(matches!(run(&bad), Err(GatewayError::ReadKey { .. })));
     }
 
     #[test]

@@ -87,6 +87,19 @@ pub enum GatewayError {
         source: std::io::Error,
     },
 
+    /// A `--protect` setting that cannot produce a safe protected route.
+    #[error("cannot protect the site: {0}")]
+    InvalidProtection(String),
+
+    /// Reading an `--admission-key` PEM file failed.
+    #[error("cannot read admission key {path}: {source}")]
+    ReadKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+
     /// Writing the output failed (closed pipe, full disk).
     #[error("cannot write output: {0}")]
     Write(#[from] std::io::Error),

@@ -4,7 +4,15 @@
 //! tunnel timeouts and the same public paths. The hash function differs from
 //! Kong's, so a given device may land on another node than under Kong; the
 //! properties Pace relies on — stickiness and minimal movement — are the same.
+//!
+//! With a [`Protection`] it also fronts the protected site: a `pace_site`
+//! backend that verifies admission tokens with `jwt_verify` (ES256, one PEM
+//! per published kid) and checks `aud`, `iss` and `exp` before the site sees
+//! a request, redirecting everyone else to the waiting page.
 
+use crate::protect::{
+    COOKIE, DEVICE_HEADER, GATEWAY_ALG, Protection, RENEW_HEADER, TOKEN_QUERY_ARG,
+};
 use crate::topology::{DEVICE_ID_HEADER, DEVICE_ID_QUERY_ARG, PUBLIC_PATH_PREFIXES};
 use crate::{GatewayError, Node, Topology};
 
@@ -27,6 +35,8 @@ pub struct HaproxyOptions {
     /// starts; a fixed value needs about twice as many descriptors
     /// (`LimitNOFILE`), or HAProxy refuses to start.
     pub maxconn: Option<u32>,
+    /// The protected site, if the gateway enforces admissions for one.
+    pub protect: Option<Protection>,
 }
 
 impl Default for HaproxyOptions {
@@ -35,6 +45,7 @@ impl Default for HaproxyOptions {
             bind: DEFAULT_BIND.to_owned(),
             stats_bind: None,
             maxconn: None,
+            protect: None,
         }
     }
 }
@@ -60,6 +71,26 @@ pub fn render_haproxy(
     let mut extra_flags = String::new();
     if let Some(stats) = &options.stats_bind {
         extra_flags.push_str(&format!(" --stats-bind {stats}"));
+    }
+    if let Some(protect) = &options.protect {
+        protect.validate()?;
+        extra_flags.push_str(&format!(
+            " --protect {} --room {} --site {} --issuer {}",
+            protect.prefix,
+            protect.room,
+            protect.site.address(),
+            protect.issuer
+        ));
+        for key in &protect.keys {
+            extra_flags.push_str(&format!(
+                " --admission-key {}={}",
+                key.kid,
+                key.pem_path.display()
+            ));
+        }
+        if !protect.secure_cookie {
+            extra_flags.push_str(" --insecure-cookie");
+        }
     }
     let maxconn = match options.maxconn {
         Some(n) => {
@@ -96,9 +127,9 @@ defaults
 
 frontend pace_public
     bind {bind}
-    # Only the public paths; /health, /ready and /metrics stay private.
-    http-request deny deny_status 404 unless {{ path_beg {paths} }}
-    default_backend pace_nodes
+{frontend_protect}    # Only the public paths; /health, /ready and /metrics stay private.
+    http-request deny deny_status 404 unless {{ path_beg {paths} }}{or_protected}
+{use_protected}    default_backend pace_nodes
 
 backend pace_nodes
     # Key: the {hdr} header, else the {arg} query parameter (Kong's
@@ -117,6 +148,21 @@ backend pace_nodes
 ",
         nodes = nodes.join(" "),
         bind = options.bind,
+        frontend_protect = options
+            .protect
+            .as_ref()
+            .map(frontend_protect)
+            .unwrap_or_default(),
+        or_protected = if options.protect.is_some() {
+            " || pace_protected"
+        } else {
+            ""
+        },
+        use_protected = if options.protect.is_some() {
+            "    use_backend pace_site if pace_protected\n"
+        } else {
+            ""
+        },
     );
     for node in topology.nodes() {
         cfg.push_str(&format!(
@@ -125,6 +171,9 @@ backend pace_nodes
             node.address(),
             haproxy_weight(node.weight, max_weight)
         ));
+    }
+    if let Some(protect) = &options.protect {
+        cfg.push_str(&site_backend(protect));
     }
     if let Some(stats) = &options.stats_bind {
         cfg.push_str(&format!(
@@ -139,6 +188,83 @@ listen pace_stats
         ));
     }
     Ok(cfg)
+}
+
+/// The frontend's part of the protection: which requests are the site's,
+/// and the renewal route (rewritten to a node's renew route, with the
+/// admission from the cookie, and the renewed admission put back in it).
+fn frontend_protect(p: &Protection) -> String {
+    let prefix = &p.prefix;
+    let renew = p.renew_path();
+    let attrs = p.cookie_attributes();
+    format!(
+        "\
+    # The protected site {prefix} (backend pace_site): admitted visitors only.
+    acl pace_protected path_beg {prefix}
+    # Session renewal through the gateway: {renew} is a node's
+    # POST /api/v1/sessions/renew with the admission from the cookie; the
+    # renewed admission goes back into the cookie.
+    acl pace_renew path {renew}
+    http-request set-var(txn.pace_renew) bool(1) if pace_renew METH_POST
+    http-request set-header {RENEW_HEADER} %[req.cook({COOKIE})] if {{ var(txn.pace_renew) -m bool }}
+    http-request set-path /api/v1/sessions/renew if {{ var(txn.pace_renew) -m bool }}
+    http-response set-header Set-Cookie \"{COOKIE}=%[res.hdr({RENEW_HEADER})]; {attrs}\" if {{ var(txn.pace_renew) -m bool }} {{ res.hdr({RENEW_HEADER}) -m len 1: }}
+    http-response del-header {RENEW_HEADER}
+"
+    )
+}
+
+/// The `pace_site` backend: the admission check, then the site.
+fn site_backend(p: &Protection) -> String {
+    let has = "{ var(txn.pace_jwt) -m len 1: }";
+    let mut verify = String::new();
+    for key in &p.keys {
+        verify.push_str(&format!(
+            "    http-request set-var(txn.pace_sig) var(txn.pace_jwt),jwt_verify(\"{GATEWAY_ALG}\",\"{path}\") if {{ var(txn.pace_alg) -m str {GATEWAY_ALG} }} {{ var(txn.pace_kid) -m str {kid} }}\n",
+            path = key.pem_path.display(),
+            kid = key.kid,
+        ));
+    }
+    format!(
+        "
+backend pace_site
+    # Admits a request to {prefix} only with a valid admission for room
+    # {room}; everyone else is sent to the waiting page. The token: the
+    # hand-off's ?{TOKEN_QUERY_ARG}=, else Authorization: Bearer, else the
+    # {COOKIE} cookie.
+    http-request set-var(txn.pace_jwt) url_param({TOKEN_QUERY_ARG})
+    http-request set-var(txn.pace_from_query) bool(1) if {has}
+    http-request set-var(txn.pace_jwt) http_auth_bearer unless {has}
+    http-request set-var(txn.pace_jwt) req.cook({COOKIE}) unless {has}
+    http-request set-var(txn.pace_alg) var(txn.pace_jwt),jwt_header_query('$.alg') if {has}
+    http-request set-var(txn.pace_kid) var(txn.pace_jwt),jwt_header_query('$.kid') if {has}
+    http-request set-var(txn.pace_iss) var(txn.pace_jwt),jwt_payload_query('$.iss') if {has}
+    http-request set-var(txn.pace_aud) var(txn.pace_jwt),jwt_payload_query('$.aud') if {has}
+    http-request set-var(txn.pace_exp) var(txn.pace_jwt),jwt_payload_query('$.exp','int') if {has}
+    http-request set-var(txn.pace_now) date
+    # The signature: {GATEWAY_ALG} only (never the token's choice: no none,
+    # no HMAC), with the published key its kid names (`pace-node keys
+    # export-pem`; two keys during a rotation).
+{verify}    acl pace_sig_ok var(txn.pace_sig) -m int 1
+    acl pace_aud_ok var(txn.pace_aud) -m str {room}
+    acl pace_iss_ok var(txn.pace_iss) -m str {issuer}
+    acl pace_live var(txn.pace_exp),sub(txn.pace_now) -m int gt 0
+    http-request redirect location {waiting} code 302 unless pace_sig_ok pace_aud_ok pace_iss_ok pace_live
+    # Admitted: tell the site who (replacing anything the client sent).
+    http-request set-header {DEVICE_HEADER} %[var(txn.pace_jwt),jwt_payload_query('$.sub')]
+    # A hand-off by query: keep the admission in a cookie for the next
+    # requests, so the site needs no code.
+    http-response add-header Set-Cookie \"{COOKIE}=%[var(txn.pace_jwt)]; {attrs}\" if {{ var(txn.pace_from_query) -m bool }}
+    http-response set-header Cache-Control no-store if {{ var(txn.pace_from_query) -m bool }}
+    server site {site}
+",
+        prefix = p.prefix,
+        room = p.room,
+        issuer = p.issuer,
+        waiting = p.waiting_page(),
+        attrs = p.cookie_attributes(),
+        site = p.site.address(),
+    )
 }
 
 /// Server name shown in stats and logs: the address, minus IPv6 brackets
@@ -215,6 +341,49 @@ mod tests {
         );
         let bad = HaproxyOptions {
             bind: "nowhere".to_owned(),
+            ..HaproxyOptions::default()
+        };
+        assert!(render_haproxy(&t, &bad).is_err());
+    }
+
+    #[test]
+    fn protection_renders_one_verify_line_per_key_and_the_redirect() {
+        let t = Topology::from_args(&["127.0.0.1:8081".to_owned()], None).unwrap();
+        let mut protect = crate::protect::tests::protection();
+        let mut second = protect.keys[0].clone();
+        second.kid = "k2".to_owned();
+        second.pem_path = "/etc/pace/gateway-keys/k2.pem".into();
+        protect.keys.push(second);
+        let options = HaproxyOptions {
+            protect: Some(protect),
+            ..HaproxyOptions::default()
+        };
+        let cfg = render_haproxy(&t, &options).unwrap();
+        for kid in ["k1", "k2"] {
+            assert!(
+                cfg.contains(&format!(
+                    "jwt_verify(\"ES256\",\"/etc/pace/gateway-keys/{kid}.pem\") if {{ var(txn.pace_alg) -m str ES256 }} {{ var(txn.pace_kid) -m str {kid} }}"
+                )),
+                "{cfg}"
+            );
+        }
+        assert!(cfg.contains("acl pace_aud_ok var(txn.pace_aud) -m str sale\n"));
+        assert!(cfg.contains("acl pace_iss_ok var(txn.pace_iss) -m str pace\n"));
+        assert!(cfg.contains(
+            "http-request redirect location /r/sale code 302 unless pace_sig_ok pace_aud_ok pace_iss_ok pace_live\n"
+        ));
+        assert!(cfg.contains("use_backend pace_site if pace_protected\n"));
+        assert!(cfg.contains("    server site 127.0.0.1:9090\n"));
+        assert!(cfg.contains(" --admission-key k2=/etc/pace/gateway-keys/k2.pem"));
+        // The site's redirect happens before anything reaches the site.
+        let site = &cfg[cfg.find("backend pace_site").unwrap()..];
+        assert!(site.find("redirect").unwrap() < site.find("server site").unwrap());
+
+        let bad = HaproxyOptions {
+            protect: Some(crate::protect::Protection {
+                prefix: "/api/".to_owned(),
+                ..crate::protect::tests::protection()
+            }),
             ..HaproxyOptions::default()
         };
         assert!(render_haproxy(&t, &bad).is_err());

@@ -3,9 +3,20 @@
 //! service with WebSocket-length timeouts, and routes for the public paths
 //! only. [`kong_config`] builds it as typed data (tests check it against
 //! Kong's schema rules); [`render_kong`] turns it into the YAML IT applies.
+//!
+//! With a [`Protection`] it adds the protected site: a service for the site
+//! whose route carries Kong's open-source `jwt` plugin (ES256, the key picked
+//! by the token header's `kid`, `exp` checked; the token read from the
+//! hand-off query, the cookie or `Authorization`) and a `post-function`
+//! that checks `aud` and `iss`, sends everyone without a valid admission to
+//! the waiting page (302) and keeps the hand-off's token in a cookie; a
+//! consumer whose `jwt_secrets` hold the published ES256 keys; an anonymous
+//! consumer (so a failed check reaches the redirect instead of a 401); and
+//! the renewal route under the site's prefix.
 
 use serde::Serialize;
 
+use crate::protect::Protection;
 use crate::topology::{DEVICE_ID_QUERY_ARG, PUBLIC_PATH_PREFIXES};
 use crate::{GatewayError, Topology};
 
@@ -34,6 +45,8 @@ pub struct KongOptions {
     pub upstream_name: String,
     /// Upstream `slots`, the size of the consistent-hashing ring (10..=65536).
     pub slots: u32,
+    /// The protected site, if Kong enforces admissions for one.
+    pub protect: Option<Protection>,
 }
 
 impl Default for KongOptions {
@@ -41,6 +54,7 @@ impl Default for KongOptions {
         KongOptions {
             upstream_name: DEFAULT_UPSTREAM_NAME.to_owned(),
             slots: crate::DEFAULT_SLOTS,
+            protect: None,
         }
     }
 }
@@ -53,8 +67,54 @@ pub struct KongConfig {
     pub format_version: String,
     /// The consistent-hashing upstream with its targets.
     pub upstreams: Vec<Upstream>,
-    /// The service in front of the upstream, with its routes.
+    /// The service in front of the upstream, with its routes (and the
+    /// protected site's service).
     pub services: Vec<Service>,
+    /// The protected site's consumers: the admission keys and the
+    /// anonymous stand-in.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<Consumer>,
+}
+
+/// Kong `consumers` entity (decK nests the credentials).
+#[derive(Debug, Clone, Serialize)]
+pub struct Consumer {
+    /// Consumer name (the jwt plugin's `anonymous` refers to it).
+    pub username: String,
+    /// Entity tags.
+    pub tags: Vec<String>,
+    /// JWT credentials (the `jwt` plugin's `jwt_secrets`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub jwt_secrets: Vec<JwtSecret>,
+}
+
+/// Kong `jwt_secrets` entity: one published admission key.
+#[derive(Debug, Clone, Serialize)]
+pub struct JwtSecret {
+    /// What the token names the key by: the plugin's `key_claim_name` is
+    /// `kid`, so this is the key's kid.
+    pub key: String,
+    /// `ES256`: Kong refuses a token whose header says anything else.
+    pub algorithm: String,
+    /// The ES256 public key (PEM); Kong's field is called `rsa_public_key`
+    /// for every asymmetric algorithm.
+    pub rsa_public_key: String,
+    /// Required by decK's schema; Kong reads it only for HS* algorithms,
+    /// so for ES256 it is never used (not a secret).
+    pub secret: String,
+    /// Entity tags.
+    pub tags: Vec<String>,
+}
+
+/// Kong plugin entity, attached to a route.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plugin {
+    /// Plugin name (`jwt`, `pre-function`, `post-function`).
+    pub name: String,
+    /// Entity tags.
+    pub tags: Vec<String>,
+    /// The plugin's configuration, as its schema defines it.
+    pub config: serde_json::Value,
 }
 
 /// Kong `upstreams` entity.
@@ -205,6 +265,12 @@ pub struct Route {
     pub strip_path: bool,
     /// Keep the client's Host: the node builds absolute URLs from it.
     pub preserve_host: bool,
+    /// Methods the route matches (all when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// Plugins on this route.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<Plugin>,
 }
 
 /// One second in Kong's millisecond timeouts.
@@ -284,13 +350,15 @@ pub fn kong_config(topology: &Topology, options: &KongOptions) -> Result<KongCon
         paths: strings(paths),
         strip_path: false,
         preserve_host: true,
+        methods: None,
+        plugins: Vec::new(),
     };
     let pages: Vec<&str> = PUBLIC_PATH_PREFIXES
         .iter()
         .copied()
         .filter(|p| !["/ws", "/api", "/.well-known"].contains(p))
         .collect();
-    let service = Service {
+    let mut service = Service {
         name: "pace".to_owned(),
         tags: tags(),
         protocol: "http".to_owned(),
@@ -308,11 +376,190 @@ pub fn kong_config(topology: &Topology, options: &KongOptions) -> Result<KongCon
         ],
     };
 
+    let mut services = Vec::new();
+    let mut consumers = Vec::new();
+    if let Some(protect) = &options.protect {
+        protect.validate()?;
+        let site = protected_site(protect);
+        service.routes.push(site.renew_route);
+        services.push(service);
+        services.push(site.service);
+        consumers = site.consumers;
+    } else {
+        services.push(service);
+    }
+
     Ok(KongConfig {
         format_version: "3.0".to_owned(),
         upstreams: vec![upstream],
-        services: vec![service],
+        services,
+        consumers,
     })
+}
+
+/// Username of the consumer holding the admission keys.
+pub const ADMISSION_CONSUMER: &str = "pace-admission";
+
+/// Username of the anonymous stand-in: the `jwt` plugin authenticates a
+/// request without a valid token as this consumer instead of answering 401,
+/// so the `post-function` can redirect it to the waiting page.
+pub const ANONYMOUS_CONSUMER: &str = "pace-anonymous";
+
+/// The Kong entities of a protected site.
+struct ProtectedSite {
+    service: Service,
+    renew_route: Route,
+    consumers: Vec<Consumer>,
+}
+
+fn protected_site(p: &Protection) -> ProtectedSite {
+    use crate::protect::{COOKIE, DEVICE_HEADER, GATEWAY_ALG, RENEW_HEADER, TOKEN_QUERY_ARG};
+    let tags = || vec![PACE_TAG.to_owned()];
+    let name = format!("pace-site-{}", p.room);
+    let cookie = format!("{COOKIE}=\" .. token .. \"; {}", p.cookie_attributes());
+    let plugin = |name: &str, config: serde_json::Value| Plugin {
+        name: name.to_owned(),
+        tags: tags(),
+        config,
+    };
+    // Runs after `jwt` (post-function has the lowest priority): the
+    // signature, kid and exp are checked; what is left is the room, the
+    // issuer, the redirect and the cookie. Values are validated ids, safe
+    // inside Lua string literals.
+    let check = format!(
+        r#"-- Pace: admission for room {room} (after the jwt plugin: signature, kid, exp).
+local token = kong.ctx.shared.authenticated_jwt_token
+local claims
+if kong.client.get_credential() and token then
+  local jwt = require("kong.plugins.jwt.jwt_parser"):new(token)
+  claims = jwt and jwt.claims
+end
+if not (claims and claims.aud == "{room}" and claims.iss == "{issuer}" and type(claims.sub) == "string") then
+  return kong.response.exit(302, "", {{ ["Location"] = "{waiting}", ["Cache-Control"] = "no-store" }})
+end
+kong.service.request.set_header("{DEVICE_HEADER}", claims.sub)
+if kong.request.get_query_arg("{TOKEN_QUERY_ARG}") == token then
+  kong.ctx.plugin.pace_handoff = token
+end
+"#,
+        room = p.room,
+        issuer = p.issuer,
+        waiting = p.waiting_page(),
+    );
+    let keep_cookie = format!(
+        r#"-- Pace: a hand-off by query keeps the admission in a cookie.
+local token = kong.ctx.plugin.pace_handoff
+if token then
+  kong.response.add_header("Set-Cookie", "{cookie}")
+  kong.response.set_header("Cache-Control", "no-store")
+end
+"#
+    );
+    let site_route = Route {
+        name: name.clone(),
+        tags: tags(),
+        protocols: vec!["http".to_owned(), "https".to_owned()],
+        paths: vec![p.prefix.clone()],
+        strip_path: false,
+        preserve_host: true,
+        methods: None,
+        plugins: vec![
+            plugin(
+                "jwt",
+                serde_json::json!({
+                    "uri_param_names": [TOKEN_QUERY_ARG],
+                    "cookie_names": [COOKIE],
+                    "header_names": ["authorization"],
+                    "key_claim_name": "kid",
+                    "claims_to_verify": ["exp"],
+                    "secret_is_base64": false,
+                    "run_on_preflight": true,
+                    "maximum_expiration": 0,
+                    "anonymous": ANONYMOUS_CONSUMER,
+                }),
+            ),
+            plugin(
+                "post-function",
+                serde_json::json!({ "access": [check], "header_filter": [keep_cookie] }),
+            ),
+        ],
+    };
+    let renew_in = format!(
+        r#"-- Pace: session renewal through the gateway, with the site's cookie.
+local cookie = kong.request.get_header("cookie") or ""
+local token = (";" .. cookie):match(";%s*{COOKIE}=([^;%s]+)")
+if token then
+  kong.service.request.set_header("{RENEW_HEADER}", token)
+else
+  kong.service.request.clear_header("{RENEW_HEADER}")
+end
+kong.service.request.set_path("/api/v1/sessions/renew")
+"#
+    );
+    let renew_out = format!(
+        r#"-- Pace: the renewed admission goes back into the site's cookie.
+local token = kong.response.get_header("{RENEW_HEADER}")
+kong.response.clear_header("{RENEW_HEADER}")
+if token then
+  kong.response.add_header("Set-Cookie", "{cookie}")
+end
+"#
+    );
+    let renew_route = Route {
+        name: format!("{name}-renew"),
+        tags: tags(),
+        protocols: vec!["http".to_owned(), "https".to_owned()],
+        paths: vec![p.renew_path()],
+        strip_path: false,
+        preserve_host: true,
+        methods: Some(vec!["POST".to_owned()]),
+        plugins: vec![
+            plugin("pre-function", serde_json::json!({ "access": [renew_in] })),
+            plugin(
+                "post-function",
+                serde_json::json!({ "header_filter": [renew_out] }),
+            ),
+        ],
+    };
+    let service = Service {
+        name,
+        tags: tags(),
+        protocol: "http".to_owned(),
+        host: p.site.host.trim_matches(['[', ']']).to_owned(),
+        port: p.site.port,
+        connect_timeout: 5 * SECOND_MS,
+        read_timeout: 60 * SECOND_MS,
+        write_timeout: 60 * SECOND_MS,
+        retries: 3,
+        routes: vec![site_route],
+    };
+    let consumers = vec![
+        Consumer {
+            username: ADMISSION_CONSUMER.to_owned(),
+            tags: tags(),
+            jwt_secrets: p
+                .keys
+                .iter()
+                .map(|k| JwtSecret {
+                    key: k.kid.clone(),
+                    algorithm: GATEWAY_ALG.to_owned(),
+                    rsa_public_key: k.pem.clone(),
+                    secret: format!("unused-for-{GATEWAY_ALG}-{}", k.kid),
+                    tags: tags(),
+                })
+                .collect(),
+        },
+        Consumer {
+            username: ANONYMOUS_CONSUMER.to_owned(),
+            tags: tags(),
+            jwt_secrets: Vec::new(),
+        },
+    ];
+    ProtectedSite {
+        service,
+        renew_route,
+        consumers,
+    }
 }
 
 /// Renders the config as commented YAML, ready for `deck gateway sync`.
@@ -354,7 +601,9 @@ pub fn render_kong(topology: &Topology, options: &KongOptions) -> Result<String,
                  {indent}# $http_x_device_id, where a name with '-' would never match.\n"
             ));
         }
-        if trimmed.starts_with("read_timeout:") {
+        if trimmed.starts_with("read_timeout:")
+            && trimmed.ends_with(&(3_600 * SECOND_MS).to_string())
+        {
             out.push_str(&format!(
                 "{indent}# WebSockets: must exceed the node's 25 s ping interval.\n"
             ));

@@ -11,6 +11,8 @@
 //! - `ring.rs`: Kong's consistent-hashing ring, xxHash32 and all.
 //! - `kong.rs`: the decK 3.0 document (upstream, targets, service, routes).
 //! - `haproxy.rs`: the HAProxy equivalent.
+//! - `protect.rs`: the protected site ([`Protection`]): which prefix, room,
+//!   site and admission keys the gateway enforces admissions with.
 //! - `plan.rs`: distribution and movement predictions.
 //! - `cli.rs`: the `gateway` subcommand and [`execute`].
 //! - `error.rs`: [`GatewayError`].
@@ -20,19 +22,25 @@ mod error;
 mod haproxy;
 mod kong;
 mod plan;
+mod protect;
 mod ring;
 mod topology;
 
-pub use cli::{GatewayCommand, HaproxyArgs, KongArgs, NodesArgs, PlanArgs, execute};
+pub use cli::{GatewayCommand, HaproxyArgs, KongArgs, NodesArgs, PlanArgs, ProtectArgs, execute};
 pub use error::GatewayError;
 pub use haproxy::{DEFAULT_BIND, HaproxyOptions, render_haproxy};
 pub use kong::{
-    ActiveHealthcheck, DEFAULT_UPSTREAM_NAME, Healthchecks, Healthy, KONG_HASH_HEADER, KongConfig,
-    KongOptions, PACE_TAG, PassiveHealthcheck, Route, Service, Target, Unhealthy, Upstream,
-    kong_config, render_kong,
+    ADMISSION_CONSUMER, ANONYMOUS_CONSUMER, ActiveHealthcheck, Consumer, DEFAULT_UPSTREAM_NAME,
+    Healthchecks, Healthy, JwtSecret, KONG_HASH_HEADER, KongConfig, KongOptions, PACE_TAG,
+    PassiveHealthcheck, Plugin, Route, Service, Target, Unhealthy, Upstream, kong_config,
+    render_kong,
 };
 pub use plan::{
     Addition, Plan, Removal, numbered_device_ids, parse_device_ids, plan, read_device_ids,
+};
+pub use protect::{
+    AdmissionKey, COOKIE, DEVICE_HEADER, GATEWAY_ALG, Protection, RENEW_HEADER, RENEW_SUFFIX,
+    TOKEN_QUERY_ARG,
 };
 pub use ring::{
     DEFAULT_SLOTS, MIN_CONTINUUM_SIZE, Ring, SERVER_POINTS, continuum_index, kong_xxh32,

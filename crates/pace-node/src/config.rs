@@ -95,6 +95,10 @@ pub enum KeysCommand {
         /// The key set file.
         #[arg(long)]
         out: std::path::PathBuf,
+        /// The new key's algorithm: `EdDSA` (Ed25519) or `ES256` (P-256, which
+        /// Kong's jwt plugin and HAProxy's jwt_verify can check).
+        #[arg(long, default_value = "EdDSA")]
+        alg: crate::admission::KeyAlg,
         /// Publish the new key now but sign with it only after this delay
         /// (e.g. `1h`), so target sites fetch it from the JWKS before
         /// tokens signed with it reach them.
@@ -105,6 +109,20 @@ pub enum KeysCommand {
     List {
         /// The key set file.
         file: std::path::PathBuf,
+        /// Show roles for a cluster signing with this algorithm
+        /// (`--admission-alg`) [default: the newest key of any algorithm signs].
+        #[arg(long)]
+        alg: Option<crate::admission::KeyAlg>,
+    },
+    /// Write the public key of every ES256 key as `DIR/<kid>.pem` (SPKI PEM)
+    /// for the gateways: HAProxy's jwt_verify reads the files, `pace-node
+    /// gateway … --admission-key KID=FILE` embeds them in Kong's config.
+    ExportPem {
+        /// The key set file.
+        file: std::path::PathBuf,
+        /// Directory to write `<kid>.pem` files into (created if missing).
+        #[arg(long)]
+        out_dir: std::path::PathBuf,
     },
     /// Remove a key: tokens it signed stop verifying.
     Retire {
@@ -341,6 +359,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_KEYS")]
     pub keys: Option<std::path::PathBuf>,
 
+    /// Algorithm of the keys that sign admission (and device, admin,
+    /// proof-of-work) tokens: `EdDSA` or `ES256`. Keys of the other
+    /// algorithm in the key set still verify (a migration's overlap); the
+    /// node refuses to start when the key set has no key of this algorithm.
+    /// ES256 lets the gateway (Kong's jwt plugin, HAProxy's jwt_verify)
+    /// check admissions itself.
+    #[arg(long, env = "PACE_ADMISSION_ALG", default_value = "EdDSA")]
+    pub admission_alg: crate::admission::KeyAlg,
+
     /// Directory for node-local data (the generated key set).
     #[arg(long, env = "PACE_DATA_DIR", default_value = "pace-data")]
     pub data_dir: std::path::PathBuf,
@@ -560,6 +587,7 @@ impl ServeArgs {
             position_refresh: self.position_refresh,
             heartbeat_grace: self.heartbeat_grace,
             keys: self.keys,
+            admission_alg: self.admission_alg,
             data_dir: self.data_dir,
             token_issuer: self.token_issuer,
             admin_token_ttl: self.admin_token_ttl,
@@ -746,6 +774,8 @@ pub struct NodeConfig {
     pub heartbeat_grace: Duration,
     /// See [`ServeArgs::keys`].
     pub keys: Option<std::path::PathBuf>,
+    /// See [`ServeArgs::admission_alg`].
+    pub admission_alg: crate::admission::KeyAlg,
     /// See [`ServeArgs::data_dir`].
     pub data_dir: std::path::PathBuf,
     /// See [`ServeArgs::token_issuer`].
@@ -869,6 +899,21 @@ mod tests {
         for bad in ["*", "shop.example", "https://shop.example/path", "NULL"] {
             let e = parse(&["--allowed-origin", bad]).unwrap_err();
             assert!(e.contains("--allowed-origin"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_admission_algorithm_is_eddsa_unless_es256_is_asked() {
+        assert_eq!(
+            parse(&[]).unwrap().admission_alg,
+            crate::admission::KeyAlg::EdDsa
+        );
+        assert_eq!(
+            parse(&["--admission-alg", "ES256"]).unwrap().admission_alg,
+            crate::admission::KeyAlg::Es256
+        );
+        for bad in ["HS256", "none", "RS256"] {
+            assert!(parse(&["--admission-alg", bad]).is_err(), "{bad} accepted");
         }
     }
 

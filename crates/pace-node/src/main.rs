@@ -32,25 +32,36 @@ fn main() -> ExitCode {
 fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
     use pace_node::admission;
     match cmd {
-        KeysCommand::Generate { out, activate_in } => {
+        KeysCommand::Generate {
+            out,
+            activate_in,
+            alg,
+        } => {
             let delay = activate_in.unwrap_or_default();
-            let kid = admission::generate_into_at(&out, admission::unix_now(), delay)?;
+            let kid = admission::generate_alg_into_at(&out, alg, admission::unix_now(), delay)?;
             if delay.is_zero() {
                 println!(
-                    "added key {kid} to {} (it signs from the next node start)",
+                    "added {alg} key {kid} to {} (it signs from the next start of nodes with --admission-alg {alg})",
                     out.display()
                 );
             } else {
                 println!(
-                    "added key {kid} to {} (published from the next node start, signs after {})",
+                    "added {alg} key {kid} to {} (published from the next node start, signs after {})",
                     out.display(),
                     humantime::format_duration(delay)
                 );
             }
         }
-        KeysCommand::List { file } => {
-            for key in admission::list(&file)? {
+        KeysCommand::List { file, alg } => {
+            for key in admission::list_alg_at(&file, alg, admission::unix_now())? {
                 println!("{key}");
+            }
+        }
+        KeysCommand::ExportPem { file, out_dir } => {
+            // One `--admission-key` argument per key, ready for
+            // `pace-node gateway haproxy|kong`.
+            for (kid, path) in admission::export_pems(&file, &out_dir)? {
+                println!("--admission-key {kid}={}", path.display());
             }
         }
         KeysCommand::Retire { file, kid } => {

@@ -225,21 +225,35 @@ pub async fn session(
     principal: Principal,
     renew: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let body: SessionRequest = read_json(req, node.config.max_message_bytes).await?;
+    // Through a gateway's protected route the admission comes from the
+    // site's cookie in a header (`x-pace-admission`); it names the session
+    // exactly as the body would, and the credential rule is unchanged.
+    let from_header = req
+        .headers()
+        .get(pace_gateway::RENEW_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    let via_gateway = from_header.is_some();
+    let token = match from_header {
+        Some(token) => token,
+        None => {
+            read_json::<SessionRequest>(req, node.config.max_message_bytes)
+                .await?
+                .token
+        }
+    };
     let now = now_ms();
-    let claims = node
-        .keys
-        .verify(&body.token, None, now / 1000)
-        .map_err(|e| {
-            node.metrics
-                .tokens_rejected
-                .with_label_values(&[e.code()])
-                .inc();
-            ApiError::new(
-                ErrorCode::Unauthorized,
-                format!("invalid admission token: {e}"),
-            )
-        })?;
+    let claims = node.keys.verify(&token, None, now / 1000).map_err(|e| {
+        node.metrics
+            .tokens_rejected
+            .with_label_values(&[e.code()])
+            .inc();
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            format!("invalid admission token: {e}"),
+        )
+    })?;
     let room = room_id(&claims.aud)?;
     if !crate::auth::may_act_on_session(node, &principal, &room, &claims.sub).await? {
         // Somebody else's session answers as if there were none.
@@ -252,16 +266,34 @@ pub async fn session(
     let queue = &node.rooms.queue;
     if renew {
         let expires = queue.renew(&room, &claims.jti, now).await?;
-        match expires {
-            Some(ms) => Ok(json_response(
-                StatusCode::OK,
-                &RenewResponse {
-                    renewed: true,
-                    expires_at: ms.div_ceil(1000),
-                },
-            )),
-            None => Err(ApiError::new(ErrorCode::NotFound, "the session has ended")),
+        let Some(ms) = expires else {
+            return Err(ApiError::new(ErrorCode::NotFound, "the session has ended"));
+        };
+        let expires_at = ms.div_ceil(1000);
+        let renewed = crate::admission::AdmissionClaims {
+            iat: now / 1000,
+            exp: expires_at,
+            ..claims
+        };
+        let token = node.keys.sign(&renewed).map_err(|e| {
+            node.metrics.token_sign_errors.inc();
+            tracing::error!(error = %e, "cannot sign a renewed admission");
+            ApiError::new(ErrorCode::Internal, "the node failed; retry")
+        })?;
+        let mut resp = json_response(
+            StatusCode::OK,
+            &RenewResponse {
+                renewed: true,
+                expires_at,
+                token: token.clone(),
+            },
+        );
+        // The gateway puts this back into the site's cookie (and removes
+        // the header before the browser sees it).
+        if via_gateway && let Ok(value) = HeaderValue::from_str(&token) {
+            resp.headers_mut().insert(pace_gateway::RENEW_HEADER, value);
         }
+        Ok(resp)
     } else {
         let released = queue.release(&room, &claims.jti).await?;
         Ok(json_response(StatusCode::OK, &ReleaseResponse { released }))

@@ -259,8 +259,9 @@ async fn presence(node: NodeRef, address: String, stop: CancellationToken) {
 /// created on first run. A cluster must share one key set, so with
 /// `--redis` the file must be named explicitly.
 fn load_keys(config: &NodeConfig) -> Result<Arc<KeySet>, ServeError> {
+    let alg = config.admission_alg;
     let keys = match (&config.keys, &config.redis_url) {
-        (Some(path), _) => KeySet::load(path),
+        (Some(path), _) => KeySet::load(path).and_then(|k| k.signing_with(alg, path)),
         (None, Some(_)) => {
             return Err(ServeError::Keys(
                 "with --redis every node must use the cluster's shared key set: pass --keys FILE \
@@ -268,7 +269,7 @@ fn load_keys(config: &NodeConfig) -> Result<Arc<KeySet>, ServeError> {
                     .into(),
             ));
         }
-        (None, None) => KeySet::load_or_create(config.data_dir.join("keys.json")),
+        (None, None) => KeySet::load_or_create_alg(config.data_dir.join("keys.json"), alg),
     };
     let keys = keys.map_err(|e| ServeError::Keys(e.to_string()))?;
     Ok(Arc::new(keys.with_issuer(config.token_issuer.clone())))

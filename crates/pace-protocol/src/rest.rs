@@ -113,12 +113,17 @@ pub struct ReleaseResponse {
 }
 
 /// The answer to a renewal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RenewResponse {
     /// Always true (an ended session answers 404).
     pub renewed: bool,
     /// The session's new end, Unix seconds.
     pub expires_at: u64,
+    /// The renewed admission token: the same room, device and session,
+    /// `exp` = `expires_at`. Verifiers that check tokens offline (the
+    /// gateway, a site with the JWKS) accept the session until then only
+    /// with this token; the old one still ends at its own `exp`.
+    pub token: String,
 }
 
 /// `POST /api/v1/admissions/verify`.
@@ -581,8 +586,9 @@ mod tests {
             RenewResponse {
                 renewed: true,
                 expires_at: 7,
+                token: "t".into(),
             },
-            r#"{"renewed":true,"expires_at":7}"#,
+            r#"{"renewed":true,"expires_at":7,"token":"t"}"#,
         );
         golden(
             VerifyRequest {

@@ -307,9 +307,385 @@ fn all_violations(doc: &Value) -> Vec<String> {
         e.extend(upstream_violations(u));
     }
     for s in doc["services"].as_array().into_iter().flatten() {
-        e.extend(service_violations(s, &names));
+        if str_field(s, "name").is_some_and(|n| n.starts_with("pace-site-")) {
+            e.extend(site_service_violations(s));
+        } else {
+            e.extend(service_violations(s, &names));
+        }
+    }
+    e.extend(protection_violations(doc));
+    e
+}
+
+/// Kong 3.x's `jwt` plugin schema (`kong/plugins/jwt/schema.lua`): every
+/// config field with its type.
+const JWT_FIELDS: &[(&str, &str)] = &[
+    ("uri_param_names", "set<string>"),
+    ("cookie_names", "set<string>"),
+    ("header_names", "set<string>"),
+    ("key_claim_name", "string"),
+    ("secret_is_base64", "boolean"),
+    ("claims_to_verify", "set<string>"),
+    ("anonymous", "string"),
+    ("run_on_preflight", "boolean"),
+    ("maximum_expiration", "number"),
+    ("realm", "string"),
+];
+
+/// The serverless plugins' (`pre-function`, `post-function`) phases: each
+/// an array of Lua sources.
+const FUNCTION_PHASES: &[&str] = &[
+    "certificate",
+    "rewrite",
+    "access",
+    "header_filter",
+    "body_filter",
+    "log",
+    "ws_handshake",
+    "ws_client_frame",
+    "ws_upstream_frame",
+    "ws_close",
+];
+
+/// `jwt_secrets.algorithm` values Kong 3.x accepts (`kong/plugins/jwt/daos.lua`).
+const JWT_ALGORITHMS: &[&str] = &[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256",
+    "PS384", "PS512", "EdDSA",
+];
+
+fn type_ok(v: &Value, ty: &str) -> bool {
+    match ty {
+        "string" => v.is_string(),
+        "boolean" => v.is_boolean(),
+        "number" => v.is_number(),
+        "set<string>" => v.as_array().is_some_and(|a| {
+            a.iter().all(Value::is_string)
+                && a.iter().collect::<std::collections::HashSet<_>>().len() == a.len()
+        }),
+        _ => false,
+    }
+}
+
+fn jwt_plugin_violations(config: &Value, ctx: &str) -> Vec<String> {
+    let mut e = Vec::new();
+    let Some(map) = config.as_object() else {
+        return vec![format!("{ctx}: config is not an object")];
+    };
+    for (key, value) in map {
+        match JWT_FIELDS.iter().find(|(k, _)| k == key) {
+            None => e.push(format!("{ctx}: unknown jwt field {key}")),
+            Some((_, ty)) if !type_ok(value, ty) => {
+                e.push(format!("{ctx}: jwt {key} = {value} is not a {ty}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for claim in config["claims_to_verify"].as_array().into_iter().flatten() {
+        if !matches!(claim.as_str(), Some("exp" | "nbf")) {
+            e.push(format!("{ctx}: claims_to_verify has {claim}, not exp/nbf"));
+        }
+    }
+    let max = config["maximum_expiration"].as_f64().unwrap_or(0.0);
+    if !(0.0..=31_536_000.0).contains(&max) {
+        e.push(format!(
+            "{ctx}: maximum_expiration {max} outside 0..=31536000"
+        ));
+    }
+    // What Pace needs of it: the kid picks the key, exp is checked, and a
+    // failure reaches the redirect (anonymous) instead of a 401.
+    if config["key_claim_name"] != "kid" {
+        e.push(format!("{ctx}: key_claim_name must be kid (rotation)"));
+    }
+    if !config["claims_to_verify"]
+        .as_array()
+        .is_some_and(|a| a.contains(&json!("exp")))
+    {
+        e.push(format!("{ctx}: claims_to_verify must contain exp"));
     }
     e
+}
+
+fn function_plugin_violations(config: &Value, ctx: &str) -> Vec<String> {
+    let mut e = Vec::new();
+    let Some(map) = config.as_object() else {
+        return vec![format!("{ctx}: config is not an object")];
+    };
+    for (key, value) in map {
+        if !FUNCTION_PHASES.contains(&key.as_str()) {
+            e.push(format!("{ctx}: unknown phase {key}"));
+        }
+        if !value
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_string))
+        {
+            e.push(format!("{ctx}: {key} must be an array of Lua sources"));
+        }
+    }
+    e
+}
+
+/// The protected site's service: a plain HTTP service (its host is the
+/// site, not the nodes' upstream) whose route carries the admission check.
+fn site_service_violations(s: &Value) -> Vec<String> {
+    let mut e = Vec::new();
+    let ctx = format!("service {}", str_field(s, "name").unwrap_or("?"));
+    one_of(s, "protocol", SERVICE_PROTOCOLS, &mut e, &ctx);
+    int_in(s, "port", 1, 65_535, &mut e, &ctx);
+    int_in(s, "retries", 0, 32_767, &mut e, &ctx);
+    for t in ["connect_timeout", "read_timeout", "write_timeout"] {
+        int_in(s, t, 1, i64::from(i32::MAX) - 1, &mut e, &ctx);
+    }
+    if str_field(s, "host").is_none_or(str::is_empty) {
+        e.push(format!("{ctx}: host is required"));
+    }
+    for r in s["routes"].as_array().into_iter().flatten() {
+        let rctx = format!("route {}", str_field(r, "name").unwrap_or("?"));
+        let names: Vec<&str> = r["plugins"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| str_field(p, "name"))
+            .collect();
+        if names != ["jwt", "post-function"] {
+            e.push(format!(
+                "{rctx}: the site route needs jwt then post-function, has {names:?}"
+            ));
+        }
+    }
+    e
+}
+
+/// Every plugin and consumer of a protected site against Kong's schemas.
+fn protection_violations(doc: &Value) -> Vec<String> {
+    let mut e = Vec::new();
+    let consumers = doc["consumers"].as_array().cloned().unwrap_or_default();
+    let usernames: Vec<&str> = consumers
+        .iter()
+        .filter_map(|c| str_field(c, "username"))
+        .collect();
+    for service in doc["services"].as_array().into_iter().flatten() {
+        for route in service["routes"].as_array().into_iter().flatten() {
+            for plugin in route["plugins"].as_array().into_iter().flatten() {
+                let ctx = format!(
+                    "route {} plugin {}",
+                    str_field(route, "name").unwrap_or("?"),
+                    str_field(plugin, "name").unwrap_or("?")
+                );
+                match str_field(plugin, "name") {
+                    Some("jwt") => {
+                        e.extend(jwt_plugin_violations(&plugin["config"], &ctx));
+                        match str_field(&plugin["config"], "anonymous") {
+                            Some(a) if usernames.contains(&a) => {}
+                            other => e.push(format!(
+                                "{ctx}: anonymous {other:?} must name a consumer of the config"
+                            )),
+                        }
+                    }
+                    Some("pre-function" | "post-function") => {
+                        e.extend(function_plugin_violations(&plugin["config"], &ctx));
+                    }
+                    other => e.push(format!("{ctx}: unexpected plugin {other:?}")),
+                }
+            }
+        }
+    }
+    let mut keys = std::collections::HashSet::new();
+    for c in &consumers {
+        let ctx = format!("consumer {}", str_field(c, "username").unwrap_or("?"));
+        if str_field(c, "username").is_none_or(str::is_empty) {
+            e.push(format!("{ctx}: username is required"));
+        }
+        for s in c["jwt_secrets"].as_array().into_iter().flatten() {
+            let sctx = format!("{ctx} jwt_secret {}", str_field(s, "key").unwrap_or("?"));
+            for field in ["key", "secret", "algorithm"] {
+                if str_field(s, field).is_none_or(str::is_empty) {
+                    e.push(format!("{sctx}: {field} must be a non-empty string"));
+                }
+            }
+            one_of(s, "algorithm", JWT_ALGORITHMS, &mut e, &sctx);
+            if str_field(s, "algorithm") != Some("ES256") {
+                e.push(format!("{sctx}: admission keys are ES256"));
+            }
+            // Kong requires a parseable public key for asymmetric algorithms.
+            let pem = str_field(s, "rsa_public_key").unwrap_or("").trim();
+            if !pem.starts_with("-----BEGIN PUBLIC KEY-----")
+                || !pem.ends_with("-----END PUBLIC KEY-----")
+            {
+                e.push(format!("{sctx}: rsa_public_key must be a PEM public key"));
+            }
+            if let Some(key) = str_field(s, "key")
+                && !keys.insert(key.to_owned())
+            {
+                e.push(format!("{sctx}: key must be unique"));
+            }
+        }
+    }
+    e
+}
+
+/// A protected site as `pace-node gateway kong --protect` builds it, with
+/// two keys (a rotation's overlap).
+fn generated_protected() -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEaxfR8uEsQkf4vOblY6RA8ncDfYEt\n6zOg9KE5RdiYwpZP40Li/hp/m47n60p8D54WK84zV2sxXs7LtkBoN79R9Q==\n-----END PUBLIC KEY-----\n";
+    let keys: Vec<pace_gateway::AdmissionKey> = ["kid-one", "kid-two"]
+        .iter()
+        .map(|kid| {
+            let path = dir.path().join(format!("{kid}.pem"));
+            std::fs::write(&path, pem).unwrap();
+            pace_gateway::AdmissionKey::from_arg(&format!("{kid}={}", path.display())).unwrap()
+        })
+        .collect();
+    let options = KongOptions {
+        protect: Some(pace_gateway::Protection {
+            prefix: "/shop/".into(),
+            room: "sale".into(),
+            site: pace_gateway::Node::parse("10.0.0.5:8080").unwrap(),
+            issuer: "pace".into(),
+            keys,
+            secure_cookie: true,
+        }),
+        ..KongOptions::default()
+    };
+    serde_json::to_value(kong_config(&three_loopback_nodes(), &options).unwrap()).unwrap()
+}
+
+#[test]
+fn protected_site_follows_kongs_plugin_and_credential_schemas() {
+    let doc = generated_protected();
+    let errors = all_violations(&doc);
+    assert!(
+        errors.is_empty(),
+        "Kong would refuse the protected config:\n{}",
+        errors.join("\n")
+    );
+    let deck = deck_errors(&deck_validator(), &doc);
+    assert!(
+        deck.is_empty(),
+        "decK schema violations:\n{}",
+        deck.join("\n")
+    );
+
+    // The nodes' upstream and service are exactly today's.
+    let plain = generated();
+    assert_eq!(doc["upstreams"], plain["upstreams"]);
+    let pace = &doc["services"][0];
+    assert_eq!(pace["name"], "pace");
+    assert_eq!(
+        pace["routes"].as_array().unwrap()[..4],
+        plain["services"][0]["routes"].as_array().unwrap()[..]
+    );
+    // The renewal route goes to the nodes; the site route to the site.
+    let renew = &pace["routes"][4];
+    assert_eq!(renew["paths"], json!(["/shop/_pace/renew"]));
+    assert_eq!(renew["methods"], json!(["POST"]));
+    let site = &doc["services"][1];
+    assert_eq!(
+        (site["host"].clone(), site["port"].clone()),
+        (json!("10.0.0.5"), json!(8080))
+    );
+    let route = &site["routes"][0];
+    assert_eq!(route["paths"], json!(["/shop/"]));
+    let jwt = &route["plugins"][0]["config"];
+    assert_eq!(jwt["uri_param_names"], json!(["pace_token"]));
+    assert_eq!(jwt["cookie_names"], json!(["pace_admission"]));
+    let check = route["plugins"][1]["config"]["access"][0].as_str().unwrap();
+    assert!(check.contains(r#"claims.aud == "sale""#), "{check}");
+    assert!(check.contains(r#"claims.iss == "pace""#), "{check}");
+    assert!(
+        check.contains(r#"kong.response.exit(302, "", { ["Location"] = "/r/sale""#),
+        "{check}"
+    );
+    let secrets = &doc["consumers"][0]["jwt_secrets"];
+    assert_eq!(secrets[0]["key"], "kid-one");
+    assert_eq!(secrets[1]["key"], "kid-two");
+    assert_eq!(doc["consumers"][1]["username"], "pace-anonymous");
+}
+
+#[test]
+fn plugin_checker_catches_broken_protection() {
+    let cases: Vec<Breakage> = vec![
+        (
+            "unknown jwt field",
+            Box::new(|d| {
+                d["services"][1]["routes"][0]["plugins"][0]["config"]["uri_params"] = json!(["x"])
+            }),
+        ),
+        (
+            "jwt field type",
+            Box::new(|d| {
+                d["services"][1]["routes"][0]["plugins"][0]["config"]["cookie_names"] =
+                    json!("pace_admission")
+            }),
+        ),
+        (
+            "claims_to_verify value",
+            Box::new(|d| {
+                d["services"][1]["routes"][0]["plugins"][0]["config"]["claims_to_verify"] =
+                    json!(["exp", "aud"])
+            }),
+        ),
+        (
+            "key by iss",
+            Box::new(|d| {
+                d["services"][1]["routes"][0]["plugins"][0]["config"]["key_claim_name"] =
+                    json!("iss")
+            }),
+        ),
+        (
+            "missing anonymous consumer",
+            Box::new(|d| d["consumers"].as_array_mut().unwrap().truncate(1)),
+        ),
+        (
+            "function phase",
+            Box::new(|d| {
+                d["services"][1]["routes"][0]["plugins"][1]["config"]["acess"] = json!(["x"])
+            }),
+        ),
+        (
+            "function type",
+            Box::new(|d| {
+                d["services"][1]["routes"][0]["plugins"][1]["config"]["access"] = json!("x")
+            }),
+        ),
+        (
+            "no post-function",
+            Box::new(|d| {
+                d["services"][1]["routes"][0]["plugins"]
+                    .as_array_mut()
+                    .unwrap()
+                    .pop();
+            }),
+        ),
+        (
+            "HS256 secret",
+            Box::new(|d| d["consumers"][0]["jwt_secrets"][0]["algorithm"] = json!("HS256")),
+        ),
+        (
+            "bad algorithm",
+            Box::new(|d| d["consumers"][0]["jwt_secrets"][0]["algorithm"] = json!("ES257")),
+        ),
+        (
+            "no public key",
+            Box::new(|d| d["consumers"][0]["jwt_secrets"][0]["rsa_public_key"] = json!("")),
+        ),
+        (
+            "duplicate key",
+            Box::new(|d| d["consumers"][0]["jwt_secrets"][1]["key"] = json!("kid-one")),
+        ),
+    ];
+    for (what, break_it) in cases {
+        let mut doc = generated_protected();
+        break_it(&mut doc);
+        assert!(
+            !all_violations(&doc).is_empty(),
+            "the checker missed: {what}"
+        );
+    }
+    // And decK's schema catches a structural slip in a credential.
+    let mut doc = generated_protected();
+    doc["consumers"][0]["jwt_secrets"][0]["public_key"] = json!("x");
+    assert!(!deck_errors(&deck_validator(), &doc).is_empty());
 }
 
 #[test]

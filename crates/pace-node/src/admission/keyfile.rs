@@ -13,12 +13,14 @@ use rand::TryRngCore;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 
+use super::alg::KeyAlg;
 use super::keys::KeyError;
 
 /// The only key file version this code reads and writes.
 pub(crate) const FILE_VERSION: u32 = 1;
 
-/// Length of an Ed25519 private key seed (RFC 8032 §5.1.5).
+/// Length of a private key: an Ed25519 seed (RFC 8032 §5.1.5) or a P-256
+/// scalar (SEC 1), both 32 bytes.
 pub(crate) const SEED_LEN: usize = 32;
 
 /// PKCS#8 v1 `PrivateKeyInfo` prefix for an Ed25519 key (RFC 8410 §7):
@@ -41,7 +43,7 @@ pub(crate) struct KeyFile {
     pub(crate) keys: Vec<KeyRecord>,
 }
 
-/// One Ed25519 key pair as stored.
+/// One key pair (Ed25519 or P-256) as stored.
 // No `Debug` derive: the seed is a secret and must not reach logs.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,13 +58,22 @@ pub(crate) struct KeyRecord {
     /// published (pre-publication during a rotation). Defaults to `created_at`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) active_from: Option<u64>,
-    /// The 32-byte Ed25519 private seed, lowercase hex (64 characters).
+    /// The key's algorithm; absent means `EdDSA` (files written before
+    /// ES256 existed).
+    #[serde(default, skip_serializing_if = "KeyAlg::is_default")]
+    pub(crate) alg: KeyAlg,
+    /// The 32-byte private key, lowercase hex (64 characters): the Ed25519
+    /// seed, or the P-256 scalar for `ES256`.
     pub(crate) seed_hex: String,
-    /// The public key as published in the JWKS (base64url, no padding).
-    /// Informational: recomputed on load and checked against the seed, so a
-    /// damaged seed is caught instead of silently publishing a wrong key.
+    /// The public key as published in the JWKS (base64url, no padding): the
+    /// Ed25519 key, or the P-256 point's x. Informational: recomputed on
+    /// load and checked against the seed, so a damaged seed is caught
+    /// instead of silently publishing a wrong key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) x: Option<String>,
+    /// The P-256 point's y (ES256 keys only), checked like `x`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) y: Option<String>,
 }
 
 impl std::fmt::Debug for KeyRecord {
@@ -71,8 +82,10 @@ impl std::fmt::Debug for KeyRecord {
             .field("kid", &self.kid)
             .field("created_at", &self.created_at)
             .field("active_from", &self.active_from)
+            .field("alg", &self.alg)
             .field("seed_hex", &"<redacted>")
             .field("x", &self.x)
+            .field("y", &self.y)
             .finish()
     }
 }
@@ -84,7 +97,8 @@ impl KeyRecord {
     }
 }
 
-/// A fresh random Ed25519 seed from the operating system's CSPRNG.
+/// 32 fresh random bytes from the operating system's CSPRNG (an Ed25519
+/// seed, or a P-256 scalar candidate).
 pub(crate) fn random_seed() -> Result<[u8; SEED_LEN], KeyError> {
     let mut seed = [0u8; SEED_LEN];
     OsRng
@@ -111,7 +125,7 @@ pub(crate) fn seed_from_hex(hex: &str) -> Result<[u8; SEED_LEN], String> {
     let hex = hex.trim();
     if !hex.is_ascii() || hex.len() != SEED_LEN * 2 {
         return Err(format!(
-            "seed_hex must be {} hex characters (a {SEED_LEN}-byte Ed25519 seed)",
+            "seed_hex must be {} hex characters (a {SEED_LEN}-byte private key)",
             SEED_LEN * 2
         ));
     }

@@ -1,6 +1,7 @@
-//! The admission key set: every Ed25519 key in the key file, which one signs
-//! now, and the operator actions on the file (generate, list, retire,
-//! create on first run).
+//! The admission key set: every key in the key file (Ed25519 for `EdDSA`,
+//! P-256 for `ES256`), which one signs now, and the operator actions on the
+//! file (generate, list, retire, export the public PEMs, create on first
+//! run).
 //!
 //! Loading checks every key (seed length, public key matches, unique kid), so
 //! a node with a damaged key file refuses to start instead of publishing or
@@ -12,11 +13,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, ThumbprintHash};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
+use super::alg::KeyAlg;
 use super::jwks::{Jwks, PublicJwk};
 use super::keyfile::{self, FILE_VERSION, KeyFile, KeyRecord, WriteMode};
+use super::p256key;
 use super::{DEFAULT_ISSUER, DEFAULT_LEEWAY, unix_now};
 
 /// Why a key file could not be read, written or changed.
@@ -102,16 +107,32 @@ pub enum KeyError {
         /// Why.
         reason: String,
     },
+    /// The node is to sign with an algorithm no key of the file has.
+    #[error(
+        "admission key file {path} has no {alg} key that can sign; add one with \
+         `pace-node keys generate --alg {alg} --out {path}`"
+    )]
+    NoKeyForAlg {
+        /// The key file.
+        path: PathBuf,
+        /// The algorithm asked for.
+        alg: KeyAlg,
+    },
 }
 
 /// One loaded key pair.
 #[derive(Clone)]
 pub(crate) struct LoadedKey {
     pub(crate) kid: String,
+    pub(crate) alg: KeyAlg,
     pub(crate) created_at: u64,
     pub(crate) active_from: u64,
-    /// Public key, base64url, as published.
+    /// Public key, base64url, as published (P-256: the point's x).
     pub(crate) x: String,
+    /// P-256 only: the point's y, base64url.
+    pub(crate) y: Option<String>,
+    /// P-256 only: the public key as an SPKI PEM (for the gateways).
+    pub(crate) public_pem: Option<String>,
     pub(crate) encoding: EncodingKey,
     pub(crate) decoding: DecodingKey,
 }
@@ -126,6 +147,9 @@ pub struct KeySet {
     /// Newest first: by `created_at`, ties broken by later position in the
     /// file.
     pub(crate) keys: Vec<LoadedKey>,
+    /// Only keys of this algorithm sign (`--admission-alg`); `None`: the
+    /// newest active key signs whatever its algorithm. Every key verifies.
+    pub(crate) signing_alg: Option<KeyAlg>,
     /// `iss` written into tokens and required when verifying.
     pub(crate) issuer: String,
     /// Clock skew tolerated on `iat` and `exp`.
@@ -139,6 +163,7 @@ impl fmt::Debug for KeySet {
         let kids: Vec<&str> = self.keys.iter().map(|k| k.kid.as_str()).collect();
         f.debug_struct("KeySet")
             .field("kids", &kids)
+            .field("signing_alg", &self.signing_alg)
             .field("issuer", &self.issuer)
             .field("leeway", &self.leeway)
             .finish_non_exhaustive()
@@ -159,13 +184,20 @@ impl KeySet {
     ///
     /// [`load`]: KeySet::load
     pub fn load_or_create(path: impl AsRef<Path>) -> Result<Self, KeyError> {
+        Self::load_or_create_alg(path, KeyAlg::EdDsa)
+    }
+
+    /// [`KeySet::load_or_create`] for a node signing with `alg`: a created
+    /// file gets one `alg` key, and the set signs only with `alg` keys
+    /// ([`KeySet::signing_with`]).
+    pub fn load_or_create_alg(path: impl AsRef<Path>, alg: KeyAlg) -> Result<Self, KeyError> {
         let path = path.as_ref();
         match Self::load(path) {
             Err(KeyError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-            other => return other,
+            other => return other?.signing_with(alg, path),
         }
         keyfile::create_parent_dir(path)?;
-        let record = new_record(unix_now(), 0)?;
+        let record = new_record(unix_now(), 0, alg)?;
         let kid = record.kid.clone();
         let file = KeyFile {
             version: FILE_VERSION,
@@ -181,14 +213,39 @@ impl KeySet {
                 if source.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        Self::load(path)
+        Self::load(path)?.signing_with(alg, path)
     }
 
     /// A key set with one fresh key that lives only in memory, for tests
     /// and throwaway nodes; tokens it signs stop verifying when it is dropped.
     pub fn generate_in_memory() -> Result<Self, KeyError> {
-        let record = new_record(unix_now(), 0)?;
+        Self::generate_in_memory_alg(KeyAlg::EdDsa)
+    }
+
+    /// [`KeySet::generate_in_memory`] with an `alg` key.
+    pub fn generate_in_memory_alg(alg: KeyAlg) -> Result<Self, KeyError> {
+        let record = new_record(unix_now(), 0, alg)?;
         Self::from_records(Path::new("<memory>"), &[record])
+    }
+
+    /// Restricts signing to `alg` keys (`--admission-alg`): the newest
+    /// active key of that algorithm signs; keys of the other algorithm only
+    /// verify (the overlap of a migration). Fails when the set has no `alg`
+    /// key at all; `path` only names the file in the error.
+    pub fn signing_with(mut self, alg: KeyAlg, path: &Path) -> Result<Self, KeyError> {
+        if !self.keys.iter().any(|k| k.alg == alg) {
+            return Err(KeyError::NoKeyForAlg {
+                path: path.to_owned(),
+                alg,
+            });
+        }
+        self.signing_alg = Some(alg);
+        Ok(self)
+    }
+
+    /// The algorithm keys must have to sign, if restricted.
+    pub fn signing_alg(&self) -> Option<KeyAlg> {
+        self.signing_alg
     }
 
     /// Sets the `iss` written into tokens and required when verifying
@@ -246,16 +303,25 @@ impl KeySet {
     /// The public keys as a [`Jwks`] value.
     pub fn jwks(&self) -> Jwks {
         Jwks {
-            keys: self
-                .keys
-                .iter()
-                .map(|k| PublicJwk::ed25519(&k.kid, &k.x))
-                .collect(),
+            keys: self.keys.iter().map(LoadedKey::public_jwk).collect(),
         }
     }
 
+    /// The SPKI PEM of every ES256 key, newest first, as `(kid, pem)`: what
+    /// HAProxy's `jwt_verify` and Kong's `jwt_secrets` take. EdDSA keys have
+    /// none (neither gateway verifies EdDSA).
+    pub fn es256_public_pems(&self) -> Vec<(String, String)> {
+        self.keys
+            .iter()
+            .filter_map(|k| Some((k.kid.clone(), k.public_pem.clone()?)))
+            .collect()
+    }
+
     pub(crate) fn signing_key(&self, now: u64) -> Option<&LoadedKey> {
-        self.keys.iter().find(|k| k.active_from <= now)
+        self.keys
+            .iter()
+            .filter(|k| self.signing_alg.is_none_or(|alg| k.alg == alg))
+            .find(|k| k.active_from <= now)
     }
 
     pub(crate) fn key(&self, kid: &str) -> Option<&LoadedKey> {
@@ -286,6 +352,7 @@ impl KeySet {
         keys.sort_by_key(|k| std::cmp::Reverse(k.created_at));
         let mut set = KeySet {
             keys,
+            signing_alg: None,
             issuer: DEFAULT_ISSUER.to_owned(),
             leeway: DEFAULT_LEEWAY,
             jwks_json: String::new(),
@@ -305,53 +372,132 @@ fn load_record(path: &Path, record: &KeyRecord) -> Result<LoadedKey, KeyError> {
         return Err(invalid("kid is empty".to_owned()));
     }
     let seed = keyfile::seed_from_hex(&record.seed_hex).map_err(invalid)?;
-    let encoding = EncodingKey::from_ed_der(&keyfile::seed_to_pkcs8_der(&seed));
-    let jwk = Jwk::from_encoding_key(&encoding, Algorithm::EdDSA)
-        .map_err(|e| invalid(format!("not a usable Ed25519 key: {e}")))?;
-    let x = public_x(&jwk).map_err(invalid)?;
-    if let Some(written) = &record.x
-        && written != &x
+    let derived = derive(&seed, record.alg).map_err(invalid)?;
+    if record
+        .x
+        .as_ref()
+        .is_some_and(|written| written != &derived.x)
     {
         return Err(invalid(
             "x does not match the private seed (file damaged or edited)".to_owned(),
         ));
     }
-    let decoding = DecodingKey::from_ed_components(&x)
-        .map_err(|e| invalid(format!("cannot build the verifying key: {e}")))?;
+    if record.y.is_some() && record.y != derived.y {
+        return Err(invalid(
+            "y does not match the private seed (file damaged or edited, or y on an EdDSA key)"
+                .to_owned(),
+        ));
+    }
     Ok(LoadedKey {
         kid: record.kid.clone(),
+        alg: record.alg,
         created_at: record.created_at,
         active_from: record.active_from(),
-        x,
-        encoding,
-        decoding,
+        x: derived.x,
+        y: derived.y,
+        public_pem: derived.public_pem,
+        encoding: derived.encoding,
+        decoding: derived.decoding,
     })
 }
 
-fn public_x(jwk: &Jwk) -> Result<String, String> {
-    match &jwk.algorithm {
-        AlgorithmParameters::OctetKeyPair(p) => Ok(p.x.clone()),
-        _ => Err("the JWT library did not derive an Ed25519 public key".to_owned()),
+impl LoadedKey {
+    fn public_jwk(&self) -> PublicJwk {
+        match (self.alg, &self.y) {
+            (KeyAlg::Es256, Some(y)) => PublicJwk::p256(&self.kid, &self.x, y),
+            _ => PublicJwk::ed25519(&self.kid, &self.x),
+        }
     }
 }
 
-/// A freshly generated key record, allowed to sign `activate_after` seconds
-/// after `now`.
-fn new_record(now: u64, activate_after: u64) -> Result<KeyRecord, KeyError> {
-    let seed = keyfile::random_seed()?;
-    let encoding = EncodingKey::from_ed_der(&keyfile::seed_to_pkcs8_der(&seed));
-    let derive = |e: jsonwebtoken::errors::Error| {
-        KeyError::Random(format!("generated key is unusable: {e}"))
+/// Everything a 32-byte private key of `alg` gives.
+struct Derived {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    /// The JWK of the public key (for the RFC 7638 kid).
+    jwk: Jwk,
+    x: String,
+    y: Option<String>,
+    public_pem: Option<String>,
+}
+
+/// Derives signing and verifying keys and the published public key from a
+/// private key; the error says what is wrong, never the secret.
+fn derive(seed: &[u8; keyfile::SEED_LEN], alg: KeyAlg) -> Result<Derived, String> {
+    match alg {
+        KeyAlg::EdDsa => {
+            let encoding = EncodingKey::from_ed_der(&keyfile::seed_to_pkcs8_der(seed));
+            let jwk = Jwk::from_encoding_key(&encoding, Algorithm::EdDSA)
+                .map_err(|e| format!("not a usable Ed25519 key: {e}"))?;
+            let x = match &jwk.algorithm {
+                AlgorithmParameters::OctetKeyPair(p) => p.x.clone(),
+                _ => return Err("the JWT library did not derive an Ed25519 public key".to_owned()),
+            };
+            let decoding = DecodingKey::from_ed_components(&x)
+                .map_err(|e| format!("cannot build the verifying key: {e}"))?;
+            Ok(Derived {
+                encoding,
+                decoding,
+                jwk,
+                x,
+                y: None,
+                public_pem: None,
+            })
+        }
+        KeyAlg::Es256 => {
+            let parts = p256key::from_scalar(seed)?;
+            let encoding = EncodingKey::from_ec_der(&parts.pkcs8_der);
+            let jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256)
+                .map_err(|e| format!("not a usable P-256 key: {e}"))?;
+            let x = URL_SAFE_NO_PAD.encode(parts.x);
+            let y = URL_SAFE_NO_PAD.encode(parts.y);
+            match &jwk.algorithm {
+                AlgorithmParameters::EllipticCurve(p) if p.x == x && p.y == y => {}
+                _ => return Err("the JWT library derived another P-256 public key".to_owned()),
+            }
+            let decoding = DecodingKey::from_ec_components(&x, &y)
+                .map_err(|e| format!("cannot build the verifying key: {e}"))?;
+            Ok(Derived {
+                encoding,
+                decoding,
+                jwk,
+                x,
+                y: Some(y),
+                public_pem: Some(parts.public_pem),
+            })
+        }
+    }
+}
+
+/// A freshly generated `alg` key record, allowed to sign `activate_after`
+/// seconds after `now`.
+fn new_record(now: u64, activate_after: u64, alg: KeyAlg) -> Result<KeyRecord, KeyError> {
+    // A P-256 scalar must be non-zero and below the group order; 32 random
+    // bytes fail that with probability about 2^-32, so a retry or two is
+    // the most ever needed.
+    let mut attempt = 0;
+    let (seed, derived) = loop {
+        let seed = keyfile::random_seed()?;
+        match derive(&seed, alg) {
+            Ok(derived) => break (seed, derived),
+            Err(e) if attempt >= 8 => {
+                return Err(KeyError::Random(format!("generated key is unusable: {e}")));
+            }
+            Err(_) => attempt += 1,
+        }
     };
-    let jwk = Jwk::from_encoding_key(&encoding, Algorithm::EdDSA).map_err(derive)?;
-    let x = public_x(&jwk).map_err(KeyError::Random)?;
-    let kid = jwk.thumbprint(ThumbprintHash::SHA256).map_err(derive)?;
+    let kid = derived
+        .jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(|e| KeyError::Random(format!("generated key is unusable: {e}")))?;
     Ok(KeyRecord {
         kid,
         created_at: now,
         active_from: (activate_after > 0).then(|| now.saturating_add(activate_after)),
+        alg,
         seed_hex: keyfile::seed_to_hex(&seed),
-        x: Some(x),
+        x: Some(derived.x),
+        y: derived.y,
     })
 }
 
@@ -370,8 +516,20 @@ pub fn generate_into_at(
     now: u64,
     activate_after: Duration,
 ) -> Result<String, KeyError> {
+    generate_alg_into_at(path, KeyAlg::EdDsa, now, activate_after)
+}
+
+/// [`generate_into_at`] for a key of `alg` (`pace-node keys generate --alg
+/// ES256`). The file may mix algorithms: that is how a cluster migrates
+/// from EdDSA to ES256 (see the module documentation).
+pub fn generate_alg_into_at(
+    path: impl AsRef<Path>,
+    alg: KeyAlg,
+    now: u64,
+    activate_after: Duration,
+) -> Result<String, KeyError> {
     let path = path.as_ref();
-    let record = new_record(now, activate_after.as_secs())?;
+    let record = new_record(now, activate_after.as_secs(), alg)?;
     let kid = record.kid.clone();
     match keyfile::read(path) {
         Ok(mut file) => {
@@ -419,6 +577,8 @@ impl fmt::Display for KeyRole {
 pub struct KeyInfo {
     /// The key id.
     pub kid: String,
+    /// The key's algorithm.
+    pub alg: KeyAlg,
     /// Unix seconds when it was generated.
     pub created_at: u64,
     /// Unix seconds from which it may sign.
@@ -428,14 +588,15 @@ pub struct KeyInfo {
 }
 
 impl fmt::Display for KeyInfo {
-    /// `<kid>  created <RFC 3339>  <role>[ from <RFC 3339>]`
+    /// `<kid>  <alg>  created <RFC 3339>  <role>[ from <RFC 3339>]`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let at =
             |secs: u64| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs));
         write!(
             f,
-            "{}  created {}  {}",
+            "{}  {}  created {}  {}",
             self.kid,
+            self.alg,
             at(self.created_at),
             self.role
         )?;
@@ -454,13 +615,29 @@ pub fn list(path: impl AsRef<Path>) -> Result<Vec<KeyInfo>, KeyError> {
 
 /// [`list`] with the roles computed at `now` (unix seconds).
 pub fn list_at(path: impl AsRef<Path>, now: u64) -> Result<Vec<KeyInfo>, KeyError> {
-    let set = KeySet::load(path)?;
+    list_alg_at(path, None, now)
+}
+
+/// [`list_at`] for a cluster that signs with `alg` only
+/// (`pace-node keys list FILE --alg ES256`): the signing key is the newest
+/// active key of that algorithm.
+pub fn list_alg_at(
+    path: impl AsRef<Path>,
+    alg: Option<KeyAlg>,
+    now: u64,
+) -> Result<Vec<KeyInfo>, KeyError> {
+    let path = path.as_ref();
+    let mut set = KeySet::load(path)?;
+    if let Some(alg) = alg {
+        set = set.signing_with(alg, path)?;
+    }
     let signing = set.signing_kid(now).map(str::to_owned);
     Ok(set
         .keys
         .iter()
         .map(|k| KeyInfo {
             kid: k.kid.clone(),
+            alg: k.alg,
             created_at: k.created_at,
             active_from: k.active_from,
             role: if signing.as_deref() == Some(k.kid.as_str()) {
@@ -501,6 +678,53 @@ pub fn retire_at(path: impl AsRef<Path>, kid: &str, now: u64) -> Result<(), KeyE
         });
     }
     keyfile::write(path, &file, WriteMode::Replace)
+}
+
+/// Writes the public key of every ES256 key in the key file to
+/// `<out_dir>/<kid>.pem` (SPKI PEM, mode 0644: public material), creating
+/// the directory. Returns `(kid, file)` newest first. This is `pace-node
+/// keys export-pem FILE --out-dir DIR`: HAProxy's `jwt_verify` reads these
+/// files, Kong's `jwt_secrets` embed them. Fails when the file holds no
+/// ES256 key (the gateways cannot verify EdDSA).
+pub fn export_pems(
+    path: impl AsRef<Path>,
+    out_dir: impl AsRef<Path>,
+) -> Result<Vec<(String, PathBuf)>, KeyError> {
+    let path = path.as_ref();
+    let out_dir = out_dir.as_ref();
+    let set = KeySet::load(path)?;
+    let pems = set.es256_public_pems();
+    if pems.is_empty() {
+        return Err(KeyError::NoKeyForAlg {
+            path: path.to_owned(),
+            alg: KeyAlg::Es256,
+        });
+    }
+    let write_err = |file: &Path, source: io::Error| KeyError::Write {
+        path: file.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(out_dir).map_err(|e| write_err(out_dir, e))?;
+    let mut written = Vec::with_capacity(pems.len());
+    for (kid, pem) in pems {
+        // Kids of generated keys are base64url; refuse anything that could
+        // leave the directory.
+        if kid.is_empty()
+            || !kid
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(KeyError::InvalidKey {
+                path: path.to_owned(),
+                kid,
+                reason: "kid is not base64url, so it cannot name a PEM file".to_owned(),
+            });
+        }
+        let file = out_dir.join(format!("{kid}.pem"));
+        std::fs::write(&file, pem).map_err(|e| write_err(&file, e))?;
+        written.push((kid, file));
+    }
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -709,5 +933,68 @@ mod tests {
         let set = KeySet::load(&path).unwrap();
         assert!(!format!("{set:?}").contains(&seed));
         assert!(!format!("{file:?}").contains(&seed));
+    }
+
+    #[test]
+    fn es256_keys_are_generated_listed_exported_and_checked() {
+        use p256::pkcs8::DecodePublicKey;
+        let (dir, path) = tmp_keys();
+        let ed = generate_into_at(&path, T0, Duration::ZERO).unwrap();
+        let es = generate_alg_into_at(&path, KeyAlg::Es256, T0 + 1, Duration::ZERO).unwrap();
+        assert_eq!(es.len(), 43, "RFC 7638 thumbprint");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        // Old entries keep their shape (no alg written for EdDSA).
+        assert!(json["keys"][0].get("alg").is_none());
+        assert_eq!(json["keys"][1]["alg"], "ES256");
+        assert!(json["keys"][1]["y"].is_string());
+
+        let infos = list_alg_at(&path, Some(KeyAlg::EdDsa), T0 + 2).unwrap();
+        assert_eq!(
+            infos
+                .iter()
+                .map(|i| (i.kid.as_str(), i.alg, i.role))
+                .collect::<Vec<_>>(),
+            vec![
+                (es.as_str(), KeyAlg::Es256, KeyRole::VerifyOnly),
+                (ed.as_str(), KeyAlg::EdDsa, KeyRole::Signing)
+            ]
+        );
+        assert!(infos[0].to_string().contains("  ES256  created"));
+        let infos = list_alg_at(&path, Some(KeyAlg::Es256), T0 + 2).unwrap();
+        assert_eq!(infos[0].role, KeyRole::Signing);
+
+        let out = dir.path().join("pems");
+        let written = export_pems(&path, &out).unwrap();
+        assert_eq!(written.len(), 1, "EdDSA keys have no gateway PEM");
+        assert_eq!(written[0].0, es);
+        assert_eq!(written[0].1, out.join(format!("{es}.pem")));
+        let pem = std::fs::read_to_string(&written[0].1).unwrap();
+        let key = p256::PublicKey::from_public_key_pem(&pem).unwrap();
+        let jwk = Jwks::from_json(KeySet::load(&path).unwrap().jwks_json())
+            .unwrap()
+            .find(&es)
+            .unwrap()
+            .clone();
+        let expected = jwk.decoding_key().unwrap();
+        assert_eq!(
+            expected.try_get_as_bytes().unwrap(),
+            p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&key, false).as_bytes()
+        );
+
+        // A damaged y is caught.
+        let mut damaged = json.clone();
+        damaged["keys"][1]["y"] = serde_json::Value::String("AAAA".into());
+        std::fs::write(&path, damaged.to_string()).unwrap();
+        let err = KeySet::load(&path).unwrap_err();
+        assert!(err.to_string().contains("y does not match"), "{err}");
+
+        // Only EdDSA keys: nothing to export.
+        let (_d2, only_ed) = tmp_keys();
+        generate_into_at(&only_ed, T0, Duration::ZERO).unwrap();
+        assert!(matches!(
+            export_pems(&only_ed, &out),
+            Err(KeyError::NoKeyForAlg { .. })
+        ));
     }
 }

@@ -1,27 +1,32 @@
 //! Admission tokens: when a device is admitted from a room's queue it gets
-//! a JWT signed with an Ed25519 key (`alg: EdDSA`), which the target site
-//! verifies with the public keys Pace publishes at
+//! a JWT signed with an Ed25519 key (`alg: EdDSA`, the default) or a P-256
+//! key (`alg: ES256`, `--admission-alg ES256`, which gateways can verify),
+//! which the target site verifies with the public keys Pace publishes at
 //! `GET /.well-known/jwks.json`. This module holds the keys, signs and
 //! verifies tokens, renders the JWKS, and implements the `pace-node keys`
 //! operator commands. It does no HTTP and reads no flags.
 //!
 //! # Layout
 //!
-//! - [`keys`]: the [`KeySet`] (newest active key signs, all keys verify) and
-//!   the operator actions [`generate_into`], [`list`], [`retire`].
+//! - [`alg`]: [`KeyAlg`], `EdDSA` or `ES256`.
+//! - [`keys`]: the [`KeySet`] (newest active key of the signing algorithm
+//!   signs, all keys verify) and the operator actions [`generate_into`],
+//!   [`generate_alg_into_at`], [`list`], [`retire`], [`export_pems`].
 //! - `keyfile`: the key file's JSON shape and 0600, atomic writes.
+//! - `p256key`: P-256 key material (PKCS#8, JWK coordinates, SPKI PEM).
 //! - [`token`]: [`AdmissionClaims`], [`KeySet::sign`], [`KeySet::verify`].
 //! - [`jwks`]: the published [`Jwks`] document.
 //!
 //! # Token
 //!
-//! Header `{"typ":"JWT","alg":"EdDSA","kid":"<kid>"}`. Claims: `iss` (the
-//! deployment, default `pace`), `aud` (room id), `sub` (device id), `jti`
-//! (admission session id), `iat` and `exp` (unix seconds), and optionally
-//! `target` (target site host). A verifier MUST accept only `alg: EdDSA`,
-//! pick the key by `kid`, and check `iss`, `aud` (its room) and `exp`;
-//! [`KeySet::verify`] does all of that with a small explicit leeway
-//! ([`DEFAULT_LEEWAY`]) and rejects `alg: none` and HMAC tokens.
+//! Header `{"typ":"JWT","alg":"EdDSA"|"ES256","kid":"<kid>"}`. Claims:
+//! `iss` (the deployment, default `pace`), `aud` (room id), `sub` (device
+//! id), `jti` (admission session id), `iat` and `exp` (unix seconds), and
+//! optionally `target` (target site host). A verifier MUST pick the key by
+//! `kid`, accept only the `alg` that key is published for, and check `iss`,
+//! `aud` (its room) and `exp`; [`KeySet::verify`] does all of that with a
+//! small explicit leeway ([`DEFAULT_LEEWAY`]) and rejects `alg: none`, HMAC
+//! tokens and a token claiming the other asymmetric algorithm.
 //!
 //! # Key file
 //!
@@ -44,6 +49,14 @@
 //!       "active_from": 1769907600,
 //!       "seed_hex": "…",
 //!       "x": "…"
+//!     },
+//!     {
+//!       "kid": "…",
+//!       "created_at": 1770000000,
+//!       "alg": "ES256",
+//!       "seed_hex": "<64 hex characters: the 32-byte P-256 private scalar>",
+//!       "x": "…",
+//!       "y": "…"
 //!     }
 //!   ]
 //! }
@@ -55,9 +68,17 @@
 //!   whose `active_from` has passed signs (a tie goes to the later entry).
 //! - `active_from` (optional, default `created_at`): before this time the
 //!   key is published and verifies, but does not sign.
-//! - `seed_hex`: the private key. Anyone holding it can mint admissions.
-//! - `x` (optional): the public key; if present it must match the seed, so a
-//!   damaged file is refused rather than publishing a wrong key.
+//! - `alg` (optional, default `EdDSA`): `EdDSA` or `ES256`.
+//! - `seed_hex`: the private key (Ed25519 seed or P-256 scalar). Anyone
+//!   holding it can mint admissions.
+//! - `x`, `y` (optional; `y` for ES256 only): the public key; if present it
+//!   must match the seed, so a damaged file is refused rather than
+//!   publishing a wrong key.
+//!
+//! The node signs with the newest active key of its `--admission-alg`
+//! ([`KeySet::signing_with`]); keys of the other algorithm only verify,
+//! which is how a cluster migrates from EdDSA to ES256: add an ES256 key,
+//! switch the flag, retire the EdDSA key after the longest session.
 //!
 //! Unknown fields, a bad seed, a mismatched `x`, duplicate kids or an empty
 //! key list make loading fail with a [`KeyError`] naming the file and key;
@@ -80,6 +101,10 @@
 //!    copy the file and restart the nodes again. `retire` refuses to remove
 //!    the last key that can sign.
 //!
+//! Gateways that enforce admissions carry the ES256 public keys as PEM
+//! files (`pace-node keys export-pem FILE --out-dir DIR`, [`export_pems`]):
+//! give them both keys before step 3, and only the new one after step 4.
+//!
 //! If a key leaks, generate a new key without delay, retire the leaked one
 //! at once, roll the nodes, and ask target sites to refetch the JWKS:
 //! admissions signed with the leaked key stop verifying. `pace-node keys
@@ -90,17 +115,20 @@
 //! one file instead, or each node would sign with a key the others do not
 //! publish.
 
+pub mod alg;
 pub mod jwks;
 mod keyfile;
 pub mod keys;
+mod p256key;
 pub mod token;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use alg::{KeyAlg, UnknownAlg};
 pub use jwks::{Jwks, JwksError, PublicJwk};
 pub use keys::{
-    KeyError, KeyInfo, KeyRole, KeySet, generate_into, generate_into_at, list, list_at, retire,
-    retire_at,
+    KeyError, KeyInfo, KeyRole, KeySet, export_pems, generate_alg_into_at, generate_into,
+    generate_into_at, list, list_alg_at, list_at, retire, retire_at,
 };
 pub use token::{AdmissionClaims, TokenError, VerifyError};
 

@@ -1,9 +1,11 @@
 //! Admission tokens: the claims, signing with the current key, and
 //! verification that tells apart every way a token can be wrong.
 //!
-//! Verification accepts only `alg: EdDSA` with a `kid` from the key set; the
-//! algorithm is decided by the key set, never by the token, so `alg: none`
-//! and HMAC tokens made with the public key (algorithm confusion) fail.
+//! Verification accepts only `alg: EdDSA` or `alg: ES256` with a `kid` from
+//! the key set, and only the algorithm of the key that `kid` names: the
+//! algorithm is decided by the key set, never by the token, so `alg: none`,
+//! HMAC tokens made with the public key (algorithm confusion) and a token
+//! claiming the other asymmetric algorithm for a key all fail.
 //! Time checks use the caller's clock (`now`), with the key set's leeway.
 
 use std::time::Duration;
@@ -54,7 +56,8 @@ pub enum VerifyError {
     /// Not a JWT, or its header or claims do not parse.
     #[error("malformed admission token: {0}")]
     Malformed(String),
-    /// The header names an algorithm other than EdDSA (e.g. `none`, HS256).
+    /// The header names an algorithm other than EdDSA or ES256 (e.g.
+    /// `none`, HS256), or not the algorithm of the key its kid names.
     #[error("admission token uses a disallowed algorithm {0}")]
     DisallowedAlgorithm(String),
     /// The header has no `kid`.
@@ -154,17 +157,18 @@ impl KeySet {
         let key = self
             .signing_key(iat)
             .ok_or(TokenError::NoActiveKey { at: iat })?;
-        let mut header = Header::new(Algorithm::EdDSA);
+        let mut header = Header::new(key.alg.jwt());
         header.typ = Some(typ.to_owned());
         header.kid = Some(key.kid.clone());
         jsonwebtoken::encode(&header, claims, &key.encoding).map_err(TokenError::Encode)
     }
 
-    /// Checks a token's algorithm (EdDSA only), key (a `kid` of this set)
-    /// and signature, and decodes its claims. The caller checks the claims.
+    /// Checks a token's algorithm (EdDSA or ES256, and the one of its key),
+    /// key (a `kid` of this set) and signature, and decodes its claims. The
+    /// caller checks the claims.
     pub fn decode_claims<T: DeserializeOwned>(&self, token: &str) -> Result<T, VerifyError> {
         let header = jsonwebtoken::decode_header(token).map_err(map_header_error)?;
-        if header.alg != Algorithm::EdDSA {
+        if !matches!(header.alg, Algorithm::EdDSA | Algorithm::ES256) {
             return Err(VerifyError::DisallowedAlgorithm(format!(
                 "{:?}",
                 header.alg
@@ -174,9 +178,15 @@ impl KeySet {
         let key = self
             .key(&kid)
             .ok_or_else(|| VerifyError::UnknownKid(kid.clone()))?;
+        if header.alg != key.alg.jwt() {
+            return Err(VerifyError::DisallowedAlgorithm(format!(
+                "{:?} for a {} key",
+                header.alg, key.alg
+            )));
+        }
         // The library checks algorithm and signature only; claims are
         // checked by the caller against its own clock.
-        let mut validation = Validation::new(Algorithm::EdDSA);
+        let mut validation = Validation::new(key.alg.jwt());
         validation.required_spec_claims.clear();
         validation.validate_exp = false;
         validation.validate_nbf = false;
@@ -206,8 +216,8 @@ impl KeySet {
         ))
     }
 
-    /// Verifies a token at `now` (unix seconds): EdDSA only, kid in this
-    /// set, valid signature, our issuer, `aud == expected_room` when given,
+    /// Verifies a token at `now` (unix seconds): EdDSA or ES256 as its key
+    /// says, kid in this set, valid signature, our issuer, `aud == expected_room` when given,
     /// and `iat - leeway <= now < exp + leeway`.
     pub fn verify(
         &self,
@@ -624,5 +634,129 @@ mod tests {
             set.verify(&token, None, T0),
             Err(VerifyError::Malformed(_))
         ));
+    }
+
+    fn es256_set(dir: &std::path::Path) -> (std::path::PathBuf, KeySet) {
+        use crate::admission::{KeyAlg, generate_alg_into_at};
+        let path = dir.join("keys.json");
+        generate_alg_into_at(&path, KeyAlg::Es256, T0 - 100, Duration::ZERO).unwrap();
+        let set = KeySet::load(&path).unwrap();
+        (path, set)
+    }
+
+    #[test]
+    fn es256_round_trip_and_stock_jwks_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_path, set) = es256_set(dir.path());
+        let token = set.sign(&claims(&set, T0)).unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, Algorithm::ES256);
+        assert_eq!(header.kid.as_deref(), Some(set.newest_kid()));
+        assert!(set.verify(&token, Some("room-1"), T0 + 1).is_ok());
+
+        // A site with only the published JWKS and a stock library.
+        let jwks: JwkSet = serde_json::from_str(set.jwks_json()).unwrap();
+        let jwk = jwks.find(set.newest_kid()).unwrap();
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_audience(&["room-1"]);
+        validation.validate_exp = false;
+        let key = DecodingKey::from_jwk(jwk).unwrap();
+        assert!(jsonwebtoken::decode::<AdmissionClaims>(&token, &key, &validation).is_ok());
+        // Ours, from the same document.
+        let ours = Jwks::from_json(set.jwks_json()).unwrap();
+        let entry = ours.find(set.newest_kid()).unwrap();
+        assert_eq!((entry.kty.as_str(), entry.alg.as_str()), ("EC", "ES256"));
+        let key = entry.decoding_key().unwrap();
+        assert!(jsonwebtoken::decode::<AdmissionClaims>(&token, &key, &validation).is_ok());
+    }
+
+    #[test]
+    fn migration_signs_with_the_chosen_alg_and_verifies_both() {
+        use crate::admission::{KeyAlg, generate_alg_into_at};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let ed = generate_alg_into_at(&path, KeyAlg::EdDsa, T0 - 100, Duration::ZERO).unwrap();
+        let kid_of = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
+
+        // Only EdDSA keys: a node told to sign ES256 refuses to start.
+        let err = KeySet::load(&path)
+            .unwrap()
+            .signing_with(KeyAlg::Es256, &path)
+            .unwrap_err();
+        assert!(err.to_string().contains("--alg ES256"), "{err}");
+
+        let before = KeySet::load(&path).unwrap();
+        let old_token = before.sign(&claims(&before, T0)).unwrap();
+        // An ES256 key is added (older than nothing: newest), but a node
+        // still on EdDSA keeps signing EdDSA.
+        let es = generate_alg_into_at(&path, KeyAlg::Es256, T0 - 50, Duration::ZERO).unwrap();
+        let still_ed = KeySet::load(&path)
+            .unwrap()
+            .signing_with(KeyAlg::EdDsa, &path)
+            .unwrap();
+        assert_eq!(kid_of(&still_ed.sign(&claims(&still_ed, T0)).unwrap()), ed);
+        let on_es = KeySet::load(&path)
+            .unwrap()
+            .signing_with(KeyAlg::Es256, &path)
+            .unwrap();
+        let new_token = on_es.sign(&claims(&on_es, T0)).unwrap();
+        assert_eq!(kid_of(&new_token), es);
+        assert_eq!(
+            jsonwebtoken::decode_header(&new_token).unwrap().alg,
+            Algorithm::ES256
+        );
+        // Both verify on either node during the overlap.
+        for set in [&still_ed, &on_es] {
+            assert!(set.verify(&old_token, Some("room-1"), T0).is_ok());
+            assert!(set.verify(&new_token, Some("room-1"), T0).is_ok());
+        }
+        let jwks = Jwks::from_json(on_es.jwks_json()).unwrap();
+        let algs: Vec<_> = jwks.keys.iter().map(|k| k.alg.as_str()).collect();
+        assert_eq!(algs, vec!["ES256", "EdDSA"]);
+    }
+
+    #[test]
+    fn es256_forgeries_are_rejected() {
+        use p256::pkcs8::DecodePublicKey;
+        let dir = tempfile::tempdir().unwrap();
+        let (_path, set) = es256_set(dir.path());
+        let kid = set.newest_kid().to_owned();
+        let c = claims(&set, T0);
+        let pem = set.es256_public_pems()[0].1.clone();
+        assert!(p256::PublicKey::from_public_key_pem(&pem).is_ok());
+
+        // HS256 keyed with the public PEM (what a confused gateway would use)
+        // and with the JWK's x.
+        let jwk = Jwks::from_json(set.jwks_json()).unwrap().keys[0].clone();
+        for secret in [pem.as_bytes().to_vec(), jwk.x.as_bytes().to_vec()] {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some(kid.clone());
+            let forged =
+                jsonwebtoken::encode(&header, &c, &EncodingKey::from_secret(&secret)).unwrap();
+            assert_eq!(
+                set.verify(&forged, Some("room-1"), T0),
+                Err(VerifyError::DisallowedAlgorithm("HS256".into()))
+            );
+        }
+        // The header relabelled EdDSA under the ES256 kid.
+        let token = set.sign(&c).unwrap();
+        let p = parts(&token);
+        let header = b64url(format!(r#"{{"alg":"EdDSA","typ":"JWT","kid":"{kid}"}}"#).as_bytes());
+        let forged = format!("{header}.{}.{}", p[1], p[2]);
+        let err = set.verify(&forged, None, T0).unwrap_err();
+        assert_eq!(err.code(), "disallowed_algorithm", "{err:?}");
+        // Tampered payload.
+        let mut payload: serde_json::Value = serde_json::from_slice(&b64url_decode(p[1])).unwrap();
+        payload["aud"] = "room-2".into();
+        let forged = format!(
+            "{}.{}.{}",
+            p[0],
+            b64url(payload.to_string().as_bytes()),
+            p[2]
+        );
+        assert_eq!(
+            set.verify(&forged, Some("room-2"), T0),
+            Err(VerifyError::BadSignature)
+        );
     }
 }

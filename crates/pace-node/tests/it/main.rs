@@ -15,6 +15,7 @@ mod cluster;
 mod delivery;
 mod devices;
 mod drain;
+mod gateway_protect;
 mod handshake;
 mod history;
 mod liveness;
