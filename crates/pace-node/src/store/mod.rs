@@ -8,8 +8,11 @@
 //! must behave the same, and the conformance tests in this module's tests
 //! run against each.
 
+#[cfg(test)]
+mod cluster_tests;
 mod memory;
 mod redis;
+pub(crate) mod redis_client;
 #[cfg(test)]
 pub(crate) mod test_redis;
 

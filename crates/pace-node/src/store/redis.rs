@@ -2,7 +2,8 @@
 //!
 //! Two fred clients: one for commands, one dedicated subscriber that
 //! re-subscribes after every reconnect. Both reconnect forever with
-//! exponential backoff (fred has no reconnect policy by default).
+//! exponential backoff (fred has no reconnect policy by default), also when
+//! their first connection fails (`redis_client.rs`).
 //!
 //! Fan-out uses **one cluster channel** (`<prefix>:bus`): every node
 //! receives every envelope and delivers to its own matching devices. See
@@ -171,20 +172,9 @@ impl RedisStore {
         counters: BusCounters,
     ) -> Result<Arc<RedisStore>, StoreError> {
         check_url(&opts.url).map_err(StoreError::Unavailable)?;
-        let config = Config::from_url(&opts.url).map_err(StoreError::Redis)?;
-        let mut builder = Builder::from_config(config);
-        builder
-            // Reconnect forever (0 attempts = no limit), 100 ms doubling to 2 s.
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(2);
-                c.internal_command_timeout = Duration::from_secs(2);
-                c.max_command_attempts = 1;
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = opts.command_timeout;
-                p.broadcast_channel_capacity = opts.bus_capacity;
-            });
+        let builder =
+            super::redis_client::node_builder(&opts.url, opts.command_timeout, opts.bus_capacity)
+                .map_err(StoreError::Redis)?;
         let map = StoreError::Redis;
         let client = builder.build().map_err(map)?;
         let subscriber = builder.build_subscriber_client().map_err(map)?;
@@ -350,21 +340,35 @@ async fn keep_subscribed(
     }
 }
 
-/// Logs a client's connection errors and reconnections.
+/// Logs a client's connection errors and reconnections: the first failed
+/// attempt of an outage as a warning, the following ones (one every half
+/// second while Redis is down) at debug level with their count, and the
+/// reconnection with how many attempts it took.
 async fn log_events(
     name: &'static str,
     mut errors: broadcast::Receiver<(fred::error::Error, Option<fred::types::config::Server>)>,
     mut reconnects: broadcast::Receiver<fred::types::config::Server>,
 ) {
+    let mut failed: u64 = 0;
     loop {
         tokio::select! {
             e = errors.recv() => match e {
-                Ok((e, _)) => tracing::warn!(client = name, error = %e, "redis connection error"),
+                Ok((e, _)) => {
+                    failed += 1;
+                    if failed == 1 {
+                        tracing::warn!(client = name, error = %e, "redis connection error; retrying with backoff");
+                    } else {
+                        tracing::debug!(client = name, error = %e, attempts = failed, "redis still unreachable");
+                    }
+                }
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             r = reconnects.recv() => match r {
-                Ok(server) => tracing::info!(client = name, %server, "redis connected"),
+                Ok(server) => {
+                    tracing::info!(client = name, %server, failed_attempts = failed, "redis connected");
+                    failed = 0;
+                }
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             },
