@@ -55,6 +55,18 @@ impl TestRedis {
         panic!("could not start redis-server on a free port in 10 attempts");
     }
 
+    /// Starts a redis-server on `port` (chosen free by the caller, e.g. for
+    /// a node that was told to use it before it runs).
+    pub fn start_on_port(port: u16) -> TestRedis {
+        let mut r = TestRedis {
+            port,
+            child: None,
+            aof_dir: None,
+        };
+        r.restart();
+        r
+    }
+
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
