@@ -91,6 +91,7 @@ pub async fn run(
                     invalid: metrics.bus_invalid.clone(),
                     gaps: metrics.bus_gaps.clone(),
                     repaired: metrics.bus_repaired.clone(),
+                    lost_writes: metrics.store_lost_writes.clone(),
                 },
             )?;
             let queue = Arc::new(RedisQueueStore::new(redis.client(), &config.redis_prefix));

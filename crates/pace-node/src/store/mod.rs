@@ -168,6 +168,9 @@ pub struct BusCounters {
     pub gaps: prometheus::IntCounterVec,
     /// `pace_bus_repaired_total`: notifications recovered from the bus log.
     pub repaired: prometheus::IntCounter,
+    /// `pace_store_lost_writes_total`: times this node found the store
+    /// holding less than it had seen (a rewound or wiped bus sequence).
+    pub lost_writes: prometheus::IntCounter,
 }
 
 #[cfg(test)]
@@ -185,6 +188,7 @@ impl BusCounters {
             )
             .expect("valid metric"),
             repaired: counter("repaired"),
+            lost_writes: counter("lost_writes"),
         }
     }
 }
