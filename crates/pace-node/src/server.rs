@@ -226,6 +226,8 @@ async fn presence(node: NodeRef, address: String, stop: CancellationToken) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_up = true;
+    // When the store last answered: start-up waited for it.
+    let mut last_up = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -245,6 +247,12 @@ async fn presence(node: NodeRef, address: String, stop: CancellationToken) {
             .store_up
             .with_label_values(&[health.kind])
             .set(i64::from(up));
+        if up {
+            last_up = tokio::time::Instant::now();
+        }
+        node.metrics
+            .store_unreachable_seconds
+            .set(last_up.elapsed().as_secs() as i64);
         if up != was_up {
             if up {
                 tracing::info!("store reachable again");
