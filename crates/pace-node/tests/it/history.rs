@@ -637,9 +637,62 @@ async fn redis_cluster_failover_mid_stream_drops_nothing_silently() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // A waiting room (capacity 5) and a surge of 30 devices joining it
+    // through the gateway while the failover happens.
+    const CAPACITY: usize = 5;
+    let room = json!({"capacity": CAPACITY, "admit_per_minute": null, "session_ttl_secs": 600,
+        "target_url": "https://shop.example/in", "state": "open", "pow_difficulty": 0});
+    let (status, text) = http(
+        addrs[0],
+        "PUT",
+        "/api/v1/rooms/surge",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        &room.to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+    let (admit_tx, mut admit_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let mut surge = tokio::task::JoinSet::new();
+    for i in 0..30usize {
+        let (tx, gw) = (admit_tx.clone(), gateway.addr);
+        surge.spawn(async move {
+            while Instant::now() < deadline {
+                let path = format!("/ws?device_id=surge-{i}");
+                let Ok(mut ws) = TestNode::external(gw).try_connect(&path, &[]).await else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                send_text(&mut ws, r#"{"type":"join","room":"surge"}"#).await;
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            if let Ok(ServerFrame::Admitted(_)) = serde_json::from_str(&t) {
+                                let _ = tx.send(i);
+                                return;
+                            }
+                            if t.contains("\"error\"") {
+                                // The store was away: join again.
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                send_text(&mut ws, r#"{"type":"join","room":"surge"}"#).await;
+                            }
+                        }
+                        Ok(Some(Ok(_))) | Err(_) => {}
+                        _ => break,
+                    }
+                }
+            }
+        });
+    }
+    drop(admit_tx);
+    let room_key = format!("{{{prefix}:room:surge}}");
+
     // A stream through every node; the master of the slot holding the
     // sequences and the bus dies after 1 s.
     let victim = redis.master_of(&format!("{{{prefix}}}"));
+    let room_on_victim = redis.master_of(&room_key) == victim;
+    let mut room_answers_during_failover = 0;
+    let mut room_asks_during_failover = 0;
     let mut redis = redis;
     let handles: Vec<TestNode> = addrs.iter().map(|a| TestNode::external(*a)).collect();
     let mut accepted = Vec::new();
@@ -662,6 +715,21 @@ async fn redis_cluster_failover_mid_stream_drops_nothing_silently() {
             }
             503 => refused += 1,
             other => panic!("unexpected {other}: {body}"),
+        }
+        if killed_at.is_some() && back_at.is_none() {
+            // An operation on another shard (the room's), during the failover.
+            room_asks_during_failover += 1;
+            if let Ok((200, _)) = http(
+                addrs[i % 3],
+                "GET",
+                "/api/v1/rooms/surge/status?device_id=probe",
+                &[],
+                "",
+            )
+            .await
+            {
+                room_answers_during_failover += 1;
+            }
         }
         if back_at.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) {
             break;
@@ -695,6 +763,32 @@ async fn redis_cluster_failover_mid_stream_drops_nothing_silently() {
     for h in &handles {
         lost_writes += h.metric("pace_store_lost_writes_total").await;
     }
+    eprintln!(
+        "room status (room on the killed shard: {room_on_victim}) answered {room_answers_during_failover} \
+         of {room_asks_during_failover} times during the failover"
+    );
+    // The surge: never more admissions than capacity.
+    let mut admitted = HashSet::new();
+    while let Some(r) = surge.join_next().await {
+        r.unwrap();
+    }
+    while let Ok(i) = admit_rx.try_recv() {
+        admitted.insert(i);
+    }
+    assert_eq!(admitted.len(), CAPACITY, "capacity admitted, never more");
+    let (status, text) = http(
+        addrs[1],
+        "GET",
+        "/api/v1/rooms/surge/stats",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+    let stats: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(stats["active"].as_u64(), Some(CAPACITY as u64), "{stats}");
+
     let mut missed_untold = 0;
     let mut told = 0;
     while let Some(dev) = devices.join_next().await {
