@@ -83,6 +83,13 @@ pub enum AdminCommand {
         #[command(flatten, next_help_heading = "Store (the serve flags)")]
         node: ServeArgs,
     },
+    /// Acknowledge that the Redis store was wiped (`PaceStoreWiped`): lifts
+    /// the refusal to register device ids without their token, which
+    /// otherwise lasts until every token issued before the wipe expired.
+    AcknowledgeStoreWipe {
+        #[command(flatten, next_help_heading = "Store (the serve flags)")]
+        node: ServeArgs,
+    },
 }
 
 /// `pace-node keys …`

@@ -117,6 +117,9 @@ pub struct Metrics {
     /// Seconds since the store last answered (0 while it answers), so an
     /// alert can tell a blip from an outage.
     pub store_unreachable_seconds: IntGauge,
+    /// 1 while the store is marked wiped (found emptied under the running
+    /// cluster) and no admin has acknowledged it.
+    pub store_wiped: IntGauge,
     /// Event names seen so far, to cap label cardinality.
     events_seen: Arc<Mutex<HashSet<String>>>,
     /// `POST /api/v1/admin/login` attempts, by result.
@@ -305,7 +308,7 @@ impl Metrics {
             device_registrations: IntCounterVec::new(
                 Opts::new(
                     "pace_device_registrations_total",
-                    "Device registrations, by result (created, refreshed, taken, invalid).",
+                    "Device registrations, by result (created, refreshed, taken, invalid, store_wiped).",
                 ),
                 &["result"],
             )
@@ -383,6 +386,11 @@ impl Metrics {
                 "Seconds since the store last answered this node (0 while it answers).",
             )
             .expect("valid metric"),
+            store_wiped: IntGauge::new(
+                "pace_store_wiped",
+                "1 while the store is marked wiped (emptied under the running cluster) and not acknowledged (pace-node admin acknowledge-store-wipe).",
+            )
+            .expect("valid metric"),
             events_seen: Arc::default(),
             registry,
             admin_logins: IntCounterVec::new(
@@ -435,6 +443,7 @@ impl Metrics {
             Box::new(m.admin_logins.clone()),
             Box::new(m.store_lost_writes.clone()),
             Box::new(m.store_unreachable_seconds.clone()),
+            Box::new(m.store_wiped.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

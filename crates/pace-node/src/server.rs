@@ -241,6 +241,9 @@ async fn presence(node: NodeRef, address: String, stop: CancellationToken) {
             last_heartbeat_ms: now_ms(),
         };
         let result = node.store.heartbeat(&info).await;
+        if let Ok(wiped) = node.store.wiped_since().await {
+            node.metrics.store_wiped.set(i64::from(wiped.is_some()));
+        }
         let health = node.store.health().await;
         let up = health.up && result.is_ok();
         node.metrics

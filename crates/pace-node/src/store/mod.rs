@@ -24,7 +24,7 @@ use pace_protocol::{Cursor, DeviceAction, DeviceId, EventName, Notification, Roo
 use serde_json::Value;
 
 pub use memory::MemoryStore;
-pub use redis::{RedisOptions, RedisStore, check_url as check_redis_url};
+pub use redis::{RedisOptions, RedisStore, acknowledge_wipe, check_url as check_redis_url};
 
 /// A notification before the store assigns its sequence number.
 #[derive(Debug, Clone)]
@@ -274,6 +274,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The live nodes of the cluster, ordered by node id.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
+
+    /// When (Unix ms) a node found the store wiped under a running cluster
+    /// (everything it held gone: registrations, rooms, accounts), until an
+    /// admin acknowledges it; `None` when not wiped. Checking also records
+    /// this node's view of the store's identity, so call it regularly. A
+    /// store that cannot be wiped under the node (memory) is never wiped.
+    async fn wiped_since(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// Unix time in milliseconds.

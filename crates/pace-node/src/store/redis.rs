@@ -97,6 +97,10 @@ pub struct RedisStore {
     /// publish so a store that lost writes is noticed (`publish.lua`).
     seen: Seen,
     counters: BusCounters,
+    identity: Script,
+    /// The store identity this node last saw (`None` before the first
+    /// check): a different or missing one means the store was wiped.
+    known_id: std::sync::Mutex<Option<String>>,
 }
 
 /// The highest bus position (epoch, seq) a node has seen, shared by the
@@ -134,6 +138,10 @@ struct Keys {
     /// Redis time (µs) of the last detected loss of writes: sequences
     /// numbered before it start a new epoch (`publish.lua`, `history.lua`).
     epoch_floor: String,
+    /// The store's identity, written once (`identity.lua`).
+    store_id: String,
+    /// When a node found the store wiped, until acknowledged.
+    wiped: String,
 }
 
 impl Keys {
@@ -168,8 +176,20 @@ impl Keys {
             bus_log: format!("{{{prefix}}}:bus-log"),
             mark_prefix: format!("{{{prefix}}}:mark:"),
             epoch_floor: format!("{{{prefix}}}:epoch-floor"),
+            store_id: format!("{{{prefix}}}:store-id"),
+            wiped: format!("{{{prefix}}}:wiped-at"),
         }
     }
+}
+
+/// Acknowledges a store wipe (`pace-node admin acknowledge-store-wipe`):
+/// removes the wipe mark under `prefix`. Returns whether there was one.
+pub async fn acknowledge_wipe(client: &Client, prefix: &str) -> Result<bool, StoreError> {
+    let removed: i64 = client
+        .del(Keys::new(prefix).wiped)
+        .await
+        .map_err(StoreError::Redis)?;
+    Ok(removed > 0)
 }
 
 /// Checks a Redis URL without connecting (for `check-config`).
@@ -260,6 +280,8 @@ impl RedisStore {
             subscribed,
             seen,
             counters,
+            identity: Script::from_lua(include_str!("identity.lua")),
+            known_id: std::sync::Mutex::new(None),
         }))
     }
 
@@ -954,6 +976,40 @@ impl Store for RedisStore {
             .await
             .map_err(StoreError::Redis)?;
         Ok(())
+    }
+
+    async fn wiped_since(&self) -> Result<Option<u64>, StoreError> {
+        self.connected_or_fail()?;
+        let known = self
+            .known_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default();
+        let out: Vec<String> = self
+            .identity
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.keys.store_id.clone(), self.keys.wiped.clone()],
+                vec![uuid::Uuid::new_v4().to_string(), known.clone()],
+            )
+            .await
+            .map_err(StoreError::Redis)?;
+        let (Some(id), Some(mark)) = (out.first(), out.get(1)) else {
+            return Err(StoreError::Unavailable(
+                "identity script returned nothing".into(),
+            ));
+        };
+        if !known.is_empty() && *id != known {
+            tracing::error!(
+                "the store was WIPED under this node (its identity changed): history, rooms, \
+                 tenants, admin accounts and device registrations are gone; device registration \
+                 of ids without their token is refused until acknowledged \
+                 (pace-node admin acknowledge-store-wipe)"
+            );
+        }
+        *self.known_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
+        Ok(mark.parse::<u64>().ok())
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {

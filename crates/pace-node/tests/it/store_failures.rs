@@ -1,6 +1,7 @@
 //! Redis failures a cluster must survive: a node started before Redis
-//! comes up, and a node over a Redis Cluster whose first listed seed is
-//! dead (real redis-server processes, real node processes).
+//! comes up, a node over a Redis Cluster whose first listed seed is dead,
+//! and a Redis restarted empty under running nodes (real redis-server
+//! processes, real node processes).
 
 use std::time::{Duration, Instant};
 
@@ -80,4 +81,74 @@ async fn a_node_over_a_redis_cluster_whose_first_seed_is_dead_serves() {
         pace_protocol::ServerFrame::Notification(n) => assert_eq!(n.event.as_str(), "hello"),
         other => panic!("expected the notification, got {other:?}"),
     }
+}
+
+/// `POST /api/v1/devices/register` for `device`, with `token` if given.
+async fn register(node: &TestNode, device: &str, token: Option<&str>) -> (u16, String) {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
+    }
+    http(
+        node.addr,
+        "POST",
+        "/api/v1/devices/register",
+        &headers,
+        &json!({ "device_id": device }).to_string(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_is_reported_and_nobody_takes_a_victims_id() {
+    let mut cluster = Cluster::start_secure(2, &[]).await;
+    let node = cluster.node(0);
+    let token = register_device(node.addr, &json!({"device_id": "victim"})).await;
+    for i in 0..2 {
+        cluster.node(i).wait_metric("pace_store_wiped", 0.0).await;
+    }
+
+    cluster.redis.stop();
+    cluster.redis.restart(); // empty: no persistence
+    for i in 0..2 {
+        cluster
+            .node(i)
+            .wait_metric_within("pace_store_wiped", 1.0, Duration::from_secs(15))
+            .await;
+    }
+    // Someone else cannot register the victim's id while its token is valid.
+    let (status, body) = register(&node, "victim", None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("device_exists"), "{body}");
+    assert_eq!(
+        node.metric(r#"pace_device_registrations_total{result="store_wiped"}"#)
+            .await,
+        1.0
+    );
+    // The victim, with its token, gets its id back.
+    let (status, body) = register(&cluster.node(1), "victim", Some(&token)).await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+
+    // An admin acknowledges: registrations without a token work again.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pace-node"))
+        .args(["admin", "acknowledge-store-wipe", "--redis"])
+        .arg(cluster.redis.url())
+        .args(["--redis-prefix", &cluster.prefix])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("acknowledged"),
+        "{out:?}"
+    );
+    for i in 0..2 {
+        cluster
+            .node(i)
+            .wait_metric_within("pace_store_wiped", 0.0, Duration::from_secs(15))
+            .await;
+    }
+    let (status, body) = register(&node, "newcomer", None).await;
+    assert_eq!(status, 201, "{body}");
 }
