@@ -83,6 +83,13 @@ pub enum AdminCommand {
         #[command(flatten, next_help_heading = "Store (the serve flags)")]
         node: ServeArgs,
     },
+    /// Acknowledge that the Redis store was wiped (`PaceStoreWiped`): lifts
+    /// the refusal to register device ids without their token, which
+    /// otherwise lasts until every token issued before the wipe expired.
+    AcknowledgeStoreWipe {
+        #[command(flatten, next_help_heading = "Store (the serve flags)")]
+        node: ServeArgs,
+    },
 }
 
 /// `pace-node keys …`
@@ -211,8 +218,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_MAX_GROUPS", default_value_t = 32)]
     pub max_groups: usize,
 
-    /// Redis URL (`redis://[user:password@]host:port[/db]`). Without it the
-    /// node runs alone on the embedded in-memory store.
+    /// Redis URL: one Redis (`redis://[user:password@]host:port[/db]`,
+    /// `rediss://` for TLS) or a Redis Cluster, listing several seeds
+    /// (`redis-cluster://host1:port1?node=host2:port2&node=host3:port3`).
+    /// Without it the node runs alone on the embedded in-memory store.
     #[arg(long = "redis", env = "PACE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 

@@ -110,6 +110,16 @@ pub struct Metrics {
     /// admitted session ended; `departments`: a device's granted groups
     /// replaced).
     pub revocations: IntCounterVec,
+    /// Times this node found the store holding less than it had seen (a
+    /// failover or restart lost the newest writes, or Redis was wiped):
+    /// its devices were told to resume and learn their epoch changed.
+    pub store_lost_writes: IntCounter,
+    /// Seconds since the store last answered (0 while it answers), so an
+    /// alert can tell a blip from an outage.
+    pub store_unreachable_seconds: IntGauge,
+    /// 1 while the store is marked wiped (found emptied under the running
+    /// cluster) and no admin has acknowledged it.
+    pub store_wiped: IntGauge,
     /// Event names seen so far, to cap label cardinality.
     events_seen: Arc<Mutex<HashSet<String>>>,
     /// `POST /api/v1/admin/login` attempts, by result.
@@ -298,7 +308,7 @@ impl Metrics {
             device_registrations: IntCounterVec::new(
                 Opts::new(
                     "pace_device_registrations_total",
-                    "Device registrations, by result (created, refreshed, taken, invalid).",
+                    "Device registrations, by result (created, refreshed, taken, invalid, store_wiped).",
                 ),
                 &["result"],
             )
@@ -366,6 +376,21 @@ impl Metrics {
                 "Admin console live feeds (/admin/ws) open now.",
             )
             .expect("valid metric"),
+            store_lost_writes: IntCounter::new(
+                "pace_store_lost_writes_total",
+                "Times the store held less than this node had seen (lost writes after a failover or restart, or a wiped Redis); devices were told to resume.",
+            )
+            .expect("valid metric"),
+            store_unreachable_seconds: IntGauge::new(
+                "pace_store_unreachable_seconds",
+                "Seconds since the store last answered this node (0 while it answers).",
+            )
+            .expect("valid metric"),
+            store_wiped: IntGauge::new(
+                "pace_store_wiped",
+                "1 while the store is marked wiped (emptied under the running cluster) and not acknowledged (pace-node admin acknowledge-store-wipe).",
+            )
+            .expect("valid metric"),
             events_seen: Arc::default(),
             registry,
             admin_logins: IntCounterVec::new(
@@ -416,6 +441,9 @@ impl Metrics {
             Box::new(m.insecure_anonymous_devices.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
             Box::new(m.admin_logins.clone()),
+            Box::new(m.store_lost_writes.clone()),
+            Box::new(m.store_unreachable_seconds.clone()),
+            Box::new(m.store_wiped.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

@@ -91,6 +91,7 @@ pub async fn run(
                     invalid: metrics.bus_invalid.clone(),
                     gaps: metrics.bus_gaps.clone(),
                     repaired: metrics.bus_repaired.clone(),
+                    lost_writes: metrics.store_lost_writes.clone(),
                 },
             )?;
             let queue = Arc::new(RedisQueueStore::new(redis.client(), &config.redis_prefix));
@@ -225,6 +226,8 @@ async fn presence(node: NodeRef, address: String, stop: CancellationToken) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_up = true;
+    // When the store last answered: start-up waited for it.
+    let mut last_up = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -238,12 +241,21 @@ async fn presence(node: NodeRef, address: String, stop: CancellationToken) {
             last_heartbeat_ms: now_ms(),
         };
         let result = node.store.heartbeat(&info).await;
+        if let Ok(wiped) = node.store.wiped_since().await {
+            node.metrics.store_wiped.set(i64::from(wiped.is_some()));
+        }
         let health = node.store.health().await;
         let up = health.up && result.is_ok();
         node.metrics
             .store_up
             .with_label_values(&[health.kind])
             .set(i64::from(up));
+        if up {
+            last_up = tokio::time::Instant::now();
+        }
+        node.metrics
+            .store_unreachable_seconds
+            .set(last_up.elapsed().as_secs() as i64);
         if up != was_up {
             if up {
                 tracing::info!("store reachable again");

@@ -148,7 +148,35 @@ pub async fn run(cmd: AdminCommand, stdin: &mut dyn BufRead) -> Result<String, C
             let (store, _guard) = open(&node).await?;
             list(&*store).await
         }
+        AdminCommand::AcknowledgeStoreWipe { node } => acknowledge_store_wipe(&node).await,
     }
+}
+
+/// Removes the store's wipe mark (only a Redis store can be wiped under
+/// running nodes).
+async fn acknowledge_store_wipe(node: &ServeArgs) -> Result<String, CliError> {
+    let store = node
+        .store_settings()
+        .map_err(|e| CliError::Input(e.to_string()))?;
+    let Some(url) = store.redis_url else {
+        return Ok(
+            "the embedded store cannot be wiped under a running node: nothing to acknowledge\n"
+                .into(),
+        );
+    };
+    let timeout = store.store_timeout.max(Duration::from_secs(5));
+    let client = super::redis::connect(&url, timeout)
+        .await
+        .map_err(|e| CliError::Store(e.to_string()))?;
+    let _guard = Guard(Some(client.clone()));
+    let removed = crate::store::acknowledge_wipe(&client, &store.redis_prefix)
+        .await
+        .map_err(|e| CliError::Store(e.to_string()))?;
+    Ok(if removed {
+        "store wipe acknowledged: device ids may be registered without their token again\n".into()
+    } else {
+        "the store is not marked wiped: nothing to acknowledge\n".into()
+    })
 }
 
 async fn add_tenant(

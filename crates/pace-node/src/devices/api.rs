@@ -92,6 +92,22 @@ pub async fn register(
         }
         _ => None,
     };
+    // After a store wipe the registry forgot every device, but tokens
+    // issued before it still verify: until they have all expired (or an
+    // admin acknowledges the wipe), an id is registered only by a device
+    // presenting its token, so nobody takes a victim's id meanwhile.
+    if current.is_none()
+        && let Some(wiped_ms) = node.store.wiped_since().await?
+        && now_ms() < wiped_ms.saturating_add(node.config.device_token_ttl.as_millis() as u64)
+    {
+        count("store_wiped");
+        return Err(ApiError::new(
+            ErrorCode::DeviceExists,
+            "the store was wiped and this id may belong to a device whose token predates it: \
+             register with that token (Authorization: Bearer), or retry once an admin has \
+             acknowledged the wipe",
+        ));
+    }
     // A token issued after a kick must not fall in the kicked second.
     let cutoff = node
         .devices

@@ -8,8 +8,11 @@
 //! must behave the same, and the conformance tests in this module's tests
 //! run against each.
 
+#[cfg(test)]
+mod cluster_tests;
 mod memory;
 mod redis;
+pub(crate) mod redis_client;
 #[cfg(test)]
 pub(crate) mod test_redis;
 
@@ -21,7 +24,7 @@ use pace_protocol::{Cursor, DeviceAction, DeviceId, EventName, Notification, Roo
 use serde_json::Value;
 
 pub use memory::MemoryStore;
-pub use redis::{RedisOptions, RedisStore, check_url as check_redis_url};
+pub use redis::{RedisOptions, RedisStore, acknowledge_wipe, check_url as check_redis_url};
 
 /// A notification before the store assigns its sequence number.
 #[derive(Debug, Clone)]
@@ -165,6 +168,9 @@ pub struct BusCounters {
     pub gaps: prometheus::IntCounterVec,
     /// `pace_bus_repaired_total`: notifications recovered from the bus log.
     pub repaired: prometheus::IntCounter,
+    /// `pace_store_lost_writes_total`: times this node found the store
+    /// holding less than it had seen (a rewound or wiped bus sequence).
+    pub lost_writes: prometheus::IntCounter,
 }
 
 #[cfg(test)]
@@ -182,6 +188,7 @@ impl BusCounters {
             )
             .expect("valid metric"),
             repaired: counter("repaired"),
+            lost_writes: counter("lost_writes"),
         }
     }
 }
@@ -267,6 +274,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The live nodes of the cluster, ordered by node id.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
+
+    /// When (Unix ms) a node found the store wiped under a running cluster
+    /// (everything it held gone: registrations, rooms, accounts), until an
+    /// admin acknowledges it; `None` when not wiped. Checking also records
+    /// this node's view of the store's identity, so call it regularly. A
+    /// store that cannot be wiped under the node (memory) is never wiped.
+    async fn wiped_since(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// Unix time in milliseconds.

@@ -10,6 +10,16 @@
 -- epoch, so a device holding an old cursor is told instead of being
 -- replayed the wrong messages.
 --
+-- A store that lost its newest writes (a failover to a replica that had not
+-- received them, an AOF `everysec` restart) answers with a sequence lower
+-- than one a node has already seen. The caller passes the highest bus
+-- position it has seen (ARGV[8], ARGV[9]); when the bus sequence of that
+-- epoch is lower, the bus starts a new epoch, and the epoch floor (KEYS[5],
+-- Redis time µs) is raised to now: every scope whose epoch began before the
+-- floor may have lost writes too, so it starts a new epoch the next time it
+-- is numbered (here) or read (history.lua). A new bus epoch for any reason
+-- (first use, lost hash) raises the floor the same way.
+--
 -- KEYS[1]  scope sequence hash      KEYS[2]  scope history stream
 -- KEYS[3]  bus sequence hash        KEYS[4]  bus log stream
 -- ARGV[1]  bus channel
@@ -17,16 +27,39 @@
 --          the placeholder ARGV[3], replaced here
 -- ARGV[3]  placeholder number text
 -- ARGV[4]  history length per scope     ARGV[5]  history age, ms
+-- KEYS[5]  epoch floor
 -- ARGV[6]  bus log length               ARGV[7]  scope sequence idle ttl, ms
--- Returns {epoch, seq, bus epoch, bus seq} as strings.
+-- ARGV[8]  highest bus epoch the caller has seen ('0': none)
+-- ARGV[9]  highest bus seq the caller has seen in that epoch
+-- Returns {epoch, seq, bus epoch, bus seq, rewound ('1' when this call found
+-- the bus sequence lower than the caller had seen)} as strings.
 local t = redis.call('TIME')
 local now_us = t[1] .. string.format('%06d', tonumber(t[2]))
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cutoff = now_ms - tonumber(ARGV[5])
 
+-- A bus sequence lower than the caller has seen: the store lost writes.
+local rewound = '0'
+local bus_now = redis.call('HMGET', KEYS[3], 'epoch', 'seq')
+if bus_now[1] and bus_now[1] == ARGV[8] and tonumber(bus_now[2] or '0') < tonumber(ARGV[9]) then
+  redis.call('DEL', KEYS[3])
+  rewound = '1'
+end
+local floor = tonumber(redis.call('GET', KEYS[5]) or '0')
+if not redis.call('HGET', KEYS[3], 'epoch') then
+  -- The bus starts a new epoch: so does every scope numbered before now.
+  floor = tonumber(now_us)
+  redis.call('SET', KEYS[5], now_us)
+end
+
 local function advance(hash, stream)
   local seq = redis.call('HINCRBY', hash, 'seq', 1)
   local epoch = redis.call('HGET', hash, 'epoch')
+  if epoch and seq > 1 and tonumber(epoch) < floor then
+    -- Numbered before the store lost writes: start over.
+    seq = 1
+    redis.call('HSET', hash, 'seq', seq)
+  end
   if not epoch or seq == 1 then
     epoch = now_us
     redis.call('HSET', hash, 'epoch', epoch)
@@ -70,4 +103,4 @@ keep(KEYS[2], seq, msg, ARGV[4])
 keep(KEYS[4], bus_seq, msg, ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 redis.call('PUBLISH', ARGV[1], msg)
-return {epoch, string.format('%d', seq), bus_epoch, string.format('%d', bus_seq)}
+return {epoch, string.format('%d', seq), bus_epoch, string.format('%d', bus_seq), rewound}

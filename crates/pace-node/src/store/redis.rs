@@ -2,7 +2,8 @@
 //!
 //! Two fred clients: one for commands, one dedicated subscriber that
 //! re-subscribes after every reconnect. Both reconnect forever with
-//! exponential backoff (fred has no reconnect policy by default).
+//! exponential backoff (fred has no reconnect policy by default), also when
+//! their first connection fails (`redis_client.rs`).
 //!
 //! Fan-out uses **one cluster channel** (`<prefix>:bus`): every node
 //! receives every envelope and delivers to its own matching devices. See
@@ -92,6 +93,22 @@ pub struct RedisStore {
     /// True while the subscriber is subscribed to the bus (false from a
     /// connection error until the re-subscription after the reconnect).
     subscribed: watch::Receiver<bool>,
+    /// The highest bus position this node has seen, passed to every
+    /// publish so a store that lost writes is noticed (`publish.lua`).
+    seen: Seen,
+    counters: BusCounters,
+    identity: Script,
+    /// The store identity this node last saw (`None` before the first
+    /// check): a different or missing one means the store was wiped.
+    known_id: std::sync::Mutex<Option<String>>,
+}
+
+/// The highest bus position (epoch, seq) a node has seen, shared by the
+/// bus reader (which moves it) and the publisher (which reports it).
+type Seen = Arc<std::sync::Mutex<(u64, u64)>>;
+
+fn seen_now(seen: &Seen) -> (u64, u64) {
+    *seen.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -118,14 +135,30 @@ struct Keys {
     bus_log: String,
     /// Single-use claims: `<mark_prefix><key>`.
     mark_prefix: String,
+    /// Redis time (µs) of the last detected loss of writes: sequences
+    /// numbered before it start a new epoch (`publish.lua`, `history.lua`).
+    epoch_floor: String,
+    /// The store's identity, written once (`identity.lua`).
+    store_id: String,
+    /// When a node found the store wiped, until acknowledged.
+    wiped: String,
 }
 
 impl Keys {
-    fn scope(&self, target: &Target) -> [String; 2] {
+    fn scope(&self, target: &Target) -> [String; 3] {
         let key = target.scope_key();
         [
             format!("{}{key}", self.scope_prefix),
             format!("{}{key}", self.history_prefix),
+            self.epoch_floor.clone(),
+        ]
+    }
+
+    fn bus_sequence(&self) -> [String; 3] {
+        [
+            self.bus_seq.clone(),
+            self.bus_log.clone(),
+            self.epoch_floor.clone(),
         ]
     }
 }
@@ -142,8 +175,21 @@ impl Keys {
             bus_seq: format!("{{{prefix}}}:bus-seq"),
             bus_log: format!("{{{prefix}}}:bus-log"),
             mark_prefix: format!("{{{prefix}}}:mark:"),
+            epoch_floor: format!("{{{prefix}}}:epoch-floor"),
+            store_id: format!("{{{prefix}}}:store-id"),
+            wiped: format!("{{{prefix}}}:wiped-at"),
         }
     }
+}
+
+/// Acknowledges a store wipe (`pace-node admin acknowledge-store-wipe`):
+/// removes the wipe mark under `prefix`. Returns whether there was one.
+pub async fn acknowledge_wipe(client: &Client, prefix: &str) -> Result<bool, StoreError> {
+    let removed: i64 = client
+        .del(Keys::new(prefix).wiped)
+        .await
+        .map_err(StoreError::Redis)?;
+    Ok(removed > 0)
 }
 
 /// Checks a Redis URL without connecting (for `check-config`).
@@ -171,20 +217,9 @@ impl RedisStore {
         counters: BusCounters,
     ) -> Result<Arc<RedisStore>, StoreError> {
         check_url(&opts.url).map_err(StoreError::Unavailable)?;
-        let config = Config::from_url(&opts.url).map_err(StoreError::Redis)?;
-        let mut builder = Builder::from_config(config);
-        builder
-            // Reconnect forever (0 attempts = no limit), 100 ms doubling to 2 s.
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(2);
-                c.internal_command_timeout = Duration::from_secs(2);
-                c.max_command_attempts = 1;
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = opts.command_timeout;
-                p.broadcast_channel_capacity = opts.bus_capacity;
-            });
+        let builder =
+            super::redis_client::node_builder(&opts.url, opts.command_timeout, opts.bus_capacity)
+                .map_err(StoreError::Redis)?;
         let map = StoreError::Redis;
         let client = builder.build().map_err(map)?;
         let subscriber = builder.build_subscriber_client().map_err(map)?;
@@ -194,12 +229,15 @@ impl RedisStore {
         let messages = subscriber.message_rx();
         let history = Script::from_lua(include_str!("history.lua"));
         let (catch_up_tx, catch_up_rx) = mpsc::channel(4);
+        let seen = Seen::default();
         let reader = BusReader {
+            seen: seen.clone(),
+            last_check: None,
             client: client.clone(),
             history: history.clone(),
             keys: keys.clone(),
             local,
-            counters,
+            counters: counters.clone(),
             node_id: opts.node_id.clone(),
             bus_log_len: opts.bus_log_len,
             at: None,
@@ -240,6 +278,10 @@ impl RedisStore {
             heartbeat: Script::from_lua(include_str!("heartbeat.lua")),
             nodes: Script::from_lua(include_str!("nodes.lua")),
             subscribed,
+            seen,
+            counters,
+            identity: Script::from_lua(include_str!("identity.lua")),
+            known_id: std::sync::Mutex::new(None),
         }))
     }
 
@@ -350,21 +392,35 @@ async fn keep_subscribed(
     }
 }
 
-/// Logs a client's connection errors and reconnections.
+/// Logs a client's connection errors and reconnections: the first failed
+/// attempt of an outage as a warning, the following ones (one every half
+/// second while Redis is down) at debug level with their count, and the
+/// reconnection with how many attempts it took.
 async fn log_events(
     name: &'static str,
     mut errors: broadcast::Receiver<(fred::error::Error, Option<fred::types::config::Server>)>,
     mut reconnects: broadcast::Receiver<fred::types::config::Server>,
 ) {
+    let mut failed: u64 = 0;
     loop {
         tokio::select! {
             e = errors.recv() => match e {
-                Ok((e, _)) => tracing::warn!(client = name, error = %e, "redis connection error"),
+                Ok((e, _)) => {
+                    failed += 1;
+                    if failed == 1 {
+                        tracing::warn!(client = name, error = %e, "redis connection error; retrying with backoff");
+                    } else {
+                        tracing::debug!(client = name, error = %e, attempts = failed, "redis still unreachable");
+                    }
+                }
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             r = reconnects.recv() => match r {
-                Ok(server) => tracing::info!(client = name, %server, "redis connected"),
+                Ok(server) => {
+                    tracing::info!(client = name, %server, failed_attempts = failed, "redis connected");
+                    failed = 0;
+                }
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             },
@@ -372,17 +428,27 @@ async fn log_events(
     }
 }
 
-/// Reads a sequence's kept messages after a position (`history.lua`):
-/// returns the sequence's current epoch and head and the kept envelopes'
-/// JSON, oldest first.
+/// What `history.lua` answered: the sequence's current epoch and head,
+/// whether the position asked about was past the head (the store lost
+/// writes), and the kept envelopes' JSON after it, oldest first.
+struct LogRead {
+    epoch: u64,
+    head: u64,
+    lost: bool,
+    envelopes: Vec<String>,
+}
+
+/// Reads a sequence's kept messages after a position (`history.lua`).
+/// `trusted`: the position is this node's own (the bus reader), so a
+/// position past the head makes the store start new epochs.
 async fn read_log(
     client: &Client,
     script: &Script,
-    keys: [String; 2],
-    after_epoch: u64,
-    after_seq: u64,
+    keys: [String; 3],
+    (after_epoch, after_seq): (u64, u64),
     max: usize,
-) -> Result<(u64, u64, Vec<String>), StoreError> {
+    trusted: bool,
+) -> Result<LogRead, StoreError> {
     if !client.is_connected() {
         return Err(StoreError::Unavailable("not connected to redis".into()));
     }
@@ -394,6 +460,7 @@ async fn read_log(
                 after_epoch.to_string(),
                 after_seq.to_string(),
                 max.to_string(),
+                if trusted { "1" } else { "0" }.to_owned(),
             ],
         )
         .await
@@ -404,7 +471,13 @@ async fn read_log(
             .ok_or_else(|| StoreError::Unavailable("unreadable history position".into()))
     };
     let (epoch, head) = (number(0)?, number(1)?);
-    Ok((epoch, head, out.into_iter().skip(2).collect()))
+    let lost = out.get(2).is_some_and(|s| s == "lost");
+    Ok(LogRead {
+        epoch,
+        head,
+        lost,
+        envelopes: out.into_iter().skip(3).collect(),
+    })
 }
 
 /// A notification envelope's bus position and notification.
@@ -433,7 +506,15 @@ struct BusReader {
     /// The bus position (epoch, seq) of the last notification delivered;
     /// `None` until known.
     at: Option<(u64, u64)>,
+    /// `at`, shared with the publisher (see [`Seen`]).
+    seen: Seen,
+    /// When a duplicate last made the reader check the store for lost
+    /// writes (at most one check per [`LOST_WRITES_CHECK`]).
+    last_check: Option<tokio::time::Instant>,
 }
+
+/// Least time between two checks for lost writes prompted by duplicates.
+const LOST_WRITES_CHECK: Duration = Duration::from_secs(1);
 
 impl BusReader {
     async fn run(
@@ -515,19 +596,76 @@ impl BusReader {
             return;
         }
         match self.at {
-            Some((e, s)) if e == epoch && seq <= s => return, // repaired already
+            Some((e, s)) if e == epoch && seq <= s => {
+                // Repaired already, or the store lost writes and numbers
+                // again from below what this node delivered.
+                self.check_lost_writes().await;
+                if self.at.is_some_and(|(e, s)| e == epoch && seq <= s) {
+                    return;
+                }
+            }
             Some((e, s)) if e == epoch && seq == s + 1 => {}
             // Startup: this is where we begin.
             None => {}
-            // A jump, or a new epoch not starting at 1.
-            Some((e, _)) if e != epoch && seq == 1 => {}
+            // The first epoch, or the one after lost writes were handled.
+            Some((0, _)) if seq == 1 => {}
+            // A new epoch: the store lost what this node had seen (wiped,
+            // or failed over and rewound). This node cannot know what it
+            // missed of the old epoch, so its devices resume.
+            Some((e, _)) if e != epoch && seq == 1 => self.lost_writes(),
             Some(_) => self.repair(Some((epoch, seq - 1))).await,
         }
         if self.at.is_some_and(|(e, s)| e == epoch && seq <= s) {
             return;
         }
         self.local.deliver(&n);
-        self.at = Some((epoch, seq));
+        self.set_at((epoch, seq));
+    }
+
+    fn set_at(&mut self, at: (u64, u64)) {
+        self.at = Some(at);
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = at;
+    }
+
+    /// A duplicate arrived: checks (at most once per [`LOST_WRITES_CHECK`])
+    /// whether the store's bus head fell below this node's position.
+    async fn check_lost_writes(&mut self) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last_check
+            .is_some_and(|t| now.duration_since(t) < LOST_WRITES_CHECK)
+        {
+            return;
+        }
+        self.last_check = Some(now);
+        let Some(at) = self.at else { return };
+        if let Ok(read) = read_log(
+            &self.client,
+            &self.history,
+            self.keys.bus_sequence(),
+            at,
+            1,
+            true,
+        )
+        .await
+            && read.lost
+        {
+            self.lost_writes();
+        }
+    }
+
+    /// The store holds less than this node delivered: every local device
+    /// reconnects and resumes (the scopes' histories tell them their epoch
+    /// changed), and the reader starts over with the next epoch.
+    fn lost_writes(&mut self) {
+        self.counters.lost_writes.inc();
+        tracing::error!(
+            at = ?self.at,
+            "the store lost notifications this node had seen (failover or restart without \
+             the newest writes, or Redis wiped); devices told to resume, new epochs opened"
+        );
+        self.local.resync_all();
+        self.set_at((0, 0));
     }
 
     /// After (re)subscribing or falling behind: delivers whatever was
@@ -535,11 +673,17 @@ impl BusReader {
     async fn catch_up(&mut self) {
         if self.at.is_none() {
             // Starting: no device is connected yet; begin at the head.
-            let keys = [self.keys.bus_seq.clone(), self.keys.bus_log.clone()];
-            if let Ok((epoch, head, _)) =
-                read_log(&self.client, &self.history, keys, u64::MAX, u64::MAX, 1).await
+            if let Ok(read) = read_log(
+                &self.client,
+                &self.history,
+                self.keys.bus_sequence(),
+                (u64::MAX, u64::MAX),
+                1,
+                false,
+            )
+            .await
             {
-                self.at = Some((epoch, head));
+                self.set_at((read.epoch, read.head));
             }
             return;
         }
@@ -552,15 +696,14 @@ impl BusReader {
     async fn repair(&mut self, upto: Option<(u64, u64)>) {
         let (from_epoch, from_seq) = self.at.unwrap_or((0, 0));
         let deadline = tokio::time::Instant::now() + REPAIR_DEADLINE;
-        let keys = [self.keys.bus_seq.clone(), self.keys.bus_log.clone()];
         let read = loop {
             match read_log(
                 &self.client,
                 &self.history,
-                keys.clone(),
-                from_epoch,
-                from_seq,
+                self.keys.bus_sequence(),
+                (from_epoch, from_seq),
                 self.bus_log_len,
+                true,
             )
             .await
             {
@@ -572,13 +715,24 @@ impl BusReader {
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
-        let Some((epoch, head, envelopes)) = read else {
+        let Some(LogRead {
+            epoch,
+            head,
+            lost,
+            envelopes,
+        }) = read
+        else {
             self.unrepaired(upto);
             return;
         };
+        if lost || (epoch == 0 && from_epoch != 0) {
+            // The bus is behind this node's position, or gone (Redis
+            // wiped): what this node saw is no longer in the store.
+            self.lost_writes();
+            return;
+        }
         if epoch == 0 {
-            // Nothing was ever published (or Redis lost everything and
-            // nothing was published since): nothing to repair.
+            // Nothing was ever published: nothing to repair.
             return;
         }
         let (to_epoch, to_seq) = upto.unwrap_or((epoch, head));
@@ -605,7 +759,7 @@ impl BusReader {
         }
         let repaired = next - 1 - from;
         self.counters.repaired.inc_by(repaired);
-        self.at = Some((epoch, next - 1));
+        self.set_at((epoch, next - 1));
         if next - 1 < to_seq {
             tracing::error!(
                 missed = to_seq - from,
@@ -625,7 +779,7 @@ impl BusReader {
         self.counters.gaps.with_label_values(&["unrepaired"]).inc();
         self.local.resync_all();
         if let Some(upto) = upto {
-            self.at = Some(upto);
+            self.set_at(upto);
         }
     }
 }
@@ -655,7 +809,8 @@ impl Store for RedisStore {
 
     async fn publish(&self, draft: Draft) -> Result<Notification, StoreError> {
         self.connected_or_fail()?;
-        let [scope, history] = self.keys.scope(&draft.target);
+        let [scope, history, floor] = self.keys.scope(&draft.target);
+        let (seen_epoch, seen_seq) = seen_now(&self.seen);
         let mut n = stamp(draft, PLACEHOLDER, PLACEHOLDER);
         let envelope = BusEnvelope::Notify {
             v: BUS_VERSION,
@@ -676,6 +831,7 @@ impl Store for RedisStore {
                     history,
                     self.keys.bus_seq.clone(),
                     self.keys.bus_log.clone(),
+                    floor,
                 ],
                 vec![
                     self.keys.bus.clone(),
@@ -685,6 +841,8 @@ impl Store for RedisStore {
                     limits.max_age.as_millis().to_string(),
                     self.opts.bus_log_len.to_string(),
                     idle_ttl.as_millis().to_string(),
+                    seen_epoch.to_string(),
+                    seen_seq.to_string(),
                 ],
             )
             .await
@@ -695,6 +853,14 @@ impl Store for RedisStore {
                 "publish script returned no position".into(),
             ));
         };
+        if out.get(4).is_some_and(|r| r == "1") {
+            self.counters.lost_writes.inc();
+            tracing::error!(
+                seen = ?(seen_epoch, seen_seq),
+                "the store's bus sequence is behind what this node saw: it lost writes \
+                 (failover or restart); new epochs opened"
+            );
+        }
         n.epoch = epoch;
         n.seq = seq;
         Ok(n)
@@ -702,20 +868,37 @@ impl Store for RedisStore {
 
     async fn history(&self, target: &Target, after: &Cursor) -> Result<History, StoreError> {
         let limits = self.opts.history;
-        let (epoch, head, texts) = read_log(
+        let read = read_log(
             &self.client,
             &self.history,
             self.keys.scope(target),
-            after.epoch,
-            after.seq,
+            (after.epoch, after.seq),
             limits.max_len,
+            false,
         )
         .await?;
-        let kept = texts
+        if read.lost {
+            // The cursor is past the scope's head: the store lost what the
+            // device had received. Its cursor is of no use any more.
+            return Ok(History {
+                epoch: read.epoch,
+                head: read.head,
+                messages: Vec::new(),
+                missing: Some(super::Incomplete::EpochChanged),
+            });
+        }
+        let kept = read
+            .envelopes
             .iter()
             .filter_map(|t| parse_notify(t.as_bytes()).map(|(_, _, n)| n))
             .collect();
-        Ok(History::build(epoch, head, kept, after, limits.max_age))
+        Ok(History::build(
+            read.epoch,
+            read.head,
+            kept,
+            after,
+            limits.max_age,
+        ))
     }
 
     async fn claim_once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
@@ -793,6 +976,40 @@ impl Store for RedisStore {
             .await
             .map_err(StoreError::Redis)?;
         Ok(())
+    }
+
+    async fn wiped_since(&self) -> Result<Option<u64>, StoreError> {
+        self.connected_or_fail()?;
+        let known = self
+            .known_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default();
+        let out: Vec<String> = self
+            .identity
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.keys.store_id.clone(), self.keys.wiped.clone()],
+                vec![uuid::Uuid::new_v4().to_string(), known.clone()],
+            )
+            .await
+            .map_err(StoreError::Redis)?;
+        let (Some(id), Some(mark)) = (out.first(), out.get(1)) else {
+            return Err(StoreError::Unavailable(
+                "identity script returned nothing".into(),
+            ));
+        };
+        if !known.is_empty() && *id != known {
+            tracing::error!(
+                "the store was WIPED under this node (its identity changed): history, rooms, \
+                 tenants, admin accounts and device registrations are gone; device registration \
+                 of ids without their token is refused until acknowledged \
+                 (pace-node admin acknowledge-store-wipe)"
+            );
+        }
+        *self.known_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
+        Ok(mark.parse::<u64>().ok())
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
@@ -1004,6 +1221,114 @@ mod tests {
         }
         assert_eq!(*rb.resyncs.lock().unwrap(), 1, "devices told to resume");
         assert_eq!(metrics_b.gaps.with_label_values(&["unrepaired"]).get(), 1);
+    }
+
+    /// Rewrites the bus and the `all` scope as a replica that missed the
+    /// newest `lost` writes would hold them after a failover.
+    fn rewind(redis: &TestRedis, prefix: &str, head: u64, lost: u64) {
+        let keys = Keys::new(prefix);
+        let [scope, history, _] = keys.scope(&Target::All);
+        let cli = |args: &[&str]| {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &redis.port.to_string()])
+                .args(args)
+                .output()
+                .expect("redis-cli runs");
+            assert!(out.status.success(), "{out:?}");
+        };
+        let gone: Vec<String> = (head - lost + 1..=head).map(|s| format!("{s}-0")).collect();
+        let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+        let back = (head - lost).to_string();
+        for (hash, stream) in [(&keys.bus_seq, &keys.bus_log), (&scope, &history)] {
+            cli(&["HSET", hash, "seq", &back]);
+            let mut xdel = vec!["XDEL", stream.as_str()];
+            xdel.extend(&gone);
+            cli(&xdel);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rewound_bus_sequence_opens_a_new_epoch_and_nothing_is_dropped_silently() {
+        let redis = TestRedis::start();
+        let (ra, rb) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+        let counters_b = BusCounters::detached();
+        let a = store(&redis, "rewind", "a", ra.clone());
+        let b = store_with(
+            &redis,
+            "rewind",
+            "b",
+            rb.clone(),
+            HistoryLimits::default(),
+            1000,
+            counters_b.clone(),
+        );
+        for s in [&a, &b] {
+            tokio::time::timeout(Duration::from_secs(10), s.wait_ready())
+                .await
+                .expect("ready within 10 s");
+        }
+        let mut first = Vec::new();
+        for i in 0..10 {
+            first.push(a.publish(draft(i)).await.unwrap());
+        }
+        assert_eq!(rb.wait_delivered(10).await, first);
+        let old_epoch = first[0].epoch;
+        rewind(&redis, "rewind", 10, 5);
+
+        // b has seen bus position 10: its next publish finds the bus at 5.
+        let next = b.publish(draft(10)).await.unwrap();
+        assert_ne!(next.epoch, old_epoch, "a new epoch");
+        assert_eq!(next.seq, 1);
+        assert!(counters_b.lost_writes.get() >= 1);
+        for rec in [&ra, &rb] {
+            let got = rec.wait_delivered(11).await;
+            assert_eq!(got.last(), Some(&next), "delivered, not discarded as seen");
+            assert!(*rec.resyncs.lock().unwrap() >= 1, "devices told to resume");
+        }
+        // A device whose cursor is past the rewound head learns its epoch
+        // changed and gets what the new epoch holds.
+        let h = a
+            .history(
+                &Target::All,
+                &Cursor {
+                    scope: pace_protocol::Scope::All,
+                    target: None,
+                    epoch: old_epoch,
+                    seq: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(h.missing, Some(super::super::Incomplete::EpochChanged));
+        assert_eq!(h.messages, vec![next.clone()]);
+
+        // A node started after the rewind does not know the old head; the
+        // nodes that do notice the duplicates and open a new epoch.
+        rewind(&redis, "rewind", 1, 1);
+        let rc = Arc::new(Recorder::default());
+        let c = store(&redis, "rewind", "c", rc.clone());
+        tokio::time::timeout(Duration::from_secs(10), c.wait_ready())
+            .await
+            .expect("ready within 10 s");
+        let resyncs_a = *ra.resyncs.lock().unwrap();
+        let mut later = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while *ra.resyncs.lock().unwrap() == resyncs_a {
+            assert!(tokio::time::Instant::now() < deadline, "a never noticed");
+            later.push(c.publish(draft(11)).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let last = c.publish(draft(12)).await.unwrap();
+        assert_ne!(last.epoch, next.epoch, "a new epoch after the duplicates");
+        for rec in [&ra, &rb, &rc] {
+            for _ in 0..200 {
+                if rec.delivered.lock().unwrap().last() == Some(&last) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(rec.delivered.lock().unwrap().last(), Some(&last));
+        }
     }
 
     #[tokio::test]

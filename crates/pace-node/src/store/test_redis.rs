@@ -55,6 +55,18 @@ impl TestRedis {
         panic!("could not start redis-server on a free port in 10 attempts");
     }
 
+    /// Starts a redis-server on `port` (chosen free by the caller, e.g. for
+    /// a node that was told to use it before it runs).
+    pub fn start_on_port(port: u16) -> TestRedis {
+        let mut r = TestRedis {
+            port,
+            child: None,
+            aof_dir: None,
+        };
+        r.restart();
+        r
+    }
+
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -133,5 +145,228 @@ impl TestRedis {
 impl Drop for TestRedis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A real Redis Cluster for tests: 3 masters and 3 replicas (one each),
+/// every process on free loopback ports (client and cluster-bus ports),
+/// without persistence, created with `redis-cli --cluster create`; every
+/// process stopped (by its PID) when dropped.
+#[derive(Debug)]
+pub struct TestRedisCluster {
+    /// The client ports of the six processes, in start order.
+    pub ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+    dir: std::path::PathBuf,
+}
+
+/// How long a cluster node may be silent before the others fail it over.
+pub const CLUSTER_NODE_TIMEOUT_MS: u64 = 1000;
+
+fn free_loopback_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Runs `redis-cli -p PORT args…` and returns its standard output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}); install redis-tools"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl TestRedisCluster {
+    /// Starts six redis-server processes in cluster mode, joins them into
+    /// 3 masters + 3 replicas and waits until the cluster is healthy and
+    /// every replica is in sync.
+    pub fn start() -> TestRedisCluster {
+        for _ in 0..5 {
+            if let Some(c) = TestRedisCluster::try_start() {
+                return c;
+            }
+        }
+        panic!("could not start a 3 + 3 redis cluster in 5 attempts");
+    }
+
+    fn try_start() -> Option<TestRedisCluster> {
+        let dir = std::env::temp_dir().join(format!(
+            "pace-redis-cluster-{}-{}",
+            std::process::id(),
+            free_loopback_port()
+        ));
+        std::fs::create_dir_all(&dir).ok()?;
+        let mut c = TestRedisCluster {
+            ports: Vec::new(),
+            children: Vec::new(),
+            dir,
+        };
+        for _ in 0..6 {
+            let (port, bus) = (free_loopback_port(), free_loopback_port());
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                ])
+                .args([
+                    "--cluster-node-timeout",
+                    &CLUSTER_NODE_TIMEOUT_MS.to_string(),
+                ])
+                .arg("--cluster-config-file")
+                .arg(c.dir.join(format!("nodes-{port}.conf")))
+                .arg("--dir")
+                .arg(&c.dir)
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot start redis-server ({e}); install it with deploy/install-deps redis"
+                    )
+                });
+            c.ports.push(port);
+            c.children.push(Some(child));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for i in 0..6 {
+            while !c.answers(i) {
+                if Instant::now() >= deadline || c.exited(i) {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let hosts: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&hosts)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        if !out.success() {
+            return None;
+        }
+        c.wait_healthy(Duration::from_secs(30)).then_some(c)
+    }
+
+    /// `redis-cluster://` with every process as a seed.
+    pub fn url(&self) -> String {
+        self.url_with_seeds(&self.ports)
+    }
+
+    /// `redis-cluster://` listing `seeds` (the first in the authority,
+    /// the others as `?node=` parameters).
+    pub fn url_with_seeds(&self, seeds: &[u16]) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", seeds[0]);
+        for (i, p) in seeds[1..].iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{p}"));
+        }
+        url
+    }
+
+    fn exited(&mut self, i: usize) -> bool {
+        match self.children[i].as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(Some(_))),
+            None => true,
+        }
+    }
+
+    /// Whether process `i` answers PING.
+    pub fn answers(&self, i: usize) -> bool {
+        TestRedis {
+            port: self.ports[i],
+            child: None,
+            aof_dir: None,
+        }
+        .answers()
+    }
+
+    /// The running processes' indexes.
+    fn alive(&self) -> Vec<usize> {
+        (0..self.ports.len())
+            .filter(|&i| self.children[i].is_some())
+            .collect()
+    }
+
+    /// Waits until every running process says `cluster_state:ok` and every
+    /// running replica's link to its master is up.
+    pub fn wait_healthy(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let ok = self.alive().into_iter().all(|i| {
+                let info = redis_cli(self.ports[i], &["CLUSTER", "INFO"]);
+                let repl = redis_cli(self.ports[i], &["INFO", "replication"]);
+                info.contains("cluster_state:ok")
+                    && (repl.contains("role:master") || repl.contains("master_link_status:up"))
+            });
+            if ok {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// The index of the process that is the master of `key`'s slot, as the
+    /// first running process sees the topology.
+    pub fn master_of(&self, key: &str) -> usize {
+        let any = self.alive()[0];
+        let slot: u16 = redis_cli(self.ports[any], &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("a slot number");
+        let nodes = redis_cli(self.ports[any], &["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let owns = fields[8..].iter().any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
+            });
+            if owns {
+                let port: u16 = fields[1]
+                    .split(['@', ','])
+                    .next()
+                    .and_then(|a| a.rsplit_once(':'))
+                    .and_then(|(_, p)| p.parse().ok())
+                    .expect("a node address");
+                return self
+                    .ports
+                    .iter()
+                    .position(|&p| p == port)
+                    .expect("one of ours");
+            }
+        }
+        panic!("no live master owns slot {slot}");
+    }
+
+    /// Kills process `i` with SIGKILL (as a crash would).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestRedisCluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -25,5 +25,6 @@ mod origins;
 mod pages;
 mod rooms;
 mod rooms_cluster;
+mod store_failures;
 mod systemd;
 mod tenancy;

@@ -396,7 +396,7 @@ impl NodeProcess {
 
 #[path = "../../src/store/test_redis.rs"]
 pub mod test_redis;
-pub use test_redis::TestRedis;
+pub use test_redis::{TestRedis, TestRedisCluster};
 
 impl TestNode {
     /// A handle on a node running in another process.
