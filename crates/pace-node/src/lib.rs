@@ -25,6 +25,7 @@
 //! - [`metrics`]: every Prometheus metric, in one place.
 //! - [`error`]: error → HTTP status and JSON body, in one place.
 //! - [`systemd`]: readiness, stopping and watchdog notifications.
+//! - [`token_time`]: the one `iat`/`nbf`/`exp` rule every token kind is checked by.
 
 pub mod accounts;
 pub mod admin_api;
@@ -50,6 +51,7 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod systemd;
+pub mod token_time;
 pub mod web;
 
 pub use config::NodeConfig;

@@ -276,3 +276,73 @@ async fn a_verified_user_holds_a_bounded_number_of_places() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn device_tokens_from_the_future_are_refused() {
+    // An enterprise issuer whose clock runs an hour ahead (or that mints
+    // `nbf` in the future) is refused at the handshake, like an admin or
+    // admission token issued in the future; the same token kind with a
+    // current `iat` connects, and a connected device keeps being served.
+    let idp = pace_node::admission::KeySet::generate_in_memory().unwrap();
+    let jwks = scratch_dir().join("idp.jwks.json");
+    std::fs::write(&jwks, idp.jwks_json()).unwrap();
+    let node = TestNode::start_with(|c| {
+        c.insecure_anonymous_devices = false;
+        c.device_token_jwks = Some(jwks.clone());
+        c.device_token_issuer = Some("https://idp.example".into());
+        c.device_token_audience = Some("pace".into());
+    })
+    .await;
+    let now = pace_node::admission::unix_now();
+    let token = |device: &str, iat: u64, nbf: Option<u64>| {
+        let mut claims = json!({"iss": "https://idp.example", "aud": "pace",
+            "sub": device, "iat": iat, "exp": now + 7200});
+        if let Some(nbf) = nbf {
+            claims["nbf"] = json!(nbf);
+        }
+        idp.sign_claims(&claims, now).unwrap()
+    };
+    let (mut served, _) = node
+        .connect_with(
+            &format!("/ws?device_id=dev-ok&token={}", token("dev-ok", now, None)),
+            &[],
+        )
+        .await;
+    for (name, t) in [
+        ("iat an hour ahead", token("dev-future", now + 3600, None)),
+        (
+            "nbf a minute ahead",
+            token("dev-future", now, Some(now + 60)),
+        ),
+    ] {
+        match node
+            .try_connect(&format!("/ws?device_id=dev-future&token={t}"), &[])
+            .await
+        {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 401, "{name}");
+                let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+                assert_eq!(body["error"]["code"], "invalid_device_token", "{name}");
+            }
+            Ok(_) => panic!("{name}: connected"),
+            Err(e) => panic!("{name}: {e}"),
+        }
+    }
+    assert_eq!(
+        node.metric(r#"pace_handshakes_refused_total{reason="invalid_device_token"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        ask(&mut served, json!({"type": "ping", "id": 7})).await,
+        ServerFrame::Pong { id: Some(7) }
+    );
+    node.connect_with(
+        &format!(
+            "/ws?device_id=dev-future&token={}",
+            token("dev-future", now, None)
+        ),
+        &[],
+    )
+    .await;
+}
