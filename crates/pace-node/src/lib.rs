@@ -15,6 +15,7 @@
 //! - [`api`]: the HTTP service: origin gate, routing, authorization, handlers.
 //! - [`handshake`]: WebSocket upgrade checks and device id extraction.
 //! - [`connection`]: the task that owns one device's WebSocket.
+//! - [`backlog`]: the pong backlog of a device that sends and does not read.
 //! - [`hub`]: local registry of devices and groups, bounded delivery.
 //! - [`node`]: the shared state handle and local fan-out.
 //! - [`origins`]: browser origins: the WebSocket check, CORS, the admin gate.
@@ -33,6 +34,7 @@ pub mod admin_ws;
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod backlog;
 pub mod config;
 pub mod connection;
 pub mod devices;

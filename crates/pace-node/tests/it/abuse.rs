@@ -346,3 +346,196 @@ async fn device_tokens_from_the_future_are_refused() {
     )
     .await;
 }
+
+/// Opens a WebSocket to `/ws` as `device` by hand, over a socket with a
+/// small receive buffer, and returns it right after the 101: the caller
+/// writes raw frames and never reads.
+async fn raw_upgrade(node: &TestNode, device: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(node.addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nx-device-id: {device}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        node.addr
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            tcp.read(&mut byte).await.unwrap(),
+            1,
+            "closed in the handshake"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp
+}
+
+/// `n` masked ping frames with 125-byte payloads (the largest a control
+/// frame may carry), as a client sends them.
+fn ping_frames(n: usize) -> Vec<u8> {
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x89, 0x80 | 125];
+    frame.extend_from_slice(&mask);
+    frame.extend((0..125).map(|i| b'p' ^ mask[i % 4]));
+    frame.repeat(n)
+}
+
+#[tokio::test]
+async fn a_ping_flood_from_a_device_that_does_not_read_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let node = TestNode::start().await;
+    let bound = config().ws_max_write_buffer;
+    let (mut other, _) = node.connect("bystander").await;
+    let mut flood = raw_upgrade(&node, "flooder").await;
+    node.wait_metric("pace_connections_open", 2.0).await;
+
+    // Pings in 131 KiB writes until the node cuts the connection off
+    // (bounded: at most 256 MiB or 30 s).
+    let chunk = ping_frames(1024);
+    let started = std::time::Instant::now();
+    let mut sent = 0usize;
+    let cut_off = loop {
+        if sent >= 256 << 20 || started.elapsed() > std::time::Duration::from_secs(30) {
+            break false;
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(5), flood.write_all(&chunk)).await
+        {
+            Ok(Ok(())) => sent += chunk.len(),
+            Ok(Err(_)) => break true,
+            // The node stopped reading without closing: not what we want.
+            Err(_) => break false,
+        }
+    };
+    assert!(cut_off, "still connected after {sent} bytes of pings");
+    node.wait_metric(r#"pace_limits_hit_total{limit="pong_backlog"}"#, 1.0)
+        .await;
+    node.wait_metric(r#"pace_disconnects_total{reason="slow_consumer"}"#, 1.0)
+        .await;
+    node.wait_metric("pace_connections_open", 1.0).await;
+    // What the node took in before cutting off is the socket buffers plus
+    // the bound, never the whole flood (the kernel's loopback buffers are
+    // a few MiB each way).
+    assert!(
+        sent < 64 << 20,
+        "{sent} bytes of pings accepted (write buffer bound {bound})"
+    );
+    // The other device was served all along and still is.
+    assert_eq!(
+        ask(&mut other, json!({"type": "ping", "id": 3})).await,
+        ServerFrame::Pong { id: Some(3) }
+    );
+}
+
+/// Sends `resume` and reads until `resumed` (or an `error`): the
+/// notifications replayed, and the answer.
+async fn resume(ws: &mut Ws, cursors: Value) -> (usize, ServerFrame) {
+    send_text(
+        ws,
+        &json!({"type": "resume", "cursors": cursors}).to_string(),
+    )
+    .await;
+    let mut replayed = 0;
+    loop {
+        match next_frame(ws).await {
+            ServerFrame::Notification(_) => replayed += 1,
+            other @ (ServerFrame::Resumed { .. } | ServerFrame::Error { .. }) => {
+                return (replayed, other);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn resume_replays_each_scope_once_per_connection() {
+    let node = TestNode::start_with(|c| c.history.max_len = 10).await;
+    for i in 0..25 {
+        let (status, body) = node
+            .notify(json!({"scope": "all", "event": "e", "data": i}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let everything = json!({"scope": "all", "epoch": 0, "seq": 0});
+
+    // The same cursor 34 times: refused, nothing replayed.
+    let (mut ws, _) = node
+        .connect_with("/ws?device_id=replayer&resume=1", &[])
+        .await;
+    let repeated: Vec<Value> = (0..34).map(|_| everything.clone()).collect();
+    let (replayed, answer) = resume(&mut ws, json!(repeated)).await;
+    assert_eq!(replayed, 0);
+    match answer {
+        ServerFrame::Error { code, message } => {
+            assert_eq!(code, ErrorCode::InvalidFrame);
+            assert!(message.contains("cursor 1"), "{message}");
+        }
+        other => panic!("expected invalid_frame, got {other:?}"),
+    }
+    // The same group named twice (by one target) is the same scope too.
+    let group = json!({"scope": "group", "target": "ops", "epoch": 0, "seq": 0});
+    let (mut other, _) = node
+        .connect_with("/ws?device_id=replayer-2&resume=1", &[])
+        .await;
+    let (_, answer) = resume(&mut other, json!([group, everything, group])).await;
+    assert_eq!(error_code(answer), ErrorCode::InvalidFrame);
+    assert_eq!(
+        node.metric(r#"pace_limits_hit_total{limit="duplicate_cursor"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        node.metric(r#"pace_frames_rejected_total{reason="duplicate_cursor"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(node.metric("pace_history_replayed_total").await, 0.0);
+
+    // One resume per connection: a second one is refused, not replayed.
+    let (mut ws, _) = node
+        .connect_with("/ws?device_id=replayer&resume=1", &[])
+        .await;
+    let (replayed, answer) = resume(&mut ws, json!([everything])).await;
+    assert_eq!(replayed, 10, "the history bound per scope");
+    assert!(matches!(answer, ServerFrame::Resumed { .. }), "{answer:?}");
+    let (replayed, answer) = resume(&mut ws, json!([everything])).await;
+    assert_eq!((replayed, error_code(answer)), (0, ErrorCode::InvalidFrame));
+    assert_eq!(
+        node.metric(r#"pace_limits_hit_total{limit="resume_repeated"}"#)
+            .await,
+        1.0
+    );
+    drop(ws);
+
+    // 20 legitimate resumes of the same device within a minute (a device
+    // on a flaky network): each replays at most the scope's history bound.
+    for _ in 0..20 {
+        let (mut ws, _) = node
+            .connect_with("/ws?device_id=replayer&resume=1", &[])
+            .await;
+        let (replayed, answer) = resume(&mut ws, json!([everything])).await;
+        assert_eq!(replayed, 10);
+        match answer {
+            ServerFrame::Resumed { scopes } => assert_eq!(scopes[0].replayed, 10),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        node.metric("pace_history_replayed_total").await,
+        210.0,
+        "21 resumes × the 10 kept"
+    );
+    // The device still gets live notifications.
+    let (mut ws, _) = node.connect("replayer").await;
+    node.notify(json!({"scope": "all", "event": "live"})).await;
+    assert!(matches!(
+        next_frame(&mut ws).await,
+        ServerFrame::Notification(_)
+    ));
+}
