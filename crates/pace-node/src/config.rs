@@ -443,6 +443,13 @@ impl ServeArgs {
                 self.max_message_bytes.saturating_mul(2)
             ));
         }
+        if self.fd_reserve < 96 {
+            return bad(
+                "--fd-reserve must be at least 96 (the store, files, and 64 refused connections \
+                 being answered)"
+                    .into(),
+            );
+        }
         if let Some(limit) = open_files_limit()
             && u64::from(self.fd_reserve) + 64 > limit
         {

@@ -19,6 +19,7 @@
 //! - [`hub`]: local registry of devices and groups, bounded delivery.
 //! - [`node`]: the shared state handle and local fan-out.
 //! - [`origins`]: browser origins: the WebSocket check, CORS, the admin gate.
+//! - [`pending`]: connections not yet upgraded per source address; the descriptor budget.
 //! - [`store`]: the seam for state shared across nodes; memory and Redis stores.
 //! - [`queue`]: the waiting-room queue store; memory and Redis.
 //! - [`rooms`]: joins, the admission tick, live positions.
@@ -45,6 +46,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod origins;
+pub mod pending;
 pub mod pow;
 pub mod queue;
 pub mod rooms;

@@ -539,3 +539,228 @@ async fn resume_replays_each_scope_once_per_connection() {
         ServerFrame::Notification(_)
     ));
 }
+
+/// A TCP connection to `node` from the loopback address `from`.
+async fn tcp_from(from: &str, node: &TestNode) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{from}:0").parse().unwrap())?;
+    socket.connect(node.addr).await
+}
+
+/// `GET path` from the loopback address `from`: status and body.
+async fn get_from(from: &str, node: &TestNode, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tcp_from(from, node).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: pace\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(SOON, tcp.read_to_end(&mut resp))
+        .await
+        .expect("answered")
+        .unwrap();
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+/// A metric's value, read from the loopback address `from`.
+async fn metric_from(from: &str, node: &TestNode, sample: &str) -> f64 {
+    let (status, text) = get_from(from, node, "/metrics").await;
+    assert_eq!(status, 200);
+    metric_value(&text, sample)
+}
+
+/// Whether the node closed `tcp` (data or EOF is waiting), without waiting.
+fn closed_by_node(tcp: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 512];
+    match tcp.try_read(&mut buf) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+#[tokio::test]
+async fn silent_connections_from_one_address_are_capped() {
+    const TOTAL: usize = 21_000;
+    const BATCH: usize = 1_000;
+    // No silent connection times out while the test runs.
+    let node =
+        TestNode::start_with(|c| c.handshake_timeout = std::time::Duration::from_secs(120)).await;
+    let cap = config().max_pending_per_address as usize;
+    assert_eq!(cap, 1000, "the default");
+
+    // 21,000 connections from 127.0.0.1 that never send a byte, in
+    // batches: the node keeps `cap` of them and closes the rest at once.
+    // The test only holds the ones still open (open files are capped).
+    let mut alive: Vec<tokio::net::TcpStream> = Vec::new();
+    let mut refused = 0usize;
+    let mut opened = 0usize;
+    while opened < TOTAL {
+        for _ in 0..BATCH.min(TOTAL - opened) {
+            alive.push(tcp_from("127.0.0.1", &node).await.unwrap());
+            opened += 1;
+        }
+        // Wait until the node has dealt with the batch: exactly `cap`
+        // stay open (bounded wait).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let before = alive.len();
+            alive.retain(|tcp| !closed_by_node(tcp));
+            refused += before - alive.len();
+            if alive.len() <= cap.min(opened) || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(alive.len(), cap.min(opened), "after {opened} connections");
+    }
+    assert_eq!(refused, TOTAL - cap);
+
+    // Over the cap, even a real request from that address gets 429
+    // `too_many_pending`.
+    let (status, body) = get_from("127.0.0.1", &node, "/health").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("too_many_pending"), "{body}");
+
+    // Other addresses are served: health checks and devices.
+    assert_eq!(get_from("127.0.0.3", &node, "/health").await.0, 200);
+    assert_eq!(get_from("127.0.0.3", &node, "/ready").await.0, 200);
+    let tcp = tcp_from("127.0.0.2", &node).await.unwrap();
+    let (mut ws, _) = tokio::time::timeout(
+        SOON,
+        tokio_tungstenite::client_async(
+            format!("ws://{}/ws?device_id=elsewhere", node.addr),
+            tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+        ),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake");
+    assert!(matches!(next_frame(&mut ws).await, ServerFrame::Welcome(_)));
+    assert_eq!(
+        ask(&mut ws, json!({"type": "ping", "id": 1})).await,
+        ServerFrame::Pong { id: Some(1) }
+    );
+    assert_eq!(
+        metric_from(
+            "127.0.0.3",
+            &node,
+            r#"pace_limits_hit_total{limit="pending_per_address"}"#
+        )
+        .await,
+        (TOTAL - cap + 1) as f64
+    );
+    assert!(metric_from("127.0.0.3", &node, "pace_connections_pending").await >= cap as f64);
+
+    // Once the silent ones go, the address may connect again.
+    drop(alive);
+    let deadline = tokio::time::Instant::now() + SOON;
+    while metric_from("127.0.0.3", &node, "pace_connections_pending").await > 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pending never drained"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(get_from("127.0.0.1", &node, "/health").await.0, 200);
+}
+
+#[tokio::test]
+async fn at_the_descriptor_budget_silent_connections_make_room_for_health_checks() {
+    // A budget of 40 sockets (open files 168, reserve 128).
+    let node = TestNode::start_with(|c| {
+        c.open_files = Some(168);
+        c.fd_reserve = 128;
+        c.handshake_timeout = std::time::Duration::from_secs(120);
+    })
+    .await;
+    // 40 silent connections, from many addresses (each under its cap).
+    let mut silent = Vec::new();
+    for i in 0..40 {
+        silent.push(
+            tcp_from(&format!("127.0.1.{}", i + 1), &node)
+                .await
+                .unwrap(),
+        );
+    }
+    let deadline = tokio::time::Instant::now() + SOON;
+    while metric_from("127.0.0.3", &node, "pace_connections_pending").await < 40.0 {
+        // The metrics request itself sheds one of them when the budget is
+        // reached; stop as soon as it is full.
+        if tokio::time::Instant::now() > deadline || silent.iter().any(closed_by_node) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Health checks keep answering: at the budget a new connection sheds
+    // the oldest silent one (only one is needed: the health check's
+    // connection closes after its answer).
+    for _ in 0..5 {
+        assert_eq!(get_from("127.0.0.3", &node, "/health").await.0, 200);
+    }
+    let deadline = tokio::time::Instant::now() + SOON;
+    while !closed_by_node(&silent[0]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the oldest was not shed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        !closed_by_node(&silent[39]),
+        "the newest silent connection stays"
+    );
+    assert!(
+        metric_from(
+            "127.0.0.3",
+            &node,
+            r#"pace_limits_hit_total{limit="descriptors"}"#
+        )
+        .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_trusted_gateway_is_not_capped_per_address_at_accept() {
+    let node = TestNode::start_with(|c| {
+        c.max_pending_per_address = 2;
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.handshake_timeout = std::time::Duration::from_secs(120);
+    })
+    .await;
+    // The gateway's keep-alive connections: more than the cap, all kept.
+    let mut gateway = Vec::new();
+    for _ in 0..5 {
+        gateway.push(tcp_from("127.0.0.1", &node).await.unwrap());
+    }
+    // A direct client is capped.
+    let mut direct = Vec::new();
+    for _ in 0..3 {
+        direct.push(tcp_from("127.0.0.4", &node).await.unwrap());
+    }
+    let deadline = tokio::time::Instant::now() + SOON;
+    while !closed_by_node(&direct[2]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "third direct connection kept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!gateway.iter().any(closed_by_node));
+    assert!(!direct[..2].iter().any(closed_by_node));
+    // A device behind the gateway still connects through it.
+    node.connect_with(
+        "/ws",
+        &[
+            ("x-device-id", "behind"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ],
+    )
+    .await;
+}
