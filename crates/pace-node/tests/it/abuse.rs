@@ -764,3 +764,22 @@ async fn a_trusted_gateway_is_not_capped_per_address_at_accept() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn upgraded_devices_no_longer_count_as_pending() {
+    let node = TestNode::start_with(|c| c.max_pending_per_address = 2).await;
+    // Five devices from one address, over a cap of two: each leaves the
+    // pending count once it is upgraded.
+    let mut devices = Vec::new();
+    for i in 0..5 {
+        devices.push(node.connect(&format!("nat-device-{i}")).await.0);
+    }
+    assert_eq!(node.metric("pace_connections_open").await, 5.0);
+    assert_eq!(
+        node.metric(r#"pace_limits_hit_total{limit="pending_per_address"}"#)
+            .await,
+        0.0
+    );
+    // Only the metrics request itself is pending.
+    assert_eq!(node.metric("pace_connections_pending").await, 1.0);
+}
