@@ -911,6 +911,48 @@ mod tests {
     }
 
     #[test]
+    fn the_hostile_client_bounds_are_checked() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            (
+                c.ws_max_write_buffer,
+                c.max_pending_per_address,
+                c.fd_reserve
+            ),
+            (256 * 1024, 1000, 128)
+        );
+        // A legitimate notification must always fit the write buffer.
+        assert!(
+            parse(&["--max-message-bytes", "200000"])
+                .unwrap_err()
+                .contains("--ws-max-write-buffer")
+        );
+        assert!(
+            parse(&[
+                "--max-message-bytes",
+                "200000",
+                "--ws-max-write-buffer",
+                "400000"
+            ])
+            .is_ok()
+        );
+        assert!(
+            parse(&["--ws-write-buffer", "300000"])
+                .unwrap_err()
+                .contains("--ws-max-write-buffer")
+        );
+        assert!(
+            parse(&["--fd-reserve", "10"])
+                .unwrap_err()
+                .contains("--fd-reserve")
+        );
+        assert!(
+            parse(&["--max-pending-per-address", "0"]).is_ok(),
+            "no limit"
+        );
+    }
+
+    #[test]
     fn allowed_origins_are_normalised() {
         assert!(parse(&[]).unwrap().allowed_origins.is_empty());
         let c = parse(&[
