@@ -12,7 +12,13 @@
 //! replays each scope's history after the device's cursor, answers
 //! `resumed`, then lets the held frames through, dropping those the replay
 //! already carried (same scope and epoch, sequence at or below the replay's
-//! end).
+//! end). A connection resumes once, and a `resume` naming one scope twice
+//! is refused: one frame can make the node replay each scope's kept
+//! history at most once.
+//!
+//! Pings from the device are answered by tungstenite; the pongs owed while
+//! the device does not read are counted (`backlog`) and past
+//! `--ws-max-write-buffer` the connection is closed as a slow consumer.
 
 use std::time::Duration;
 
