@@ -83,10 +83,39 @@ async fn serve(
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     use routes::Route as R;
+    // Behind a trusted gateway, a device handshake counts in its forwarded
+    // address's connections not yet upgraded while it runs (direct
+    // connections are counted from accept on, in the accept loop).
+    let mut _forwarded_hold = None;
     if spec.route == R::DeviceWs {
         // Cheap refusals first: a draining node or a flood from one
         // address costs no credential check.
         before_handshake(node, &req, peer)?;
+        if node
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&peer.ip()))
+        {
+            let address = auth::client_address(node, &req, peer);
+            match node.sockets.hold(address) {
+                Ok(hold) => _forwarded_hold = Some(hold),
+                Err(refused) => {
+                    node.metrics
+                        .limits_hit
+                        .with_label_values(&[refused.limit()])
+                        .inc();
+                    return Err(refused_handshake(
+                        node,
+                        peer,
+                        ApiError::new(
+                            ErrorCode::TooManyPending,
+                            "too many handshakes from this address are in flight; retry with backoff",
+                        ),
+                    ));
+                }
+            }
+        }
     }
     let principal = match auth::authorize(node, spec.rule, &req, peer).await {
         Ok(p) => p,

@@ -183,6 +183,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_WS_WRITE_BUFFER", default_value_t = 0)]
     pub ws_write_buffer: usize,
 
+    /// Most bytes a connection's WebSocket writer holds unsent (at least
+    /// twice --max-message-bytes). A device that keeps sending pings
+    /// without reading is closed with 4001 once the pongs it is owed pass
+    /// this; memory per connection stays under it whatever a device sends.
+    #[arg(long, env = "PACE_WS_MAX_WRITE_BUFFER", default_value_t = 256 * 1024)]
+    pub ws_max_write_buffer: usize,
+
     /// Time allowed from TCP accept to complete HTTP request headers.
     #[arg(long, env = "PACE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
@@ -317,6 +324,22 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_HANDSHAKES_PER_ADDRESS", default_value_t = 2000)]
     pub handshakes_per_address: u32,
 
+    /// Most connections one source address may hold open on this node
+    /// before they are upgraded to a WebSocket (waiting for headers, in a
+    /// handshake, or plain HTTP) (0 = no limit). Past it a new connection
+    /// is closed at once (an HTTP request on it gets 429
+    /// `too_many_pending`). High by default: a NAT address can be thousands
+    /// of devices. Behind --trusted-proxy the proxy's own connections are
+    /// not capped; each forwarded address is, while its handshake runs.
+    #[arg(long, env = "PACE_MAX_PENDING_PER_ADDRESS", default_value_t = 1000)]
+    pub max_pending_per_address: u32,
+
+    /// Open-file descriptors the accept loop never spends on new
+    /// connections: kept for the store, files, logs, and health checks and
+    /// the admin (which shed the oldest connection not yet upgraded).
+    #[arg(long, env = "PACE_FD_RESERVE", default_value_t = 128)]
+    pub fd_reserve: u32,
+
     /// Address (or CIDR range) of a gateway whose X-Forwarded-For is
     /// believed; repeat or separate with commas. The device's address is
     /// the right-most X-Forwarded-For entry not from a trusted proxy.
@@ -447,6 +470,30 @@ impl ServeArgs {
         if self.ws_read_buffer < 64 {
             return bad("--ws-read-buffer must be at least 64 bytes".into());
         }
+        if self.ws_max_write_buffer < self.max_message_bytes.saturating_mul(2)
+            || self.ws_max_write_buffer <= self.ws_write_buffer
+        {
+            return bad(format!(
+                "--ws-max-write-buffer must be at least twice --max-message-bytes ({}) and above \
+                 --ws-write-buffer",
+                self.max_message_bytes.saturating_mul(2)
+            ));
+        }
+        if self.fd_reserve < 96 {
+            return bad(
+                "--fd-reserve must be at least 96 (the store, files, and 64 refused connections \
+                 being answered)"
+                    .into(),
+            );
+        }
+        if let Some(limit) = open_files_limit()
+            && u64::from(self.fd_reserve) + 64 > limit
+        {
+            return bad(format!(
+                "--fd-reserve {} leaves fewer than 64 of this process's {limit} open files for connections",
+                self.fd_reserve
+            ));
+        }
         for (name, d) in [
             ("--handshake-timeout", self.handshake_timeout),
             ("--ping-interval", self.ping_interval),
@@ -561,6 +608,10 @@ impl ServeArgs {
             send_queue: self.send_queue,
             ws_read_buffer: self.ws_read_buffer,
             ws_write_buffer: self.ws_write_buffer,
+            ws_max_write_buffer: self.ws_max_write_buffer,
+            max_pending_per_address: self.max_pending_per_address,
+            fd_reserve: self.fd_reserve,
+            open_files: open_files_limit(),
             handshake_timeout: self.handshake_timeout,
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
@@ -770,6 +821,15 @@ pub struct NodeConfig {
     pub device_token_groups_claim: String,
     /// See [`ServeArgs::handshakes_per_address`].
     pub handshakes_per_address: u32,
+    /// See [`ServeArgs::ws_max_write_buffer`].
+    pub ws_max_write_buffer: usize,
+    /// See [`ServeArgs::max_pending_per_address`].
+    pub max_pending_per_address: u32,
+    /// See [`ServeArgs::fd_reserve`].
+    pub fd_reserve: u32,
+    /// The process's open-files limit when the node started (None: not
+    /// known), for the descriptor budget of the accept loop.
+    pub open_files: Option<u64>,
     /// See [`ServeArgs::trusted_proxies`].
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// See [`ServeArgs::allowed_origins`]: normalised
@@ -887,6 +947,48 @@ mod tests {
                 .contains("--redis-prefix")
         );
         assert!(parse(&["--redis", "redis://127.0.0.1:6390/2"]).is_ok());
+    }
+
+    #[test]
+    fn the_hostile_client_bounds_are_checked() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            (
+                c.ws_max_write_buffer,
+                c.max_pending_per_address,
+                c.fd_reserve
+            ),
+            (256 * 1024, 1000, 128)
+        );
+        // A legitimate notification must always fit the write buffer.
+        assert!(
+            parse(&["--max-message-bytes", "200000"])
+                .unwrap_err()
+                .contains("--ws-max-write-buffer")
+        );
+        assert!(
+            parse(&[
+                "--max-message-bytes",
+                "200000",
+                "--ws-max-write-buffer",
+                "400000"
+            ])
+            .is_ok()
+        );
+        assert!(
+            parse(&["--ws-write-buffer", "300000"])
+                .unwrap_err()
+                .contains("--ws-max-write-buffer")
+        );
+        assert!(
+            parse(&["--fd-reserve", "10"])
+                .unwrap_err()
+                .contains("--fd-reserve")
+        );
+        assert!(
+            parse(&["--max-pending-per-address", "0"]).is_ok(),
+            "no limit"
+        );
     }
 
     #[test]

@@ -12,7 +12,13 @@
 //! replays each scope's history after the device's cursor, answers
 //! `resumed`, then lets the held frames through, dropping those the replay
 //! already carried (same scope and epoch, sequence at or below the replay's
-//! end).
+//! end). A connection resumes once, and a `resume` naming one scope twice
+//! is refused: one frame can make the node replay each scope's kept
+//! history at most once.
+//!
+//! Pings from the device are answered by tungstenite; the pongs owed while
+//! the device does not read are counted (`backlog`) and past
+//! `--ws-max-write-buffer` the connection is closed as a slow consumer.
 
 use std::time::Duration;
 
@@ -32,11 +38,12 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::auth::DevicePrincipal;
+use crate::backlog::{PongBacklog, Watched};
 use crate::handshake::Handshake;
 use crate::hub::{Registration, SubscribeError};
 use crate::node::{NodeRef, Slot};
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Ws = WebSocketStream<Watched<TokioIo<Upgraded>>>;
 
 /// Most frames written in one batch before flushing.
 const MAX_BATCH: usize = 32;
@@ -74,12 +81,29 @@ fn not_allowed(group: &pace_protocol::GroupId) -> ServerFrame {
     }
 }
 
+/// How a failed write ends the connection: a full write buffer (the
+/// device does not read) is a slow consumer; anything else, the socket.
+fn write_failed(e: &WsError) -> End {
+    match e {
+        WsError::WriteBufferFull(_) => End::Closed(CloseCode::SLOW_CONSUMER),
+        _ => End::Io,
+    }
+}
+
+/// The index of the first cursor whose scope (kind and target) an
+/// earlier cursor already names. Cursors are checked valid first.
+fn duplicate_scope(cursors: &[Cursor]) -> Option<usize> {
+    let audiences: Vec<Option<Target>> = cursors.iter().map(|c| c.audience().ok()).collect();
+    (1..audiences.len()).find(|&i| audiences[..i].contains(&audiences[i]))
+}
+
 /// The WebSocket settings every device connection uses.
 pub fn ws_config(node: &NodeRef) -> WebSocketConfig {
     let c = &node.config;
     WebSocketConfig::default()
         .read_buffer_size(c.ws_read_buffer)
         .write_buffer_size(c.ws_write_buffer)
+        .max_write_buffer_size(c.ws_max_write_buffer)
         .max_message_size(Some(c.max_message_bytes))
         .max_frame_size(Some(c.max_message_bytes))
 }
@@ -112,7 +136,7 @@ pub async fn serve(node: NodeRef, upgraded: Upgraded, accepted: Box<Accepted>, s
         ..
     } = device;
     let ws = WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
+        Watched::new(TokioIo::new(upgraded)),
         Role::Server,
         Some(ws_config(&node)),
     )
@@ -150,6 +174,7 @@ pub async fn serve(node: NodeRef, upgraded: Upgraded, accepted: Box<Accepted>, s
         held_until,
         replayed: Replayed::default(),
         user,
+        resumed: false,
     };
     // Boxed: the greeting's frames are no part of an idle connection's task.
     let end = match Box::pin(session.greet(groups, refused)).await {
@@ -178,6 +203,8 @@ struct Session {
     replayed: Replayed,
     /// The person behind the device (from its token), for per-user limits.
     user: Option<String>,
+    /// Whether the device sent its one `resume` already.
+    resumed: bool,
 }
 
 /// Where replays ended, to drop live frames the device already got.
@@ -278,6 +305,7 @@ impl Session {
         let heartbeat = sleep_until(Instant::now() + ping_interval - jitter);
         tokio::pin!(heartbeat);
         let mut awaiting_pong = false;
+        let mut pongs = PongBacklog::default();
         // The resume hold's timer exists only for connections that
         // announced a resume: an idle device carries no second timer.
         let mut hold = self.held_until.map(|t| Box::pin(sleep_until(t)));
@@ -329,7 +357,17 @@ impl Session {
                             break End::Closed(CloseCode::UNSUPPORTED_DATA);
                         }
                         Some(Ok(Message::Close(_))) | None => break End::ByDevice,
-                        Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
+                        Some(Ok(Message::Ping(payload))) => {
+                            // tungstenite answers it; while the device does
+                            // not read, the pongs it is owed pile up.
+                            let owed = pongs.on_ping(payload.len(), self.ws.get_ref().write_blocked());
+                            if owed > cfg.ws_max_write_buffer {
+                                self.node.metrics.limits_hit.with_label_values(&["pong_backlog"]).inc();
+                                tracing::debug!(device = %self.device, owed, "pings without reading: closing");
+                                break End::Closed(CloseCode::SLOW_CONSUMER);
+                            }
+                        }
+                        Some(Ok(_)) => {} // pong, raw frame
                         Some(Err(e)) => break self.on_read_error(e),
                     }
                 }
@@ -380,7 +418,7 @@ impl Session {
             code = self.reg.control.closed() => Err(End::Closed(code)),
             res = timeout(write_timeout, batch) => match res {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(End::Io),
+                Ok(Err(e)) => Err(write_failed(&e)),
                 Err(_) => Err(End::Closed(CloseCode::SLOW_CONSUMER)),
             },
         }
@@ -390,7 +428,7 @@ impl Session {
     async fn write(&mut self, msg: Message) -> Result<(), End> {
         match timeout(self.node.config.write_timeout, self.ws.send(msg)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Io),
+            Ok(Err(e)) => Err(write_failed(&e)),
             Err(_) => Err(End::Closed(CloseCode::SLOW_CONSUMER)),
         }
     }
@@ -462,7 +500,19 @@ impl Session {
             ClientFrame::Ping { id } => ServerFrame::Pong { id },
             ClientFrame::Resume { cursors } => {
                 let max = self.node.config.max_groups + 2;
-                if cursors.len() > max {
+                let first = !std::mem::replace(&mut self.resumed, true);
+                if !first {
+                    // One replay per connection: a device resumes once,
+                    // after it connects; a second `resume` would only make
+                    // the node replay history it already sent.
+                    self.refuse_resume("resume_repeated");
+                    ServerFrame::Error {
+                        code: ErrorCode::InvalidFrame,
+                        message:
+                            "one resume per connection: reconnect with resume=1 to resume again"
+                                .into(),
+                    }
+                } else if cursors.len() > max {
                     self.node
                         .metrics
                         .frames_rejected
@@ -489,6 +539,14 @@ impl Session {
                     ServerFrame::Error {
                         code: ErrorCode::InvalidFrame,
                         message: format!("cursor {i}: {e}"),
+                    }
+                } else if let Some(i) = duplicate_scope(&cursors) {
+                    // The same scope twice would replay its history twice.
+                    self.refuse_resume("duplicate_cursor");
+                    self.held_until = None;
+                    ServerFrame::Error {
+                        code: ErrorCode::InvalidFrame,
+                        message: format!("cursor {i}: names a scope an earlier cursor names"),
                     }
                 } else {
                     let mut scopes = Vec::with_capacity(cursors.len());
@@ -533,6 +591,14 @@ impl Session {
             },
         };
         self.reply(&reply).await
+    }
+
+    /// Counts a `resume` refused by a bound (`pace_frames_rejected_total`
+    /// and `pace_limits_hit_total` under the same reason).
+    fn refuse_resume(&self, reason: &str) {
+        let metrics = &self.node.metrics;
+        metrics.frames_rejected.with_label_values(&[reason]).inc();
+        metrics.limits_hit.with_label_values(&[reason]).inc();
     }
 
     /// Whether the device may join `group` now (its credential's grants,
@@ -722,7 +788,7 @@ impl Session {
         };
         match timeout(self.node.config.write_timeout, all).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Io),
+            Ok(Err(e)) => Err(write_failed(&e)),
             Err(_) => Err(End::Closed(CloseCode::SLOW_CONSUMER)),
         }
     }

@@ -139,7 +139,9 @@ fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::PowInvalid
         | ErrorCode::PowReused
         | ErrorCode::TooManyPlaces => StatusCode::BAD_REQUEST,
-        ErrorCode::TooManyJoins | ErrorCode::TooManyHandshakes => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooManyJoins | ErrorCode::TooManyHandshakes | ErrorCode::TooManyPending => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         ErrorCode::NotWebsocket => StatusCode::UPGRADE_REQUIRED,
         ErrorCode::Unauthorized | ErrorCode::InvalidCredentials => StatusCode::UNAUTHORIZED,
         ErrorCode::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,

@@ -15,9 +15,11 @@
 //! - [`api`]: the HTTP service: origin gate, routing, authorization, handlers.
 //! - [`handshake`]: WebSocket upgrade checks and device id extraction.
 //! - [`connection`]: the task that owns one device's WebSocket.
+//! - [`backlog`]: the pong backlog of a device that sends and does not read.
 //! - [`hub`]: local registry of devices and groups, bounded delivery.
 //! - [`node`]: the shared state handle and local fan-out.
 //! - [`origins`]: browser origins: the WebSocket check, CORS, the admin gate.
+//! - [`pending`]: connections not yet upgraded per source address; the descriptor budget.
 //! - [`store`]: the seam for state shared across nodes; memory and Redis stores.
 //! - [`queue`]: the waiting-room queue store; memory and Redis.
 //! - [`rooms`]: joins, the admission tick, live positions.
@@ -25,6 +27,7 @@
 //! - [`metrics`]: every Prometheus metric, in one place.
 //! - [`error`]: error → HTTP status and JSON body, in one place.
 //! - [`systemd`]: readiness, stopping and watchdog notifications.
+//! - [`token_time`]: the one `iat`/`nbf`/`exp` rule every token kind is checked by.
 
 pub mod accounts;
 pub mod admin_api;
@@ -32,6 +35,7 @@ pub mod admin_ws;
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod backlog;
 pub mod config;
 pub mod connection;
 pub mod devices;
@@ -42,6 +46,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod origins;
+pub mod pending;
 pub mod pow;
 pub mod queue;
 pub mod rooms;
@@ -50,6 +55,7 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod systemd;
+pub mod token_time;
 pub mod web;
 
 pub use config::NodeConfig;

@@ -21,6 +21,21 @@ pub const OTHER_EVENT: &str = "_other";
 /// The `route` labels of `pace_cors_refused_total`.
 pub const CORS_ROUTES: [&str; 3] = ["register", "room", "room_status"];
 
+/// The `limit` labels of `pace_limits_hit_total`: the bounds a hostile
+/// client meets (docs/security.md "Bounds").
+pub const LIMITS: [&str; 5] = [
+    // Pongs owed to a device that does not read passed --ws-max-write-buffer.
+    "pong_backlog",
+    // A `resume` frame named one scope twice.
+    "duplicate_cursor",
+    // A connection sent a second `resume`.
+    "resume_repeated",
+    // Connections not yet upgraded from one address passed --max-pending-per-address.
+    "pending_per_address",
+    // Accepting would have eaten into the descriptor reserve (--fd-reserve).
+    "descriptors",
+];
+
 /// The node's metrics. Cheap to clone (every field is a shared handle).
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -72,6 +87,12 @@ pub struct Metrics {
     /// Live notifications not sent because the device already had them
     /// from a replay.
     pub resume_duplicates: IntCounter,
+    /// Hostile-client bounds that refused or closed something, by bound
+    /// (see [`LIMITS`]; docs/security.md "Bounds").
+    pub limits_hit: IntCounterVec,
+    /// TCP connections accepted and not (yet) upgraded to a WebSocket:
+    /// waiting for headers, in a handshake, or plain HTTP keep-alive.
+    pub connections_pending: IntGauge,
     /// Gaps in the bus sequence this node detected, by outcome
     /// (`repaired` from the bus log, `unrepaired`: devices told to resync).
     pub bus_gaps: IntCounterVec,
@@ -284,6 +305,19 @@ impl Metrics {
                 "Live notifications not sent because the device just got them in a replay.",
             )
             .expect("valid metric"),
+            limits_hit: IntCounterVec::new(
+                Opts::new(
+                    "pace_limits_hit_total",
+                    "Hostile-client bounds that refused or closed a connection or frame, by limit.",
+                ),
+                &["limit"],
+            )
+            .expect("valid metric"),
+            connections_pending: IntGauge::new(
+                "pace_connections_pending",
+                "TCP connections accepted and not upgraded to a WebSocket (headers, handshake, HTTP keep-alive).",
+            )
+            .expect("valid metric"),
             bus_gaps: IntCounterVec::new(
                 Opts::new(
                     "pace_bus_gaps_total",
@@ -426,6 +460,8 @@ impl Metrics {
             Box::new(m.history_replayed.clone()),
             Box::new(m.resumes.clone()),
             Box::new(m.resume_duplicates.clone()),
+            Box::new(m.limits_hit.clone()),
+            Box::new(m.connections_pending.clone()),
             Box::new(m.bus_gaps.clone()),
             Box::new(m.bus_repaired.clone()),
             Box::new(m.pow.clone()),
@@ -455,6 +491,9 @@ impl Metrics {
         }
         for result in ["recovered", "not_recovered"] {
             m.resumes.with_label_values(&[result]);
+        }
+        for limit in LIMITS {
+            m.limits_hit.with_label_values(&[limit]);
         }
         for result in ["challenged", "solved", "invalid", "reused"] {
             m.pow.with_label_values(&[result]);

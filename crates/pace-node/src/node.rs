@@ -45,6 +45,9 @@ pub struct Node {
     pub connections: TaskTracker,
     /// Handshakes per source address per second.
     pub handshakes: crate::limits::WindowLimiter<std::net::IpAddr>,
+    /// Connections not yet upgraded per source address; the descriptor
+    /// budget of the accept loop.
+    pub sockets: crate::pending::Sockets,
     /// Tenants' browser origins, cached (origin checks must not read the
     /// store on every handshake).
     pub origins: crate::origins::OriginCache,
@@ -93,8 +96,14 @@ impl Node {
         );
         let origins =
             crate::origins::OriginCache::new(crate::origins::CACHE_TTL, config.store_timeout);
+        let sockets = crate::pending::Sockets::new(
+            config.max_pending_per_address,
+            crate::pending::Sockets::budget(config.open_files, config.fd_reserve),
+            metrics.connections_pending.clone(),
+        );
         Node {
             handshakes,
+            sockets,
             origins,
             config,
             hub,

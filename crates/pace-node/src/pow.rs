@@ -115,8 +115,22 @@ pub fn check(
             "the challenge was given for another room or device",
         ));
     }
-    if now >= claims.exp {
-        return Err(invalid("the challenge expired; ask again with join"));
+    // The one time rule every token kind shares (key set's leeway).
+    let times = crate::token_time::TimeClaims {
+        iat: Some(claims.iat),
+        nbf: None,
+        exp: Some(claims.exp),
+    };
+    match crate::token_time::check(times, now, keys.leeway().as_secs()) {
+        Ok(()) => {}
+        Err(crate::token_time::TimeError::NotYetValid { .. }) => {
+            return Err(invalid(
+                "the challenge is not valid yet; ask again with join",
+            ));
+        }
+        Err(crate::token_time::TimeError::Expired { .. }) => {
+            return Err(invalid("the challenge expired; ask again with join"));
+        }
     }
     if !pace_protocol::pow::meets(&claims.prefix, solution, claims.diff) {
         return Err(invalid("the solution does not meet the difficulty"));
@@ -189,9 +203,22 @@ mod tests {
             "a solution cannot be handed to another device"
         );
         assert_eq!(
-            code(check(&keys, &room, &dev, &c.challenge, &good, t + 60)),
+            code(check(&keys, &room, &dev, &c.challenge, &good, t + 60 + 5)),
             ErrorCode::PowInvalid,
-            "expired"
+            "expired (past exp plus the 5 s leeway)"
+        );
+        let early = issue(&keys, &room, &dev, 1, t + 60).unwrap();
+        assert_eq!(
+            code(check(
+                &keys,
+                &room,
+                &dev,
+                &early.challenge,
+                &solve(&early),
+                t
+            )),
+            ErrorCode::PowInvalid,
+            "issued in the future"
         );
         let foreign = KeySet::generate_in_memory().unwrap();
         assert_eq!(

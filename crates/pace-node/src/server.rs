@@ -356,6 +356,61 @@ async fn drain(node: &NodeRef) {
     }
 }
 
+/// Refused connections that may linger at once to deliver their answer
+/// (each holds a descriptor for at most [`LINGER`]); past it a refused
+/// connection is closed without one.
+const MAX_LINGERING: usize = 64;
+/// How long a refused connection lingers: its answer is written, and what
+/// the client sent is read and dropped, so that closing does not reset the
+/// connection before the client read the answer.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Answers a connection refused at accept without serving it: 429
+/// `too_many_pending` for an address over its cap, 503 `node_full` when no
+/// descriptor is left outside the reserve. At most [`MAX_LINGERING`]
+/// refused connections linger at once; the rest are closed at once.
+fn refuse_at_accept(
+    stream: tokio::net::TcpStream,
+    refused: crate::pending::Refused,
+    lingering: &Arc<tokio::sync::Semaphore>,
+) {
+    let Ok(permit) = lingering.clone().try_acquire_owned() else {
+        return;
+    };
+    let (status, code, message) = match refused {
+        crate::pending::Refused::PerAddress => (
+            "429 Too Many Requests",
+            pace_protocol::ErrorCode::TooManyPending,
+            "too many connections from this address are open and not yet upgraded; retry with backoff",
+        ),
+        crate::pending::Refused::Descriptors => (
+            "503 Service Unavailable",
+            pace_protocol::ErrorCode::NodeFull,
+            "node is out of connections; retry with backoff",
+        ),
+    };
+    let body =
+        serde_json::to_string(&pace_protocol::ErrorBody::new(code, message)).unwrap_or_default();
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let _ = tokio::time::timeout(LINGER, async {
+            stream.write_all(response.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        drop(permit);
+    });
+}
+
 async fn accept_loop(
     node: NodeRef,
     listener: TcpListener,
@@ -367,6 +422,7 @@ async fn accept_loop(
         .timer(TokioTimer::new())
         .header_read_timeout(node.config.handshake_timeout)
         .keep_alive(true);
+    let lingering = Arc::new(tokio::sync::Semaphore::new(MAX_LINGERING));
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => return,
@@ -381,7 +437,33 @@ async fn accept_loop(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
+        // A gateway's connections are not capped per address at accept:
+        // its forwarded addresses are, in the handshake (`api`).
+        let trusted = node
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&peer.ip()));
+        let pending = match node.sockets.admit((!trusted).then_some(peer.ip())) {
+            Ok(pending) => pending,
+            Err(refused) => {
+                node.metrics
+                    .limits_hit
+                    .with_label_values(&[refused.limit()])
+                    .inc();
+                tracing::debug!(%peer, %refused, "connection refused at accept");
+                refuse_at_accept(stream, refused, &lingering);
+                continue;
+            }
+        };
+        if pending.shed_other {
+            node.metrics
+                .limits_hit
+                .with_label_values(&[crate::pending::Refused::Descriptors.limit()])
+                .inc();
+        }
+        let stream = node.sockets.count(stream);
+        let _ = stream.get_ref().set_nodelay(true);
         let node = node.clone();
         let stop = stop.clone();
         let conn = builder.serve_connection(
@@ -400,11 +482,18 @@ async fn accept_loop(
                         tracing::debug!(%peer, error = %e, "http connection ended with an error");
                     }
                 }
+                () = pending.shed.cancelled() => {
+                    // Out of descriptors: the oldest connection not yet
+                    // upgraded makes room for a new one.
+                    tracing::debug!(%peer, "pending connection shed for a newer one");
+                }
                 () = stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }
             }
+            // Upgraded (the WebSocket owns the socket now) or closed.
+            drop(pending);
         });
     }
 }

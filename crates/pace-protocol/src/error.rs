@@ -56,6 +56,9 @@ pub enum ErrorCode {
     TooManyJoins,
     /// Handshake: too many handshakes from this source address right now.
     TooManyHandshakes,
+    /// HTTP: too many connections from this source address are open and
+    /// not yet upgraded to a WebSocket (`--max-pending-per-address`).
+    TooManyPending,
     /// HTTP: admin login with a wrong tenant, user or password (one answer
     /// for all three).
     InvalidCredentials,
@@ -103,6 +106,7 @@ impl ErrorCode {
                 | ErrorCode::Internal
                 | ErrorCode::TooManyJoins
                 | ErrorCode::TooManyHandshakes
+                | ErrorCode::TooManyPending
                 | ErrorCode::Starting
                 | ErrorCode::TooManyAttempts
         )
@@ -134,6 +138,7 @@ impl ErrorCode {
             ErrorCode::PowReused => "pow_reused",
             ErrorCode::TooManyJoins => "too_many_joins",
             ErrorCode::TooManyHandshakes => "too_many_handshakes",
+            ErrorCode::TooManyPending => "too_many_pending",
             ErrorCode::InvalidCredentials => "invalid_credentials",
             ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::MissingDeviceToken => "missing_device_token",
@@ -211,6 +216,7 @@ mod tests {
             ErrorCode::PowReused,
             ErrorCode::TooManyJoins,
             ErrorCode::TooManyHandshakes,
+            ErrorCode::TooManyPending,
             ErrorCode::InvalidCredentials,
             ErrorCode::TooManyAttempts,
             ErrorCode::MissingDeviceToken,

@@ -230,19 +230,17 @@ pub fn verify_admin_token_at(
     if claims.iss != keys.issuer() {
         return Err(AdminTokenError::WrongIssuer(claims.iss));
     }
-    let leeway = keys.leeway().as_secs();
-    if claims.iat > now.saturating_add(leeway) {
-        return Err(AdminTokenError::NotYetValid {
-            iat: claims.iat,
-            now,
-        });
-    }
-    if now >= claims.exp.saturating_add(leeway) {
-        return Err(AdminTokenError::Expired {
-            exp: claims.exp,
-            now,
-        });
-    }
+    let times = crate::token_time::TimeClaims {
+        iat: Some(claims.iat),
+        nbf: None,
+        exp: Some(claims.exp),
+    };
+    crate::token_time::check(times, now, keys.leeway().as_secs()).map_err(|e| match e {
+        crate::token_time::TimeError::NotYetValid { at, now } => {
+            AdminTokenError::NotYetValid { iat: at, now }
+        }
+        crate::token_time::TimeError::Expired { exp, now } => AdminTokenError::Expired { exp, now },
+    })?;
     Ok(claims)
 }
 

@@ -250,19 +250,17 @@ impl KeySet {
                 found: claims.aud,
             });
         }
-        let leeway = self.leeway.as_secs();
-        if claims.iat > now.saturating_add(leeway) {
-            return Err(VerifyError::NotYetValid {
-                iat: claims.iat,
-                now,
-            });
-        }
-        if now >= claims.exp.saturating_add(leeway) {
-            return Err(VerifyError::Expired {
-                exp: claims.exp,
-                now,
-            });
-        }
+        let times = crate::token_time::TimeClaims {
+            iat: Some(claims.iat),
+            nbf: None,
+            exp: Some(claims.exp),
+        };
+        crate::token_time::check(times, now, self.leeway.as_secs()).map_err(|e| match e {
+            crate::token_time::TimeError::NotYetValid { at, now } => {
+                VerifyError::NotYetValid { iat: at, now }
+            }
+            crate::token_time::TimeError::Expired { exp, now } => VerifyError::Expired { exp, now },
+        })?;
         Ok(claims)
     }
 }

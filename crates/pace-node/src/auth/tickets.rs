@@ -107,8 +107,17 @@ pub fn verify(keys: &KeySet, ticket: &str, now: u64) -> Result<TicketClaims, Tic
     if claims.aud != TICKET_AUDIENCE || claims.iss != keys.issuer() {
         return Err(TicketError::Invalid);
     }
-    if now >= claims.exp || now >= claims.session_exp {
-        return Err(TicketError::Expired);
+    // The one time rule every token kind shares (key set's leeway); a
+    // ticket never outlives the admin session it stands for.
+    let times = crate::token_time::TimeClaims {
+        iat: Some(claims.iat),
+        nbf: None,
+        exp: Some(claims.exp.min(claims.session_exp)),
+    };
+    match crate::token_time::check(times, now, keys.leeway().as_secs()) {
+        Ok(()) => {}
+        Err(crate::token_time::TimeError::NotYetValid { .. }) => return Err(TicketError::Invalid),
+        Err(crate::token_time::TimeError::Expired { .. }) => return Err(TicketError::Expired),
     }
     Ok(claims)
 }
@@ -158,7 +167,19 @@ mod tests {
             now + 900,
             "the feed ends with the session"
         );
-        assert_eq!(verify(&keys, &ticket, now + 30), Err(TicketError::Expired));
+        let leeway = keys.leeway().as_secs();
+        assert!(verify(&keys, &ticket, now + 30 + leeway - 1).is_ok());
+        assert_eq!(
+            verify(&keys, &ticket, now + 30 + leeway),
+            Err(TicketError::Expired),
+            "expired past exp plus the clock leeway"
+        );
+        let (early, _) = issue(&keys, &admin(&keys, now + 900), now + leeway + 1).unwrap();
+        assert_eq!(
+            verify(&keys, &early, now),
+            Err(TicketError::Invalid),
+            "issued in the future"
+        );
         let foreign = KeySet::generate_in_memory().unwrap();
         assert_eq!(verify(&foreign, &ticket, now), Err(TicketError::Invalid));
         // Not an admin token, not an admission.

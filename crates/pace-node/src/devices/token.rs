@@ -17,13 +17,15 @@ use serde::{Deserialize, Serialize};
 
 use super::DeviceInfo;
 use crate::admission::{KeySet, TokenError};
+use crate::token_time::{self, TimeClaims, TimeError};
 
 /// `aud` of our device tokens.
 pub const DEVICE_AUDIENCE: &str = "pace/device";
 /// `typ` header of our device tokens.
 pub const DEVICE_TOKEN_TYPE: &str = "pace-device+jwt";
-/// Clock leeway for expiry checks, seconds.
-const LEEWAY_SECS: u64 = 5;
+/// Clock leeway for an external issuer's time claims, seconds (ours use
+/// the key set's leeway; both are `DEFAULT_LEEWAY` unless a test says).
+const LEEWAY_SECS: u64 = crate::admission::DEFAULT_LEEWAY.as_secs();
 
 /// The claims of a device token we issue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,10 +125,42 @@ pub fn verify_own(
             "not a device token of this cluster",
         ));
     }
-    if !allow_expired && now >= claims.exp.saturating_add(LEEWAY_SECS) {
-        return Err(DeviceTokenError::Expired);
-    }
+    let times = TimeClaims {
+        iat: Some(claims.iat),
+        nbf: None,
+        exp: (!allow_expired).then_some(claims.exp),
+    };
+    token_time::check(times, now, keys.leeway().as_secs()).map_err(refused_by_time)?;
     Ok(claims)
+}
+
+/// The device token error for a refusal by [`token_time::check`].
+fn refused_by_time(e: TimeError) -> DeviceTokenError {
+    match e {
+        TimeError::NotYetValid { .. } => DeviceTokenError::Invalid("issued in the future"),
+        TimeError::Expired { .. } => DeviceTokenError::Expired,
+    }
+}
+
+/// A numeric date claim (`iat`, `nbf`, `exp`): absent is `Ok(None)`; a
+/// value that is no non-negative number is malformed.
+fn numeric_date(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<Option<u64>, DeviceTokenError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .or_else(|| {
+                // RFC 7519 allows fractional seconds.
+                v.as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
+            .map(Some)
+            .ok_or(DeviceTokenError::Invalid("a time claim is not a number")),
+    }
 }
 
 /// An enterprise's device token issuer: its public keys (JWKS), `iss`
@@ -237,9 +271,11 @@ impl ExternalIssuer {
         self
     }
 
-    /// Verifies a token of this issuer (key by `kid`, its algorithm only,
-    /// `iss`, `aud`, `exp` with 5 s leeway); returns its `sub` and groups.
-    pub fn verify(&self, token: &str) -> Result<ExternalDevice, DeviceTokenError> {
+    /// Verifies a token of this issuer at `now` (key by `kid`, its
+    /// algorithm only, `iss`, `aud`, and `iat`/`nbf`/`exp` by the one time
+    /// rule, [`token_time::check`], with 5 s leeway); returns its `sub` and
+    /// groups.
+    pub fn verify(&self, token: &str, now: u64) -> Result<ExternalDevice, DeviceTokenError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| DeviceTokenError::Invalid("malformed"))?;
         let kid = header.kid.ok_or(DeviceTokenError::Invalid("no kid"))?;
@@ -253,12 +289,23 @@ impl ExternalIssuer {
             ));
         }
         let mut validation = Validation::new(*alg);
-        validation.leeway = LEEWAY_SECS;
+        // Times are checked below by the one rule every token kind shares.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         match jsonwebtoken::decode::<ExternalClaims>(token, key, &validation) {
             Ok(data) => {
+                let rest = &data.claims.rest;
+                let times = TimeClaims {
+                    iat: numeric_date(rest, "iat")?,
+                    nbf: numeric_date(rest, "nbf")?,
+                    exp: Some(
+                        numeric_date(rest, "exp")?.ok_or(DeviceTokenError::Invalid("no exp"))?,
+                    ),
+                };
+                token_time::check(times, now, LEEWAY_SECS).map_err(refused_by_time)?;
                 let groups = match data.claims.rest.get(&self.groups_claim) {
                     Some(serde_json::Value::Array(items)) => items
                         .iter()
@@ -271,19 +318,11 @@ impl ExternalIssuer {
                         .collect(),
                     _ => Vec::new(),
                 };
-                let iat = data
-                    .claims
-                    .rest
-                    .get("iat")
-                    .and_then(serde_json::Value::as_u64);
                 Ok(ExternalDevice {
                     sub: data.claims.sub,
                     groups,
-                    iat,
+                    iat: times.iat,
                 })
-            }
-            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
-                Err(DeviceTokenError::Expired)
             }
             Err(_) => Err(DeviceTokenError::Invalid(
                 "not accepted from the configured issuer",
@@ -314,7 +353,7 @@ pub fn authenticate(
     let Some(external) = external else {
         return Err(DeviceTokenError::Invalid("unknown issuer"));
     };
-    let found = external.verify(token)?;
+    let found = external.verify(token, now)?;
     if found.sub != device.as_str() {
         return Err(DeviceTokenError::Mismatch);
     }
@@ -372,6 +411,104 @@ mod tests {
         // Never an admission token.
         for room in [None, Some("pace/device")] {
             assert!(keys.verify(&token, room, now).is_err());
+        }
+    }
+
+    #[test]
+    fn our_tokens_issued_in_the_future_are_refused() {
+        let keys = KeySet::generate_in_memory().unwrap();
+        let now = unix_now();
+        let leeway = keys.leeway().as_secs();
+        let dev = DeviceId::parse("dev-1").unwrap();
+        let ttl = Duration::from_secs(600);
+        let (ahead, _) = issue(&keys, &info("dev-1"), now + leeway + 1, ttl).unwrap();
+        assert_eq!(
+            authenticate(&keys, None, &ahead, &dev, now),
+            Err(DeviceTokenError::Invalid("issued in the future"))
+        );
+        assert_eq!(
+            verify_own(&keys, &ahead, now, true),
+            Err(DeviceTokenError::Invalid("issued in the future")),
+            "not even to be refreshed"
+        );
+        let (skewed, _) = issue(&keys, &info("dev-1"), now + leeway, ttl).unwrap();
+        assert!(
+            authenticate(&keys, None, &skewed, &dev, now).is_ok(),
+            "within the leeway"
+        );
+    }
+
+    #[test]
+    fn external_tokens_follow_the_one_time_rule() {
+        let idp = KeySet::generate_in_memory().unwrap();
+        let issuer = ExternalIssuer::from_jwks(idp.jwks_json(), "https://idp", "pace").unwrap();
+        let now = unix_now();
+        let token = |extra: serde_json::Value| {
+            let mut claims = serde_json::json!({"iss": "https://idp", "aud": "pace",
+                "sub": "laptop-1", "iat": now, "exp": now + 600});
+            for (k, v) in extra.as_object().unwrap() {
+                claims[k] = v.clone();
+            }
+            idp.sign_claims(&claims, now).unwrap()
+        };
+        assert_eq!(
+            issuer
+                .verify(&token(serde_json::json!({})), now)
+                .unwrap()
+                .iat,
+            Some(now)
+        );
+        let future = Err(DeviceTokenError::Invalid("issued in the future"));
+        let cases = [
+            (
+                "iat an hour ahead",
+                serde_json::json!({"iat": now + 3600}),
+                future.clone(),
+            ),
+            (
+                "iat past the leeway",
+                serde_json::json!({"iat": now + 6}),
+                future.clone(),
+            ),
+            ("nbf ahead", serde_json::json!({"nbf": now + 60}), future),
+            (
+                "expired",
+                serde_json::json!({"iat": now - 700, "exp": now - 100}),
+                Err(DeviceTokenError::Expired),
+            ),
+            (
+                "exp not a number",
+                serde_json::json!({"exp": "soon"}),
+                Err(DeviceTokenError::Invalid(
+                    "not accepted from the configured issuer",
+                )),
+            ),
+            (
+                "iat not a number",
+                serde_json::json!({"iat": "now"}),
+                Err(DeviceTokenError::Invalid("a time claim is not a number")),
+            ),
+        ];
+        for (name, extra, want) in cases {
+            assert_eq!(
+                issuer.verify(&token(extra), now).map(|d| d.sub),
+                want,
+                "{name}"
+            );
+        }
+        for (name, extra) in [
+            ("iat within the leeway", serde_json::json!({"iat": now + 5})),
+            ("nbf within the leeway", serde_json::json!({"nbf": now + 5})),
+            (
+                "expired within the leeway",
+                serde_json::json!({"exp": now - 4}),
+            ),
+            (
+                "fractional times",
+                serde_json::json!({"iat": now as f64 + 0.5, "exp": now as f64 + 600.5}),
+            ),
+        ] {
+            assert!(issuer.verify(&token(extra), now).is_ok(), "{name}");
         }
     }
 

@@ -463,6 +463,16 @@ async fn every_frame_type_is_authorized() {
         .await;
     let mut failures = Vec::new();
     for (ty, text, expected) in FRAMES {
+        if *ty == "resume" {
+            // A connection resumes once (a second `resume` is refused
+            // whatever it names): each resume row gets a fresh connection
+            // of D, which replaces the previous one.
+            ws = w
+                .node
+                .connect_with(&format!("/ws?device_id=D&token={}", w.dev_d), &[])
+                .await
+                .0;
+        }
         send_text(&mut ws, text).await;
         let got = loop {
             let f = next_frame(&mut ws).await;
