@@ -362,8 +362,17 @@ async fn keep_subscribed(
     loop {
         // (Re)subscribe until it works.
         loop {
-            if sub.wait_for_connect().await.is_ok() && sub.subscribe(channel.as_str()).await.is_ok()
-            {
+            if sub.wait_for_connect().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            // The events queued so far are of the outage that just ended
+            // (a node started before Redis queues one error per attempt):
+            // left in the queue they would mark the fresh subscription
+            // dead at once, with no reconnection to come and revive it.
+            drain(&mut errors);
+            drain(&mut reconnects);
+            if sub.subscribe(channel.as_str()).await.is_ok() {
                 let (done, caught_up) = oneshot::channel();
                 if catch_up.send(done).await.is_err() {
                     return;
@@ -390,6 +399,14 @@ async fn keep_subscribed(
             }
         }
     }
+}
+
+/// Empties a broadcast receiver of what it holds now.
+fn drain<T: Clone>(rx: &mut broadcast::Receiver<T>) {
+    while !matches!(
+        rx.try_recv(),
+        Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+    ) {}
 }
 
 /// Logs a client's connection errors and reconnections: the first failed
