@@ -15,7 +15,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
@@ -86,15 +86,7 @@ impl DemoTarget {
 /// A live HAProxy from `pace-node gateway haproxy --protect …`.
 pub struct ProtectingGateway {
     pub addr: SocketAddr,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for ProtectingGateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    _haproxy: Haproxy,
 }
 
 /// `pace-node keys export-pem`: the `--admission-key` arguments it prints.
@@ -126,8 +118,6 @@ impl ProtectingGateway {
     pub async fn start(node: SocketAddr, site: SocketAddr, keys: &[String]) -> ProtectingGateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut args: Vec<String> = vec![
-            "gateway".into(),
-            "haproxy".into(),
             "--bind".into(),
             addr.to_string(),
             "--node".into(),
@@ -144,31 +134,11 @@ impl ProtectingGateway {
             args.push("--admission-key".into());
             args.push(key.clone());
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_pace-node"))
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("haproxy.cfg");
-        std::fs::write(&cfg, &out.stdout).unwrap();
-        let log = std::fs::File::create(dir.path().join("haproxy.log")).unwrap();
-        let child = Command::new("haproxy")
-            .arg("-f")
-            .arg(&cfg)
-            .arg("-db")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start haproxy ({e})"));
+        let mut haproxy = Haproxy::default();
+        haproxy.start(&args, false);
         let gw = ProtectingGateway {
             addr,
-            child,
-            _dir: dir,
+            _haproxy: haproxy,
         };
         // Up once the node's JWKS answers through it (node healthy).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

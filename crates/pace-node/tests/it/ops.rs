@@ -896,84 +896,20 @@ async fn rolling_restart_systemd_refuses_with_a_node_down_and_stops_at_the_first
 
 // --- scaling out behind HAProxy ---------------------------------------------
 
-fn haproxy_bin() -> String {
-    ["haproxy", "/usr/sbin/haproxy"]
-        .into_iter()
-        .find(|p| std::process::Command::new(p).arg("-v").output().is_ok())
-        .expect("haproxy not found; install it with deploy/install-deps haproxy")
-        .to_owned()
-}
-
-/// HAProxy processes this test started (a reload starts a second one);
-/// each is killed by PID on drop.
-struct Haproxies {
-    dir: tempfile::TempDir,
-    children: Vec<std::process::Child>,
-}
-
-impl Drop for Haproxies {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+/// The arguments of `pace-node gateway haproxy` for `nodes` (in this
+/// order) behind `bind`, with the stats page on `stats`.
+fn haproxy_args(nodes: &[SocketAddr], bind: SocketAddr, stats: u16) -> Vec<String> {
+    let mut args = Vec::new();
+    for n in nodes {
+        args.extend(["--node".to_owned(), n.to_string()]);
     }
-}
-
-impl Haproxies {
-    /// Writes the config `pace-node gateway haproxy` generates for `nodes`
-    /// (in this order), checks it with `haproxy -c`, and starts it; with
-    /// `replace`, the new process takes over from the last one (`-sf`).
-    fn start(&mut self, nodes: &[SocketAddr], bind: SocketAddr, stats: u16, replace: bool) {
-        let mut args = vec!["gateway".to_owned(), "haproxy".into()];
-        for n in nodes {
-            args.extend(["--node".to_owned(), n.to_string()]);
-        }
-        args.extend([
-            "--bind".to_owned(),
-            bind.to_string(),
-            "--stats-bind".to_owned(),
-            format!("127.0.0.1:{stats}"),
-        ]);
-        let out = std::process::Command::new(BIN)
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let cfg = self
-            .dir
-            .path()
-            .join(format!("haproxy-{}.cfg", self.children.len()));
-        std::fs::write(&cfg, &out.stdout).unwrap();
-        let check = std::process::Command::new(haproxy_bin())
-            .arg("-c")
-            .arg("-f")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        assert!(
-            check.status.success(),
-            "{}",
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let mut cmd = std::process::Command::new(haproxy_bin());
-        cmd.arg("-f").arg(&cfg).arg("-db");
-        if replace {
-            let old = self.children.last().expect("a running haproxy").id();
-            cmd.arg("-sf").arg(old.to_string());
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.children.push(child);
-    }
+    args.extend([
+        "--bind".to_owned(),
+        bind.to_string(),
+        "--stats-bind".to_owned(),
+        format!("127.0.0.1:{stats}"),
+    ]);
+    args
 }
 
 /// Servers HAProxy (the one on `stats`) reports UP.
@@ -1067,11 +1003,8 @@ async fn scale_out_moves_only_devices_that_hash_to_the_new_node() {
     let three: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     let gateway = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (stats3, stats4) = (free_port(), free_port());
-    let mut haproxy = Haproxies {
-        dir: tempfile::tempdir().unwrap(),
-        children: Vec::new(),
-    };
-    haproxy.start(&three, gateway, stats3, false);
+    let mut haproxy = Haproxy::default();
+    haproxy.start(&haproxy_args(&three, gateway, stats3), false);
     wait_haproxy_up(stats3, 3).await;
 
     let ids: Vec<String> = (0..DEVICES).map(|i| format!("scale-{i:04}")).collect();
@@ -1083,7 +1016,7 @@ async fn scale_out_moves_only_devices_that_hash_to_the_new_node() {
     nodes.push(spawn(3));
     let new_node = nodes[3].addr;
     TestNode::external(new_node).wait_ready().await;
-    let ids_file = haproxy.dir.path().join("ids.txt");
+    let ids_file = haproxy.dir().join("ids.txt");
     std::fs::write(&ids_file, ids.join("\n")).unwrap();
     let plan = |add: &str| -> Value {
         let mut args = vec!["gateway".to_owned(), "plan".into()];
@@ -1135,7 +1068,7 @@ async fn scale_out_moves_only_devices_that_hash_to_the_new_node() {
     // its ring by their numeric id, i.e. their position: append, never
     // insert), reloaded the way an operator does: a new process with -sf.
     let four: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-    haproxy.start(&four, gateway, stats4, true);
+    haproxy.start(&haproxy_args(&four, gateway, stats4), true);
     wait_haproxy_up(stats4, 4).await;
 
     // Open WebSockets survive the reload (the old process keeps them).
@@ -1149,9 +1082,8 @@ async fn scale_out_moves_only_devices_that_hash_to_the_new_node() {
     for mut ws in socks.drain(..) {
         let _ = ws.close(None).await;
     }
-    let old = &mut haproxy.children[0];
     let deadline = Instant::now() + Duration::from_secs(20);
-    while old.try_wait().unwrap().is_none() {
+    while !haproxy.exited(0) {
         assert!(
             Instant::now() < deadline,
             "the replaced haproxy did not exit after its connections ended"

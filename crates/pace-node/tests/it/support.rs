@@ -409,18 +409,95 @@ impl TestNode {
     }
 }
 
+/// HAProxy processes started from configs that `pace-node gateway
+/// haproxy` generates: the tests' one HAProxy launcher. Each config is
+/// checked with `haproxy -c` before it runs; each process logs to a file
+/// in [`Haproxy::dir`] and is killed by PID on drop.
+pub struct Haproxy {
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Default for Haproxy {
+    fn default() -> Haproxy {
+        Haproxy {
+            dir: tempfile::tempdir().unwrap(),
+            children: Vec::new(),
+        }
+    }
+}
+
+impl Haproxy {
+    /// Generates a config with `pace-node gateway haproxy ARGS`, checks it
+    /// and starts it; with `replace`, the new process takes over from the
+    /// last one (`-sf`, a reload).
+    pub fn start(&mut self, args: &[String], replace: bool) {
+        let out = Command::new(env!("CARGO_BIN_EXE_pace-node"))
+            .args(["gateway", "haproxy"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let n = self.children.len();
+        let cfg = self.dir.path().join(format!("haproxy-{n}.cfg"));
+        std::fs::write(&cfg, &out.stdout).unwrap();
+        let check = Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(&cfg)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run haproxy ({e}); install it with deploy/install-deps haproxy")
+            });
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let log = std::fs::File::create(self.dir.path().join(format!("haproxy-{n}.log"))).unwrap();
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-f").arg(&cfg).arg("-db");
+        if replace {
+            let old = self.children.last().expect("a running haproxy").id();
+            cmd.arg("-sf").arg(old.to_string());
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+    }
+
+    /// Whether the `n`th process started (0 = the first) has exited.
+    pub fn exited(&mut self, n: usize) -> bool {
+        self.children[n].try_wait().unwrap().is_some()
+    }
+
+    /// Where the configs and logs are (kept until drop).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
 /// HAProxy in front of some nodes, configured by `pace-node gateway haproxy`.
 pub struct Gateway {
     pub addr: SocketAddr,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    _haproxy: Haproxy,
 }
 
 /// A loopback port that was free a moment ago (the tests' one finder).
@@ -434,42 +511,16 @@ pub fn free_port() -> u16 {
 impl Gateway {
     pub async fn start(nodes: &[SocketAddr]) -> Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut args = vec![
-            "gateway".to_string(),
-            "haproxy".into(),
-            "--bind".into(),
-            addr.to_string(),
-        ];
+        let mut args = vec!["--bind".to_string(), addr.to_string()];
         for n in nodes {
             args.push("--node".into());
             args.push(n.to_string());
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_pace-node"))
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("haproxy.cfg");
-        std::fs::write(&cfg, &out.stdout).unwrap();
-        let child = Command::new("haproxy")
-            .arg("-f")
-            .arg(&cfg)
-            .arg("-db")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start haproxy ({e}); install it with deploy/install-deps haproxy")
-            });
+        let mut haproxy = Haproxy::default();
+        haproxy.start(&args, false);
         let gw = Gateway {
             addr,
-            child,
-            _dir: dir,
+            _haproxy: haproxy,
         };
         // Ready once it routes a device to a healthy node: a handshake
         // without a device id reaches a node and is refused with 400.
