@@ -341,7 +341,7 @@ async fn revoke_session(
             format!("{} holds no session in {room}", body.device_id),
         ));
     };
-    let revoked = queue.release(&room, &adm.session_id).await?;
+    let revoked = queue.release(&room, &adm.session_id, now_ms()).await?;
     node.metrics
         .revocations
         .with_label_values(&["session"])

@@ -263,7 +263,7 @@ pub async fn session(
             None => Err(ApiError::new(ErrorCode::NotFound, "the session has ended")),
         }
     } else {
-        let released = queue.release(&room, &claims.jti).await?;
+        let released = queue.release(&room, &claims.jti, now).await?;
         Ok(json_response(StatusCode::OK, &ReleaseResponse { released }))
     }
 }

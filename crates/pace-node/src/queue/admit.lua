@@ -8,6 +8,7 @@
 -- KEYS[4] seen zset       KEYS[5] active zset     KEYS[6] sessions hash
 -- KEYS[7] devices hash    KEYS[8] rate zset
 -- KEYS[9] joined hash (device -> join time)   KEYS[10] wait distribution hash
+-- KEYS[11] audit log stream
 -- ARGV[1] now (ms)        ARGV[2] nonce (a fresh UUID v4 per run)
 -- ARGV[3] batch size      ARGV[4..] wait-time bucket bounds (s), ascending
 -- Returns {active, waiting, expires_at, more, {expired devices...},
@@ -26,6 +27,12 @@ local function session_id(ticket)
     .. '-' .. variant .. string.sub(h, 18, 20) .. '-' .. string.sub(h, 21, 32)
 end
 
+-- Appends one entry to the audit log (same script as the change).
+local function log(entry)
+  local seq = redis.call('HINCRBY', KEYS[2], 'log_seq', 1)
+  redis.call('XADD', KEYS[11], string.format('%d-0', seq), 'e', entry)
+end
+
 local expired = {}
 local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, batch)
 for _, sid in ipairs(due) do
@@ -37,6 +44,8 @@ for _, sid in ipairs(due) do
     if redis.call('HGET', KEYS[7], device) == sid then
       redis.call('HDEL', KEYS[7], device)
     end
+    local ticket = string.match(session, '^.+|(%d+)|%d+$')
+    log('e|' .. ARGV[1] .. '|' .. ticket .. '|' .. sid .. '|expired')
     expired[#expired + 1] = device
   end
 end
@@ -67,6 +76,7 @@ if cfg[1] == 'open' or cfg[1] == 'closed' then
       redis.call('HSET', KEYS[6], sid, device .. '|' .. ticket .. '|' .. ARGV[1])
       redis.call('HSET', KEYS[7], device, sid)
       redis.call('ZADD', KEYS[8], now, sid)
+      log('a|' .. ARGV[1] .. '|' .. ticket .. '|' .. sid .. '|' .. string.format('%d', tonumber(cfg[2]) or 0))
       -- Wait time (join to admission) into the room's distribution.
       local joined = tonumber(redis.call('HGET', KEYS[9], device) or ARGV[1])
       redis.call('HDEL', KEYS[9], device)

@@ -1,7 +1,8 @@
 -- Ends a session and frees its slot.
 --
 -- KEYS[1] active zset     KEYS[2] sessions hash   KEYS[3] devices hash
--- ARGV[1] session id
+-- KEYS[4] counters hash   KEYS[5] audit log stream
+-- ARGV[1] session id      ARGV[2] now (ms)
 -- Returns 1 if the session was held, else 0.
 local sid = ARGV[1]
 local session = redis.call('HGET', KEYS[2], sid)
@@ -14,4 +15,8 @@ local device = string.match(session, '^(.+)|%d+|%d+$')
 if redis.call('HGET', KEYS[3], device) == sid then
   redis.call('HDEL', KEYS[3], device)
 end
+local ticket = string.match(session, '^.+|(%d+)|%d+$')
+local seq = redis.call('HINCRBY', KEYS[4], 'log_seq', 1)
+redis.call('XADD', KEYS[5], string.format('%d-0', seq), 'e',
+  'e|' .. ARGV[2] .. '|' .. ticket .. '|' .. sid .. '|released')
 return 1
