@@ -335,6 +335,16 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_HEARTBEAT_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub heartbeat_grace: Duration,
 
+    /// How often the rooms' audit logs get a signed checkpoint over the
+    /// entries since the last one (any node may seal; one wins).
+    #[arg(long, env = "PACE_AUDIT_SEAL_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub audit_seal_interval: Duration,
+
+    /// How long audit-log entries are kept: older ones are dropped up to a
+    /// checkpoint, which stays as the anchor of the rest.
+    #[arg(long, env = "PACE_AUDIT_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub audit_retention: Duration,
+
     /// Admission signing keys (JSON key set; `pace-node keys generate`
     /// creates or rotates it) [default: <data-dir>/keys.json, created on
     /// first run].
@@ -455,6 +465,14 @@ impl ServeArgs {
                 "--admit-tick must be > 0 and --position-refresh between 1ms and 10s".into(),
             );
         }
+        if self.audit_seal_interval < Duration::from_millis(10)
+            || self.audit_retention < self.audit_seal_interval
+        {
+            return bad(
+                "--audit-seal-interval must be at least 10ms and --audit-retention at least the seal interval"
+                    .into(),
+            );
+        }
         if self.history_max_len == 0 || self.history_max_age < Duration::from_secs(1) {
             return bad("--history-max-len must be > 0 and --history-max-age at least 1s".into());
         }
@@ -559,6 +577,8 @@ impl ServeArgs {
             admit_tick: self.admit_tick,
             position_refresh: self.position_refresh,
             heartbeat_grace: self.heartbeat_grace,
+            audit_seal_interval: self.audit_seal_interval,
+            audit_retention: self.audit_retention,
             keys: self.keys,
             data_dir: self.data_dir,
             token_issuer: self.token_issuer,
@@ -744,6 +764,10 @@ pub struct NodeConfig {
     pub position_refresh: Duration,
     /// See [`ServeArgs::heartbeat_grace`].
     pub heartbeat_grace: Duration,
+    /// See [`ServeArgs::audit_seal_interval`].
+    pub audit_seal_interval: Duration,
+    /// See [`ServeArgs::audit_retention`].
+    pub audit_retention: Duration,
     /// See [`ServeArgs::keys`].
     pub keys: Option<std::path::PathBuf>,
     /// See [`ServeArgs::data_dir`].
@@ -833,6 +857,11 @@ mod tests {
             parse(&["--demo-tenant", "not a tenant"])
                 .unwrap_err()
                 .contains("--demo-tenant")
+        );
+        assert!(
+            parse(&["--audit-retention", "1s", "--audit-seal-interval", "5s"])
+                .unwrap_err()
+                .contains("--audit-retention")
         );
         assert!(parse(&["--demo-tenant", "acme"]).is_ok());
         assert!(parse(&["--listen", "nonsense"]).is_err());

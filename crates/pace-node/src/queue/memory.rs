@@ -583,9 +583,15 @@ impl QueueStore for MemoryQueueStore {
         Ok(entries.unwrap_or_default())
     }
 
-    async fn checkpoints(&self, room: &RoomId) -> Result<Vec<LogCheckpoint>, QueueError> {
+    async fn checkpoints(
+        &self,
+        room: &RoomId,
+        limit: usize,
+    ) -> Result<Vec<LogCheckpoint>, QueueError> {
         Ok(self
-            .with_room(room, |r| r.checkpoints.clone())
+            .with_room(room, |r| {
+                r.checkpoints.iter().take(limit).cloned().collect()
+            })
             .unwrap_or_default())
     }
 

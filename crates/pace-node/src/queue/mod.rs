@@ -460,8 +460,12 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
         limit: usize,
     ) -> Result<Vec<LogRecord>, QueueError>;
 
-    /// Every kept checkpoint of the room's log, by `seq`.
-    async fn checkpoints(&self, room: &RoomId) -> Result<Vec<LogCheckpoint>, QueueError>;
+    /// The room's oldest kept checkpoints, by `seq`, at most `limit`.
+    async fn checkpoints(
+        &self,
+        room: &RoomId,
+        limit: usize,
+    ) -> Result<Vec<LogCheckpoint>, QueueError>;
 
     /// The room's latest checkpoint.
     async fn last_checkpoint(&self, room: &RoomId) -> Result<Option<LogCheckpoint>, QueueError>;
@@ -697,7 +701,7 @@ pub(crate) mod conformance {
             jws: format!("jws.{seq}.x"),
         };
         assert_eq!(s.last_checkpoint(&r).await.unwrap(), None);
-        assert!(s.checkpoints(&r).await.unwrap().is_empty());
+        assert!(s.checkpoints(&r, 10).await.unwrap().is_empty());
         assert!(s.add_checkpoint(&r, 0, &cp(1, "a")).await.unwrap());
         assert!(
             !s.add_checkpoint(&r, 0, &cp(2, "f")).await.unwrap(),
@@ -707,7 +711,7 @@ pub(crate) mod conformance {
         assert!(s.add_checkpoint(&r, 2, &cp(3, "c")).await.unwrap());
         assert_eq!(s.last_checkpoint(&r).await.unwrap(), Some(cp(3, "c")));
         assert_eq!(
-            s.checkpoints(&r).await.unwrap(),
+            s.checkpoints(&r, 10).await.unwrap(),
             [cp(1, "a"), cp(2, "b"), cp(3, "c")]
         );
         s.trim_log(&r, 2).await.unwrap();
@@ -719,7 +723,11 @@ pub(crate) mod conformance {
             .map(|e| e.seq)
             .collect();
         assert_eq!(seqs, [3, 4]);
-        assert_eq!(s.checkpoints(&r).await.unwrap(), [cp(2, "b"), cp(3, "c")]);
+        assert_eq!(
+            s.checkpoints(&r, 10).await.unwrap(),
+            [cp(2, "b"), cp(3, "c")]
+        );
+        assert_eq!(s.checkpoints(&r, 1).await.unwrap(), [cp(2, "b")]);
         // Numbering goes on after a trim.
         waiting(&s, &r, "e", T0 + 10).await;
         assert_eq!(s.log(&r, 4, 10).await.unwrap()[0].seq, 5);

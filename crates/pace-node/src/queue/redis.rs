@@ -734,14 +734,22 @@ impl QueueStore for RedisQueueStore {
         v.into_array().into_iter().map(log_record).collect()
     }
 
-    async fn checkpoints(&self, room: &RoomId) -> Result<Vec<LogCheckpoint>, QueueError> {
+    async fn checkpoints(
+        &self,
+        room: &RoomId,
+        limit: usize,
+    ) -> Result<Vec<LogCheckpoint>, QueueError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         self.connected_or_fail()?;
+        let last = i64::try_from(limit - 1).unwrap_or(i64::MAX);
         let raw: Vec<String> = self
             .client
             .zrange(
                 &self.keys(room).checkpoints,
                 0,
-                -1,
+                last,
                 None,
                 false,
                 None,
