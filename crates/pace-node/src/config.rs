@@ -41,6 +41,35 @@ pub enum Command {
     /// as serve). Exit codes: 0 done, 2 bad input or conflict, 1 store error.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Check a room's exported audit log (protocol.md, "Audit log").
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `pace-node audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify an export of `GET /api/v1/admin/rooms/{room}/log` (or the
+    /// public `/api/v1/rooms/{room}/log`): the hash chain, the checkpoints'
+    /// signatures against a JWKS, admissions in ticket order (Kendall tau,
+    /// inversions listed) and capacity never exceeded. Prints a report
+    /// naming every problem's line and entry. Exit codes: 0 verified, 1
+    /// problems found, 2 a file cannot be read.
+    Verify {
+        /// The exported log (JSON Lines).
+        file: std::path::PathBuf,
+        /// The cluster's JWKS (`GET /.well-known/jwks.json`, as it was
+        /// when the checkpoints were signed).
+        #[arg(long, env = "PACE_AUDIT_JWKS")]
+        jwks: std::path::PathBuf,
+        /// With --device: check this ticket's own entry (a device's
+        /// ticket, from its queue frames).
+        #[arg(long, requires = "device")]
+        ticket: Option<u64>,
+        /// With --ticket: the device id whose hash the join must carry.
+        #[arg(long, requires = "ticket")]
+        device: Option<String>,
+    },
 }
 
 /// `pace-node admin …` (see [`crate::accounts::cli`]).

@@ -16,6 +16,8 @@
 //!   so when several nodes seal at once one wins and the chain never forks.
 //! - [`seal::trim`] drops entries older than `--audit-retention`, always up
 //!   to a checkpoint, which is kept as the anchor of what remains.
+//! - [`verify`] checks an export offline (`pace-node audit verify`): the
+//!   chain, the signatures against a JWKS, ticket order, capacity.
 //! - [`export`] turns the kept entries and checkpoints into the JSON Lines
 //!   of `GET /api/v1/admin/rooms/{room}/log` (every entry, raw session
 //!   ids) and of the public `GET /api/v1/rooms/{room}/log` (the sealed
@@ -33,6 +35,7 @@
 
 pub mod export;
 pub mod seal;
+pub mod verify;
 
 pub use export::{PublicLogs, export};
 pub use seal::{Sealed, run, seal};

@@ -36,6 +36,23 @@ fn parse(text: &str) -> Vec<LogLine> {
         .collect()
 }
 
+/// Runs `pace-node audit verify LOG --jwks JWKS EXTRA…`: exit code and
+/// standard output.
+fn audit_verify(log: &std::path::Path, jwks: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pace-node"))
+        .args(["audit", "verify"])
+        .arg(log)
+        .arg("--jwks")
+        .arg(jwks)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// The claims of a JWT signed by a key of `jwks` for `aud`.
 fn decode(token: &str, jwks: &Jwks, aud: &str) -> Value {
     let header = jsonwebtoken::decode_header(token).unwrap();
@@ -214,6 +231,37 @@ async fn a_rooms_log_is_exported_chained_and_signed() {
         .unwrap();
     assert_eq!(admit_a.session.as_deref(), Some(jti_a.as_str()));
     assert_eq!(admit_a.capacity, 1);
+
+    // `pace-node audit verify` agrees; a device checks its own entry; an
+    // entry altered in the file is named.
+    let dir = scratch_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let (log_file, jwks_file) = (dir.join("shop.jsonl"), dir.join("jwks.json"));
+    std::fs::write(&log_file, &text).unwrap();
+    std::fs::write(&jwks_file, jwks.to_json()).unwrap();
+    let (code, out) = audit_verify(
+        &log_file,
+        &jwks_file,
+        &["--ticket", "2", "--device", "dev-b"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 admissions, 0 inversions"), "{out}");
+    assert!(
+        out.contains("device: ticket 2 joined at entry 3, admitted at entry 5"),
+        "{out}"
+    );
+    assert!(out.ends_with("VERIFIED\n"), "{out}");
+    let altered = text.replacen("\"ticket\":2,", "\"ticket\":1,", 1);
+    let bad_file = dir.join("altered.jsonl");
+    std::fs::write(&bad_file, altered).unwrap();
+    let (code, out) = audit_verify(&bad_file, &jwks_file, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("entry 3: the entry's contents do not match its hash (altered)"),
+        "{out}"
+    );
+    let (code, _) = audit_verify(&dir.join("missing.jsonl"), &jwks_file, &[]);
+    assert_eq!(code, 2);
 
     // Another tenant's admin sees no such room; nor does anyone for an
     // unknown room.
