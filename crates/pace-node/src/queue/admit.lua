@@ -27,16 +27,22 @@ local function session_id(ticket)
     .. '-' .. variant .. string.sub(h, 18, 20) .. '-' .. string.sub(h, 21, 32)
 end
 
--- Appends one entry to the audit log (same script as the change).
+-- Appends one entry to the audit log (same script as the change, and
+-- before it: an append that fails stops the script before the change).
 local function log(entry)
-  local seq = redis.call('HINCRBY', KEYS[2], 'log_seq', 1)
+  local seq = tonumber(redis.call('HGET', KEYS[2], 'log_seq') or '0') + 1
   redis.call('XADD', KEYS[11], string.format('%d-0', seq), 'e', entry)
+  redis.call('HSET', KEYS[2], 'log_seq', seq)
 end
 
 local expired = {}
 local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, batch)
 for _, sid in ipairs(due) do
   local session = redis.call('HGET', KEYS[6], sid)
+  if session then
+    local ticket = string.match(session, '^.+|(%d+)|%d+$')
+    log('e|' .. ARGV[1] .. '|' .. ticket .. '|' .. sid .. '|expired')
+  end
   redis.call('ZREM', KEYS[5], sid)
   redis.call('HDEL', KEYS[6], sid)
   if session then
@@ -44,8 +50,6 @@ for _, sid in ipairs(due) do
     if redis.call('HGET', KEYS[7], device) == sid then
       redis.call('HDEL', KEYS[7], device)
     end
-    local ticket = string.match(session, '^.+|(%d+)|%d+$')
-    log('e|' .. ARGV[1] .. '|' .. ticket .. '|' .. sid .. '|expired')
     expired[#expired + 1] = device
   end
 end
@@ -70,13 +74,13 @@ if cfg[1] == 'open' or cfg[1] == 'closed' then
       local device = head[i]
       local ticket = string.format('%d', tonumber(head[i + 1]))
       local sid = session_id(ticket)
+      log('a|' .. ARGV[1] .. '|' .. ticket .. '|' .. sid .. '|' .. string.format('%d', tonumber(cfg[2]) or 0))
       redis.call('ZREM', KEYS[3], device)
       redis.call('ZREM', KEYS[4], device)
       redis.call('ZADD', KEYS[5], expires_at, sid)
       redis.call('HSET', KEYS[6], sid, device .. '|' .. ticket .. '|' .. ARGV[1])
       redis.call('HSET', KEYS[7], device, sid)
       redis.call('ZADD', KEYS[8], now, sid)
-      log('a|' .. ARGV[1] .. '|' .. ticket .. '|' .. sid .. '|' .. string.format('%d', tonumber(cfg[2]) or 0))
       -- Wait time (join to admission) into the room's distribution.
       local joined = tonumber(redis.call('HGET', KEYS[9], device) or ARGV[1])
       redis.call('HDEL', KEYS[9], device)

@@ -27,15 +27,18 @@ if sid then
     return {'admitted', sid, tonumber(ticket), tonumber(at), tonumber(exp)}
   end
   -- Expired but not yet freed by admit: free it; the device queues anew.
+  -- (Every log entry is appended before the change it records: an append
+  -- that fails stops the script before the change.)
+  if session then
+    local ticket = string.match(session, '^.+|(%d+)|%d+$')
+    local seq = tonumber(redis.call('HGET', KEYS[2], 'log_seq') or '0') + 1
+    redis.call('XADD', KEYS[9], string.format('%d-0', seq), 'e',
+      'e|' .. ARGV[2] .. '|' .. ticket .. '|' .. sid .. '|expired')
+    redis.call('HSET', KEYS[2], 'log_seq', seq)
+  end
   redis.call('ZREM', KEYS[5], sid)
   redis.call('HDEL', KEYS[6], sid)
   redis.call('HDEL', KEYS[7], device)
-  if session then
-    local ticket = string.match(session, '^.+|(%d+)|%d+$')
-    local seq = redis.call('HINCRBY', KEYS[2], 'log_seq', 1)
-    redis.call('XADD', KEYS[9], string.format('%d-0', seq), 'e',
-      'e|' .. ARGV[2] .. '|' .. ticket .. '|' .. sid .. '|expired')
-  end
 end
 
 local ticket = redis.call('ZSCORE', KEYS[3], device)
@@ -50,12 +53,13 @@ if state == 'closed' then
 end
 
 ticket = redis.call('HINCRBY', KEYS[2], 'ticket', 1)
+local seq = tonumber(redis.call('HGET', KEYS[2], 'log_seq') or '0') + 1
+redis.call('XADD', KEYS[9], string.format('%d-0', seq), 'e',
+  string.format('j|%s|%d|%s', ARGV[2], ticket, ARGV[3]))
+redis.call('HSET', KEYS[2], 'log_seq', seq)
 redis.call('ZADD', KEYS[3], ticket, device)
 redis.call('ZADD', KEYS[4], now, device)
 redis.call('HSET', KEYS[8], device, ARGV[2])
-local seq = redis.call('HINCRBY', KEYS[2], 'log_seq', 1)
-redis.call('XADD', KEYS[9], string.format('%d-0', seq), 'e',
-  string.format('j|%s|%d|%s', ARGV[2], ticket, ARGV[3]))
 local total = redis.call('ZCARD', KEYS[3])
 local peak = tonumber(redis.call('HGET', KEYS[2], 'peak_waiting') or '0')
 if total > peak then

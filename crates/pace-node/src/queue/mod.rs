@@ -94,14 +94,14 @@
 //! |---|---|---|
 //! | `put_room` | `HSET` config + `SADD` rooms | 2 commands, O(1) |
 //! | `get_room` / `rooms` | `HGETALL` / `SMEMBERS` | O(1) / O(rooms) |
-//! | `join` | `join.lua`: `HGET` state, session lookup, `ZSCORE`; new place: `HINCRBY` ticket, `ZADD` queue + seen, `ZCARD`, peak, `HINCRBY` + `XADD` log | ~10 commands, O(log n) |
+//! | `join` | `join.lua`: `HGET` state, session lookup, `ZSCORE`; new place: `HINCRBY` ticket, `HGET` + `XADD` + `HSET` log, `ZADD` queue + seen, `ZCARD`, peak | ~11 commands, O(log n) |
 //! | `touch` | `touch.lua`: `ZSCORE` + `ZADD` seen per device | O(k log n) |
 //! | `sweep` | `sweep.lua`: `ZRANGEBYSCORE` seen, `ZREM` queue + seen per device, `HINCRBY` | O(log n + k log n) |
-//! | `admit` | `admit.lua`: `ZRANGEBYSCORE` active (expired) and 3 removals + 2 log writes each; trim rate; `HMGET` config; `ZRANGE` head and 8 writes per admission (2 of them the log's); `HINCRBY` | O((k+1) log n) |
+//! | `admit` | `admit.lua`: `ZRANGEBYSCORE` active (expired) and 3 removals + 3 log commands each; trim rate; `HMGET` config; `ZRANGE` head and 9 commands per admission (3 of them the log's); `HINCRBY` | O((k+1) log n) |
 //! | `position` / `positions` | `positions.lua`: `ZRANK` per device + `ZCARD` | O(k log n) |
 //! | `head` | `ZRANGE 0 n-1` | O(log n + k) |
 //! | `leave` | `leave.lua`: `ZREM` queue + seen, `HINCRBY` | O(log n) |
-//! | `release` | `release.lua`: `HGET` session, `ZREM` active, 2 `HDEL`, `HINCRBY` + `XADD` log | O(log n) |
+//! | `release` | `release.lua`: `HGET` session, `HGET` + `XADD` + `HSET` log, `ZREM` active, 2 `HDEL` | O(log n) |
 //! | `log` | `XRANGE` from a sequence number, `COUNT` | O(log N + k) |
 //! | `checkpoints` / `last_checkpoint` | `ZRANGE` all / the last | O(c) / O(log c) |
 //! | `add_checkpoint` | `add_checkpoint.lua`: last checkpoint's seq must be the expected one, `ZADD` | O(log c) |

@@ -930,6 +930,58 @@ mod tests {
         assert_eq!(o.admitted.len(), 1);
     }
 
+    /// Each script appends its log entry before the change it records and
+    /// bumps `log_seq` only after the append: an append that fails (here:
+    /// the log's key holds a string) changes nothing, and numbering goes on
+    /// without a gap once the log can be written again.
+    #[tokio::test]
+    async fn a_log_append_that_fails_changes_nothing() {
+        let redis = TestRedis::start();
+        let c = client(&redis).await;
+        let s = RedisQueueStore::new(c.clone(), "logfail");
+        let r = room("logfail");
+        s.put_room(&r, &config(1)).await.unwrap();
+        s.join(&r, &dev("a"), T0).await.unwrap();
+        let k = RoomKeys::new("logfail", &r);
+        let saved: Value = c.xrange(&k.log, "-", "+", None).await.unwrap();
+        let _: () = c.del(&k.log).await.unwrap();
+        let _: () = c
+            .set(&k.log, "not a stream", None, None, false)
+            .await
+            .unwrap();
+        assert!(s.join(&r, &dev("b"), T0).await.is_err());
+        assert!(s.admit(&r, T0).await.is_err());
+        let st = s.stats(&r, T0).await.unwrap();
+        assert_eq!((st.waiting, st.active), (1, 0), "nothing changed");
+        assert_eq!(s.position(&r, &dev("b")).await.unwrap(), None);
+        // The log back (as it was): the next entry is number 2.
+        let _: () = c.del(&k.log).await.unwrap();
+        assert_eq!(saved.clone().into_array().len(), 1);
+        let _: Value = c
+            .xadd(&k.log, false, None, "1-0", log_fields(saved))
+            .await
+            .unwrap();
+        s.join(&r, &dev("b"), T0).await.unwrap();
+        let seqs: Vec<u64> = s
+            .log(&r, 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2]);
+    }
+
+    /// The field and value of the only entry of an `XRANGE` reply.
+    fn log_fields(v: Value) -> Vec<(String, String)> {
+        let entry = v.into_array().remove(0).into_array();
+        let fields = entry[1].clone().into_array();
+        vec![(
+            fields[0].as_string().unwrap(),
+            fields[1].as_string().unwrap(),
+        )]
+    }
+
     #[tokio::test]
     async fn batches_beyond_one_script_run() {
         let redis = TestRedis::start();

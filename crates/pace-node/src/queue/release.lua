@@ -9,14 +9,17 @@ local session = redis.call('HGET', KEYS[2], sid)
 if not session then
   return 0
 end
+-- The log entry first: an append that fails stops the script before the
+-- change it records.
+local ticket = string.match(session, '^.+|(%d+)|%d+$')
+local seq = tonumber(redis.call('HGET', KEYS[4], 'log_seq') or '0') + 1
+redis.call('XADD', KEYS[5], string.format('%d-0', seq), 'e',
+  'e|' .. ARGV[2] .. '|' .. ticket .. '|' .. sid .. '|released')
+redis.call('HSET', KEYS[4], 'log_seq', seq)
 redis.call('ZREM', KEYS[1], sid)
 redis.call('HDEL', KEYS[2], sid)
 local device = string.match(session, '^(.+)|%d+|%d+$')
 if redis.call('HGET', KEYS[3], device) == sid then
   redis.call('HDEL', KEYS[3], device)
 end
-local ticket = string.match(session, '^.+|(%d+)|%d+$')
-local seq = redis.call('HINCRBY', KEYS[4], 'log_seq', 1)
-redis.call('XADD', KEYS[5], string.format('%d-0', seq), 'e',
-  'e|' .. ARGV[2] .. '|' .. ticket .. '|' .. sid .. '|released')
 return 1
