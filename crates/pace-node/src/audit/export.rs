@@ -39,14 +39,16 @@ pub async fn export(
     while after < through {
         let batch = queue.log(room, after, READ_BATCH).await?;
         let full = batch.len() == READ_BATCH;
+        let mut past = false;
         for r in batch {
             if r.seq > through {
+                past = true;
                 break;
             }
             after = r.seq;
             records.push(r);
         }
-        if !full {
+        if past || !full {
             break;
         }
     }

@@ -346,7 +346,7 @@ impl Pass<'_> {
         if anchor {
             // A trimmed log's anchor: the chain continues from its head.
             self.prev = Some(c.head.clone());
-            self.expected = Some(c.seq + 1);
+            self.expected = Some(c.seq.saturating_add(1));
             self.report.signed_through = c.seq;
             return;
         }
@@ -451,7 +451,7 @@ impl Pass<'_> {
             );
         }
         self.prev = Some(hash.to_owned());
-        self.expected = Some(seq + 1);
+        self.expected = Some(seq.saturating_add(1));
         let trimmed = self.report.first_seq > 1;
         match line {
             LogLine::Join(e) => {
@@ -595,7 +595,7 @@ pub fn verify(text: &str, jwks: &JwkSet, query: Option<&DeviceQuery>) -> Report 
     }
     let r = &mut pass.report;
     let n = r.admissions;
-    r.pairs = n * n.saturating_sub(1) / 2;
+    r.pairs = n.saturating_mul(n.saturating_sub(1)) / 2;
     r.inversions = count_inversions(&mut pass.admission_tickets);
     if r.inversions > 0 {
         r.problems.push(Problem {
@@ -611,7 +611,9 @@ pub fn verify(text: &str, jwks: &JwkSet, query: Option<&DeviceQuery>) -> Report 
     if r.last_seq > r.signed_through {
         r.notes.push(format!(
             "entries {}–{} are not under a checkpoint yet (not signed)",
-            r.signed_through.max(r.first_seq.saturating_sub(1)) + 1,
+            r.signed_through
+                .max(r.first_seq.saturating_sub(1))
+                .saturating_add(1),
             r.last_seq
         ));
     }
@@ -937,6 +939,20 @@ mod tests {
         assert_eq!(count_inversions(&mut [3, 2, 1]), 3);
         assert_eq!(count_inversions(&mut [2, 4, 1, 3, 5]), 3);
         assert_eq!(count_inversions(&mut []), 0);
+    }
+
+    #[test]
+    fn extreme_numbers_are_problems_not_panics() {
+        let keys = KeySet::generate_in_memory().unwrap();
+        let max = u64::MAX;
+        let text = format!(
+            "{{\"type\":\"header\",\"version\":1,\"room\":\"v\",\"anonymised\":true,\"exported_at_ms\":0,\"first_seq\":{max},\"last_seq\":{max}}}\n\
+             {{\"type\":\"checkpoint\",\"seq\":{max},\"head\":\"h\",\"t\":0,\"jws\":\"x\"}}\n\
+             {{\"type\":\"admit\",\"seq\":{max},\"t\":{max},\"ticket\":{max},\"session_sha256\":\"s\",\"capacity\":0,\"prev\":\"p\",\"hash\":\"h\"}}\n"
+        );
+        let r = verify(&text, &jwks(&keys), None);
+        assert!(!r.ok());
+        assert!(r.to_string().contains("FAILED"));
     }
 
     #[test]
