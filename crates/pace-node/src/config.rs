@@ -62,13 +62,13 @@ pub enum AuditCommand {
         /// when the checkpoints were signed).
         #[arg(long, env = "PACE_AUDIT_JWKS")]
         jwks: std::path::PathBuf,
-        /// With --device: check this ticket's own entry (a device's
-        /// ticket, from its queue frames).
+        /// Check this device's own entry: the join carrying the hash of
+        /// this device id (its latest, or the one with --ticket).
+        #[arg(long)]
+        device: Option<String>,
+        /// With --device: the ticket of the join to check.
         #[arg(long, requires = "device")]
         ticket: Option<u64>,
-        /// With --ticket: the device id whose hash the join must carry.
-        #[arg(long, requires = "ticket")]
-        device: Option<String>,
     },
 }
 

@@ -20,9 +20,9 @@
 //! - **The capacity**: replaying admissions and ends, the sessions active
 //!   after each admission never exceed the capacity that admission states.
 //!
-//! With `--ticket N --device ID` a device checks its own entry: the `join`
-//! with its ticket names its hashed id, and whether and when it was
-//! admitted, under a signed checkpoint or not yet.
+//! With `--device ID` (and optionally `--ticket N`) a device checks its
+//! own entry: the `join` that names its hashed id (with that ticket), and
+//! whether and when it was admitted, under a signed checkpoint or not yet.
 //!
 //! Entries after the last checkpoint are checked but not signed; the
 //! report says how many. A trimmed log (first entry after 1) starts with
@@ -45,8 +45,8 @@ pub const MAX_LISTED: usize = 100;
 /// What a device asks about its own entry.
 #[derive(Debug, Clone)]
 pub struct DeviceQuery {
-    /// Its ticket.
-    pub ticket: u64,
+    /// Its ticket, if it knows it (else its latest join is taken).
+    pub ticket: Option<u64>,
     /// Its device id (hashed with the room before comparing).
     pub device: String,
 }
@@ -87,8 +87,8 @@ pub struct Overtaken {
 /// What a device learned about its own entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceFinding {
-    /// The ticket asked about.
-    pub ticket: u64,
+    /// The ticket asked about, or found in the device's latest join.
+    pub ticket: Option<u64>,
     /// The `join` entry's seq, when found with the device's hash.
     pub joined_seq: Option<u64>,
     /// The `admit` entry's seq and time, when admitted.
@@ -174,31 +174,17 @@ impl fmt::Display for Report {
         }
         writeln!(f, "capacity: at most {} sessions active", self.max_active)?;
         if let Some(d) = &self.device {
+            let ticket = d.ticket.map_or("?".to_owned(), |t| t.to_string());
+            let signed = if d.signed { "signed" } else { "not yet signed" };
             match (d.joined_seq, d.admitted) {
-                (None, _) => writeln!(
-                    f,
-                    "device: no join with ticket {} and this device",
-                    d.ticket
-                )?,
+                (None, _) => writeln!(f, "device: no join by this device (ticket {ticket})")?,
                 (Some(j), None) => writeln!(
                     f,
-                    "device: ticket {} joined at entry {j}, not admitted in this log{}",
-                    d.ticket,
-                    if d.signed {
-                        " (signed)"
-                    } else {
-                        " (not yet signed)"
-                    }
+                    "device: ticket {ticket} joined at entry {j}, not admitted in this log ({signed})"
                 )?,
                 (Some(j), Some((a, t))) => writeln!(
                     f,
-                    "device: ticket {} joined at entry {j}, admitted at entry {a} (t={t}){}",
-                    d.ticket,
-                    if d.signed {
-                        ", signed"
-                    } else {
-                        ", not yet signed"
-                    }
+                    "device: ticket {ticket} joined at entry {j}, admitted at entry {a} (t={t}), {signed}"
                 )?,
             }
         }
@@ -308,8 +294,8 @@ struct Pass<'a> {
     max_admitted: Option<(u64, u64)>,
     admission_tickets: Vec<u64>,
     active: HashSet<String>,
-    /// Joins and admissions of the device asked about.
-    device_join: Option<u64>,
+    /// The device's (latest matching) join: entry and ticket.
+    device_join: Option<(u64, u64)>,
     device_admit: Option<(u64, u64)>,
     device_hash: Option<String>,
     query: Option<&'a DeviceQuery>,
@@ -468,10 +454,11 @@ impl Pass<'_> {
                 self.last_join_ticket = self.last_join_ticket.max(e.ticket);
                 self.joined.insert(e.ticket);
                 if let (Some(q), Some(h)) = (self.query, &self.device_hash)
-                    && e.ticket == q.ticket
+                    && q.ticket.is_none_or(|t| t == e.ticket)
                     && &e.device == h
                 {
-                    self.device_join = Some(seq);
+                    self.device_join = Some((seq, e.ticket));
+                    self.device_admit = None;
                 }
             }
             LogLine::Admit(e) => {
@@ -513,7 +500,7 @@ impl Pass<'_> {
                         ),
                     );
                 }
-                if self.query.is_some_and(|q| q.ticket == e.ticket) {
+                if self.device_join.is_some_and(|(_, t)| t == e.ticket) {
                     self.device_admit = Some((seq, e.t));
                 }
             }
@@ -618,18 +605,19 @@ pub fn verify(text: &str, jwks: &JwkSet, query: Option<&DeviceQuery>) -> Report 
         ));
     }
     if let Some(q) = query {
-        let signed_at = pass.device_admit.map(|(s, _)| s).or(pass.device_join);
+        let joined = pass.device_join.map(|(s, _)| s);
+        let signed_at = pass.device_admit.map(|(s, _)| s).or(joined);
         r.device = Some(DeviceFinding {
-            ticket: q.ticket,
-            joined_seq: pass.device_join,
-            admitted: pass.device_join.and(pass.device_admit),
+            ticket: pass.device_join.map(|(_, t)| t).or(q.ticket),
+            joined_seq: joined,
+            admitted: pass.device_admit,
             signed: signed_at.is_some_and(|s| s <= r.signed_through),
         });
-        if pass.device_join.is_none() {
+        if joined.is_none() {
             r.problems.push(Problem {
                 line: 0,
                 seq: None,
-                what: format!("no join of ticket {} by this device", q.ticket),
+                what: "no join by this device".to_owned(),
             });
         }
     }
@@ -917,15 +905,23 @@ mod tests {
     async fn a_device_checks_its_own_entry() {
         let (keys, text) = log(5, 1).await;
         let q = DeviceQuery {
-            ticket: 3,
+            ticket: Some(3),
             device: "d2".into(),
         };
         let r = verify(&text, &jwks(&keys), Some(&q));
         assert!(r.ok(), "{r}");
         let d = r.device.unwrap();
         assert!(d.joined_seq.is_some() && d.admitted.is_some() && d.signed);
+        // Without its ticket a device finds its join by its hashed id.
+        let by_id = DeviceQuery {
+            ticket: None,
+            device: "d2".into(),
+        };
+        let found = verify(&text, &jwks(&keys), Some(&by_id)).device.unwrap();
+        assert_eq!(found, d);
+        assert_eq!(found.ticket, Some(3));
         let wrong = DeviceQuery {
-            ticket: 3,
+            ticket: Some(3),
             device: "d1".into(),
         };
         let r = verify(&text, &jwks(&keys), Some(&wrong));

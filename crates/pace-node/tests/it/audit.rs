@@ -239,11 +239,7 @@ async fn a_rooms_log_is_exported_chained_and_signed() {
     let (log_file, jwks_file) = (dir.join("shop.jsonl"), dir.join("jwks.json"));
     std::fs::write(&log_file, &text).unwrap();
     std::fs::write(&jwks_file, jwks.to_json()).unwrap();
-    let (code, out) = audit_verify(
-        &log_file,
-        &jwks_file,
-        &["--ticket", "2", "--device", "dev-b"],
-    );
+    let (code, out) = audit_verify(&log_file, &jwks_file, &["--device", "dev-b"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("2 admissions, 0 inversions"), "{out}");
     assert!(
