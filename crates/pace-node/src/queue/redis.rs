@@ -972,6 +972,44 @@ mod tests {
         assert_eq!(seqs, [1, 2]);
     }
 
+    /// The reset operations.md gives for a log with a gap (one `EVAL`
+    /// dropping the stream, the checkpoints and `log_seq`): numbering
+    /// starts again at 1 and the queue is untouched.
+    #[tokio::test]
+    async fn the_documented_log_reset_starts_numbering_afresh() {
+        let redis = TestRedis::start();
+        let c = client(&redis).await;
+        let s = RedisQueueStore::new(c.clone(), "pace");
+        let r = room("sale");
+        s.put_room(&r, &config(0)).await.unwrap();
+        for d in ["a", "b", "c"] {
+            s.join(&r, &dev(d), T0).await.unwrap();
+        }
+        // A lost entry: the sealer would report a gap after entry 1.
+        let k = RoomKeys::new("pace", &r);
+        let _: u64 = c.xdel(&k.log, "2-0").await.unwrap();
+        let script =
+            "redis.call('DEL', KEYS[1], KEYS[2]); redis.call('HDEL', KEYS[3], 'log_seq'); return 1";
+        let _: Value = c
+            .eval(
+                script,
+                vec![
+                    "{pace:room:sale}:log",
+                    "{pace:room:sale}:log:cp",
+                    "{pace:room:sale}:counters",
+                ],
+                Vec::<String>::new(),
+            )
+            .await
+            .unwrap();
+        s.join(&r, &dev("d"), T0).await.unwrap();
+        let log = s.log(&r, 0, 10).await.unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].seq, 1);
+        assert!(matches!(log[0].event, LogEvent::Join { ticket: 4, .. }));
+        assert_eq!(s.stats(&r, T0).await.unwrap().waiting, 4);
+    }
+
     /// The field and value of the only entry of an `XRANGE` reply.
     fn log_fields(v: Value) -> Vec<(String, String)> {
         let entry = v.into_array().remove(0).into_array();
