@@ -131,6 +131,7 @@ pub async fn status(
                 waiting_total: place.waiting_total,
                 eta_seconds: eta_seconds(place.position, rate),
                 state: room.config.state.as_str().to_owned(),
+                ticket: Some(place.ticket),
             }
         }
         DeviceStatus::Admitted(adm) => {

@@ -45,7 +45,8 @@ pub const MAX_LISTED: usize = 100;
 /// What a device asks about its own entry.
 #[derive(Debug, Clone)]
 pub struct DeviceQuery {
-    /// Its ticket, if it knows it (else its latest join is taken).
+    /// Its ticket (from its `queue` answer to `join`), if it has it; else
+    /// its latest join is taken.
     pub ticket: Option<u64>,
     /// Its device id (hashed with the room before comparing).
     pub device: String,

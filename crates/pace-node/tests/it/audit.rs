@@ -141,6 +141,12 @@ async fn a_rooms_log_is_exported_chained_and_signed() {
     let adm_a = admitted(&mut a).await;
     let (mut b, _) = node.connect("dev-b").await;
     send_text(&mut b, r#"{"type":"join","room":"shop"}"#).await;
+    // The answer to join tells the device its ticket.
+    let ticket_b = match next_frame(&mut b).await {
+        ServerFrame::Queue(q) => q.ticket.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(ticket_b, 2);
     let (status, body) = http(
         node.addr,
         "POST",
@@ -239,7 +245,12 @@ async fn a_rooms_log_is_exported_chained_and_signed() {
     let (log_file, jwks_file) = (dir.join("shop.jsonl"), dir.join("jwks.json"));
     std::fs::write(&log_file, &text).unwrap();
     std::fs::write(&jwks_file, jwks.to_json()).unwrap();
-    let (code, out) = audit_verify(&log_file, &jwks_file, &["--device", "dev-b"]);
+    let ticket_arg = ticket_b.to_string();
+    let (code, out) = audit_verify(
+        &log_file,
+        &jwks_file,
+        &["--device", "dev-b", "--ticket", &ticket_arg],
+    );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("2 admissions, 0 inversions"), "{out}");
     assert!(
