@@ -127,7 +127,8 @@ mod tests {
                 position: 3,
                 waiting_total: 9,
                 eta_seconds: None,
-                state: "open".into()
+                state: "open".into(),
+                ticket: None,
             }
         );
         let a = br#"{"status":"admitted","room":"sale","target_url":"https://x/?pace_token=t","token":"t","expires_at":5}"#;

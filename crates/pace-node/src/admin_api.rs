@@ -14,6 +14,7 @@
 //! | `PUT /api/v1/admin/rooms/{room}` | create (claim) or change a room, every field live |
 //! | `GET /api/v1/admin/rooms/{room}` | one room |
 //! | `GET /api/v1/admin/rooms/{room}/stats` | its stats |
+//! | `GET /api/v1/admin/rooms/{room}/log` | its audit log, JSON Lines (every kept entry, raw session ids) |
 //! | `GET /api/v1/admin/devices?q=&limit=` | the tenant's device registry |
 //! | `GET /api/v1/admin/cluster` | the nodes and their connection counts |
 //! | `POST /api/v1/admin/ws-ticket` | a single-use ticket for `/admin/ws` |
@@ -91,6 +92,7 @@ pub async fn route(
                 Err(e) => Err(e),
             }
         }
+        (Principal::Admin(claims), Route::AdminRoomLog) => room_log(node, claims, room).await,
         (Principal::Admin(claims), Route::AdminDevices) => devices(node, claims, &req).await,
         (Principal::Admin(_), Route::AdminCluster) => cluster(node).await,
         (Principal::Admin(claims), Route::AdminWsTicket) => ws_ticket(node, claims),
@@ -109,6 +111,22 @@ pub async fn route(
         .with_label_values(&[label])
         .inc();
     answer
+}
+
+/// `GET /api/v1/admin/rooms/{room}/log`: the room's whole kept audit log
+/// (sealed or not) with raw session ids, as JSON Lines.
+async fn room_log(
+    node: &NodeRef,
+    claims: &AdminClaims,
+    raw: &str,
+) -> Result<http::Response<Body>, ApiError> {
+    let room = owned(node, claims, raw).await?;
+    let text = crate::audit::export(node.rooms.queue.as_ref(), &room.id, false, now_ms()).await?;
+    node.metrics
+        .audit_exports
+        .with_label_values(&["admin"])
+        .inc();
+    Ok(crate::rooms_api::jsonl_response(bytes::Bytes::from(text)))
 }
 
 /// `POST /api/v1/admin/ws-ticket`: a ticket that opens `/admin/ws` once,
@@ -341,7 +359,7 @@ async fn revoke_session(
             format!("{} holds no session in {room}", body.device_id),
         ));
     };
-    let revoked = queue.release(&room, &adm.session_id).await?;
+    let revoked = queue.release(&room, &adm.session_id, now_ms()).await?;
     node.metrics
         .revocations
         .with_label_values(&["session"])

@@ -146,6 +146,7 @@ async fn serve(
         | R::AdminPutRoom
         | R::AdminGetRoom
         | R::AdminRoomStats
+        | R::AdminRoomLog
         | R::AdminRevokeSession
         | R::AdminDevices
         | R::AdminDepartments
@@ -158,6 +159,7 @@ async fn serve(
         R::GetRoom => rooms_api::get_room(node, room).await,
         R::RoomStats => rooms_api::stats(node, room).await,
         R::RoomStatus => rooms_api::status(node, room, principal).await,
+        R::RoomLog => rooms_api::public_log(node, room).await,
         R::DemoTarget => Ok(rooms_api::demo_target(node, &req)),
         R::RoomPage => Ok(crate::web::room_page(node, room).await),
         R::AdminPage => Ok(crate::web::admin_page()),

@@ -41,6 +41,35 @@ pub enum Command {
     /// as serve). Exit codes: 0 done, 2 bad input or conflict, 1 store error.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Check a room's exported audit log (protocol.md, "Audit log").
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `pace-node audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify an export of `GET /api/v1/admin/rooms/{room}/log` (or the
+    /// public `/api/v1/rooms/{room}/log`): the hash chain, the checkpoints'
+    /// signatures against a JWKS, admissions in ticket order (Kendall tau,
+    /// inversions listed) and capacity never exceeded. Prints a report
+    /// naming every problem's line and entry. Exit codes: 0 verified, 1
+    /// problems found, 2 a file cannot be read.
+    Verify {
+        /// The exported log (JSON Lines).
+        file: std::path::PathBuf,
+        /// The cluster's JWKS (`GET /.well-known/jwks.json`, as it was
+        /// when the checkpoints were signed).
+        #[arg(long, env = "PACE_AUDIT_JWKS")]
+        jwks: std::path::PathBuf,
+        /// Check this device's own entry: the join carrying the hash of
+        /// this device id (its latest, or the one with --ticket).
+        #[arg(long)]
+        device: Option<String>,
+        /// With --device: the ticket of the join to check.
+        #[arg(long, requires = "device")]
+        ticket: Option<u64>,
+    },
 }
 
 /// `pace-node admin …` (see [`crate::accounts::cli`]).
@@ -385,6 +414,16 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_HEARTBEAT_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub heartbeat_grace: Duration,
 
+    /// How often the rooms' audit logs get a signed checkpoint over the
+    /// entries since the last one (any node may seal; one wins).
+    #[arg(long, env = "PACE_AUDIT_SEAL_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub audit_seal_interval: Duration,
+
+    /// How long audit-log entries are kept: older ones are dropped up to a
+    /// checkpoint, which stays as the anchor of the rest.
+    #[arg(long, env = "PACE_AUDIT_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub audit_retention: Duration,
+
     /// Admission signing keys (JSON key set; `pace-node keys generate`
     /// creates or rotates it) [default: <data-dir>/keys.json, created on
     /// first run].
@@ -538,6 +577,14 @@ impl ServeArgs {
                 "--admit-tick must be > 0 and --position-refresh between 1ms and 10s".into(),
             );
         }
+        if self.audit_seal_interval < Duration::from_millis(10)
+            || self.audit_retention < self.audit_seal_interval
+        {
+            return bad(
+                "--audit-seal-interval must be at least 10ms and --audit-retention at least the seal interval"
+                    .into(),
+            );
+        }
         if self.history_max_len == 0 || self.history_max_age < Duration::from_secs(1) {
             return bad("--history-max-len must be > 0 and --history-max-age at least 1s".into());
         }
@@ -646,6 +693,8 @@ impl ServeArgs {
             admit_tick: self.admit_tick,
             position_refresh: self.position_refresh,
             heartbeat_grace: self.heartbeat_grace,
+            audit_seal_interval: self.audit_seal_interval,
+            audit_retention: self.audit_retention,
             keys: self.keys,
             admission_alg: self.admission_alg,
             data_dir: self.data_dir,
@@ -841,6 +890,10 @@ pub struct NodeConfig {
     pub position_refresh: Duration,
     /// See [`ServeArgs::heartbeat_grace`].
     pub heartbeat_grace: Duration,
+    /// See [`ServeArgs::audit_seal_interval`].
+    pub audit_seal_interval: Duration,
+    /// See [`ServeArgs::audit_retention`].
+    pub audit_retention: Duration,
     /// See [`ServeArgs::keys`].
     pub keys: Option<std::path::PathBuf>,
     /// See [`ServeArgs::admission_alg`].
@@ -932,6 +985,11 @@ mod tests {
             parse(&["--demo-tenant", "not a tenant"])
                 .unwrap_err()
                 .contains("--demo-tenant")
+        );
+        assert!(
+            parse(&["--audit-retention", "1s", "--audit-seal-interval", "5s"])
+                .unwrap_err()
+                .contains("--audit-retention")
         );
         assert!(parse(&["--demo-tenant", "acme"]).is_ok());
         assert!(parse(&["--listen", "nonsense"]).is_err());

@@ -114,6 +114,20 @@ impl From<crate::accounts::AccountError> for ApiError {
 
 /// A queue store failure likewise, but a refused room configuration is
 /// the caller's `bad_request`.
+/// An audit-log failure: the store's is retryable; a broken stored log
+/// (a gap, a lost anchor) is `internal`, logged with its details.
+impl From<crate::audit::AuditError> for ApiError {
+    fn from(e: crate::audit::AuditError) -> ApiError {
+        match e {
+            crate::audit::AuditError::Queue(q) => q.into(),
+            other => {
+                tracing::error!(error = %other, "audit log cannot be exported");
+                ApiError::new(ErrorCode::Internal, "the audit log cannot be exported")
+            }
+        }
+    }
+}
+
 impl From<crate::queue::QueueError> for ApiError {
     fn from(e: crate::queue::QueueError) -> ApiError {
         match e {

@@ -8,6 +8,7 @@
 //!
 //! - [`accounts`]: tenants, admin users, passwords, admin login and tokens.
 //! - [`admission`]: admission tokens (EdDSA JWTs), keys, JWKS.
+//! - [`audit`]: each room's admission log: sealing (signed chain heads), retention, export.
 //! - [`config`]: flags and `PACE_*` environment, validated into [`NodeConfig`].
 //! - [`server`]: accept loop, HTTP/1.1 with upgrades, drain on shutdown.
 //! - [`routes`]: the route table: every HTTP entry point with its authorization rule.
@@ -34,6 +35,7 @@ pub mod admin_api;
 pub mod admin_ws;
 pub mod admission;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod backlog;
 pub mod config;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use pace_node::config::{Cli, Command, KeysCommand, ServeArgs};
+use pace_node::config::{AuditCommand, Cli, Command, KeysCommand, ServeArgs};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig(args)) => check_config(args),
         Some(Command::Keys(cmd)) => keys(cmd),
         Some(Command::Admin(cmd)) => return pace_node::accounts::cli::main(cmd),
+        Some(Command::Audit(cmd)) => return audit(cmd),
         Some(Command::Gateway(cmd)) => {
             pace_gateway::execute(&cmd, &mut std::io::stdout().lock()).map_err(anyhow::Error::from)
         }
@@ -70,6 +71,40 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `pace-node audit verify`: 0 verified, 1 problems, 2 unreadable input.
+fn audit(cmd: AuditCommand) -> ExitCode {
+    let AuditCommand::Verify {
+        file,
+        jwks,
+        ticket,
+        device,
+    } = cmd;
+    let read = || -> anyhow::Result<(String, jsonwebtoken::jwk::JwkSet)> {
+        let log = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let keys = std::fs::read_to_string(&jwks)
+            .with_context(|| format!("reading {}", jwks.display()))?;
+        let keys = serde_json::from_str(&keys)
+            .with_context(|| format!("{} is not a JWKS", jwks.display()))?;
+        Ok((log, keys))
+    };
+    let (log, keys) = match read() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("pace-node: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let query = device.map(|device| pace_node::audit::verify::DeviceQuery { ticket, device });
+    let report = pace_node::audit::verify::verify(&log, &keys, query.as_ref());
+    print!("{report}");
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn check_config(args: ServeArgs) -> anyhow::Result<()> {

@@ -76,6 +76,12 @@ pub struct Metrics {
     pub room_admitted: IntCounterVec,
     /// Waits (join → admission) of the admissions this node's ticks made.
     pub room_wait: HistogramVec,
+    /// Audit-log seal attempts of this node, by outcome (`sealed`, `lost`
+    /// to another node, `failed`, `broken`: a gap in the stored log).
+    pub audit_seals: IntCounterVec,
+    /// Audit-log exports served, by kind (`admin`, `public`,
+    /// `public_cached`).
+    pub audit_exports: IntCounterVec,
     /// Admission tokens that could not be signed.
     pub token_sign_errors: IntCounter,
     /// Admission tokens refused (verify, release, renew), by reason.
@@ -263,6 +269,22 @@ impl Metrics {
                     "Devices admitted by this node's admission ticks.",
                 ),
                 &["room"],
+            )
+            .expect("valid metric"),
+            audit_seals: IntCounterVec::new(
+                Opts::new(
+                    "pace_audit_seals_total",
+                    "Audit-log checkpoint attempts by this node, by outcome.",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            audit_exports: IntCounterVec::new(
+                Opts::new(
+                    "pace_audit_exports_total",
+                    "Audit-log exports served, by kind.",
+                ),
+                &["kind"],
             )
             .expect("valid metric"),
             room_wait: HistogramVec::new(
@@ -455,6 +477,8 @@ impl Metrics {
             Box::new(m.room_active.clone()),
             Box::new(m.room_admitted.clone()),
             Box::new(m.room_wait.clone()),
+            Box::new(m.audit_seals.clone()),
+            Box::new(m.audit_exports.clone()),
             Box::new(m.token_sign_errors.clone()),
             Box::new(m.tokens_rejected.clone()),
             Box::new(m.history_replayed.clone()),

@@ -51,6 +51,8 @@ pub struct Node {
     /// Tenants' browser origins, cached (origin checks must not read the
     /// store on every handshake).
     pub origins: crate::origins::OriginCache,
+    /// The rooms' public audit-log exports, rendered once per checkpoint.
+    pub audit_logs: crate::audit::PublicLogs,
 }
 
 /// What a node is built from (besides its configuration).
@@ -118,6 +120,7 @@ impl Node {
             started: AtomicBool::new(false),
             slots: AtomicUsize::new(0),
             connections: TaskTracker::new(),
+            audit_logs: crate::audit::PublicLogs::default(),
         }
     }
 

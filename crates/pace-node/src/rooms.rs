@@ -495,6 +495,7 @@ impl Rooms {
                     waiting_total: place.waiting_total,
                     eta_seconds: eta_seconds(place.position, stats.admitted_last_minute),
                     state: room.config.state.as_str().to_owned(),
+                    ticket: Some(place.ticket),
                 };
                 // Admitted meanwhile: the `admitted` frame went out already,
                 // a `queue` frame now would only confuse.
@@ -657,6 +658,7 @@ impl Rooms {
                 waiting_total: stats.waiting,
                 eta_seconds: eta_seconds(position, stats.admitted_last_minute),
                 state: state.clone(),
+                ticket: None,
             };
             if self.waiters.changed(&device, &update) {
                 let text = Utf8Bytes::from(ServerFrame::Queue(update).to_json());

@@ -131,6 +131,7 @@ pub async fn status(
                 waiting_total: place.waiting_total,
                 eta_seconds: eta_seconds(place.position, rate),
                 state: room.config.state.as_str().to_owned(),
+                ticket: Some(place.ticket),
             }
         }
         DeviceStatus::Admitted(adm) => {
@@ -214,6 +215,35 @@ async fn session_live(
     ))
 }
 
+/// The media type of the audit-log exports (JSON Lines).
+pub const JSONL: &str = "application/jsonl; charset=utf-8";
+
+/// A `200` with a JSON Lines body.
+pub fn jsonl_response(body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSONL));
+    resp
+}
+
+/// `GET /api/v1/rooms/{room}/log`: the room's sealed audit log, anonymised
+/// (session ids hashed), for anyone to verify; rendered once per
+/// checkpoint.
+pub async fn public_log(node: &NodeRef, raw: &str) -> Result<Response<Body>, ApiError> {
+    let room = room_id(raw)?;
+    let queue = node.rooms.queue.as_ref();
+    if queue.get_room(&room).await?.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::NoSuchRoom,
+            format!("no room {raw}"),
+        ));
+    }
+    let (body, cached) = node.audit_logs.get(queue, &room, now_ms()).await?;
+    let kind = if cached { "public_cached" } else { "public" };
+    node.metrics.audit_exports.with_label_values(&[kind]).inc();
+    Ok(jsonl_response(body))
+}
+
 /// `POST /api/v1/sessions/release` and `/renew`: ends or extends the
 /// session the body's admission token names. The caller is the device
 /// itself (its device token), an admin of the room's tenant or the service
@@ -295,7 +325,7 @@ pub async fn session(
         }
         Ok(resp)
     } else {
-        let released = queue.release(&room, &claims.jti).await?;
+        let released = queue.release(&room, &claims.jti, now).await?;
         Ok(json_response(StatusCode::OK, &ReleaseResponse { released }))
     }
 }

@@ -53,6 +53,8 @@ pub enum Route {
     AdminGetRoom,
     /// `GET /api/v1/admin/rooms/{room}/stats`.
     AdminRoomStats,
+    /// `GET /api/v1/admin/rooms/{room}/log`: the room's audit log.
+    AdminRoomLog,
     /// `POST /api/v1/admin/rooms/{room}/sessions/revoke`.
     AdminRevokeSession,
     /// `GET /api/v1/admin/devices`.
@@ -73,6 +75,8 @@ pub enum Route {
     RoomStats,
     /// `GET /api/v1/rooms/{room}/status`.
     RoomStatus,
+    /// `GET /api/v1/rooms/{room}/log`: the public, anonymised audit log.
+    RoomLog,
     /// `GET /demo/target`.
     DemoTarget,
     /// `GET|HEAD /r/{room}`: the waiting page.
@@ -105,13 +109,18 @@ impl Route {
             | Route::AdminPutRoom
             | Route::AdminGetRoom
             | Route::AdminRoomStats
+            | Route::AdminRoomLog
             | Route::AdminRevokeSession
             | Route::AdminDevices
             | Route::AdminDepartments
             | Route::AdminKick
             | Route::AdminForget
             | Route::AdminCluster => "admin",
-            Route::PutRoom | Route::GetRoom | Route::RoomStats | Route::RoomStatus => "rooms",
+            Route::PutRoom
+            | Route::GetRoom
+            | Route::RoomStats
+            | Route::RoomStatus
+            | Route::RoomLog => "rooms",
             Route::DemoTarget => "demo",
             Route::RoomPage => "room_page",
             Route::AdminPage => "admin_page",
@@ -230,6 +239,12 @@ pub const ROUTES: &[RouteSpec] = &[
         Rule::Admin,
     ),
     r(
+        Method::GET,
+        "/api/v1/admin/rooms/{room}/log",
+        Route::AdminRoomLog,
+        Rule::Admin,
+    ),
+    r(
         Method::POST,
         "/api/v1/admin/rooms/{room}/sessions/revoke",
         Route::AdminRevokeSession,
@@ -288,6 +303,12 @@ pub const ROUTES: &[RouteSpec] = &[
         "/api/v1/rooms/{room}/status",
         Route::RoomStatus,
         Rule::Device,
+    ),
+    r(
+        Method::GET,
+        "/api/v1/rooms/{room}/log",
+        Route::RoomLog,
+        Rule::Public,
     ),
     r(Method::GET, "/demo/target", Route::DemoTarget, Rule::Public),
     r(Method::GET, "/r/{*room}", Route::RoomPage, Rule::Public),

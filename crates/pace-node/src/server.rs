@@ -201,6 +201,7 @@ pub async fn serve(
         ensure_demo_room(&node, &advertise).await;
     }
     tokio::spawn(node.rooms.clone().run(stop_accepting.clone()));
+    tokio::spawn(crate::audit::run(node.clone(), stop_accepting.clone()));
     tokio::spawn(presence(node.clone(), advertise, stop_accepting.clone()));
     node.set_started();
     systemd::ready();

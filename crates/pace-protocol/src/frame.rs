@@ -245,6 +245,10 @@ pub struct QueueUpdate {
     /// `open`, `paused` (nobody is admitted for now) or `closed` (no new
     /// joins; the queue still drains).
     pub state: String,
+    /// The device's ticket, in the answer to `join` only: with it (and its
+    /// id) a device finds its own entries in the room's audit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<u64>,
 }
 
 /// The `challenge` frame.
@@ -302,6 +306,34 @@ mod tests {
 
     fn group(g: &str) -> GroupId {
         GroupId::parse(g).unwrap()
+    }
+
+    #[test]
+    fn queue_frame_golden() {
+        let room = crate::RoomId::parse("sale").unwrap();
+        round_trip_server(
+            ServerFrame::Queue(QueueUpdate {
+                room: room.clone(),
+                position: 3,
+                waiting_total: 120,
+                eta_seconds: Some(9),
+                state: "open".into(),
+                ticket: Some(41),
+            }),
+            r#"{"type":"queue","room":"sale","position":3,"waiting_total":120,"eta_seconds":9,"state":"open","ticket":41}"#,
+        );
+        // Pushed updates carry no ticket (and no estimate without a rate).
+        round_trip_server(
+            ServerFrame::Queue(QueueUpdate {
+                room,
+                position: 2,
+                waiting_total: 119,
+                eta_seconds: None,
+                state: "paused".into(),
+                ticket: None,
+            }),
+            r#"{"type":"queue","room":"sale","position":2,"waiting_total":119,"state":"paused"}"#,
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //!
+//! - [`audit`]: the admission log's export lines and its hash chain ([`audit::LogLine`]).
 //! - [`ids`]: device, group, room and event name validation ([`DeviceId`], [`GroupId`], [`RoomId`], [`EventName`]).
 //! - [`frame`]: JSON text frames, device → node ([`ClientFrame`]) and node → device ([`ServerFrame`]).
 //! - [`notify`]: notification scopes, the `POST /api/v1/notify` body and the [`Notification`] itself.
@@ -16,6 +17,7 @@
 //! - [`pow`]: proof-of-work challenges (SHA-256 leading zero bits).
 //! - [`error`]: machine-readable error codes shared by error frames and HTTP error bodies ([`ErrorCode`]).
 
+pub mod audit;
 pub mod bus;
 pub mod close;
 pub mod error;

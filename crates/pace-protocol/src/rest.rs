@@ -74,6 +74,9 @@ pub enum RoomStatus {
         eta_seconds: Option<u64>,
         /// `open`, `paused` or `closed`.
         state: String,
+        /// The device's ticket (its entries in the room's audit log).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ticket: Option<u64>,
     },
     /// The device is admitted and its session is running.
     Admitted {
@@ -557,8 +560,20 @@ mod tests {
                 waiting_total: 9,
                 eta_seconds: None,
                 state: "open".into(),
+                ticket: None,
             },
             r#"{"status":"waiting","room":"sale","position":3,"waiting_total":9,"eta_seconds":null,"state":"open"}"#,
+        );
+        golden(
+            RoomStatus::Waiting {
+                room: r("sale"),
+                position: 3,
+                waiting_total: 9,
+                eta_seconds: Some(4),
+                state: "open".into(),
+                ticket: Some(12),
+            },
+            r#"{"status":"waiting","room":"sale","position":3,"waiting_total":9,"eta_seconds":4,"state":"open","ticket":12}"#,
         );
         golden(
             RoomStatus::Admitted {

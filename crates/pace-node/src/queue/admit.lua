@@ -8,6 +8,7 @@
 -- KEYS[4] seen zset       KEYS[5] active zset     KEYS[6] sessions hash
 -- KEYS[7] devices hash    KEYS[8] rate zset
 -- KEYS[9] joined hash (device -> join time)   KEYS[10] wait distribution hash
+-- KEYS[11] audit log stream
 -- ARGV[1] now (ms)        ARGV[2] nonce (a fresh UUID v4 per run)
 -- ARGV[3] batch size      ARGV[4..] wait-time bucket bounds (s), ascending
 -- Returns {active, waiting, expires_at, more, {expired devices...},
@@ -26,10 +27,22 @@ local function session_id(ticket)
     .. '-' .. variant .. string.sub(h, 18, 20) .. '-' .. string.sub(h, 21, 32)
 end
 
+-- Appends one entry to the audit log (same script as the change, and
+-- before it: an append that fails stops the script before the change).
+local function log(entry)
+  local seq = tonumber(redis.call('HGET', KEYS[2], 'log_seq') or '0') + 1
+  redis.call('XADD', KEYS[11], string.format('%d-0', seq), 'e', entry)
+  redis.call('HSET', KEYS[2], 'log_seq', seq)
+end
+
 local expired = {}
 local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, batch)
 for _, sid in ipairs(due) do
   local session = redis.call('HGET', KEYS[6], sid)
+  if session then
+    local ticket = string.match(session, '^.+|(%d+)|%d+$')
+    log('e|' .. ARGV[1] .. '|' .. ticket .. '|' .. sid .. '|expired')
+  end
   redis.call('ZREM', KEYS[5], sid)
   redis.call('HDEL', KEYS[6], sid)
   if session then
@@ -61,6 +74,7 @@ if cfg[1] == 'open' or cfg[1] == 'closed' then
       local device = head[i]
       local ticket = string.format('%d', tonumber(head[i + 1]))
       local sid = session_id(ticket)
+      log('a|' .. ARGV[1] .. '|' .. ticket .. '|' .. sid .. '|' .. string.format('%d', tonumber(cfg[2]) or 0))
       redis.call('ZREM', KEYS[3], device)
       redis.call('ZREM', KEYS[4], device)
       redis.call('ZADD', KEYS[5], expires_at, sid)

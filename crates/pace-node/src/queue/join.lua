@@ -5,7 +5,9 @@
 -- KEYS[1] config hash     KEYS[2] counters hash   KEYS[3] queue zset
 -- KEYS[4] seen zset       KEYS[5] active zset     KEYS[6] sessions hash
 -- KEYS[7] devices hash     KEYS[8] joined hash (device -> join time, ms)
+-- KEYS[9] audit log stream
 -- ARGV[1] device id       ARGV[2] now (ms)
+-- ARGV[3] the device's hash in the audit log (computed by the node)
 -- Returns {'waiting', ticket, position, waiting_total}
 --       | {'admitted', session id, ticket, admitted_at, expires_at}
 --       | {'closed'} | {'nosuchroom'}
@@ -25,6 +27,15 @@ if sid then
     return {'admitted', sid, tonumber(ticket), tonumber(at), tonumber(exp)}
   end
   -- Expired but not yet freed by admit: free it; the device queues anew.
+  -- (Every log entry is appended before the change it records: an append
+  -- that fails stops the script before the change.)
+  if session then
+    local ticket = string.match(session, '^.+|(%d+)|%d+$')
+    local seq = tonumber(redis.call('HGET', KEYS[2], 'log_seq') or '0') + 1
+    redis.call('XADD', KEYS[9], string.format('%d-0', seq), 'e',
+      'e|' .. ARGV[2] .. '|' .. ticket .. '|' .. sid .. '|expired')
+    redis.call('HSET', KEYS[2], 'log_seq', seq)
+  end
   redis.call('ZREM', KEYS[5], sid)
   redis.call('HDEL', KEYS[6], sid)
   redis.call('HDEL', KEYS[7], device)
@@ -42,6 +53,10 @@ if state == 'closed' then
 end
 
 ticket = redis.call('HINCRBY', KEYS[2], 'ticket', 1)
+local seq = tonumber(redis.call('HGET', KEYS[2], 'log_seq') or '0') + 1
+redis.call('XADD', KEYS[9], string.format('%d-0', seq), 'e',
+  string.format('j|%s|%d|%s', ARGV[2], ticket, ARGV[3]))
+redis.call('HSET', KEYS[2], 'log_seq', seq)
 redis.call('ZADD', KEYS[3], ticket, device)
 redis.call('ZADD', KEYS[4], now, device)
 redis.call('HSET', KEYS[8], device, ARGV[2])

@@ -5,16 +5,16 @@
 //! store's semantics exactly (the conformance suite holds both to it),
 //! including the order of swept and expired devices (by time, then id).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use pace_protocol::DeviceId;
 
 use super::{
-    Admission, AdmitOutcome, DeviceStatus, JoinOutcome, Place, Positions, QueueError, QueueStore,
-    RATE_WINDOW_MS, Room, RoomConfig, RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS,
-    WaitDistribution,
+    Admission, AdmitOutcome, DeviceStatus, EndReason, JoinOutcome, LogCheckpoint, LogEvent,
+    LogRecord, Place, Positions, QueueError, QueueStore, RATE_WINDOW_MS, Room, RoomConfig,
+    RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS, WaitDistribution,
 };
 
 /// The in-memory [`QueueStore`].
@@ -53,6 +53,12 @@ struct RoomData {
     admitted_total: u64,
     abandoned_total: u64,
     peak_waiting: u64,
+    /// The audit log's kept entries, oldest first.
+    log: VecDeque<LogRecord>,
+    /// Last log sequence number handed out.
+    log_seq: u64,
+    /// The log's kept checkpoints, by seq.
+    checkpoints: Vec<LogCheckpoint>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,7 +99,35 @@ impl RoomData {
             admitted_total: 0,
             abandoned_total: 0,
             peak_waiting: 0,
+            log: VecDeque::new(),
+            log_seq: 0,
+            checkpoints: Vec::new(),
         }
+    }
+
+    /// Appends an entry to the audit log, in the same locked section as
+    /// the change it records.
+    fn log(&mut self, t: u64, event: LogEvent) {
+        self.log_seq += 1;
+        self.log.push_back(LogRecord {
+            seq: self.log_seq,
+            t,
+            event,
+        });
+    }
+
+    /// Ends a session and logs why.
+    fn end_logged(&mut self, sid: &str, t: u64, reason: EndReason) -> Option<Session> {
+        let s = self.end_session(sid)?;
+        self.log(
+            t,
+            LogEvent::End {
+                ticket: s.ticket,
+                session: sid.to_owned(),
+                reason,
+            },
+        );
+        Some(s)
     }
 
     fn waiting(&self) -> u64 {
@@ -254,7 +288,7 @@ impl QueueStore for MemoryQueueStore {
             }
             // An expired session not yet freed by admit: free it here.
             if let Some(sid) = r.by_device.get(device).cloned() {
-                r.end_session(&sid);
+                r.end_logged(&sid, now_ms, EndReason::Expired);
             }
             if r.tickets.contains_key(device) {
                 let seen = r.seen.entry(device.clone()).or_insert(now_ms);
@@ -274,6 +308,13 @@ impl QueueStore for MemoryQueueStore {
             r.joined.insert(device.clone(), now_ms);
             let total = r.waiting();
             r.peak_waiting = r.peak_waiting.max(total);
+            r.log(
+                now_ms,
+                LogEvent::Join {
+                    ticket,
+                    device: pace_protocol::audit::device_hash(room.as_str(), device.as_str()),
+                },
+            );
             JoinOutcome::Waiting(Place {
                 ticket,
                 position: total,
@@ -337,7 +378,10 @@ impl QueueStore for MemoryQueueStore {
             due.sort();
             let expired = due
                 .iter()
-                .filter_map(|(_, sid)| r.end_session(sid).map(|s| s.device))
+                .filter_map(|(_, sid)| {
+                    r.end_logged(sid, now_ms, EndReason::Expired)
+                        .map(|s| s.device)
+                })
                 .collect();
             r.trim_rate(now_ms);
             let mut admitted = Vec::new();
@@ -369,6 +413,14 @@ impl QueueStore for MemoryQueueStore {
                         expires_at_ms,
                     };
                     admitted.push((device.clone(), session.admission(&sid)));
+                    r.log(
+                        now_ms,
+                        LogEvent::Admit {
+                            ticket,
+                            session: sid.clone(),
+                            capacity: r.config.capacity,
+                        },
+                    );
                     r.sessions.insert(sid.clone(), session);
                     r.by_device.insert(device, sid);
                     r.admissions.push(now_ms);
@@ -443,8 +495,16 @@ impl QueueStore for MemoryQueueStore {
         Ok(left.unwrap_or(false))
     }
 
-    async fn release(&self, room: &RoomId, session_id: &str) -> Result<bool, QueueError> {
-        let released = self.with_room(room, |r| r.end_session(session_id).is_some());
+    async fn release(
+        &self,
+        room: &RoomId,
+        session_id: &str,
+        now_ms: u64,
+    ) -> Result<bool, QueueError> {
+        let released = self.with_room(room, |r| {
+            r.end_logged(session_id, now_ms, EndReason::Released)
+                .is_some()
+        });
         Ok(released.unwrap_or(false))
     }
 
@@ -508,6 +568,63 @@ impl QueueStore for MemoryQueueStore {
             w.counts = vec![0; WAIT_BUCKETS_SECS.len() + 1];
         }
         Ok(w)
+    }
+
+    async fn log(
+        &self,
+        room: &RoomId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>, QueueError> {
+        let entries = self.with_room(room, |r| {
+            let start = r.log.partition_point(|e| e.seq <= after_seq);
+            r.log.iter().skip(start).take(limit).cloned().collect()
+        });
+        Ok(entries.unwrap_or_default())
+    }
+
+    async fn checkpoints(
+        &self,
+        room: &RoomId,
+        limit: usize,
+    ) -> Result<Vec<LogCheckpoint>, QueueError> {
+        Ok(self
+            .with_room(room, |r| {
+                r.checkpoints.iter().take(limit).cloned().collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn last_checkpoint(&self, room: &RoomId) -> Result<Option<LogCheckpoint>, QueueError> {
+        Ok(self
+            .with_room(room, |r| r.checkpoints.last().cloned())
+            .flatten())
+    }
+
+    async fn add_checkpoint(
+        &self,
+        room: &RoomId,
+        expected_seq: u64,
+        checkpoint: &LogCheckpoint,
+    ) -> Result<bool, QueueError> {
+        let added = self.with_room(room, |r| {
+            if r.checkpoints.last().map_or(0, |c| c.seq) != expected_seq {
+                return false;
+            }
+            r.checkpoints.push(checkpoint.clone());
+            true
+        });
+        Ok(added.unwrap_or(false))
+    }
+
+    async fn trim_log(&self, room: &RoomId, through_seq: u64) -> Result<(), QueueError> {
+        self.with_room(room, |r| {
+            while r.log.front().is_some_and(|e| e.seq <= through_seq) {
+                r.log.pop_front();
+            }
+            r.checkpoints.retain(|c| c.seq >= through_seq);
+        });
+        Ok(())
     }
 }
 

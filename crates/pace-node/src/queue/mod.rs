@@ -29,6 +29,14 @@
 //!   throughput ([`RoomCounters::admitted_last_minute`]) for wait estimates.
 //! - **Counters**: `admitted_total`, `abandoned_total` (left or swept
 //!   before admission), `peak_waiting` — in the store, so cluster-wide.
+//! - **Audit log**: every new place (join), admission and end of a session
+//!   (release, expiry) as a [`LogRecord`] numbered from 1 without gaps,
+//!   written by the *same* atomic step (script or locked section) that
+//!   changes the queue, so the log cannot disagree with it; and the signed
+//!   chain heads ([`LogCheckpoint`]) that [`crate::audit`] adds at
+//!   intervals. The store keeps no hashes: they are a function of the
+//!   records (Redis scripts have SHA-1 only), computed by the node that
+//!   seals or exports (see `crate::audit`).
 //!
 //! States: `open` admits; `paused` keeps accepting joins but admits nobody;
 //! `closed` refuses *new* joins, while devices already waiting keep their
@@ -73,6 +81,8 @@
 //! | `{p:room:R}:rate` | zset | session id → admitted at ms (last 60 s) |
 //! | `{p:room:R}:joined` | hash | device → first join ms (waiting devices) |
 //! | `{p:room:R}:waits` | hash | wait-time bucket bound (s, or `+Inf`) → admissions; `sum_ms` |
+//! | `{p:room:R}:log` | stream | audit log: entry id `<seq>-0`, field `e` = `j\|t\|ticket\|device hash`, `a\|t\|ticket\|session\|capacity` or `e\|t\|ticket\|session\|released\|expired`; `log_seq` in the counters |
+//! | `{p:room:R}:log:cp` | zset | signed checkpoints: JSON [`LogCheckpoint`] scored by its `seq` |
 //! | `{p}:rooms` | set | room ids (another slot: written apart from the config) |
 //!
 //! # Operations and their Redis cost
@@ -84,14 +94,18 @@
 //! |---|---|---|
 //! | `put_room` | `HSET` config + `SADD` rooms | 2 commands, O(1) |
 //! | `get_room` / `rooms` | `HGETALL` / `SMEMBERS` | O(1) / O(rooms) |
-//! | `join` | `join.lua`: `HGET` state, session lookup, `ZSCORE`; new place: `HINCRBY` ticket, `ZADD` queue + seen, `ZCARD`, peak | ~8 commands, O(log n) |
+//! | `join` | `join.lua`: `HGET` state, session lookup, `ZSCORE`; new place: `HINCRBY` ticket, `HGET` + `XADD` + `HSET` log, `ZADD` queue + seen, `ZCARD`, peak | ~11 commands, O(log n) |
 //! | `touch` | `touch.lua`: `ZSCORE` + `ZADD` seen per device | O(k log n) |
 //! | `sweep` | `sweep.lua`: `ZRANGEBYSCORE` seen, `ZREM` queue + seen per device, `HINCRBY` | O(log n + k log n) |
-//! | `admit` | `admit.lua`: `ZRANGEBYSCORE` active (expired) and 3 removals each; trim rate; `HMGET` config; `ZRANGE` head and 6 writes per admission; `HINCRBY` | O((k+1) log n) |
+//! | `admit` | `admit.lua`: `ZRANGEBYSCORE` active (expired) and 3 removals + 3 log commands each; trim rate; `HMGET` config; `ZRANGE` head and 9 commands per admission (3 of them the log's); `HINCRBY` | O((k+1) log n) |
 //! | `position` / `positions` | `positions.lua`: `ZRANK` per device + `ZCARD` | O(k log n) |
 //! | `head` | `ZRANGE 0 n-1` | O(log n + k) |
 //! | `leave` | `leave.lua`: `ZREM` queue + seen, `HINCRBY` | O(log n) |
-//! | `release` | `release.lua`: `HGET` session, `ZREM` active, 2 `HDEL` | O(log n) |
+//! | `release` | `release.lua`: `HGET` session, `HGET` + `XADD` + `HSET` log, `ZREM` active, 2 `HDEL` | O(log n) |
+//! | `log` | `XRANGE` from a sequence number, `COUNT` | O(log N + k) |
+//! | `checkpoints` / `last_checkpoint` | `ZRANGE` all / the last | O(c) / O(log c) |
+//! | `add_checkpoint` | `add_checkpoint.lua`: last checkpoint's seq must be the expected one, `ZADD` | O(log c) |
+//! | `trim_log` | `trim_log.lua`: `XTRIM MINID`, `ZREMRANGEBYSCORE` | O(k) |
 //! | `renew` | `renew.lua`: `ZSCORE`, `HGET` TTL, `ZADD XX` | O(log n) |
 //! | `status` | `status.lua`: session lookup, or `ZSCORE` + `ZRANK` + `ZCARD` | O(log n) |
 //! | `stats` | `stats.lua`: `HMGET` counters, 2 `ZCARD`, `ZCOUNT` rate | O(log n) |
@@ -251,6 +265,49 @@ pub struct RoomCounters {
     pub admitted_last_minute: u64,
 }
 
+/// What one [`LogRecord`] says happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogEvent {
+    /// A device took a new place.
+    Join {
+        /// Its ticket.
+        ticket: u64,
+        /// [`pace_protocol::audit::device_hash`] of the room and device.
+        device: String,
+    },
+    /// A device was admitted.
+    Admit {
+        /// The ticket it waited with.
+        ticket: u64,
+        /// Its session id.
+        session: String,
+        /// The room's capacity at that moment.
+        capacity: u32,
+    },
+    /// A session ended and freed its slot.
+    End {
+        /// The session's ticket.
+        ticket: u64,
+        /// The session id.
+        session: String,
+        /// Released (or revoked), or expired.
+        reason: EndReason,
+    },
+}
+
+/// One entry of a room's audit log, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Position in the room's log: 1, 2, … without gaps.
+    pub seq: u64,
+    /// When, Unix ms (the `now_ms` of the operation that wrote it).
+    pub t: u64,
+    /// What happened.
+    pub event: LogEvent,
+}
+
+pub use pace_protocol::audit::{EndReason, LogCheckpoint};
+
 /// Failures of a queue store.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -363,8 +420,14 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
     /// whether it was waiting; an admitted device's session is untouched.
     async fn leave(&self, room: &RoomId, device: &DeviceId) -> Result<bool, QueueError>;
 
-    /// Ends a session and frees its slot. Returns whether it was held.
-    async fn release(&self, room: &RoomId, session_id: &str) -> Result<bool, QueueError>;
+    /// Ends a session and frees its slot (logged at `now_ms`). Returns
+    /// whether it was held.
+    async fn release(
+        &self,
+        room: &RoomId,
+        session_id: &str,
+        now_ms: u64,
+    ) -> Result<bool, QueueError>;
 
     /// Extends a live session to `now_ms` + the room's session TTL and
     /// returns the new expiry; `None` if it is unknown or already expired.
@@ -388,6 +451,39 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
 
     /// The room's wait-time distribution (join → admission), cluster-wide.
     async fn waits(&self, room: &RoomId) -> Result<WaitDistribution, QueueError>;
+
+    /// The audit log's entries after `after_seq`, in order, at most `limit`.
+    async fn log(
+        &self,
+        room: &RoomId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>, QueueError>;
+
+    /// The room's oldest kept checkpoints, by `seq`, at most `limit`.
+    async fn checkpoints(
+        &self,
+        room: &RoomId,
+        limit: usize,
+    ) -> Result<Vec<LogCheckpoint>, QueueError>;
+
+    /// The room's latest checkpoint.
+    async fn last_checkpoint(&self, room: &RoomId) -> Result<Option<LogCheckpoint>, QueueError>;
+
+    /// Adds `checkpoint` if the latest one is still at `expected_seq` (0:
+    /// none yet), atomically; returns whether it was added. Nodes sealing
+    /// the same room at once thus never fork the chain: one wins, the
+    /// others see `false`.
+    async fn add_checkpoint(
+        &self,
+        room: &RoomId,
+        expected_seq: u64,
+        checkpoint: &LogCheckpoint,
+    ) -> Result<bool, QueueError>;
+
+    /// Drops the entries up to `through_seq` and the checkpoints before it;
+    /// the checkpoint at `through_seq` stays as the anchor of what is left.
+    async fn trim_log(&self, room: &RoomId, through_seq: u64) -> Result<(), QueueError>;
 }
 
 /// A queue store shared by the node's tasks.
@@ -427,6 +523,8 @@ pub(crate) mod conformance {
                 user_places_are_recorded,
                 leave_gives_up_a_place,
                 wait_times_are_measured_from_the_first_join,
+                the_log_follows_the_queue,
+                checkpoints_are_compare_and_set_and_trimmed,
             );
         };
         (@cases $setup:path, $($case:ident),* $(,)?) => {
@@ -511,6 +609,133 @@ pub(crate) mod conformance {
         assert_eq!(WaitDistribution::bucket(3_600_001), WAIT_BUCKETS_SECS.len());
         let empty = new_room(&s, "no-waits", config(1)).await;
         assert_eq!(s.waits(&empty).await.unwrap().count(), 0);
+    }
+
+    /// Every new place, admission and end of a session is in the room's
+    /// log, numbered without gaps, by the operation that made it; the
+    /// device appears hashed. Rejoins, refused joins, leaves and heartbeats
+    /// write nothing.
+    pub async fn the_log_follows_the_queue(s: SharedQueueStore) {
+        use pace_protocol::audit::device_hash;
+        let r = new_room(&s, "log", config(1)).await;
+        waiting(&s, &r, "a", T0).await;
+        waiting(&s, &r, "b", T0 + 1).await;
+        waiting(&s, &r, "a", T0 + 2).await;
+        s.touch(&r, &[dev("b")], T0 + 3).await.unwrap();
+        let a = s.admit(&r, T0 + 10).await.unwrap().admitted[0].1.clone();
+        assert!(s.release(&r, &a.session_id, T0 + 20).await.unwrap());
+        assert!(!s.release(&r, &a.session_id, T0 + 21).await.unwrap());
+        let b = s.admit(&r, T0 + 30).await.unwrap().admitted[0].1.clone();
+        waiting(&s, &r, "c", T0 + 40).await;
+        waiting(&s, &r, "gone", T0 + 41).await;
+        assert!(s.leave(&r, &dev("gone")).await.unwrap());
+        // b expires and is freed by admit, which admits c.
+        let o = s.admit(&r, b.expires_at_ms).await.unwrap();
+        assert_eq!(o.expired, [dev("b")]);
+        let c = o.admitted[0].1.clone();
+        // c expires and rejoins before any admit: the join frees it.
+        waiting(&s, &r, "c", c.expires_at_ms).await;
+        let mut closed = config(1);
+        closed.state = RoomState::Closed;
+        s.put_room(&r, &closed).await.unwrap();
+        assert_eq!(
+            s.join(&r, &dev("late"), c.expires_at_ms).await.unwrap(),
+            JoinOutcome::Closed
+        );
+        let join = |seq, t, ticket, d: &str| LogRecord {
+            seq,
+            t,
+            event: LogEvent::Join {
+                ticket,
+                device: device_hash("log", d),
+            },
+        };
+        let admit = |seq, t, ticket, a: &Admission| LogRecord {
+            seq,
+            t,
+            event: LogEvent::Admit {
+                ticket,
+                session: a.session_id.clone(),
+                capacity: 1,
+            },
+        };
+        let end = |seq, t, ticket, a: &Admission, reason| LogRecord {
+            seq,
+            t,
+            event: LogEvent::End {
+                ticket,
+                session: a.session_id.clone(),
+                reason,
+            },
+        };
+        let want = vec![
+            join(1, T0, 1, "a"),
+            join(2, T0 + 1, 2, "b"),
+            admit(3, T0 + 10, 1, &a),
+            end(4, T0 + 20, 1, &a, EndReason::Released),
+            admit(5, T0 + 30, 2, &b),
+            join(6, T0 + 40, 3, "c"),
+            join(7, T0 + 41, 4, "gone"),
+            end(8, b.expires_at_ms, 2, &b, EndReason::Expired),
+            admit(9, b.expires_at_ms, 3, &c),
+            end(10, c.expires_at_ms, 3, &c, EndReason::Expired),
+            join(11, c.expires_at_ms, 5, "c"),
+        ];
+        assert_eq!(s.log(&r, 0, 100).await.unwrap(), want);
+        assert_eq!(s.log(&r, 2, 3).await.unwrap(), want[2..5]);
+        assert!(s.log(&r, 11, 10).await.unwrap().is_empty());
+        assert!(s.log(&room("unknown"), 0, 10).await.unwrap().is_empty());
+    }
+
+    /// A checkpoint is added only on top of the expected one; trimming
+    /// keeps the anchor checkpoint and the entries after it.
+    pub async fn checkpoints_are_compare_and_set_and_trimmed(s: SharedQueueStore) {
+        let r = new_room(&s, "seal", config(0)).await;
+        for (i, d) in ["a", "b", "c", "d"].iter().enumerate() {
+            waiting(&s, &r, d, T0 + i as u64).await;
+        }
+        let cp = |seq: u64, head: &str| LogCheckpoint {
+            seq,
+            head: head.repeat(64),
+            t: T0 + seq,
+            jws: format!("jws.{seq}.x"),
+        };
+        assert_eq!(s.last_checkpoint(&r).await.unwrap(), None);
+        assert!(s.checkpoints(&r, 10).await.unwrap().is_empty());
+        assert!(s.add_checkpoint(&r, 0, &cp(1, "a")).await.unwrap());
+        assert!(
+            !s.add_checkpoint(&r, 0, &cp(2, "f")).await.unwrap(),
+            "another node sealed first"
+        );
+        assert!(s.add_checkpoint(&r, 1, &cp(2, "b")).await.unwrap());
+        assert!(s.add_checkpoint(&r, 2, &cp(3, "c")).await.unwrap());
+        assert_eq!(s.last_checkpoint(&r).await.unwrap(), Some(cp(3, "c")));
+        assert_eq!(
+            s.checkpoints(&r, 10).await.unwrap(),
+            [cp(1, "a"), cp(2, "b"), cp(3, "c")]
+        );
+        s.trim_log(&r, 2).await.unwrap();
+        let seqs: Vec<u64> = s
+            .log(&r, 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [3, 4]);
+        assert_eq!(
+            s.checkpoints(&r, 10).await.unwrap(),
+            [cp(2, "b"), cp(3, "c")]
+        );
+        assert_eq!(s.checkpoints(&r, 1).await.unwrap(), [cp(2, "b")]);
+        // Numbering goes on after a trim.
+        waiting(&s, &r, "e", T0 + 10).await;
+        assert_eq!(s.log(&r, 4, 10).await.unwrap()[0].seq, 5);
+        assert!(
+            !s.add_checkpoint(&room("unknown"), 0, &cp(1, "a"))
+                .await
+                .unwrap()
+        );
     }
 
     pub async fn rejoin_keeps_the_same_place(s: SharedQueueStore) {
@@ -613,7 +838,7 @@ pub(crate) mod conformance {
                     let st = s.stats(&r, T0 + 1).await.unwrap();
                     assert!(st.active <= CAP, "stats active {} > capacity", st.active);
                     if let Some(sid) = held.pop_front() {
-                        assert!(s.release(&r, &sid).await.unwrap());
+                        assert!(s.release(&r, &sid, T0).await.unwrap());
                     } else {
                         tokio::task::yield_now().await;
                     }
@@ -726,7 +951,7 @@ pub(crate) mod conformance {
             s.join(&r, &dev("in"), T0 + 1).await.unwrap(),
             JoinOutcome::Admitted(adm.clone())
         );
-        assert!(s.release(&r, &adm.session_id).await.unwrap());
+        assert!(s.release(&r, &adm.session_id, T0).await.unwrap());
         let o = s.admit(&r, T0 + 2).await.unwrap();
         assert_eq!(admitted_names(&o), ["early"]);
         assert_eq!(
@@ -767,9 +992,12 @@ pub(crate) mod conformance {
             waiting(&s, &r, d, T0).await;
         }
         let a = s.admit(&r, T0).await.unwrap().admitted[0].1.clone();
-        assert!(s.release(&r, &a.session_id).await.unwrap());
-        assert!(!s.release(&r, &a.session_id).await.unwrap(), "only once");
-        assert!(!s.release(&r, "no-such-session").await.unwrap());
+        assert!(s.release(&r, &a.session_id, T0).await.unwrap());
+        assert!(
+            !s.release(&r, &a.session_id, T0).await.unwrap(),
+            "only once"
+        );
+        assert!(!s.release(&r, "no-such-session", T0).await.unwrap());
         let o = s.admit(&r, T0 + 1_000).await.unwrap();
         assert_eq!(admitted_names(&o), ["b"]);
         let b = o.admitted[0].1.clone();

@@ -20,9 +20,9 @@ use fred::types::scripts::Script;
 use pace_protocol::DeviceId;
 
 use super::{
-    Admission, AdmitOutcome, Appearance, DeviceStatus, JoinOutcome, Place, Positions, QueueError,
-    QueueStore, RATE_WINDOW_MS, Room, RoomConfig, RoomCounters, RoomId, RoomState,
-    WAIT_BUCKETS_SECS, WaitDistribution,
+    Admission, AdmitOutcome, Appearance, DeviceStatus, EndReason, JoinOutcome, LogCheckpoint,
+    LogEvent, LogRecord, Place, Positions, QueueError, QueueStore, RATE_WINDOW_MS, Room,
+    RoomConfig, RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS, WaitDistribution,
 };
 
 /// Most expiries, admissions, sweeps or heartbeats one script run handles,
@@ -49,6 +49,8 @@ struct Scripts {
     positions: Script,
     status: Script,
     stats: Script,
+    add_checkpoint: Script,
+    trim_log: Script,
 }
 
 impl std::fmt::Debug for RedisQueueStore {
@@ -73,6 +75,8 @@ struct RoomKeys {
     joined: String,
     waits: String,
     owner: String,
+    log: String,
+    checkpoints: String,
 }
 
 impl RoomKeys {
@@ -91,6 +95,8 @@ impl RoomKeys {
             joined: key("joined"),
             waits: key("waits"),
             owner: key("owner"),
+            log: key("log"),
+            checkpoints: key("log:cp"),
         }
     }
 }
@@ -197,6 +203,8 @@ impl RedisQueueStore {
                 positions: Script::from_lua(include_str!("positions.lua")),
                 status: Script::from_lua(include_str!("status.lua")),
                 stats: Script::from_lua(include_str!("stats.lua")),
+                add_checkpoint: Script::from_lua(include_str!("add_checkpoint.lua")),
+                trim_log: Script::from_lua(include_str!("trim_log.lua")),
             },
         }
     }
@@ -414,9 +422,13 @@ impl QueueStore for RedisQueueStore {
                 &self.scripts.join,
                 vec![
                     k.config, k.counters, k.queue, k.seen, k.active, k.sessions, k.devices,
-                    k.joined,
+                    k.joined, k.log,
                 ],
-                vec![device.as_str().to_owned(), now_ms.to_string()],
+                vec![
+                    device.as_str().to_owned(),
+                    now_ms.to_string(),
+                    pace_protocol::audit::device_hash(room.as_str(), device.as_str()),
+                ],
             )
             .await?;
         let mut r = Reply::new(v);
@@ -485,7 +497,7 @@ impl QueueStore for RedisQueueStore {
         let k = self.keys(room);
         let keys = vec![
             k.config, k.counters, k.queue, k.seen, k.active, k.sessions, k.devices, k.rate,
-            k.joined, k.waits,
+            k.joined, k.waits, k.log,
         ];
         let args_tail: Vec<String> = WAIT_BUCKETS_SECS.iter().map(u64::to_string).collect();
         let mut out = AdmitOutcome::default();
@@ -596,13 +608,18 @@ impl QueueStore for RedisQueueStore {
         Ok(v.as_u64() == Some(1))
     }
 
-    async fn release(&self, room: &RoomId, session_id: &str) -> Result<bool, QueueError> {
+    async fn release(
+        &self,
+        room: &RoomId,
+        session_id: &str,
+        now_ms: u64,
+    ) -> Result<bool, QueueError> {
         let k = self.keys(room);
         let v = self
             .run(
                 &self.scripts.release,
-                vec![k.active, k.sessions, k.devices],
-                vec![session_id.to_owned()],
+                vec![k.active, k.sessions, k.devices, k.counters, k.log],
+                vec![session_id.to_owned(), now_ms.to_string()],
             )
             .await?;
         Ok(v.as_u64() == Some(1))
@@ -697,6 +714,146 @@ impl QueueStore for RedisQueueStore {
         }
         Ok(w)
     }
+
+    async fn log(
+        &self,
+        room: &RoomId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>, QueueError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.connected_or_fail()?;
+        let start = format!("{}-0", after_seq.saturating_add(1));
+        let v: Value = self
+            .client
+            .xrange(&self.keys(room).log, start, "+", Some(limit as u64))
+            .await
+            .map_err(unavailable)?;
+        v.into_array().into_iter().map(log_record).collect()
+    }
+
+    async fn checkpoints(
+        &self,
+        room: &RoomId,
+        limit: usize,
+    ) -> Result<Vec<LogCheckpoint>, QueueError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.connected_or_fail()?;
+        let last = i64::try_from(limit - 1).unwrap_or(i64::MAX);
+        let raw: Vec<String> = self
+            .client
+            .zrange(
+                &self.keys(room).checkpoints,
+                0,
+                last,
+                None,
+                false,
+                None,
+                false,
+            )
+            .await
+            .map_err(unavailable)?;
+        raw.iter().map(|j| checkpoint(j)).collect()
+    }
+
+    async fn last_checkpoint(&self, room: &RoomId) -> Result<Option<LogCheckpoint>, QueueError> {
+        self.connected_or_fail()?;
+        let raw: Vec<String> = self
+            .client
+            .zrange(
+                &self.keys(room).checkpoints,
+                -1,
+                -1,
+                None,
+                false,
+                None,
+                false,
+            )
+            .await
+            .map_err(unavailable)?;
+        raw.first().map(|j| checkpoint(j)).transpose()
+    }
+
+    async fn add_checkpoint(
+        &self,
+        room: &RoomId,
+        expected_seq: u64,
+        cp: &LogCheckpoint,
+    ) -> Result<bool, QueueError> {
+        let k = self.keys(room);
+        let json = serde_json::to_string(cp).map_err(|e| bad(&e.to_string()))?;
+        let v = self
+            .run(
+                &self.scripts.add_checkpoint,
+                vec![k.config, k.checkpoints],
+                vec![expected_seq.to_string(), cp.seq.to_string(), json],
+            )
+            .await?;
+        Ok(v.as_u64() == Some(1))
+    }
+
+    async fn trim_log(&self, room: &RoomId, through_seq: u64) -> Result<(), QueueError> {
+        let k = self.keys(room);
+        self.run(
+            &self.scripts.trim_log,
+            vec![k.log, k.checkpoints],
+            vec![through_seq.to_string()],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// A checkpoint as kept in the room's checkpoints set.
+fn checkpoint(json: &str) -> Result<LogCheckpoint, QueueError> {
+    serde_json::from_str(json).map_err(|_| bad("invalid checkpoint in store"))
+}
+
+/// One `XRANGE` item of the audit log: `[id, [e, text]]`, the text as
+/// the scripts write it (see the key table in [`crate::queue`]).
+fn log_record(item: Value) -> Result<LogRecord, QueueError> {
+    let mut parts = Reply::new(item);
+    let id = parts.string()?;
+    let seq = id
+        .strip_suffix("-0")
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| bad("invalid audit log id"))?;
+    let mut fields = parts.array()?;
+    let _name = fields.string()?;
+    let text = fields.string()?;
+    parse_log_text(seq, &text).ok_or_else(|| bad("invalid audit log entry"))
+}
+
+fn parse_log_text(seq: u64, text: &str) -> Option<LogRecord> {
+    let f: Vec<&str> = text.split('|').collect();
+    let t = f.get(1)?.parse().ok()?;
+    let ticket = f.get(2)?.parse().ok()?;
+    let event = match (f.first()?, f.len()) {
+        (&"j", 4) => LogEvent::Join {
+            ticket,
+            device: f[3].to_owned(),
+        },
+        (&"a", 5) => LogEvent::Admit {
+            ticket,
+            session: f[3].to_owned(),
+            capacity: f[4].parse().ok()?,
+        },
+        (&"e", 5) => LogEvent::End {
+            ticket,
+            session: f[3].to_owned(),
+            reason: match f[4] {
+                "released" => EndReason::Released,
+                "expired" => EndReason::Expired,
+                _ => return None,
+            },
+        },
+        _ => return None,
+    };
+    Some(LogRecord { seq, t, event })
 }
 
 #[cfg(test)]
@@ -753,6 +910,8 @@ mod tests {
             &k.sessions,
             &k.devices,
             &k.rate,
+            &k.log,
+            &k.checkpoints,
         ] {
             assert_eq!(fred::util::redis_keyslot(key.as_bytes()), slot, "{key}");
         }
@@ -769,6 +928,96 @@ mod tests {
         let _: () = c.script_flush(false).await.unwrap();
         let o = s.admit(&r, T0).await.unwrap();
         assert_eq!(o.admitted.len(), 1);
+    }
+
+    /// Each script appends its log entry before the change it records and
+    /// bumps `log_seq` only after the append: an append that fails (here:
+    /// the log's key holds a string) changes nothing, and numbering goes on
+    /// without a gap once the log can be written again.
+    #[tokio::test]
+    async fn a_log_append_that_fails_changes_nothing() {
+        let redis = TestRedis::start();
+        let c = client(&redis).await;
+        let s = RedisQueueStore::new(c.clone(), "logfail");
+        let r = room("logfail");
+        s.put_room(&r, &config(1)).await.unwrap();
+        s.join(&r, &dev("a"), T0).await.unwrap();
+        let k = RoomKeys::new("logfail", &r);
+        let saved: Value = c.xrange(&k.log, "-", "+", None).await.unwrap();
+        let _: () = c.del(&k.log).await.unwrap();
+        let _: () = c
+            .set(&k.log, "not a stream", None, None, false)
+            .await
+            .unwrap();
+        assert!(s.join(&r, &dev("b"), T0).await.is_err());
+        assert!(s.admit(&r, T0).await.is_err());
+        let st = s.stats(&r, T0).await.unwrap();
+        assert_eq!((st.waiting, st.active), (1, 0), "nothing changed");
+        assert_eq!(s.position(&r, &dev("b")).await.unwrap(), None);
+        // The log back (as it was): the next entry is number 2.
+        let _: () = c.del(&k.log).await.unwrap();
+        assert_eq!(saved.clone().into_array().len(), 1);
+        let _: Value = c
+            .xadd(&k.log, false, None, "1-0", log_fields(saved))
+            .await
+            .unwrap();
+        s.join(&r, &dev("b"), T0).await.unwrap();
+        let seqs: Vec<u64> = s
+            .log(&r, 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2]);
+    }
+
+    /// The reset operations.md gives for a log with a gap (one `EVAL`
+    /// dropping the stream, the checkpoints and `log_seq`): numbering
+    /// starts again at 1 and the queue is untouched.
+    #[tokio::test]
+    async fn the_documented_log_reset_starts_numbering_afresh() {
+        let redis = TestRedis::start();
+        let c = client(&redis).await;
+        let s = RedisQueueStore::new(c.clone(), "pace");
+        let r = room("sale");
+        s.put_room(&r, &config(0)).await.unwrap();
+        for d in ["a", "b", "c"] {
+            s.join(&r, &dev(d), T0).await.unwrap();
+        }
+        // A lost entry: the sealer would report a gap after entry 1.
+        let k = RoomKeys::new("pace", &r);
+        let _: u64 = c.xdel(&k.log, "2-0").await.unwrap();
+        let script =
+            "redis.call('DEL', KEYS[1], KEYS[2]); redis.call('HDEL', KEYS[3], 'log_seq'); return 1";
+        let _: Value = c
+            .eval(
+                script,
+                vec![
+                    "{pace:room:sale}:log",
+                    "{pace:room:sale}:log:cp",
+                    "{pace:room:sale}:counters",
+                ],
+                Vec::<String>::new(),
+            )
+            .await
+            .unwrap();
+        s.join(&r, &dev("d"), T0).await.unwrap();
+        let log = s.log(&r, 0, 10).await.unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].seq, 1);
+        assert!(matches!(log[0].event, LogEvent::Join { ticket: 4, .. }));
+        assert_eq!(s.stats(&r, T0).await.unwrap().waiting, 4);
+    }
+
+    /// The field and value of the only entry of an `XRANGE` reply.
+    fn log_fields(v: Value) -> Vec<(String, String)> {
+        let entry = v.into_array().remove(0).into_array();
+        let fields = entry[1].clone().into_array();
+        vec![(
+            fields[0].as_string().unwrap(),
+            fields[1].as_string().unwrap(),
+        )]
     }
 
     #[tokio::test]

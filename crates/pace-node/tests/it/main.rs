@@ -8,6 +8,7 @@ mod support;
 mod abuse;
 mod admin_api;
 mod admin_login;
+mod audit;
 mod authz;
 mod bad_input;
 mod browser;

@@ -1415,6 +1415,7 @@ const ON_FIRST_SAMPLE: &[&str] = &[
     "pace_room_wait_seconds_bucket",
     "pace_room_wait_seconds_sum",
     "pace_room_wait_seconds_count",
+    "pace_audit_seals_total",
 ];
 
 /// Series Prometheus itself adds to every target.

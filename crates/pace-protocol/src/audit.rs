@@ -1,0 +1,400 @@
+//! The admission log's wire format: the JSON Lines a node exports for a
+//! room (`GET /api/v1/admin/rooms/{room}/log`, and anonymised at
+//! `GET /api/v1/rooms/{room}/log`), and the hash chain that links its
+//! entries, so that anyone holding an export and the cluster's JWKS can
+//! check it.
+//!
+//! # Lines
+//!
+//! Every line is one JSON object whose `type` says what it is ([`LogLine`]):
+//! one `header` first, then the entries in sequence order (`join`, `admit`,
+//! `end`), each followed by the `checkpoint`s that sign the chain up to it.
+//! An export of a trimmed log starts with the *anchor* checkpoint: the one
+//! that signs the chain just before the first kept entry.
+//!
+//! # The chain
+//!
+//! Every entry has a [`canonical`](LogLine::canonical) text — its fields
+//! joined by `|` in a fixed order (all digits, lowercase hex or fixed
+//! words, so nothing needs escaping):
+//!
+//! | entry | canonical text |
+//! |---|---|
+//! | join | `join\|seq\|t\|ticket\|device` |
+//! | admit | `admit\|seq\|t\|ticket\|session_sha256\|capacity` |
+//! | end | `end\|seq\|t\|ticket\|session_sha256\|reason` |
+//!
+//! and `hash = hex(SHA-256(prev "\n" canonical))`, where `prev` is the
+//! previous entry's `hash` ([`GENESIS`], 64 zeros, before the room's first
+//! entry). Raw identifiers never enter the chain: `device` is
+//! [`device_hash`] of the room and device id, `session_sha256` is
+//! [`session_hash`] of the session id. The raw session id (`session`) is in
+//! the admins' export only, so the anonymised export verifies exactly like
+//! the full one.
+//!
+//! A checkpoint's `jws` is a JWT (typ [`CHECKPOINT_TOKEN_TYPE`]) signed with
+//! one of the cluster's admission keys whose claims
+//! ([`CheckpointClaims`]) repeat `room`, `seq` and `head`: the chain's hash
+//! after entry `seq`.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The export format's version, in the header.
+pub const LOG_VERSION: u32 = 1;
+
+/// The `prev` of a room's first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The `typ` header of a checkpoint's JWT.
+pub const CHECKPOINT_TOKEN_TYPE: &str = "pace-log+jwt";
+
+/// The `aud` of a room's checkpoints: `pace-log/<room>`, which no room id
+/// can be (it contains `/`), so a checkpoint never passes as an admission.
+pub fn checkpoint_audience(room: &str) -> String {
+    format!("pace-log/{room}")
+}
+
+/// Lowercase hex of SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+/// The device as the log names it: hex SHA-256 of `room "\n" device`. The
+/// room is part of it, so one device cannot be followed across rooms; a
+/// device finds its own entry by its ticket and checks this hash.
+pub fn device_hash(room: &str, device: &str) -> String {
+    sha256_hex(format!("{room}\n{device}").as_bytes())
+}
+
+/// The session as the chain names it: hex SHA-256 of the session id.
+pub fn session_hash(session: &str) -> String {
+    sha256_hex(session.as_bytes())
+}
+
+/// The hash of an entry whose canonical text is `canonical`, after `prev`.
+pub fn chain_hash(prev: &str, canonical: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(b"\n");
+    h.update(canonical.as_bytes());
+    hex(&h.finalize())
+}
+
+/// Whether `s` is 64 lowercase hex digits (a SHA-256 in the log's form).
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// One line of an export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LogLine {
+    /// The first line: what the export is.
+    Header(LogHeader),
+    /// A device took a new place.
+    Join(JoinEntry),
+    /// A device was admitted.
+    Admit(AdmitEntry),
+    /// A session ended and freed its slot.
+    End(EndEntry),
+    /// A signed chain head.
+    Checkpoint(LogCheckpoint),
+}
+
+/// The export's first line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogHeader {
+    /// [`LOG_VERSION`].
+    pub version: u32,
+    /// The room.
+    pub room: String,
+    /// Whether raw session ids were left out (the public export).
+    pub anonymised: bool,
+    /// When the export was made, Unix ms (the exporting node's clock).
+    pub exported_at_ms: u64,
+    /// First and last entry in the export (0 and 0 when it has none).
+    pub first_seq: u64,
+    /// See `first_seq`.
+    pub last_seq: u64,
+}
+
+/// A device took a new place (a rejoin that keeps its place writes none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinEntry {
+    /// Position in the room's log, from 1, without gaps.
+    pub seq: u64,
+    /// When, Unix ms (the clock of the node that ran the join).
+    pub t: u64,
+    /// The ticket the device got.
+    pub ticket: u64,
+    /// [`device_hash`] of the room and device.
+    pub device: String,
+    /// The previous entry's hash.
+    pub prev: String,
+    /// This entry's hash.
+    pub hash: String,
+}
+
+/// A device was admitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmitEntry {
+    /// Position in the room's log.
+    pub seq: u64,
+    /// When, Unix ms.
+    pub t: u64,
+    /// The ticket the device waited with.
+    pub ticket: u64,
+    /// [`session_hash`] of the session id.
+    pub session_sha256: String,
+    /// The session id (the admission token's `jti`); admins' export only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The room's capacity when the admission was made.
+    pub capacity: u32,
+    /// The previous entry's hash.
+    pub prev: String,
+    /// This entry's hash.
+    pub hash: String,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Released by its holder or revoked by an admin.
+    Released,
+    /// Expired (not renewed in time) and freed.
+    Expired,
+}
+
+impl EndReason {
+    /// The word in the canonical text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Released => "released",
+            EndReason::Expired => "expired",
+        }
+    }
+}
+
+/// A session ended and freed its slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndEntry {
+    /// Position in the room's log.
+    pub seq: u64,
+    /// When the slot was freed, Unix ms.
+    pub t: u64,
+    /// The session's ticket.
+    pub ticket: u64,
+    /// [`session_hash`] of the session id.
+    pub session_sha256: String,
+    /// The session id; admins' export only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Why.
+    pub reason: EndReason,
+    /// The previous entry's hash.
+    pub prev: String,
+    /// This entry's hash.
+    pub hash: String,
+}
+
+/// A signed chain head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCheckpoint {
+    /// The last entry it covers.
+    pub seq: u64,
+    /// The chain's hash after entry `seq`.
+    pub head: String,
+    /// When it was signed, Unix ms.
+    pub t: u64,
+    /// The JWT over [`CheckpointClaims`].
+    pub jws: String,
+}
+
+/// The claims of a checkpoint's JWT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointClaims {
+    /// The cluster's issuer.
+    pub iss: String,
+    /// [`checkpoint_audience`] of the room.
+    pub aud: String,
+    /// The room.
+    pub room: String,
+    /// The last entry covered.
+    pub seq: u64,
+    /// The chain's hash after it.
+    pub head: String,
+    /// Signed at, Unix s.
+    pub iat: u64,
+}
+
+impl LogLine {
+    /// The entry's (or checkpoint's) sequence number; `None` for a header.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            LogLine::Header(_) => None,
+            LogLine::Join(e) => Some(e.seq),
+            LogLine::Admit(e) => Some(e.seq),
+            LogLine::End(e) => Some(e.seq),
+            LogLine::Checkpoint(c) => Some(c.seq),
+        }
+    }
+
+    /// An entry's `(prev, hash)`; `None` for a header or checkpoint.
+    pub fn link(&self) -> Option<(&str, &str)> {
+        match self {
+            LogLine::Join(e) => Some((&e.prev, &e.hash)),
+            LogLine::Admit(e) => Some((&e.prev, &e.hash)),
+            LogLine::End(e) => Some((&e.prev, &e.hash)),
+            LogLine::Header(_) | LogLine::Checkpoint(_) => None,
+        }
+    }
+
+    /// An entry's canonical text (see the module docs); `None` for a
+    /// header or checkpoint.
+    pub fn canonical(&self) -> Option<String> {
+        match self {
+            LogLine::Join(e) => Some(format!("join|{}|{}|{}|{}", e.seq, e.t, e.ticket, e.device)),
+            LogLine::Admit(e) => Some(format!(
+                "admit|{}|{}|{}|{}|{}",
+                e.seq, e.t, e.ticket, e.session_sha256, e.capacity
+            )),
+            LogLine::End(e) => Some(format!(
+                "end|{}|{}|{}|{}|{}",
+                e.seq,
+                e.t,
+                e.ticket,
+                e.session_sha256,
+                e.reason.as_str()
+            )),
+            LogLine::Header(_) | LogLine::Checkpoint(_) => None,
+        }
+    }
+
+    /// The line as one line of JSON (no newline).
+    pub fn to_json(&self) -> String {
+        // Plain strings and numbers: serialization cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn golden(value: LogLine, golden: &str) {
+        assert_eq!(value.to_json(), golden);
+        assert_eq!(serde_json::from_str::<LogLine>(golden).unwrap(), value);
+    }
+
+    #[test]
+    fn lines() {
+        golden(
+            LogLine::Header(LogHeader {
+                version: 1,
+                room: "sale".into(),
+                anonymised: true,
+                exported_at_ms: 5,
+                first_seq: 1,
+                last_seq: 3,
+            }),
+            r#"{"type":"header","version":1,"room":"sale","anonymised":true,"exported_at_ms":5,"first_seq":1,"last_seq":3}"#,
+        );
+        golden(
+            LogLine::Join(JoinEntry {
+                seq: 1,
+                t: 10,
+                ticket: 7,
+                device: "d".into(),
+                prev: "p".into(),
+                hash: "h".into(),
+            }),
+            r#"{"type":"join","seq":1,"t":10,"ticket":7,"device":"d","prev":"p","hash":"h"}"#,
+        );
+        golden(
+            LogLine::Admit(AdmitEntry {
+                seq: 2,
+                t: 11,
+                ticket: 7,
+                session_sha256: "s".into(),
+                session: Some("sid".into()),
+                capacity: 3,
+                prev: "h".into(),
+                hash: "i".into(),
+            }),
+            r#"{"type":"admit","seq":2,"t":11,"ticket":7,"session_sha256":"s","session":"sid","capacity":3,"prev":"h","hash":"i"}"#,
+        );
+        golden(
+            LogLine::End(EndEntry {
+                seq: 3,
+                t: 12,
+                ticket: 7,
+                session_sha256: "s".into(),
+                session: None,
+                reason: EndReason::Expired,
+                prev: "i".into(),
+                hash: "j".into(),
+            }),
+            r#"{"type":"end","seq":3,"t":12,"ticket":7,"session_sha256":"s","reason":"expired","prev":"i","hash":"j"}"#,
+        );
+        golden(
+            LogLine::Checkpoint(LogCheckpoint {
+                seq: 3,
+                head: "j".into(),
+                t: 13,
+                jws: "a.b.c".into(),
+            }),
+            r#"{"type":"checkpoint","seq":3,"head":"j","t":13,"jws":"a.b.c"}"#,
+        );
+        assert!(serde_json::from_str::<LogLine>(r#"{"type":"other"}"#).is_err());
+    }
+
+    #[test]
+    fn hashes_are_the_documented_functions() {
+        // SHA-256("") and SHA-256("abc"): the standard test vectors.
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            session_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(device_hash("r", "d"), sha256_hex(b"r\nd"));
+        assert_ne!(device_hash("r1", "d"), device_hash("r2", "d"));
+        assert_eq!(
+            chain_hash(GENESIS, "x"),
+            sha256_hex(format!("{GENESIS}\nx").as_bytes())
+        );
+        assert!(is_sha256_hex(GENESIS));
+        assert!(!is_sha256_hex(&GENESIS.to_uppercase().replace('0', "A")));
+        assert!(!is_sha256_hex("abc"));
+        let end = LogLine::End(EndEntry {
+            seq: 3,
+            t: 12,
+            ticket: 7,
+            session_sha256: "s".into(),
+            session: Some("raw".into()),
+            reason: EndReason::Released,
+            prev: "i".into(),
+            hash: "j".into(),
+        });
+        assert_eq!(end.canonical().unwrap(), "end|3|12|7|s|released");
+        assert_eq!(end.link(), Some(("i", "j")));
+        assert_eq!(end.seq(), Some(3));
+    }
+}
