@@ -371,7 +371,9 @@ async fn an_enterprise_issuer_is_trusted_for_its_own_tokens_only() {
                     .sign_claims(
                         &json!({"iss": "https://idp.acme.example", "aud": "pace",
                             "sub": "corp-laptop-1", "iat": now, "exp": now + 600}),
-                        now
+                        // The key is newer than `now` once a second has
+                        // passed since: sign at its own time.
+                        unix_now()
                     )
                     .unwrap()
             ),
