@@ -13,8 +13,8 @@ use pace_protocol::DeviceId;
 
 use super::{
     Admission, AdmitOutcome, DeviceStatus, EndReason, JoinOutcome, LogCheckpoint, LogEvent,
-    LogRecord, Place, Positions, QueueError, QueueStore, RATE_WINDOW_MS, Room, RoomConfig,
-    RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS, WaitDistribution,
+    LogRecord, Place, Positions, QueueError, QueueMode, QueueStore, RATE_WINDOW_MS, Room,
+    RoomConfig, RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS, WaitDistribution,
 };
 
 /// The in-memory [`QueueStore`].
@@ -300,6 +300,9 @@ impl QueueStore for MemoryQueueStore {
             if r.config.state == RoomState::Closed {
                 return JoinOutcome::Closed;
             }
+            if r.config.mode == QueueMode::Reject {
+                return JoinOutcome::Rejected;
+            }
             r.last_ticket += 1;
             let ticket = r.last_ticket;
             r.queue.insert(ticket, device.clone());
@@ -387,13 +390,26 @@ impl QueueStore for MemoryQueueStore {
             let mut admitted = Vec::new();
             let mut waited_ms = Vec::new();
             if r.config.state != RoomState::Paused {
+                let mode = r.config.mode;
                 let mut free = u64::from(r.config.capacity).saturating_sub(r.sessions.len() as u64);
                 if let Some(apm) = r.config.admit_per_minute {
                     free = free.min(u64::from(apm).saturating_sub(r.admissions.len() as u64));
                 }
+                if mode == QueueMode::Passthrough {
+                    free = r.waiting();
+                }
                 let expires_at_ms = now_ms + r.config.session_ttl_ms();
                 for _ in 0..free {
-                    let Some((ticket, device)) = r.queue.pop_first() else {
+                    let next = if mode == QueueMode::Random {
+                        // A uniform draw among those waiting now.
+                        let n = r.queue.len();
+                        let rank = (n > 0).then(|| rand::random_range(0..n));
+                        rank.and_then(|rank| r.queue.keys().nth(rank).copied())
+                            .and_then(|t| r.queue.remove_entry(&t))
+                    } else {
+                        r.queue.pop_first()
+                    };
+                    let Some((ticket, device)) = next else {
                         break;
                     };
                     r.tickets.remove(&device);
@@ -419,6 +435,7 @@ impl QueueStore for MemoryQueueStore {
                             ticket,
                             session: sid.clone(),
                             capacity: r.config.capacity,
+                            mode,
                         },
                     );
                     r.sessions.insert(sid.clone(), session);

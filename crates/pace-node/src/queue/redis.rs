@@ -21,7 +21,7 @@ use pace_protocol::DeviceId;
 
 use super::{
     Admission, AdmitOutcome, Appearance, DeviceStatus, EndReason, JoinOutcome, LogCheckpoint,
-    LogEvent, LogRecord, Place, Positions, QueueError, QueueStore, RATE_WINDOW_MS, Room,
+    LogEvent, LogRecord, Place, Positions, QueueError, QueueMode, QueueStore, RATE_WINDOW_MS, Room,
     RoomConfig, RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS, WaitDistribution,
 };
 
@@ -266,6 +266,11 @@ fn parse_config(h: &HashMap<String, String>) -> Result<Option<RoomConfig>, Queue
         state: RoomState::parse(field("state")).ok_or_else(|| bad("unknown room state"))?,
         pow_difficulty: u8::try_from(num("pow_difficulty")?)
             .map_err(|_| bad("room config field out of range"))?,
+        // Rooms stored before modes existed have no field: fifo.
+        mode: match field("mode") {
+            "" => QueueMode::Fifo,
+            m => QueueMode::parse(m).ok_or_else(|| bad("unknown room mode"))?,
+        },
         appearance: match field("appearance") {
             "" => Appearance::default(),
             json => serde_json::from_str(json).map_err(|_| bad("room appearance is not valid"))?,
@@ -296,6 +301,7 @@ impl QueueStore for RedisQueueStore {
             ("target_url", config.target_url.clone()),
             ("state", config.state.as_str().to_owned()),
             ("pow_difficulty", config.pow_difficulty.to_string()),
+            ("mode", config.mode.as_str().to_owned()),
             (
                 "appearance",
                 if config.appearance.is_default() {
@@ -436,6 +442,7 @@ impl QueueStore for RedisQueueStore {
             "waiting" => Ok(JoinOutcome::Waiting(r.place()?)),
             "admitted" => Ok(JoinOutcome::Admitted(r.admission()?)),
             "closed" => Ok(JoinOutcome::Closed),
+            "rejected" => Ok(JoinOutcome::Rejected),
             "nosuchroom" => Ok(JoinOutcome::NoSuchRoom),
             _ => Err(bad("unknown join outcome")),
         }
@@ -837,10 +844,15 @@ fn parse_log_text(seq: u64, text: &str) -> Option<LogRecord> {
             ticket,
             device: f[3].to_owned(),
         },
-        (&"a", 5) => LogEvent::Admit {
+        // `a|t|ticket|session|capacity`, then `|mode` unless fifo.
+        (&"a", 5 | 6) => LogEvent::Admit {
             ticket,
             session: f[3].to_owned(),
             capacity: f[4].parse().ok()?,
+            mode: match f.get(5) {
+                Some(mode) => QueueMode::parse(mode)?,
+                None => QueueMode::Fifo,
+            },
         },
         (&"e", 5) => LogEvent::End {
             ticket,
