@@ -1022,6 +1022,41 @@ mod tests {
         assert_eq!(s.stats(&r, T0).await.unwrap().waiting, 4);
     }
 
+    /// A room stored before modes existed (no `mode` field) reads, admits
+    /// and logs as fifo; a mode the node does not know is an error, not a
+    /// guess.
+    #[tokio::test]
+    async fn a_room_stored_without_a_mode_is_fifo() {
+        let redis = TestRedis::start();
+        let c = client(&redis).await;
+        let s = RedisQueueStore::new(c.clone(), "pace");
+        let r = room("old");
+        let mut cfg = config(1);
+        cfg.mode = QueueMode::Random;
+        s.put_room(&r, &cfg).await.unwrap();
+        let k = RoomKeys::new("pace", &r);
+        let _: u64 = c.hdel(&k.config, "mode").await.unwrap();
+        assert_eq!(s.get_room(&r).await.unwrap().unwrap().config, config(1));
+        for d in ["a", "b", "c"] {
+            s.join(&r, &dev(d), T0).await.unwrap();
+        }
+        let o = s.admit(&r, T0 + 1).await.unwrap();
+        assert_eq!(o.admitted[0].0, dev("a"));
+        let raw: Value = c.xrange(&k.log, "4-0", "4-0", None).await.unwrap();
+        assert_eq!(log_fields(raw)[0].1.split('|').count(), 5, "no mode field");
+        let log = s.log(&r, 3, 1).await.unwrap();
+        assert!(matches!(
+            log[0].event,
+            LogEvent::Admit {
+                ticket: 1,
+                mode: QueueMode::Fifo,
+                ..
+            }
+        ));
+        let _: u64 = c.hset(&k.config, ("mode", "alphabetical")).await.unwrap();
+        assert!(matches!(s.get_room(&r).await, Err(QueueError::BadReply(_))));
+    }
+
     /// The field and value of the only entry of an `XRANGE` reply.
     fn log_fields(v: Value) -> Vec<(String, String)> {
         let entry = v.into_array().remove(0).into_array();
