@@ -597,6 +597,12 @@ async fn queueing_modes_switch_live_through_the_rooms_api() {
         ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::RoomRejecting),
         other => panic!("{other:?}"),
     }
+    assert_eq!(
+        node.metric(r#"pace_frames_rejected_total{reason="room_rejecting"}"#)
+            .await,
+        1.0,
+        "the refusal is counted"
+    );
 
     // Random with room for two more: both new devices get in.
     put_room(&node, "modes", with_mode(5, "random")).await;
