@@ -79,7 +79,7 @@
 //! a run takes the waiting device at rank (the first 12 hex digits of
 //! `SHA-1(nonce ":draw:" i)`, a 48-bit number) mod (devices waiting now),
 //! a bias below 2⁻²⁸ for up to a million waiting. The memory store draws
-//! from the thread-local RNG (`rand`).
+//! from the thread-local RNG (`rand`), or a seeded one in tests.
 //!
 //! # Redis keys
 //!
