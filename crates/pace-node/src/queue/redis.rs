@@ -36,6 +36,10 @@ pub struct RedisQueueStore {
     prefix: String,
     rooms_key: String,
     scripts: Scripts,
+    /// `None`: every admit run gets a fresh UUID v4 nonce. Tests set a
+    /// seed and a counter instead (`seed-<seed>-<n>`), so that a lottery
+    /// (mode `random`) repeats and can be recomputed.
+    seeded_nonces: Option<(u64, std::sync::atomic::AtomicU64)>,
 }
 
 struct Scripts {
@@ -186,12 +190,23 @@ fn device_args(now_ms: u64, devices: &[DeviceId]) -> Vec<String> {
 }
 
 impl RedisQueueStore {
+    /// A store whose admit runs take the nonces `seed-<seed>-0`, `-1`, …
+    /// instead of fresh UUIDs: its lotteries (and session ids) repeat.
+    #[cfg(test)]
+    pub fn with_seeded_nonces(client: Client, prefix: &str, seed: u64) -> RedisQueueStore {
+        RedisQueueStore {
+            seeded_nonces: Some((seed, std::sync::atomic::AtomicU64::new(0))),
+            ..RedisQueueStore::new(client, prefix)
+        }
+    }
+
     /// A store on `client` (connected by its owner), keys under `prefix`.
     pub fn new(client: Client, prefix: &str) -> RedisQueueStore {
         RedisQueueStore {
             client,
             prefix: prefix.to_owned(),
             rooms_key: format!("{{{prefix}}}:rooms"),
+            seeded_nonces: None,
             scripts: Scripts {
                 join: Script::from_lua(include_str!("join.lua")),
                 admit: Script::from_lua(include_str!("admit.lua")),
@@ -509,7 +524,13 @@ impl QueueStore for RedisQueueStore {
         let args_tail: Vec<String> = WAIT_BUCKETS_SECS.iter().map(u64::to_string).collect();
         let mut out = AdmitOutcome::default();
         loop {
-            let nonce = uuid::Uuid::new_v4().to_string();
+            let nonce = match &self.seeded_nonces {
+                None => uuid::Uuid::new_v4().to_string(),
+                Some((seed, n)) => format!(
+                    "seed-{seed}-{}",
+                    n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                ),
+            };
             let v = self
                 .run(
                     &self.scripts.admit,
@@ -1020,6 +1041,69 @@ mod tests {
         assert_eq!(log[0].seq, 1);
         assert!(matches!(log[0].event, LogEvent::Join { ticket: 4, .. }));
         assert_eq!(s.stats(&r, T0).await.unwrap().waiting, 4);
+    }
+
+    /// One seeded lottery of five devices (capacity 1, each released
+    /// before the next draw): the tickets in admission order.
+    async fn seeded_lottery(c: &Client, prefix: &str, seed: u64) -> Vec<u64> {
+        let s = RedisQueueStore::with_seeded_nonces(c.clone(), prefix, seed);
+        let r = room("lottery");
+        let mut cfg = config(1);
+        cfg.mode = QueueMode::Random;
+        s.put_room(&r, &cfg).await.unwrap();
+        for i in 1..=5 {
+            s.join(&r, &dev(&format!("d{i}")), T0 + i).await.unwrap();
+        }
+        let mut order = Vec::new();
+        for step in 0..5 {
+            let o = s.admit(&r, T0 + 10 + step).await.unwrap();
+            let (_, a) = &o.admitted[0];
+            order.push(a.ticket);
+            s.release(&r, &a.session_id, T0 + 10 + step).await.unwrap();
+        }
+        order
+    }
+
+    /// The Lua lottery is the documented function of the nonce: the same
+    /// nonces give the same order; the first draw is the device at rank
+    /// (first 12 hex digits of SHA-1(nonce ":draw:1")) mod waiting; and
+    /// over 200 seeds each of five devices comes first about equally often.
+    #[tokio::test]
+    async fn seeded_lotteries_are_the_documented_draw_and_uniform() {
+        let redis = TestRedis::start();
+        let c = client(&redis).await;
+        let order = seeded_lottery(&c, "same-a", 9).await;
+        assert_eq!(order, seeded_lottery(&c, "same-b", 9).await);
+        let sha1: String = c
+            .eval(
+                "return redis.sha1hex(ARGV[1])",
+                Vec::<String>::new(),
+                vec!["seed-9-0:draw:1"],
+            )
+            .await
+            .unwrap();
+        let rank = u64::from_str_radix(&sha1[..12], 16).unwrap() % 5;
+        assert_eq!(order[0], rank + 1, "tickets 1..5 wait in rank order");
+
+        const SEEDS: u64 = 200;
+        let mut first = [0u32; 5];
+        for seed in 0..SEEDS {
+            let order = seeded_lottery(&c, &format!("u{seed}"), seed).await;
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, [1, 2, 3, 4, 5], "everyone once: {order:?}");
+            first[(order[0] - 1) as usize] += 1;
+        }
+        let expected = SEEDS as f64 / 5.0;
+        let chi2: f64 = first
+            .iter()
+            .map(|&n| (f64::from(n) - expected).powi(2) / expected)
+            .sum();
+        // 4 degrees of freedom: 18.5 is the 0.1 % point.
+        assert!(
+            chi2 < 18.5,
+            "first admitted per ticket {first:?}: chi2 {chi2}"
+        );
     }
 
     /// A room stored before modes existed (no `mode` field) reads, admits
