@@ -173,9 +173,16 @@ impl fmt::Display for Report {
             .map_or("n/a".to_owned(), |t| format!("{t:.6}"));
         writeln!(
             f,
-            "order: {} admissions ({} in random or passthrough mode, not ordered), {} inversions in {} pairs, Kendall tau {tau}",
-            self.admissions, self.unordered, self.inversions, self.pairs
+            "order: {} admissions, {} inversions in {} pairs, Kendall tau {tau}",
+            self.admissions, self.inversions, self.pairs
         )?;
+        if self.unordered > 0 {
+            writeln!(
+                f,
+                "  {} of them in mode random or passthrough: no order promised, not in the pairs",
+                self.unordered
+            )?;
+        }
         for o in &self.overtaken {
             writeln!(
                 f,
@@ -976,6 +983,11 @@ mod tests {
         assert_eq!(r.unordered, 8, "{r}");
         assert_eq!(r.pairs, 8 * 7 / 2, "{r}");
         assert_eq!(r.inversions, 0, "{r}");
+        assert!(
+            r.to_string()
+                .contains("8 of them in mode random or passthrough"),
+            "{r}"
+        );
         let lines = parse(&text);
         let modes: Vec<QueueMode> = lines
             .iter()
