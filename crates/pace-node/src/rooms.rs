@@ -483,6 +483,10 @@ impl Rooms {
                 ErrorCode::RoomClosed,
                 format!("room {room_id} is closed to new joins"),
             ),
+            JoinOutcome::Rejected => refused(
+                ErrorCode::RoomRejecting,
+                format!("room {room_id} refuses new joins (mode reject)"),
+            ),
             JoinOutcome::Waiting(place) => {
                 let stats = self
                     .queue

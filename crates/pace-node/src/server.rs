@@ -316,6 +316,7 @@ async fn ensure_demo_room(node: &NodeRef, address: &str) {
                 target_url: format!("http://{address}/demo/target"),
                 state: RoomState::Open,
                 pow_difficulty: 0,
+                mode: crate::queue::QueueMode::Fifo,
                 appearance: crate::queue::Appearance {
                     title: "Pace demo: you are in line".into(),
                     message: "This is the demo waiting room. Raise its capacity in the console (/admin) to let people in.".into(),

@@ -173,6 +173,7 @@
     $('dial-capacity').value = c.capacity;
     $('dial-admit_per_minute').value = c.admit_per_minute ?? '';
     $('dial-state').value = c.state;
+    $('dial-mode').value = c.mode || 'fifo';
     $('dial-pow_difficulty').value = c.pow_difficulty;
     $('dial-target_url').value = c.target_url;
     const a = c.appearance || {};
@@ -190,6 +191,7 @@
       case 'capacity': case 'pow_difficulty': return Number($('dial-' + field).value);
       case 'admit_per_minute': { const v = $('dial-admit_per_minute').value; return v === '' ? null : Number(v); }
       case 'state': return $('dial-state').value;
+      case 'mode': return $('dial-mode').value;
       case 'target_url': return $('dial-target_url').value.trim();
       case 'appearance': {
         const a = { background: $('dial-background').value, text: $('dial-text').value, accent: $('dial-accent').value };

@@ -223,6 +223,11 @@
         // A closed room may open again: ask again now and then.
         if (f.code === 'room_closed') timer = setTimeout(() => send({ type: 'join', room: cfg.room }), 30000);
         break;
+      case 'room_rejecting':
+        show('closed', 'This waiting room is not taking visitors.',
+          'It refuses new visitors right now. This page checks again every 30 seconds.');
+        timer = setTimeout(() => send({ type: 'join', room: cfg.room }), 30000);
+        break;
       case 'pow_invalid':
       case 'pow_reused':
         if (powRetries++ < 3) send({ type: 'join', room: cfg.room });

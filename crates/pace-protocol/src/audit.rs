@@ -21,7 +21,7 @@
 //! | entry | canonical text |
 //! |---|---|
 //! | join | `join\|seq\|t\|ticket\|device` |
-//! | admit | `admit\|seq\|t\|ticket\|session_sha256\|capacity` |
+//! | admit | `admit\|seq\|t\|ticket\|session_sha256\|capacity`, then `\|mode` unless the mode is `fifo` |
 //! | end | `end\|seq\|t\|ticket\|session_sha256\|reason` |
 //!
 //! and `hash = hex(SHA-256(prev "\n" canonical))`, where `prev` is the
@@ -39,6 +39,8 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::room::QueueMode;
 
 /// The export format's version, in the header.
 pub const LOG_VERSION: u32 = 1;
@@ -164,6 +166,12 @@ pub struct AdmitEntry {
     pub session: Option<String>,
     /// The room's capacity when the admission was made.
     pub capacity: u32,
+    /// The room's queueing mode when the admission was made; absent for
+    /// `fifo` (so logs written before modes existed read, and hash, the
+    /// same). A verifier checks ticket order only for `fifo` admissions and
+    /// capacity for all but `passthrough` ones.
+    #[serde(default, skip_serializing_if = "QueueMode::is_fifo")]
+    pub mode: QueueMode,
     /// The previous entry's hash.
     pub prev: String,
     /// This entry's hash.
@@ -269,10 +277,17 @@ impl LogLine {
     pub fn canonical(&self) -> Option<String> {
         match self {
             LogLine::Join(e) => Some(format!("join|{}|{}|{}|{}", e.seq, e.t, e.ticket, e.device)),
-            LogLine::Admit(e) => Some(format!(
-                "admit|{}|{}|{}|{}|{}",
-                e.seq, e.t, e.ticket, e.session_sha256, e.capacity
-            )),
+            LogLine::Admit(e) => {
+                let mut text = format!(
+                    "admit|{}|{}|{}|{}|{}",
+                    e.seq, e.t, e.ticket, e.session_sha256, e.capacity
+                );
+                if !e.mode.is_fifo() {
+                    text.push('|');
+                    text.push_str(e.mode.as_str());
+                }
+                Some(text)
+            }
             LogLine::End(e) => Some(format!(
                 "end|{}|{}|{}|{}|{}",
                 e.seq,
@@ -333,10 +348,25 @@ mod tests {
                 session_sha256: "s".into(),
                 session: Some("sid".into()),
                 capacity: 3,
+                mode: QueueMode::Fifo,
                 prev: "h".into(),
                 hash: "i".into(),
             }),
             r#"{"type":"admit","seq":2,"t":11,"ticket":7,"session_sha256":"s","session":"sid","capacity":3,"prev":"h","hash":"i"}"#,
+        );
+        golden(
+            LogLine::Admit(AdmitEntry {
+                seq: 2,
+                t: 11,
+                ticket: 7,
+                session_sha256: "s".into(),
+                session: None,
+                capacity: 3,
+                mode: QueueMode::Random,
+                prev: "h".into(),
+                hash: "i".into(),
+            }),
+            r#"{"type":"admit","seq":2,"t":11,"ticket":7,"session_sha256":"s","capacity":3,"mode":"random","prev":"h","hash":"i"}"#,
         );
         golden(
             LogLine::End(EndEntry {
@@ -394,6 +424,28 @@ mod tests {
             hash: "j".into(),
         });
         assert_eq!(end.canonical().unwrap(), "end|3|12|7|s|released");
+        // An admission's mode enters the chain, except fifo (old logs keep
+        // their hashes).
+        let mut admit = AdmitEntry {
+            seq: 2,
+            t: 11,
+            ticket: 7,
+            session_sha256: "s".into(),
+            session: None,
+            capacity: 3,
+            mode: QueueMode::Fifo,
+            prev: "h".into(),
+            hash: "i".into(),
+        };
+        assert_eq!(
+            LogLine::Admit(admit.clone()).canonical().unwrap(),
+            "admit|2|11|7|s|3"
+        );
+        admit.mode = QueueMode::Passthrough;
+        assert_eq!(
+            LogLine::Admit(admit).canonical().unwrap(),
+            "admit|2|11|7|s|3|passthrough"
+        );
         assert_eq!(end.link(), Some(("i", "j")));
         assert_eq!(end.seq(), Some(3));
     }

@@ -33,6 +33,8 @@ pub enum ErrorCode {
     NoSuchRoom,
     /// Join: the room is closed to new joins.
     RoomClosed,
+    /// Join: the room's queueing mode is `reject`: it refuses new joins.
+    RoomRejecting,
     /// HTTP: missing or wrong credentials.
     Unauthorized,
     /// HTTP: the body is not valid JSON or not of the expected shape.
@@ -127,6 +129,7 @@ impl ErrorCode {
             ErrorCode::TooManyGroups => "too_many_groups",
             ErrorCode::NoSuchRoom => "no_such_room",
             ErrorCode::RoomClosed => "room_closed",
+            ErrorCode::RoomRejecting => "room_rejecting",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::PayloadTooLarge => "payload_too_large",
@@ -205,6 +208,7 @@ mod tests {
             ErrorCode::TooManyGroups,
             ErrorCode::NoSuchRoom,
             ErrorCode::RoomClosed,
+            ErrorCode::RoomRejecting,
             ErrorCode::Unauthorized,
             ErrorCode::BadRequest,
             ErrorCode::PayloadTooLarge,

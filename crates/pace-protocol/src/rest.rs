@@ -721,10 +721,13 @@ mod tests {
             serde_json::from_str::<RoomStats>(golden_stats).unwrap(),
             stats
         );
+        // A config without `mode` (as stored before modes) reads as fifo,
+        // and is written with it.
         let config: crate::room::RoomConfig = serde_json::from_str(
             r#"{"capacity":5,"admit_per_minute":null,"session_ttl_secs":60,"target_url":"https://x/","state":"open","pow_difficulty":0}"#,
         )
         .unwrap();
+        assert_eq!(config.mode, crate::room::QueueMode::Fifo);
         let t = Telemetry {
             at_ms: 1,
             tenant: "acme".into(),
@@ -736,7 +739,7 @@ mod tests {
             total_connections: 0,
             nodes: vec![],
         };
-        let golden = r#"{"type":"telemetry","at_ms":1,"tenant":"acme","rooms":[{"id":"sale","config":{"capacity":5,"admit_per_minute":null,"session_ttl_secs":60,"target_url":"https://x/","state":"open","pow_difficulty":0},"stats":null}],"total_connections":0,"nodes":[]}"#;
+        let golden = r#"{"type":"telemetry","at_ms":1,"tenant":"acme","rooms":[{"id":"sale","config":{"capacity":5,"admit_per_minute":null,"session_ttl_secs":60,"target_url":"https://x/","state":"open","pow_difficulty":0,"mode":"fifo"},"stats":null}],"total_connections":0,"nodes":[]}"#;
         assert_eq!(serde_json::to_string(&t).unwrap(), golden);
         assert_eq!(serde_json::from_str::<Telemetry>(golden).unwrap(), t);
     }

@@ -41,6 +41,56 @@ impl RoomState {
     }
 }
 
+/// How a room orders admissions (its queueing mode); switchable live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueMode {
+    /// Admissions in ticket order (join order): the default, and what a
+    /// room stored before modes existed reads as.
+    #[default]
+    Fifo,
+    /// Each admission draws uniformly among the devices waiting at that
+    /// moment (a lottery); capacity and the per-minute budget still hold.
+    Random,
+    /// Everyone is admitted at once, regardless of capacity and the
+    /// per-minute budget; joins, admissions and sessions are still counted
+    /// and logged.
+    Passthrough,
+    /// New joins are refused (error `rejected`); devices already waiting
+    /// keep their place and are admitted in ticket order.
+    Reject,
+}
+
+impl QueueMode {
+    /// Every mode, in documentation order.
+    pub const ALL: [QueueMode; 4] = [
+        QueueMode::Fifo,
+        QueueMode::Random,
+        QueueMode::Passthrough,
+        QueueMode::Reject,
+    ];
+
+    /// `fifo`, `random`, `passthrough` or `reject` (as stored and logged).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueMode::Fifo => "fifo",
+            QueueMode::Random => "random",
+            QueueMode::Passthrough => "passthrough",
+            QueueMode::Reject => "reject",
+        }
+    }
+
+    /// The inverse of [`QueueMode::as_str`].
+    pub fn parse(s: &str) -> Option<QueueMode> {
+        QueueMode::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// Whether this is [`QueueMode::Fifo`] (serde's skip test).
+    pub fn is_fifo(&self) -> bool {
+        *self == QueueMode::Fifo
+    }
+}
+
 /// A room's settings; every field may change live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomConfig {
@@ -57,6 +107,9 @@ pub struct RoomConfig {
     pub state: RoomState,
     /// Proof-of-work difficulty asked of joining devices (0 = none).
     pub pow_difficulty: u8,
+    /// How admissions are ordered (absent: `fifo`).
+    #[serde(default)]
+    pub mode: QueueMode,
     /// The waiting-room page's words and colours (absent: Pace's own).
     #[serde(default, skip_serializing_if = "Appearance::is_default")]
     pub appearance: Appearance,

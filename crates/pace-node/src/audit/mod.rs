@@ -90,6 +90,7 @@ pub fn line(record: &LogRecord, prev: &str, anonymised: bool) -> LogLine {
             ticket,
             session: sid,
             capacity,
+            mode,
         } => LogLine::Admit(AdmitEntry {
             seq: record.seq,
             t: record.t,
@@ -97,6 +98,7 @@ pub fn line(record: &LogRecord, prev: &str, anonymised: bool) -> LogLine {
             session_sha256: session_hash(sid),
             session: session(sid),
             capacity: *capacity,
+            mode: *mode,
             prev: prev.to_owned(),
             hash: String::new(),
         }),

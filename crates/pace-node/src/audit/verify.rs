@@ -13,12 +13,18 @@
 //!   (EdDSA or ES256 only; the key's own `alg`, when it states one, must
 //!   agree), with `aud` `pace-log/<room>` and claims equal to the line.
 //! - **The order**: tickets are handed out in join order, every ticket is
-//!   admitted at most once, and admissions follow ticket order (all of a
-//!   room's periods are FIFO): the Kendall tau between ticket order and
-//!   admission order, and every admission that overtook an earlier ticket
-//!   listed.
+//!   admitted at most once, and the admissions made in ticket order —
+//!   those whose `mode` is `fifo` (absent) or `reject` — follow ticket
+//!   order: the Kendall tau between ticket order and their admission
+//!   order, and every one that overtook an earlier ticket listed. An
+//!   admission of mode `random` (a lottery) or `passthrough` (everyone at
+//!   once) promises no order, and is left out of this check; the queue
+//!   still holds the others in ticket order, so the FIFO admissions after
+//!   a random period must still rise.
 //! - **The capacity**: replaying admissions and ends, the sessions active
-//!   after each admission never exceed the capacity that admission states.
+//!   after each admission never exceed the capacity that admission states,
+//!   except for `passthrough` admissions (which ignore capacity by design;
+//!   their sessions still count against the admissions after them).
 //!
 //! With `--device ID` (and optionally `--ticket N`) a device checks its
 //! own entry: the `join` that names its hashed id (with that ticket), and
@@ -38,6 +44,7 @@ use pace_protocol::audit::{
     CheckpointClaims, GENESIS, LogCheckpoint, LogLine, chain_hash, checkpoint_audience,
     device_hash, is_sha256_hex, session_hash,
 };
+use pace_protocol::room::QueueMode;
 
 /// Overtaking admissions listed in a report (the count is always exact).
 pub const MAX_LISTED: usize = 100;
@@ -116,7 +123,10 @@ pub struct Report {
     pub signed_through: u64,
     /// Admissions read.
     pub admissions: u64,
-    /// Admission pairs compared (n·(n−1)/2).
+    /// Admissions of mode `random` or `passthrough`: not ordered, so not
+    /// in `pairs`.
+    pub unordered: u64,
+    /// Pairs of ordered admissions compared (n·(n−1)/2).
     pub pairs: u64,
     /// Pairs admitted against ticket order.
     pub inversions: u64,
@@ -166,6 +176,13 @@ impl fmt::Display for Report {
             "order: {} admissions, {} inversions in {} pairs, Kendall tau {tau}",
             self.admissions, self.inversions, self.pairs
         )?;
+        if self.unordered > 0 {
+            writeln!(
+                f,
+                "  {} of them in mode random or passthrough: no order promised, not in the pairs",
+                self.unordered
+            )?;
+        }
         for o in &self.overtaken {
             writeln!(
                 f,
@@ -474,7 +491,9 @@ impl Pass<'_> {
                         format!("ticket {} admitted but never joined", e.ticket),
                     );
                 }
+                let ordered = matches!(e.mode, QueueMode::Fifo | QueueMode::Reject);
                 match self.max_admitted {
+                    _ if !ordered => self.report.unordered += 1,
                     Some((by_ticket, by_seq)) if e.ticket < by_ticket => {
                         if self.report.overtaken.len() < MAX_LISTED {
                             self.report.overtaken.push(Overtaken {
@@ -487,11 +506,13 @@ impl Pass<'_> {
                     }
                     _ => self.max_admitted = Some((e.ticket, seq)),
                 }
-                self.admission_tickets.push(e.ticket);
+                if ordered {
+                    self.admission_tickets.push(e.ticket);
+                }
                 self.active.insert(e.session_sha256.clone());
                 let active = self.active.len() as u64;
                 self.report.max_active = self.report.max_active.max(active);
-                if active > u64::from(e.capacity) {
+                if active > u64::from(e.capacity) && e.mode != QueueMode::Passthrough {
                     self.problem(
                         n,
                         Some(seq),
@@ -582,7 +603,7 @@ pub fn verify(text: &str, jwks: &JwkSet, query: Option<&DeviceQuery>) -> Report 
         );
     }
     let r = &mut pass.report;
-    let n = r.admissions;
+    let n = r.admissions - r.unordered;
     r.pairs = n.saturating_mul(n.saturating_sub(1)) / 2;
     r.inversions = count_inversions(&mut pass.admission_tickets);
     if r.inversions > 0 {
@@ -630,7 +651,7 @@ mod tests {
     use super::*;
     use crate::admission::KeySet;
     use crate::audit::{export, seal};
-    use crate::queue::{MemoryQueueStore, QueueStore};
+    use crate::queue::{MemoryQueueStore, QueueMode, QueueStore};
     use pace_protocol::audit::CHECKPOINT_TOKEN_TYPE;
     use pace_protocol::{DeviceId, RoomId};
 
@@ -900,6 +921,154 @@ mod tests {
         assert!((r.kendall_tau().unwrap() - (1.0 - 10.0 / 15.0)).abs() < 1e-9);
         assert_eq!(r.overtaken.len(), 3, "{r}");
         assert_eq!((r.overtaken[0].ticket, r.overtaken[0].by_ticket), (3, 5));
+    }
+
+    /// A log through every mode, from the memory store: capacity 2, 16
+    /// devices; fifo admits 2 (released), random 4 (two runs of 2),
+    /// passthrough 4 at once (over capacity; released), then fifo the rest.
+    async fn mixed_log() -> (KeySet, String) {
+        let q = MemoryQueueStore::new();
+        let keys = KeySet::generate_in_memory().unwrap();
+        let r = RoomId::parse("m").unwrap();
+        let mut c = crate::queue::conformance::config(2);
+        q.put_room(&r, &c).await.unwrap();
+        let t0 = crate::store::now_ms();
+        for i in 0..16 {
+            q.join(&r, &DeviceId::parse(&format!("d{i}")).unwrap(), t0)
+                .await
+                .unwrap();
+        }
+        let mut t = t0;
+        let plan = [
+            (QueueMode::Fifo, 1),
+            (QueueMode::Random, 2),
+            (QueueMode::Passthrough, 1),
+            (QueueMode::Fifo, 20),
+        ];
+        for (i, (mode, runs)) in plan.into_iter().enumerate() {
+            c.mode = mode;
+            if mode == QueueMode::Passthrough {
+                // Four devices left: passthrough admits them all at once.
+                while q.stats(&r, t).await.unwrap().admitted_total < 12 {
+                    c.mode = QueueMode::Fifo;
+                    q.put_room(&r, &c).await.unwrap();
+                    t += 1;
+                    for (_, a) in q.admit(&r, t).await.unwrap().admitted {
+                        q.release(&r, &a.session_id, t).await.unwrap();
+                    }
+                }
+                c.mode = mode;
+            }
+            q.put_room(&r, &c).await.unwrap();
+            for _ in 0..runs {
+                t += 1;
+                let o = q.admit(&r, t).await.unwrap();
+                for (_, a) in &o.admitted {
+                    q.release(&r, &a.session_id, t).await.unwrap();
+                }
+            }
+            seal::seal(&q, &keys, &r, t + i as u64).await.unwrap();
+        }
+        let text = export::export(&q, &r, false, t + 10).await.unwrap();
+        (keys, text)
+    }
+
+    #[tokio::test]
+    async fn a_log_with_random_and_passthrough_periods_verifies() {
+        let (keys, text) = mixed_log().await;
+        let r = verify(&text, &jwks(&keys), None);
+        assert!(r.ok(), "{r}");
+        assert_eq!(r.admissions, 16, "{r}");
+        // 4 random + 4 passthrough admissions are not ordered.
+        assert_eq!(r.unordered, 8, "{r}");
+        assert_eq!(r.pairs, 8 * 7 / 2, "{r}");
+        assert_eq!(r.inversions, 0, "{r}");
+        assert!(
+            r.to_string()
+                .contains("8 of them in mode random or passthrough"),
+            "{r}"
+        );
+        let lines = parse(&text);
+        let modes: Vec<QueueMode> = lines
+            .iter()
+            .filter_map(|l| match l {
+                LogLine::Admit(a) => Some(a.mode),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(modes.iter().filter(|m| **m == QueueMode::Random).count(), 4);
+        assert_eq!(
+            modes
+                .iter()
+                .filter(|m| **m == QueueMode::Passthrough)
+                .count(),
+            4
+        );
+        assert!(r.max_active >= 4, "passthrough went over capacity 2: {r}");
+    }
+
+    #[tokio::test]
+    async fn fifo_inversions_and_capacity_are_still_flagged_around_random_periods() {
+        let (keys, text) = mixed_log().await;
+        let lines = parse(&text);
+        let fifo_admits: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| matches!(l, LogLine::Admit(a) if a.mode == QueueMode::Fifo))
+            .map(|(i, _)| i)
+            .collect();
+        // Swap the tickets of the last two FIFO admissions, re-signed.
+        let mut swapped = lines.clone();
+        let [.., i, j] = fifo_admits[..] else {
+            panic!("too few fifo admissions")
+        };
+        let (LogLine::Admit(a), LogLine::Admit(b)) = (&lines[i], &lines[j]) else {
+            panic!()
+        };
+        let (ta, tb) = (a.ticket, b.ticket);
+        if let LogLine::Admit(a) = &mut swapped[i] {
+            a.ticket = tb;
+        }
+        if let LogLine::Admit(b) = &mut swapped[j] {
+            b.ticket = ta;
+        }
+        reseal(&mut swapped, &keys);
+        let r = verify(&render(&swapped), &jwks(&keys), None);
+        assert!(!r.ok());
+        assert_eq!(r.inversions, 1, "{r}");
+        assert_eq!(r.overtaken[0].seq, swapped[j].seq().unwrap(), "{r}");
+        // A passthrough admission relabelled fifo, re-signed: it went over
+        // capacity, and now that is a violation.
+        let mut relabelled = lines.clone();
+        let last_passthrough = relabelled
+            .iter()
+            .rposition(|l| matches!(l, LogLine::Admit(a) if a.mode == QueueMode::Passthrough))
+            .unwrap();
+        if let LogLine::Admit(a) = &mut relabelled[last_passthrough] {
+            a.mode = QueueMode::Fifo;
+        }
+        reseal(&mut relabelled, &keys);
+        let r = verify(&render(&relabelled), &jwks(&keys), None);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.what.contains("over the capacity of 2")
+                    && p.seq == relabelled[last_passthrough].seq()),
+            "{r}"
+        );
+        // The mode is in the chain: changed without re-chaining, the entry
+        // is named.
+        let mut altered = lines.clone();
+        if let LogLine::Admit(a) = &mut altered[last_passthrough] {
+            a.mode = QueueMode::Fifo;
+        }
+        let r = verify(&render(&altered), &jwks(&keys), None);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.seq == altered[last_passthrough].seq()),
+            "{r}"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,9 @@
--- Frees expired sessions, then admits the head of the queue in ticket
--- order while the room is not paused, below capacity and within the
--- per-minute budget. Atomic: concurrent runs from several nodes never
+-- Frees expired sessions, then admits while the room is not paused, below
+-- capacity and within the per-minute budget: the head of the queue in
+-- ticket order (modes fifo and reject), or devices drawn uniformly among
+-- those waiting (mode random: draw i of a run picks index
+-- tonumber(first 12 hex digits of SHA-1(nonce ":draw:" i)) mod waiting),
+-- or the head regardless of capacity and budget (mode passthrough). Atomic: concurrent runs from several nodes never
 -- admit past capacity. Handles at most ARGV[3] expiries and admissions per
 -- run (the caller runs it again while `more` is 1).
 --
@@ -56,7 +59,14 @@ end
 
 redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', string.format('%d', now - window_ms))
 
-local cfg = redis.call('HMGET', KEYS[1], 'state', 'capacity', 'admit_per_minute', 'session_ttl_secs')
+local cfg = redis.call('HMGET', KEYS[1], 'state', 'capacity', 'admit_per_minute', 'session_ttl_secs', 'mode')
+-- Rooms stored before modes existed have no mode: fifo. The log records
+-- any other mode after the capacity.
+local mode = cfg[5] or 'fifo'
+local mode_suffix = ''
+if mode ~= 'fifo' then
+  mode_suffix = '|' .. mode
+end
 local active = redis.call('ZCARD', KEYS[5])
 local admitted = {}
 local expires_at = 0
@@ -66,15 +76,17 @@ if cfg[1] == 'open' or cfg[1] == 'closed' then
   if per_minute then
     free = math.min(free, per_minute - redis.call('ZCARD', KEYS[8]))
   end
+  if mode == 'passthrough' then
+    free = batch
+  end
   free = math.min(free, batch)
   if free > 0 then
     expires_at = now + (tonumber(cfg[4]) or 0) * 1000
-    local head = redis.call('ZRANGE', KEYS[3], 0, free - 1, 'WITHSCORES')
-    for i = 1, #head, 2 do
-      local device = head[i]
-      local ticket = string.format('%d', tonumber(head[i + 1]))
+    local capacity = string.format('%d', tonumber(cfg[2]) or 0)
+    local function admit_one(device, score)
+      local ticket = string.format('%d', tonumber(score))
       local sid = session_id(ticket)
-      log('a|' .. ARGV[1] .. '|' .. ticket .. '|' .. sid .. '|' .. string.format('%d', tonumber(cfg[2]) or 0))
+      log('a|' .. ARGV[1] .. '|' .. ticket .. '|' .. sid .. '|' .. capacity .. mode_suffix)
       redis.call('ZREM', KEYS[3], device)
       redis.call('ZREM', KEYS[4], device)
       redis.call('ZADD', KEYS[5], expires_at, sid)
@@ -99,7 +111,26 @@ if cfg[1] == 'open' or cfg[1] == 'closed' then
       admitted[#admitted + 1] = tonumber(ticket)
       admitted[#admitted + 1] = waited
     end
-    local n = #head / 2
+    if mode == 'random' then
+      -- Draw i picks, among those waiting now, the one at rank
+      -- (first 12 hex digits of SHA-1(nonce ":draw:" i)) mod waiting.
+      for i = 1, free do
+        local waiting = redis.call('ZCARD', KEYS[3])
+        if waiting == 0 then
+          break
+        end
+        local h = redis.sha1hex(ARGV[2] .. ':draw:' .. i)
+        local rank = tonumber(string.sub(h, 1, 12), 16) % waiting
+        local got = redis.call('ZRANGE', KEYS[3], rank, rank, 'WITHSCORES')
+        admit_one(got[1], got[2])
+      end
+    else
+      local head = redis.call('ZRANGE', KEYS[3], 0, free - 1, 'WITHSCORES')
+      for i = 1, #head, 2 do
+        admit_one(head[i], head[i + 1])
+      end
+    end
+    local n = #admitted / 4
     if n > 0 then
       redis.call('HINCRBY', KEYS[2], 'admitted_total', n)
       active = active + n

@@ -10,7 +10,7 @@
 -- ARGV[3] the device's hash in the audit log (computed by the node)
 -- Returns {'waiting', ticket, position, waiting_total}
 --       | {'admitted', session id, ticket, admitted_at, expires_at}
---       | {'closed'} | {'nosuchroom'}
+--       | {'closed'} | {'rejected'} (mode reject) | {'nosuchroom'}
 local device = ARGV[1]
 local now = tonumber(ARGV[2])
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -50,6 +50,9 @@ end
 
 if state == 'closed' then
   return {'closed'}
+end
+if redis.call('HGET', KEYS[1], 'mode') == 'reject' then
+  return {'rejected'}
 end
 
 ticket = redis.call('HINCRBY', KEYS[2], 'ticket', 1)

@@ -13,8 +13,8 @@ use pace_protocol::DeviceId;
 
 use super::{
     Admission, AdmitOutcome, DeviceStatus, EndReason, JoinOutcome, LogCheckpoint, LogEvent,
-    LogRecord, Place, Positions, QueueError, QueueStore, RATE_WINDOW_MS, Room, RoomConfig,
-    RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS, WaitDistribution,
+    LogRecord, Place, Positions, QueueError, QueueMode, QueueStore, RATE_WINDOW_MS, Room,
+    RoomConfig, RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS, WaitDistribution,
 };
 
 /// The in-memory [`QueueStore`].
@@ -26,6 +26,9 @@ pub struct MemoryQueueStore {
     owners: Mutex<HashMap<RoomId, String>>,
     /// Devices each user holds places with, by room and user.
     user_places: Mutex<HashMap<(RoomId, String), std::collections::BTreeSet<DeviceId>>>,
+    /// Where mode `random` draws from: `None` for the thread-local RNG;
+    /// a seeded generator makes a lottery repeatable (tests).
+    draws: Mutex<Option<rand::rngs::StdRng>>,
 }
 
 /// One room: the same facts the Redis store keeps in the room's keys.
@@ -187,6 +190,27 @@ impl MemoryQueueStore {
         MemoryQueueStore::default()
     }
 
+    /// A store whose `random` draws come from a generator seeded with
+    /// `seed`: the same calls give the same lottery.
+    #[cfg(test)]
+    pub fn with_seed(seed: u64) -> MemoryQueueStore {
+        use rand::SeedableRng;
+        MemoryQueueStore {
+            draws: Mutex::new(Some(rand::rngs::StdRng::seed_from_u64(seed))),
+            ..MemoryQueueStore::default()
+        }
+    }
+
+    /// A uniform draw in `0..n` (`n` > 0) for mode `random`.
+    fn draw(&self, n: usize) -> usize {
+        use rand::Rng;
+        let mut draws = self.draws.lock().unwrap_or_else(|p| p.into_inner());
+        match draws.as_mut() {
+            Some(rng) => rng.random_range(0..n),
+            None => rand::random_range(0..n),
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<RoomId, RoomData>) -> T) -> T {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut rooms)
@@ -300,6 +324,9 @@ impl QueueStore for MemoryQueueStore {
             if r.config.state == RoomState::Closed {
                 return JoinOutcome::Closed;
             }
+            if r.config.mode == QueueMode::Reject {
+                return JoinOutcome::Rejected;
+            }
             r.last_ticket += 1;
             let ticket = r.last_ticket;
             r.queue.insert(ticket, device.clone());
@@ -387,13 +414,26 @@ impl QueueStore for MemoryQueueStore {
             let mut admitted = Vec::new();
             let mut waited_ms = Vec::new();
             if r.config.state != RoomState::Paused {
+                let mode = r.config.mode;
                 let mut free = u64::from(r.config.capacity).saturating_sub(r.sessions.len() as u64);
                 if let Some(apm) = r.config.admit_per_minute {
                     free = free.min(u64::from(apm).saturating_sub(r.admissions.len() as u64));
                 }
+                if mode == QueueMode::Passthrough {
+                    free = r.waiting();
+                }
                 let expires_at_ms = now_ms + r.config.session_ttl_ms();
                 for _ in 0..free {
-                    let Some((ticket, device)) = r.queue.pop_first() else {
+                    let next = if mode == QueueMode::Random {
+                        // A uniform draw among those waiting now.
+                        let n = r.queue.len();
+                        let rank = (n > 0).then(|| self.draw(n));
+                        rank.and_then(|rank| r.queue.keys().nth(rank).copied())
+                            .and_then(|t| r.queue.remove_entry(&t))
+                    } else {
+                        r.queue.pop_first()
+                    };
+                    let Some((ticket, device)) = next else {
                         break;
                     };
                     r.tickets.remove(&device);
@@ -419,6 +459,7 @@ impl QueueStore for MemoryQueueStore {
                             ticket,
                             session: sid.clone(),
                             capacity: r.config.capacity,
+                            mode,
                         },
                     );
                     r.sessions.insert(sid.clone(), session);
@@ -641,4 +682,70 @@ mod tests {
     }
 
     queue_conformance!(setup);
+
+    /// Mode random with seeded draws: the same seed gives the same
+    /// lottery, and over 400 seeds each of five devices comes first about
+    /// equally often and the mean admission rank of every ticket is near
+    /// the middle (3): a simple uniformity check that cannot flake.
+    #[tokio::test]
+    async fn seeded_lotteries_repeat_and_are_uniform() {
+        use super::super::QueueMode;
+        use super::super::conformance::{T0, config, dev, room};
+        async fn lottery(seed: u64) -> Vec<u64> {
+            let s = MemoryQueueStore::with_seed(seed);
+            let r = room("seeded");
+            let mut c = config(1);
+            c.mode = QueueMode::Random;
+            s.put_room(&r, &c).await.unwrap();
+            for i in 1..=5 {
+                s.join(&r, &dev(&format!("d{i}")), T0 + i).await.unwrap();
+            }
+            let mut order = Vec::new();
+            for step in 0..5 {
+                let o = s.admit(&r, T0 + 10 + step).await.unwrap();
+                let (_, a) = &o.admitted[0];
+                order.push(a.ticket);
+                s.release(&r, &a.session_id, T0 + 10 + step).await.unwrap();
+            }
+            order
+        }
+        assert_eq!(lottery(7).await, lottery(7).await);
+        const SEEDS: u64 = 400;
+        let mut first = [0u32; 5];
+        let mut rank_sum = [0u64; 5];
+        let mut in_ticket_order = 0;
+        for seed in 0..SEEDS {
+            let order = lottery(seed).await;
+            first[(order[0] - 1) as usize] += 1;
+            for (rank, ticket) in order.iter().enumerate() {
+                rank_sum[(ticket - 1) as usize] += rank as u64 + 1;
+            }
+            if order == [1, 2, 3, 4, 5] {
+                in_ticket_order += 1;
+            }
+        }
+        let expected = SEEDS as f64 / 5.0;
+        let chi2: f64 = first
+            .iter()
+            .map(|&n| (f64::from(n) - expected).powi(2) / expected)
+            .sum();
+        // 4 degrees of freedom: 18.5 is the 0.1 % point.
+        assert!(
+            chi2 < 18.5,
+            "first admitted per ticket {first:?}: chi2 {chi2}"
+        );
+        for (t, sum) in rank_sum.iter().enumerate() {
+            let mean = *sum as f64 / SEEDS as f64;
+            assert!(
+                (mean - 3.0).abs() < 0.3,
+                "ticket {}: mean rank {mean}",
+                t + 1
+            );
+        }
+        // FIFO order is 1 of 120 orders: about 3 of 400.
+        assert!(
+            in_ticket_order < 15,
+            "{in_ticket_order} lotteries in ticket order"
+        );
+    }
 }

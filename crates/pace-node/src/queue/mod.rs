@@ -10,7 +10,7 @@
 //!
 //! A room (`RoomId`, the device-id charset, 1 to 64 bytes) has a
 //! [`RoomConfig`] (capacity, optional admissions per minute, session TTL,
-//! target URL, state, proof-of-work difficulty), every field replaceable
+//! target URL, state, proof-of-work difficulty, queueing mode), every field replaceable
 //! live with [`QueueStore::put_room`] without touching the queue.
 //!
 //! - **Queue**: waiting devices ordered by *ticket*, a per-room counter
@@ -42,6 +42,18 @@
 //! `closed` refuses *new* joins, while devices already waiting keep their
 //! place (a rejoin returns it) and are still admitted — the queue drains.
 //!
+//! Modes ([`QueueMode`], orthogonal to the state, read by every join and
+//! admit run, so a change applies to the next one): `fifo` admits the head
+//! of the queue in ticket order; `random` admits, one draw per free slot,
+//! a device chosen uniformly among those waiting at that moment (tickets
+//! still record the join order); `passthrough` admits everyone waiting on
+//! every admit run regardless of capacity and the per-minute budget (the
+//! admissions and sessions still count in the counters, the rate window
+//! and the log); `reject` refuses new joins ([`JoinOutcome::Rejected`])
+//! while devices already waiting keep their place and are admitted in
+//! ticket order, like `closed`. Each admission's log record carries the
+//! mode it was made in. A room stored without a mode reads as `fifo`.
+//!
 //! # Time
 //!
 //! Every time-dependent operation takes `now_ms` (Unix ms) from the caller;
@@ -63,6 +75,11 @@
 //! UUID v4 *nonce* per admit call and the script derives each session id as
 //! `SHA-1(nonce ":" ticket)` laid out in UUID v4 form (122 bits of the
 //! hash); knowing one session id reveals nothing about its batch-mates'.
+//! The same nonce drives mode `random`'s draws in the script: draw `i` of
+//! a run takes the waiting device at rank (the first 12 hex digits of
+//! `SHA-1(nonce ":draw:" i)`, a 48-bit number) mod (devices waiting now),
+//! a bias below 2⁻²⁸ for up to a million waiting. The memory store draws
+//! from the thread-local RNG (`rand`), or a seeded one in tests.
 //!
 //! # Redis keys
 //!
@@ -71,7 +88,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{p:room:R}:config` | hash | `capacity`, `admit_per_minute` (empty = none), `session_ttl_secs`, `target_url`, `state`, `pow_difficulty` |
+//! | `{p:room:R}:config` | hash | `capacity`, `admit_per_minute` (empty = none), `session_ttl_secs`, `target_url`, `state`, `pow_difficulty`, `mode` (absent = `fifo`), `appearance` |
 //! | `{p:room:R}:counters` | hash | `ticket` (last handed out), `admitted_total`, `abandoned_total`, `peak_waiting` |
 //! | `{p:room:R}:queue` | zset | device → ticket |
 //! | `{p:room:R}:seen` | zset | device → last heartbeat ms (exactly the queue's members) |
@@ -81,7 +98,7 @@
 //! | `{p:room:R}:rate` | zset | session id → admitted at ms (last 60 s) |
 //! | `{p:room:R}:joined` | hash | device → first join ms (waiting devices) |
 //! | `{p:room:R}:waits` | hash | wait-time bucket bound (s, or `+Inf`) → admissions; `sum_ms` |
-//! | `{p:room:R}:log` | stream | audit log: entry id `<seq>-0`, field `e` = `j\|t\|ticket\|device hash`, `a\|t\|ticket\|session\|capacity` or `e\|t\|ticket\|session\|released\|expired`; `log_seq` in the counters |
+//! | `{p:room:R}:log` | stream | audit log: entry id `<seq>-0`, field `e` = `j\|t\|ticket\|device hash`, `a\|t\|ticket\|session\|capacity` (then `\|mode` unless `fifo`) or `e\|t\|ticket\|session\|released\|expired`; `log_seq` in the counters |
 //! | `{p:room:R}:log:cp` | zset | signed checkpoints: JSON [`LogCheckpoint`] scored by its `seq` |
 //! | `{p}:rooms` | set | room ids (another slot: written apart from the config) |
 //!
@@ -94,10 +111,10 @@
 //! |---|---|---|
 //! | `put_room` | `HSET` config + `SADD` rooms | 2 commands, O(1) |
 //! | `get_room` / `rooms` | `HGETALL` / `SMEMBERS` | O(1) / O(rooms) |
-//! | `join` | `join.lua`: `HGET` state, session lookup, `ZSCORE`; new place: `HINCRBY` ticket, `HGET` + `XADD` + `HSET` log, `ZADD` queue + seen, `ZCARD`, peak | ~11 commands, O(log n) |
+//! | `join` | `join.lua`: `HGET` state, session lookup, `ZSCORE`; new place: `HGET` mode, `HINCRBY` ticket, `HGET` + `XADD` + `HSET` log, `ZADD` queue + seen, `ZCARD`, peak | ~11 commands, O(log n) |
 //! | `touch` | `touch.lua`: `ZSCORE` + `ZADD` seen per device | O(k log n) |
 //! | `sweep` | `sweep.lua`: `ZRANGEBYSCORE` seen, `ZREM` queue + seen per device, `HINCRBY` | O(log n + k log n) |
-//! | `admit` | `admit.lua`: `ZRANGEBYSCORE` active (expired) and 3 removals + 3 log commands each; trim rate; `HMGET` config; `ZRANGE` head and 9 commands per admission (3 of them the log's); `HINCRBY` | O((k+1) log n) |
+//! | `admit` | `admit.lua`: `ZRANGEBYSCORE` active (expired) and 3 removals + 3 log commands each; trim rate; `HMGET` config; `ZRANGE` head (mode `random`: `ZCARD` + one-rank `ZRANGE` per draw) and 9 commands per admission (3 of them the log's); `HINCRBY` | O((k+1) log n) |
 //! | `position` / `positions` | `positions.lua`: `ZRANK` per device + `ZCARD` | O(k log n) |
 //! | `head` | `ZRANGE 0 n-1` | O(log n + k) |
 //! | `leave` | `leave.lua`: `ZREM` queue + seen, `HINCRBY` | O(log n) |
@@ -112,7 +129,8 @@
 //!
 //! Admit is atomic and idempotent: any node may run it for any room at any
 //! time, concurrently; each run sees the result of the previous one, so the
-//! room never goes past capacity and admits strictly in ticket order.
+//! room never goes past capacity (except in mode `passthrough`, by design)
+//! and, in modes `fifo` and `reject`, admits strictly in ticket order.
 
 mod memory;
 mod redis;
@@ -133,8 +151,8 @@ pub const RATE_WINDOW_MS: u64 = 60_000;
 pub use pace_protocol::RoomId;
 
 pub use pace_protocol::room::{
-    Appearance, DEFAULT_COLOURS, MESSAGE_MAX_LEN, Room, RoomConfig, RoomState, TARGET_URL_MAX_LEN,
-    TITLE_MAX_LEN, contrast,
+    Appearance, DEFAULT_COLOURS, MESSAGE_MAX_LEN, QueueMode, Room, RoomConfig, RoomState,
+    TARGET_URL_MAX_LEN, TITLE_MAX_LEN, contrast,
 };
 
 /// A waiting device's place.
@@ -179,6 +197,8 @@ pub enum JoinOutcome {
     Admitted(Admission),
     /// The room is closed to new joins.
     Closed,
+    /// The room's mode is `reject`: new joins are refused.
+    Rejected,
     /// No such room.
     NoSuchRoom,
 }
@@ -283,6 +303,8 @@ pub enum LogEvent {
         session: String,
         /// The room's capacity at that moment.
         capacity: u32,
+        /// The room's queueing mode at that moment.
+        mode: QueueMode,
     },
     /// A session ended and freed its slot.
     End {
@@ -525,6 +547,10 @@ pub(crate) mod conformance {
                 wait_times_are_measured_from_the_first_join,
                 the_log_follows_the_queue,
                 checkpoints_are_compare_and_set_and_trimmed,
+                random_mode_is_a_uniform_lottery_that_admits_everyone,
+                passthrough_admits_everyone_at_once_and_counts,
+                reject_refuses_new_joins_only,
+                modes_switch_live,
             );
         };
         (@cases $setup:path, $($case:ident),* $(,)?) => {
@@ -555,6 +581,7 @@ pub(crate) mod conformance {
             target_url: "https://shop.example/checkout".into(),
             state: RoomState::Open,
             pow_difficulty: 0,
+            mode: QueueMode::Fifo,
             appearance: Appearance::default(),
         }
     }
@@ -657,6 +684,7 @@ pub(crate) mod conformance {
                 ticket,
                 session: a.session_id.clone(),
                 capacity: 1,
+                mode: QueueMode::Fifo,
             },
         };
         let end = |seq, t, ticket, a: &Admission, reason| LogRecord {
@@ -1227,6 +1255,7 @@ pub(crate) mod conformance {
         c.admit_per_minute = Some(600);
         c.pow_difficulty = 12;
         c.state = RoomState::Paused;
+        c.mode = QueueMode::Random;
         let created = s.put_room(&r, &c).await.unwrap();
         assert_eq!(
             created,
@@ -1269,6 +1298,159 @@ pub(crate) mod conformance {
             Err(QueueError::InvalidConfig(_))
         ));
         assert_eq!(s.get_room(&room("rooms.c")).await.unwrap(), None);
+    }
+
+    /// The modes of the admissions in a room's log, in order.
+    async fn logged_modes(s: &SharedQueueStore, r: &RoomId) -> Vec<(u64, QueueMode)> {
+        s.log(r, 0, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|rec| match rec.event {
+                LogEvent::Admit { ticket, mode, .. } => Some((ticket, mode)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Mode random: each admission draws among those waiting. Over 240
+    /// rooms of four devices (capacity 1), the first admitted is each of
+    /// the four tickets about equally often (chi-square, 3 degrees of
+    /// freedom, under 30: a fair draw fails it with probability < 1e-5;
+    /// a draw that always took the head fails it surely); and every
+    /// device is admitted in the end, with the mode in the log.
+    pub async fn random_mode_is_a_uniform_lottery_that_admits_everyone(s: SharedQueueStore) {
+        const RUNS: usize = 240;
+        let mut first = [0u32; 4];
+        let mut orders = HashSet::new();
+        for run in 0..RUNS {
+            let mut c = config(1);
+            c.mode = QueueMode::Random;
+            let r = new_room(&s, &format!("lottery.{run}"), c).await;
+            for (i, d) in ["d1", "d2", "d3", "d4"].iter().enumerate() {
+                waiting(&s, &r, d, T0 + i as u64).await;
+            }
+            let mut order = Vec::new();
+            for step in 0..4u64 {
+                let o = s.admit(&r, T0 + 10 + step).await.unwrap();
+                assert_eq!(o.admitted.len(), 1, "capacity 1 holds in random mode");
+                let (_, a) = &o.admitted[0];
+                order.push(a.ticket);
+                assert!(s.release(&r, &a.session_id, T0 + 10 + step).await.unwrap());
+            }
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, [1, 2, 3, 4], "everyone admitted once: {order:?}");
+            first[(order[0] - 1) as usize] += 1;
+            if run < 3 {
+                let logged: Vec<u64> = logged_modes(&s, &r)
+                    .await
+                    .into_iter()
+                    .map(|(ticket, mode)| {
+                        assert_eq!(mode, QueueMode::Random);
+                        ticket
+                    })
+                    .collect();
+                assert_eq!(logged, order);
+            }
+            orders.insert(order);
+        }
+        let expected = RUNS as f64 / 4.0;
+        let chi2: f64 = first
+            .iter()
+            .map(|&n| (f64::from(n) - expected).powi(2) / expected)
+            .sum();
+        assert!(
+            chi2 < 30.0,
+            "first admitted per ticket {first:?}: chi2 {chi2}"
+        );
+        // 24 possible orders; a fair lottery shows most of them.
+        assert!(orders.len() > 12, "{} distinct orders", orders.len());
+    }
+
+    /// Mode passthrough admits everyone waiting in one admit run,
+    /// regardless of capacity and the per-minute budget, and counts them.
+    pub async fn passthrough_admits_everyone_at_once_and_counts(s: SharedQueueStore) {
+        let mut c = config(1);
+        c.admit_per_minute = Some(1);
+        c.mode = QueueMode::Passthrough;
+        let r = new_room(&s, "through", c).await;
+        for i in 0..5u64 {
+            waiting(&s, &r, &format!("p{i}"), T0 + i).await;
+        }
+        let o = s.admit(&r, T0 + 10).await.unwrap();
+        assert_eq!(o.admitted.len(), 5);
+        assert_eq!((o.active, o.waiting), (5, 0));
+        let stats = s.stats(&r, T0 + 10).await.unwrap();
+        assert_eq!(stats.admitted_total, 5);
+        assert_eq!(stats.admitted_last_minute, 5);
+        assert_eq!(
+            logged_modes(&s, &r).await,
+            (1..=5)
+                .map(|t| (t, QueueMode::Passthrough))
+                .collect::<Vec<_>>()
+        );
+        // A later join is admitted by the next run too.
+        waiting(&s, &r, "late", T0 + 20).await;
+        let o = s.admit(&r, T0 + 21).await.unwrap();
+        assert_eq!(admitted_names(&o), ["late"]);
+        assert_eq!(o.active, 6);
+    }
+
+    /// Mode reject refuses new joins; a device already waiting keeps its
+    /// place (a rejoin returns it) and is admitted in ticket order.
+    pub async fn reject_refuses_new_joins_only(s: SharedQueueStore) {
+        let r = new_room(&s, "reject", config(0)).await;
+        let a = waiting(&s, &r, "a", T0).await;
+        let mut c = config(0);
+        c.mode = QueueMode::Reject;
+        s.put_room(&r, &c).await.unwrap();
+        assert_eq!(
+            s.join(&r, &dev("b"), T0 + 1).await.unwrap(),
+            JoinOutcome::Rejected
+        );
+        assert_eq!(waiting(&s, &r, "a", T0 + 2).await, a);
+        c.capacity = 5;
+        s.put_room(&r, &c).await.unwrap();
+        let o = s.admit(&r, T0 + 3).await.unwrap();
+        assert_eq!(admitted_names(&o), ["a"]);
+        assert_eq!(logged_modes(&s, &r).await, [(1, QueueMode::Reject)]);
+        assert_eq!(s.stats(&r, T0 + 3).await.unwrap().admitted_total, 1);
+    }
+
+    /// A mode change applies to the next join and admit run, keeping the
+    /// queue: fifo, then random, then passthrough, then fifo again.
+    pub async fn modes_switch_live(s: SharedQueueStore) {
+        let r = new_room(&s, "switch", config(1)).await;
+        for i in 1..=8u64 {
+            waiting(&s, &r, &format!("s{i}"), T0 + i).await;
+        }
+        let o = s.admit(&r, T0 + 10).await.unwrap();
+        assert_eq!(admitted_names(&o), ["s1"]);
+        let mut c = config(2);
+        c.mode = QueueMode::Random;
+        s.put_room(&r, &c).await.unwrap();
+        let o = s.admit(&r, T0 + 11).await.unwrap();
+        assert_eq!(o.admitted.len(), 1, "capacity 2, one slot free");
+        assert_eq!((o.active, o.waiting), (2, 6));
+        c.mode = QueueMode::Passthrough;
+        s.put_room(&r, &c).await.unwrap();
+        let o = s.admit(&r, T0 + 12).await.unwrap();
+        assert_eq!(o.admitted.len(), 6);
+        assert_eq!((o.active, o.waiting), (8, 0));
+        c.mode = QueueMode::Fifo;
+        s.put_room(&r, &c).await.unwrap();
+        waiting(&s, &r, "t1", T0 + 13).await;
+        let o = s.admit(&r, T0 + 14).await.unwrap();
+        assert!(o.admitted.is_empty(), "fifo respects capacity again: {o:?}");
+        let modes: Vec<QueueMode> = logged_modes(&s, &r)
+            .await
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        let mut expected = vec![QueueMode::Fifo, QueueMode::Random];
+        expected.extend([QueueMode::Passthrough; 6]);
+        assert_eq!(modes, expected);
     }
 
     /// Leaving gives the place up for good (a later join queues at the

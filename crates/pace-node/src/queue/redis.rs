@@ -21,7 +21,7 @@ use pace_protocol::DeviceId;
 
 use super::{
     Admission, AdmitOutcome, Appearance, DeviceStatus, EndReason, JoinOutcome, LogCheckpoint,
-    LogEvent, LogRecord, Place, Positions, QueueError, QueueStore, RATE_WINDOW_MS, Room,
+    LogEvent, LogRecord, Place, Positions, QueueError, QueueMode, QueueStore, RATE_WINDOW_MS, Room,
     RoomConfig, RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS, WaitDistribution,
 };
 
@@ -36,6 +36,10 @@ pub struct RedisQueueStore {
     prefix: String,
     rooms_key: String,
     scripts: Scripts,
+    /// `None`: every admit run gets a fresh UUID v4 nonce. Tests set a
+    /// seed and a counter instead (`seed-<seed>-<n>`), so that a lottery
+    /// (mode `random`) repeats and can be recomputed.
+    seeded_nonces: Option<(u64, std::sync::atomic::AtomicU64)>,
 }
 
 struct Scripts {
@@ -186,12 +190,23 @@ fn device_args(now_ms: u64, devices: &[DeviceId]) -> Vec<String> {
 }
 
 impl RedisQueueStore {
+    /// A store whose admit runs take the nonces `seed-<seed>-0`, `-1`, …
+    /// instead of fresh UUIDs: its lotteries (and session ids) repeat.
+    #[cfg(test)]
+    pub fn with_seeded_nonces(client: Client, prefix: &str, seed: u64) -> RedisQueueStore {
+        RedisQueueStore {
+            seeded_nonces: Some((seed, std::sync::atomic::AtomicU64::new(0))),
+            ..RedisQueueStore::new(client, prefix)
+        }
+    }
+
     /// A store on `client` (connected by its owner), keys under `prefix`.
     pub fn new(client: Client, prefix: &str) -> RedisQueueStore {
         RedisQueueStore {
             client,
             prefix: prefix.to_owned(),
             rooms_key: format!("{{{prefix}}}:rooms"),
+            seeded_nonces: None,
             scripts: Scripts {
                 join: Script::from_lua(include_str!("join.lua")),
                 admit: Script::from_lua(include_str!("admit.lua")),
@@ -266,6 +281,11 @@ fn parse_config(h: &HashMap<String, String>) -> Result<Option<RoomConfig>, Queue
         state: RoomState::parse(field("state")).ok_or_else(|| bad("unknown room state"))?,
         pow_difficulty: u8::try_from(num("pow_difficulty")?)
             .map_err(|_| bad("room config field out of range"))?,
+        // Rooms stored before modes existed have no field: fifo.
+        mode: match field("mode") {
+            "" => QueueMode::Fifo,
+            m => QueueMode::parse(m).ok_or_else(|| bad("unknown room mode"))?,
+        },
         appearance: match field("appearance") {
             "" => Appearance::default(),
             json => serde_json::from_str(json).map_err(|_| bad("room appearance is not valid"))?,
@@ -296,6 +316,7 @@ impl QueueStore for RedisQueueStore {
             ("target_url", config.target_url.clone()),
             ("state", config.state.as_str().to_owned()),
             ("pow_difficulty", config.pow_difficulty.to_string()),
+            ("mode", config.mode.as_str().to_owned()),
             (
                 "appearance",
                 if config.appearance.is_default() {
@@ -436,6 +457,7 @@ impl QueueStore for RedisQueueStore {
             "waiting" => Ok(JoinOutcome::Waiting(r.place()?)),
             "admitted" => Ok(JoinOutcome::Admitted(r.admission()?)),
             "closed" => Ok(JoinOutcome::Closed),
+            "rejected" => Ok(JoinOutcome::Rejected),
             "nosuchroom" => Ok(JoinOutcome::NoSuchRoom),
             _ => Err(bad("unknown join outcome")),
         }
@@ -502,7 +524,13 @@ impl QueueStore for RedisQueueStore {
         let args_tail: Vec<String> = WAIT_BUCKETS_SECS.iter().map(u64::to_string).collect();
         let mut out = AdmitOutcome::default();
         loop {
-            let nonce = uuid::Uuid::new_v4().to_string();
+            let nonce = match &self.seeded_nonces {
+                None => uuid::Uuid::new_v4().to_string(),
+                Some((seed, n)) => format!(
+                    "seed-{seed}-{}",
+                    n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                ),
+            };
             let v = self
                 .run(
                     &self.scripts.admit,
@@ -837,10 +865,15 @@ fn parse_log_text(seq: u64, text: &str) -> Option<LogRecord> {
             ticket,
             device: f[3].to_owned(),
         },
-        (&"a", 5) => LogEvent::Admit {
+        // `a|t|ticket|session|capacity`, then `|mode` unless fifo.
+        (&"a", 5 | 6) => LogEvent::Admit {
             ticket,
             session: f[3].to_owned(),
             capacity: f[4].parse().ok()?,
+            mode: match f.get(5) {
+                Some(mode) => QueueMode::parse(mode)?,
+                None => QueueMode::Fifo,
+            },
         },
         (&"e", 5) => LogEvent::End {
             ticket,
@@ -1008,6 +1041,104 @@ mod tests {
         assert_eq!(log[0].seq, 1);
         assert!(matches!(log[0].event, LogEvent::Join { ticket: 4, .. }));
         assert_eq!(s.stats(&r, T0).await.unwrap().waiting, 4);
+    }
+
+    /// One seeded lottery of five devices (capacity 1, each released
+    /// before the next draw): the tickets in admission order.
+    async fn seeded_lottery(c: &Client, prefix: &str, seed: u64) -> Vec<u64> {
+        let s = RedisQueueStore::with_seeded_nonces(c.clone(), prefix, seed);
+        let r = room("lottery");
+        let mut cfg = config(1);
+        cfg.mode = QueueMode::Random;
+        s.put_room(&r, &cfg).await.unwrap();
+        for i in 1..=5 {
+            s.join(&r, &dev(&format!("d{i}")), T0 + i).await.unwrap();
+        }
+        let mut order = Vec::new();
+        for step in 0..5 {
+            let o = s.admit(&r, T0 + 10 + step).await.unwrap();
+            let (_, a) = &o.admitted[0];
+            order.push(a.ticket);
+            s.release(&r, &a.session_id, T0 + 10 + step).await.unwrap();
+        }
+        order
+    }
+
+    /// The Lua lottery is the documented function of the nonce: the same
+    /// nonces give the same order; the first draw is the device at rank
+    /// (first 12 hex digits of SHA-1(nonce ":draw:1")) mod waiting; and
+    /// over 200 seeds each of five devices comes first about equally often.
+    #[tokio::test]
+    async fn seeded_lotteries_are_the_documented_draw_and_uniform() {
+        let redis = TestRedis::start();
+        let c = client(&redis).await;
+        let order = seeded_lottery(&c, "same-a", 9).await;
+        assert_eq!(order, seeded_lottery(&c, "same-b", 9).await);
+        let sha1: String = c
+            .eval(
+                "return redis.sha1hex(ARGV[1])",
+                Vec::<String>::new(),
+                vec!["seed-9-0:draw:1"],
+            )
+            .await
+            .unwrap();
+        let rank = u64::from_str_radix(&sha1[..12], 16).unwrap() % 5;
+        assert_eq!(order[0], rank + 1, "tickets 1..5 wait in rank order");
+
+        const SEEDS: u64 = 200;
+        let mut first = [0u32; 5];
+        for seed in 0..SEEDS {
+            let order = seeded_lottery(&c, &format!("u{seed}"), seed).await;
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, [1, 2, 3, 4, 5], "everyone once: {order:?}");
+            first[(order[0] - 1) as usize] += 1;
+        }
+        let expected = SEEDS as f64 / 5.0;
+        let chi2: f64 = first
+            .iter()
+            .map(|&n| (f64::from(n) - expected).powi(2) / expected)
+            .sum();
+        // 4 degrees of freedom: 18.5 is the 0.1 % point.
+        assert!(
+            chi2 < 18.5,
+            "first admitted per ticket {first:?}: chi2 {chi2}"
+        );
+    }
+
+    /// A room stored before modes existed (no `mode` field) reads, admits
+    /// and logs as fifo; a mode the node does not know is an error, not a
+    /// guess.
+    #[tokio::test]
+    async fn a_room_stored_without_a_mode_is_fifo() {
+        let redis = TestRedis::start();
+        let c = client(&redis).await;
+        let s = RedisQueueStore::new(c.clone(), "pace");
+        let r = room("old");
+        let mut cfg = config(1);
+        cfg.mode = QueueMode::Random;
+        s.put_room(&r, &cfg).await.unwrap();
+        let k = RoomKeys::new("pace", &r);
+        let _: u64 = c.hdel(&k.config, "mode").await.unwrap();
+        assert_eq!(s.get_room(&r).await.unwrap().unwrap().config, config(1));
+        for d in ["a", "b", "c"] {
+            s.join(&r, &dev(d), T0).await.unwrap();
+        }
+        let o = s.admit(&r, T0 + 1).await.unwrap();
+        assert_eq!(o.admitted[0].0, dev("a"));
+        let raw: Value = c.xrange(&k.log, "4-0", "4-0", None).await.unwrap();
+        assert_eq!(log_fields(raw)[0].1.split('|').count(), 5, "no mode field");
+        let log = s.log(&r, 3, 1).await.unwrap();
+        assert!(matches!(
+            log[0].event,
+            LogEvent::Admit {
+                ticket: 1,
+                mode: QueueMode::Fifo,
+                ..
+            }
+        ));
+        let _: u64 = c.hset(&k.config, ("mode", "alphabetical")).await.unwrap();
+        assert!(matches!(s.get_room(&r).await, Err(QueueError::BadReply(_))));
     }
 
     /// The field and value of the only entry of an `XRANGE` reply.

@@ -576,3 +576,65 @@ async fn the_console_is_labelled_and_shows_nodes_devices_and_refusals() {
     device.close().await;
     console.close().await;
 }
+
+/// The console's mode dial switches the demo room live: `reject` and a new
+/// page shows the refusal; `passthrough` and that page (asking again) is
+/// let in through a capacity of 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_switches_the_queueing_mode_and_the_page_follows() {
+    let (node, token) = node(0).await;
+    let browser = Browser::start().await;
+    let console = browser.page().await;
+    let base = format!("http://{}", node.addr);
+    console_login(&console, &base, ADMIN_PASSWORD).await;
+    console
+        .wait_text("#room-list", UI, |t| t.contains("demo"))
+        .await;
+    console.click("button[data-room=demo]").await;
+    console.wait_text("#feed", UI, |t| t == "live").await;
+    // A <select> takes no typing: pick the option, then apply the dial.
+    let choose = |mode: &'static str| {
+        let console = &console;
+        async move {
+            console
+                .eval(&format!(
+                    "document.getElementById('dial-mode').value = '{mode}'; return true"
+                ))
+                .await;
+            console
+                .click("form[data-field=mode] button[type=submit]")
+                .await;
+            console
+                .wait_text("#dial-status", UI, |t| {
+                    t.contains(&format!("mode = \"{mode}\""))
+                })
+                .await;
+        }
+    };
+    choose("reject").await;
+    let device = browser.page().await;
+    device.goto(&format!("{base}/r/demo")).await;
+    wait_state(&device, "closed").await;
+    device
+        .wait_text("#headline", UI, |t| t.contains("not taking visitors"))
+        .await;
+
+    choose("passthrough").await;
+    // The page asks again every 30 s; a reload asks now.
+    device.goto(&format!("{base}/r/demo")).await;
+    device
+        .wait_url(UI, |u| u.contains("/demo/target?pace_token="))
+        .await;
+    let auth = format!("Bearer {token}");
+    let (_, room) = http(
+        node.addr,
+        "GET",
+        "/api/v1/admin/rooms/demo",
+        &[("authorization", auth.as_str())],
+        "",
+    )
+    .await
+    .unwrap();
+    assert!(room.contains(r#""mode":"passthrough""#), "{room}");
+    assert!(room.contains(r#""capacity":0"#), "{room}");
+}

@@ -1,6 +1,6 @@
 //! The waiting room on one node (embedded store): rooms API, join, live
 //! positions, admission with signed tokens, release, offline admission,
-//! heartbeat grace, paused and closed rooms.
+//! heartbeat grace, paused and closed rooms, queueing modes.
 
 use std::time::Duration;
 
@@ -542,4 +542,87 @@ async fn a_notification_to_a_room_reaches_the_devices_waiting_in_it() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn queueing_modes_switch_live_through_the_rooms_api() {
+    let node = fast_node().await;
+    let auth = format!("Bearer {KEY}");
+    let with_mode = |capacity: u32, mode: &str| {
+        let mut c = room_config(capacity, "open");
+        c["mode"] = json!(mode);
+        c
+    };
+    // Passthrough: three devices in at once through a capacity of 1.
+    let (status, body) = put_room(&node, "modes", with_mode(1, "passthrough")).await;
+    assert_eq!(status, 200, "{body}");
+    let mut devices = Vec::new();
+    for d in ["m-a", "m-b", "m-c"] {
+        let (mut ws, _) = node.connect(d).await;
+        send_text(&mut ws, r#"{"type":"join","room":"modes"}"#).await;
+        wait_admitted(&mut ws).await;
+        devices.push(ws);
+    }
+    let (_, stats) = http(
+        node.addr,
+        "GET",
+        "/api/v1/rooms/modes/stats",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await
+    .unwrap();
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(
+        (stats["active"].as_u64(), stats["admitted_total"].as_u64()),
+        (Some(3), Some(3)),
+        "{stats}"
+    );
+
+    // Reject: a new join is refused with the documented code.
+    let (status, _) = put_room(&node, "modes", with_mode(1, "reject")).await;
+    assert_eq!(status, 200);
+    let (_, room) = http(
+        node.addr,
+        "GET",
+        "/api/v1/rooms/modes",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await
+    .unwrap();
+    assert!(room.contains(r#""mode":"reject""#), "{room}");
+    let (mut d, _) = node.connect("m-d").await;
+    match join(&mut d, "modes").await {
+        ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::RoomRejecting),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        node.metric(r#"pace_frames_rejected_total{reason="room_rejecting"}"#)
+            .await,
+        1.0,
+        "the refusal is counted"
+    );
+
+    // Random with room for two more: both new devices get in.
+    put_room(&node, "modes", with_mode(5, "random")).await;
+    let (mut e, _) = node.connect("m-e").await;
+    join(&mut d, "modes").await;
+    join(&mut e, "modes").await;
+    wait_admitted(&mut d).await;
+    wait_admitted(&mut e).await;
+
+    // A mode the node does not know is refused, and changes nothing.
+    let (status, body) = put_room(&node, "modes", with_mode(5, "alphabetical")).await;
+    assert_eq!(status, 400, "{body}");
+    let (_, room) = http(
+        node.addr,
+        "GET",
+        "/api/v1/rooms/modes",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await
+    .unwrap();
+    assert!(room.contains(r#""mode":"random""#), "{room}");
 }
