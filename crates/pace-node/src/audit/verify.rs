@@ -703,71 +703,49 @@ mod tests {
         lines.iter().map(|l| l.to_json() + "\n").collect()
     }
 
+    /// Links one line into the chain after `prev` (entries get `prev` and
+    /// `hash`; headers and checkpoints are left as they are).
+    fn link_entry(l: &mut LogLine, prev: &mut String) {
+        let canonical = l.canonical();
+        let (entry_prev, hash) = match l {
+            LogLine::Join(e) => (&mut e.prev, &mut e.hash),
+            LogLine::Admit(e) => (&mut e.prev, &mut e.hash),
+            LogLine::End(e) => (&mut e.prev, &mut e.hash),
+            LogLine::Header(_) | LogLine::Checkpoint(_) => return,
+        };
+        entry_prev.clone_from(prev);
+        *hash = chain_hash(prev, &canonical.unwrap());
+        prev.clone_from(hash);
+    }
+
     /// Recomputes every entry's `prev` and `hash` (not the checkpoints).
     fn rechain(lines: &mut [LogLine]) {
         let mut prev = GENESIS.to_owned();
         for l in lines.iter_mut() {
-            let canonical = l.canonical();
-            match l {
-                LogLine::Join(e) => {
-                    e.prev = prev.clone();
-                    e.hash = chain_hash(&prev, &canonical.unwrap());
-                    prev = e.hash.clone();
-                }
-                LogLine::Admit(e) => {
-                    e.prev = prev.clone();
-                    e.hash = chain_hash(&prev, &canonical.unwrap());
-                    prev = e.hash.clone();
-                }
-                LogLine::End(e) => {
-                    e.prev = prev.clone();
-                    e.hash = chain_hash(&prev, &canonical.unwrap());
-                    prev = e.hash.clone();
-                }
-                LogLine::Header(_) | LogLine::Checkpoint(_) => {}
-            }
+            link_entry(l, &mut prev);
         }
     }
 
     /// Recomputes every hash and re-signs every checkpoint with `keys`, as
     /// a dishonest operator holding the key could.
     fn reseal(lines: &mut [LogLine], keys: &KeySet) {
-        rechain(lines);
         let mut prev = GENESIS.to_owned();
         for l in lines.iter_mut() {
-            let canonical = l.canonical();
-            match l {
-                LogLine::Join(e) => {
-                    e.prev = prev.clone();
-                    e.hash = chain_hash(&prev, &canonical.unwrap());
-                    prev = e.hash.clone();
-                }
-                LogLine::Admit(e) => {
-                    e.prev = prev.clone();
-                    e.hash = chain_hash(&prev, &canonical.unwrap());
-                    prev = e.hash.clone();
-                }
-                LogLine::End(e) => {
-                    e.prev = prev.clone();
-                    e.hash = chain_hash(&prev, &canonical.unwrap());
-                    prev = e.hash.clone();
-                }
-                LogLine::Checkpoint(c) => {
-                    c.head = prev.clone();
-                    let iat = c.t / 1000;
-                    let claims = CheckpointClaims {
-                        iss: keys.issuer().to_owned(),
-                        aud: checkpoint_audience("v"),
-                        room: "v".into(),
-                        seq: c.seq,
-                        head: c.head.clone(),
-                        iat,
-                    };
-                    c.jws = keys
-                        .sign_claims_typed(&claims, iat, CHECKPOINT_TOKEN_TYPE)
-                        .unwrap();
-                }
-                LogLine::Header(_) => {}
+            link_entry(l, &mut prev);
+            if let LogLine::Checkpoint(c) = l {
+                c.head = prev.clone();
+                let iat = c.t / 1000;
+                let claims = CheckpointClaims {
+                    iss: keys.issuer().to_owned(),
+                    aud: checkpoint_audience("v"),
+                    room: "v".into(),
+                    seq: c.seq,
+                    head: c.head.clone(),
+                    iat,
+                };
+                c.jws = keys
+                    .sign_claims_typed(&claims, iat, CHECKPOINT_TOKEN_TYPE)
+                    .unwrap();
             }
         }
     }
