@@ -689,25 +689,8 @@ mod tests {
     /// the middle (3): a simple uniformity check that cannot flake.
     #[tokio::test]
     async fn seeded_lotteries_repeat_and_are_uniform() {
-        use super::super::QueueMode;
-        use super::super::conformance::{T0, config, dev, room};
         async fn lottery(seed: u64) -> Vec<u64> {
-            let s = MemoryQueueStore::with_seed(seed);
-            let r = room("seeded");
-            let mut c = config(1);
-            c.mode = QueueMode::Random;
-            s.put_room(&r, &c).await.unwrap();
-            for i in 1..=5 {
-                s.join(&r, &dev(&format!("d{i}")), T0 + i).await.unwrap();
-            }
-            let mut order = Vec::new();
-            for step in 0..5 {
-                let o = s.admit(&r, T0 + 10 + step).await.unwrap();
-                let (_, a) = &o.admitted[0];
-                order.push(a.ticket);
-                s.release(&r, &a.session_id, T0 + 10 + step).await.unwrap();
-            }
-            order
+            super::super::conformance::seeded_lottery(&MemoryQueueStore::with_seed(seed)).await
         }
         assert_eq!(lottery(7).await, lottery(7).await);
         const SEEDS: u64 = 400;

@@ -573,6 +573,27 @@ pub(crate) mod conformance {
         DeviceId::parse(s).unwrap()
     }
 
+    /// One lottery of five devices in a `random` room of capacity 1, each
+    /// released before the next draw: the tickets in admission order (the
+    /// seeded-lottery tests of both stores).
+    pub async fn seeded_lottery(s: &dyn QueueStore) -> Vec<u64> {
+        let r = room("lottery");
+        let mut c = config(1);
+        c.mode = super::QueueMode::Random;
+        s.put_room(&r, &c).await.unwrap();
+        for i in 1..=5 {
+            s.join(&r, &dev(&format!("d{i}")), T0 + i).await.unwrap();
+        }
+        let mut order = Vec::new();
+        for step in 0..5 {
+            let o = s.admit(&r, T0 + 10 + step).await.unwrap();
+            let (_, a) = &o.admitted[0];
+            order.push(a.ticket);
+            s.release(&r, &a.session_id, T0 + 10 + step).await.unwrap();
+        }
+        order
+    }
+
     pub fn config(capacity: u32) -> RoomConfig {
         RoomConfig {
             capacity,

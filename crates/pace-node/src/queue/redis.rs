@@ -1043,25 +1043,10 @@ mod tests {
         assert_eq!(s.stats(&r, T0).await.unwrap().waiting, 4);
     }
 
-    /// One seeded lottery of five devices (capacity 1, each released
-    /// before the next draw): the tickets in admission order.
+    /// One seeded lottery ([`conformance::seeded_lottery`]) under `prefix`.
     async fn seeded_lottery(c: &Client, prefix: &str, seed: u64) -> Vec<u64> {
         let s = RedisQueueStore::with_seeded_nonces(c.clone(), prefix, seed);
-        let r = room("lottery");
-        let mut cfg = config(1);
-        cfg.mode = QueueMode::Random;
-        s.put_room(&r, &cfg).await.unwrap();
-        for i in 1..=5 {
-            s.join(&r, &dev(&format!("d{i}")), T0 + i).await.unwrap();
-        }
-        let mut order = Vec::new();
-        for step in 0..5 {
-            let o = s.admit(&r, T0 + 10 + step).await.unwrap();
-            let (_, a) = &o.admitted[0];
-            order.push(a.ticket);
-            s.release(&r, &a.session_id, T0 + 10 + step).await.unwrap();
-        }
-        order
+        super::super::conformance::seeded_lottery(&s).await
     }
 
     /// The Lua lottery is the documented function of the nonce: the same
