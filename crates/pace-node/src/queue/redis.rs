@@ -190,6 +190,31 @@ fn device_args(now_ms: u64, devices: &[DeviceId]) -> Vec<String> {
 }
 
 impl RedisQueueStore {
+    /// The room's checkpoints at ranks `start..=stop` (Redis `ZRANGE`
+    /// indexes: negative counts from the newest), oldest first.
+    async fn checkpoint_range(
+        &self,
+        room: &RoomId,
+        start: i64,
+        stop: i64,
+    ) -> Result<Vec<LogCheckpoint>, QueueError> {
+        self.connected_or_fail()?;
+        let raw: Vec<String> = self
+            .client
+            .zrange(
+                &self.keys(room).checkpoints,
+                start,
+                stop,
+                None,
+                false,
+                None,
+                false,
+            )
+            .await
+            .map_err(unavailable)?;
+        raw.iter().map(|j| checkpoint(j)).collect()
+    }
+
     /// A store whose admit runs take the nonces `seed-<seed>-0`, `-1`, …
     /// instead of fresh UUIDs: its lotteries (and session ids) repeat.
     #[cfg(test)]
@@ -770,40 +795,12 @@ impl QueueStore for RedisQueueStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.connected_or_fail()?;
         let last = i64::try_from(limit - 1).unwrap_or(i64::MAX);
-        let raw: Vec<String> = self
-            .client
-            .zrange(
-                &self.keys(room).checkpoints,
-                0,
-                last,
-                None,
-                false,
-                None,
-                false,
-            )
-            .await
-            .map_err(unavailable)?;
-        raw.iter().map(|j| checkpoint(j)).collect()
+        self.checkpoint_range(room, 0, last).await
     }
 
     async fn last_checkpoint(&self, room: &RoomId) -> Result<Option<LogCheckpoint>, QueueError> {
-        self.connected_or_fail()?;
-        let raw: Vec<String> = self
-            .client
-            .zrange(
-                &self.keys(room).checkpoints,
-                -1,
-                -1,
-                None,
-                false,
-                None,
-                false,
-            )
-            .await
-            .map_err(unavailable)?;
-        raw.first().map(|j| checkpoint(j)).transpose()
+        Ok(self.checkpoint_range(room, -1, -1).await?.pop())
     }
 
     async fn add_checkpoint(
