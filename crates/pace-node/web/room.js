@@ -113,10 +113,11 @@
       ? 'At the start everyone here is put in a random order, drawn from a seed committed in advance, ahead of later arrivals.'
       : 'At the start everyone here goes ahead of later arrivals, in the order they came.');
     show('prequeue', 'You are in the pre-queue, waiting for the start.', detail());
-    $('countdown').textContent = event ? clockText(untilMs(event.event_start)) : '';
+    const startsIn = () => (event ? 'Starts in ' + clockText(untilMs(event.event_start)) : '');
+    $('countdown').textContent = startsIn();
     clearInterval(eventTimer);
     eventTimer = setInterval(() => {
-      if (event) $('countdown').textContent = clockText(untilMs(event.event_start));
+      $('countdown').textContent = startsIn();
       $('detail').textContent = detail();
     }, 1000);
     if (!event || event.phase !== 'prequeue') fetchEvent().then(() => say(words(), false)).catch(() => {});
