@@ -60,7 +60,12 @@
 //! the Redis scripts compare against that argument, never against Redis
 //! `TIME`. Both stores are then deterministic and run the same tests with
 //! explicit times and no sleeps; production callers pass the node's wall
-//! clock ([`crate::store::now_ms`]). The trade-off: node clocks must agree
+//! clock ([`crate::store::now_ms`]). The one exception is a room's
+//! scheduled events ([`Event`]): their phase (countdown, pre-queue, live)
+//! is judged by the *store's* clock ([`QueueStore::clock_ms`]: `TIME` inside
+//! the join and admit scripts, the process clock in memory), so that every
+//! node of a cluster opens and starts an event at the same instant; tests
+//! set event times relative to that clock. The trade-off: node clocks must agree
 //! (NTP) to well within the heartbeat grace and session TTL — a node whose
 //! clock runs behind frees sessions and abandons devices a little late and
 //! one whose clock runs ahead a little early, by the skew. Heartbeats only
@@ -88,7 +93,8 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{p:room:R}:config` | hash | `capacity`, `admit_per_minute` (empty = none), `session_ttl_secs`, `target_url`, `state`, `pow_difficulty`, `mode` (absent = `fifo`), `appearance` |
+//! | `{p:room:R}:config` | hash | `capacity`, `admit_per_minute` (empty = none), `session_ttl_secs`, `target_url`, `state`, `pow_difficulty`, `mode` (absent = `fifo`), `appearance`, `events` (JSON, empty = none; each shuffled event with its `seed_sha256`) |
+//! | `{p:room:R}:events` | hash | per event id: `<id>:seed` (the secret seed), `<id>:first` / `<id>:last` (the pre-queue's first and last ticket), `<id>:shuffled` |
 //! | `{p:room:R}:counters` | hash | `ticket` (last handed out), `admitted_total`, `abandoned_total`, `peak_waiting` |
 //! | `{p:room:R}:queue` | zset | device → ticket |
 //! | `{p:room:R}:seen` | zset | device → last heartbeat ms (exactly the queue's members) |
@@ -98,7 +104,7 @@
 //! | `{p:room:R}:rate` | zset | session id → admitted at ms (last 60 s) |
 //! | `{p:room:R}:joined` | hash | device → first join ms (waiting devices) |
 //! | `{p:room:R}:waits` | hash | wait-time bucket bound (s, or `+Inf`) → admissions; `sum_ms` |
-//! | `{p:room:R}:log` | stream | audit log: entry id `<seq>-0`, field `e` = `j\|t\|ticket\|device hash`, `a\|t\|ticket\|session\|capacity` (then `\|mode` unless `fifo`) or `e\|t\|ticket\|session\|released\|expired`; `log_seq` in the counters |
+//! | `{p:room:R}:log` | stream | audit log: entry id `<seq>-0`, field `e` = `j\|t\|ticket\|device hash`, `a\|t\|ticket\|session\|capacity` (then `\|mode` unless `fifo`), `e\|t\|ticket\|session\|released\|expired`, `c\|t\|event\|seed_sha256` or `s\|t\|event\|seed\|t1,t2,…`; `log_seq` in the counters |
 //! | `{p:room:R}:log:cp` | zset | signed checkpoints: JSON [`LogCheckpoint`] scored by its `seq` |
 //! | `{p}:rooms` | set | room ids (another slot: written apart from the config) |
 //!
@@ -131,6 +137,25 @@
 //! time, concurrently; each run sees the result of the previous one, so the
 //! room never goes past capacity (except in mode `passthrough`, by design)
 //! and, in modes `fifo` and `reject`, admits strictly in ticket order.
+//!
+//! # Events
+//!
+//! The first event of a room not yet ended governs it (see [`Event`]):
+//! before its `prequeue_start` join answers [`JoinOutcome::EventNotOpen`]
+//! to a new device; the pre-queue's first join records the first
+//! pre-queue ticket (and, for `order: shuffle`, logs the commitment just
+//! before its own entry); admit holds every admission until
+//! `event_start`; the first join or admit after it records the last
+//! pre-queue ticket; then the first admit run orders the pre-queue — for a
+//! shuffle, [`pace_protocol::audit::shuffle_order`] of the seed and the
+//! waiting pre-queue tickets, the k-th device of the order renumbered to
+//! the k-th smallest ticket, logged with the seed — and admits in ticket
+//! order with the event's overrides. In Redis the node computes the order
+//! (SHA-256 is not in Lua) and `shuffle.lua` applies it only if the
+//! pre-queue is still exactly what the node read (else the node reads
+//! again); the memory store does it in its locked section. A shuffled
+//! event's seed is drawn once, when the event is first stored (`HSETNX`),
+//! and revealed by `get_room` once the shuffle is done.
 
 mod memory;
 mod redis;
