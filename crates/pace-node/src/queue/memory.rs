@@ -294,6 +294,13 @@ impl QueueStore for MemoryQueueStore {
     async fn put_room(&self, room: &RoomId, config: &RoomConfig) -> Result<Room, QueueError> {
         config.validate().map_err(QueueError::InvalidConfig)?;
         let config = super::without_seeds(config);
+        self.with(|rooms| {
+            let r = rooms.get(room);
+            super::check_order_kept(r.map(|r| &r.config), &config, |id| {
+                r.and_then(|r| r.runs.get(id))
+                    .is_some_and(|run| run.first.is_some())
+            })
+        })?;
         let stored = self.with(|rooms| {
             let r = rooms
                 .entry(room.clone())

@@ -186,6 +186,35 @@ pub fn new_seed() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Refuses to change the `order` of an event whose pre-queue has opened
+/// (`opened(id)`): its commitment (or the promise of join order) stands
+/// once anyone joined it. `stored` is the room's config before the change.
+fn check_order_kept(
+    stored: Option<&RoomConfig>,
+    config: &RoomConfig,
+    opened: impl Fn(&str) -> bool,
+) -> Result<(), QueueError> {
+    let Some(stored) = stored else {
+        return Ok(());
+    };
+    for e in &config.events {
+        if let Some(old) = stored.event(&e.id)
+            && old.order != e.order
+            && opened(&e.id)
+        {
+            return Err(QueueError::InvalidConfig(format!(
+                "event {}: its pre-queue has opened, so its order stays {}",
+                e.id,
+                match old.order {
+                    EventOrder::Fifo => "fifo",
+                    EventOrder::Shuffle => "shuffle",
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `config` as a store keeps it: the node's own fields of every event
 /// (`seed_sha256`, `seed`) dropped, whatever a client sent; the store then
 /// sets each shuffled event's commitment from the seed it holds.
@@ -1632,6 +1661,13 @@ pub(crate) mod conformance {
             pre.push((p.ticket, format!("p{i}")));
         }
         assert!(admit_names(&s, &r, T0 + 40).await.is_empty());
+        // Once the pre-queue has opened, the promised order stays.
+        let mut fifo = c.clone();
+        fifo.events[0].order = EventOrder::Fifo;
+        match s.put_room(&r, &fifo).await {
+            Err(QueueError::InvalidConfig(e)) => assert!(e.contains("order stays shuffle"), "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
         // Start (moved to now by the admin): later joins go behind.
         let now = s.clock_ms().await.unwrap();
         c.events[0].event_start = now.saturating_sub(10);

@@ -434,6 +434,16 @@ impl QueueStore for RedisQueueStore {
         self.connected_or_fail()?;
         let k = self.keys(room);
         let mut config = super::without_seeds(config);
+        if !config.events.is_empty() {
+            let stored: HashMap<String, String> =
+                self.client.hgetall(&k.config).await.map_err(unavailable)?;
+            let stored = parse_config(&stored)?;
+            let runs: HashMap<String, String> =
+                self.client.hgetall(&k.events).await.map_err(unavailable)?;
+            super::check_order_kept(stored.as_ref(), &config, |id| {
+                runs.contains_key(&format!("{id}:first"))
+            })?;
+        }
         // A shuffled event commits to a seed once, when first stored
         // (HSETNX: concurrent PUTs agree on one).
         for e in &mut config.events {
