@@ -307,6 +307,17 @@ pub struct SurgeArgs {
     /// Also write every device's raw record (JSON lines) to this file.
     #[arg(long, env = "PACE_LOADTEST_RECORDS")]
     pub records: Option<PathBuf>,
+
+    /// After the run, wait up to this many seconds for the nodes to seal
+    /// the room's audit log, export it and run `pace-node audit verify` on
+    /// it (the store's own record of the admission order); 0 skips it.
+    #[arg(long, default_value_t = 30, env = "PACE_LOADTEST_AUDIT_WAIT")]
+    pub audit_wait: u64,
+
+    /// The `pace-node` binary that verifies the log (default: beside this
+    /// tool's binary, else on PATH).
+    #[arg(long, env = "PACE_LOADTEST_VERIFIER")]
+    pub verifier: Option<PathBuf>,
 }
 
 /// `failover` options.

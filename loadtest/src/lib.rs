@@ -26,6 +26,7 @@
 // Tests may unwrap: a panic there is the test failing, with its message.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod audit_log;
 pub mod broadcast;
 pub mod chart;
 pub mod cli;

@@ -540,9 +540,36 @@ fn render_surge(s: &mut String, g: &SurgeReport) {
     let o = &g.order;
     let _ = writeln!(
         s,
-        "admission order: {} inversions over {} ordered pairs ({} devices admitted early; tolerance {:.0} ms; max lag of an earlier joiner {:.3} ms)",
+        "admission order (frame arrival times): {} inversions over {} ordered pairs ({} devices admitted early; tolerance {:.0} ms; max lag of an earlier joiner {:.3} ms)",
         o.inversions, o.pairs_checked, o.devices_admitted_early, o.tolerance_ms, o.max_lag_ms
     );
+    match &g.audit {
+        Some(a) if a.error.is_none() => {
+            let _ = writeln!(
+                s,
+                "audit log (the store's order): {} — {} entries, {} admissions, {} inversions in {} pairs, Kendall tau {}, at most {} active",
+                if a.verified { "VERIFIED" } else { "FAILED" },
+                a.entries,
+                a.admissions,
+                a.inversions,
+                a.pairs,
+                a.kendall_tau
+                    .map_or("n/a".to_owned(), |t| format!("{t:.6}")),
+                a.max_active.map_or("?".to_owned(), |m| m.to_string()),
+            );
+            for p in &a.problems {
+                let _ = writeln!(s, "  problem: {p}");
+            }
+        }
+        Some(a) => {
+            let _ = writeln!(
+                s,
+                "audit log: not verified ({})",
+                a.error.as_deref().unwrap_or("")
+            );
+        }
+        None => {}
+    }
     let c = &g.capacity_check;
     let _ = writeln!(
         s,

@@ -211,8 +211,12 @@ pub struct SurgeReport {
     pub devices_joining: u64,
     /// Join rate and latency.
     pub joins: Joins,
-    /// Admission order.
+    /// Admission order as the devices saw it (frame arrival times).
     pub order: Order,
+    /// The room's audit log, verified: the admission order in the store
+    /// (the ground truth for `order`); absent with `--audit-wait 0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit_log::AuditVerdict>,
     /// Capacity never exceeded.
     pub capacity_check: CapacityCheck,
     /// Devices admitted.
@@ -242,6 +246,39 @@ pub struct SurgeReport {
     pub cpu_joins: CpuWindow,
     /// CPU during the hold.
     pub cpu_hold: Option<CpuWindow>,
+}
+
+/// Verifies the room's audit log once every admission and release the
+/// devices saw is sealed (joins, admissions and ends: at least three
+/// entries per device admitted and released, two per device admitted).
+async fn audit_verdict(
+    http: &Http,
+    base: &str,
+    room: &str,
+    records: &[SurgeRecord],
+    args: &SurgeArgs,
+) -> Option<crate::audit_log::AuditVerdict> {
+    if args.audit_wait == 0 {
+        return None;
+    }
+    let admitted = records.iter().filter(|r| r.admitted_us.is_some()).count() as u64;
+    let released = records
+        .iter()
+        .filter(|r| r.release_done_us.is_some() && r.release_error.is_none())
+        .count() as u64;
+    let want = 2 * admitted + released;
+    let bin = crate::audit_log::verifier(args.verifier.as_deref());
+    Some(
+        crate::audit_log::verify(
+            http,
+            base,
+            room,
+            want,
+            Duration::from_secs(args.audit_wait),
+            &bin,
+        )
+        .await,
+    )
 }
 
 /// The PUT body for the room.
@@ -602,6 +639,7 @@ pub async fn run_with(
         )),
         _ => None,
     };
+    let audit = audit_verdict(&http, &admin.base, &room, &records, args).await;
     let surge = SurgeReport {
         room,
         admin_target: admin.base.clone(),
@@ -617,6 +655,7 @@ pub async fn run_with(
         devices_joining,
         joins: analysis::joins(&records),
         order: analysis::order(undisrupted, tick_us, end_us),
+        audit,
         capacity_check,
         admitted: records.iter().filter(|r| r.admitted_us.is_some()).count() as u64,
         released: records

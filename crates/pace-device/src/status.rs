@@ -129,6 +129,7 @@ mod tests {
                 eta_seconds: None,
                 state: "open".into(),
                 ticket: None,
+                event: None,
             }
         );
         let a = br#"{"status":"admitted","room":"sale","target_url":"https://x/?pace_token=t","token":"t","expires_at":5}"#;
@@ -141,7 +142,8 @@ mod tests {
             parse_answer(200, u).unwrap(),
             RoomStatus::Unknown {
                 room: RoomId::parse("sale").unwrap(),
-                state: Some("paused".into())
+                state: Some("paused".into()),
+                event: None,
             }
         );
     }

@@ -161,9 +161,10 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NotFound | ErrorCode::NoSuchRoom => StatusCode::NOT_FOUND,
-        ErrorCode::RoomClosed | ErrorCode::RoomRejecting | ErrorCode::DeviceExists => {
-            StatusCode::CONFLICT
-        }
+        ErrorCode::RoomClosed
+        | ErrorCode::RoomRejecting
+        | ErrorCode::EventNotOpen
+        | ErrorCode::DeviceExists => StatusCode::CONFLICT,
         ErrorCode::Forbidden | ErrorCode::OriginNotAllowed | ErrorCode::NotAllowed => {
             StatusCode::FORBIDDEN
         }

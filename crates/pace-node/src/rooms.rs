@@ -27,8 +27,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::queue::{Admission, DeviceStatus, JoinOutcome, QueueError, Room, SharedQueueStore};
+use crate::queue::{
+    Admission, DeviceStatus, EventPhase, JoinOutcome, QueueError, Room, RoomConfig,
+    SharedQueueStore,
+};
 use crate::store::{SharedStore, now_ms};
+use pace_protocol::rest::EventStatus;
 
 /// Devices within this many places of the head get exact positions every tick.
 pub const EXACT_HEAD: usize = 200;
@@ -199,6 +203,10 @@ pub struct Rooms {
     metrics: Metrics,
     config: RoomsConfig,
     joins: crate::limits::WindowLimiter<DeviceId>,
+    /// The store's clock minus this node's, ms, measured every tick: the
+    /// state shown to waiting devices (`prequeue`) follows the store's
+    /// clock like the scripts that decide it.
+    clock_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -263,7 +271,63 @@ impl Rooms {
                 Duration::from_secs(60),
             ),
             config,
+            clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
         }
+    }
+
+    /// The store's clock as last measured (this node's clock plus the
+    /// offset seen on the latest tick).
+    pub fn store_now(&self) -> u64 {
+        let offset = self
+            .clock_offset_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        now_ms().saturating_add_signed(offset)
+    }
+
+    /// The state a waiting device is told: `prequeue` while the room's
+    /// event holds its pre-queue, else the room's state.
+    fn shown_state(&self, config: &RoomConfig) -> String {
+        match config.phase(self.store_now()) {
+            EventPhase::Prequeue(_) => "prequeue".to_owned(),
+            _ => config.state.as_str().to_owned(),
+        }
+    }
+
+    /// The event the room status tells (the governing one, or else the
+    /// last ended), against the store's clock read now; `None` for a room
+    /// without events.
+    pub async fn event_status(
+        &self,
+        config: &RoomConfig,
+    ) -> Result<Option<EventStatus>, QueueError> {
+        if config.events.is_empty() {
+            return Ok(None);
+        }
+        let now = self.queue.clock_ms().await?;
+        let phase = config.phase(now);
+        let event = match phase.event() {
+            Some(e) => e,
+            None => match config.events.iter().max_by_key(|e| e.event_end) {
+                Some(e) => e,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(EventStatus {
+            id: event.id.clone(),
+            phase: match phase {
+                EventPhase::None => "ended",
+                p => p.as_str(),
+            }
+            .to_owned(),
+            prequeue_start: event.prequeue_start,
+            event_start: event.event_start,
+            event_end: event.event_end,
+            now_ms: now,
+            order: event.order,
+            seed_sha256: event.seed_sha256.clone(),
+            seed: event.seed.clone(),
+            message: event.message.clone(),
+        }))
     }
 
     /// Refuses a device a new place when its user already holds
@@ -487,6 +551,12 @@ impl Rooms {
                 ErrorCode::RoomRejecting,
                 format!("room {room_id} refuses new joins (mode reject)"),
             ),
+            JoinOutcome::EventNotOpen { opens_at } => refused(
+                ErrorCode::EventNotOpen,
+                format!(
+                    "room {room_id} opens its pre-queue at {opens_at} (Unix ms); its status route counts down"
+                ),
+            ),
             JoinOutcome::Waiting(place) => {
                 let stats = self
                     .queue
@@ -498,7 +568,7 @@ impl Rooms {
                     position: place.position,
                     waiting_total: place.waiting_total,
                     eta_seconds: eta_seconds(place.position, stats.admitted_last_minute),
-                    state: room.config.state.as_str().to_owned(),
+                    state: self.shown_state(&room.config),
                     ticket: Some(place.ticket),
                 };
                 // Admitted meanwhile: the `admitted` frame went out already,
@@ -555,6 +625,12 @@ impl Rooms {
             let refresh = last_refresh.elapsed() >= self.config.refresh;
             if refresh {
                 last_refresh = tokio::time::Instant::now();
+            }
+            if let Ok(store) = self.queue.clock_ms().await {
+                let offset = i64::try_from(store).unwrap_or(i64::MAX)
+                    - i64::try_from(now_ms()).unwrap_or(i64::MAX);
+                self.clock_offset_ms
+                    .store(offset, std::sync::atomic::Ordering::Relaxed);
             }
             let rooms = match self.queue.rooms().await {
                 Ok(r) => r,
@@ -622,7 +698,7 @@ impl Rooms {
         if local.is_empty() {
             return Ok(());
         }
-        let state = room.config.state.as_str().to_owned();
+        let state = self.shown_state(&room.config);
         let mut updates: Vec<(DeviceId, u64)> = Vec::new();
         if refresh {
             // Heartbeat, then exact positions for everyone waiting here.

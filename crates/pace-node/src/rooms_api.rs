@@ -122,6 +122,7 @@ pub async fn status(
             format!("no room {room_id}"),
         ));
     };
+    let event = node.rooms.event_status(&room.config).await?;
     let body = match queue.status(&room_id, &device, now).await? {
         DeviceStatus::Waiting(place) => {
             let rate = queue.stats(&room_id, now).await?.admitted_last_minute;
@@ -132,6 +133,7 @@ pub async fn status(
                 eta_seconds: eta_seconds(place.position, rate),
                 state: room.config.state.as_str().to_owned(),
                 ticket: Some(place.ticket),
+                event,
             }
         }
         DeviceStatus::Admitted(adm) => {
@@ -154,6 +156,7 @@ pub async fn status(
         DeviceStatus::Unknown => RoomStatus::Unknown {
             room: room_id,
             state: Some(room.config.state.as_str().to_owned()),
+            event,
         },
     };
     Ok(json_response(StatusCode::OK, &body))

@@ -322,6 +322,7 @@ async fn ensure_demo_room(node: &NodeRef, address: &str) {
                     message: "This is the demo waiting room. Raise its capacity in the console (/admin) to let people in.".into(),
                     ..Default::default()
                 },
+                events: Vec::new(),
             };
             match node.rooms.queue.put_room(&room, &config).await {
                 Ok(_) => {

@@ -182,6 +182,59 @@
     $('dial-background').value = a.background || '#f5f6fa';
     $('dial-text').value = a.text || '#161a2b';
     $('dial-accent').value = a.accent || '#3451c7';
+    eventList(c.events || []);
+  }
+
+  // ---- scheduled events -------------------------------------------------
+  const when = (ms) => new Date(ms).toLocaleString();
+  function localInput(ms) {
+    const d = new Date(ms - new Date(ms).getTimezoneOffset() * 60000);
+    return d.toISOString().slice(0, 19);
+  }
+  function eventList(events) {
+    const list = $('event-list');
+    list.replaceChildren();
+    for (const e of events) {
+      const li = document.createElement('li');
+      const seed = e.seed ? ` · seed ${e.seed}` : '';
+      const commit = e.seed_sha256 ? ` · SHA-256(seed) ${e.seed_sha256}` : '';
+      li.textContent = `${e.id}: pre-queue ${when(e.prequeue_start)}, start ${when(e.event_start)}, end ${when(e.event_end)}, ${e.order || 'fifo'}${commit}${seed}`;
+      const edit = document.createElement('button');
+      edit.type = 'button';
+      edit.textContent = 'Edit';
+      edit.addEventListener('click', () => {
+        $('event-id').value = e.id;
+        $('event-prequeue_start').value = localInput(e.prequeue_start);
+        $('event-event_start').value = localInput(e.event_start);
+        $('event-event_end').value = localInput(e.event_end);
+        $('event-order').value = e.order || 'fifo';
+        $('event-capacity').value = e.capacity ?? '';
+        $('event-admit_per_minute').value = e.admit_per_minute ?? '';
+        $('event-message').value = e.message || '';
+        $('event-remove').checked = false;
+      });
+      li.append(' ', edit);
+      list.append(li);
+    }
+    if (!events.length) list.textContent = 'No events.';
+  }
+  // The room's events with the form's event added, replaced or removed.
+  function eventsValue(current) {
+    const id = $('event-id').value.trim();
+    const others = (current || []).filter((e) => e.id !== id);
+    if ($('event-remove').checked) return others;
+    const num = (v) => (v === '' ? undefined : Number(v));
+    const e = {
+      id,
+      prequeue_start: new Date($('event-prequeue_start').value).getTime(),
+      event_start: new Date($('event-event_start').value).getTime(),
+      event_end: new Date($('event-event_end').value).getTime(),
+      order: $('event-order').value,
+      capacity: num($('event-capacity').value),
+      admit_per_minute: num($('event-admit_per_minute').value),
+      message: $('event-message').value.trim() || undefined,
+    };
+    return [...others, e];
   }
 
   // One dial changes one field on top of the room's current config (read
@@ -212,14 +265,17 @@
       status.textContent = `Applying ${field}…`;
       try {
         const current = await api('GET', `/api/v1/admin/rooms/${encodeURIComponent(room)}`);
-        const config = { ...current.config, [field]: value };
+        const config = { ...current.config, [field]: field === 'events' ? eventsValue(current.config.events) : value };
         const saved = await api('PUT', `/api/v1/admin/rooms/${encodeURIComponent(room)}`, config);
-        const shown = field === 'appearance' ? 'waiting page' : `${field} = ${JSON.stringify(saved.config[field])}`;
+        const shown = field === 'appearance' ? 'waiting page'
+          : field === 'events' ? `events = ${(saved.config.events || []).map((e) => e.id).join(', ') || 'none'}`
+            : `${field} = ${JSON.stringify(saved.config[field])}`;
         status.textContent = `✓ ${room}: ${shown} applied at ${new Date().toLocaleTimeString()}`;
         form.dataset.saved = 'true';
         setTimeout(() => { form.dataset.saved = 'false'; }, 1500);
         const r = rooms.get(room);
         if (r) { r.config = saved.config; roomLive(r); }
+        if (field === 'events') eventList(saved.config.events || []);
       } catch (e) {
         status.dataset.error = 'true';
         status.textContent = `✗ ${field} not applied: ${e.message}`;

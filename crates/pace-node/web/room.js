@@ -52,7 +52,81 @@
     if (m < 60) return `About ${m} min`;
     return `About ${Math.floor(m / 60)} h ${m % 60} min`;
   }
+  // ---- scheduled events: countdown, pre-queue ---------------------------
+  // The times come from the room status, counted against the store's
+  // clock (`now_ms`), never this browser's.
+  let eventTimer = null, event = null, skew = 0;
+  function clockText(ms) {
+    const s = Math.max(0, Math.ceil(ms / 1000));
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+    const two = (n) => String(n).padStart(2, '0');
+    return h > 0 ? `${h}:${two(m)}:${two(sec)}` : `${m}:${two(sec)}`;
+  }
+  async function fetchEvent() {
+    const q = new URLSearchParams({ device_id: deviceId, token: store.get(KEY_TOKEN) || '' });
+    const r = await fetch(`/api/v1/rooms/${encodeURIComponent(cfg.room)}/status?${q}`);
+    const j = await r.json().catch(() => ({}));
+    if (!r.ok || !j.event) return null;
+    event = j.event;
+    skew = event.now_ms - Date.now();
+    if (event.message) $('message').textContent = event.message;
+    $('commitment').hidden = !event.seed_sha256;
+    if (event.seed_sha256) $('seed-sha256').textContent = event.seed_sha256;
+    return event;
+  }
+  function untilMs(t) { return t - (Date.now() + skew); }
+  async function countdownToOpen() {
+    clearInterval(eventTimer);
+    let e = null;
+    try { e = await fetchEvent(); } catch { e = null; }
+    if (!e || e.phase !== 'countdown') {
+      // Opened meanwhile (or no status): ask again shortly.
+      timer = setTimeout(() => send({ type: 'join', room: cfg.room }), e ? 500 : 5000);
+      return;
+    }
+    $('position').textContent = '–';
+    $('waiting').textContent = '–';
+    $('eta').textContent = '–';
+    const tick = () => {
+      const left = untilMs(e.prequeue_start);
+      $('countdown').textContent = clockText(left);
+      show('countdown', `The line opens in ${clockText(left)}.`,
+        'Keep this page open: it joins the line by itself when it opens. Coming early gives no advantage.');
+      if (left <= 0) {
+        clearInterval(eventTimer);
+        // A little jitter so every waiting page does not join in the same millisecond.
+        timer = setTimeout(() => send({ type: 'join', room: cfg.room }), Math.random() * 1000);
+      }
+    };
+    tick();
+    eventTimer = setInterval(tick, 1000);
+    say(`The line opens in ${clockText(untilMs(e.prequeue_start))}.`, true);
+  }
+  function prequeue(q) {
+    $('position').textContent = '–';
+    $('waiting').textContent = fmt.format(q.waiting_total);
+    $('eta').textContent = '–';
+    const words = () => event
+      ? `The start is in ${clockText(untilMs(event.event_start))}.`
+      : 'The start is coming.';
+    const detail = () => `${fmt.format(q.waiting_total)} people are in the pre-queue. ` + (event && event.order === 'shuffle'
+      ? 'At the start everyone here is put in a random order, drawn from a seed committed in advance, ahead of later arrivals.'
+      : 'At the start everyone here goes ahead of later arrivals, in the order they came.');
+    show('prequeue', 'You are in the pre-queue, waiting for the start.', detail());
+    const startsIn = () => (event ? 'Starts in ' + clockText(untilMs(event.event_start)) : '');
+    $('countdown').textContent = startsIn();
+    clearInterval(eventTimer);
+    eventTimer = setInterval(() => {
+      $('countdown').textContent = startsIn();
+      $('detail').textContent = detail();
+    }, 1000);
+    if (!event || event.phase !== 'prequeue') fetchEvent().then(() => say(words(), false)).catch(() => {});
+  }
+
   function place(q) {
+    if (q.state === 'prequeue') return prequeue(q);
+    clearInterval(eventTimer);
+    $('countdown').textContent = '';
     let first = Number(store.get(KEY_FIRST) || 0);
     if (!first || q.position > first) { first = q.position; store.set(KEY_FIRST, String(first)); }
     $('position').textContent = fmt.format(q.position);
@@ -189,6 +263,8 @@
         solve(f);
         break;
       case 'admitted':
+        clearInterval(eventTimer);
+        $('countdown').textContent = '';
         store.del(KEY_FIRST);
         show('admitted', "You're in!", 'Taking you there now…');
         $('position').textContent = '0';
@@ -222,6 +298,9 @@
           : 'There is no waiting room at this address.');
         // A closed room may open again: ask again now and then.
         if (f.code === 'room_closed') timer = setTimeout(() => send({ type: 'join', room: cfg.room }), 30000);
+        break;
+      case 'event_not_open':
+        countdownToOpen();
         break;
       case 'room_rejecting':
         show('closed', 'This waiting room is not taking visitors.',

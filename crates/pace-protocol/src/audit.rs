@@ -23,6 +23,8 @@
 //! | join | `join\|seq\|t\|ticket\|device` |
 //! | admit | `admit\|seq\|t\|ticket\|session_sha256\|capacity`, then `\|mode` unless the mode is `fifo` |
 //! | end | `end\|seq\|t\|ticket\|session_sha256\|reason` |
+//! | commit | `commit\|seq\|t\|event\|seed_sha256` |
+//! | shuffle | `shuffle\|seq\|t\|event\|seed\|order` (`order`: the tickets, decimal, joined by `,`) |
 //!
 //! and `hash = hex(SHA-256(prev "\n" canonical))`, where `prev` is the
 //! previous entry's `hash` ([`GENESIS`], 64 zeros, before the room's first
@@ -36,6 +38,18 @@
 //! one of the cluster's admission keys whose claims
 //! ([`CheckpointClaims`]) repeat `room`, `seq` and `head`: the chain's hash
 //! after entry `seq`.
+//!
+//! # The shuffle of an event's pre-queue
+//!
+//! An event with `order: shuffle` commits to a secret seed when it is
+//! stored (`seed_sha256` = [`sha256_hex`] of the seed's 64 hex digits as
+//! text, on the room's status); the pre-queue's first join writes a
+//! `commit` entry with it. At `event_start` the pre-queue's waiting tickets
+//! are ordered by [`shuffle_order`] and a `shuffle` entry records the seed
+//! (revealed) and the resulting order; the device that held the k-th
+//! ticket of that order then holds the k-th smallest of those tickets (its
+//! new ticket, which its later `admit` entry names). Anyone can recompute
+//! the order from the seed and the ticket list.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -93,6 +107,36 @@ pub fn chain_hash(prev: &str, canonical: &str) -> String {
     hex(&h.finalize())
 }
 
+/// The order in which an event's pre-queue is admitted: its `tickets`
+/// (any order, no duplicates) sorted by the key
+///
+/// ```text
+/// list   = the tickets ascending, in decimal, joined by ","
+/// digest = hex(SHA-256(list))
+/// key(t) = hex(SHA-256(seed ":" digest ":" t))     (t in decimal)
+/// ```
+///
+/// ascending, ties (which SHA-256 does not produce) broken by the smaller
+/// ticket. `seed` is the 64 lowercase hex digits as text. Every ticket's
+/// key depends on the whole list, so nobody who knew the seed could pick a
+/// ticket to come first without knowing who else would join.
+pub fn shuffle_order(seed: &str, tickets: &[u64]) -> Vec<u64> {
+    let mut sorted = tickets.to_vec();
+    sorted.sort_unstable();
+    let list = sorted
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let digest = sha256_hex(list.as_bytes());
+    let mut keyed: Vec<(String, u64)> = sorted
+        .into_iter()
+        .map(|t| (sha256_hex(format!("{seed}:{digest}:{t}").as_bytes()), t))
+        .collect();
+    keyed.sort_unstable();
+    keyed.into_iter().map(|(_, t)| t).collect()
+}
+
 /// Whether `s` is 64 lowercase hex digits (a SHA-256 in the log's form).
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64
@@ -112,6 +156,11 @@ pub enum LogLine {
     Admit(AdmitEntry),
     /// A session ended and freed its slot.
     End(EndEntry),
+    /// An event's commitment to its shuffle seed (before its pre-queue's
+    /// first join).
+    Commit(CommitEntry),
+    /// An event's pre-queue shuffled at its start, with the seed revealed.
+    Shuffle(ShuffleEntry),
     /// A signed chain head.
     Checkpoint(LogCheckpoint),
 }
@@ -220,6 +269,55 @@ pub struct EndEntry {
     pub hash: String,
 }
 
+/// An event's commitment to its shuffle seed, written by the join that
+/// opens its pre-queue (before that join's own entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitEntry {
+    /// Position in the room's log.
+    pub seq: u64,
+    /// When, Unix ms.
+    pub t: u64,
+    /// The event's id.
+    pub event: String,
+    /// [`sha256_hex`] of the seed.
+    pub seed_sha256: String,
+    /// The previous entry's hash.
+    pub prev: String,
+    /// This entry's hash.
+    pub hash: String,
+}
+
+/// An event's pre-queue shuffled at its start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShuffleEntry {
+    /// Position in the room's log.
+    pub seq: u64,
+    /// When, Unix ms.
+    pub t: u64,
+    /// The event's id.
+    pub event: String,
+    /// The seed, revealed: its [`sha256_hex`] is the commitment.
+    pub seed: String,
+    /// The pre-queue's tickets (as they joined) in admission order:
+    /// [`shuffle_order`] of the seed and these tickets. The k-th of them
+    /// is admitted under the k-th smallest.
+    pub order: Vec<u64>,
+    /// The previous entry's hash.
+    pub prev: String,
+    /// This entry's hash.
+    pub hash: String,
+}
+
+impl ShuffleEntry {
+    /// `(ticket as joined, ticket after the shuffle)` for every device of
+    /// the pre-queue.
+    pub fn renumbering(&self) -> Vec<(u64, u64)> {
+        let mut sorted = self.order.clone();
+        sorted.sort_unstable();
+        self.order.iter().copied().zip(sorted).collect()
+    }
+}
+
 /// A signed chain head.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogCheckpoint {
@@ -258,6 +356,8 @@ impl LogLine {
             LogLine::Join(e) => Some(e.seq),
             LogLine::Admit(e) => Some(e.seq),
             LogLine::End(e) => Some(e.seq),
+            LogLine::Commit(e) => Some(e.seq),
+            LogLine::Shuffle(e) => Some(e.seq),
             LogLine::Checkpoint(c) => Some(c.seq),
         }
     }
@@ -268,6 +368,8 @@ impl LogLine {
             LogLine::Join(e) => Some((&e.prev, &e.hash)),
             LogLine::Admit(e) => Some((&e.prev, &e.hash)),
             LogLine::End(e) => Some((&e.prev, &e.hash)),
+            LogLine::Commit(e) => Some((&e.prev, &e.hash)),
+            LogLine::Shuffle(e) => Some((&e.prev, &e.hash)),
             LogLine::Header(_) | LogLine::Checkpoint(_) => None,
         }
     }
@@ -295,6 +397,22 @@ impl LogLine {
                 e.ticket,
                 e.session_sha256,
                 e.reason.as_str()
+            )),
+            LogLine::Commit(e) => Some(format!(
+                "commit|{}|{}|{}|{}",
+                e.seq, e.t, e.event, e.seed_sha256
+            )),
+            LogLine::Shuffle(e) => Some(format!(
+                "shuffle|{}|{}|{}|{}|{}",
+                e.seq,
+                e.t,
+                e.event,
+                e.seed,
+                e.order
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
             )),
             LogLine::Header(_) | LogLine::Checkpoint(_) => None,
         }
@@ -449,4 +567,69 @@ mod tests {
         assert_eq!(end.link(), Some(("i", "j")));
         assert_eq!(end.seq(), Some(3));
     }
+
+    #[test]
+    fn event_entries_have_golden_lines_and_canonical_texts() {
+        let commit = LogLine::Commit(CommitEntry {
+            seq: 4,
+            t: 20,
+            event: "drop".into(),
+            seed_sha256: "c".into(),
+            prev: "j".into(),
+            hash: "k".into(),
+        });
+        golden(
+            commit.clone(),
+            r#"{"type":"commit","seq":4,"t":20,"event":"drop","seed_sha256":"c","prev":"j","hash":"k"}"#,
+        );
+        assert_eq!(commit.canonical().unwrap(), "commit|4|20|drop|c");
+        let shuffle = ShuffleEntry {
+            seq: 9,
+            t: 30,
+            event: "drop".into(),
+            seed: "s".into(),
+            order: vec![12, 10, 11],
+            prev: "k".into(),
+            hash: "l".into(),
+        };
+        golden(
+            LogLine::Shuffle(shuffle.clone()),
+            r#"{"type":"shuffle","seq":9,"t":30,"event":"drop","seed":"s","order":[12,10,11],"prev":"k","hash":"l"}"#,
+        );
+        assert_eq!(
+            LogLine::Shuffle(shuffle.clone()).canonical().unwrap(),
+            "shuffle|9|30|drop|s|12,10,11"
+        );
+        assert_eq!(shuffle.renumbering(), [(12, 10), (10, 11), (11, 12)]);
+    }
+
+    #[test]
+    fn the_shuffle_is_the_documented_function() {
+        let seed = sha256_hex(b"seed");
+        // Recomputed here from the doc's three lines, independently.
+        let tickets = [5u64, 3, 9, 4];
+        let digest = sha256_hex(b"3,4,5,9");
+        let mut keyed: Vec<(String, u64)> = [3u64, 4, 5, 9]
+            .iter()
+            .map(|t| (sha256_hex(format!("{seed}:{digest}:{t}").as_bytes()), *t))
+            .collect();
+        keyed.sort();
+        let expected: Vec<u64> = keyed.into_iter().map(|(_, t)| t).collect();
+        assert_eq!(shuffle_order(&seed, &tickets), expected);
+        // The input order does not matter; the seed and the list do.
+        assert_eq!(shuffle_order(&seed, &[9, 5, 4, 3]), expected);
+        assert_ne!(
+            shuffle_order(&sha256_hex(b"other"), &(1..=20).collect::<Vec<_>>()),
+            shuffle_order(&seed, &(1..=20).collect::<Vec<_>>())
+        );
+        assert_eq!(shuffle_order(&seed, &[]), Vec::<u64>::new());
+        // A fixed vector, so any reimplementation can check itself.
+        assert_eq!(
+            shuffle_order(&"0".repeat(64), &[1, 2, 3, 4, 5, 6, 7, 8]),
+            FIXED_VECTOR
+        );
+    }
+
+    // Also what `sha256sum` and `sort` give (docs/protocol.md shows how).
+    const FIXED_VECTOR: [u64; 8] = [7, 4, 8, 5, 2, 1, 3, 6];
 }

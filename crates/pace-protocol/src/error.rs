@@ -35,6 +35,9 @@ pub enum ErrorCode {
     RoomClosed,
     /// Join: the room's queueing mode is `reject`: it refuses new joins.
     RoomRejecting,
+    /// Join: the room's next event has not opened its pre-queue yet (the
+    /// room status route tells when it does).
+    EventNotOpen,
     /// HTTP: missing or wrong credentials.
     Unauthorized,
     /// HTTP: the body is not valid JSON or not of the expected shape.
@@ -130,6 +133,7 @@ impl ErrorCode {
             ErrorCode::NoSuchRoom => "no_such_room",
             ErrorCode::RoomClosed => "room_closed",
             ErrorCode::RoomRejecting => "room_rejecting",
+            ErrorCode::EventNotOpen => "event_not_open",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::PayloadTooLarge => "payload_too_large",
@@ -209,6 +213,7 @@ mod tests {
             ErrorCode::NoSuchRoom,
             ErrorCode::RoomClosed,
             ErrorCode::RoomRejecting,
+            ErrorCode::EventNotOpen,
             ErrorCode::Unauthorized,
             ErrorCode::BadRequest,
             ErrorCode::PayloadTooLarge,

@@ -55,6 +55,39 @@ pub struct RegisterResponse {
     pub expires_at: u64,
 }
 
+/// A room's event as its status tells it: the one that governs the room
+/// now (the first not yet ended), or else the last one that ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventStatus {
+    /// The event's id.
+    pub id: String,
+    /// `countdown` (joins refused until `prequeue_start`), `prequeue`
+    /// (joins wait, nobody admitted until `event_start`), `live` or
+    /// `ended`.
+    pub phase: String,
+    /// When the pre-queue opens, Unix ms.
+    pub prequeue_start: u64,
+    /// When the pre-queue is ordered and admissions start, Unix ms.
+    pub event_start: u64,
+    /// When the room returns to its settings, Unix ms.
+    pub event_end: u64,
+    /// The store's clock when this answer was made, Unix ms: a page counts
+    /// down against it, not against its own clock.
+    pub now_ms: u64,
+    /// `fifo` or `shuffle`.
+    pub order: crate::room::EventOrder,
+    /// `shuffle`: hex SHA-256 of the seed, committed before the pre-queue
+    /// opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_sha256: Option<String>,
+    /// `shuffle`: the seed, once the pre-queue was shuffled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
+    /// The page's message during the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
 /// `GET /api/v1/rooms/{room}/status`: where the device stands in a room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -77,6 +110,9 @@ pub enum RoomStatus {
         /// The device's ticket (its entries in the room's audit log).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ticket: Option<u64>,
+        /// The room's governing (or last ended) event, when it has events.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event: Option<EventStatus>,
     },
     /// The device is admitted and its session is running.
     Admitted {
@@ -97,6 +133,10 @@ pub enum RoomStatus {
         /// The room's state.
         #[serde(default)]
         state: Option<String>,
+        /// The room's governing (or last ended) event, when it has events:
+        /// a page shows its countdown from it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event: Option<EventStatus>,
     },
 }
 
@@ -561,6 +601,7 @@ mod tests {
                 eta_seconds: None,
                 state: "open".into(),
                 ticket: None,
+                event: None,
             },
             r#"{"status":"waiting","room":"sale","position":3,"waiting_total":9,"eta_seconds":null,"state":"open"}"#,
         );
@@ -572,6 +613,7 @@ mod tests {
                 eta_seconds: Some(4),
                 state: "open".into(),
                 ticket: Some(12),
+                event: None,
             },
             r#"{"status":"waiting","room":"sale","position":3,"waiting_total":9,"eta_seconds":4,"state":"open","ticket":12}"#,
         );
@@ -588,8 +630,28 @@ mod tests {
             RoomStatus::Unknown {
                 room: r("sale"),
                 state: Some("paused".into()),
+                event: None,
             },
             r#"{"status":"unknown","room":"sale","state":"paused"}"#,
+        );
+        golden(
+            RoomStatus::Unknown {
+                room: r("sale"),
+                state: Some("open".into()),
+                event: Some(EventStatus {
+                    id: "drop".into(),
+                    phase: "countdown".into(),
+                    prequeue_start: 100,
+                    event_start: 200,
+                    event_end: 300,
+                    now_ms: 50,
+                    order: crate::room::EventOrder::Shuffle,
+                    seed_sha256: Some("c".into()),
+                    seed: None,
+                    message: Some("Soon".into()),
+                }),
+            },
+            r#"{"status":"unknown","room":"sale","state":"open","event":{"id":"drop","phase":"countdown","prequeue_start":100,"event_start":200,"event_end":300,"now_ms":50,"order":"shuffle","seed_sha256":"c","message":"Soon"}}"#,
         );
     }
 

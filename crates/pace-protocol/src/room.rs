@@ -113,6 +113,162 @@ pub struct RoomConfig {
     /// The waiting-room page's words and colours (absent: Pace's own).
     #[serde(default, skip_serializing_if = "Appearance::is_default")]
     pub appearance: Appearance,
+    /// Scheduled events (a ticket drop, a launch), at most [`MAX_EVENTS`],
+    /// not overlapping; see [`Event`] and [`RoomConfig::phase`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
+}
+
+/// How an event orders its pre-queue at `event_start`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventOrder {
+    /// In join order (ticket order).
+    #[default]
+    Fifo,
+    /// In the order [`crate::audit::shuffle_order`] gives for the event's
+    /// committed seed and the pre-queue's tickets.
+    Shuffle,
+}
+
+impl EventOrder {
+    /// Whether this is [`EventOrder::Fifo`] (serde's skip test).
+    pub fn is_fifo(&self) -> bool {
+        *self == EventOrder::Fifo
+    }
+}
+
+/// A scheduled event of a room. Times are Unix ms and are compared with
+/// the *store's* clock (Redis `TIME` in a cluster), never a node's.
+///
+/// - before `prequeue_start` (the *countdown*) new joins are refused with
+///   `event_not_open`; devices already waiting keep their place and the
+///   room admits by its own settings;
+/// - from `prequeue_start` to `event_start` (the *pre-queue*) devices
+///   join and wait, and nobody is admitted;
+/// - at `event_start` the pre-queue is ordered (`order`: fifo, or the
+///   committed shuffle) ahead of everyone who joins later, in FIFO; until
+///   `event_end` (*live*) the room admits in ticket order with the
+///   event's overrides;
+/// - after `event_end` the room follows its own settings again.
+///
+/// The event that governs a room is the first one not yet ended: between
+/// two events the next one's countdown applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The event's id within the room: 1 to 32 of `a-z 0-9 - _`.
+    pub id: String,
+    /// When devices may start to join (the pre-queue opens), Unix ms.
+    pub prequeue_start: u64,
+    /// When the pre-queue is ordered and admissions start, Unix ms.
+    pub event_start: u64,
+    /// When the room returns to its own settings, Unix ms.
+    pub event_end: u64,
+    /// How the pre-queue is ordered at `event_start` (absent: fifo).
+    #[serde(default, skip_serializing_if = "EventOrder::is_fifo")]
+    pub order: EventOrder,
+    /// Capacity while the event is live (absent: the room's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+    /// Admissions per minute while the event is live (absent: the room's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admit_per_minute: Option<u32>,
+    /// The page's message from `prequeue_start` to `event_end` (absent:
+    /// the room's appearance message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `order: shuffle` only: hex SHA-256 of the event's seed, committed
+    /// when the event is stored (set by the node; a value sent is ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_sha256: Option<String>,
+    /// `order: shuffle` only: the seed (64 hex digits), revealed once the
+    /// pre-queue has been shuffled (set by the node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
+}
+
+/// Most events a room holds.
+pub const MAX_EVENTS: usize = 16;
+/// Longest event id, in bytes.
+pub const EVENT_ID_MAX_LEN: usize = 32;
+
+/// Where a room stands with respect to its events at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventPhase<'a> {
+    /// No event is to come: the room follows its settings.
+    None,
+    /// Before the governing event's `prequeue_start`: new joins refused.
+    Countdown(&'a Event),
+    /// Between `prequeue_start` and `event_start`: joins wait, no admission.
+    Prequeue(&'a Event),
+    /// Between `event_start` and `event_end`.
+    Live(&'a Event),
+}
+
+impl EventPhase<'_> {
+    /// `countdown`, `prequeue`, `live` or `none`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventPhase::None => "none",
+            EventPhase::Countdown(_) => "countdown",
+            EventPhase::Prequeue(_) => "prequeue",
+            EventPhase::Live(_) => "live",
+        }
+    }
+
+    /// The governing event, if any.
+    pub fn event(&self) -> Option<&Event> {
+        match *self {
+            EventPhase::None => None,
+            EventPhase::Countdown(e) | EventPhase::Prequeue(e) | EventPhase::Live(e) => Some(e),
+        }
+    }
+}
+
+impl Event {
+    /// Checks the id, the times' order and the page text.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id.is_empty()
+            || self.id.len() > EVENT_ID_MAX_LEN
+            || !self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "event id must be 1 to {EVENT_ID_MAX_LEN} of a-z 0-9 - _, not {:?}",
+                self.id
+            ));
+        }
+        if !(self.prequeue_start <= self.event_start && self.event_start < self.event_end) {
+            return Err(format!(
+                "event {}: prequeue_start <= event_start < event_end must hold",
+                self.id
+            ));
+        }
+        if let Some(m) = &self.message {
+            if m.len() > MESSAGE_MAX_LEN {
+                return Err(format!(
+                    "event {}: message is longer than {MESSAGE_MAX_LEN} bytes",
+                    self.id
+                ));
+            }
+            if m.chars().any(|c| c.is_control() && c != '\n') {
+                return Err(format!(
+                    "event {}: message contains control characters",
+                    self.id
+                ));
+            }
+        }
+        for (name, v) in [("seed_sha256", &self.seed_sha256), ("seed", &self.seed)] {
+            if let Some(v) = v
+                && !crate::audit::is_sha256_hex(v)
+            {
+                return Err(format!("event {}: {name} must be 64 hex digits", self.id));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How a room's waiting page (`/r/{room}`) looks: the tenant's title,
@@ -261,7 +417,60 @@ impl RoomConfig {
         if self.target_url.chars().any(|c| c.is_control() || c == ' ') {
             return Err("target_url contains spaces or control characters".into());
         }
+        self.validate_events()?;
         self.appearance.validate()
+    }
+
+    /// Each event valid, ids unique, at most [`MAX_EVENTS`], and no two
+    /// overlapping (from `prequeue_start` to `event_end`).
+    fn validate_events(&self) -> Result<(), String> {
+        if self.events.len() > MAX_EVENTS {
+            return Err(format!("at most {MAX_EVENTS} events per room"));
+        }
+        for e in &self.events {
+            e.validate()?;
+        }
+        let mut sorted: Vec<&Event> = self.events.iter().collect();
+        sorted.sort_by_key(|e| e.prequeue_start);
+        for pair in sorted.windows(2) {
+            if pair[1].prequeue_start < pair[0].event_end {
+                return Err(format!(
+                    "events {} and {} overlap: an event's pre-queue opens after the previous event ends",
+                    pair[0].id, pair[1].id
+                ));
+            }
+        }
+        let mut ids: Vec<&str> = self.events.iter().map(|e| e.id.as_str()).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err("two events have the same id".into());
+        }
+        Ok(())
+    }
+
+    /// Where the room stands at `now_ms` (the store's clock): the first
+    /// event not yet ended governs.
+    pub fn phase(&self, now_ms: u64) -> EventPhase<'_> {
+        let Some(e) = self
+            .events
+            .iter()
+            .filter(|e| e.event_end > now_ms)
+            .min_by_key(|e| e.prequeue_start)
+        else {
+            return EventPhase::None;
+        };
+        if now_ms < e.prequeue_start {
+            EventPhase::Countdown(e)
+        } else if now_ms < e.event_start {
+            EventPhase::Prequeue(e)
+        } else {
+            EventPhase::Live(e)
+        }
+    }
+
+    /// The event with id `id`.
+    pub fn event(&self, id: &str) -> Option<&Event> {
+        self.events.iter().find(|e| e.id == id)
     }
 
     /// The session TTL in ms.
@@ -347,6 +556,76 @@ mod tests {
         assert!(with(|a| a.message = "two\nlines".into()).is_ok());
         assert!(with(|a| a.title = "two\nlines".into()).is_err());
         assert!(with(|a| a.message = "bell\u{7}".into()).is_err());
+    }
+
+    fn ev(id: &str, pq: u64, start: u64, end: u64) -> Event {
+        Event {
+            id: id.into(),
+            prequeue_start: pq,
+            event_start: start,
+            event_end: end,
+            order: EventOrder::Fifo,
+            capacity: None,
+            admit_per_minute: None,
+            message: None,
+            seed_sha256: None,
+            seed: None,
+        }
+    }
+
+    fn base() -> RoomConfig {
+        serde_json::from_str(
+            r#"{"capacity":1,"admit_per_minute":null,"session_ttl_secs":60,"target_url":"https://x/","state":"open","pow_difficulty":0}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn events_are_ordered_in_time_and_do_not_overlap() {
+        let mut c = base();
+        c.events = vec![ev("a", 10, 20, 30), ev("b", 30, 40, 50)];
+        assert_eq!(c.validate(), Ok(()));
+        c.events[1].prequeue_start = 29;
+        assert!(c.validate().unwrap_err().contains("overlap"));
+        c.events = vec![ev("a", 10, 20, 20)];
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .contains("event_start < event_end")
+        );
+        c.events = vec![ev("a", 21, 20, 30)];
+        assert!(c.validate().is_err());
+        c.events = vec![ev("A b", 10, 20, 30)];
+        assert!(c.validate().unwrap_err().contains("event id"));
+        c.events = vec![ev("a", 10, 20, 30), ev("a", 40, 50, 60)];
+        assert!(c.validate().unwrap_err().contains("same id"));
+        c.events = (0..=MAX_EVENTS as u64)
+            .map(|i| ev(&format!("e{i}"), i * 10, i * 10 + 1, i * 10 + 2))
+            .collect();
+        assert!(c.validate().unwrap_err().contains("at most"));
+        c.events = vec![ev("a", 10, 20, 30)];
+        c.events[0].seed_sha256 = Some("nothex".into());
+        assert!(c.validate().unwrap_err().contains("64 hex"));
+    }
+
+    #[test]
+    fn the_first_event_not_ended_governs() {
+        let mut c = base();
+        assert_eq!(c.phase(0), EventPhase::None);
+        c.events = vec![ev("b", 100, 200, 300), ev("a", 10, 20, 30)];
+        assert_eq!(c.phase(5).as_str(), "countdown");
+        assert_eq!(c.phase(5).event().unwrap().id, "a");
+        assert_eq!(c.phase(10).as_str(), "prequeue");
+        assert_eq!(c.phase(20).as_str(), "live");
+        // Between two events: the next one's countdown.
+        assert_eq!(c.phase(30).as_str(), "countdown");
+        assert_eq!(c.phase(30).event().unwrap().id, "b");
+        assert_eq!(c.phase(299).as_str(), "live");
+        assert_eq!(c.phase(300), EventPhase::None);
+        // Absent events are not serialised; a stored config reads back.
+        assert!(!serde_json::to_string(&base()).unwrap().contains("events"));
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<RoomConfig>(&json).unwrap(), c);
     }
 
     #[test]

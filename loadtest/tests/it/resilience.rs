@@ -7,7 +7,10 @@ use crate::scenarios::{assert_closed_cleanly, assert_svg, run_tool, scratch};
 
 #[test]
 fn failover_150_devices_node_killed_nothing_lost_no_over_admission() {
-    let mut cluster = Cluster::start(3, &["--admit-tick", "100ms"]);
+    let mut cluster = Cluster::start(
+        3,
+        &["--admit-tick", "100ms", "--audit-seal-interval", "250ms"],
+    );
     let urls = cluster.urls();
     let victim = cluster.nodes[1].pid();
     let svg = scratch("failover.svg");
@@ -52,6 +55,8 @@ fn failover_150_devices_node_killed_nothing_lost_no_over_admission() {
             SERVICE_KEY,
             "--svg",
             &svg.to_string_lossy(),
+            "--verifier",
+            &crate::node::node_binary().to_string_lossy(),
         ],
     );
     assert!(cluster.nodes[1].exited(), "the victim node is dead");
@@ -94,7 +99,18 @@ fn failover_150_devices_node_killed_nothing_lost_no_over_admission() {
     assert_eq!(g.extra_admitted, 0);
     assert!(!g.capacity_check.exceeded, "{:?}", g.capacity_check);
     assert!(g.capacity_check.max_active_polled.is_some_and(|m| m <= 10));
-    assert_eq!(g.order.inversions, 0, "{:?}", g.order);
+    // The admission order, from the store's own signed log (the ground
+    // truth): every admission in ticket order, never over capacity. The
+    // devices' frame arrival times (`g.order`) are reported, not asserted:
+    // on a busy machine a node delivers one batch's `admitted` frames more
+    // than a tick apart, which that check counts as inversions although
+    // the store admitted in order.
+    let audit = g.audit.clone().expect("audit verdict");
+    assert_eq!(audit.error, None, "{audit:?}");
+    assert!(audit.verified, "{audit:?}");
+    assert_eq!((audit.admissions, audit.inversions), (150, 0), "{audit:?}");
+    assert!(audit.max_active.is_some_and(|m| m <= 10), "{audit:?}");
+    assert!(audit.entries >= 450, "joins, admissions, ends: {audit:?}");
     // Every device, including those that came back, closed cleanly.
     assert_closed_cleanly(&r, 150);
     assert_svg(

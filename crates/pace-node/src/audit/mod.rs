@@ -40,7 +40,9 @@ pub mod verify;
 pub use export::{PublicLogs, export};
 pub use seal::{Sealed, run, seal};
 
-use pace_protocol::audit::{AdmitEntry, EndEntry, JoinEntry, LogLine, chain_hash, session_hash};
+use pace_protocol::audit::{
+    AdmitEntry, CommitEntry, EndEntry, JoinEntry, LogLine, ShuffleEntry, chain_hash, session_hash,
+};
 
 use crate::queue::{LogEvent, LogRecord, QueueError};
 
@@ -116,12 +118,31 @@ pub fn line(record: &LogRecord, prev: &str, anonymised: bool) -> LogLine {
             prev: prev.to_owned(),
             hash: String::new(),
         }),
+        LogEvent::Commit { event, seed_sha256 } => LogLine::Commit(CommitEntry {
+            seq: record.seq,
+            t: record.t,
+            event: event.clone(),
+            seed_sha256: seed_sha256.clone(),
+            prev: prev.to_owned(),
+            hash: String::new(),
+        }),
+        LogEvent::Shuffle { event, seed, order } => LogLine::Shuffle(ShuffleEntry {
+            seq: record.seq,
+            t: record.t,
+            event: event.clone(),
+            seed: seed.clone(),
+            order: order.clone(),
+            prev: prev.to_owned(),
+            hash: String::new(),
+        }),
     };
     let hash = chain_hash(prev, &line.canonical().unwrap_or_default());
     match &mut line {
         LogLine::Join(e) => e.hash = hash,
         LogLine::Admit(e) => e.hash = hash,
         LogLine::End(e) => e.hash = hash,
+        LogLine::Commit(e) => e.hash = hash,
+        LogLine::Shuffle(e) => e.hash = hash,
         LogLine::Header(_) | LogLine::Checkpoint(_) => {}
     }
     line

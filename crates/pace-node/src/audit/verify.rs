@@ -26,6 +26,15 @@
 //!   except for `passthrough` admissions (which ignore capacity by design;
 //!   their sessions still count against the admissions after them).
 //!
+//! - **The shuffles**: an event's `shuffle` follows its `commit`; the
+//!   revealed seed hashes (SHA-256) to the committed `seed_sha256`; the
+//!   order is exactly `shuffle_order(seed, tickets)` recomputed here
+//!   (pace_protocol::audit); every ticket in it joined after the commit
+//!   and was not admitted before the shuffle. From the shuffle on, the
+//!   pre-queue's devices hold their new tickets (the k-th of the order
+//!   the k-th smallest), which their admissions name, so the ticket-order
+//!   check above covers the shuffled order too.
+//!
 //! With `--device ID` (and optionally `--ticket N`) a device checks its
 //! own entry: the `join` that names its hashed id (with that ticket), and
 //! whether and when it was admitted, under a signed checkpoint or not yet.
@@ -41,8 +50,8 @@ use std::fmt;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pace_protocol::audit::{
-    CheckpointClaims, GENESIS, LogCheckpoint, LogLine, chain_hash, checkpoint_audience,
-    device_hash, is_sha256_hex, session_hash,
+    CheckpointClaims, GENESIS, LogCheckpoint, LogLine, ShuffleEntry, chain_hash,
+    checkpoint_audience, device_hash, is_sha256_hex, session_hash, sha256_hex, shuffle_order,
 };
 use pace_protocol::room::QueueMode;
 
@@ -141,6 +150,9 @@ pub struct Report {
     pub notes: Vec<String>,
     /// The answer to a device's question.
     pub device: Option<DeviceFinding>,
+    /// Shuffles read, each recomputed from its revealed seed:
+    /// `(entry, event, devices, recomputed order equal)`.
+    pub shuffles: Vec<(u64, String, usize, bool)>,
 }
 
 impl Report {
@@ -188,6 +200,17 @@ impl fmt::Display for Report {
                 f,
                 "  entry {} admitted ticket {} after entry {} admitted ticket {}",
                 o.seq, o.ticket, o.by_seq, o.by_ticket
+            )?;
+        }
+        for (seq, event, n, equal) in &self.shuffles {
+            writeln!(
+                f,
+                "shuffle: event {event} at entry {seq}, {n} devices, {}",
+                if *equal {
+                    "equal to the order recomputed from the revealed seed"
+                } else {
+                    "NOT the order recomputed from the revealed seed"
+                }
             )?;
         }
         writeln!(f, "capacity: at most {} sessions active", self.max_active)?;
@@ -319,6 +342,9 @@ struct Pass<'a> {
     query: Option<&'a DeviceQuery>,
     /// Seq → line, for naming.
     lines_of: HashMap<u64, usize>,
+    /// Each event's commitment: `(seed_sha256, its entry, the highest
+    /// ticket joined before it)`.
+    commitments: HashMap<String, (String, u64, u64)>,
 }
 
 impl Pass<'_> {
@@ -426,6 +452,8 @@ impl Pass<'_> {
             LogLine::Join(e) => is_sha256_hex(&e.device),
             LogLine::Admit(e) => is_sha256_hex(&e.session_sha256),
             LogLine::End(e) => is_sha256_hex(&e.session_sha256),
+            LogLine::Commit(e) => is_sha256_hex(&e.seed_sha256),
+            LogLine::Shuffle(e) => is_sha256_hex(&e.seed),
             _ => true,
         };
         if first_problem && (!hex_ok || chain_hash(prev, &canonical) != hash) {
@@ -535,7 +563,108 @@ impl Pass<'_> {
                     );
                 }
             }
+            LogLine::Commit(e) => {
+                if self.commitments.contains_key(&e.event) {
+                    self.problem(
+                        n,
+                        Some(seq),
+                        format!("a second commitment for event {}", e.event),
+                    );
+                } else {
+                    self.commitments.insert(
+                        e.event.clone(),
+                        (e.seed_sha256.clone(), seq, self.last_join_ticket),
+                    );
+                }
+            }
+            LogLine::Shuffle(e) => self.shuffle(n, e),
             LogLine::Header(_) | LogLine::Checkpoint(_) => {}
+        }
+    }
+
+    /// Checks a shuffle against its commitment and recomputes it.
+    fn shuffle(&mut self, n: usize, e: &ShuffleEntry) {
+        let seq = e.seq;
+        let recomputed = shuffle_order(&e.seed, &e.order);
+        let equal = recomputed == e.order;
+        self.report
+            .shuffles
+            .push((seq, e.event.clone(), e.order.len(), equal));
+        match self.commitments.get(&e.event).cloned() {
+            None if self.report.first_seq > 1 => self.report.notes.push(format!(
+                "the commitment of event {} is before the log's start: its seed is not checked against it",
+                e.event
+            )),
+            None => self.problem(
+                n,
+                Some(seq),
+                format!("shuffle of event {} without an earlier commitment", e.event),
+            ),
+            Some((sha, commit_seq, before)) => {
+                if sha256_hex(e.seed.as_bytes()) != sha {
+                    self.problem(
+                        n,
+                        Some(seq),
+                        format!(
+                            "the revealed seed of event {} does not hash to the commitment at entry {commit_seq}",
+                            e.event
+                        ),
+                    );
+                }
+                if let Some(t) = e.order.iter().find(|t| **t <= before) {
+                    self.problem(
+                        n,
+                        Some(seq),
+                        format!(
+                            "ticket {t} is in the shuffle of event {} but joined before its commitment at entry {commit_seq}",
+                            e.event
+                        ),
+                    );
+                }
+            }
+        }
+        if !equal {
+            let place = recomputed
+                .iter()
+                .zip(&e.order)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            self.problem(
+                n,
+                Some(seq),
+                format!(
+                    "the shuffle of event {} is not the order recomputed from its revealed seed (first difference at place {}: ticket {:?} where {:?} was due)",
+                    e.event,
+                    place + 1,
+                    e.order.get(place),
+                    recomputed.get(place)
+                ),
+            );
+        }
+        let trimmed = self.report.first_seq > 1;
+        for t in &e.order {
+            if self.admitted.contains(t) {
+                self.problem(
+                    n,
+                    Some(seq),
+                    format!("ticket {t} was admitted before the shuffle that orders it"),
+                );
+            } else if !trimmed && !self.joined.contains(t) {
+                self.problem(
+                    n,
+                    Some(seq),
+                    format!("ticket {t} is shuffled but never joined"),
+                );
+            }
+        }
+        // A device asking about its own entry follows its new ticket.
+        if let Some((join_seq, ticket)) = self.device_join
+            && let Some((_, new)) = e.renumbering().into_iter().find(|(old, _)| *old == ticket)
+        {
+            self.device_join = Some((join_seq, new));
+            self.report.notes.push(format!(
+                "the device's ticket {ticket} became ticket {new} at the shuffle (entry {seq})"
+            ));
         }
     }
 }
@@ -559,6 +688,7 @@ pub fn verify(text: &str, jwks: &JwkSet, query: Option<&DeviceQuery>) -> Report 
         device_hash: None,
         query,
         lines_of: HashMap::new(),
+        commitments: HashMap::new(),
     };
     let mut header = None;
     for (i, raw) in text.lines().enumerate() {
@@ -711,6 +841,8 @@ mod tests {
             LogLine::Join(e) => (&mut e.prev, &mut e.hash),
             LogLine::Admit(e) => (&mut e.prev, &mut e.hash),
             LogLine::End(e) => (&mut e.prev, &mut e.hash),
+            LogLine::Commit(e) => (&mut e.prev, &mut e.hash),
+            LogLine::Shuffle(e) => (&mut e.prev, &mut e.hash),
             LogLine::Header(_) | LogLine::Checkpoint(_) => return,
         };
         entry_prev.clone_from(prev);
@@ -756,6 +888,113 @@ mod tests {
             .iter()
             .position(|l| l.link().is_some() && l.seq() == Some(seq))
             .unwrap()
+    }
+
+    /// A log with a shuffled event: 30 devices pre-queued, 5 joining
+    /// after the start, all admitted and released through capacity 4.
+    async fn event_log() -> (KeySet, String) {
+        use crate::queue::{EventOrder, conformance::event};
+        let q = MemoryQueueStore::new();
+        let keys = KeySet::generate_in_memory().unwrap();
+        let r = RoomId::parse("v").unwrap();
+        let clock = q.clock_ms().await.unwrap();
+        let mut c = crate::queue::conformance::config(4);
+        c.events = vec![event(
+            EventOrder::Shuffle,
+            clock - 1_000,
+            clock + 3_600_000,
+            clock + 7_200_000,
+        )];
+        q.put_room(&r, &c).await.unwrap();
+        let t0 = crate::store::now_ms();
+        let d = |i: usize| DeviceId::parse(&format!("d{i}")).unwrap();
+        for i in 0..30 {
+            q.join(&r, &d(i), t0).await.unwrap();
+        }
+        c.events[0].event_start = q.clock_ms().await.unwrap() - 1;
+        q.put_room(&r, &c).await.unwrap();
+        for i in 30..35 {
+            q.join(&r, &d(i), t0 + 1).await.unwrap();
+        }
+        let mut t = t0 + 1;
+        loop {
+            t += 1;
+            let o = q.admit(&r, t).await.unwrap();
+            if o.admitted.is_empty() && o.waiting == 0 {
+                break;
+            }
+            for (_, a) in &o.admitted {
+                q.release(&r, &a.session_id, t).await.unwrap();
+            }
+        }
+        seal::seal(&q, &keys, &r, t).await.unwrap();
+        (keys, export::export(&q, &r, true, t).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_shuffled_event_verifies_and_a_forged_shuffle_does_not() {
+        let (keys, text) = event_log().await;
+        let r = verify(&text, &jwks(&keys), None);
+        assert!(r.ok(), "{r}");
+        assert_eq!(r.admissions, 35);
+        assert_eq!(r.inversions, 0, "{r}");
+        assert_eq!(r.shuffles.len(), 1);
+        assert!(r.shuffles[0].3 && r.shuffles[0].2 == 30, "{r}");
+        assert!(
+            r.to_string()
+                .contains("30 devices, equal to the order recomputed"),
+            "{r}"
+        );
+        let lines = parse(&text);
+        let shuffle_at = lines
+            .iter()
+            .position(|l| matches!(l, LogLine::Shuffle(_)))
+            .unwrap();
+        // Another order (resigned, rechained: only the recomputation can
+        // tell), another seed, a missing commitment: each named.
+        let forged = |f: &dyn Fn(&mut Vec<LogLine>)| {
+            let mut lines = parse(&text);
+            f(&mut lines);
+            reseal(&mut lines, &keys);
+            verify(&render(&lines), &jwks(&keys), None)
+        };
+        let r = forged(&|lines| {
+            if let LogLine::Shuffle(e) = &mut lines[shuffle_at] {
+                e.order.swap(0, 1);
+            }
+        });
+        assert!(!r.ok());
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.what.contains("not the order recomputed") && p.line == shuffle_at + 1),
+            "{r}"
+        );
+        let r = forged(&|lines| {
+            if let LogLine::Shuffle(e) = &mut lines[shuffle_at] {
+                e.seed = sha256_hex(b"another seed");
+                e.order = shuffle_order(&e.seed, &e.order);
+            }
+        });
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.what.contains("does not hash to the commitment")),
+            "{r}"
+        );
+        let r = forged(&|lines| {
+            for l in lines.iter_mut() {
+                if let LogLine::Commit(e) = l {
+                    e.event = "other".into();
+                }
+            }
+        });
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.what.contains("without an earlier commitment")),
+            "{r}"
+        );
     }
 
     #[tokio::test]

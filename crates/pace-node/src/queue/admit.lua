@@ -11,11 +11,18 @@
 -- KEYS[4] seen zset       KEYS[5] active zset     KEYS[6] sessions hash
 -- KEYS[7] devices hash    KEYS[8] rate zset
 -- KEYS[9] joined hash (device -> join time)   KEYS[10] wait distribution hash
--- KEYS[11] audit log stream
+-- KEYS[11] audit log stream   KEYS[12] events hash (what each event has done)
 -- ARGV[1] now (ms)        ARGV[2] nonce (a fresh UUID v4 per run)
 -- ARGV[3] batch size      ARGV[4..] wait-time bucket bounds (s), ascending
 -- Returns {active, waiting, expires_at, more, {expired devices...},
---          {device, session id, ticket, waited ms, ...}}
+--          {device, session id, ticket, waited ms, ...}, shuffle}
+--
+-- Events (the config's `events`, JSON), by this server's clock (TIME):
+-- during the governing event's pre-queue nobody is admitted; once it is
+-- live the room admits in ticket order with the event's capacity and
+-- per-minute overrides, after recording the pre-queue's last ticket; a
+-- shuffled event whose pre-queue is not ordered yet admits nobody and
+-- returns its id as `shuffle` (the node then runs shuffle.lua).
 local now = tonumber(ARGV[1])
 local batch = tonumber(ARGV[3])
 local window_ms = 60000
@@ -59,10 +66,43 @@ end
 
 redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', string.format('%d', now - window_ms))
 
-local cfg = redis.call('HMGET', KEYS[1], 'state', 'capacity', 'admit_per_minute', 'session_ttl_secs', 'mode')
+local cfg = redis.call('HMGET', KEYS[1], 'state', 'capacity', 'admit_per_minute', 'session_ttl_secs', 'mode', 'events')
 -- Rooms stored before modes existed have no mode: fifo. The log records
 -- any other mode after the capacity.
 local mode = cfg[5] or 'fifo'
+local capacity_n = tonumber(cfg[2]) or 0
+local per_minute = tonumber(cfg[3])
+local hold = false
+local shuffle = ''
+if cfg[6] and cfg[6] ~= '' then
+  local t = redis.call('TIME')
+  local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local event = nil
+  for _, e in ipairs(cjson.decode(cfg[6])) do
+    if e.event_end > clock and (event == nil or e.prequeue_start < event.prequeue_start) then
+      event = e
+    end
+  end
+  if event and clock >= event.prequeue_start then
+    if clock < event.event_start then
+      hold = true
+    else
+      mode = 'fifo'
+      if event.capacity then capacity_n = event.capacity end
+      if event.admit_per_minute then per_minute = event.admit_per_minute end
+      redis.call('HSETNX', KEYS[12], event.id .. ':last', redis.call('HGET', KEYS[2], 'ticket') or '0')
+      if event.order == 'shuffle' and redis.call('HEXISTS', KEYS[12], event.id .. ':shuffled') == 0 then
+        if redis.call('HEXISTS', KEYS[12], event.id .. ':first') == 1 then
+          hold = true
+          shuffle = event.id
+        else
+          -- Nobody pre-queued: nothing to shuffle.
+          redis.call('HSET', KEYS[12], event.id .. ':shuffled', '1')
+        end
+      end
+    end
+  end
+end
 local mode_suffix = ''
 if mode ~= 'fifo' then
   mode_suffix = '|' .. mode
@@ -70,9 +110,8 @@ end
 local active = redis.call('ZCARD', KEYS[5])
 local admitted = {}
 local expires_at = 0
-if cfg[1] == 'open' or cfg[1] == 'closed' then
-  local free = (tonumber(cfg[2]) or 0) - active
-  local per_minute = tonumber(cfg[3])
+if (cfg[1] == 'open' or cfg[1] == 'closed') and not hold then
+  local free = capacity_n - active
   if per_minute then
     free = math.min(free, per_minute - redis.call('ZCARD', KEYS[8]))
   end
@@ -82,7 +121,7 @@ if cfg[1] == 'open' or cfg[1] == 'closed' then
   free = math.min(free, batch)
   if free > 0 then
     expires_at = now + (tonumber(cfg[4]) or 0) * 1000
-    local capacity = string.format('%d', tonumber(cfg[2]) or 0)
+    local capacity = string.format('%d', capacity_n)
     local function admit_one(device, score)
       local ticket = string.format('%d', tonumber(score))
       local sid = session_id(ticket)
@@ -142,4 +181,4 @@ local more = 0
 if #due == batch or #admitted / 4 == batch then
   more = 1
 end
-return {active, redis.call('ZCARD', KEYS[3]), expires_at, more, expired, admitted}
+return {active, redis.call('ZCARD', KEYS[3]), expires_at, more, expired, admitted, shuffle}

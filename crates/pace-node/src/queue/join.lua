@@ -5,12 +5,19 @@
 -- KEYS[1] config hash     KEYS[2] counters hash   KEYS[3] queue zset
 -- KEYS[4] seen zset       KEYS[5] active zset     KEYS[6] sessions hash
 -- KEYS[7] devices hash     KEYS[8] joined hash (device -> join time, ms)
--- KEYS[9] audit log stream
+-- KEYS[9] audit log stream  KEYS[10] events hash (what each event has done)
 -- ARGV[1] device id       ARGV[2] now (ms)
 -- ARGV[3] the device's hash in the audit log (computed by the node)
 -- Returns {'waiting', ticket, position, waiting_total}
 --       | {'admitted', session id, ticket, admitted_at, expires_at}
 --       | {'closed'} | {'rejected'} (mode reject) | {'nosuchroom'}
+--       | {'eventnotopen', prequeue_start} (before the next event's pre-queue)
+--
+-- Events (the config's `events`, JSON) are judged by this server's clock
+-- (TIME), never the node's: the first event not yet ended governs; before
+-- its prequeue_start new joins are refused; the pre-queue's first join
+-- records the first pre-queue ticket (and, for a shuffled event, logs its
+-- commitment first); the first join after event_start records the last.
 local device = ARGV[1]
 local now = tonumber(ARGV[2])
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -51,15 +58,48 @@ end
 if state == 'closed' then
   return {'closed'}
 end
-if redis.call('HGET', KEYS[1], 'mode') == 'reject' then
+
+-- The governing event and where the room stands with it, by TIME.
+local phase, event = 'none', nil
+local events = redis.call('HGET', KEYS[1], 'events')
+if events and events ~= '' then
+  local t = redis.call('TIME')
+  local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for _, e in ipairs(cjson.decode(events)) do
+    if e.event_end > clock and (event == nil or e.prequeue_start < event.prequeue_start) then
+      event = e
+    end
+  end
+  if event then
+    if clock < event.prequeue_start then
+      return {'eventnotopen', event.prequeue_start}
+    elseif clock < event.event_start then
+      phase = 'prequeue'
+    else
+      phase = 'live'
+    end
+  end
+end
+if phase == 'none' and redis.call('HGET', KEYS[1], 'mode') == 'reject' then
   return {'rejected'}
 end
 
+local function log(entry)
+  local seq = tonumber(redis.call('HGET', KEYS[2], 'log_seq') or '0') + 1
+  redis.call('XADD', KEYS[9], string.format('%d-0', seq), 'e', entry)
+  redis.call('HSET', KEYS[2], 'log_seq', seq)
+end
+
 ticket = redis.call('HINCRBY', KEYS[2], 'ticket', 1)
-local seq = tonumber(redis.call('HGET', KEYS[2], 'log_seq') or '0') + 1
-redis.call('XADD', KEYS[9], string.format('%d-0', seq), 'e',
-  string.format('j|%s|%d|%s', ARGV[2], ticket, ARGV[3]))
-redis.call('HSET', KEYS[2], 'log_seq', seq)
+if phase == 'prequeue' then
+  if redis.call('HSETNX', KEYS[10], event.id .. ':first', ticket) == 1
+      and event.order == 'shuffle' and event.seed_sha256 then
+    log('c|' .. ARGV[2] .. '|' .. event.id .. '|' .. event.seed_sha256)
+  end
+elseif phase == 'live' then
+  redis.call('HSETNX', KEYS[10], event.id .. ':last', ticket - 1)
+end
+log(string.format('j|%s|%d|%s', ARGV[2], ticket, ARGV[3]))
 redis.call('ZADD', KEYS[3], ticket, device)
 redis.call('ZADD', KEYS[4], now, device)
 redis.call('HSET', KEYS[8], device, ARGV[2])

@@ -12,9 +12,10 @@ use async_trait::async_trait;
 use pace_protocol::DeviceId;
 
 use super::{
-    Admission, AdmitOutcome, DeviceStatus, EndReason, JoinOutcome, LogCheckpoint, LogEvent,
-    LogRecord, Place, Positions, QueueError, QueueMode, QueueStore, RATE_WINDOW_MS, Room,
-    RoomConfig, RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS, WaitDistribution,
+    Admission, AdmitOutcome, DeviceStatus, EndReason, EventOrder, EventPhase, JoinOutcome,
+    LogCheckpoint, LogEvent, LogRecord, Place, Positions, QueueError, QueueMode, QueueStore,
+    RATE_WINDOW_MS, Room, RoomConfig, RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS,
+    WaitDistribution,
 };
 
 /// The in-memory [`QueueStore`].
@@ -62,6 +63,22 @@ struct RoomData {
     log_seq: u64,
     /// The log's kept checkpoints, by seq.
     checkpoints: Vec<LogCheckpoint>,
+    /// What each event (by id) has done so far.
+    runs: HashMap<String, EventRun>,
+}
+
+/// What one event has done so far (the Redis store's `events` hash).
+#[derive(Debug, Clone, Default)]
+struct EventRun {
+    /// The shuffle seed (64 hex digits), made when the event was stored.
+    seed: Option<String>,
+    /// The pre-queue's first ticket (set by its first join).
+    first: Option<u64>,
+    /// The pre-queue's last ticket (set by the first join or admit run
+    /// after `event_start`).
+    last: Option<u64>,
+    /// Whether the pre-queue was ordered (shuffled, or nothing to shuffle).
+    shuffled: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -105,7 +122,50 @@ impl RoomData {
             log: VecDeque::new(),
             log_seq: 0,
             checkpoints: Vec::new(),
+            runs: HashMap::new(),
         }
+    }
+
+    /// The stored config with every revealed seed filled in.
+    fn revealed(&self) -> RoomConfig {
+        let mut c = self.config.clone();
+        for e in &mut c.events {
+            if let Some(run) = self.runs.get(&e.id)
+                && run.shuffled
+            {
+                e.seed.clone_from(&run.seed);
+            }
+        }
+        c
+    }
+
+    /// Orders the pre-queue of `event` at its start: the waiting tickets
+    /// from its first to its last are renumbered in
+    /// [`pace_protocol::audit::shuffle_order`] of the seed, and the
+    /// shuffle is logged with the seed.
+    fn shuffle(&mut self, event: &str, now_ms: u64) {
+        let Some(run) = self.runs.get(event).cloned() else {
+            return;
+        };
+        if let (Some(first), Some(last), Some(seed)) = (run.first, run.last, run.seed.as_ref()) {
+            let tickets: Vec<u64> = self.queue.range(first..=last).map(|(t, _)| *t).collect();
+            let order = pace_protocol::audit::shuffle_order(seed, &tickets);
+            let devices: Vec<DeviceId> =
+                order.iter().filter_map(|t| self.queue.remove(t)).collect();
+            for (device, ticket) in devices.into_iter().zip(tickets) {
+                self.queue.insert(ticket, device.clone());
+                self.tickets.insert(device, ticket);
+            }
+            self.log(
+                now_ms,
+                LogEvent::Shuffle {
+                    event: event.to_owned(),
+                    seed: seed.clone(),
+                    order,
+                },
+            );
+        }
+        self.runs.entry(event.to_owned()).or_default().shuffled = true;
     }
 
     /// Appends an entry to the audit log, in the same locked section as
@@ -227,24 +287,45 @@ impl QueueStore for MemoryQueueStore {
         "memory"
     }
 
+    async fn clock_ms(&self) -> Result<u64, QueueError> {
+        Ok(crate::store::now_ms())
+    }
+
     async fn put_room(&self, room: &RoomId, config: &RoomConfig) -> Result<Room, QueueError> {
         config.validate().map_err(QueueError::InvalidConfig)?;
+        let config = super::without_seeds(config);
         self.with(|rooms| {
-            rooms
+            let r = rooms.get(room);
+            super::check_order_kept(r.map(|r| &r.config), &config, |id| {
+                r.and_then(|r| r.runs.get(id))
+                    .is_some_and(|run| run.first.is_some())
+            })
+        })?;
+        let stored = self.with(|rooms| {
+            let r = rooms
                 .entry(room.clone())
                 .and_modify(|r| r.config = config.clone())
                 .or_insert_with(|| RoomData::new(config.clone()));
+            // A shuffled event commits to a seed once, when first stored.
+            for e in &mut r.config.events {
+                if e.order == EventOrder::Shuffle {
+                    let run = r.runs.entry(e.id.clone()).or_default();
+                    let seed = run.seed.get_or_insert_with(super::new_seed);
+                    e.seed_sha256 = Some(pace_protocol::audit::sha256_hex(seed.as_bytes()));
+                }
+            }
+            r.revealed()
         });
         Ok(Room {
             id: room.clone(),
-            config: config.clone(),
+            config: stored,
         })
     }
 
     async fn get_room(&self, room: &RoomId) -> Result<Option<Room>, QueueError> {
         Ok(self.with_room(room, |r| Room {
             id: room.clone(),
-            config: r.config.clone(),
+            config: r.revealed(),
         }))
     }
 
@@ -306,6 +387,7 @@ impl QueueStore for MemoryQueueStore {
         device: &DeviceId,
         now_ms: u64,
     ) -> Result<JoinOutcome, QueueError> {
+        let clock = crate::store::now_ms();
         let outcome = self.with_room(room, |r| {
             if let Some(a) = r.live_session(device, now_ms) {
                 return JoinOutcome::Admitted(a);
@@ -324,11 +406,42 @@ impl QueueStore for MemoryQueueStore {
             if r.config.state == RoomState::Closed {
                 return JoinOutcome::Closed;
             }
-            if r.config.mode == QueueMode::Reject {
-                return JoinOutcome::Rejected;
+            let phase = r.config.phase(clock);
+            let event = phase
+                .event()
+                .map(|e| (e.id.clone(), e.order, e.seed_sha256.clone()));
+            match phase {
+                EventPhase::Countdown(e) => {
+                    return JoinOutcome::EventNotOpen {
+                        opens_at: e.prequeue_start,
+                    };
+                }
+                EventPhase::None if r.config.mode == QueueMode::Reject => {
+                    return JoinOutcome::Rejected;
+                }
+                _ => {}
             }
+            let prequeue = matches!(phase, EventPhase::Prequeue(_));
             r.last_ticket += 1;
             let ticket = r.last_ticket;
+            if let Some((id, order, commitment)) = event {
+                let run = r.runs.entry(id.clone()).or_default();
+                if prequeue && run.first.is_none() {
+                    // The pre-queue's first join: its commitment goes first.
+                    run.first = Some(ticket);
+                    if let (EventOrder::Shuffle, Some(seed_sha256)) = (order, commitment) {
+                        r.log(
+                            now_ms,
+                            LogEvent::Commit {
+                                event: id,
+                                seed_sha256,
+                            },
+                        );
+                    }
+                } else if !prequeue {
+                    run.last.get_or_insert(ticket - 1);
+                }
+            }
             r.queue.insert(ticket, device.clone());
             r.tickets.insert(device.clone(), ticket);
             r.seen.insert(device.clone(), now_ms);
@@ -395,6 +508,7 @@ impl QueueStore for MemoryQueueStore {
     }
 
     async fn admit(&self, room: &RoomId, now_ms: u64) -> Result<AdmitOutcome, QueueError> {
+        let clock = crate::store::now_ms();
         let outcome = self.with_room(room, |r| {
             let mut due: Vec<(u64, String)> = r
                 .sessions
@@ -413,10 +527,30 @@ impl QueueStore for MemoryQueueStore {
             r.trim_rate(now_ms);
             let mut admitted = Vec::new();
             let mut waited_ms = Vec::new();
-            if r.config.state != RoomState::Paused {
-                let mode = r.config.mode;
-                let mut free = u64::from(r.config.capacity).saturating_sub(r.sessions.len() as u64);
-                if let Some(apm) = r.config.admit_per_minute {
+            let mut mode = r.config.mode;
+            let mut capacity = r.config.capacity;
+            let mut per_minute = r.config.admit_per_minute;
+            let mut hold = false;
+            match r.config.phase(clock) {
+                EventPhase::Prequeue(_) => hold = true,
+                EventPhase::Live(e) => {
+                    // The event's overrides, in ticket order.
+                    mode = QueueMode::Fifo;
+                    capacity = e.capacity.unwrap_or(capacity);
+                    per_minute = e.admit_per_minute.or(per_minute);
+                    let (id, order) = (e.id.clone(), e.order);
+                    let last = r.last_ticket;
+                    let run = r.runs.entry(id.clone()).or_default();
+                    run.last.get_or_insert(last);
+                    if order == EventOrder::Shuffle && !run.shuffled {
+                        r.shuffle(&id, now_ms);
+                    }
+                }
+                EventPhase::Countdown(_) | EventPhase::None => {}
+            }
+            if r.config.state != RoomState::Paused && !hold {
+                let mut free = u64::from(capacity).saturating_sub(r.sessions.len() as u64);
+                if let Some(apm) = per_minute {
                     free = free.min(u64::from(apm).saturating_sub(r.admissions.len() as u64));
                 }
                 if mode == QueueMode::Passthrough {
@@ -458,7 +592,7 @@ impl QueueStore for MemoryQueueStore {
                         LogEvent::Admit {
                             ticket,
                             session: sid.clone(),
-                            capacity: r.config.capacity,
+                            capacity,
                             mode,
                         },
                     );

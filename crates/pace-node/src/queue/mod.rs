@@ -60,7 +60,12 @@
 //! the Redis scripts compare against that argument, never against Redis
 //! `TIME`. Both stores are then deterministic and run the same tests with
 //! explicit times and no sleeps; production callers pass the node's wall
-//! clock ([`crate::store::now_ms`]). The trade-off: node clocks must agree
+//! clock ([`crate::store::now_ms`]). The one exception is a room's
+//! scheduled events ([`Event`]): their phase (countdown, pre-queue, live)
+//! is judged by the *store's* clock ([`QueueStore::clock_ms`]: `TIME` inside
+//! the join and admit scripts, the process clock in memory), so that every
+//! node of a cluster opens and starts an event at the same instant; tests
+//! set event times relative to that clock. The trade-off: node clocks must agree
 //! (NTP) to well within the heartbeat grace and session TTL — a node whose
 //! clock runs behind frees sessions and abandons devices a little late and
 //! one whose clock runs ahead a little early, by the skew. Heartbeats only
@@ -88,7 +93,8 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{p:room:R}:config` | hash | `capacity`, `admit_per_minute` (empty = none), `session_ttl_secs`, `target_url`, `state`, `pow_difficulty`, `mode` (absent = `fifo`), `appearance` |
+//! | `{p:room:R}:config` | hash | `capacity`, `admit_per_minute` (empty = none), `session_ttl_secs`, `target_url`, `state`, `pow_difficulty`, `mode` (absent = `fifo`), `appearance`, `events` (JSON, empty = none; each shuffled event with its `seed_sha256`) |
+//! | `{p:room:R}:events` | hash | per event id: `<id>:seed` (the secret seed), `<id>:first` / `<id>:last` (the pre-queue's first and last ticket), `<id>:shuffled` |
 //! | `{p:room:R}:counters` | hash | `ticket` (last handed out), `admitted_total`, `abandoned_total`, `peak_waiting` |
 //! | `{p:room:R}:queue` | zset | device → ticket |
 //! | `{p:room:R}:seen` | zset | device → last heartbeat ms (exactly the queue's members) |
@@ -98,7 +104,7 @@
 //! | `{p:room:R}:rate` | zset | session id → admitted at ms (last 60 s) |
 //! | `{p:room:R}:joined` | hash | device → first join ms (waiting devices) |
 //! | `{p:room:R}:waits` | hash | wait-time bucket bound (s, or `+Inf`) → admissions; `sum_ms` |
-//! | `{p:room:R}:log` | stream | audit log: entry id `<seq>-0`, field `e` = `j\|t\|ticket\|device hash`, `a\|t\|ticket\|session\|capacity` (then `\|mode` unless `fifo`) or `e\|t\|ticket\|session\|released\|expired`; `log_seq` in the counters |
+//! | `{p:room:R}:log` | stream | audit log: entry id `<seq>-0`, field `e` = `j\|t\|ticket\|device hash`, `a\|t\|ticket\|session\|capacity` (then `\|mode` unless `fifo`), `e\|t\|ticket\|session\|released\|expired`, `c\|t\|event\|seed_sha256` or `s\|t\|event\|seed\|t1,t2,…`; `log_seq` in the counters |
 //! | `{p:room:R}:log:cp` | zset | signed checkpoints: JSON [`LogCheckpoint`] scored by its `seq` |
 //! | `{p}:rooms` | set | room ids (another slot: written apart from the config) |
 //!
@@ -131,6 +137,25 @@
 //! time, concurrently; each run sees the result of the previous one, so the
 //! room never goes past capacity (except in mode `passthrough`, by design)
 //! and, in modes `fifo` and `reject`, admits strictly in ticket order.
+//!
+//! # Events
+//!
+//! The first event of a room not yet ended governs it (see [`Event`]):
+//! before its `prequeue_start` join answers [`JoinOutcome::EventNotOpen`]
+//! to a new device; the pre-queue's first join records the first
+//! pre-queue ticket (and, for `order: shuffle`, logs the commitment just
+//! before its own entry); admit holds every admission until
+//! `event_start`; the first join or admit after it records the last
+//! pre-queue ticket; then the first admit run orders the pre-queue — for a
+//! shuffle, [`pace_protocol::audit::shuffle_order`] of the seed and the
+//! waiting pre-queue tickets, the k-th device of the order renumbered to
+//! the k-th smallest ticket, logged with the seed — and admits in ticket
+//! order with the event's overrides. In Redis the node computes the order
+//! (SHA-256 is not in Lua) and `shuffle.lua` applies it only if the
+//! pre-queue is still exactly what the node read (else the node reads
+//! again); the memory store does it in its locked section. A shuffled
+//! event's seed is drawn once, when the event is first stored (`HSETNX`),
+//! and revealed by `get_room` once the shuffle is done.
 
 mod memory;
 mod redis;
@@ -151,9 +176,56 @@ pub const RATE_WINDOW_MS: u64 = 60_000;
 pub use pace_protocol::RoomId;
 
 pub use pace_protocol::room::{
-    Appearance, DEFAULT_COLOURS, MESSAGE_MAX_LEN, QueueMode, Room, RoomConfig, RoomState,
-    TARGET_URL_MAX_LEN, TITLE_MAX_LEN, contrast,
+    Appearance, DEFAULT_COLOURS, Event, EventOrder, EventPhase, MESSAGE_MAX_LEN, QueueMode, Room,
+    RoomConfig, RoomState, TARGET_URL_MAX_LEN, TITLE_MAX_LEN, contrast,
 };
+
+/// A fresh shuffle seed: 32 bytes from the OS RNG, as 64 hex digits.
+pub fn new_seed() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Refuses to change the `order` of an event whose pre-queue has opened
+/// (`opened(id)`): its commitment (or the promise of join order) stands
+/// once anyone joined it. `stored` is the room's config before the change.
+fn check_order_kept(
+    stored: Option<&RoomConfig>,
+    config: &RoomConfig,
+    opened: impl Fn(&str) -> bool,
+) -> Result<(), QueueError> {
+    let Some(stored) = stored else {
+        return Ok(());
+    };
+    for e in &config.events {
+        if let Some(old) = stored.event(&e.id)
+            && old.order != e.order
+            && opened(&e.id)
+        {
+            return Err(QueueError::InvalidConfig(format!(
+                "event {}: its pre-queue has opened, so its order stays {}",
+                e.id,
+                match old.order {
+                    EventOrder::Fifo => "fifo",
+                    EventOrder::Shuffle => "shuffle",
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `config` as a store keeps it: the node's own fields of every event
+/// (`seed_sha256`, `seed`) dropped, whatever a client sent; the store then
+/// sets each shuffled event's commitment from the seed it holds.
+fn without_seeds(config: &RoomConfig) -> RoomConfig {
+    let mut c = config.clone();
+    for e in &mut c.events {
+        e.seed_sha256 = None;
+        e.seed = None;
+    }
+    c
+}
 
 /// A waiting device's place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +271,12 @@ pub enum JoinOutcome {
     Closed,
     /// The room's mode is `reject`: new joins are refused.
     Rejected,
+    /// The room's next event has not opened its pre-queue: new joins are
+    /// refused until `opens_at` (Unix ms, the store's clock).
+    EventNotOpen {
+        /// The event's `prequeue_start`.
+        opens_at: u64,
+    },
     /// No such room.
     NoSuchRoom,
 }
@@ -315,6 +393,22 @@ pub enum LogEvent {
         /// Released (or revoked), or expired.
         reason: EndReason,
     },
+    /// An event committed to its shuffle seed (its pre-queue opened).
+    Commit {
+        /// The event's id.
+        event: String,
+        /// Hex SHA-256 of the seed.
+        seed_sha256: String,
+    },
+    /// An event's pre-queue was shuffled at its start.
+    Shuffle {
+        /// The event's id.
+        event: String,
+        /// The seed, revealed.
+        seed: String,
+        /// The pre-queue's tickets (as joined) in admission order.
+        order: Vec<u64>,
+    },
 }
 
 /// One entry of a room's audit log, as the store keeps it.
@@ -354,6 +448,11 @@ pub enum QueueError {
 pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
     /// `memory` or `redis`.
     fn kind(&self) -> &'static str;
+
+    /// The store's clock, Unix ms: Redis `TIME` (one clock for the whole
+    /// cluster), or the process's clock for the memory store. Events'
+    /// times are compared with it, never with a node's clock.
+    async fn clock_ms(&self) -> Result<u64, QueueError>;
 
     /// Creates the room or replaces its whole config; its queue, sessions
     /// and counters are kept.
@@ -551,6 +650,8 @@ pub(crate) mod conformance {
                 passthrough_admits_everyone_at_once_and_counts,
                 reject_refuses_new_joins_only,
                 modes_switch_live,
+                an_event_counts_down_prequeues_and_shuffles_by_the_store_clock,
+                a_fifo_event_puts_its_prequeue_first_in_join_order,
             );
         };
         (@cases $setup:path, $($case:ident),* $(,)?) => {
@@ -604,6 +705,7 @@ pub(crate) mod conformance {
             pow_difficulty: 0,
             mode: QueueMode::Fifo,
             appearance: Appearance::default(),
+            events: Vec::new(),
         }
     }
 
@@ -1476,6 +1578,196 @@ pub(crate) mod conformance {
 
     /// Leaving gives the place up for good (a later join queues at the
     /// back); leaving when not waiting does nothing.
+    /// An event of `order`, `id` "drop", at the given times.
+    pub fn event(
+        order: EventOrder,
+        prequeue_start: u64,
+        event_start: u64,
+        event_end: u64,
+    ) -> Event {
+        Event {
+            id: "drop".into(),
+            prequeue_start,
+            event_start,
+            event_end,
+            order,
+            capacity: None,
+            admit_per_minute: None,
+            message: None,
+            seed_sha256: None,
+            seed: None,
+        }
+    }
+
+    /// Admits everyone the room lets in now; their names in order.
+    async fn admit_names(s: &SharedQueueStore, r: &RoomId, now: u64) -> Vec<String> {
+        let o = s.admit(r, now).await.unwrap();
+        o.admitted.iter().map(|(d, _)| d.to_string()).collect()
+    }
+
+    /// An event judged by the store's clock: joins refused with the time
+    /// the pre-queue opens; the pre-queue accepts joins and admits nobody;
+    /// at the start the pre-queue is shuffled by the committed seed (the
+    /// seed then revealed, the shuffle logged) behind those who waited
+    /// before it and ahead of later joins in FIFO, with the event's
+    /// capacity; after the end the room follows its own settings.
+    pub async fn an_event_counts_down_prequeues_and_shuffles_by_the_store_clock(
+        s: SharedQueueStore,
+    ) {
+        use pace_protocol::audit::{is_sha256_hex, sha256_hex, shuffle_order};
+        let hour = 3_600_000;
+        let clock = s.clock_ms().await.unwrap();
+        let r = new_room(&s, "event", config(100)).await;
+        let mut c = config(0);
+        s.put_room(&r, &c).await.unwrap();
+        let early = waiting(&s, &r, "early", T0).await.ticket;
+        c.events = vec![event(
+            EventOrder::Shuffle,
+            clock + hour,
+            clock + 2 * hour,
+            clock + 3 * hour,
+        )];
+        c.events[0].capacity = Some(3);
+        c.events[0].message = Some("The drop starts at noon".into());
+        let stored = s.put_room(&r, &c).await.unwrap().config;
+        let commitment = stored.events[0].seed_sha256.clone().unwrap();
+        assert!(is_sha256_hex(&commitment));
+        assert_eq!(stored.events[0].seed, None, "the seed stays secret");
+        assert_eq!(s.get_room(&r).await.unwrap().unwrap().config, stored);
+        // Countdown: refused with the opening time; a waiting device keeps
+        // its place.
+        assert_eq!(
+            s.join(&r, &dev("x"), T0 + 1).await.unwrap(),
+            JoinOutcome::EventNotOpen {
+                opens_at: clock + hour
+            }
+        );
+        assert_eq!(waiting(&s, &r, "early", T0 + 2).await.ticket, early);
+        // A commitment sent by a client is ignored; the seed never changes.
+        c.events[0].seed_sha256 = Some("0".repeat(64));
+        c.events[0].seed = Some("1".repeat(64));
+        c.events[0].prequeue_start = clock.saturating_sub(1_000);
+        c.capacity = 100;
+        let again = s.put_room(&r, &c).await.unwrap().config;
+        assert_eq!(
+            again.events[0].seed_sha256.as_deref(),
+            Some(commitment.as_str())
+        );
+        assert_eq!(again.events[0].seed, None);
+        // Pre-queue: joins wait, nobody is admitted (capacity 100).
+        let mut pre = Vec::new();
+        for i in 0..20 {
+            let p = waiting(&s, &r, &format!("p{i}"), T0 + 10 + i).await;
+            pre.push((p.ticket, format!("p{i}")));
+        }
+        assert!(admit_names(&s, &r, T0 + 40).await.is_empty());
+        // Once the pre-queue has opened, the promised order stays.
+        let mut fifo = c.clone();
+        fifo.events[0].order = EventOrder::Fifo;
+        match s.put_room(&r, &fifo).await {
+            Err(QueueError::InvalidConfig(e)) => assert!(e.contains("order stays shuffle"), "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Start (moved to now by the admin): later joins go behind.
+        let now = s.clock_ms().await.unwrap();
+        c.events[0].event_start = now.saturating_sub(10);
+        s.put_room(&r, &c).await.unwrap();
+        for name in ["late1", "late2"] {
+            waiting(&s, &r, name, T0 + 50).await;
+        }
+        // The event's capacity: 3 — the early waiter, then the shuffle.
+        let first = admit_names(&s, &r, T0 + 60).await;
+        let room = s.get_room(&r).await.unwrap().unwrap().config;
+        let seed = room.events[0].seed.clone().expect("seed revealed");
+        assert_eq!(sha256_hex(seed.as_bytes()), commitment);
+        let tickets: Vec<u64> = pre.iter().map(|(t, _)| *t).collect();
+        let order = shuffle_order(&seed, &tickets);
+        assert_ne!(order, tickets, "shuffled, not the join order");
+        let name_of = |t: &u64| pre.iter().find(|(pt, _)| pt == t).unwrap().1.clone();
+        let mut expected: Vec<String> = vec!["early".into()];
+        expected.extend(order.iter().map(name_of));
+        expected.extend(["late1".to_owned(), "late2".to_owned()]);
+        assert_eq!(first, expected[..3]);
+        // More capacity: the rest, the pre-queue first, then FIFO.
+        c.events[0].capacity = Some(100);
+        s.put_room(&r, &c).await.unwrap();
+        let rest = admit_names(&s, &r, T0 + 70).await;
+        assert_eq!([first, rest].concat(), expected);
+        // The log: the commitment before the pre-queue's first join, the
+        // shuffle (seed revealed, the order) before the admissions it
+        // orders, and admissions under the new tickets, rising.
+        let log = s.log(&r, 0, 1000).await.unwrap();
+        let commit_at = log
+            .iter()
+            .position(|l| matches!(&l.event, LogEvent::Commit { event, seed_sha256 } if event == "drop" && *seed_sha256 == commitment))
+            .expect("commit logged");
+        assert!(
+            matches!(&log[commit_at + 1].event, LogEvent::Join { ticket, .. } if *ticket == tickets[0])
+        );
+        let shuffle_at = log
+            .iter()
+            .position(|l| matches!(&l.event, LogEvent::Shuffle { seed: sd, order: o, .. } if *sd == seed && *o == order))
+            .expect("shuffle logged");
+        let admitted: Vec<(usize, u64)> = log
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| match l.event {
+                LogEvent::Admit {
+                    ticket, capacity, ..
+                } => {
+                    assert!(capacity == 3 || capacity == 100);
+                    Some((i, ticket))
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(admitted.iter().all(|(i, _)| *i > shuffle_at));
+        assert!(admitted.windows(2).all(|w| w[0].1 < w[1].1), "{admitted:?}");
+        // After the end: the room's own settings (capacity 100, joins).
+        let now = s.clock_ms().await.unwrap();
+        c.events[0].event_start = now.saturating_sub(20);
+        c.events[0].event_end = now.saturating_sub(10);
+        c.mode = QueueMode::Reject;
+        s.put_room(&r, &c).await.unwrap();
+        assert_eq!(
+            s.join(&r, &dev("after"), T0 + 80).await.unwrap(),
+            JoinOutcome::Rejected
+        );
+        c.mode = QueueMode::Fifo;
+        s.put_room(&r, &c).await.unwrap();
+        waiting(&s, &r, "after", T0 + 81).await;
+        assert_eq!(admit_names(&s, &r, T0 + 90).await, ["after"]);
+    }
+
+    /// A FIFO event: no commitment, no shuffle; the pre-queue is admitted
+    /// in join order ahead of later joins.
+    pub async fn a_fifo_event_puts_its_prequeue_first_in_join_order(s: SharedQueueStore) {
+        let clock = s.clock_ms().await.unwrap();
+        let r = new_room(&s, "fifo-event", config(10)).await;
+        let mut c = config(10);
+        c.events = vec![event(
+            EventOrder::Fifo,
+            clock.saturating_sub(1_000),
+            clock + 3_600_000,
+            clock + 7_200_000,
+        )];
+        let stored = s.put_room(&r, &c).await.unwrap().config;
+        assert_eq!(stored.events[0].seed_sha256, None);
+        for name in ["a", "b", "c"] {
+            waiting(&s, &r, name, T0).await;
+        }
+        assert!(admit_names(&s, &r, T0 + 1).await.is_empty());
+        c.events[0].event_start = s.clock_ms().await.unwrap().saturating_sub(1);
+        s.put_room(&r, &c).await.unwrap();
+        waiting(&s, &r, "d", T0 + 2).await;
+        assert_eq!(admit_names(&s, &r, T0 + 3).await, ["a", "b", "c", "d"]);
+        let log = s.log(&r, 0, 100).await.unwrap();
+        assert!(
+            !log.iter()
+                .any(|l| matches!(l.event, LogEvent::Commit { .. } | LogEvent::Shuffle { .. }))
+        );
+    }
+
     pub async fn leave_gives_up_a_place(s: SharedQueueStore) {
         let r = new_room(&s, "leave", config(0)).await;
         let a = waiting(&s, &r, "a", T0).await;

@@ -20,10 +20,16 @@ use fred::types::scripts::Script;
 use pace_protocol::DeviceId;
 
 use super::{
-    Admission, AdmitOutcome, Appearance, DeviceStatus, EndReason, JoinOutcome, LogCheckpoint,
-    LogEvent, LogRecord, Place, Positions, QueueError, QueueMode, QueueStore, RATE_WINDOW_MS, Room,
-    RoomConfig, RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS, WaitDistribution,
+    Admission, AdmitOutcome, Appearance, DeviceStatus, EndReason, EventOrder, JoinOutcome,
+    LogCheckpoint, LogEvent, LogRecord, Place, Positions, QueueError, QueueMode, QueueStore,
+    RATE_WINDOW_MS, Room, RoomConfig, RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS,
+    WaitDistribution,
 };
+
+/// How often one admit call retries an event's shuffle that found the
+/// pre-queue changed under it (a leave or sweep between the read and the
+/// script); the next tick tries again.
+const SHUFFLE_ATTEMPTS: usize = 5;
 
 /// Most expiries, admissions, sweeps or heartbeats one script run handles,
 /// so no run blocks Redis for long; the store runs the script again for
@@ -55,6 +61,8 @@ struct Scripts {
     stats: Script,
     add_checkpoint: Script,
     trim_log: Script,
+    shuffle: Script,
+    clock: Script,
 }
 
 impl std::fmt::Debug for RedisQueueStore {
@@ -81,6 +89,7 @@ struct RoomKeys {
     owner: String,
     log: String,
     checkpoints: String,
+    events: String,
 }
 
 impl RoomKeys {
@@ -101,6 +110,7 @@ impl RoomKeys {
             owner: key("owner"),
             log: key("log"),
             checkpoints: key("log:cp"),
+            events: key("events"),
         }
     }
 }
@@ -245,6 +255,10 @@ impl RedisQueueStore {
                 stats: Script::from_lua(include_str!("stats.lua")),
                 add_checkpoint: Script::from_lua(include_str!("add_checkpoint.lua")),
                 trim_log: Script::from_lua(include_str!("trim_log.lua")),
+                shuffle: Script::from_lua(include_str!("shuffle.lua")),
+                clock: Script::from_lua(
+                    "local t = redis.call('TIME') return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)",
+                ),
             },
         }
     }
@@ -315,7 +329,90 @@ fn parse_config(h: &HashMap<String, String>) -> Result<Option<RoomConfig>, Queue
             "" => Appearance::default(),
             json => serde_json::from_str(json).map_err(|_| bad("room appearance is not valid"))?,
         },
+        events: match field("events") {
+            "" => Vec::new(),
+            json => serde_json::from_str(json).map_err(|_| bad("room events are not valid"))?,
+        },
     }))
+}
+
+impl RedisQueueStore {
+    /// Fills in the seed of every shuffled event whose pre-queue was
+    /// ordered (one `HGETALL` of the room's events hash, only when the
+    /// room has a shuffled event).
+    async fn reveal(&self, room: &RoomId, config: &mut RoomConfig) -> Result<(), QueueError> {
+        if !config.events.iter().any(|e| e.order == EventOrder::Shuffle) {
+            return Ok(());
+        }
+        let runs: HashMap<String, String> = self
+            .client
+            .hgetall(&self.keys(room).events)
+            .await
+            .map_err(unavailable)?;
+        for e in &mut config.events {
+            if runs.contains_key(&format!("{}:shuffled", e.id)) {
+                e.seed = runs.get(&format!("{}:seed", e.id)).cloned();
+            }
+        }
+        Ok(())
+    }
+
+    /// Orders the pre-queue of `event` (see `shuffle.lua`): reads the seed
+    /// and the pre-queue's waiting devices, computes
+    /// [`pace_protocol::audit::shuffle_order`], and has the script apply it
+    /// only if the pre-queue is still exactly what was read. Returns
+    /// whether it was applied (or had been already).
+    async fn shuffle(&self, room: &RoomId, event: &str, now_ms: u64) -> Result<bool, QueueError> {
+        let k = self.keys(room);
+        let fields: Vec<Option<String>> = self
+            .client
+            .hmget(
+                &k.events,
+                vec![
+                    format!("{event}:seed"),
+                    format!("{event}:first"),
+                    format!("{event}:last"),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        let (Some(seed), Some(first), Some(last)) = (
+            fields.first().cloned().flatten(),
+            fields.get(1).cloned().flatten(),
+            fields.get(2).cloned().flatten(),
+        ) else {
+            return Err(bad("event shuffle without seed or pre-queue bounds"));
+        };
+        let bound = |v: &str| {
+            v.parse::<u64>()
+                .map(|n| n as f64)
+                .map_err(|_| bad("event pre-queue bound is not a number"))
+        };
+        let waiting: Vec<(String, f64)> = self
+            .client
+            .zrangebyscore(&k.queue, bound(&first)?, bound(&last)?, true, None)
+            .await
+            .map_err(unavailable)?;
+        let by_ticket: HashMap<u64, String> = waiting
+            .into_iter()
+            .map(|(d, score)| (score as u64, d))
+            .collect();
+        let tickets: Vec<u64> = by_ticket.keys().copied().collect();
+        let order = pace_protocol::audit::shuffle_order(&seed, &tickets);
+        let mut args = vec![now_ms.to_string(), event.to_owned()];
+        for t in &order {
+            args.push(by_ticket[t].clone());
+            args.push(t.to_string());
+        }
+        let v = self
+            .run(
+                &self.scripts.shuffle,
+                vec![k.counters, k.queue, k.events, k.log],
+                args,
+            )
+            .await?;
+        Ok(v.into_string().as_deref() != Some("stale"))
+    }
 }
 
 #[async_trait]
@@ -324,10 +421,48 @@ impl QueueStore for RedisQueueStore {
         "redis"
     }
 
+    async fn clock_ms(&self) -> Result<u64, QueueError> {
+        // A key routes the call in a cluster; its shard's clock answers.
+        let v = self
+            .run(&self.scripts.clock, vec![self.rooms_key.clone()], vec![])
+            .await?;
+        v.as_u64().ok_or_else(|| bad("TIME is not a number"))
+    }
+
     async fn put_room(&self, room: &RoomId, config: &RoomConfig) -> Result<Room, QueueError> {
         config.validate().map_err(QueueError::InvalidConfig)?;
         self.connected_or_fail()?;
         let k = self.keys(room);
+        let mut config = super::without_seeds(config);
+        if !config.events.is_empty() {
+            let stored: HashMap<String, String> =
+                self.client.hgetall(&k.config).await.map_err(unavailable)?;
+            let stored = parse_config(&stored)?;
+            let runs: HashMap<String, String> =
+                self.client.hgetall(&k.events).await.map_err(unavailable)?;
+            super::check_order_kept(stored.as_ref(), &config, |id| {
+                runs.contains_key(&format!("{id}:first"))
+            })?;
+        }
+        // A shuffled event commits to a seed once, when first stored
+        // (HSETNX: concurrent PUTs agree on one).
+        for e in &mut config.events {
+            if e.order == EventOrder::Shuffle {
+                let field = format!("{}:seed", e.id);
+                let _: bool = self
+                    .client
+                    .hsetnx(&k.events, &field, super::new_seed())
+                    .await
+                    .map_err(unavailable)?;
+                let seed: String = self
+                    .client
+                    .hget(&k.events, &field)
+                    .await
+                    .map_err(unavailable)?;
+                e.seed_sha256 = Some(pace_protocol::audit::sha256_hex(seed.as_bytes()));
+            }
+        }
+        let config = &config;
         let fields: Vec<(&str, String)> = vec![
             ("capacity", config.capacity.to_string()),
             (
@@ -352,6 +487,15 @@ impl QueueStore for RedisQueueStore {
                     })?
                 },
             ),
+            (
+                "events",
+                if config.events.is_empty() {
+                    String::new()
+                } else {
+                    serde_json::to_string(&config.events)
+                        .map_err(|_| QueueError::InvalidConfig("events cannot be stored".into()))?
+                },
+            ),
         ];
         // One HSET replaces every field at once; the room index lives in
         // another slot, so it is a second (idempotent) command.
@@ -365,9 +509,11 @@ impl QueueStore for RedisQueueStore {
             .sadd(&self.rooms_key, room.as_str())
             .await
             .map_err(unavailable)?;
+        let mut config = config.clone();
+        self.reveal(room, &mut config).await?;
         Ok(Room {
             id: room.clone(),
-            config: config.clone(),
+            config,
         })
     }
 
@@ -378,7 +524,11 @@ impl QueueStore for RedisQueueStore {
             .hgetall(&self.keys(room).config)
             .await
             .map_err(unavailable)?;
-        Ok(parse_config(&h)?.map(|config| Room {
+        let Some(mut config) = parse_config(&h)? else {
+            return Ok(None);
+        };
+        self.reveal(room, &mut config).await?;
+        Ok(Some(Room {
             id: room.clone(),
             config,
         }))
@@ -468,7 +618,7 @@ impl QueueStore for RedisQueueStore {
                 &self.scripts.join,
                 vec![
                     k.config, k.counters, k.queue, k.seen, k.active, k.sessions, k.devices,
-                    k.joined, k.log,
+                    k.joined, k.log, k.events,
                 ],
                 vec![
                     device.as_str().to_owned(),
@@ -483,6 +633,7 @@ impl QueueStore for RedisQueueStore {
             "admitted" => Ok(JoinOutcome::Admitted(r.admission()?)),
             "closed" => Ok(JoinOutcome::Closed),
             "rejected" => Ok(JoinOutcome::Rejected),
+            "eventnotopen" => Ok(JoinOutcome::EventNotOpen { opens_at: r.u64()? }),
             "nosuchroom" => Ok(JoinOutcome::NoSuchRoom),
             _ => Err(bad("unknown join outcome")),
         }
@@ -544,10 +695,11 @@ impl QueueStore for RedisQueueStore {
         let k = self.keys(room);
         let keys = vec![
             k.config, k.counters, k.queue, k.seen, k.active, k.sessions, k.devices, k.rate,
-            k.joined, k.waits, k.log,
+            k.joined, k.waits, k.log, k.events,
         ];
         let args_tail: Vec<String> = WAIT_BUCKETS_SECS.iter().map(u64::to_string).collect();
         let mut out = AdmitOutcome::default();
+        let mut shuffles = 0;
         loop {
             let nonce = match &self.seeded_nonces {
                 None => uuid::Uuid::new_v4().to_string(),
@@ -586,6 +738,14 @@ impl QueueStore for RedisQueueStore {
                     },
                 ));
                 out.waited_ms.push(admitted.u64()?);
+            }
+            // An event that starts and shuffles: admissions wait for the
+            // shuffle, then this loop runs the script again.
+            let shuffle = r.string()?;
+            if !shuffle.is_empty() && shuffles < SHUFFLE_ATTEMPTS {
+                shuffles += 1;
+                self.shuffle(room, &shuffle, now_ms).await?;
+                continue;
             }
             if !more {
                 return Ok(out);
@@ -856,6 +1016,38 @@ fn log_record(item: Value) -> Result<LogRecord, QueueError> {
 fn parse_log_text(seq: u64, text: &str) -> Option<LogRecord> {
     let f: Vec<&str> = text.split('|').collect();
     let t = f.get(1)?.parse().ok()?;
+    // `c|t|event|seed_sha256` and `s|t|event|seed|t1,t2,...` carry no ticket.
+    match (f.first()?, f.len()) {
+        (&"c", 4) => {
+            return Some(LogRecord {
+                seq,
+                t,
+                event: LogEvent::Commit {
+                    event: f[2].to_owned(),
+                    seed_sha256: f[3].to_owned(),
+                },
+            });
+        }
+        (&"s", 5) => {
+            let order = if f[4].is_empty() {
+                Vec::new()
+            } else {
+                f[4].split(',')
+                    .map(|t| t.parse().ok())
+                    .collect::<Option<Vec<u64>>>()?
+            };
+            return Some(LogRecord {
+                seq,
+                t,
+                event: LogEvent::Shuffle {
+                    event: f[2].to_owned(),
+                    seed: f[3].to_owned(),
+                    order,
+                },
+            });
+        }
+        _ => {}
+    }
     let ticket = f.get(2)?.parse().ok()?;
     let event = match (f.first()?, f.len()) {
         (&"j", 4) => LogEvent::Join {

@@ -189,6 +189,8 @@ async fn a_rooms_log_is_exported_chained_and_signed() {
             LogLine::Join(_) => "join",
             LogLine::Admit(_) => "admit",
             LogLine::End(_) => "end",
+            LogLine::Commit(_) => "commit",
+            LogLine::Shuffle(_) => "shuffle",
             LogLine::Checkpoint(_) => "checkpoint",
         })
         .filter(|k| *k != "checkpoint")

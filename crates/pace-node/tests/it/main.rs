@@ -16,6 +16,7 @@ mod cluster;
 mod delivery;
 mod devices;
 mod drain;
+mod events;
 mod gateway_protect;
 mod handshake;
 mod history;

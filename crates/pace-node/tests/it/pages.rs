@@ -638,3 +638,148 @@ async fn the_console_switches_the_queueing_mode_and_the_page_follows() {
     assert!(room.contains(r#""mode":"passthrough""#), "{room}");
     assert!(room.contains(r#""capacity":0"#), "{room}");
 }
+
+/// A scheduled event in the page: before the pre-queue opens it counts
+/// down (with the commitment to the shuffle's seed) and joins by itself at
+/// the opening; in the pre-queue it says it waits for the start, with the
+/// count; after the start it shows its place in line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_counts_down_then_prequeues_then_shows_the_place() {
+    let (node, token) = node(0).await;
+    let now = pace_node::store::now_ms();
+    let hour = 3_600_000u64;
+    // The pre-queue opens in an hour; the event lets nobody in yet
+    // (capacity 0).
+    let opens = now + hour;
+    set_room(&node, &token, |c| {
+        c["events"] = json!([{"id": "drop", "prequeue_start": opens, "event_start": now + hour,
+            "event_end": now + 2 * hour, "order": "shuffle", "capacity": 0,
+            "message": "The sneaker drop opens soon"}]);
+    })
+    .await;
+    let (_, room) = http(node.addr, "GET", "/api/v1/rooms/demo", &[], "")
+        .await
+        .unwrap();
+    let room: Value = serde_json::from_str(&room).unwrap();
+    let commitment = room["config"]["events"][0]["seed_sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let browser = Browser::start().await;
+    let page = browser.page().await;
+    page.goto(&url(&node, "/r/demo")).await;
+    wait_state(&page, "countdown").await;
+    assert!(page.text("#headline").await.contains("The line opens in"));
+    page.wait_text("#countdown", UI, |t| t.contains(':')).await;
+    page.wait_text("#seed-sha256", UI, |t| t == commitment)
+        .await;
+    page.wait_text("#message", UI, |t| t.contains("sneaker drop"))
+        .await;
+    page.screenshot("event-countdown").await;
+
+    // The opening moved to a few seconds from now; a reload counts down
+    // to it, and at the opening the page joins by itself: the pre-queue,
+    // with the count.
+    set_room(&node, &token, |c| {
+        c["events"][0]["prequeue_start"] = json!(pace_node::store::now_ms() + 5_000);
+    })
+    .await;
+    page.refresh().await;
+    wait_state(&page, "prequeue").await;
+    assert!(
+        page.text("#headline")
+            .await
+            .contains("waiting for the start")
+    );
+    page.wait_text("#waiting", UI, |t| t == "1").await;
+    let other = waiting_device(&node, "demo", "early-2").await;
+    page.wait_text("#detail", UI, |t| {
+        t.starts_with("2 people are in the pre-queue")
+    })
+    .await;
+    page.screenshot("event-prequeue").await;
+
+    // The start (moved to now): the pre-queue is shuffled and the page
+    // shows its place among the two.
+    set_room(&node, &token, |c| {
+        c["events"][0]["event_start"] = json!(pace_node::store::now_ms());
+    })
+    .await;
+    wait_state(&page, "waiting").await;
+    page.wait_text("#position", UI, |t| t == "1" || t == "2")
+        .await;
+    page.wait_text("#waiting", UI, |t| t == "2").await;
+    page.wait_text("#countdown", UI, str::is_empty).await;
+    page.screenshot("event-live-position").await;
+    drop(other);
+    page.close().await;
+}
+
+/// The console schedules an event (a shuffled pre-queue with its own
+/// capacity) and lists it with its commitment; the page then counts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_schedules_an_event() {
+    let (node, token) = node(0).await;
+    let browser = Browser::start().await;
+    let console = browser.page().await;
+    let base = format!("http://{}", node.addr);
+    console_login(&console, &base, ADMIN_PASSWORD).await;
+    console
+        .wait_text("#room-list", UI, |t| t.contains("demo"))
+        .await;
+    console.click("button[data-room=demo]").await;
+    console
+        .wait_text("#event-list", UI, |t| t == "No events.")
+        .await;
+    // datetime-local fields take the browser's local time, one hour apart.
+    console
+        .eval(
+            "const at = (h) => { const d = new Date(Date.now() + h * 3600000 - new Date().getTimezoneOffset() * 60000); return d.toISOString().slice(0, 19); };
+             document.getElementById('event-id').value = 'launch';
+             document.getElementById('event-prequeue_start').value = at(1);
+             document.getElementById('event-event_start').value = at(2);
+             document.getElementById('event-event_end').value = at(3);
+             document.getElementById('event-order').value = 'shuffle';
+             document.getElementById('event-capacity').value = '7';
+             return true",
+        )
+        .await;
+    console
+        .click("form[data-field=events] button[type=submit]")
+        .await;
+    console
+        .wait_text("#dial-status", UI, |t| t.contains("events = launch"))
+        .await;
+    console
+        .wait_text("#event-list", UI, |t| {
+            t.contains("launch") && t.contains("SHA-256(seed)")
+        })
+        .await;
+    let auth = format!("Bearer {token}");
+    let (_, room) = http(
+        node.addr,
+        "GET",
+        "/api/v1/admin/rooms/demo",
+        &[("authorization", auth.as_str())],
+        "",
+    )
+    .await
+    .unwrap();
+    let room: Value = serde_json::from_str(&room).unwrap();
+    let event = &room["config"]["events"][0];
+    assert_eq!(event["id"], "launch", "{room}");
+    assert_eq!(event["order"], "shuffle");
+    assert_eq!(event["capacity"], 7);
+    let now = pace_node::store::now_ms();
+    let opens = event["prequeue_start"].as_u64().unwrap();
+    assert!(
+        opens > now + 3_500_000 && opens < now + 3_700_000,
+        "{event}"
+    );
+    console.screenshot("console-event").await;
+    let page = browser.page().await;
+    page.goto(&format!("{base}/r/demo")).await;
+    wait_state(&page, "countdown").await;
+    assert!(page.text("#headline").await.contains("opens in"));
+}
