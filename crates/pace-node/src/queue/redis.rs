@@ -19,6 +19,8 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 use pace_protocol::DeviceId;
 
+use crate::store::RedisClient;
+
 use super::{
     Admission, AdmitOutcome, Appearance, DeviceStatus, EndReason, JoinOutcome, LogCheckpoint,
     LogEvent, LogRecord, Place, Positions, QueueError, QueueMode, QueueStore, RATE_WINDOW_MS, Room,
@@ -32,7 +34,9 @@ const BATCH: usize = 1000;
 
 /// The Redis [`QueueStore`].
 pub struct RedisQueueStore {
-    client: Client,
+    /// With Redis Cluster, routed per room (each room's keys share its
+    /// hash tag).
+    client: RedisClient,
     prefix: String,
     rooms_key: String,
     scripts: Scripts,
@@ -201,6 +205,7 @@ impl RedisQueueStore {
         self.connected_or_fail()?;
         let raw: Vec<String> = self
             .client
+            .on(&self.keys(room).checkpoints)?
             .zrange(
                 &self.keys(room).checkpoints,
                 start,
@@ -218,7 +223,11 @@ impl RedisQueueStore {
     /// A store whose admit runs take the nonces `seed-<seed>-0`, `-1`, …
     /// instead of fresh UUIDs: its lotteries (and session ids) repeat.
     #[cfg(test)]
-    pub fn with_seeded_nonces(client: Client, prefix: &str, seed: u64) -> RedisQueueStore {
+    pub fn with_seeded_nonces(
+        client: impl Into<RedisClient>,
+        prefix: &str,
+        seed: u64,
+    ) -> RedisQueueStore {
         RedisQueueStore {
             seeded_nonces: Some((seed, std::sync::atomic::AtomicU64::new(0))),
             ..RedisQueueStore::new(client, prefix)
@@ -226,9 +235,9 @@ impl RedisQueueStore {
     }
 
     /// A store on `client` (connected by its owner), keys under `prefix`.
-    pub fn new(client: Client, prefix: &str) -> RedisQueueStore {
+    pub fn new(client: impl Into<RedisClient>, prefix: &str) -> RedisQueueStore {
         RedisQueueStore {
-            client,
+            client: client.into(),
             prefix: prefix.to_owned(),
             rooms_key: format!("{{{prefix}}}:rooms"),
             seeded_nonces: None,
@@ -275,8 +284,9 @@ impl RedisQueueStore {
         args: Vec<String>,
     ) -> Result<Value, QueueError> {
         self.connected_or_fail()?;
+        let client = self.client.on(keys.first().map_or("", String::as_str))?;
         script
-            .evalsha_with_reload(&self.client, keys, args)
+            .evalsha_with_reload(&client, keys, args)
             .await
             .map_err(unavailable)
     }
@@ -357,11 +367,13 @@ impl QueueStore for RedisQueueStore {
         // another slot, so it is a second (idempotent) command.
         let _: i64 = self
             .client
+            .on(&k.config)?
             .hset(&k.config, fields)
             .await
             .map_err(unavailable)?;
         let _: i64 = self
             .client
+            .on(&self.rooms_key)?
             .sadd(&self.rooms_key, room.as_str())
             .await
             .map_err(unavailable)?;
@@ -375,6 +387,7 @@ impl QueueStore for RedisQueueStore {
         self.connected_or_fail()?;
         let h: HashMap<String, String> = self
             .client
+            .on(&self.keys(room).config)?
             .hgetall(&self.keys(room).config)
             .await
             .map_err(unavailable)?;
@@ -394,10 +407,16 @@ impl QueueStore for RedisQueueStore {
         let key = self.user_places_key(room, user);
         let _: i64 = self
             .client
+            .on(&key)?
             .sadd(&key, device.as_str())
             .await
             .map_err(unavailable)?;
-        let members: Vec<String> = self.client.smembers(&key).await.map_err(unavailable)?;
+        let members: Vec<String> = self
+            .client
+            .on(&key)?
+            .smembers(&key)
+            .await
+            .map_err(unavailable)?;
         Ok(members
             .iter()
             .filter_map(|m| DeviceId::parse(m).ok())
@@ -413,6 +432,7 @@ impl QueueStore for RedisQueueStore {
         self.connected_or_fail()?;
         let _: i64 = self
             .client
+            .on(&self.user_places_key(room, user))?
             .srem(self.user_places_key(room, user), device.as_str())
             .await
             .map_err(unavailable)?;
@@ -422,6 +442,7 @@ impl QueueStore for RedisQueueStore {
     async fn room_owner(&self, room: &RoomId) -> Result<Option<String>, QueueError> {
         self.connected_or_fail()?;
         self.client
+            .on(&self.keys(room).owner)?
             .get(&self.keys(room).owner)
             .await
             .map_err(unavailable)
@@ -432,7 +453,7 @@ impl QueueStore for RedisQueueStore {
         let k = self.keys(room);
         let owner: String = Script::from_lua(include_str!("claim_room.lua"))
             .evalsha_with_reload(
-                &self.client,
+                &self.client.on(&k.owner)?,
                 vec![k.owner, k.config],
                 vec![tenant.to_owned()],
             )
@@ -445,6 +466,7 @@ impl QueueStore for RedisQueueStore {
         self.connected_or_fail()?;
         let ids: Vec<String> = self
             .client
+            .on(&self.rooms_key)?
             .smembers(&self.rooms_key)
             .await
             .map_err(unavailable)?;
@@ -643,6 +665,7 @@ impl QueueStore for RedisQueueStore {
         let last = i64::try_from(n - 1).unwrap_or(i64::MAX);
         let v: Value = self
             .client
+            .on(&self.keys(room).queue)?
             .zrange(&self.keys(room).queue, 0, last, None, false, None, false)
             .await
             .map_err(unavailable)?;
@@ -748,7 +771,7 @@ impl QueueStore for RedisQueueStore {
         self.connected_or_fail()?;
         let k = self.keys(room);
         let raw: std::collections::HashMap<String, u64> =
-            self.client.hgetall(&k.waits).await.map_err(unavailable)?;
+            self.client.on(&k.waits)?.hgetall(&k.waits).await.map_err(unavailable)?;
         let mut w = WaitDistribution {
             counts: vec![0; WAIT_BUCKETS_SECS.len() + 1],
             sum_ms: 0,
@@ -781,6 +804,7 @@ impl QueueStore for RedisQueueStore {
         let start = format!("{}-0", after_seq.saturating_add(1));
         let v: Value = self
             .client
+            .on(&self.keys(room).log)?
             .xrange(&self.keys(room).log, start, "+", Some(limit as u64))
             .await
             .map_err(unavailable)?;

@@ -39,6 +39,7 @@ use pace_protocol::{BusEnvelope, DeviceId, Notification, RoomId};
 use pace_protocol::{Cursor, Target};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use super::redis_client::{RedisClient, log_events};
 use super::{
     BusCounters, Draft, History, HistoryLimits, Local, NodeInfo, Store, StoreError, StoreHealth,
     stamp,
@@ -81,7 +82,9 @@ const PLACEHOLDER: u64 = u64::MAX;
 
 /// The Redis [`Store`].
 pub struct RedisStore {
-    client: Client,
+    /// Commands; with Redis Cluster, routed to the primary of the
+    /// `{prefix}` slot every key of this store shares.
+    client: RedisClient,
     subscriber: SubscriberClient,
     opts: RedisOptions,
     keys: Keys,
@@ -184,9 +187,11 @@ impl Keys {
 
 /// Acknowledges a store wipe (`pace-node admin acknowledge-store-wipe`):
 /// removes the wipe mark under `prefix`. Returns whether there was one.
-pub async fn acknowledge_wipe(client: &Client, prefix: &str) -> Result<bool, StoreError> {
+pub async fn acknowledge_wipe(client: &RedisClient, prefix: &str) -> Result<bool, StoreError> {
+    let wiped = Keys::new(prefix).wiped;
     let removed: i64 = client
-        .del(Keys::new(prefix).wiped)
+        .on(&wiped)?
+        .del(wiped)
         .await
         .map_err(StoreError::Redis)?;
     Ok(removed > 0)
@@ -221,7 +226,7 @@ impl RedisStore {
             super::redis_client::node_builder(&opts.url, opts.command_timeout, opts.bus_capacity)
                 .map_err(StoreError::Redis)?;
         let map = StoreError::Redis;
-        let client = builder.build().map_err(map)?;
+        let client = RedisClient::start(&opts.url, opts.command_timeout).map_err(map)?;
         let subscriber = builder.build_subscriber_client().map_err(map)?;
         let keys = Keys::new(&opts.prefix);
 
@@ -246,13 +251,7 @@ impl RedisStore {
 
         // The returned handles are the connection tasks; dropping them
         // detaches the tasks, which keep running until the clients quit.
-        drop(client.connect());
         drop(subscriber.connect());
-        tokio::spawn(log_events(
-            "commands",
-            client.error_rx(),
-            client.reconnect_rx(),
-        ));
         tokio::spawn(log_events(
             "subscriber",
             subscriber.error_rx(),
@@ -287,12 +286,17 @@ impl RedisStore {
 
     /// The command client, shared with the queue store (same connection,
     /// same reconnect policy and timeouts).
-    pub fn client(&self) -> Client {
+    pub fn client(&self) -> RedisClient {
         self.client.clone()
     }
 
+    /// The client for this store's keys (all in the `{prefix}` slot).
+    fn commands(&self) -> Result<Client, StoreError> {
+        Ok(self.client.on(&self.keys.bus_seq)?)
+    }
+
     fn connected_or_fail(&self) -> Result<(), StoreError> {
-        if self.client.is_connected() {
+        if self.client.is_connected_for(&self.keys.bus_seq) {
             Ok(())
         } else {
             Err(StoreError::Unavailable("not connected to redis".into()))
@@ -305,7 +309,7 @@ impl RedisStore {
         self.connected_or_fail()?;
         let text = serde_json::to_string(envelope).map_err(StoreError::Encode)?;
         let _: i64 = self
-            .client
+            .commands()?
             .publish(self.keys.bus.as_str(), text)
             .await
             .map_err(StoreError::Redis)?;
@@ -335,7 +339,7 @@ impl RedisStore {
         let value: u64 = self
             .incr_publish
             .evalsha_with_reload(
-                &self.client,
+                &self.commands()?,
                 vec![counter.to_owned()],
                 vec![self.keys.bus.clone(), before, after.to_owned()],
             )
@@ -409,42 +413,6 @@ fn drain<T: Clone>(rx: &mut broadcast::Receiver<T>) {
     ) {}
 }
 
-/// Logs a client's connection errors and reconnections: the first failed
-/// attempt of an outage as a warning, the following ones (one every half
-/// second while Redis is down) at debug level with their count, and the
-/// reconnection with how many attempts it took.
-async fn log_events(
-    name: &'static str,
-    mut errors: broadcast::Receiver<(fred::error::Error, Option<fred::types::config::Server>)>,
-    mut reconnects: broadcast::Receiver<fred::types::config::Server>,
-) {
-    let mut failed: u64 = 0;
-    loop {
-        tokio::select! {
-            e = errors.recv() => match e {
-                Ok((e, _)) => {
-                    failed += 1;
-                    if failed == 1 {
-                        tracing::warn!(client = name, error = %e, "redis connection error; retrying with backoff");
-                    } else {
-                        tracing::debug!(client = name, error = %e, attempts = failed, "redis still unreachable");
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            r = reconnects.recv() => match r {
-                Ok(server) => {
-                    tracing::info!(client = name, %server, failed_attempts = failed, "redis connected");
-                    failed = 0;
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-        }
-    }
-}
-
 /// What `history.lua` answered: the sequence's current epoch and head,
 /// whether the position asked about was past the head (the store lost
 /// writes), and the kept envelopes' JSON after it, oldest first.
@@ -459,19 +427,19 @@ struct LogRead {
 /// `trusted`: the position is this node's own (the bus reader), so a
 /// position past the head makes the store start new epochs.
 async fn read_log(
-    client: &Client,
+    client: &RedisClient,
     script: &Script,
     keys: [String; 3],
     (after_epoch, after_seq): (u64, u64),
     max: usize,
     trusted: bool,
 ) -> Result<LogRead, StoreError> {
-    if !client.is_connected() {
+    if !client.is_connected_for(&keys[0]) {
         return Err(StoreError::Unavailable("not connected to redis".into()));
     }
     let out: Vec<String> = script
         .evalsha_with_reload(
-            client,
+            &client.on(&keys[0])?,
             keys.to_vec(),
             vec![
                 after_epoch.to_string(),
@@ -513,7 +481,7 @@ fn parse_notify(text: &[u8]) -> Option<(u64, u64, Notification)> {
 /// Reads the cluster channel and hands envelopes to this node, in bus
 /// order, repairing gaps from the bus log.
 struct BusReader {
-    client: Client,
+    client: RedisClient,
     history: Script,
     keys: Keys,
     local: Arc<dyn Local>,
@@ -808,7 +776,7 @@ impl Store for RedisStore {
     }
 
     async fn health(&self) -> StoreHealth {
-        let up = self.client.is_connected()
+        let up = self.client.is_connected_for(&self.keys.bus_seq)
             && self.subscriber.is_connected()
             && *self.subscribed.borrow();
         StoreHealth {
@@ -821,7 +789,7 @@ impl Store for RedisStore {
     async fn wait_ready(&self) {
         let mut rx = self.subscribed.clone();
         let _ = rx.wait_for(|s| *s).await;
-        let _ = self.client.wait_for_connect().await;
+        self.client.wait_for(&self.keys.bus_seq).await;
     }
 
     async fn publish(&self, draft: Draft) -> Result<Notification, StoreError> {
@@ -842,7 +810,7 @@ impl Store for RedisStore {
         let out: Vec<String> = self
             .publish
             .evalsha_with_reload(
-                &self.client,
+                &self.commands()?,
                 vec![
                     scope,
                     history,
@@ -921,7 +889,7 @@ impl Store for RedisStore {
     async fn claim_once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.connected_or_fail()?;
         let set: Option<String> = self
-            .client
+            .commands()?
             .set(
                 format!("{}{key}", self.keys.mark_prefix),
                 1,
@@ -982,7 +950,7 @@ impl Store for RedisStore {
         let _: i64 = self
             .heartbeat
             .evalsha_with_reload(
-                &self.client,
+                &self.commands()?,
                 vec![self.keys.nodes.clone(), self.keys.node_info.clone()],
                 vec![
                     info.node_id.clone(),
@@ -1006,7 +974,7 @@ impl Store for RedisStore {
         let out: Vec<String> = self
             .identity
             .evalsha_with_reload(
-                &self.client,
+                &self.commands()?,
                 vec![self.keys.store_id.clone(), self.keys.wiped.clone()],
                 vec![uuid::Uuid::new_v4().to_string(), known.clone()],
             )
@@ -1034,7 +1002,7 @@ impl Store for RedisStore {
         let flat: Vec<String> = self
             .nodes
             .evalsha_with_reload(
-                &self.client,
+                &self.commands()?,
                 vec![self.keys.nodes.clone(), self.keys.node_info.clone()],
                 vec![self.opts.node_ttl.as_millis().to_string()],
             )

@@ -219,6 +219,10 @@ impl TestRedisCluster {
                     "--cluster-node-timeout",
                     &CLUSTER_NODE_TIMEOUT_MS.to_string(),
                 ])
+                // The healthy shards keep serving while one fails over
+                // (the default refuses every command cluster-wide with
+                // CLUSTERDOWN until the dead master is replaced).
+                .args(["--cluster-require-full-coverage", "no"])
                 .arg("--cluster-config-file")
                 .arg(c.dir.join(format!("nodes-{port}.conf")))
                 .arg("--dir")

@@ -699,26 +699,37 @@ async fn redis_cluster_failover_mid_stream_drops_nothing_silently() {
     // A stream through every node; the master of the slot holding the
     // sequences and the bus dies after 1 s.
     // Operations on another shard (the room's), asked every 50 ms from the
-    // kill until notifications are accepted again.
+    // kill until notifications are accepted again: the room's stats (an
+    // operator's call, only the room's keys) and a device's room status
+    // (which also reads the device registry, kept in the `{prefix}` slot
+    // with the bus: it fails with that shard).
     let start_probe = |room_name: String, addrs: Vec<SocketAddr>| {
         let probing = tokio_util::sync::CancellationToken::new();
         let stop = probing.clone();
         let task = tokio::spawn(async move {
-            let (mut asked, mut answered) = (0, 0);
+            let (mut asked, mut stats, mut status) = (0, 0, 0);
+            let auth = format!("Bearer {KEY}");
             while !probing.is_cancelled() {
+                let addr = addrs[asked % 3];
+                let path = format!("/api/v1/rooms/{room_name}/stats");
+                let t0 = Instant::now();
+                match http(addr, "GET", &path, &[("authorization", &auth)], "").await {
+                    Ok((200, _)) => stats += 1,
+                    other => eprintln!("DEBUG stats {:?} {other:?}", t0.elapsed()),
+                }
                 let path = format!("/api/v1/rooms/{room_name}/status?device_id=surge-0");
-                if let Ok((200, _)) = http(addrs[asked % 3], "GET", &path, &[], "").await {
-                    answered += 1;
+                if let Ok((200, _)) = http(addr, "GET", &path, &[], "").await {
+                    status += 1;
                 }
                 asked += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            (asked, answered)
+            (asked, stats, status)
         });
         (stop, task)
     };
     let mut probe = None;
-    let mut probed = (0, 0);
+    let mut probed = (0, 0, 0);
     let mut redis = redis;
     let handles: Vec<TestNode> = addrs.iter().map(|a| TestNode::external(*a)).collect();
     let mut accepted = Vec::new();
@@ -782,8 +793,16 @@ async fn redis_cluster_failover_mid_stream_drops_nothing_silently() {
         lost_writes += h.metric("pace_store_lost_writes_total").await;
     }
     eprintln!(
-        "room status (the room on another shard) answered {} of {} times during the failover",
-        probed.1, probed.0
+        "during the failover, of {} asks: room stats (another shard) answered {}, a device's \
+         room status (also reads the registry, on the failed shard) answered {}",
+        probed.0, probed.1, probed.2
+    );
+    // Operations on the healthy shard kept answering (not one stalled
+    // behind the failed shard).
+    assert!(probed.0 > 0, "the probe ran during the failover");
+    assert_eq!(
+        probed.1, probed.0,
+        "every room stats call (another shard) answered during the failover"
     );
     // The surge: capacity admitted, never more (sessions last 10 min).
     let mut admitted = HashSet::new();

@@ -152,3 +152,89 @@ async fn redis_restarted_empty_is_reported_and_nobody_takes_a_victims_id() {
     let (status, body) = register(&node, "newcomer", None).await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// One shard failing over fails only the operations on that shard: with
+/// the master of a room's slot SIGKILLed, notifications (whose keys live
+/// in the `{prefix}` slot, on another master) keep being accepted all
+/// through the failover, and the room answers again once its replica is
+/// promoted, without a restart.
+#[tokio::test]
+async fn a_shard_failing_over_fails_only_its_own_operations() {
+    let mut redis = TestRedisCluster::start();
+    let prefix = format!("t{}", free_port());
+    let keys = shared_keys().display().to_string();
+    let url = redis.url();
+    let process = NodeProcess::spawn(&[
+        "--redis",
+        &url,
+        "--redis-prefix",
+        &prefix,
+        "--keys",
+        &keys,
+    ]);
+    let node = TestNode::external(process.addr);
+    node.wait_ready().await;
+    let bus_master = redis.master_of(&format!("{{{prefix}}}"));
+    let room = (0..64)
+        .map(|i| format!("shard-{i}"))
+        .find(|r| redis.master_of(&format!("{{{prefix}:room:{r}}}")) != bus_master)
+        .expect("a room on another shard");
+    let victim = redis.master_of(&format!("{{{prefix}:room:{room}}}"));
+    let auth = format!("Bearer {KEY}");
+    let config = json!({"capacity": 5, "admit_per_minute": null, "session_ttl_secs": 600,
+        "target_url": "https://shop.example/in", "state": "open", "pow_difficulty": 0});
+    let (status, text) = http(
+        node.addr,
+        "PUT",
+        &format!("/api/v1/rooms/{room}"),
+        &[("authorization", &auth)],
+        &config.to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+    let stats_path = format!("/api/v1/rooms/{room}/stats");
+    let room_status = || async {
+        http(node.addr, "GET", &stats_path, &[("authorization", &auth)], "")
+            .await
+            .map(|(s, _)| s)
+            .unwrap_or(0)
+    };
+    assert_eq!(room_status().await, 200);
+
+    redis.kill(victim);
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(30);
+    let (mut accepted, mut refused) = (0, 0);
+    let (mut room_failed, mut room_back) = (0, None);
+    while room_back.is_none() {
+        assert!(Instant::now() < deadline, "the room never answered again");
+        let (status, body) = node
+            .notify(json!({"scope": "all", "event": "e", "data": accepted}))
+            .await;
+        match status {
+            202 => accepted += 1,
+            _ => {
+                eprintln!("notify during the failover: {status} {body}");
+                refused += 1;
+            }
+        }
+        match room_status().await {
+            200 if room_failed > 0 => room_back = Some(killed.elapsed()),
+            200 => {}
+            _ => room_failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "room's shard failed over: room answered again {:?} after the kill ({room_failed} refused \
+         meanwhile); notifications on the healthy shard: {accepted} accepted, {refused} refused",
+        room_back.unwrap()
+    );
+    assert!(room_failed > 0, "the room's own operations failed meanwhile");
+    assert!(accepted > 0, "notifications were asked during the failover");
+    assert_eq!(
+        refused, 0,
+        "operations on the healthy shard kept answering through the failover"
+    );
+}
