@@ -770,8 +770,12 @@ impl QueueStore for RedisQueueStore {
     async fn waits(&self, room: &RoomId) -> Result<WaitDistribution, QueueError> {
         self.connected_or_fail()?;
         let k = self.keys(room);
-        let raw: std::collections::HashMap<String, u64> =
-            self.client.on(&k.waits)?.hgetall(&k.waits).await.map_err(unavailable)?;
+        let raw: std::collections::HashMap<String, u64> = self
+            .client
+            .on(&k.waits)?
+            .hgetall(&k.waits)
+            .await
+            .map_err(unavailable)?;
         let mut w = WaitDistribution {
             counts: vec![0; WAIT_BUCKETS_SECS.len() + 1],
             sum_ms: 0,

@@ -85,7 +85,9 @@ pub struct RedisStore {
     /// Commands; with Redis Cluster, routed to the primary of the
     /// `{prefix}` slot every key of this store shares.
     client: RedisClient,
-    subscriber: SubscriberClient,
+    /// The bus subscriber; `None` over Redis Cluster, where
+    /// [`keep_subscribed_cluster`] keeps one on the bus slot's primary.
+    subscriber: Option<SubscriberClient>,
     opts: RedisOptions,
     keys: Keys,
     incr_publish: Script,
@@ -227,11 +229,19 @@ impl RedisStore {
                 .map_err(StoreError::Redis)?;
         let map = StoreError::Redis;
         let client = RedisClient::start(&opts.url, opts.command_timeout).map_err(map)?;
-        let subscriber = builder.build_subscriber_client().map_err(map)?;
+        let subscriber = if client.is_cluster() {
+            None
+        } else {
+            Some(builder.build_subscriber_client().map_err(map)?)
+        };
         let keys = Keys::new(&opts.prefix);
 
         // Take the message receiver before subscribing so nothing is missed.
-        let messages = subscriber.message_rx();
+        let cluster_bus = broadcast::channel(opts.bus_capacity.max(1)).0;
+        let messages = match &subscriber {
+            Some(s) => s.message_rx(),
+            None => cluster_bus.subscribe(),
+        };
         let history = Script::from_lua(include_str!("history.lua"));
         let (catch_up_tx, catch_up_rx) = mpsc::channel(4);
         let seen = Seen::default();
@@ -251,20 +261,37 @@ impl RedisStore {
 
         // The returned handles are the connection tasks; dropping them
         // detaches the tasks, which keep running until the clients quit.
-        drop(subscriber.connect());
-        tokio::spawn(log_events(
-            "subscriber",
-            subscriber.error_rx(),
-            subscriber.reconnect_rx(),
-        ));
-
         let (tx, subscribed) = watch::channel(false);
-        tokio::spawn(keep_subscribed(
-            subscriber.clone(),
-            keys.bus.clone(),
-            tx,
-            catch_up_tx,
-        ));
+        match &subscriber {
+            Some(subscriber) => {
+                drop(subscriber.connect());
+                tokio::spawn(log_events(
+                    "subscriber",
+                    subscriber.error_rx(),
+                    subscriber.reconnect_rx(),
+                ));
+                tokio::spawn(keep_subscribed(
+                    subscriber.clone(),
+                    keys.bus.clone(),
+                    tx,
+                    catch_up_tx,
+                ));
+            }
+            None => {
+                tokio::spawn(keep_subscribed_cluster(
+                    client.clone(),
+                    ClusterBus {
+                        channel: keys.bus.clone(),
+                        slot_key: keys.bus_seq.clone(),
+                        capacity: opts.bus_capacity,
+                        messages: cluster_bus,
+                        dropped: counters.clone(),
+                    },
+                    tx,
+                    catch_up_tx,
+                ));
+            }
+        }
 
         Ok(Arc::new(RedisStore {
             client,
@@ -402,6 +429,87 @@ async fn keep_subscribed(
                 },
             }
         }
+    }
+}
+
+/// Where [`keep_subscribed_cluster`] subscribes and delivers.
+struct ClusterBus {
+    channel: String,
+    /// A key of the bus's slot: the subscriber follows its primary.
+    slot_key: String,
+    capacity: usize,
+    /// The bus reader's receiver's sender.
+    messages: broadcast::Sender<fred::types::Message>,
+    dropped: BusCounters,
+}
+
+/// [`keep_subscribed`] over Redis Cluster: one subscriber on the primary
+/// of the bus's own slot (whose failure stops notifications anyway, so a
+/// failover of another shard does not touch the bus), replaced when that
+/// slot moves to another primary (a failover) or its connection drops.
+async fn keep_subscribed_cluster(
+    client: RedisClient,
+    bus: ClusterBus,
+    live: watch::Sender<bool>,
+    catch_up: mpsc::Sender<oneshot::Sender<()>>,
+) {
+    const POLL: Duration = Duration::from_millis(50);
+    loop {
+        // The store was dropped.
+        if catch_up.is_closed() || live.is_closed() {
+            return;
+        }
+        let Some(server) = client.owner_of(&bus.slot_key) else {
+            tokio::time::sleep(POLL).await;
+            continue;
+        };
+        let Ok(sub) = client.subscriber_to(&server, bus.capacity) else {
+            tokio::time::sleep(POLL).await;
+            continue;
+        };
+        let mut rx = sub.message_rx();
+        let connection = sub.connect();
+        let subscribed = tokio::time::timeout(Duration::from_secs(2), async {
+            sub.wait_for_connect().await?;
+            sub.subscribe(bus.channel.as_str()).await
+        })
+        .await;
+        if matches!(subscribed, Ok(Ok(()))) {
+            let (done, caught_up) = oneshot::channel();
+            if catch_up.send(done).await.is_err() {
+                return;
+            }
+            let _ = caught_up.await;
+            let _ = live.send(true);
+            tracing::info!(%server, "bus subscriber on the bus slot's primary");
+            // Forward until the connection drops or the slot moves.
+            let mut check = tokio::time::interval(POLL);
+            loop {
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Ok(m) => { let _ = bus.messages.send(m); }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            bus.dropped.dropped.inc_by(n);
+                            let (done, _) = oneshot::channel();
+                            let _ = catch_up.try_send(done);
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = check.tick() => {
+                        if !sub.is_connected()
+                            || live.is_closed()
+                            || client.owner_of(&bus.slot_key).as_ref() != Some(&server)
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = live.send(false);
+        }
+        let _ = sub.quit().await;
+        connection.abort();
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -777,7 +885,7 @@ impl Store for RedisStore {
 
     async fn health(&self) -> StoreHealth {
         let up = self.client.is_connected_for(&self.keys.bus_seq)
-            && self.subscriber.is_connected()
+            && self.subscriber.as_ref().is_none_or(|s| s.is_connected())
             && *self.subscribed.borrow();
         StoreHealth {
             kind: self.kind(),

@@ -45,9 +45,9 @@ use std::time::Duration;
 
 use fred::error::ErrorKind;
 use fred::prelude::*;
-use fred::types::config::{ClusterDiscoveryPolicy, ServerConfig};
 use fred::types::CustomCommand;
 use fred::types::cluster::ClusterRouting;
+use fred::types::config::{ClusterDiscoveryPolicy, ServerConfig};
 use tokio::sync::Notify;
 
 /// Longest wait between two connection attempts (before jitter).
@@ -252,6 +252,47 @@ impl RedisClient {
         }
     }
 
+    /// Whether this client routes over a Redis Cluster's primaries.
+    pub fn is_cluster(&self) -> bool {
+        matches!(&*self.0, Inner::Shards(_))
+    }
+
+    /// Redis Cluster: the primary owning `key`'s slot, when it is
+    /// connected.
+    pub fn owner_of(&self, key: &str) -> Option<Server> {
+        let Inner::Shards(s) = &*self.0 else {
+            return None;
+        };
+        let slot = ClusterRouting::hash_key(key.as_bytes());
+        let view = s.view();
+        let server = view.routing.as_ref()?.get_server(slot)?;
+        view.clients
+            .get(server)
+            .is_some_and(|c| c.is_connected())
+            .then(|| server.clone())
+    }
+
+    /// Redis Cluster: a subscriber client of `server` alone, configured
+    /// like the node's clients (a message published on any node of a
+    /// cluster reaches the subscribers of every node).
+    pub fn subscriber_to(
+        &self,
+        server: &Server,
+        bus_capacity: usize,
+    ) -> Result<fred::clients::SubscriberClient, fred::error::Error> {
+        let Inner::Shards(s) = &*self.0 else {
+            return Err(fred::error::Error::new(
+                ErrorKind::Config,
+                "not a redis cluster client",
+            ));
+        };
+        let mut config = s.config.clone();
+        config.server = ServerConfig::Centralized {
+            server: server.clone(),
+        };
+        builder_for(config, s.command_timeout, bus_capacity).build_subscriber_client()
+    }
+
     /// The current primaries (Redis Cluster) and whether each is
     /// connected; empty for a single server.
     pub fn primaries(&self) -> Vec<(String, bool)> {
@@ -361,7 +402,8 @@ impl Shards {
         }
         for (server, c) in connected {
             if let Ok(Ok(v)) =
-                tokio::time::timeout(ASK_TIMEOUT, c.custom::<Value, _>(slots(), vec!["SLOTS"])).await
+                tokio::time::timeout(ASK_TIMEOUT, c.custom::<Value, _>(slots(), vec!["SLOTS"]))
+                    .await
             {
                 return Some((v, server.clone()));
             }
@@ -436,7 +478,11 @@ async fn refresh_loop(inner: Weak<Inner>) {
         let healthy = shards.refresh().await;
         let kick = shards.kick.clone();
         drop(strong);
-        let wait = if healthy { REFRESH_STEADY } else { REFRESH_FAST };
+        let wait = if healthy {
+            REFRESH_STEADY
+        } else {
+            REFRESH_FAST
+        };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = kick.notified() => {
@@ -453,7 +499,10 @@ async fn refresh_loop(inner: Weak<Inner>) {
 /// reconnection with how many attempts it took.
 pub(crate) async fn log_events(
     name: &'static str,
-    mut errors: tokio::sync::broadcast::Receiver<(fred::error::Error, Option<fred::types::config::Server>)>,
+    mut errors: tokio::sync::broadcast::Receiver<(
+        fred::error::Error,
+        Option<fred::types::config::Server>,
+    )>,
     mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
 ) {
     let mut failed: u64 = 0;

@@ -164,14 +164,8 @@ async fn a_shard_failing_over_fails_only_its_own_operations() {
     let prefix = format!("t{}", free_port());
     let keys = shared_keys().display().to_string();
     let url = redis.url();
-    let process = NodeProcess::spawn(&[
-        "--redis",
-        &url,
-        "--redis-prefix",
-        &prefix,
-        "--keys",
-        &keys,
-    ]);
+    let process =
+        NodeProcess::spawn(&["--redis", &url, "--redis-prefix", &prefix, "--keys", &keys]);
     let node = TestNode::external(process.addr);
     node.wait_ready().await;
     let bus_master = redis.master_of(&format!("{{{prefix}}}"));
@@ -195,10 +189,16 @@ async fn a_shard_failing_over_fails_only_its_own_operations() {
     assert_eq!(status, 200, "{text}");
     let stats_path = format!("/api/v1/rooms/{room}/stats");
     let room_status = || async {
-        http(node.addr, "GET", &stats_path, &[("authorization", &auth)], "")
-            .await
-            .map(|(s, _)| s)
-            .unwrap_or(0)
+        http(
+            node.addr,
+            "GET",
+            &stats_path,
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+        .map(|(s, _)| s)
+        .unwrap_or(0)
     };
     assert_eq!(room_status().await, 200);
 
@@ -231,7 +231,10 @@ async fn a_shard_failing_over_fails_only_its_own_operations() {
          meanwhile); notifications on the healthy shard: {accepted} accepted, {refused} refused",
         room_back.unwrap()
     );
-    assert!(room_failed > 0, "the room's own operations failed meanwhile");
+    assert!(
+        room_failed > 0,
+        "the room's own operations failed meanwhile"
+    );
     assert!(accepted > 0, "notifications were asked during the failover");
     assert_eq!(
         refused, 0,
