@@ -83,6 +83,7 @@ pub async fn run(
                     node_ttl: config.node_ttl,
                     history: config.history,
                     bus_log_len: config.bus_log_len,
+                    write_replicas: config.store_write_replicas,
                 },
                 local,
                 crate::store::BusCounters {

@@ -285,10 +285,16 @@ impl RedisQueueStore {
     ) -> Result<Value, QueueError> {
         self.connected_or_fail()?;
         let client = self.client.on(keys.first().map_or("", String::as_str))?;
-        script
+        let out = script
             .evalsha_with_reload(&client, keys, args)
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        // With --store-write-replicas, a join or an admission tick is
+        // answered only once replicated.
+        if std::ptr::eq(script, &self.scripts.join) || std::ptr::eq(script, &self.scripts.admit) {
+            self.client.replicated(&client).await?;
+        }
+        Ok(out)
     }
 }
 

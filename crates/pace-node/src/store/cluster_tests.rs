@@ -43,6 +43,7 @@ fn store(url: &str, prefix: &str, history: HistoryLimits, rec: Arc<Recorder>) ->
             node_ttl: Duration::from_secs(2),
             history,
             bus_log_len: 1000,
+            write_replicas: Default::default(),
         },
         rec,
         BusCounters::detached(),

@@ -65,6 +65,8 @@ pub struct RedisOptions {
     pub history: HistoryLimits,
     /// Notifications kept in the bus log, for nodes repairing gaps.
     pub bus_log_len: usize,
+    /// Replicas acknowledging each notification (`--store-write-replicas`).
+    pub write_replicas: super::redis_client::WriteReplicas,
 }
 
 /// How long an idle scope's sequence number is kept (at least the history
@@ -228,7 +230,9 @@ impl RedisStore {
             super::redis_client::node_builder(&opts.url, opts.command_timeout, opts.bus_capacity)
                 .map_err(StoreError::Redis)?;
         let map = StoreError::Redis;
-        let client = RedisClient::start(&opts.url, opts.command_timeout).map_err(map)?;
+        let client = RedisClient::start(&opts.url, opts.command_timeout)
+            .map_err(map)?
+            .with_write_replicas(opts.write_replicas);
         let subscriber = if client.is_cluster() {
             None
         } else {
@@ -915,10 +919,11 @@ impl Store for RedisStore {
         let text = serde_json::to_string(&envelope).map_err(StoreError::Encode)?;
         let limits = self.opts.history;
         let idle_ttl = SEQUENCE_IDLE_TTL.max(limits.max_age);
+        let commands = self.commands()?;
         let out: Vec<String> = self
             .publish
             .evalsha_with_reload(
-                &self.commands()?,
+                &commands,
                 vec![
                     scope,
                     history,
@@ -940,6 +945,8 @@ impl Store for RedisStore {
             )
             .await
             .map_err(StoreError::Redis)?;
+        // With --store-write-replicas: answered only once replicated.
+        self.client.replicated(&commands).await?;
         let number = |i: usize| out.get(i).and_then(|v| v.parse::<u64>().ok());
         let (Some(epoch), Some(seq)) = (number(0), number(1)) else {
             return Err(StoreError::Unavailable(
@@ -1166,6 +1173,7 @@ mod tests {
                 node_ttl: Duration::from_secs(2),
                 history,
                 bus_log_len,
+                write_replicas: Default::default(),
             },
             local,
             counters,

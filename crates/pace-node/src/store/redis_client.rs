@@ -113,12 +113,45 @@ pub const REFRESH_FAST: Duration = Duration::from_millis(100);
 /// Longest a `CLUSTER SLOTS` read (or a seed's connection) may take.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// `--store-write-replicas`: how many replicas must acknowledge a write
+/// that must survive a failover (a notification, a join, an admission
+/// tick) before it is answered, by Redis `WAIT` on the connection that
+/// wrote it. The trade-off is in docs/operations.md ("Redis replicas and
+/// WAIT").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct WriteReplicas {
+    /// Redis replicas that must acknowledge a notification, a join or an
+    /// admission tick (Redis `WAIT`) before it is answered; 0 does not
+    /// wait. Fewer acknowledgements within --store-write-replicas-timeout
+    /// fail the operation with 503 `store_unavailable` (the master may
+    /// still hold the write: see docs/operations.md).
+    #[arg(
+        long = "store-write-replicas",
+        env = "PACE_STORE_WRITE_REPLICAS",
+        default_value_t = 0
+    )]
+    pub replicas: u32,
+    /// Longest a write waits for those acknowledgements (keep it below
+    /// --store-timeout).
+    #[arg(long = "store-write-replicas-timeout", env = "PACE_STORE_WRITE_REPLICAS_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+impl Default for WriteReplicas {
+    fn default() -> WriteReplicas {
+        WriteReplicas {
+            replicas: 0,
+            timeout: Duration::from_millis(500),
+        }
+    }
+}
+
 /// A node's command client (see the module docs): the one fred client of
 /// a single server, or one per Redis Cluster primary with commands routed
 /// by slot. Cheap to clone; stores call [`RedisClient::on`] with the key a
 /// command (or script) touches.
 #[derive(Clone)]
-pub struct RedisClient(Arc<Inner>);
+pub struct RedisClient(Arc<Inner>, WriteReplicas);
 
 enum Inner {
     One(Client),
@@ -141,7 +174,7 @@ impl From<Client> for RedisClient {
     /// Wraps one fred client (tests and the admin command line): every
     /// command goes to it, as fred routes it.
     fn from(client: Client) -> RedisClient {
-        RedisClient(Arc::new(Inner::One(client)))
+        RedisClient(Arc::new(Inner::One(client)), WriteReplicas::default())
     }
 }
 
@@ -196,7 +229,38 @@ impl RedisClient {
         };
         let inner = Arc::new(Inner::Shards(shards));
         tokio::spawn(refresh_loop(Arc::downgrade(&inner)));
-        Ok(RedisClient(inner))
+        Ok(RedisClient(inner, WriteReplicas::default()))
+    }
+
+    /// This client, waiting for `write` replicas after the writes that
+    /// call [`RedisClient::replicated`].
+    pub fn with_write_replicas(self, write: WriteReplicas) -> RedisClient {
+        RedisClient(self.0, write)
+    }
+
+    /// After a write that must survive a failover, sent on `client`: with
+    /// `--store-write-replicas N`, waits (Redis `WAIT`) until N replicas
+    /// acknowledged every write of that connection so far, and fails when
+    /// fewer did within the timeout. Does nothing when N is 0.
+    pub async fn replicated(&self, client: &Client) -> Result<(), fred::error::Error> {
+        let WriteReplicas { replicas, timeout } = self.1;
+        if replicas == 0 {
+            return Ok(());
+        }
+        let millis = i64::try_from(timeout.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let acked: i64 = client.wait(i64::from(replicas), millis).await?;
+        if acked < i64::from(replicas) {
+            return Err(fred::error::Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "{acked} of {replicas} redis replicas acknowledged the write within {timeout:?} \
+                     (--store-write-replicas)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The client to send a command on `key` to. With Redis Cluster, the

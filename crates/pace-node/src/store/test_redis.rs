@@ -357,6 +357,19 @@ impl TestRedisCluster {
         panic!("no live master owns slot {slot}");
     }
 
+    /// The indexes of the processes replicating master `i`, as it sees
+    /// them (`INFO replication`).
+    pub fn replicas_of(&self, i: usize) -> Vec<usize> {
+        redis_cli(self.ports[i], &["INFO", "replication"])
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains("port="))
+            .filter_map(|l| {
+                let port: u16 = l.split("port=").nth(1)?.split(',').next()?.parse().ok()?;
+                self.ports.iter().position(|&p| p == port)
+            })
+            .collect()
+    }
+
     /// Kills process `i` with SIGKILL (as a crash would).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.children[i].take() {

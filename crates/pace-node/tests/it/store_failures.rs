@@ -241,3 +241,101 @@ async fn a_shard_failing_over_fails_only_its_own_operations() {
         "operations on the healthy shard kept answering through the failover"
     );
 }
+
+/// `--store-write-replicas 1`: a notification is answered only once a
+/// replica acknowledged it (Redis `WAIT`). With every replica up both
+/// nodes accept (and the cost of the wait is measured); with the replica
+/// of the notifications' master stopped, the node with the flag refuses
+/// with 503 `store_unavailable` while the node without it still accepts.
+#[tokio::test]
+async fn store_write_replicas_refuses_writes_no_replica_acknowledged() {
+    let mut redis = TestRedisCluster::start();
+    let prefix = format!("t{}", free_port());
+    let keys = shared_keys().display().to_string();
+    let url = redis.url();
+    let args = |id: &'static str| {
+        vec![
+            "--redis".to_owned(),
+            url.clone(),
+            "--redis-prefix".to_owned(),
+            prefix.clone(),
+            "--keys".to_owned(),
+            keys.clone(),
+            "--node-id".to_owned(),
+            id.to_owned(),
+        ]
+    };
+    let mut waiting_args = args("waiting");
+    waiting_args.extend(
+        [
+            "--store-write-replicas",
+            "1",
+            "--store-write-replicas-timeout",
+            "300ms",
+        ]
+        .map(String::from),
+    );
+    let spawn =
+        |a: &[String]| NodeProcess::spawn(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let waiting_process = spawn(&waiting_args);
+    let plain_process = spawn(&args("plain"));
+    let (waiting, plain) = (
+        TestNode::external(waiting_process.addr),
+        TestNode::external(plain_process.addr),
+    );
+    waiting.wait_ready().await;
+    plain.wait_ready().await;
+
+    // Every replica up: both accept. The cost of the wait, per notify.
+    const ROUNDS: u32 = 200;
+    for (name, node) in [
+        ("without the flag", &plain),
+        ("with --store-write-replicas 1", &waiting),
+    ] {
+        let started = Instant::now();
+        for i in 0..ROUNDS {
+            let (status, body) = node
+                .notify(json!({"scope": "all", "event": "e", "data": i}))
+                .await;
+            assert_eq!(status, 202, "{name}: {body}");
+        }
+        eprintln!(
+            "notify {name}: {:?} per request ({ROUNDS} sequential)",
+            started.elapsed() / ROUNDS
+        );
+    }
+
+    let master = redis.master_of(&format!("{{{prefix}}}"));
+    let replicas = redis.replicas_of(master);
+    assert!(!replicas.is_empty(), "the master has a replica");
+    for r in replicas {
+        redis.kill(r);
+    }
+    // The master notices its replica is gone when the link drops; from then
+    // on no write is acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let (status, body) = waiting
+            .notify(json!({"scope": "all", "event": "unreplicated"}))
+            .await;
+        if status != 202 || Instant::now() >= deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 503, "refused once no replica acknowledges: {body}");
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    for _ in 0..3 {
+        let (status, body) = waiting
+            .notify(json!({"scope": "all", "event": "unreplicated"}))
+            .await;
+        assert_eq!(status, 503, "still refused: {body}");
+        let (status, body) = plain
+            .notify(json!({"scope": "all", "event": "unreplicated"}))
+            .await;
+        assert_eq!(
+            status, 202,
+            "without the flag the write is accepted: {body}"
+        );
+    }
+}
