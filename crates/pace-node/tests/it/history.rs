@@ -563,17 +563,32 @@ async fn device_until(id: String, gateway: SocketAddr, event: &str, deadline: In
         } else {
             format!("/ws?device_id={id}")
         };
-        let Ok(mut ws) = TestNode::external(gateway).try_connect(&path, &[]).await else {
+        // Every device is in the group `fo`.
+        let Ok(mut ws) = TestNode::external(gateway)
+            .try_connect(&path, &[("x-department-id", "fo")])
+            .await
+        else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         if resume {
-            let frame = dev.resume_frame(&[Cursor {
-                scope: Scope::All,
-                target: None,
-                epoch: 0,
-                seq: 0,
-            }]);
+            // Every scope it may have missed something in, also those it
+            // has not received anything in yet.
+            let frame = dev.resume_frame(&[
+                Cursor {
+                    scope: Scope::All,
+                    target: None,
+                    epoch: 0,
+                    seq: 0,
+                },
+                group_cursor("fo", 0, 0),
+                Cursor {
+                    scope: Scope::Device,
+                    target: Some(id.clone()),
+                    epoch: 0,
+                    seq: 0,
+                },
+            ]);
             if ws.send(Message::Text(frame.into())).await.is_err() {
                 continue;
             }
@@ -747,12 +762,29 @@ async fn redis_cluster_failover_mid_stream_drops_nothing_silently() {
             stop.cancel();
             probed = task.await.unwrap();
         }
-        let (status, body) = handles[i % 3]
-            .notify(json!({"scope": "all", "event": "s", "data": {"i": i}}))
-            .await;
+        // The stream goes to every scope: all, the devices' group, and
+        // each device in turn.
+        let (body, to) = match i % 3 {
+            0 => (
+                json!({"scope": "all", "event": "s", "data": {"i": i}}),
+                None,
+            ),
+            1 => (
+                json!({"scope": "group", "target": "fo", "event": "s", "data": {"i": i}}),
+                None,
+            ),
+            _ => {
+                let device = format!("fo-{}", (i / 3) % DEVICES);
+                (
+                    json!({"scope": "device", "target": device, "event": "s", "data": {"i": i}}),
+                    Some(device),
+                )
+            }
+        };
+        let (status, body) = handles[i % 3].notify(body).await;
         match status {
             202 => {
-                accepted.push(body["id"].as_str().unwrap().to_owned());
+                accepted.push((body["id"].as_str().unwrap().to_owned(), to));
                 if killed_at.is_some() && refused > 0 && back_at.is_none() {
                     back_at = Some(Instant::now());
                 }
@@ -847,7 +879,10 @@ async fn redis_cluster_failover_mid_stream_drops_nothing_silently() {
         );
         let not_recovered = dev.resumed.iter().flatten().any(|o| !o.recovered);
         told += usize::from(not_recovered);
-        let missed = accepted.iter().filter(|id| !dev.seen.contains(*id)).count();
+        let missed = accepted
+            .iter()
+            .filter(|(id, to)| to.as_ref().is_none_or(|d| *d == dev.id) && !dev.seen.contains(id))
+            .count();
         if missed > 0 && !not_recovered {
             missed_untold += 1;
         }
