@@ -103,11 +103,43 @@ pub struct RedisStore {
     /// The highest bus position this node has seen, passed to every
     /// publish so a store that lost writes is noticed (`publish.lua`).
     seen: Seen,
+    /// Per-scope heads, shared with the bus reader like `seen`.
+    heads: ScopeHeads,
     counters: BusCounters,
     identity: Script,
     /// The store identity this node last saw (`None` before the first
     /// check): a different or missing one means the store was wiped.
     known_id: std::sync::Mutex<Option<String>>,
+}
+
+/// Most scopes whose heads a node remembers; past it the memory starts
+/// over (the bus position check still holds).
+const SCOPE_HEADS_MAX: usize = 100_000;
+
+/// The highest (epoch, seq) this node has seen per scope key (its own
+/// publishes and the bus), passed to `publish.lua` with the bus position,
+/// so a scope the store rewound opens a new epoch even when the bus check
+/// does not reveal it.
+#[derive(Debug, Default, Clone)]
+struct ScopeHeads(Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>>);
+
+impl ScopeHeads {
+    fn get(&self, scope: &str) -> (u64, u64) {
+        let heads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        heads.get(scope).copied().unwrap_or((0, 0))
+    }
+
+    fn saw(&self, scope: String, at: (u64, u64)) {
+        let mut heads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if heads.len() >= SCOPE_HEADS_MAX && !heads.contains_key(&scope) {
+            heads.clear();
+        }
+        let head = heads.entry(scope).or_insert(at);
+        // Epochs are Redis times: a later epoch is a greater one.
+        if at > *head {
+            *head = at;
+        }
+    }
 }
 
 /// The highest bus position (epoch, seq) a node has seen, shared by the
@@ -249,8 +281,10 @@ impl RedisStore {
         let history = Script::from_lua(include_str!("history.lua"));
         let (catch_up_tx, catch_up_rx) = mpsc::channel(4);
         let seen = Seen::default();
+        let heads = ScopeHeads::default();
         let reader = BusReader {
             seen: seen.clone(),
+            heads: heads.clone(),
             last_check: None,
             client: client.clone(),
             history: history.clone(),
@@ -309,6 +343,7 @@ impl RedisStore {
             nodes: Script::from_lua(include_str!("nodes.lua")),
             subscribed,
             seen,
+            heads,
             counters,
             identity: Script::from_lua(include_str!("identity.lua")),
             known_id: std::sync::Mutex::new(None),
@@ -605,6 +640,8 @@ struct BusReader {
     at: Option<(u64, u64)>,
     /// `at`, shared with the publisher (see [`Seen`]).
     seen: Seen,
+    /// Scope heads seen on the bus, shared with the publisher.
+    heads: ScopeHeads,
     /// When a duplicate last made the reader check the store for lost
     /// writes (at most one check per [`LOST_WRITES_CHECK`]).
     last_check: Option<tokio::time::Instant>,
@@ -687,6 +724,9 @@ impl BusReader {
     /// Delivers a live notification in bus order: skips what was already
     /// delivered, repairs a gap before it.
     async fn on_notify(&mut self, epoch: u64, seq: u64, n: Notification) {
+        if let Ok(target) = pace_protocol::Target::new(n.scope, n.target.as_deref()) {
+            self.heads.saw(target.scope_key(), (n.epoch, n.seq));
+        }
         if seq == 0 {
             // From a node without a bus sequence: nothing to check.
             self.local.deliver(&n);
@@ -907,7 +947,9 @@ impl Store for RedisStore {
     async fn publish(&self, draft: Draft) -> Result<Notification, StoreError> {
         self.connected_or_fail()?;
         let [scope, history, floor] = self.keys.scope(&draft.target);
+        let scope_key = draft.target.scope_key();
         let (seen_epoch, seen_seq) = seen_now(&self.seen);
+        let (head_epoch, head_seq) = self.heads.get(&scope_key);
         let mut n = stamp(draft, PLACEHOLDER, PLACEHOLDER);
         let envelope = BusEnvelope::Notify {
             v: BUS_VERSION,
@@ -941,6 +983,8 @@ impl Store for RedisStore {
                     idle_ttl.as_millis().to_string(),
                     seen_epoch.to_string(),
                     seen_seq.to_string(),
+                    head_epoch.to_string(),
+                    head_seq.to_string(),
                 ],
             )
             .await
@@ -957,10 +1001,12 @@ impl Store for RedisStore {
             self.counters.lost_writes.inc();
             tracing::error!(
                 seen = ?(seen_epoch, seen_seq),
-                "the store's bus sequence is behind what this node saw: it lost writes \
-                 (failover or restart); new epochs opened"
+                scope_head = ?(head_epoch, head_seq),
+                "the store's bus or scope sequence is behind what this node saw: it lost \
+                 writes (failover or restart); new epochs opened"
             );
         }
+        self.heads.saw(scope_key, (epoch, seq));
         n.epoch = epoch;
         n.seq = seq;
         Ok(n)
@@ -1346,6 +1392,47 @@ mod tests {
             xdel.extend(&gone);
             cli(&xdel);
         }
+    }
+
+    /// Only a scope's sequence rewound (the bus untouched): the node that
+    /// saw the scope's head opens a new epoch for it, and the next
+    /// notification is delivered, not discarded.
+    #[tokio::test]
+    async fn a_rewound_scope_sequence_opens_a_new_epoch_for_that_scope() {
+        let redis = TestRedis::start();
+        let rec = Arc::new(Recorder::default());
+        let counters = BusCounters::detached();
+        let a = store_with(
+            &redis,
+            "rewind-scope",
+            "a",
+            rec.clone(),
+            HistoryLimits::default(),
+            1000,
+            counters.clone(),
+        );
+        tokio::time::timeout(Duration::from_secs(10), a.wait_ready())
+            .await
+            .expect("ready within 10 s");
+        let mut first = Vec::new();
+        for i in 0..10 {
+            first.push(a.publish(draft(i)).await.unwrap());
+        }
+        assert_eq!(rec.wait_delivered(10).await, first);
+        let old_epoch = first[0].epoch;
+        let [scope, _, _] = Keys::new("rewind-scope").scope(&Target::All);
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "HSET", &scope, "seq", "5"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "{out:?}");
+
+        let next = a.publish(draft(10)).await.unwrap();
+        assert_ne!(next.epoch, old_epoch, "a new epoch for the scope");
+        assert_eq!(next.seq, 1);
+        assert!(counters.lost_writes.get() >= 1);
+        let got = rec.wait_delivered(11).await;
+        assert_eq!(got.last(), Some(&next), "delivered, not discarded as seen");
     }
 
     #[tokio::test]
