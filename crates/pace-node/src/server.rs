@@ -84,6 +84,11 @@ pub async fn run(
                     history: config.history,
                     bus_log_len: config.bus_log_len,
                     write_replicas: config.store_write_replicas,
+                    identity_file: Some(
+                        config
+                            .data_dir
+                            .join(format!("store-id-{}", config.redis_prefix)),
+                    ),
                 },
                 local,
                 crate::store::BusCounters {

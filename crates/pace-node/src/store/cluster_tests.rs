@@ -44,6 +44,7 @@ fn store(url: &str, prefix: &str, history: HistoryLimits, rec: Arc<Recorder>) ->
             history,
             bus_log_len: 1000,
             write_replicas: Default::default(),
+            identity_file: None,
         },
         rec,
         BusCounters::detached(),

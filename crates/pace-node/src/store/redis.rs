@@ -67,6 +67,10 @@ pub struct RedisOptions {
     pub bus_log_len: usize,
     /// Replicas acknowledging each notification (`--store-write-replicas`).
     pub write_replicas: super::redis_client::WriteReplicas,
+    /// Where the node keeps the store identity it last saw, across its
+    /// restarts (in `--data-dir`): a store wiped while every node was
+    /// stopped is noticed at the next start. `None`: not kept.
+    pub identity_file: Option<std::path::PathBuf>,
 }
 
 /// How long an idle scope's sequence number is kept (at least the history
@@ -334,7 +338,6 @@ impl RedisStore {
         Ok(Arc::new(RedisStore {
             client,
             subscriber,
-            opts,
             keys,
             incr_publish: Script::from_lua(include_str!("incr_publish.lua")),
             publish: Script::from_lua(include_str!("publish.lua")),
@@ -346,7 +349,15 @@ impl RedisStore {
             heads,
             counters,
             identity: Script::from_lua(include_str!("identity.lua")),
-            known_id: std::sync::Mutex::new(None),
+            // The identity seen before this node's last stop, if kept.
+            known_id: std::sync::Mutex::new(
+                opts.identity_file
+                    .as_ref()
+                    .and_then(|f| std::fs::read_to_string(f).ok())
+                    .map(|id| id.trim().to_owned())
+                    .filter(|id| !id.is_empty()),
+            ),
+            opts,
         }))
     }
 
@@ -1154,6 +1165,12 @@ impl Store for RedisStore {
                  (pace-node admin acknowledge-store-wipe)"
             );
         }
+        if *id != known
+            && let Some(file) = &self.opts.identity_file
+            && let Err(e) = std::fs::write(file, id)
+        {
+            tracing::warn!(file = %file.display(), error = %e, "could not keep the store identity");
+        }
         *self.known_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
         Ok(mark.parse::<u64>().ok())
     }
@@ -1220,6 +1237,7 @@ mod tests {
                 history,
                 bus_log_len,
                 write_replicas: Default::default(),
+                identity_file: None,
             },
             local,
             counters,

@@ -339,3 +339,47 @@ async fn store_write_replicas_refuses_writes_no_replica_acknowledged() {
         );
     }
 }
+
+/// A Redis wiped while every node was stopped: a node keeps the store
+/// identity it last saw in its data directory, so at its next start it
+/// finds the identity gone and reports the wipe.
+#[tokio::test]
+async fn a_store_wiped_while_the_node_was_stopped_is_reported_at_its_next_start() {
+    let mut redis = TestRedis::start();
+    let data_dir = scratch_dir();
+    let keys = shared_keys().display().to_string();
+    let url = redis.url();
+    let start = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pace-node"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--service-key", KEY])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--redis", &url, "--keys", &keys])
+            .env("PACE_LOG", "warn")
+            .env("PACE_INSECURE_ANONYMOUS_DEVICES", "true");
+        NodeProcess::start(cmd)
+    };
+    let process = start();
+    let node = TestNode::external(process.addr);
+    node.wait_ready().await;
+    // The identity was checked (and kept) once the node reports no wipe.
+    node.wait_metric("pace_store_wiped", 0.0).await;
+    let kept = data_dir.join("store-id-pace");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !kept.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the identity is kept in the data dir"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(process);
+
+    redis.stop();
+    redis.restart(); // empty: no persistence
+    let process = start();
+    let node = TestNode::external(process.addr);
+    node.wait_ready().await;
+    node.wait_metric_within("pace_store_wiped", 1.0, Duration::from_secs(15))
+        .await;
+}
