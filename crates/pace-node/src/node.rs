@@ -9,9 +9,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::task::TaskTracker;
 
 use crate::config::NodeConfig;
-use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::{Local, SharedStore};
+use crate::ws::hub::Hub;
 
 /// Shared state of one node.
 #[derive(Debug)]

@@ -25,10 +25,10 @@ use pace_protocol::{AdmittedFrame, DeviceId, ErrorCode, QueueUpdate, RoomId, Ser
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::queue::{Admission, DeviceStatus, JoinOutcome, QueueError, Room, SharedQueueStore};
 use crate::store::{SharedStore, now_ms};
+use crate::ws::hub::Hub;
 
 /// Devices within this many places of the head get exact positions every tick.
 pub const EXACT_HEAD: usize = 200;

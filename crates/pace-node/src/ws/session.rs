@@ -8,13 +8,7 @@
 //!
 //! Resume: a device that announced one in the handshake (`?resume=1`)
 //! gets no live notification until its `resume` frame has been answered
-//! (or `--resume-hold` passed): the frames wait in its queue. The node
-//! replays each scope's history after the device's cursor, answers
-//! `resumed`, then lets the held frames through, dropping those the replay
-//! already carried (same scope and epoch, sequence at or below the replay's
-//! end). A connection resumes once, and a `resume` naming one scope twice
-//! is refused: one frame can make the node replay each scope's kept
-//! history at most once.
+//! (or `--resume-hold` passed); [`crate::ws::resume`] replays and answers.
 //!
 //! Pings from the device are answered by tungstenite; the pongs owed while
 //! the device does not read are counted (`backlog`) and past
@@ -26,10 +20,8 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use pace_protocol::{
-    ClientFrame, CloseCode, Cursor, DeviceId, ErrorCode, PROTOCOL_VERSION, ResumeOutcome, Scope,
-    ServerFrame, Target, Welcome,
+    ClientFrame, CloseCode, DeviceId, ErrorCode, PROTOCOL_VERSION, ServerFrame, Welcome,
 };
-use serde::Deserialize;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -38,10 +30,11 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::auth::DevicePrincipal;
-use crate::backlog::{PongBacklog, Watched};
-use crate::handshake::Handshake;
-use crate::hub::{Registration, SubscribeError};
 use crate::node::{NodeRef, Slot};
+use crate::ws::backlog::{PongBacklog, Watched};
+use crate::ws::handshake::Handshake;
+use crate::ws::hub::{Registration, SubscribeError};
+use crate::ws::resume::Replayed;
 
 type Ws = WebSocketStream<Watched<TokioIo<Upgraded>>>;
 
@@ -49,12 +42,9 @@ type Ws = WebSocketStream<Watched<TokioIo<Upgraded>>>;
 const MAX_BATCH: usize = 32;
 /// How long to wait for the device's close reply after sending ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-/// How long after a replay live frames are checked against it: anything
-/// the replay overlapped was in flight when the history was read.
-const DEDUPE_WINDOW: Duration = Duration::from_secs(10);
 
 /// How a connection ended, for `pace_disconnects_total{reason}`.
-enum End {
+pub(super) enum End {
     /// The node closed it with this code.
     Closed(CloseCode),
     /// The device closed it (close frame or EOF).
@@ -88,13 +78,6 @@ fn write_failed(e: &WsError) -> End {
         WsError::WriteBufferFull(_) => End::Closed(CloseCode::SLOW_CONSUMER),
         _ => End::Io,
     }
-}
-
-/// The index of the first cursor whose scope (kind and target) an
-/// earlier cursor already names. Cursors are checked valid first.
-fn duplicate_scope(cursors: &[Cursor]) -> Option<usize> {
-    let audiences: Vec<Option<Target>> = cursors.iter().map(|c| c.audience().ok()).collect();
-    (1..audiences.len()).find(|&i| audiences[..i].contains(&audiences[i]))
 }
 
 /// The WebSocket settings every device connection uses.
@@ -192,72 +175,19 @@ pub async fn serve(node: NodeRef, upgraded: Upgraded, accepted: Box<Accepted>, s
     drop(slot);
 }
 
-struct Session {
-    node: NodeRef,
-    ws: Ws,
-    reg: Registration,
-    device: DeviceId,
+pub(super) struct Session {
+    pub(super) node: NodeRef,
+    pub(super) ws: Ws,
+    pub(super) reg: Registration,
+    pub(super) device: DeviceId,
     /// Live frames stay queued until the device's `resume` (or this time).
-    held_until: Option<Instant>,
+    pub(super) held_until: Option<Instant>,
     /// Where the last replay ended, per scope, to drop live duplicates.
-    replayed: Replayed,
+    pub(super) replayed: Replayed,
     /// The person behind the device (from its token), for per-user limits.
-    user: Option<String>,
+    pub(super) user: Option<String>,
     /// Whether the device sent its one `resume` already.
-    resumed: bool,
-}
-
-/// Where replays ended, to drop live frames the device already got.
-#[derive(Default)]
-struct Replayed {
-    /// (scope, target, epoch, last replayed or current head seq).
-    ends: Vec<(Scope, Option<String>, u64, u64)>,
-    until: Option<Instant>,
-}
-
-/// The position fields of a `notification` frame.
-#[derive(Deserialize)]
-struct Position {
-    scope: Scope,
-    #[serde(default)]
-    target: Option<String>,
-    #[serde(default)]
-    epoch: u64,
-    seq: u64,
-}
-
-impl Replayed {
-    /// Whether a live frame should go to the device (false: the replay
-    /// carried it already).
-    fn pass(&mut self, frame: &str) -> bool {
-        if self.ends.is_empty() {
-            return true;
-        }
-        if self.until.is_some_and(|u| Instant::now() >= u) {
-            self.ends.clear();
-            return true;
-        }
-        if !frame.starts_with(r#"{"type":"notification""#) {
-            return true;
-        }
-        let Ok(p) = serde_json::from_str::<Position>(frame) else {
-            return true;
-        };
-        let Some(i) = self
-            .ends
-            .iter()
-            .position(|(s, t, _, _)| *s == p.scope && *t == p.target)
-        else {
-            return true;
-        };
-        let (_, _, epoch, seq) = self.ends[i];
-        if p.epoch == epoch && p.seq <= seq {
-            return false;
-        }
-        // Past the replay: this scope needs no more checking.
-        self.ends.swap_remove(i);
-        true
-    }
+    pub(super) resumed: bool,
 }
 
 impl Session {
@@ -498,66 +428,7 @@ impl Session {
                 ServerFrame::Unsubscribed { group }
             }
             ClientFrame::Ping { id } => ServerFrame::Pong { id },
-            ClientFrame::Resume { cursors } => {
-                let max = self.node.config.max_groups + 2;
-                let first = !std::mem::replace(&mut self.resumed, true);
-                if !first {
-                    // One replay per connection: a device resumes once,
-                    // after it connects; a second `resume` would only make
-                    // the node replay history it already sent.
-                    self.refuse_resume("resume_repeated");
-                    ServerFrame::Error {
-                        code: ErrorCode::InvalidFrame,
-                        message:
-                            "one resume per connection: reconnect with resume=1 to resume again"
-                                .into(),
-                    }
-                } else if cursors.len() > max {
-                    self.node
-                        .metrics
-                        .frames_rejected
-                        .with_label_values(&["too_many_cursors"])
-                        .inc();
-                    self.held_until = None;
-                    ServerFrame::Error {
-                        code: ErrorCode::InvalidFrame,
-                        message: format!("resume takes at most {max} cursors"),
-                    }
-                } else if let Some((i, e)) = cursors
-                    .iter()
-                    .enumerate()
-                    .find_map(|(i, c)| c.audience().err().map(|e| (i, e)))
-                {
-                    // A cursor without (or with a bad) `target` for a group
-                    // or device scope is a malformed frame, not a refusal.
-                    self.node
-                        .metrics
-                        .frames_rejected
-                        .with_label_values(&["invalid_cursor"])
-                        .inc();
-                    self.held_until = None;
-                    ServerFrame::Error {
-                        code: ErrorCode::InvalidFrame,
-                        message: format!("cursor {i}: {e}"),
-                    }
-                } else if let Some(i) = duplicate_scope(&cursors) {
-                    // The same scope twice would replay its history twice.
-                    self.refuse_resume("duplicate_cursor");
-                    self.held_until = None;
-                    ServerFrame::Error {
-                        code: ErrorCode::InvalidFrame,
-                        message: format!("cursor {i}: names a scope an earlier cursor names"),
-                    }
-                } else {
-                    let mut scopes = Vec::with_capacity(cursors.len());
-                    for cursor in cursors {
-                        scopes.push(self.resume(cursor).await?);
-                    }
-                    // Replayed first; now the held live frames.
-                    self.held_until = None;
-                    ServerFrame::Resumed { scopes }
-                }
-            }
+            ClientFrame::Resume { cursors } => self.on_resume(cursors).await?,
             ClientFrame::Join { room } => match self.join(&room, None).await {
                 Some(frame) => frame,
                 None => return Ok(()),
@@ -593,17 +464,8 @@ impl Session {
         self.reply(&reply).await
     }
 
-    /// Counts a `resume` refused by a bound (`pace_frames_rejected_total`
-    /// and `pace_limits_hit_total` under the same reason).
-    fn refuse_resume(&self, reason: &str) {
-        let metrics = &self.node.metrics;
-        metrics.frames_rejected.with_label_values(&[reason]).inc();
-        metrics.limits_hit.with_label_values(&[reason]).inc();
-    }
-
-    /// Whether the device may join `group` now (its credential's grants,
     /// which an admin may have changed since the handshake).
-    fn may_join(
+    pub(super) fn may_join(
         &self,
         group: &pace_protocol::GroupId,
     ) -> impl std::future::Future<Output = bool> + Send + 'static {
@@ -668,117 +530,11 @@ impl Session {
         }
     }
 
-    /// Replays one scope after `cursor` and says how it went.
-    async fn resume(&mut self, cursor: Cursor) -> Result<ResumeOutcome, End> {
-        let refused = |cursor: Cursor, reason: &str| ResumeOutcome {
-            cursor,
-            recovered: false,
-            replayed: 0,
-            reason: Some(reason.to_owned()),
-        };
-        let metrics = self.node.metrics.clone();
-        let not_recovered = || metrics.resumes.with_label_values(&["not_recovered"]).inc();
-        let target = match cursor.audience() {
-            Ok(t) => t,
-            Err(_) => {
-                // Checked before the replay began; kept for safety.
-                not_recovered();
-                return Ok(refused(cursor, "invalid_frame"));
-            }
-        };
-        match &target {
-            Target::All => {}
-            Target::Device(d) if *d == self.device => {}
-            Target::Device(_) => {
-                not_recovered();
-                return Ok(refused(cursor, "not_allowed"));
-            }
-            Target::Group(group) => {
-                if !self.may_join(group).await {
-                    self.node
-                        .metrics
-                        .groups_refused
-                        .with_label_values(&["resume"])
-                        .inc();
-                    not_recovered();
-                    return Ok(refused(cursor, "not_allowed"));
-                }
-                let max = if group.room().is_some() {
-                    self.node.config.max_groups.saturating_add(1)
-                } else {
-                    self.node.config.max_groups
-                };
-                match self
-                    .node
-                    .hub
-                    .subscribe(&self.device, self.reg.conn, group, max)
-                {
-                    Ok(_) => {}
-                    Err(SubscribeError::TooManyGroups(_)) => {
-                        not_recovered();
-                        return Ok(refused(cursor, "not_allowed"));
-                    }
-                    Err(SubscribeError::Gone) => {
-                        return Err(End::Closed(
-                            self.reg
-                                .control
-                                .requested()
-                                .unwrap_or(CloseCode::INTERNAL_ERROR),
-                        ));
-                    }
-                }
-            }
-        }
-        let history = match self.node.store.history(&target, &cursor).await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::debug!(device = %self.device, error = %e, "history unavailable for resume");
-                not_recovered();
-                return Ok(refused(cursor, "store_unavailable"));
-            }
-        };
-        let replayed = history.messages.len() as u64;
-        if !history.messages.is_empty() {
-            let frames = history
-                .messages
-                .into_iter()
-                .map(|n| ServerFrame::Notification(n).to_json());
-            self.write_all(frames).await?;
-            metrics.history_replayed.inc_by(replayed);
-        }
-        self.replayed.ends.retain(|(s, t, _, _)| {
-            !(*s == cursor.scope && t.as_deref() == cursor.target.as_deref())
-        });
-        self.replayed.ends.push((
-            cursor.scope,
-            cursor.target.clone(),
-            history.epoch,
-            history.head,
-        ));
-        self.replayed.until = Some(Instant::now() + DEDUPE_WINDOW);
-        let recovered = history.missing.is_none();
-        metrics
-            .resumes
-            .with_label_values(&[if recovered {
-                "recovered"
-            } else {
-                "not_recovered"
-            }])
-            .inc();
-        Ok(ResumeOutcome {
-            cursor: Cursor {
-                epoch: history.epoch,
-                seq: history.head,
-                ..cursor
-            },
-            recovered,
-            replayed,
-            reason: history.missing.map(|m| m.as_str().to_owned()),
-        })
-    }
-
     /// Writes frames (a replay) and flushes, under the write timeout.
-    async fn write_all(&mut self, frames: impl Iterator<Item = String>) -> Result<(), End> {
+    pub(super) async fn write_all(
+        &mut self,
+        frames: impl Iterator<Item = String>,
+    ) -> Result<(), End> {
         let ws = &mut self.ws;
         let all = async {
             for frame in frames {
