@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::ws::hub::SubscribeError;
-use crate::ws::session::{End, Session};
+use crate::ws::session::{End, Session, Socket};
 
 /// How long after a replay live frames are checked against it: anything
 /// the replay overlapped was in flight when the history was read.
@@ -84,7 +84,7 @@ impl Replayed {
     }
 }
 
-impl Session {
+impl<S: Socket> Session<S> {
     /// Answers a `resume` frame: checks its bounds and cursors, replays
     /// each scope, then lets the held live frames through.
     pub(super) async fn on_resume(&mut self, cursors: Vec<Cursor>) -> Result<ServerFrame, End> {

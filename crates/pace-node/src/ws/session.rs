@@ -16,12 +16,13 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use pace_protocol::{
     ClientFrame, CloseCode, DeviceId, ErrorCode, PROTOCOL_VERSION, ServerFrame, Welcome,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -36,7 +37,27 @@ use crate::ws::handshake::Handshake;
 use crate::ws::hub::{Registration, SubscribeError};
 use crate::ws::resume::Replayed;
 
-type Ws = WebSocketStream<Watched<TokioIo<Upgraded>>>;
+/// A device's socket as its session sees it: WebSocket messages in and
+/// out, and whether the socket refuses writes now (for the pong backlog).
+///
+/// A device connection is a tokio-tungstenite stream over a [`Watched`]
+/// socket; a unit test drives a session through any other implementation
+/// (a pair of channels) without a socket. The session is generic over it,
+/// so the delivery path is compiled for the real socket: no dynamic call,
+/// no copy.
+pub trait Socket:
+    Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin + Send
+{
+    /// Whether the socket refuses writes now (as of the last attempt):
+    /// the device does not read.
+    fn write_blocked(&self) -> bool;
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for WebSocketStream<Watched<T>> {
+    fn write_blocked(&self) -> bool {
+        self.get_ref().write_blocked()
+    }
+}
 
 /// Most frames written in one batch before flushing.
 const MAX_BATCH: usize = 32;
@@ -102,8 +123,23 @@ pub struct Accepted {
     pub device: DevicePrincipal,
 }
 
-/// Serves one upgraded device connection until it ends.
+/// Serves one upgraded device connection until it ends, then gives its
+/// connection slot back.
 pub async fn serve(node: NodeRef, upgraded: Upgraded, accepted: Box<Accepted>, slot: Slot) {
+    let ws = WebSocketStream::from_raw_socket(
+        Watched::new(TokioIo::new(upgraded)),
+        Role::Server,
+        Some(ws_config(&node)),
+    )
+    .await;
+    run(node, ws, accepted).await;
+    drop(slot);
+}
+
+/// Runs one device's session over `ws` until it ends: announces the
+/// connection, registers it in the hub, greets, then serves frames both
+/// ways; unregisters and counts the disconnect on the way out.
+pub async fn run<S: Socket>(node: NodeRef, ws: S, accepted: Box<Accepted>) {
     // Only what the connection keeps; the rest of the handshake goes now.
     let Accepted { hs, device } = *accepted;
     let Handshake {
@@ -118,12 +154,6 @@ pub async fn serve(node: NodeRef, upgraded: Upgraded, accepted: Box<Accepted>, s
         grants,
         ..
     } = device;
-    let ws = WebSocketStream::from_raw_socket(
-        Watched::new(TokioIo::new(upgraded)),
-        Role::Server,
-        Some(ws_config(&node)),
-    )
-    .await;
     // Tell the cluster first, so a connection of this device on another
     // node closes; without the store the device still connects (generation
     // 0: any later connection elsewhere replaces it).
@@ -172,12 +202,12 @@ pub async fn serve(node: NodeRef, upgraded: Upgraded, accepted: Box<Accepted>, s
         .with_label_values(&[end.reason()])
         .inc();
     tracing::debug!(device = %session.device, reason = end.reason(), "device disconnected");
-    drop(slot);
 }
 
-pub(super) struct Session {
+/// One device's session: the socket and what the connection keeps.
+pub(super) struct Session<S> {
     pub(super) node: NodeRef,
-    pub(super) ws: Ws,
+    pub(super) ws: S,
     pub(super) reg: Registration,
     pub(super) device: DeviceId,
     /// Live frames stay queued until the device's `resume` (or this time).
@@ -190,7 +220,7 @@ pub(super) struct Session {
     pub(super) resumed: bool,
 }
 
-impl Session {
+impl<S: Socket> Session<S> {
     /// Sends `welcome` (with the groups joined) and, when departments were
     /// refused, an `error` frame naming them.
     async fn greet(
@@ -290,7 +320,7 @@ impl Session {
                         Some(Ok(Message::Ping(payload))) => {
                             // tungstenite answers it; while the device does
                             // not read, the pongs it is owed pile up.
-                            let owed = pongs.on_ping(payload.len(), self.ws.get_ref().write_blocked());
+                            let owed = pongs.on_ping(payload.len(), self.ws.write_blocked());
                             if owed > cfg.ws_max_write_buffer {
                                 self.node.metrics.limits_hit.with_label_values(&["pong_backlog"]).inc();
                                 tracing::debug!(device = %self.device, owed, "pings without reading: closing");
@@ -589,7 +619,7 @@ impl Session {
                 reason: code.reason().into(),
             };
             let closing = async {
-                self.ws.close(Some(frame)).await.ok()?;
+                self.ws.send(Message::Close(Some(frame))).await.ok()?;
                 while let Some(Ok(_)) = self.ws.next().await {}
                 Some(())
             };
