@@ -315,7 +315,7 @@ async fn upgrade(
         return Err(refuse(ApiError::new(ErrorCode::Internal, "not a device")));
     };
     let hs = handshake::check(&req, node.config.max_groups).map_err(refuse)?;
-    let hs = handshake::grant(node, hs, &device).await;
+    let hs = handshake::grant(&node.ws, hs, &device).await;
     crate::origins::check_handshake(node, &req, &device)
         .await
         .map_err(refuse)?;
@@ -332,7 +332,9 @@ async fn upgrade(
     let accepted = Box::new(crate::ws::session::Accepted { hs, device });
     node.connections.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => crate::ws::session::serve(task_node, upgraded, accepted, slot).await,
+            Ok(upgraded) => {
+                crate::ws::session::serve(task_node.ws.clone(), upgraded, accepted, slot).await
+            }
             Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),
         }
     });

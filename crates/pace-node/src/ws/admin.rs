@@ -103,7 +103,7 @@ async fn feed(node: NodeRef, upgraded: hyper::upgrade::Upgraded, claims: AdminCl
     let mut ws = WebSocketStream::from_raw_socket(
         TokioIo::new(upgraded),
         Role::Server,
-        Some(crate::ws::session::ws_config(&node)),
+        Some(node.ws.settings.websocket()),
     )
     .await;
     node.metrics.admin_feeds_open.inc();

@@ -89,7 +89,7 @@ impl<S: Socket> Session<S> {
     /// each scope, then lets the held live frames through.
     pub(super) async fn on_resume(&mut self, cursors: Vec<Cursor>) -> Result<ServerFrame, End> {
         let frame = {
-            let max = self.node.config.max_groups + 2;
+            let max = self.deps.settings.max_groups + 2;
             let first = !std::mem::replace(&mut self.resumed, true);
             if !first {
                 // One replay per connection: a device resumes once,
@@ -102,7 +102,7 @@ impl<S: Socket> Session<S> {
                         .into(),
                 }
             } else if cursors.len() > max {
-                self.node
+                self.deps
                     .metrics
                     .frames_rejected
                     .with_label_values(&["too_many_cursors"])
@@ -119,7 +119,7 @@ impl<S: Socket> Session<S> {
             {
                 // A cursor without (or with a bad) `target` for a group
                 // or device scope is a malformed frame, not a refusal.
-                self.node
+                self.deps
                     .metrics
                     .frames_rejected
                     .with_label_values(&["invalid_cursor"])
@@ -153,7 +153,7 @@ impl<S: Socket> Session<S> {
     /// Counts a `resume` refused by a bound (`pace_frames_rejected_total`
     /// and `pace_limits_hit_total` under the same reason).
     fn refuse_resume(&self, reason: &str) {
-        let metrics = &self.node.metrics;
+        let metrics = &self.deps.metrics;
         metrics.frames_rejected.with_label_values(&[reason]).inc();
         metrics.limits_hit.with_label_values(&[reason]).inc();
     }
@@ -166,7 +166,7 @@ impl<S: Socket> Session<S> {
             replayed: 0,
             reason: Some(reason.to_owned()),
         };
-        let metrics = self.node.metrics.clone();
+        let metrics = self.deps.metrics.clone();
         let not_recovered = || metrics.resumes.with_label_values(&["not_recovered"]).inc();
         let target = match cursor.audience() {
             Ok(t) => t,
@@ -185,7 +185,7 @@ impl<S: Socket> Session<S> {
             }
             Target::Group(group) => {
                 if !self.may_join(group).await {
-                    self.node
+                    self.deps
                         .metrics
                         .groups_refused
                         .with_label_values(&["resume"])
@@ -194,12 +194,12 @@ impl<S: Socket> Session<S> {
                     return Ok(refused(cursor, "not_allowed"));
                 }
                 let max = if group.room().is_some() {
-                    self.node.config.max_groups.saturating_add(1)
+                    self.deps.settings.max_groups.saturating_add(1)
                 } else {
-                    self.node.config.max_groups
+                    self.deps.settings.max_groups
                 };
                 match self
-                    .node
+                    .deps
                     .hub
                     .subscribe(&self.device, self.reg.conn, group, max)
                 {
@@ -219,7 +219,7 @@ impl<S: Socket> Session<S> {
                 }
             }
         }
-        let history = match self.node.store.history(&target, &cursor).await {
+        let history = match self.deps.store.history(&target, &cursor).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(device = %self.device, error = %e, "history unavailable for resume");

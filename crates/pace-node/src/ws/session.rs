@@ -14,6 +14,7 @@
 //! the device does not read are counted (`backlog`) and past
 //! `--ws-max-write-buffer` the connection is closed as a slow consumer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -26,12 +27,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::auth::DevicePrincipal;
-use crate::node::{NodeRef, Slot};
+use crate::node::Slot;
+use crate::ws::Deps;
 use crate::ws::backlog::{PongBacklog, Watched};
 use crate::ws::handshake::Handshake;
 use crate::ws::hub::{Registration, SubscribeError};
@@ -101,17 +103,6 @@ fn write_failed(e: &WsError) -> End {
     }
 }
 
-/// The WebSocket settings every device connection uses.
-pub fn ws_config(node: &NodeRef) -> WebSocketConfig {
-    let c = &node.config;
-    WebSocketConfig::default()
-        .read_buffer_size(c.ws_read_buffer)
-        .write_buffer_size(c.ws_write_buffer)
-        .max_write_buffer_size(c.ws_max_write_buffer)
-        .max_message_size(Some(c.max_message_bytes))
-        .max_frame_size(Some(c.max_message_bytes))
-}
-
 /// What the handshake decided, handed to the connection task in one box:
 /// an idle connection's task keeps only the pointer in its state, not the
 /// handshake's fields, for as long as it lives.
@@ -125,21 +116,21 @@ pub struct Accepted {
 
 /// Serves one upgraded device connection until it ends, then gives its
 /// connection slot back.
-pub async fn serve(node: NodeRef, upgraded: Upgraded, accepted: Box<Accepted>, slot: Slot) {
+pub async fn serve(deps: Arc<Deps>, upgraded: Upgraded, accepted: Box<Accepted>, slot: Slot) {
     let ws = WebSocketStream::from_raw_socket(
         Watched::new(TokioIo::new(upgraded)),
         Role::Server,
-        Some(ws_config(&node)),
+        Some(deps.settings.websocket()),
     )
     .await;
-    run(node, ws, accepted).await;
+    run(deps, ws, accepted).await;
     drop(slot);
 }
 
 /// Runs one device's session over `ws` until it ends: announces the
 /// connection, registers it in the hub, greets, then serves frames both
 /// ways; unregisters and counts the disconnect on the way out.
-pub async fn run<S: Socket>(node: NodeRef, ws: S, accepted: Box<Accepted>) {
+pub async fn run<S: Socket>(deps: Arc<Deps>, ws: S, accepted: Box<Accepted>) {
     // Only what the connection keeps; the rest of the handshake goes now.
     let Accepted { hs, device } = *accepted;
     let Handshake {
@@ -157,30 +148,30 @@ pub async fn run<S: Socket>(node: NodeRef, ws: S, accepted: Box<Accepted>) {
     // Tell the cluster first, so a connection of this device on another
     // node closes; without the store the device still connects (generation
     // 0: any later connection elsewhere replaces it).
-    let generation = match node.store.connected(&device).await {
+    let generation = match deps.store.connected(&device).await {
         Ok(g) => g,
         Err(e) => {
             tracing::debug!(device = %device, error = %e, "connection not announced to the cluster");
             0
         }
     };
-    let reg = node.hub.register(
+    let reg = deps.hub.register(
         device.clone(),
         groups.clone(),
-        node.config.send_queue,
+        deps.settings.send_queue,
         generation,
         grants,
     );
-    node.metrics.connections_open.inc();
-    node.metrics.connections_accepted.inc();
-    if node.is_draining() {
+    deps.metrics.connections_open.inc();
+    deps.metrics.connections_accepted.inc();
+    if deps.is_draining() {
         // Upgraded just as the drain began: tell it to go elsewhere too.
         reg.control.close(CloseCode::SERVICE_RESTART);
     }
     let conn = reg.conn;
-    let held_until = resume.then(|| Instant::now() + node.config.resume_hold);
+    let held_until = resume.then(|| Instant::now() + deps.settings.resume_hold);
     let mut session = Session {
-        node: node.clone(),
+        deps: deps.clone(),
         ws,
         reg,
         device,
@@ -194,10 +185,10 @@ pub async fn run<S: Socket>(node: NodeRef, ws: S, accepted: Box<Accepted>) {
         Ok(()) => session.run().await,
         Err(end) => session.finish(end).await,
     };
-    node.hub.unregister(&session.device, conn);
-    node.rooms.waiters.disconnected(&session.device);
-    node.metrics.connections_open.dec();
-    node.metrics
+    deps.hub.unregister(&session.device, conn);
+    deps.rooms.waiters.disconnected(&session.device);
+    deps.metrics.connections_open.dec();
+    deps.metrics
         .disconnects
         .with_label_values(&[end.reason()])
         .inc();
@@ -206,7 +197,7 @@ pub async fn run<S: Socket>(node: NodeRef, ws: S, accepted: Box<Accepted>) {
 
 /// One device's session: the socket and what the connection keeps.
 pub(super) struct Session<S> {
-    pub(super) node: NodeRef,
+    pub(super) deps: Arc<Deps>,
     pub(super) ws: S,
     pub(super) reg: Registration,
     pub(super) device: DeviceId,
@@ -228,8 +219,8 @@ impl<S: Socket> Session<S> {
         groups: Vec<pace_protocol::GroupId>,
         refused: Vec<pace_protocol::GroupId>,
     ) -> Result<(), End> {
-        let node = self.node.clone();
-        let cfg = &node.config;
+        let deps = self.deps.clone();
+        let cfg = &deps.settings;
         let welcome = ServerFrame::Welcome(Welcome {
             protocol: PROTOCOL_VERSION,
             device_id: self.device.clone(),
@@ -255,8 +246,8 @@ impl<S: Socket> Session<S> {
     }
 
     async fn run(&mut self) -> End {
-        let node = self.node.clone();
-        let cfg = &node.config;
+        let deps = self.deps.clone();
+        let cfg = &deps.settings;
         let ping_interval = cfg.ping_interval;
         let ping_timeout = cfg.ping_timeout;
         // Spread the first ping over the interval so devices connected in a
@@ -313,7 +304,7 @@ impl<S: Socket> Session<S> {
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            self.node.metrics.frames_rejected.with_label_values(&["binary"]).inc();
+                            self.deps.metrics.frames_rejected.with_label_values(&["binary"]).inc();
                             break End::Closed(CloseCode::UNSUPPORTED_DATA);
                         }
                         Some(Ok(Message::Close(_))) | None => break End::ByDevice,
@@ -322,7 +313,7 @@ impl<S: Socket> Session<S> {
                             // not read, the pongs it is owed pile up.
                             let owed = pongs.on_ping(payload.len(), self.ws.write_blocked());
                             if owed > cfg.ws_max_write_buffer {
-                                self.node.metrics.limits_hit.with_label_values(&["pong_backlog"]).inc();
+                                self.deps.metrics.limits_hit.with_label_values(&["pong_backlog"]).inc();
                                 tracing::debug!(device = %self.device, owed, "pings without reading: closing");
                                 break End::Closed(CloseCode::SLOW_CONSUMER);
                             }
@@ -348,11 +339,11 @@ impl<S: Socket> Session<S> {
 
     /// Writes `first` and whatever else is queued (up to a batch), then flushes.
     async fn write_batch(&mut self, first: Utf8Bytes) -> Result<(), End> {
-        let write_timeout = self.node.config.write_timeout;
+        let write_timeout = self.deps.settings.write_timeout;
         let ws = &mut self.ws;
         let outbox = &mut self.reg.outbox;
         let replayed = &mut self.replayed;
-        let duplicates = &self.node.metrics.resume_duplicates;
+        let duplicates = &self.deps.metrics.resume_duplicates;
         let mut pass = |frame: &Utf8Bytes| {
             let pass = replayed.pass(frame);
             if !pass {
@@ -386,7 +377,7 @@ impl<S: Socket> Session<S> {
 
     /// Writes one message (a reply or a ping) under the write timeout.
     async fn write(&mut self, msg: Message) -> Result<(), End> {
-        match timeout(self.node.config.write_timeout, self.ws.send(msg)).await {
+        match timeout(self.deps.settings.write_timeout, self.ws.send(msg)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(write_failed(&e)),
             Err(_) => Err(End::Closed(CloseCode::SLOW_CONSUMER)),
@@ -401,7 +392,7 @@ impl<S: Socket> Session<S> {
         let frame = match ClientFrame::decode(text) {
             Ok(f) => f,
             Err(e) => {
-                self.node
+                self.deps
                     .metrics
                     .frames_rejected
                     .with_label_values(&[e.code().as_str()])
@@ -416,7 +407,7 @@ impl<S: Socket> Session<S> {
         let reply = match frame {
             ClientFrame::Subscribe { group } => {
                 if !self.may_join(&group).await {
-                    self.node
+                    self.deps
                         .metrics
                         .groups_refused
                         .with_label_values(&["subscribe"])
@@ -426,18 +417,18 @@ impl<S: Socket> Session<S> {
                 // A room channel is one beyond the device's own groups, as
                 // when a join puts the device in it.
                 let max = if group.room().is_some() {
-                    self.node.config.max_groups.saturating_add(1)
+                    self.deps.settings.max_groups.saturating_add(1)
                 } else {
-                    self.node.config.max_groups
+                    self.deps.settings.max_groups
                 };
                 match self
-                    .node
+                    .deps
                     .hub
                     .subscribe(&self.device, self.reg.conn, &group, max)
                 {
                     Ok(_) => ServerFrame::Subscribed { group },
                     Err(e @ SubscribeError::TooManyGroups(_)) => {
-                        self.node
+                        self.deps
                             .metrics
                             .frames_rejected
                             .with_label_values(&["too_many_groups"])
@@ -452,7 +443,7 @@ impl<S: Socket> Session<S> {
                 }
             }
             ClientFrame::Unsubscribe { group } => {
-                self.node
+                self.deps
                     .hub
                     .unsubscribe(&self.device, self.reg.conn, &group);
                 ServerFrame::Unsubscribed { group }
@@ -477,10 +468,10 @@ impl<S: Socket> Session<S> {
                     None => return Ok(()),
                 }
             }
-            ClientFrame::Leave { room } => match self.node.rooms.leave(&room, &self.device).await {
+            ClientFrame::Leave { room } => match self.deps.rooms.leave(&room, &self.device).await {
                 Ok(frame) => {
                     let channel = pace_protocol::room_group(&room);
-                    self.node
+                    self.deps
                         .hub
                         .unsubscribe(&self.device, self.reg.conn, &channel);
                     frame
@@ -501,11 +492,11 @@ impl<S: Socket> Session<S> {
     ) -> impl std::future::Future<Output = bool> + Send + 'static {
         // Owned parts only: the session (and its socket) is not borrowed
         // across the store call.
-        let grants = self.node.hub.grants(&self.device, self.reg.conn);
-        let (node, device, group) = (self.node.clone(), self.device.clone(), group.clone());
+        let grants = self.deps.hub.grants(&self.device, self.reg.conn);
+        let (deps, device, group) = (self.deps.clone(), self.device.clone(), group.clone());
         async move {
             match grants {
-                Some(grants) => crate::auth::may_join(&node, &device, &grants, &group).await,
+                Some(grants) => deps.may_join(&device, &grants, &group).await,
                 None => false,
             }
         }
@@ -519,7 +510,7 @@ impl<S: Socket> Session<S> {
         solution: Option<crate::rooms::Solution>,
     ) -> Option<ServerFrame> {
         match self
-            .node
+            .deps
             .rooms
             .join(room, &self.device, solution, self.user.as_deref())
             .await
@@ -531,7 +522,7 @@ impl<S: Socket> Session<S> {
                 frame
             }
             Err(refused) => {
-                self.node
+                self.deps
                     .metrics
                     .frames_rejected
                     .with_label_values(&[refused.code.as_str()])
@@ -550,9 +541,9 @@ impl<S: Socket> Session<S> {
     /// notifications (nothing else depends on the channel).
     fn enter_room_channel(&self, room: &pace_protocol::RoomId) {
         let channel = pace_protocol::room_group(room);
-        let max = self.node.config.max_groups.saturating_add(1);
+        let max = self.deps.settings.max_groups.saturating_add(1);
         if let Err(e) = self
-            .node
+            .deps
             .hub
             .subscribe(&self.device, self.reg.conn, &channel, max)
         {
@@ -572,7 +563,7 @@ impl<S: Socket> Session<S> {
             }
             ws.flush().await
         };
-        match timeout(self.node.config.write_timeout, all).await {
+        match timeout(self.deps.settings.write_timeout, all).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(write_failed(&e)),
             Err(_) => Err(End::Closed(CloseCode::SLOW_CONSUMER)),
@@ -581,7 +572,7 @@ impl<S: Socket> Session<S> {
 
     fn on_read_error(&self, e: WsError) -> End {
         let rejected = |reason: &str| {
-            self.node
+            self.deps
                 .metrics
                 .frames_rejected
                 .with_label_values(&[reason])
@@ -629,7 +620,7 @@ impl<S: Socket> Session<S> {
                     Duration::from_millis(200)
                 }
                 // Draining: devices may take until the drain grace to leave.
-                CloseCode::SERVICE_RESTART => self.node.config.drain_grace,
+                CloseCode::SERVICE_RESTART => self.deps.settings.drain_grace,
                 _ => CLOSE_WAIT,
             };
             let _ = timeout(wait, closing).await;
@@ -643,5 +634,430 @@ impl<S: Socket> Session<S> {
             .await;
         }
         end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A session driven over a pair of channels: no socket, no server.
+
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll};
+
+    use pace_protocol::{EventName, GroupId, RoomId, Target};
+    use serde_json::{Value, json};
+    use tokio::sync::mpsc;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::auth::{DeviceCredential, Grants};
+    use crate::config::NodeConfig;
+    use crate::metrics::Metrics;
+    use crate::node::LocalFanout;
+    use crate::queue::{MemoryQueueStore, SharedQueueStore};
+    use crate::rooms::{Rooms, RoomsConfig, Waiters};
+    use crate::store::{Draft, MemoryStore, SharedStore};
+    use crate::ws::hub::Hub;
+    use crate::ws::{Deps, Settings};
+
+    /// The session's end of the pair.
+    struct Pipe {
+        from_device: mpsc::UnboundedReceiver<Result<Message, WsError>>,
+        to_device: mpsc::UnboundedSender<Message>,
+        blocked: Arc<AtomicBool>,
+    }
+
+    impl Stream for Pipe {
+        type Item = Result<Message, WsError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.from_device.poll_recv(cx)
+        }
+    }
+
+    impl Sink<Message> for Pipe {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, msg: Message) -> Result<(), WsError> {
+            self.to_device
+                .send(msg)
+                .map_err(|_| WsError::ConnectionClosed)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Socket for Pipe {
+        fn write_blocked(&self) -> bool {
+            self.blocked.load(Ordering::Relaxed)
+        }
+    }
+
+    /// The device's end of the pair, and the session's task.
+    struct Device {
+        to_node: mpsc::UnboundedSender<Result<Message, WsError>>,
+        from_node: mpsc::UnboundedReceiver<Message>,
+        blocked: Arc<AtomicBool>,
+        task: JoinHandle<()>,
+    }
+
+    impl Device {
+        fn send(&self, text: &str) {
+            self.to_node
+                .send(Ok(Message::Text(text.into())))
+                .expect("session reads");
+        }
+
+        /// The next text frame, as JSON (pings are skipped).
+        async fn frame(&mut self) -> Value {
+            loop {
+                match self.from_node.recv().await {
+                    Some(Message::Text(t)) => return serde_json::from_str(&t).unwrap(),
+                    Some(Message::Ping(_)) => {}
+                    other => panic!("expected a text frame, got {other:?}"),
+                }
+            }
+        }
+
+        /// The close code the session sends next (frames before it are
+        /// skipped); then hangs up and waits for the task to end.
+        async fn closed(mut self) -> u16 {
+            let code = loop {
+                match self.from_node.recv().await {
+                    Some(Message::Close(Some(f))) => break u16::from(f.code),
+                    Some(_) => {}
+                    None => panic!("the session ended without a close frame"),
+                }
+            };
+            drop(self.to_node);
+            self.task.await.unwrap();
+            code
+        }
+    }
+
+    fn test_deps(settings: impl FnOnce(&mut Settings)) -> Arc<Deps> {
+        let config = NodeConfig::defaults();
+        let metrics = Metrics::new();
+        let hub = Arc::new(Hub::new());
+        let waiters = Arc::new(Waiters::default());
+        let local = Arc::new(LocalFanout {
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            waiters: waiters.clone(),
+        });
+        let store: SharedStore = Arc::new(MemoryStore::new(local, config.history));
+        let queue: SharedQueueStore = Arc::new(MemoryQueueStore::new());
+        let keys = Arc::new(crate::admission::KeySet::generate_in_memory().unwrap());
+        let rooms = Arc::new(Rooms::new(
+            queue,
+            store.clone(),
+            hub.clone(),
+            keys,
+            waiters,
+            metrics.clone(),
+            RoomsConfig {
+                tick: config.admit_tick,
+                refresh: config.position_refresh,
+                grace: config.heartbeat_grace,
+                joins_per_minute: 0,
+                max_places_per_user: 0,
+            },
+        ));
+        let mut s = Settings::of(&config);
+        s.node_id = "node-t".into();
+        settings(&mut s);
+        Arc::new(Deps {
+            hub,
+            rooms,
+            store,
+            metrics,
+            settings: s,
+            draining: Arc::default(),
+        })
+    }
+
+    fn accepted(device: &str, groups: &[&str], resume: bool) -> Box<Accepted> {
+        let device = DeviceId::parse(device).unwrap();
+        Box::new(Accepted {
+            hs: Handshake {
+                groups: groups.iter().map(|g| GroupId::parse(g).unwrap()).collect(),
+                refused: Vec::new(),
+                accept: String::new(),
+                resume,
+            },
+            device: DevicePrincipal {
+                device,
+                credential: DeviceCredential::Anonymous,
+                user: None,
+                grants: Grants::open(),
+            },
+        })
+    }
+
+    /// Starts a session for `accepted` over a fresh pipe.
+    fn connect(deps: &Arc<Deps>, accepted: Box<Accepted>) -> Device {
+        let (to_node, from_device) = mpsc::unbounded_channel();
+        let (to_device, from_node) = mpsc::unbounded_channel();
+        let blocked = Arc::new(AtomicBool::new(false));
+        let pipe = Pipe {
+            from_device,
+            to_device,
+            blocked: blocked.clone(),
+        };
+        let task = tokio::spawn(run(deps.clone(), pipe, accepted));
+        Device {
+            to_node,
+            from_node,
+            blocked,
+            task,
+        }
+    }
+
+    /// A room that admits nobody: every joiner waits.
+    fn waiting_room() -> crate::queue::RoomConfig {
+        crate::queue::RoomConfig {
+            capacity: 0,
+            admit_per_minute: None,
+            session_ttl_secs: 60,
+            target_url: "https://shop.example/checkout".into(),
+            state: crate::queue::RoomState::Open,
+            pow_difficulty: 0,
+            mode: crate::queue::QueueMode::Fifo,
+            appearance: crate::queue::Appearance::default(),
+        }
+    }
+
+    fn draft(n: u32) -> Draft {
+        Draft {
+            target: Target::All,
+            event: EventName::parse("price").unwrap(),
+            data: json!({ "n": n }),
+        }
+    }
+
+    #[tokio::test]
+    async fn welcome_names_the_device_node_and_groups() {
+        let deps = test_deps(|_| {});
+        let mut d = connect(&deps, accepted("laptop_1", &["sales"], false));
+        let w = d.frame().await;
+        assert_eq!(w["type"], "welcome");
+        assert_eq!(w["device_id"], "laptop_1");
+        assert_eq!(w["node_id"], "node-t");
+        assert_eq!(w["groups"], json!(["sales"]));
+        assert_eq!(
+            w["max_message_bytes"],
+            json!(deps.settings.max_message_bytes)
+        );
+        assert_eq!(deps.hub.len(), 1);
+        assert_eq!(deps.hub.group_len(&GroupId::parse("sales").unwrap()), 1);
+        d.to_node.send(Ok(Message::Close(None))).unwrap();
+        drop(d.to_node);
+        d.task.await.unwrap();
+        assert!(deps.hub.is_empty(), "unregistered on the way out");
+    }
+
+    #[tokio::test]
+    async fn a_notification_reaches_the_device_and_frames_are_answered() {
+        let deps = test_deps(|_| {});
+        let mut d = connect(&deps, accepted("a", &[], false));
+        assert_eq!(d.frame().await["type"], "welcome");
+        let n = deps.store.publish(draft(1)).await.unwrap();
+        let got = d.frame().await;
+        assert_eq!(got["type"], "notification");
+        assert_eq!(got["id"], n.id.as_str());
+        assert_eq!(got["data"], json!({ "n": 1 }));
+        d.send(r#"{"type":"ping","id":1}"#);
+        assert_eq!(d.frame().await, json!({ "type": "pong", "id": 1 }));
+        d.send(r#"{"type":"subscribe","group":"it"}"#);
+        assert_eq!(d.frame().await["type"], "subscribed");
+        assert_eq!(deps.hub.group_len(&GroupId::parse("it").unwrap()), 1);
+    }
+
+    #[tokio::test]
+    async fn join_answers_the_queue_place() {
+        let deps = test_deps(|_| {});
+        let room = RoomId::parse("sale").unwrap();
+        deps.rooms
+            .queue
+            .put_room(&room, &waiting_room())
+            .await
+            .unwrap();
+        let mut first = connect(&deps, accepted("a", &[], false));
+        let mut second = connect(&deps, accepted("b", &[], false));
+        assert_eq!(first.frame().await["type"], "welcome");
+        assert_eq!(second.frame().await["type"], "welcome");
+        first.send(r#"{"type":"join","room":"sale"}"#);
+        let q = first.frame().await;
+        assert_eq!(
+            (q["type"].as_str(), q["position"].as_u64()),
+            (Some("queue"), Some(1))
+        );
+        second.send(r#"{"type":"join","room":"sale"}"#);
+        let q = second.frame().await;
+        assert_eq!(
+            (q["type"].as_str(), q["position"].as_u64()),
+            (Some("queue"), Some(2))
+        );
+        let channel = pace_protocol::room_group(&room);
+        assert_eq!(
+            deps.hub.group_len(&channel),
+            2,
+            "waiting devices hear the room"
+        );
+        first.send(r#"{"type":"join","room":"nowhere"}"#);
+        let e = first.frame().await;
+        assert_eq!(e["type"], "error");
+    }
+
+    #[tokio::test]
+    async fn invalid_frames_get_an_error_frame_and_binary_closes() {
+        let deps = test_deps(|_| {});
+        let mut d = connect(&deps, accepted("a", &[], false));
+        assert_eq!(d.frame().await["type"], "welcome");
+        d.send("{nope");
+        assert_eq!(d.frame().await["code"], "bad_frame");
+        d.send(r#"{"type":"join"}"#);
+        let e = d.frame().await;
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("invalid_frame"))
+        );
+        d.send(r#"{"type":"teleport"}"#);
+        assert_eq!(d.frame().await["code"], "unknown_type");
+        d.to_node
+            .send(Ok(Message::Binary(vec![1, 2, 3].into())))
+            .unwrap();
+        assert_eq!(d.closed().await, CloseCode::UNSUPPORTED_DATA.0);
+    }
+
+    #[tokio::test]
+    async fn resume_replays_after_the_cursor_and_holds_live_frames_until_then() {
+        let deps = test_deps(|_| {});
+        let first = deps.store.publish(draft(1)).await.unwrap();
+        deps.store.publish(draft(2)).await.unwrap();
+        deps.store.publish(draft(3)).await.unwrap();
+        let mut d = connect(&deps, accepted("a", &[], true));
+        assert_eq!(d.frame().await["type"], "welcome");
+        // Published after the connection, before its resume: held back.
+        let live = deps.store.publish(draft(4)).await.unwrap();
+        let resume = json!({
+            "type": "resume",
+            "cursors": [{ "scope": "all", "epoch": first.epoch, "seq": first.seq }],
+        });
+        d.send(&resume.to_string());
+        let mut got = Vec::new();
+        let answer = loop {
+            let f = d.frame().await;
+            if f["type"] == "resumed" {
+                break f;
+            }
+            assert_eq!(f["type"], "notification");
+            got.push(f["data"]["n"].as_u64().unwrap());
+        };
+        // The replay ends at the head, which includes the held frame.
+        assert_eq!(got, [2, 3, 4]);
+        let scope = &answer["scopes"][0];
+        assert_eq!(scope["recovered"], true);
+        assert_eq!(scope["replayed"], 3);
+        assert_eq!(scope["seq"], live.seq);
+        // The held live copy of 4 is dropped: the replay carried it.
+        d.send(r#"{"type":"ping","id":7}"#);
+        assert_eq!(d.frame().await, json!({ "type": "pong", "id": 7 }));
+        assert_eq!(deps.metrics.resume_duplicates.get(), 1);
+        // A second resume on the same connection is refused.
+        d.send(&resume.to_string());
+        assert_eq!(d.frame().await["code"], "invalid_frame");
+    }
+
+    #[tokio::test]
+    async fn a_second_connection_of_the_device_replaces_the_first() {
+        let deps = test_deps(|_| {});
+        let mut old = connect(&deps, accepted("a", &[], false));
+        assert_eq!(old.frame().await["type"], "welcome");
+        let mut new = connect(&deps, accepted("a", &[], false));
+        assert_eq!(new.frame().await["type"], "welcome");
+        assert_eq!(old.closed().await, CloseCode::REPLACED.0);
+        deps.store.publish(draft(1)).await.unwrap();
+        assert_eq!(new.frame().await["type"], "notification");
+        assert_eq!(deps.hub.len(), 1, "the old task left the new registration");
+    }
+
+    #[tokio::test]
+    async fn pings_without_reading_close_with_4001() {
+        let deps = test_deps(|s| s.ws_max_write_buffer = 1_000);
+        let mut d = connect(&deps, accepted("a", &[], false));
+        assert_eq!(d.frame().await["type"], "welcome");
+        // A writable socket took its pongs: nothing is owed.
+        for _ in 0..20 {
+            d.to_node
+                .send(Ok(Message::Ping(vec![0; 125].into())))
+                .unwrap();
+        }
+        d.send(r#"{"type":"ping","id":3}"#);
+        assert_eq!(d.frame().await, json!({ "type": "pong", "id": 3 }));
+        // The device stops reading: 8 pongs of 127 bytes pass 1 000.
+        d.blocked.store(true, Ordering::Relaxed);
+        for _ in 0..8 {
+            d.to_node
+                .send(Ok(Message::Ping(vec![0; 125].into())))
+                .unwrap();
+        }
+        assert_eq!(d.closed().await, CloseCode::SLOW_CONSUMER.0);
+        let hit = deps
+            .metrics
+            .limits_hit
+            .with_label_values(&["pong_backlog"])
+            .get();
+        assert_eq!(hit, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_device_is_pinged_then_closed_with_4002() {
+        let deps = test_deps(|_| {});
+        let (interval, wait) = (deps.settings.ping_interval, deps.settings.ping_timeout);
+        let mut d = connect(&deps, accepted("a", &[], false));
+        assert_eq!(d.frame().await["type"], "welcome");
+        let start = Instant::now();
+        // The paused clock jumps to the ping (first one jittered into the
+        // interval's second half).
+        match d.from_node.recv().await {
+            Some(Message::Ping(_)) => {}
+            other => panic!("expected a ping, got {other:?}"),
+        }
+        let pinged = start.elapsed();
+        assert!(pinged <= interval && pinged >= interval / 2, "{pinged:?}");
+        assert_eq!(d.closed().await, CloseCode::HEARTBEAT_TIMEOUT.0);
+        assert!(start.elapsed() >= pinged + wait);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answering_device_stays_connected() {
+        let deps = test_deps(|_| {});
+        let interval = deps.settings.ping_interval;
+        let mut d = connect(&deps, accepted("a", &[], false));
+        assert_eq!(d.frame().await["type"], "welcome");
+        for _ in 0..5 {
+            match d.from_node.recv().await {
+                Some(Message::Ping(p)) => d.to_node.send(Ok(Message::Pong(p))).unwrap(),
+                other => panic!("expected a ping, got {other:?}"),
+            }
+        }
+        tokio::time::sleep(interval / 4).await;
+        assert_eq!(deps.hub.len(), 1);
+        assert!(!d.task.is_finished());
+    }
+
+    #[tokio::test]
+    async fn a_device_upgraded_during_the_drain_is_told_to_reconnect() {
+        let deps = test_deps(|_| {});
+        deps.draining.store(true, Ordering::Release);
+        let d = connect(&deps, accepted("a", &[], false));
+        assert_eq!(d.closed().await, CloseCode::SERVICE_RESTART.0);
     }
 }
