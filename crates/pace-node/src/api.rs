@@ -16,7 +16,8 @@ use crate::auth::{self, Principal};
 use crate::error::{ApiError, Body, json_response};
 use crate::node::NodeRef;
 use crate::store::Draft;
-use crate::{accounts, handshake, rooms_api, routes};
+use crate::ws::handshake;
+use crate::{accounts, rooms_api, routes};
 
 /// Routes one request: the origin gate, the route table, the
 /// authorization step, then the handler.
@@ -129,7 +130,7 @@ async fn serve(
         R::Ready => Ok(ready(node).await),
         R::Metrics => Ok(metrics(node).await),
         R::DeviceWs => upgrade(node, req, peer, principal).await,
-        R::AdminWs => crate::admin_ws::upgrade(node, req, principal),
+        R::AdminWs => crate::ws::admin::upgrade(node, req, principal),
         R::Notify => notify(node, req, principal).await,
         R::Cluster => cluster(node).await,
         R::Jwks => Ok(rooms_api::jwks(node)),
@@ -314,7 +315,7 @@ async fn upgrade(
         return Err(refuse(ApiError::new(ErrorCode::Internal, "not a device")));
     };
     let hs = handshake::check(&req, node.config.max_groups).map_err(refuse)?;
-    let hs = handshake::grant(node, hs, &device).await;
+    let hs = handshake::grant(&node.ws, hs, &device).await;
     crate::origins::check_handshake(node, &req, &device)
         .await
         .map_err(refuse)?;
@@ -328,10 +329,12 @@ async fn upgrade(
     let task_node = node.clone();
     let accept = HeaderValue::from_str(&hs.accept)
         .map_err(|_| ApiError::new(ErrorCode::Internal, "bad accept key"))?;
-    let accepted = Box::new(crate::connection::Accepted { hs, device });
+    let accepted = Box::new(crate::ws::session::Accepted { hs, device });
     node.connections.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => crate::connection::serve(task_node, upgraded, accepted, slot).await,
+            Ok(upgraded) => {
+                crate::ws::session::serve(task_node.ws.clone(), upgraded, accepted, slot).await
+            }
             Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),
         }
     });

@@ -14,10 +14,8 @@
 //! - [`routes`]: the route table: every HTTP entry point with its authorization rule.
 //! - [`auth`]: who is asking and what they may do, for every entry point.
 //! - [`api`]: the HTTP service: origin gate, routing, authorization, handlers.
-//! - [`handshake`]: WebSocket upgrade checks and device id extraction.
-//! - [`connection`]: the task that owns one device's WebSocket.
-//! - [`backlog`]: the pong backlog of a device that sends and does not read.
-//! - [`hub`]: local registry of devices and groups, bounded delivery.
+//! - [`ws`]: the WebSocket layer: handshake, the device session and its
+//!   resume, the local hub, the pong backlog, the admin feed.
 //! - [`node`]: the shared state handle and local fan-out.
 //! - [`origins`]: browser origins: the WebSocket check, CORS, the admin gate.
 //! - [`pending`]: connections not yet upgraded per source address; the descriptor budget.
@@ -32,18 +30,13 @@
 
 pub mod accounts;
 pub mod admin_api;
-pub mod admin_ws;
 pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod auth;
-pub mod backlog;
 pub mod config;
-pub mod connection;
 pub mod devices;
 pub mod error;
-pub mod handshake;
-pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod node;
@@ -59,6 +52,7 @@ pub mod store;
 pub mod systemd;
 pub mod token_time;
 pub mod web;
+pub mod ws;
 
 pub use config::NodeConfig;
 pub use server::{ServeError, run};

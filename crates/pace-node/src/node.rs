@@ -9,9 +9,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::task::TaskTracker;
 
 use crate::config::NodeConfig;
-use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::{Local, SharedStore};
+use crate::ws::hub::Hub;
 
 /// Shared state of one node.
 #[derive(Debug)]
@@ -35,7 +35,8 @@ pub struct Node {
     /// An enterprise's device token issuer, when configured.
     pub external_issuer: Option<Arc<crate::devices::ExternalIssuer>>,
     /// True from SIGTERM/SIGINT on: new devices are refused, `/ready` is 503.
-    draining: AtomicBool,
+    /// Shared with the WebSocket layer ([`crate::ws::Deps`]).
+    draining: Arc<AtomicBool>,
     /// True once the node has started (store reachable, listener open).
     started: AtomicBool,
     /// Connection slots taken, including handshakes in flight, so the
@@ -53,6 +54,9 @@ pub struct Node {
     pub origins: crate::origins::OriginCache,
     /// The rooms' public audit-log exports, rendered once per checkpoint.
     pub audit_logs: crate::audit::PublicLogs,
+    /// What the WebSocket layer (handshakes, device sessions, the admin
+    /// feed) uses, built once here.
+    pub ws: Arc<crate::ws::Deps>,
 }
 
 /// What a node is built from (besides its configuration).
@@ -103,7 +107,17 @@ impl Node {
             crate::pending::Sockets::budget(config.open_files, config.fd_reserve),
             metrics.connections_pending.clone(),
         );
+        let draining = Arc::new(AtomicBool::new(false));
+        let ws = Arc::new(crate::ws::Deps {
+            hub: hub.clone(),
+            rooms: rooms.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            settings: crate::ws::Settings::of(&config),
+            draining: draining.clone(),
+        });
         Node {
+            ws,
             handshakes,
             sockets,
             origins,
@@ -116,7 +130,7 @@ impl Node {
             accounts,
             devices,
             external_issuer,
-            draining: AtomicBool::new(false),
+            draining,
             started: AtomicBool::new(false),
             slots: AtomicUsize::new(0),
             connections: TaskTracker::new(),

@@ -25,13 +25,13 @@ use pace_protocol::{AdmittedFrame, DeviceId, ErrorCode, QueueUpdate, RoomId, Ser
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::queue::{
     Admission, DeviceStatus, EventPhase, JoinOutcome, QueueError, Room, RoomConfig,
     SharedQueueStore,
 };
 use crate::store::{SharedStore, now_ms};
+use crate::ws::hub::Hub;
 use pace_protocol::rest::EventStatus;
 
 /// Devices within this many places of the head get exact positions every tick.

@@ -22,7 +22,6 @@ use crate::accounts::cli::ACCOUNTS_FILE;
 use crate::accounts::{MemoryAccountStore, RedisAccountStore, SharedAccountStore};
 use crate::admission::KeySet;
 use crate::config::NodeConfig;
-use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::node::{LocalFanout, Node, NodeRef};
 use crate::queue::{
@@ -30,6 +29,7 @@ use crate::queue::{
 };
 use crate::rooms::{Rooms, RoomsConfig, Waiters};
 use crate::store::{MemoryStore, NodeInfo, RedisOptions, RedisStore, SharedStore, now_ms};
+use crate::ws::hub::Hub;
 use crate::{api, systemd};
 
 /// Why the server could not run.

@@ -508,6 +508,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` consecutive free loopback ports (the local cluster's node ports are
+/// consecutive), below the kernel's ephemeral range so that the ports other
+/// tests bind with `:0` never collide with them.
+pub fn free_port_block(n: u16) -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let seed = (std::process::id() as u64).wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+    for attempt in 0..500u64 {
+        let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as u64;
+        let base = 20_000 + ((seed + attempt * 7_919 + slot * 64) % 12_000) as u16;
+        if (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no block of {n} free ports between 20000 and 32000");
+}
+
 impl Gateway {
     pub async fn start(nodes: &[SocketAddr]) -> Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::auth::DevicePrincipal;
 use crate::error::ApiError;
-use crate::node::NodeRef;
+use crate::ws::Deps;
 
 /// A valid upgrade request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,13 +82,13 @@ pub fn check<B>(req: &Request<B>, max_groups: usize) -> Result<Handshake, ApiErr
 
 /// Keeps the departments `device`'s credential grants; the others move to
 /// [`Handshake::refused`] (counted).
-pub async fn grant(node: &NodeRef, mut hs: Handshake, device: &DevicePrincipal) -> Handshake {
+pub async fn grant(deps: &Deps, mut hs: Handshake, device: &DevicePrincipal) -> Handshake {
     let asked = std::mem::take(&mut hs.groups);
     for group in asked {
-        if crate::auth::may_join(node, &device.device, &device.grants, &group).await {
+        if deps.may_join(&device.device, &device.grants, &group).await {
             hs.groups.push(group);
         } else {
-            node.metrics
+            deps.metrics
                 .groups_refused
                 .with_label_values(&["handshake"])
                 .inc();

@@ -48,7 +48,7 @@ pub fn upgrade(
     let Principal::Admin(claims) = principal else {
         return Err(ApiError::new(ErrorCode::Internal, "not an admin"));
     };
-    let accept = crate::handshake::upgrade_accept(&req)?;
+    let accept = crate::ws::handshake::upgrade_accept(&req)?;
     let accept = HeaderValue::from_str(&accept)
         .map_err(|_| ApiError::new(ErrorCode::Internal, "bad accept key"))?;
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -103,7 +103,7 @@ async fn feed(node: NodeRef, upgraded: hyper::upgrade::Upgraded, claims: AdminCl
     let mut ws = WebSocketStream::from_raw_socket(
         TokioIo::new(upgraded),
         Role::Server,
-        Some(crate::connection::ws_config(&node)),
+        Some(node.ws.settings.websocket()),
     )
     .await;
     node.metrics.admin_feeds_open.inc();
