@@ -362,6 +362,7 @@ impl RedisQueueStore {
         }
         let runs: HashMap<String, String> = self
             .client
+            .on(&self.keys(room).events)?
             .hgetall(&self.keys(room).events)
             .await
             .map_err(unavailable)?;
@@ -382,6 +383,7 @@ impl RedisQueueStore {
         let k = self.keys(room);
         let fields: Vec<Option<String>> = self
             .client
+            .on(&k.events)?
             .hmget(
                 &k.events,
                 vec![
@@ -406,6 +408,7 @@ impl RedisQueueStore {
         };
         let waiting: Vec<(String, f64)> = self
             .client
+            .on(&k.queue)?
             .zrangebyscore(&k.queue, bound(&first)?, bound(&last)?, true, None)
             .await
             .map_err(unavailable)?;
@@ -452,10 +455,10 @@ impl QueueStore for RedisQueueStore {
         let mut config = super::without_seeds(config);
         if !config.events.is_empty() {
             let stored: HashMap<String, String> =
-                self.client.hgetall(&k.config).await.map_err(unavailable)?;
+                self.client.on(&k.config)?.hgetall(&k.config).await.map_err(unavailable)?;
             let stored = parse_config(&stored)?;
             let runs: HashMap<String, String> =
-                self.client.hgetall(&k.events).await.map_err(unavailable)?;
+                self.client.on(&k.events)?.hgetall(&k.events).await.map_err(unavailable)?;
             super::check_order_kept(stored.as_ref(), &config, |id| {
                 runs.contains_key(&format!("{id}:first"))
             })?;
@@ -467,11 +470,13 @@ impl QueueStore for RedisQueueStore {
                 let field = format!("{}:seed", e.id);
                 let _: bool = self
                     .client
+                    .on(&k.events)?
                     .hsetnx(&k.events, &field, super::new_seed())
                     .await
                     .map_err(unavailable)?;
                 let seed: String = self
                     .client
+                    .on(&k.events)?
                     .hget(&k.events, &field)
                     .await
                     .map_err(unavailable)?;

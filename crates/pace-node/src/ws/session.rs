@@ -830,6 +830,7 @@ mod tests {
             pow_difficulty: 0,
             mode: crate::queue::QueueMode::Fifo,
             appearance: crate::queue::Appearance::default(),
+            events: Vec::new(),
         }
     }
 
