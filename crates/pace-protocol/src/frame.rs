@@ -242,8 +242,9 @@ pub struct QueueUpdate {
     /// absent while nothing has been admitted recently (no rate to measure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_seconds: Option<u64>,
-    /// `open`, `paused` (nobody is admitted for now) or `closed` (no new
-    /// joins; the queue still drains).
+    /// `open`, `paused` (nobody is admitted for now), `closed` (no new
+    /// joins; the queue still drains) or `prequeue` (the room's event has
+    /// opened its pre-queue and not started: nobody is admitted yet).
     pub state: String,
     /// The device's ticket, in the answer to `join` only: with it (and its
     /// id) a device finds its own entries in the room's audit log.
