@@ -454,11 +454,19 @@ impl QueueStore for RedisQueueStore {
         let k = self.keys(room);
         let mut config = super::without_seeds(config);
         if !config.events.is_empty() {
-            let stored: HashMap<String, String> =
-                self.client.on(&k.config)?.hgetall(&k.config).await.map_err(unavailable)?;
+            let stored: HashMap<String, String> = self
+                .client
+                .on(&k.config)?
+                .hgetall(&k.config)
+                .await
+                .map_err(unavailable)?;
             let stored = parse_config(&stored)?;
-            let runs: HashMap<String, String> =
-                self.client.on(&k.events)?.hgetall(&k.events).await.map_err(unavailable)?;
+            let runs: HashMap<String, String> = self
+                .client
+                .on(&k.events)?
+                .hgetall(&k.events)
+                .await
+                .map_err(unavailable)?;
             super::check_order_kept(stored.as_ref(), &config, |id| {
                 runs.contains_key(&format!("{id}:first"))
             })?;
