@@ -4,7 +4,10 @@
 //! A request becomes a [`Principal`] — anonymous, device D (of tenant T,
 //! with the groups its credential grants), admin of T, or the service key
 //! — according to the [`Rule`] its route carries in the route table
-//! ([`crate::routes::ROUTES`]: a route cannot exist without one). Handlers
+//! ([`crate::routes::ROUTES`]: a route cannot exist without one); the
+//! HTTP layer runs [`authorize`] as each route's middleware and hands
+//! the principal to handlers through typed extractors
+//! ([`crate::http::extract`]). Handlers
 //! receive the principal and check only what depends on the resource (an
 //! admin's room belongs to its tenant, a session belongs to the device),
 //! through the functions here; none of them reads a credential itself.
@@ -36,7 +39,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Request, header};
 use pace_protocol::{
-    DEVICE_ID_HEADER, DEVICE_ID_QUERY, DEVICE_ID_QUERY_ALIAS, DeviceId, ErrorCode, GroupId,
+    DEVICE_ID_HEADER, DEVICE_ID_QUERY, DEVICE_ID_QUERY_ALIAS, DeviceId, ErrorCode, GroupId, Target,
 };
 
 pub use grants::{Access, Grants};
@@ -273,21 +276,19 @@ pub async fn device<B>(
 ) -> Result<DevicePrincipal, ApiError> {
     let device = device_id(req)?;
     let token = device_token(req);
-    let address = client_address(node, req, peer).to_string();
+    let address = client_address(node, req.headers(), peer).to_string();
     authenticate_device(node, device, token.as_deref(), Some(&address)).await
 }
 
 /// The client's address: the peer, or the `X-Forwarded-For` entry a
-/// trusted proxy added.
-pub fn client_address<B>(
+/// trusted proxy added (the one place that header is read; handlers get
+/// it through [`crate::http::extract::ClientAddr`]).
+pub fn client_address(
     node: &NodeRef,
-    req: &Request<B>,
+    headers: &HeaderMap,
     peer: std::net::SocketAddr,
 ) -> std::net::IpAddr {
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     crate::limits::client_address(peer.ip(), forwarded, &node.config.trusted_proxies)
 }
 
@@ -554,6 +555,57 @@ pub fn may_manage_device(principal: &Principal, record: &crate::devices::DeviceR
         Principal::Service => true,
         Principal::Admin(a) => record.info.tenant.as_deref() == Some(a.tenant.as_str()),
         Principal::Device(_) | Principal::Anonymous => false,
+    }
+}
+
+/// Whether an admin of `claims.tenant` may send to `target`: one of its
+/// tenant's registered devices, a group in its tenant's namespace
+/// (`<tenant>:<name>`), or the channel of one of its rooms
+/// (`@room:<room>`: everyone waiting in it). `all` reaches every tenant's devices: service key
+/// only. `Err` is the refusal to answer (404 for a device of another
+/// tenant, as if unknown; 403 otherwise).
+pub async fn notify_scope_allowed(
+    node: &NodeRef,
+    claims: &AdminClaims,
+    target: &Target,
+) -> Result<(), ApiError> {
+    match target {
+        Target::All => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "scope all reaches every tenant: use the service key, or a group of your tenant",
+        )),
+        // A room's channel: the room must be the tenant's (checked before
+        // the tenant prefix, so no tenant id can reach another's room).
+        Target::Group(g)
+            if g.as_str()
+                .starts_with(pace_protocol::ids::ROOM_GROUP_PREFIX) =>
+        {
+            let unknown = || ApiError::new(ErrorCode::NoSuchRoom, format!("no room for {g}"));
+            let room = g.room().ok_or_else(unknown)?;
+            if owns_room(node, claims, &room).await? {
+                Ok(())
+            } else {
+                Err(unknown())
+            }
+        }
+        Target::Group(g) => {
+            let prefix = format!("{}:", claims.tenant.as_str());
+            if g.as_str().starts_with(&prefix) {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!("admins send to groups named {prefix}<name>"),
+                ))
+            }
+        }
+        Target::Device(d) => {
+            let record = node.devices.get(d).await?;
+            match record {
+                Some(r) if r.info.tenant.as_deref() == Some(claims.tenant.as_str()) => Ok(()),
+                _ => Err(ApiError::new(ErrorCode::NotFound, format!("no device {d}"))),
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@ mod drain;
 mod gateway_protect;
 mod handshake;
 mod history;
+mod http_inprocess;
 mod liveness;
 mod metrics;
 mod ops;
