@@ -492,3 +492,208 @@ async fn cors_preflight_and_request_counts_by_matched_route() {
         assert!(text.contains(sample), "{sample} missing from\n{text}");
     }
 }
+
+#[tokio::test]
+async fn sessions_verify_release_and_renew_by_their_rules() {
+    let (app, node) = app();
+    call(&app, Method::PUT, "/api/v1/rooms/sale", &[SERVICE], ROOM).await;
+    // Verify is public and answers a refusal as a body, not a status.
+    let a = call(
+        &app,
+        Method::POST,
+        "/api/v1/admissions/verify",
+        &[],
+        r#"{"token": "junk"}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let v: rest::VerifyResponse = a.json();
+    assert!(!v.valid && v.error.is_some());
+    // An admission signed with the node's keys, for a session that does
+    // not exist: sound, but over.
+    let claims = pace_node::admission::AdmissionClaims::new(
+        "pace",
+        "sale",
+        "kiosk-1",
+        "s-1",
+        pace_node::admission::unix_now(),
+        Duration::from_secs(60),
+    );
+    let token = node.keys.sign(&claims).unwrap();
+    let body = json!({ "token": token }).to_string();
+    let a = call(&app, Method::POST, "/api/v1/admissions/verify", &[], &body).await;
+    let v: rest::VerifyResponse = a.json();
+    assert_eq!(
+        (v.valid, v.error.as_deref()),
+        (false, Some("session_ended"))
+    );
+    // Release and renew need a session holder's credential.
+    for path in ["/api/v1/sessions/release", "/api/v1/sessions/renew"] {
+        let a = call(&app, Method::POST, path, &[], &body).await;
+        assert_eq!(
+            (a.status, a.error()),
+            (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            "{path}"
+        );
+    }
+    let a = call(
+        &app,
+        Method::POST,
+        "/api/v1/sessions/release",
+        &[SERVICE],
+        &body,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(!a.json::<rest::ReleaseResponse>().released);
+    let a = call(
+        &app,
+        Method::POST,
+        "/api/v1/sessions/renew",
+        &[SERVICE],
+        &body,
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.error()),
+        (StatusCode::NOT_FOUND, ErrorCode::NotFound)
+    );
+    // Another tenant's admin: as if there were no session.
+    let globex = admin_bearer(&node, "globex");
+    let a = call(
+        &app,
+        Method::POST,
+        "/api/v1/sessions/release",
+        &[("authorization", &globex)],
+        &body,
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.error()),
+        (StatusCode::NOT_FOUND, ErrorCode::NotFound)
+    );
+}
+
+#[tokio::test]
+async fn operations_routes_answer_their_contract() {
+    let (app, node) = app();
+    let a = call(&app, Method::GET, "/api/v1/cluster", &[], "").await;
+    assert_eq!(
+        (a.status, a.error()),
+        (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
+    );
+    let a = call(&app, Method::GET, "/api/v1/cluster", &[SERVICE], "").await;
+    assert_eq!(a.json::<rest::Cluster>().store.as_deref(), Some("memory"));
+    let a = call(&app, Method::GET, "/.well-known/jwks.json", &[], "").await;
+    assert_eq!(a.headers[header::CACHE_CONTROL], "public, max-age=300");
+    let jwks: pace_node::admission::Jwks = a.json();
+    assert!(!jwks.keys.is_empty());
+    let acme = admin_bearer(&node, "acme");
+    let a = call(
+        &app,
+        Method::GET,
+        "/api/v1/admin/cluster",
+        &[("authorization", &acme)],
+        "",
+    )
+    .await;
+    assert_eq!(a.json::<rest::Cluster>().store, None);
+}
+
+#[tokio::test]
+async fn admins_manage_only_their_tenants_devices() {
+    let (app, node) = app_with(|c| c.insecure_anonymous_devices = false);
+    let tenant = pace_node::accounts::Tenant {
+        id: TenantId::parse("acme").unwrap(),
+        name: "Acme".into(),
+        allowed_origins: vec![],
+        created_at: 0,
+    };
+    node.accounts.create_tenant(&tenant).await.unwrap();
+    let a = call(
+        &app,
+        Method::POST,
+        "/api/v1/devices/register",
+        &[],
+        r#"{"device_id": "kiosk-1", "tenant": "acme"}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    let acme = admin_bearer(&node, "acme");
+    let globex = admin_bearer(&node, "globex");
+    let a = call(
+        &app,
+        Method::GET,
+        "/api/v1/admin/devices?q=kiosk",
+        &[("authorization", &acme)],
+        "",
+    )
+    .await;
+    let list: rest::Devices = a.json();
+    assert_eq!(list.devices.len(), 1);
+    let a = call(
+        &app,
+        Method::GET,
+        "/api/v1/admin/devices",
+        &[("authorization", &globex)],
+        "",
+    )
+    .await;
+    assert!(a.json::<rest::Devices>().devices.is_empty());
+    let path = "/api/v1/admin/devices/kiosk-1/departments";
+    let a = call(
+        &app,
+        Method::PUT,
+        path,
+        &[("authorization", &globex)],
+        r#"{"departments": ["it"]}"#,
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.error()),
+        (StatusCode::NOT_FOUND, ErrorCode::NotFound)
+    );
+    let a = call(
+        &app,
+        Method::PUT,
+        path,
+        &[("authorization", &acme)],
+        r#"{"departments": ["it"]}"#,
+    )
+    .await;
+    let d: rest::DepartmentsResponse = a.json();
+    assert_eq!(
+        d.departments.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+        ["acme:it"]
+    );
+    let a = call(
+        &app,
+        Method::POST,
+        "/api/v1/admin/devices/kiosk-1/kick",
+        &[("authorization", &acme)],
+        "",
+    )
+    .await;
+    assert!(a.json::<rest::KickResponse>().kicked);
+    let a = call(
+        &app,
+        Method::DELETE,
+        "/api/v1/admin/devices/kiosk-1",
+        &[SERVICE],
+        "",
+    )
+    .await;
+    assert!(a.json::<rest::ForgetResponse>().forgotten);
+    let a = call(
+        &app,
+        Method::DELETE,
+        "/api/v1/admin/devices/kiosk-1",
+        &[SERVICE],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.error()),
+        (StatusCode::NOT_FOUND, ErrorCode::NotFound)
+    );
+}

@@ -20,6 +20,7 @@ mod gateway_protect;
 mod handshake;
 mod history;
 mod http_inprocess;
+mod layers;
 mod liveness;
 mod metrics;
 mod ops;
