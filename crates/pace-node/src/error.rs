@@ -1,17 +1,23 @@
 //! HTTP error responses: the one place an error becomes a status code and a
 //! JSON body.
 //!
-//! Handlers return [`ApiError`]; this module decides the status for each
-//! [`ErrorCode`] and writes `{"error": {"code", "message", "retryable"}}`.
+//! Handlers return [`ApiError`] (an axum `IntoResponse`); this module
+//! decides the status for each [`ErrorCode`] and writes
+//! `{"error": {"code", "message", "retryable"}}`. Every store's error
+//! converts into it by one `From` each: a store failure is the retryable
+//! `store_unavailable` with the one message [`STORE_UNAVAILABLE`], its
+//! source (the Redis client's error) logged.
 //! Messages are written for the caller and never carry internals (store
 //! errors, paths, keys): those go to the log.
 
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;
 use pace_protocol::{ErrorBody, ErrorCode};
 
-/// The body type of every response the node writes.
+/// The body of the responses the WebSocket upgrades build (the HTTP layer
+/// answers with [`axum::body::Body`], into which this converts).
 pub type Body = Full<Bytes>;
 
 /// An error to answer an HTTP request with.
@@ -36,12 +42,14 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         status_of(self.code)
     }
+}
 
-    /// The response: status, JSON body, and the headers the status calls for.
-    pub fn into_response(self) -> Response<Body> {
+/// The response: status, JSON body, and the headers the status calls for.
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
         let status = self.status();
         let body = serde_json::to_vec(&ErrorBody::new(self.code, self.message)).unwrap_or_default();
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        let mut resp = Response::new(axum::body::Body::from(body));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(
@@ -112,8 +120,6 @@ impl From<crate::accounts::AccountError> for ApiError {
     }
 }
 
-/// A queue store failure likewise, but a refused room configuration is
-/// the caller's `bad_request`.
 /// An audit-log failure: the store's is retryable; a broken stored log
 /// (a gap, a lost anchor) is `internal`, logged with its details.
 impl From<crate::audit::AuditError> for ApiError {
@@ -128,6 +134,8 @@ impl From<crate::audit::AuditError> for ApiError {
     }
 }
 
+/// A queue store failure likewise, but a refused room configuration is
+/// the caller's `bad_request`.
 impl From<crate::queue::QueueError> for ApiError {
     fn from(e: crate::queue::QueueError) -> ApiError {
         match e {
@@ -182,14 +190,11 @@ fn status_of(code: ErrorCode) -> StatusCode {
 }
 
 /// A JSON response with `status`.
-pub fn json_response<T: serde::Serialize + ?Sized>(
-    status: StatusCode,
-    value: &T,
-) -> Response<Body> {
+pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
     // The REST bodies are plain data (strings, numbers, maps with string
     // keys): serializing them cannot fail.
     let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(axum::body::Body::from(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -212,6 +217,42 @@ mod tests {
         let parsed: ErrorBody = serde_json::from_slice(&body).unwrap();
         assert_eq!(parsed.error.code, ErrorCode::Draining);
         assert!(parsed.error.retryable);
+    }
+
+    /// Every store's failure answers the one retryable message, and a
+    /// Redis failure keeps the client's error as its source (for the log).
+    #[test]
+    fn store_failures_answer_one_message_and_keep_their_source() {
+        use std::error::Error as _;
+        let redis = || fred::error::Error::new(fred::error::ErrorKind::IO, "connection reset");
+        let store = crate::store::StoreError::Redis(redis());
+        assert!(store.source().is_some(), "store error lost its source");
+        let queue = crate::queue::QueueError::Redis(redis());
+        assert!(queue.source().is_some(), "queue error lost its source");
+        let registry = crate::devices::RegistryError::Redis(redis());
+        assert!(
+            registry.source().is_some(),
+            "registry error lost its source"
+        );
+        let answers: Vec<ApiError> = vec![
+            store.into(),
+            queue.into(),
+            registry.into(),
+            crate::store::StoreError::Unavailable("down".into()).into(),
+            crate::queue::QueueError::Unavailable("down".into()).into(),
+            crate::accounts::AccountError::Unavailable("down".into()).into(),
+            crate::audit::AuditError::Queue(crate::queue::QueueError::Unavailable("down".into()))
+                .into(),
+        ];
+        for a in answers {
+            assert_eq!(
+                a,
+                ApiError::new(ErrorCode::StoreUnavailable, STORE_UNAVAILABLE)
+            );
+        }
+        // A refused room configuration is the caller's, not the store's.
+        let bad: ApiError = crate::queue::QueueError::InvalidConfig("capacity".into()).into();
+        assert_eq!(bad.code, ErrorCode::BadRequest);
     }
 
     #[test]

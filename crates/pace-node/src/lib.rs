@@ -11,9 +11,9 @@
 //! - [`audit`]: each room's admission log: sealing (signed chain heads), retention, export.
 //! - [`config`]: flags and `PACE_*` environment, validated into [`NodeConfig`].
 //! - [`server`]: accept loop, HTTP/1.1 with upgrades, drain on shutdown.
+//! - [`http`]: the HTTP layer on axum: router, middleware, extractors, handlers by resource.
 //! - [`routes`]: the route table: every HTTP entry point with its authorization rule.
 //! - [`auth`]: who is asking and what they may do, for every entry point.
-//! - [`api`]: the HTTP service: origin gate, routing, authorization, handlers.
 //! - [`ws`]: the WebSocket layer: handshake, the device session and its
 //!   resume, the local hub, the pong backlog, the admin feed.
 //! - [`node`]: the shared state handle and local fan-out.
@@ -22,21 +22,20 @@
 //! - [`store`]: the seam for state shared across nodes; memory and Redis stores.
 //! - [`queue`]: the waiting-room queue store; memory and Redis.
 //! - [`rooms`]: joins, the admission tick, live positions.
-//! - [`rooms_api`]: room, status, session, token and JWKS routes.
+//! - [`rooms_api`]: a room's statistics in the REST contract's shape.
 //! - [`metrics`]: every Prometheus metric, in one place.
-//! - [`error`]: error → HTTP status and JSON body, in one place.
+//! - [`error`]: error → HTTP status and JSON body, in one place (`IntoResponse`).
 //! - [`systemd`]: readiness, stopping and watchdog notifications.
 //! - [`token_time`]: the one `iat`/`nbf`/`exp` rule every token kind is checked by.
 
 pub mod accounts;
-pub mod admin_api;
 pub mod admission;
-pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod devices;
 pub mod error;
+pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod node;

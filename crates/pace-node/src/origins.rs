@@ -25,8 +25,9 @@
 //! could allow is refused (`store_unavailable`, retryable), and for
 //! [`FAILURE_BACKOFF`] after a failed read the store is not asked again.
 //!
-//! Used by [`crate::api`]: [`check_handshake`] in the device WebSocket
-//! handshake, [`OriginCheck`] for the admin gate and for CORS on
+//! Used by [`crate::http`]: [`check_handshake`] in the device WebSocket
+//! handshake, [`OriginCheck`] (the HTTP layer's outermost middleware) for
+//! the admin gate and for CORS on
 //! `POST /api/v1/devices/register`, `GET /api/v1/rooms/{room}` and
 //! `GET /api/v1/rooms/{room}/status`.
 
@@ -245,7 +246,7 @@ impl Verdict {
             )),
             Verdict::Refused(Refusal::StoreUnavailable) => Some(ApiError::new(
                 ErrorCode::StoreUnavailable,
-                "the allowed origins cannot be read right now; retry",
+                crate::error::STORE_UNAVAILABLE,
             )),
             _ => None,
         }
@@ -553,7 +554,7 @@ impl OriginCheck {
     /// allowed, `Access-Control-Allow-Origin: <that origin>` (never `*`,
     /// never `Access-Control-Allow-Credentials`: no cookies are used) and,
     /// on actual requests, `Access-Control-Expose-Headers: retry-after`.
-    pub fn add_headers(&self, resp: &mut Response<Body>) {
+    pub fn add_headers<B>(&self, resp: &mut Response<B>) {
         let Some(cors) = &self.cors else {
             return;
         };

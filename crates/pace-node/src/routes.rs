@@ -1,12 +1,13 @@
 //! The route table: every HTTP entry point of a node, with the
 //! authorization [`Rule`] it requires, in one list.
 //!
-//! [`crate::api::handle`] resolves a request against [`ROUTES`] (a path
-//! that exists for other methods answers 405 with `Allow`, any other 404),
-//! runs [`crate::auth::authorize`] with the route's rule, and only then
-//! calls the handler with the principal. A route cannot be added without a
-//! rule, and the authorization-matrix test walks this table, so a new
-//! route without an expectation fails it.
+//! The HTTP layer's router is built from [`ROUTES`] and nothing else
+//! ([`crate::http::app`]): each row becomes one endpoint wrapped in the
+//! authorization step for its rule, and its handler is chosen by its
+//! [`Route`] in one exhaustive match; a path that exists for other methods
+//! answers 405 with `Allow` from the same rows, any other path 404. A
+//! route cannot be added without a rule, and the authorization-matrix test
+//! walks this table, so a new route without an expectation fails it.
 
 use http::Method;
 
@@ -332,19 +333,10 @@ pub struct Params {
     pub file: String,
 }
 
-/// What a request resolves to.
-#[derive(Debug)]
-pub enum Resolved {
-    /// This route, with the path's parameters.
-    Found(&'static RouteSpec, Params),
-    /// The path exists for these methods only.
-    MethodNotAllowed(Vec<Method>),
-    /// No route has this path.
-    NotFound,
-}
-
-/// Matches `path` against `pattern`; the parameters when it does.
-fn matches(pattern: &str, path: &str) -> Option<Params> {
+/// Matches `path` against `pattern`; the parameters when it does (the
+/// router matched already; this reads the values as sent, and refuses
+/// what the table's patterns do not take, such as an empty segment).
+pub fn params(pattern: &str, path: &str) -> Option<Params> {
     let mut params = Params::default();
     let mut rest = path;
     let mut segments = pattern.split('/').peekable();
@@ -386,62 +378,28 @@ fn set(params: &mut Params, name: &str, value: &str) {
     }
 }
 
-/// Resolves a request's method and path against [`ROUTES`].
-pub fn resolve(method: &Method, path: &str) -> Resolved {
-    let mut allowed = Vec::new();
-    for spec in ROUTES {
-        if let Some(params) = matches(spec.path, path) {
-            if spec.method == *method {
-                return Resolved::Found(spec, params);
-            }
-            if !allowed.contains(&spec.method) {
-                allowed.push(spec.method.clone());
-            }
-        }
-    }
-    if allowed.is_empty() {
-        Resolved::NotFound
-    } else {
-        Resolved::MethodNotAllowed(allowed)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn found(method: Method, path: &str) -> (Route, Params) {
-        match resolve(&method, path) {
-            Resolved::Found(spec, p) => (spec.route, p),
-            other => panic!("{method} {path}: {other:?}"),
-        }
+    fn found(path: &str) -> Params {
+        let pattern = ROUTES
+            .iter()
+            .map(|s| s.path)
+            .find(|p| params(p, path).is_some())
+            .unwrap_or_else(|| panic!("{path}: no pattern"));
+        params(pattern, path).unwrap()
     }
 
     #[test]
-    fn paths_resolve_with_their_parameters() {
-        assert_eq!(found(Method::GET, "/").0, Route::Index);
-        let (route, p) = found(Method::GET, "/api/v1/rooms/sale/status");
-        assert_eq!((route, p.room.as_str()), (Route::RoomStatus, "sale"));
-        let (route, p) = found(Method::PUT, "/api/v1/admin/devices/kiosk:7/departments");
+    fn parameters_are_read_as_sent() {
+        assert_eq!(found("/api/v1/rooms/sale/status").room, "sale");
         assert_eq!(
-            (route, p.device.as_str()),
-            (Route::AdminDepartments, "kiosk:7")
+            found("/api/v1/admin/devices/kiosk:7/departments").device,
+            "kiosk:7"
         );
-        let (route, p) = found(Method::GET, "/assets/js/room.js");
-        assert_eq!((route, p.file.as_str()), (Route::Asset, "js/room.js"));
-        assert_eq!(found(Method::HEAD, "/admin/").0, Route::AdminPage);
-        assert_eq!(
-            found(Method::DELETE, "/api/v1/admin/devices/d1").0,
-            Route::AdminForget
-        );
-    }
-
-    #[test]
-    fn other_methods_and_unknown_paths() {
-        match resolve(&Method::POST, "/api/v1/rooms/sale") {
-            Resolved::MethodNotAllowed(m) => assert_eq!(m, [Method::PUT, Method::GET]),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(found("/assets/js/room.js").file, "js/room.js");
+        assert_eq!(found("/r/sa%6Ce").room, "sa%6Ce");
         for path in [
             "/nope",
             "/api/v1/rooms/",
@@ -452,7 +410,7 @@ mod tests {
             "/health/",
         ] {
             assert!(
-                matches!(resolve(&Method::GET, path), Resolved::NotFound),
+                ROUTES.iter().all(|s| params(s.path, path).is_none()),
                 "{path}"
             );
         }
@@ -468,7 +426,7 @@ mod tests {
                 spec.method,
                 spec.path
             );
-            match matches(
+            match params(
                 spec.path,
                 &spec.path.replace("{*", "{").replace(['{', '}'], ""),
             ) {

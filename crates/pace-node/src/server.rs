@@ -1,5 +1,6 @@
-//! The server loop: accept TCP connections, serve HTTP/1.1 on each, and
-//! drain on shutdown.
+//! The server loop: accept TCP connections, serve the HTTP layer's router
+//! ([`crate::http::app`]) over HTTP/1.1 with upgrades on each, and drain
+//! on shutdown.
 //!
 //! Drain order (SIGTERM/SIGINT, or the caller's token): mark not ready
 //! (`/ready` answers 503 so the gateway moves new devices elsewhere; the
@@ -10,6 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,6 +20,7 @@ use pace_protocol::CloseCode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::Service;
 
 use crate::accounts::cli::ACCOUNTS_FILE;
 use crate::accounts::{MemoryAccountStore, RedisAccountStore, SharedAccountStore};
@@ -29,8 +33,8 @@ use crate::queue::{
 };
 use crate::rooms::{Rooms, RoomsConfig, Waiters};
 use crate::store::{MemoryStore, NodeInfo, RedisOptions, RedisStore, SharedStore, now_ms};
+use crate::systemd;
 use crate::ws::hub::Hub;
-use crate::{api, systemd};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +61,15 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let node = build(config)?;
+    serve(node, listener, shutdown).await
+}
+
+/// Builds a node from `config`, not yet started: its stores (Redis when
+/// `config.redis_url` is set, the embedded memory stores otherwise), keys,
+/// rooms and metrics. [`serve`] runs it; in-process tests hand it to
+/// [`crate::http::app`].
+pub fn build(config: NodeConfig) -> Result<NodeRef, ServeError> {
     let keys = load_keys(&config)?;
     let metrics = Metrics::new();
     let hub = Arc::new(Hub::new());
@@ -157,7 +170,7 @@ pub async fn run(
     metrics
         .insecure_anonymous_devices
         .set(i64::from(config.insecure_anonymous_devices));
-    let node = Arc::new(Node::new(
+    Ok(Arc::new(Node::new(
         config,
         crate::node::NodeParts {
             hub,
@@ -169,8 +182,7 @@ pub async fn run(
             devices,
             external_issuer,
         },
-    ));
-    serve(node, listener, shutdown).await
+    )))
 }
 
 /// Runs `node` on `listener` until `shutdown` is cancelled, then drains.
@@ -432,6 +444,7 @@ async fn accept_loop(
         .header_read_timeout(node.config.handshake_timeout)
         .keep_alive(true);
     let lingering = Arc::new(tokio::sync::Semaphore::new(MAX_LINGERING));
+    let app = crate::http::app(node.clone());
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => return,
@@ -447,7 +460,7 @@ async fn accept_loop(
             },
         };
         // A gateway's connections are not capped per address at accept:
-        // its forwarded addresses are, in the handshake (`api`).
+        // its forwarded addresses are, in the handshake (`http::routes::devices`).
         let trusted = node
             .config
             .trusted_proxies
@@ -473,13 +486,14 @@ async fn accept_loop(
         }
         let stream = node.sockets.count(stream);
         let _ = stream.get_ref().set_nodelay(true);
-        let node = node.clone();
         let stop = stop.clone();
+        let app = app.clone();
+        // The router, with the peer address for its extractors.
         let conn = builder.serve_connection(
             TokioIo::new(stream),
-            service_fn(move |req| {
-                let node = node.clone();
-                async move { Ok::<_, std::convert::Infallible>(api::handle(node, req, peer).await) }
+            service_fn(move |mut req: http::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().call(req)
             }),
         );
         tasks.spawn(async move {

@@ -2,6 +2,9 @@
 //! (no build step, no framework): the waiting room `/r/{room}`, the admin
 //! console `/admin`, and `/assets/*`.
 //!
+//! The HTTP layer's page routes ([`crate::http::routes::pages`]) read the
+//! store and answer with these renderings.
+//!
 //! A room's page is its template with the room's appearance filled in:
 //! the title and message HTML-escaped into the markup, and a JSON block
 //! (`<script type="application/json">`, `<` escaped) for the script. The
@@ -18,7 +21,6 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::error::Body;
-use crate::node::NodeRef;
 
 /// One embedded file.
 struct Asset {
@@ -150,36 +152,22 @@ fn notice(status: StatusCode, title: &str, text: &str) -> Response<Body> {
     html(status, body)
 }
 
-/// `GET /r/{room}`: the waiting-room page of `raw`.
-pub async fn room_page(node: &NodeRef, raw: &str) -> Response<Body> {
-    let missing = || {
-        notice(
-            StatusCode::NOT_FOUND,
-            "No waiting room here",
-            "There is no waiting room at this address. Check the link you followed.",
-        )
-    };
-    let Ok(room) = RoomId::parse(raw) else {
-        return missing();
-    };
-    let queue = &node.rooms.queue;
-    let found = match queue.get_room(&room).await {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::warn!(%room, error = %e, "room page: store unavailable");
-            return unavailable();
-        }
-    };
-    let Some(found) = found else {
-        return missing();
-    };
-    let tenant = match queue.room_owner(&room).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(%room, error = %e, "room page: store unavailable");
-            return unavailable();
-        }
-    };
+/// The page of a room that does not exist (404).
+pub fn missing_room() -> Response<Body> {
+    notice(
+        StatusCode::NOT_FOUND,
+        "No waiting room here",
+        "There is no waiting room at this address. Check the link you followed.",
+    )
+}
+
+/// The waiting-room page of `room` (owned by `tenant`), configured as
+/// `found` says.
+pub fn room_page(
+    room: &RoomId,
+    tenant: Option<String>,
+    found: &crate::queue::Room,
+) -> Response<Body> {
     let look = &found.config.appearance;
     let title = if look.title.is_empty() {
         "You are in line".to_owned()
@@ -200,7 +188,9 @@ pub async fn room_page(node: &NodeRef, raw: &str) -> Response<Body> {
     html(StatusCode::OK, page)
 }
 
-fn unavailable() -> Response<Body> {
+/// The page answered while the store cannot be read (503, retried by the
+/// browser in 5 s).
+pub fn unavailable() -> Response<Body> {
     let mut resp = notice(
         StatusCode::SERVICE_UNAVAILABLE,
         "Waiting room unavailable",

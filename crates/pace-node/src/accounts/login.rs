@@ -1,4 +1,5 @@
-//! `POST /api/v1/admin/login` and the admin token it hands out.
+//! The admin token `POST /api/v1/admin/login` hands out, and the login
+//! rules (the handler is [`crate::http::routes::admin::login`]).
 //!
 //! The body is `{"tenant", "user", "password"}`. The answer is 200
 //! `{"token", "expires_at"}` with an EdDSA JWT signed by the node's
@@ -26,20 +27,13 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
+use http::{HeaderMap, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Header, Validation};
-use pace_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use super::password::{Password, verify_password_async};
 use super::{TenantId, UserName, unix_now};
 use crate::admission::{KeySet, TokenError};
-use crate::api::read_json;
-use crate::error::{ApiError, Body, json_response};
-use crate::node::NodeRef;
 
 /// `aud` of admin tokens.
 pub const ADMIN_AUDIENCE: &str = "pace/admin";
@@ -53,9 +47,6 @@ pub const MAX_FAILED_LOGINS: u32 = 5;
 
 /// The window of the per-account attempt limit, from its first attempt.
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
-
-/// Largest login body read, bytes.
-const MAX_LOGIN_BODY: usize = 8 * 1024;
 
 /// The claims of an admin token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,134 +251,11 @@ pub fn admin_from_headers(
     verify_admin_token(keys, token)
 }
 
-/// How one login ended, for `pace_admin_logins_total{result}`.
-enum Outcome {
-    Ok,
-    Invalid,
-    RateLimited,
-    Error,
-}
-
-/// `POST /api/v1/admin/login`.
-pub async fn login(node: &NodeRef, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let (outcome, result) = attempt(node, req).await;
-    let label = match outcome {
-        Outcome::Ok => "ok",
-        Outcome::Invalid => "invalid",
-        Outcome::RateLimited => "rate_limited",
-        Outcome::Error => "error",
-    };
-    node.metrics.admin_logins.with_label_values(&[label]).inc();
-    result
-}
-
-fn invalid_credentials() -> ApiError {
-    ApiError::new(
-        ErrorCode::InvalidCredentials,
-        "wrong tenant, user or password",
-    )
-}
-
-fn store_unavailable(e: &super::AccountError) -> ApiError {
-    ApiError::store_unavailable("admin login", e)
-}
-
-/// The three strings of the body. Type errors are answered without
-/// serde's message, which could quote a value.
-fn credentials(body: &Value) -> Option<(&str, &str, &str)> {
-    let field = |name: &str| body.get(name).and_then(Value::as_str);
-    Some((field("tenant")?, field("user")?, field("password")?))
-}
-
-async fn attempt(
-    node: &NodeRef,
-    req: Request<Incoming>,
-) -> (Outcome, Result<Response<Body>, ApiError>) {
-    let body: Value = match read_json(req, MAX_LOGIN_BODY.min(node.config.max_message_bytes)).await
-    {
-        Ok(b) => b,
-        Err(e) => return (Outcome::Invalid, Err(e)),
-    };
-    let Some((tenant, user, password)) = credentials(&body) else {
-        return (
-            Outcome::Invalid,
-            Err(ApiError::new(
-                ErrorCode::BadRequest,
-                r#"send {"tenant": "...", "user": "...", "password": "..."} (strings)"#,
-            )),
-        );
-    };
-    let password = Password::new(password);
-    let (Ok(tenant), Ok(user)) = (TenantId::parse(tenant), UserName::parse(user)) else {
-        // No such account can exist; nothing to count.
-        tracing::info!("admin login refused: malformed tenant or user name");
-        return (Outcome::Invalid, Err(invalid_credentials()));
-    };
-
-    let accounts = &node.accounts;
-    let attempts = match accounts
-        .count_login_attempt(&tenant, &user, LOGIN_WINDOW)
-        .await
-    {
-        Ok(a) => a,
-        Err(e) => return (Outcome::Error, Err(store_unavailable(&e))),
-    };
-    if attempts.count > MAX_FAILED_LOGINS {
-        let secs = attempts.resets_in.as_secs_f64().ceil().max(1.0) as u64;
-        tracing::warn!(%tenant, %user, retry_after_secs = secs, "admin login refused: too many attempts");
-        let mut resp = ApiError::new(
-            ErrorCode::TooManyAttempts,
-            format!("too many failed logins for this account; retry in {secs} s"),
-        )
-        .into_response();
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return (Outcome::RateLimited, Ok(resp));
-    }
-
-    let stored = match accounts.user(&tenant, &user).await {
-        Ok(u) => u.map(|u| u.password_hash),
-        Err(e) => return (Outcome::Error, Err(store_unavailable(&e))),
-    };
-    if !verify_password_async(password, stored).await {
-        tracing::info!(%tenant, %user, attempts = attempts.count, "admin login refused: invalid credentials");
-        return (Outcome::Invalid, Err(invalid_credentials()));
-    }
-    if let Err(e) = accounts.clear_login_attempts(&tenant, &user).await {
-        tracing::warn!(error = %e, %tenant, %user, "could not clear login attempts");
-    }
-    let ttl = node.config.admin_token_ttl;
-    let (token, claims) = match sign_admin_token(&node.keys, &tenant, &user, unix_now(), ttl) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "admin token could not be signed");
-            return (
-                Outcome::Error,
-                Err(ApiError::new(
-                    ErrorCode::Internal,
-                    "could not issue a token",
-                )),
-            );
-        }
-    };
-    tracing::info!(%tenant, %user, jti = %claims.jti, exp = claims.exp, "admin login");
-    let mut resp = json_response(
-        StatusCode::OK,
-        &pace_protocol::rest::LoginResponse {
-            token,
-            expires_at: claims.exp,
-        },
-    );
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    (Outcome::Ok, Ok(resp))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::admission::AdmissionClaims;
-    use serde_json::json;
+    use http::HeaderValue;
 
     const T0: u64 = 1_800_000_000;
     const TTL: Duration = Duration::from_secs(900);
@@ -505,17 +373,5 @@ mod tests {
         assert_eq!(admin_from_headers(&k, &h).unwrap().tenant, t);
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(admin_from_headers(&k, &h), Err(AdminTokenError::Missing));
-    }
-
-    #[test]
-    fn credentials_need_three_strings() {
-        let ok = json!({"tenant": "a", "user": "b", "password": "c"});
-        assert_eq!(credentials(&ok), Some(("a", "b", "c")));
-        assert_eq!(credentials(&json!({"tenant": "a", "user": "b"})), None);
-        assert_eq!(
-            credentials(&json!({"tenant": "a", "user": "b", "password": 5})),
-            None
-        );
-        assert_eq!(credentials(&json!(["a"])), None);
     }
 }

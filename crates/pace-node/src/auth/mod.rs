@@ -4,7 +4,10 @@
 //! A request becomes a [`Principal`] — anonymous, device D (of tenant T,
 //! with the groups its credential grants), admin of T, or the service key
 //! — according to the [`Rule`] its route carries in the route table
-//! ([`crate::routes::ROUTES`]: a route cannot exist without one). Handlers
+//! ([`crate::routes::ROUTES`]: a route cannot exist without one); the
+//! HTTP layer runs [`authorize`] as each route's middleware and hands
+//! the principal to handlers through typed extractors
+//! ([`crate::http::extract`]). Handlers
 //! receive the principal and check only what depends on the resource (an
 //! admin's room belongs to its tenant, a session belongs to the device),
 //! through the functions here; none of them reads a credential itself.
@@ -21,7 +24,7 @@
 //! | [`Rule::AdminFeed`] | a single-use ticket (`?ticket=`) or an admin token in the header; never a token in the URL | 401 `unauthorized` |
 //!
 //! Frames on a device's WebSocket come from the device principal of its
-//! handshake; the groups a frame may reach are decided by [`may_join`]
+//! handshake; the groups a frame may reach are decided by [`crate::ws::Deps::may_join`]
 //! ([`grants`]).
 //!
 //! # Layout
@@ -36,7 +39,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Request, header};
 use pace_protocol::{
-    DEVICE_ID_HEADER, DEVICE_ID_QUERY, DEVICE_ID_QUERY_ALIAS, DeviceId, ErrorCode, GroupId,
+    DEVICE_ID_HEADER, DEVICE_ID_QUERY, DEVICE_ID_QUERY_ALIAS, DeviceId, ErrorCode, GroupId, Target,
 };
 
 pub use grants::{Access, Grants};
@@ -47,7 +50,6 @@ use crate::admission::unix_now;
 use crate::devices::token::{self, DeviceTokenError, Verified};
 use crate::error::ApiError;
 use crate::node::NodeRef;
-use crate::queue::DeviceStatus;
 use crate::store::now_ms;
 
 /// Who a request comes from, once its credential is checked.
@@ -273,21 +275,19 @@ pub async fn device<B>(
 ) -> Result<DevicePrincipal, ApiError> {
     let device = device_id(req)?;
     let token = device_token(req);
-    let address = client_address(node, req, peer).to_string();
+    let address = client_address(node, req.headers(), peer).to_string();
     authenticate_device(node, device, token.as_deref(), Some(&address)).await
 }
 
 /// The client's address: the peer, or the `X-Forwarded-For` entry a
-/// trusted proxy added.
-pub fn client_address<B>(
+/// trusted proxy added (the one place that header is read; handlers get
+/// it through [`crate::http::extract::ClientAddr`]).
+pub fn client_address(
     node: &NodeRef,
-    req: &Request<B>,
+    headers: &HeaderMap,
     peer: std::net::SocketAddr,
 ) -> std::net::IpAddr {
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     crate::limits::client_address(peer.ip(), forwarded, &node.config.trusted_proxies)
 }
 
@@ -505,20 +505,6 @@ async fn redeem_ticket(node: &NodeRef, ticket: &str) -> Result<AdminClaims, ApiE
     Ok(claims.admin())
 }
 
-/// Whether the device may join `group` now: its grants say yes, or it is a
-/// room channel and the device waits in or is admitted to that room. A
-/// store failure refuses (fails closed).
-pub async fn may_join(node: &NodeRef, device: &DeviceId, grants: &Grants, group: &GroupId) -> bool {
-    match grants.access(group) {
-        Access::Allowed => true,
-        Access::Refused => false,
-        Access::IfPlacedIn(room) => matches!(
-            node.rooms.queue.status(&room, device, now_ms()).await,
-            Ok(DeviceStatus::Waiting(_) | DeviceStatus::Admitted(_))
-        ),
-    }
-}
-
 /// Whether an admin of `admin`'s tenant owns `room` (the rooms it may see;
 /// every other room answers as not found).
 pub async fn owns_room(
@@ -554,6 +540,57 @@ pub fn may_manage_device(principal: &Principal, record: &crate::devices::DeviceR
         Principal::Service => true,
         Principal::Admin(a) => record.info.tenant.as_deref() == Some(a.tenant.as_str()),
         Principal::Device(_) | Principal::Anonymous => false,
+    }
+}
+
+/// Whether an admin of `claims.tenant` may send to `target`: one of its
+/// tenant's registered devices, a group in its tenant's namespace
+/// (`<tenant>:<name>`), or the channel of one of its rooms
+/// (`@room:<room>`: everyone waiting in it). `all` reaches every tenant's devices: service key
+/// only. `Err` is the refusal to answer (404 for a device of another
+/// tenant, as if unknown; 403 otherwise).
+pub async fn notify_scope_allowed(
+    node: &NodeRef,
+    claims: &AdminClaims,
+    target: &Target,
+) -> Result<(), ApiError> {
+    match target {
+        Target::All => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "scope all reaches every tenant: use the service key, or a group of your tenant",
+        )),
+        // A room's channel: the room must be the tenant's (checked before
+        // the tenant prefix, so no tenant id can reach another's room).
+        Target::Group(g)
+            if g.as_str()
+                .starts_with(pace_protocol::ids::ROOM_GROUP_PREFIX) =>
+        {
+            let unknown = || ApiError::new(ErrorCode::NoSuchRoom, format!("no room for {g}"));
+            let room = g.room().ok_or_else(unknown)?;
+            if owns_room(node, claims, &room).await? {
+                Ok(())
+            } else {
+                Err(unknown())
+            }
+        }
+        Target::Group(g) => {
+            let prefix = format!("{}:", claims.tenant.as_str());
+            if g.as_str().starts_with(&prefix) {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!("admins send to groups named {prefix}<name>"),
+                ))
+            }
+        }
+        Target::Device(d) => {
+            let record = node.devices.get(d).await?;
+            match record {
+                Some(r) if r.info.tenant.as_deref() == Some(claims.tenant.as_str()) => Ok(()),
+                _ => Err(ApiError::new(ErrorCode::NotFound, format!("no device {d}"))),
+            }
+        }
     }
 }
 

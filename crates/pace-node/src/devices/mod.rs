@@ -22,9 +22,9 @@
 //! - [`token`]: [`DeviceClaims`], issuing and verifying device tokens
 //!   (ours and an external issuer's).
 //! - [`memory`], [`redis`]: the [`DeviceRegistry`] implementations.
-//! - [`api`]: the register route and the handshake check.
+//!
+//! The register route is [`crate::http::routes::devices`].
 
-pub mod api;
 pub mod memory;
 pub mod redis;
 pub mod token;

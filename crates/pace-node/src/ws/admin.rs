@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, StatusCode, header};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use pace_protocol::rest::{Telemetry, TelemetryRoom};
 use pace_protocol::{CloseCode, ErrorCode};
@@ -40,9 +39,9 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 
 /// Checks the upgrade, answers 101 and starts the feed for the admin the
 /// authorization step found.
-pub fn upgrade(
+pub fn upgrade<B>(
     node: &NodeRef,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     principal: Principal,
 ) -> Result<http::Response<Body>, ApiError> {
     let Principal::Admin(claims) = principal else {

@@ -20,6 +20,8 @@ mod events;
 mod gateway_protect;
 mod handshake;
 mod history;
+mod http_inprocess;
+mod layers;
 mod liveness;
 mod metrics;
 mod ops;

@@ -1,6 +1,7 @@
 //! The admin API: a tenant's admins manage their own rooms, read their
 //! stats, the tenant's device registry and the cluster, with the token
-//! from `POST /api/v1/admin/login` (`Authorization: Bearer`).
+//! from `POST /api/v1/admin/login` (`Authorization: Bearer`); and the
+//! admin console's live feed (`GET /admin/ws`).
 //!
 //! Every room route answers 404 for a room the admin's tenant does not
 //! own — another tenant's, or one made with the service key — exactly as
@@ -10,6 +11,7 @@
 //!
 //! | route | does |
 //! |---|---|
+//! | `POST /api/v1/admin/login` | an admin token for a tenant's user and password |
 //! | `GET /api/v1/admin/rooms` | the tenant's rooms |
 //! | `PUT /api/v1/admin/rooms/{room}` | create (claim) or change a room, every field live |
 //! | `GET /api/v1/admin/rooms/{room}` | one room |
@@ -30,22 +32,27 @@
 //!
 //! Who may call which route is [`crate::routes::ROUTES`]' and
 //! [`crate::auth`]'s; the handlers here check what belongs to whom.
-//!
 //! Notifications: `POST /api/v1/notify` also takes an admin token (see
-//! [`notify_scope_allowed`]).
+//! [`crate::auth::notify_scope_allowed`]).
 
-use http::{Request, StatusCode};
-use hyper::body::Incoming;
-use pace_protocol::{DeviceAction, DeviceId, ErrorCode, GroupId, RoomId, Target, rest};
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, Uri, header};
+use pace_protocol::{DeviceAction, DeviceId, ErrorCode, GroupId, RoomId, rest};
+use serde_json::Value;
 
-use crate::accounts::AdminClaims;
+use crate::accounts::login::{LOGIN_WINDOW, MAX_FAILED_LOGINS, sign_admin_token};
+use crate::accounts::password::{Password, verify_password_async};
+use crate::accounts::{AdminClaims, TenantId, UserName, unix_now};
 use crate::auth::{Principal, owns_room as owns};
 use crate::devices::DeviceRecord;
-use crate::error::{ApiError, Body, json_response};
-use crate::node::NodeRef;
+use crate::error::{ApiError, json_response};
+use crate::http::body::{Json, Limit};
+use crate::http::extract::{AdminCaller, Caller};
+use crate::node::{Node, NodeRef};
 use crate::queue::{DeviceStatus, Room, RoomConfig};
 use crate::rooms_api::stats_body;
-use crate::routes::Route;
+use crate::routes::Params;
 use crate::store::now_ms;
 
 /// Most registry entries one listing returns.
@@ -68,75 +75,35 @@ async fn owned(node: &NodeRef, claims: &AdminClaims, raw: &str) -> Result<Room, 
         .ok_or_else(|| not_found(raw))
 }
 
-/// Serves one admin route for `principal` (already authorized by the
-/// route's rule: an admin, or an admin or the service key).
-pub async fn route(
-    node: &NodeRef,
-    route: Route,
-    room: &str,
-    device: &str,
-    req: Request<Incoming>,
-    principal: Principal,
-) -> Result<http::Response<Body>, ApiError> {
-    let answer = match (&principal, route) {
-        (Principal::Admin(claims), Route::AdminRooms) => list_rooms(node, claims).await,
-        (Principal::Admin(claims), Route::AdminPutRoom) => put_room(node, claims, room, req).await,
-        (Principal::Admin(claims), Route::AdminGetRoom) => owned(node, claims, room)
-            .await
-            .map(|r| json_response(StatusCode::OK, &r)),
-        (Principal::Admin(claims), Route::AdminRoomStats) => {
-            match owned(node, claims, room).await {
-                Ok(r) => stats_body(node, &r.id)
-                    .await
-                    .map(|v| json_response(StatusCode::OK, &v)),
-                Err(e) => Err(e),
-            }
-        }
-        (Principal::Admin(claims), Route::AdminRoomLog) => room_log(node, claims, room).await,
-        (Principal::Admin(claims), Route::AdminDevices) => devices(node, claims, &req).await,
-        (Principal::Admin(_), Route::AdminCluster) => cluster(node).await,
-        (Principal::Admin(claims), Route::AdminWsTicket) => ws_ticket(node, claims),
-        (_, Route::AdminRevokeSession) => revoke_session(node, &principal, room, req).await,
-        (_, Route::AdminDepartments) => departments(node, &principal, device, req).await,
-        (_, Route::AdminKick) => kick(node, &principal, device).await,
-        (_, Route::AdminForget) => forget(node, &principal, device).await,
-        _ => Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "send Authorization: Bearer <admin token from POST /api/v1/admin/login>",
-        )),
-    };
-    let label = if answer.is_ok() { "ok" } else { "refused" };
-    node.metrics
-        .admin_requests
-        .with_label_values(&[label])
-        .inc();
-    answer
-}
-
 /// `GET /api/v1/admin/rooms/{room}/log`: the room's whole kept audit log
 /// (sealed or not) with raw session ids, as JSON Lines.
-async fn room_log(
-    node: &NodeRef,
-    claims: &AdminClaims,
-    raw: &str,
-) -> Result<http::Response<Body>, ApiError> {
-    let room = owned(node, claims, raw).await?;
+pub async fn room_log(
+    State(node): State<NodeRef>,
+    AdminCaller(claims): AdminCaller,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let room = owned(&node, &claims, &params.room).await?;
     let text = crate::audit::export(node.rooms.queue.as_ref(), &room.id, false, now_ms()).await?;
     node.metrics
         .audit_exports
         .with_label_values(&["admin"])
         .inc();
-    Ok(crate::rooms_api::jsonl_response(bytes::Bytes::from(text)))
+    Ok(super::rooms::jsonl_response(bytes::Bytes::from(text)))
 }
 
 /// `POST /api/v1/admin/ws-ticket`: a ticket that opens `/admin/ws` once,
 /// within 30 s.
-fn ws_ticket(node: &NodeRef, claims: &AdminClaims) -> Result<http::Response<Body>, ApiError> {
-    let (ticket, t) = crate::auth::tickets::issue(&node.keys, claims, crate::admission::unix_now())
-        .map_err(|e| {
-            tracing::error!(error = %e, "signing a feed ticket failed");
-            ApiError::new(ErrorCode::Internal, "could not issue a ticket; retry")
-        })?;
+pub async fn ws_ticket(
+    State(node): State<NodeRef>,
+    AdminCaller(claims): AdminCaller,
+) -> Result<Response, ApiError> {
+    let (ticket, t) =
+        crate::auth::tickets::issue(&node.keys, &claims, crate::admission::unix_now()).map_err(
+            |e| {
+                tracing::error!(error = %e, "signing a feed ticket failed");
+                ApiError::new(ErrorCode::Internal, "could not issue a ticket; retry")
+            },
+        )?;
     node.metrics
         .admin_tickets
         .with_label_values(&["issued"])
@@ -183,15 +150,15 @@ async fn managed(
 /// device's credential grants, replaced. An admin names departments of
 /// its tenant (`finance` or `acme:finance`); the service key names any
 /// group of the device's tenant, or untenanted ones.
-async fn departments(
-    node: &NodeRef,
-    principal: &Principal,
-    raw: &str,
-    req: Request<Incoming>,
-) -> Result<http::Response<Body>, ApiError> {
-    let record = managed(node, principal, raw).await?;
-    let body: rest::DepartmentsRequest =
-        crate::api::read_json(req, node.config.max_message_bytes).await?;
+pub async fn departments(
+    State(node): State<NodeRef>,
+    Caller(principal): Caller,
+    params: Params,
+    body: Result<Json<rest::DepartmentsRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let raw = params.device.as_str();
+    let record = managed(&node, &principal, raw).await?;
+    let Json(body, _) = body?;
     if body.departments.len() > node.config.max_groups {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
@@ -201,7 +168,7 @@ async fn departments(
     let tenant = record.info.tenant.as_deref();
     let mut groups: Vec<GroupId> = Vec::new();
     for name in &body.departments {
-        let full = match (principal, tenant) {
+        let full = match (&principal, tenant) {
             (Principal::Admin(_), Some(t)) if !name.contains(':') => format!("{t}:{name}"),
             _ => name.clone(),
         };
@@ -232,7 +199,7 @@ async fn departments(
         .with_label_values(&["departments"])
         .inc();
     tell_node(
-        node,
+        &node,
         &device,
         DeviceAction::Groups {
             groups: groups.clone(),
@@ -263,12 +230,13 @@ async fn tell_node(node: &NodeRef, device: &DeviceId, action: DeviceAction) {
 /// its connection, wherever it is, closes with 4004. The service key may
 /// kick a device that is not registered (an external issuer's, or an
 /// anonymous one).
-async fn kick(
-    node: &NodeRef,
-    principal: &Principal,
-    raw: &str,
-) -> Result<http::Response<Body>, ApiError> {
-    let device = match managed(node, principal, raw).await {
+pub async fn kick(
+    State(node): State<NodeRef>,
+    Caller(principal): Caller,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let raw = params.device.as_str();
+    let device = match managed(&node, &principal, raw).await {
         Ok(record) => record.info.device_id,
         Err(e) if matches!(principal, Principal::Service) && e.code == ErrorCode::NotFound => {
             DeviceId::parse(raw).map_err(|_| no_device(raw))?
@@ -280,7 +248,7 @@ async fn kick(
     let ttl = node.config.device_token_ttl + std::time::Duration::from_secs(60);
     node.devices.revoke_before(&device, cutoff, ttl).await?;
     tell_node(
-        node,
+        &node,
         &device,
         DeviceAction::Close {
             code: pace_protocol::CloseCode::REVOKED.0,
@@ -312,14 +280,15 @@ async fn revoke_tokens(node: &NodeRef, device: &DeviceId) -> Result<u64, ApiErro
 /// `DELETE /api/v1/admin/devices/{device}`: forgets the registration, so
 /// the id can register anew. Its tokens are revoked first: whoever
 /// registers the id next is the only one holding a valid token for it.
-async fn forget(
-    node: &NodeRef,
-    principal: &Principal,
-    raw: &str,
-) -> Result<http::Response<Body>, ApiError> {
-    let record = managed(node, principal, raw).await?;
+pub async fn forget(
+    State(node): State<NodeRef>,
+    Caller(principal): Caller,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let raw = params.device.as_str();
+    let record = managed(&node, &principal, raw).await?;
     let device = record.info.device_id;
-    revoke_tokens(node, &device).await?;
+    revoke_tokens(&node, &device).await?;
     let forgotten = node.devices.forget(&device).await?;
     tracing::info!(%device, "device registration forgotten");
     Ok(json_response(
@@ -335,23 +304,23 @@ async fn forget(
 /// the device's admitted session in the room (the origin's "revoke"): its
 /// slot goes to the next device at the next tick and its admission token
 /// stops verifying at `POST /api/v1/admissions/verify`.
-async fn revoke_session(
-    node: &NodeRef,
-    principal: &Principal,
-    raw: &str,
-    req: Request<Incoming>,
-) -> Result<http::Response<Body>, ApiError> {
+pub async fn revoke_session(
+    State(node): State<NodeRef>,
+    Caller(principal): Caller,
+    params: Params,
+    body: Result<Json<rest::RevokeSessionRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let raw = params.room.as_str();
     let room = RoomId::parse(raw).map_err(|_| not_found(raw))?;
-    let visible = match principal {
+    let visible = match &principal {
         Principal::Service => node.rooms.queue.get_room(&room).await?.is_some(),
-        Principal::Admin(claims) => owns(node, claims, &room).await?,
+        Principal::Admin(claims) => owns(&node, claims, &room).await?,
         _ => false,
     };
     if !visible {
         return Err(not_found(raw));
     }
-    let body: rest::RevokeSessionRequest =
-        crate::api::read_json(req, node.config.max_message_bytes).await?;
+    let Json(body, _) = body?;
     let queue = &node.rooms.queue;
     let DeviceStatus::Admitted(adm) = queue.status(&room, &body.device_id, now_ms()).await? else {
         return Err(ApiError::new(
@@ -376,10 +345,11 @@ async fn revoke_session(
     ))
 }
 
-async fn list_rooms(
-    node: &NodeRef,
-    claims: &AdminClaims,
-) -> Result<http::Response<Body>, ApiError> {
+/// `GET /api/v1/admin/rooms`: the tenant's rooms.
+pub async fn list_rooms(
+    State(node): State<NodeRef>,
+    AdminCaller(claims): AdminCaller,
+) -> Result<Response, ApiError> {
     let q = &node.rooms.queue;
     let mut rooms = Vec::new();
     for id in q.rooms().await? {
@@ -392,15 +362,18 @@ async fn list_rooms(
     Ok(json_response(StatusCode::OK, &rest::Rooms { rooms }))
 }
 
-async fn put_room(
-    node: &NodeRef,
-    claims: &AdminClaims,
-    raw: &str,
-    req: Request<Incoming>,
-) -> Result<http::Response<Body>, ApiError> {
+/// `PUT /api/v1/admin/rooms/{room}`: create (claim) or change a room of
+/// the admin's tenant, every field live.
+pub async fn put_room(
+    State(node): State<NodeRef>,
+    AdminCaller(claims): AdminCaller,
+    params: Params,
+    body: Result<Json<RoomConfig>, ApiError>,
+) -> Result<Response, ApiError> {
+    let raw = params.room.as_str();
     let room = RoomId::parse(raw)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("room id {e}")))?;
-    let config: RoomConfig = crate::api::read_json(req, node.config.max_message_bytes).await?;
+    let Json(config, _) = body?;
     config
         .validate()
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?;
@@ -417,14 +390,15 @@ async fn put_room(
     Ok(json_response(StatusCode::OK, &saved))
 }
 
-async fn devices(
-    node: &NodeRef,
-    claims: &AdminClaims,
-    req: &Request<Incoming>,
-) -> Result<http::Response<Body>, ApiError> {
+/// `GET /api/v1/admin/devices?q=&limit=`: the tenant's device registry.
+pub async fn devices(
+    State(node): State<NodeRef>,
+    AdminCaller(claims): AdminCaller,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let mut query = String::new();
     let mut limit = 100;
-    if let Some(q) = req.uri().query() {
+    if let Some(q) = uri.query() {
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {
             match k.as_ref() {
                 "q" => query = v.chars().take(128).collect(),
@@ -450,7 +424,11 @@ async fn devices(
     Ok(json_response(StatusCode::OK, &rest::Devices { devices }))
 }
 
-async fn cluster(node: &NodeRef) -> Result<http::Response<Body>, ApiError> {
+/// `GET /api/v1/admin/cluster`: the nodes and their connection counts.
+pub async fn cluster(
+    State(node): State<NodeRef>,
+    AdminCaller(_): AdminCaller,
+) -> Result<Response, ApiError> {
     let nodes = node.store.nodes().await?;
     let total: u64 = nodes.iter().map(|n| n.connections).sum();
     Ok(json_response(
@@ -463,53 +441,183 @@ async fn cluster(node: &NodeRef) -> Result<http::Response<Body>, ApiError> {
     ))
 }
 
-/// Whether an admin of `claims.tenant` may send to `target`: one of its
-/// tenant's registered devices, a group in its tenant's namespace
-/// (`<tenant>:<name>`), or the channel of one of its rooms
-/// (`@room:<room>`: everyone waiting in it). `all` reaches every tenant's devices: service key
-/// only. `Err` is the refusal to answer (404 for a device of another
-/// tenant, as if unknown; 403 otherwise).
-pub async fn notify_scope_allowed(
-    node: &NodeRef,
-    claims: &AdminClaims,
-    target: &Target,
-) -> Result<(), ApiError> {
-    match target {
-        Target::All => Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "scope all reaches every tenant: use the service key, or a group of your tenant",
-        )),
-        // A room's channel: the room must be the tenant's (checked before
-        // the tenant prefix, so no tenant id can reach another's room).
-        Target::Group(g)
-            if g.as_str()
-                .starts_with(pace_protocol::ids::ROOM_GROUP_PREFIX) =>
-        {
-            let unknown = || ApiError::new(ErrorCode::NoSuchRoom, format!("no room for {g}"));
-            let room = g.room().ok_or_else(unknown)?;
-            if owns(node, claims, &room).await? {
-                Ok(())
-            } else {
-                Err(unknown())
-            }
-        }
-        Target::Group(g) => {
-            let prefix = format!("{}:", claims.tenant.as_str());
-            if g.as_str().starts_with(&prefix) {
-                Ok(())
-            } else {
+/// `GET /api/v1/admin/rooms/{room}`: one room of the admin's tenant.
+pub async fn get_room(
+    State(node): State<NodeRef>,
+    AdminCaller(claims): AdminCaller,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let room = owned(&node, &claims, &params.room).await?;
+    Ok(json_response(StatusCode::OK, &room))
+}
+
+/// `GET /api/v1/admin/rooms/{room}/stats`.
+pub async fn room_stats(
+    State(node): State<NodeRef>,
+    AdminCaller(claims): AdminCaller,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let room = owned(&node, &claims, &params.room).await?;
+    let stats = stats_body(&node, &room.id).await?;
+    Ok(json_response(StatusCode::OK, &stats))
+}
+
+/// `GET /admin/ws`: the upgrade to the admin console's live feed, for the
+/// admin the authorization step found (a ticket or an admin token header).
+pub async fn feed(
+    State(node): State<NodeRef>,
+    Caller(principal): Caller,
+    req: Request,
+) -> Result<Response, ApiError> {
+    crate::ws::admin::upgrade(&node, req, principal).map(|r| r.map(axum::body::Body::new))
+}
+
+/// Largest login body read, bytes.
+const MAX_LOGIN_BODY: usize = 8 * 1024;
+
+/// The limit of a login body: [`MAX_LOGIN_BODY`], or less with a smaller
+/// `--max-message-bytes`.
+#[derive(Debug)]
+pub struct LoginLimit;
+
+impl Limit for LoginLimit {
+    fn max(node: &Node) -> usize {
+        MAX_LOGIN_BODY.min(node.config.max_message_bytes)
+    }
+}
+
+/// How one login ended, for `pace_admin_logins_total{result}`.
+enum Outcome {
+    Ok,
+    Invalid,
+    RateLimited,
+    Error,
+}
+
+/// `POST /api/v1/admin/login` (see [`crate::accounts::login`] for the
+/// token and the attempt limit).
+pub async fn login(
+    State(node): State<NodeRef>,
+    body: Result<Json<Value, LoginLimit>, ApiError>,
+) -> Result<Response, ApiError> {
+    let (outcome, result) = match body {
+        Ok(Json(body, _)) => attempt(&node, &body).await,
+        Err(e) => (Outcome::Invalid, Err(e)),
+    };
+    let label = match outcome {
+        Outcome::Ok => "ok",
+        Outcome::Invalid => "invalid",
+        Outcome::RateLimited => "rate_limited",
+        Outcome::Error => "error",
+    };
+    node.metrics.admin_logins.with_label_values(&[label]).inc();
+    result
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidCredentials,
+        "wrong tenant, user or password",
+    )
+}
+
+/// The three strings of the body. Type errors are answered without
+/// serde's message, which could quote a value.
+fn credentials(body: &Value) -> Option<(&str, &str, &str)> {
+    let field = |name: &str| body.get(name).and_then(Value::as_str);
+    Some((field("tenant")?, field("user")?, field("password")?))
+}
+
+async fn attempt(node: &NodeRef, body: &Value) -> (Outcome, Result<Response, ApiError>) {
+    let Some((tenant, user, password)) = credentials(body) else {
+        return (
+            Outcome::Invalid,
+            Err(ApiError::new(
+                ErrorCode::BadRequest,
+                r#"send {"tenant": "...", "user": "...", "password": "..."} (strings)"#,
+            )),
+        );
+    };
+    let password = Password::new(password);
+    let (Ok(tenant), Ok(user)) = (TenantId::parse(tenant), UserName::parse(user)) else {
+        // No such account can exist; nothing to count.
+        tracing::info!("admin login refused: malformed tenant or user name");
+        return (Outcome::Invalid, Err(invalid_credentials()));
+    };
+
+    let accounts = &node.accounts;
+    let attempts = match accounts
+        .count_login_attempt(&tenant, &user, LOGIN_WINDOW)
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => return (Outcome::Error, Err(e.into())),
+    };
+    if attempts.count > MAX_FAILED_LOGINS {
+        let secs = attempts.resets_in.as_secs_f64().ceil().max(1.0) as u64;
+        tracing::warn!(%tenant, %user, retry_after_secs = secs, "admin login refused: too many attempts");
+        let mut resp = ApiError::new(
+            ErrorCode::TooManyAttempts,
+            format!("too many failed logins for this account; retry in {secs} s"),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return (Outcome::RateLimited, Ok(resp));
+    }
+
+    let stored = match accounts.user(&tenant, &user).await {
+        Ok(u) => u.map(|u| u.password_hash),
+        Err(e) => return (Outcome::Error, Err(e.into())),
+    };
+    if !verify_password_async(password, stored).await {
+        tracing::info!(%tenant, %user, attempts = attempts.count, "admin login refused: invalid credentials");
+        return (Outcome::Invalid, Err(invalid_credentials()));
+    }
+    if let Err(e) = accounts.clear_login_attempts(&tenant, &user).await {
+        tracing::warn!(error = %e, %tenant, %user, "could not clear login attempts");
+    }
+    let ttl = node.config.admin_token_ttl;
+    let (token, claims) = match sign_admin_token(&node.keys, &tenant, &user, unix_now(), ttl) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "admin token could not be signed");
+            return (
+                Outcome::Error,
                 Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    format!("admins send to groups named {prefix}<name>"),
-                ))
-            }
+                    ErrorCode::Internal,
+                    "could not issue a token",
+                )),
+            );
         }
-        Target::Device(d) => {
-            let record = node.devices.get(d).await?;
-            match record {
-                Some(r) if r.info.tenant.as_deref() == Some(claims.tenant.as_str()) => Ok(()),
-                _ => Err(ApiError::new(ErrorCode::NotFound, format!("no device {d}"))),
-            }
-        }
+    };
+    tracing::info!(%tenant, %user, jti = %claims.jti, exp = claims.exp, "admin login");
+    let mut resp = json_response(
+        StatusCode::OK,
+        &pace_protocol::rest::LoginResponse {
+            token,
+            expires_at: claims.exp,
+        },
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    (Outcome::Ok, Ok(resp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn credentials_need_three_strings() {
+        let ok = json!({"tenant": "a", "user": "b", "password": "c"});
+        assert_eq!(credentials(&ok), Some(("a", "b", "c")));
+        assert_eq!(credentials(&json!({"tenant": "a", "user": "b"})), None);
+        assert_eq!(
+            credentials(&json!({"tenant": "a", "user": "b", "password": 5})),
+            None
+        );
+        assert_eq!(credentials(&json!(["a"])), None);
     }
 }
