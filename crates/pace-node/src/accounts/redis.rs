@@ -27,8 +27,6 @@ use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
-use crate::store::RedisClient;
-
 use super::{
     AccountError, AccountStore, AdminUser, Attempts, PasswordHash, Tenant, TenantId, UserInfo,
     UserName,
@@ -36,9 +34,7 @@ use super::{
 
 /// The Redis [`AccountStore`].
 pub struct RedisAccountStore {
-    /// With Redis Cluster, routed to the primary of the `{prefix}` slot
-    /// every key of this store shares.
-    client: RedisClient,
+    client: Client,
     prefix: String,
     put_tenant: Script,
     put_user: Script,
@@ -64,14 +60,9 @@ fn bad_reply(what: &str) -> AccountError {
 
 impl RedisAccountStore {
     /// A store on `client` with keys under `{prefix}`.
-    /// The client for this store's keys (all in the `{prefix}` slot).
-    fn commands(&self) -> Result<Client, AccountError> {
-        self.client.on(&self.tenants_key()).map_err(unavailable)
-    }
-
-    pub fn new(client: impl Into<RedisClient>, prefix: &str) -> RedisAccountStore {
+    pub fn new(client: Client, prefix: &str) -> RedisAccountStore {
         RedisAccountStore {
-            client: client.into(),
+            client,
             prefix: prefix.to_owned(),
             put_tenant: Script::from_lua(include_str!("put_tenant.lua")),
             put_user: Script::from_lua(include_str!("put_user.lua")),
@@ -101,7 +92,7 @@ impl RedisAccountStore {
     }
 
     fn connected_or_fail(&self) -> Result<(), AccountError> {
-        if self.client.is_connected_for(&self.tenants_key()) {
+        if self.client.is_connected() {
             Ok(())
         } else {
             Err(AccountError::Unavailable("not connected to redis".into()))
@@ -116,7 +107,7 @@ impl RedisAccountStore {
     ) -> Result<R, AccountError> {
         self.connected_or_fail()?;
         script
-            .evalsha_with_reload(&self.commands()?, keys, args)
+            .evalsha_with_reload(&self.client, keys, args)
             .await
             .map_err(unavailable)
     }
@@ -180,7 +171,7 @@ impl RedisAccountStore {
     async fn read_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, AccountError> {
         self.connected_or_fail()?;
         let h: HashMap<String, String> = self
-            .commands()?
+            .client
             .hgetall(self.tenant_key(id))
             .await
             .map_err(unavailable)?;
@@ -232,7 +223,7 @@ impl AccountStore for RedisAccountStore {
     async fn tenants(&self) -> Result<Vec<Tenant>, AccountError> {
         self.connected_or_fail()?;
         let ids: Vec<String> = self
-            .commands()?
+            .client
             .smembers(self.tenants_key())
             .await
             .map_err(unavailable)?;
@@ -284,7 +275,7 @@ impl AccountStore for RedisAccountStore {
     ) -> Result<Option<AdminUser>, AccountError> {
         self.connected_or_fail()?;
         let h: HashMap<String, String> = self
-            .commands()?
+            .client
             .hgetall(self.admin_key(tenant, user))
             .await
             .map_err(unavailable)?;
@@ -310,7 +301,7 @@ impl AccountStore for RedisAccountStore {
     async fn users(&self, tenant: &TenantId) -> Result<Vec<UserInfo>, AccountError> {
         self.connected_or_fail()?;
         let exists: i64 = self
-            .commands()?
+            .client
             .exists(self.tenant_key(tenant))
             .await
             .map_err(unavailable)?;
@@ -318,7 +309,7 @@ impl AccountStore for RedisAccountStore {
             return Err(AccountError::NoSuchTenant(tenant.clone()));
         }
         let names: Vec<String> = self
-            .commands()?
+            .client
             .smembers(self.admins_key(tenant))
             .await
             .map_err(unavailable)?;
@@ -330,7 +321,7 @@ impl AccountStore for RedisAccountStore {
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             let created: Option<String> = self
-                .commands()?
+                .client
                 .hget(self.admin_key(tenant, &name), "created_at")
                 .await
                 .map_err(unavailable)?;
@@ -385,7 +376,7 @@ impl AccountStore for RedisAccountStore {
     ) -> Result<(), AccountError> {
         self.connected_or_fail()?;
         let _: i64 = self
-            .commands()?
+            .client
             .del(self.attempts_key(tenant, user))
             .await
             .map_err(unavailable)?;
