@@ -346,6 +346,7 @@ impl RedisQueueStore {
         }
         let runs: HashMap<String, String> = self
             .client
+            .on(&self.keys(room).events)?
             .hgetall(&self.keys(room).events)
             .await
             .map_err(unavailable)?;
@@ -366,6 +367,7 @@ impl RedisQueueStore {
         let k = self.keys(room);
         let fields: Vec<Option<String>> = self
             .client
+            .on(&k.events)?
             .hmget(
                 &k.events,
                 vec![
@@ -390,6 +392,7 @@ impl RedisQueueStore {
         };
         let waiting: Vec<(String, f64)> = self
             .client
+            .on(&k.queue)?
             .zrangebyscore(&k.queue, bound(&first)?, bound(&last)?, true, None)
             .await
             .map_err(unavailable)?;
@@ -435,11 +438,19 @@ impl QueueStore for RedisQueueStore {
         let k = self.keys(room);
         let mut config = super::without_seeds(config);
         if !config.events.is_empty() {
-            let stored: HashMap<String, String> =
-                self.client.hgetall(&k.config).await.map_err(unavailable)?;
+            let stored: HashMap<String, String> = self
+                .client
+                .on(&k.config)?
+                .hgetall(&k.config)
+                .await
+                .map_err(unavailable)?;
             let stored = parse_config(&stored)?;
-            let runs: HashMap<String, String> =
-                self.client.hgetall(&k.events).await.map_err(unavailable)?;
+            let runs: HashMap<String, String> = self
+                .client
+                .on(&k.events)?
+                .hgetall(&k.events)
+                .await
+                .map_err(unavailable)?;
             super::check_order_kept(stored.as_ref(), &config, |id| {
                 runs.contains_key(&format!("{id}:first"))
             })?;
@@ -451,11 +462,13 @@ impl QueueStore for RedisQueueStore {
                 let field = format!("{}:seed", e.id);
                 let _: bool = self
                     .client
+                    .on(&k.events)?
                     .hsetnx(&k.events, &field, super::new_seed())
                     .await
                     .map_err(unavailable)?;
                 let seed: String = self
                     .client
+                    .on(&k.events)?
                     .hget(&k.events, &field)
                     .await
                     .map_err(unavailable)?;
