@@ -219,6 +219,10 @@ impl TestRedisCluster {
                     "--cluster-node-timeout",
                     &CLUSTER_NODE_TIMEOUT_MS.to_string(),
                 ])
+                // The healthy shards keep serving while one fails over
+                // (the default refuses every command cluster-wide with
+                // CLUSTERDOWN until the dead master is replaced).
+                .args(["--cluster-require-full-coverage", "no"])
                 .arg("--cluster-config-file")
                 .arg(c.dir.join(format!("nodes-{port}.conf")))
                 .arg("--dir")
@@ -351,6 +355,19 @@ impl TestRedisCluster {
             }
         }
         panic!("no live master owns slot {slot}");
+    }
+
+    /// The indexes of the processes replicating master `i`, as it sees
+    /// them (`INFO replication`).
+    pub fn replicas_of(&self, i: usize) -> Vec<usize> {
+        redis_cli(self.ports[i], &["INFO", "replication"])
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains("port="))
+            .filter_map(|l| {
+                let port: u16 = l.split("port=").nth(1)?.split(',').next()?.parse().ok()?;
+                self.ports.iter().position(|&p| p == port)
+            })
+            .collect()
     }
 
     /// Kills process `i` with SIGKILL (as a crash would).

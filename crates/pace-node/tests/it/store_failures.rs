@@ -152,3 +152,234 @@ async fn redis_restarted_empty_is_reported_and_nobody_takes_a_victims_id() {
     let (status, body) = register(&node, "newcomer", None).await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// One shard failing over fails only the operations on that shard: with
+/// the master of a room's slot SIGKILLed, notifications (whose keys live
+/// in the `{prefix}` slot, on another master) keep being accepted all
+/// through the failover, and the room answers again once its replica is
+/// promoted, without a restart.
+#[tokio::test]
+async fn a_shard_failing_over_fails_only_its_own_operations() {
+    let mut redis = TestRedisCluster::start();
+    let prefix = format!("t{}", free_port());
+    let keys = shared_keys().display().to_string();
+    let url = redis.url();
+    let process =
+        NodeProcess::spawn(&["--redis", &url, "--redis-prefix", &prefix, "--keys", &keys]);
+    let node = TestNode::external(process.addr);
+    node.wait_ready().await;
+    let bus_master = redis.master_of(&format!("{{{prefix}}}"));
+    let room = (0..64)
+        .map(|i| format!("shard-{i}"))
+        .find(|r| redis.master_of(&format!("{{{prefix}:room:{r}}}")) != bus_master)
+        .expect("a room on another shard");
+    let victim = redis.master_of(&format!("{{{prefix}:room:{room}}}"));
+    let auth = format!("Bearer {KEY}");
+    let config = json!({"capacity": 5, "admit_per_minute": null, "session_ttl_secs": 600,
+        "target_url": "https://shop.example/in", "state": "open", "pow_difficulty": 0});
+    let (status, text) = http(
+        node.addr,
+        "PUT",
+        &format!("/api/v1/rooms/{room}"),
+        &[("authorization", &auth)],
+        &config.to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+    let stats_path = format!("/api/v1/rooms/{room}/stats");
+    let room_status = || async {
+        http(
+            node.addr,
+            "GET",
+            &stats_path,
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+        .map(|(s, _)| s)
+        .unwrap_or(0)
+    };
+    assert_eq!(room_status().await, 200);
+
+    redis.kill(victim);
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(30);
+    let (mut accepted, mut refused) = (0, 0);
+    let (mut room_failed, mut room_back) = (0, None);
+    while room_back.is_none() {
+        assert!(Instant::now() < deadline, "the room never answered again");
+        let (status, body) = node
+            .notify(json!({"scope": "all", "event": "e", "data": accepted}))
+            .await;
+        match status {
+            202 => accepted += 1,
+            _ => {
+                eprintln!("notify during the failover: {status} {body}");
+                refused += 1;
+            }
+        }
+        match room_status().await {
+            200 if room_failed > 0 => room_back = Some(killed.elapsed()),
+            200 => {}
+            _ => room_failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "room's shard failed over: room answered again {:?} after the kill ({room_failed} refused \
+         meanwhile); notifications on the healthy shard: {accepted} accepted, {refused} refused",
+        room_back.unwrap()
+    );
+    assert!(
+        room_failed > 0,
+        "the room's own operations failed meanwhile"
+    );
+    assert!(accepted > 0, "notifications were asked during the failover");
+    assert_eq!(
+        refused, 0,
+        "operations on the healthy shard kept answering through the failover"
+    );
+}
+
+/// `--store-write-replicas 1`: a notification is answered only once a
+/// replica acknowledged it (Redis `WAIT`). With every replica up both
+/// nodes accept (and the cost of the wait is measured); with the replica
+/// of the notifications' master stopped, the node with the flag refuses
+/// with 503 `store_unavailable` while the node without it still accepts.
+#[tokio::test]
+async fn store_write_replicas_refuses_writes_no_replica_acknowledged() {
+    let mut redis = TestRedisCluster::start();
+    let prefix = format!("t{}", free_port());
+    let keys = shared_keys().display().to_string();
+    let url = redis.url();
+    let args = |id: &'static str| {
+        vec![
+            "--redis".to_owned(),
+            url.clone(),
+            "--redis-prefix".to_owned(),
+            prefix.clone(),
+            "--keys".to_owned(),
+            keys.clone(),
+            "--node-id".to_owned(),
+            id.to_owned(),
+        ]
+    };
+    let mut waiting_args = args("waiting");
+    waiting_args.extend(
+        [
+            "--store-write-replicas",
+            "1",
+            "--store-write-replicas-timeout",
+            "300ms",
+        ]
+        .map(String::from),
+    );
+    let spawn =
+        |a: &[String]| NodeProcess::spawn(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let waiting_process = spawn(&waiting_args);
+    let plain_process = spawn(&args("plain"));
+    let (waiting, plain) = (
+        TestNode::external(waiting_process.addr),
+        TestNode::external(plain_process.addr),
+    );
+    waiting.wait_ready().await;
+    plain.wait_ready().await;
+
+    // Every replica up: both accept. The cost of the wait, per notify.
+    const ROUNDS: u32 = 200;
+    for (name, node) in [
+        ("without the flag", &plain),
+        ("with --store-write-replicas 1", &waiting),
+    ] {
+        let started = Instant::now();
+        for i in 0..ROUNDS {
+            let (status, body) = node
+                .notify(json!({"scope": "all", "event": "e", "data": i}))
+                .await;
+            assert_eq!(status, 202, "{name}: {body}");
+        }
+        eprintln!(
+            "notify {name}: {:?} per request ({ROUNDS} sequential)",
+            started.elapsed() / ROUNDS
+        );
+    }
+
+    let master = redis.master_of(&format!("{{{prefix}}}"));
+    let replicas = redis.replicas_of(master);
+    assert!(!replicas.is_empty(), "the master has a replica");
+    for r in replicas {
+        redis.kill(r);
+    }
+    // The master notices its replica is gone when the link drops; from then
+    // on no write is acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let (status, body) = waiting
+            .notify(json!({"scope": "all", "event": "unreplicated"}))
+            .await;
+        if status != 202 || Instant::now() >= deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 503, "refused once no replica acknowledges: {body}");
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    for _ in 0..3 {
+        let (status, body) = waiting
+            .notify(json!({"scope": "all", "event": "unreplicated"}))
+            .await;
+        assert_eq!(status, 503, "still refused: {body}");
+        let (status, body) = plain
+            .notify(json!({"scope": "all", "event": "unreplicated"}))
+            .await;
+        assert_eq!(
+            status, 202,
+            "without the flag the write is accepted: {body}"
+        );
+    }
+}
+
+/// A Redis wiped while every node was stopped: a node keeps the store
+/// identity it last saw in its data directory, so at its next start it
+/// finds the identity gone and reports the wipe.
+#[tokio::test]
+async fn a_store_wiped_while_the_node_was_stopped_is_reported_at_its_next_start() {
+    let mut redis = TestRedis::start();
+    let data_dir = scratch_dir();
+    let keys = shared_keys().display().to_string();
+    let url = redis.url();
+    let start = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pace-node"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--service-key", KEY])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--redis", &url, "--keys", &keys])
+            .env("PACE_LOG", "warn")
+            .env("PACE_INSECURE_ANONYMOUS_DEVICES", "true");
+        NodeProcess::start(cmd)
+    };
+    let process = start();
+    let node = TestNode::external(process.addr);
+    node.wait_ready().await;
+    // The identity was checked (and kept) once the node reports no wipe.
+    node.wait_metric("pace_store_wiped", 0.0).await;
+    let kept = data_dir.join("store-id-pace");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !kept.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the identity is kept in the data dir"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(process);
+
+    redis.stop();
+    redis.restart(); // empty: no persistence
+    let process = start();
+    let node = TestNode::external(process.addr);
+    node.wait_ready().await;
+    node.wait_metric_within("pace_store_wiped", 1.0, Duration::from_secs(15))
+        .await;
+}
