@@ -302,7 +302,7 @@ impl RedisQueueStore {
         let out = script
             .evalsha_with_reload(&client, keys, args)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| unavailable(self.client.note(e)))?;
         // With --store-write-replicas, a join or an admission tick is
         // answered only once replicated.
         if std::ptr::eq(script, &self.scripts.join) || std::ptr::eq(script, &self.scripts.admit) {
@@ -527,19 +527,22 @@ impl QueueStore for RedisQueueStore {
             ),
         ];
         // One HSET replaces every field at once; the room index lives in
-        // another slot, so it is a second (idempotent) command.
-        let _: i64 = self
-            .client
-            .on(&k.config)?
+        // another slot, so it is a second (idempotent) command. With
+        // --store-write-replicas each is answered only once replicated: a
+        // failover right after a PUT would otherwise lose the room (it
+        // answers 404 until PUT again).
+        let on_config = self.client.on(&k.config)?;
+        let _: i64 = on_config
             .hset(&k.config, fields)
             .await
-            .map_err(unavailable)?;
-        let _: i64 = self
-            .client
-            .on(&self.rooms_key)?
+            .map_err(|e| unavailable(self.client.note(e)))?;
+        self.client.replicated(&on_config).await?;
+        let on_index = self.client.on(&self.rooms_key)?;
+        let _: i64 = on_index
             .sadd(&self.rooms_key, room.as_str())
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| unavailable(self.client.note(e)))?;
+        self.client.replicated(&on_index).await?;
         let mut config = config.clone();
         self.reveal(room, &mut config).await?;
         Ok(Room {

@@ -607,7 +607,7 @@ async fn read_log(
             ],
         )
         .await
-        .map_err(StoreError::Redis)?;
+        .map_err(|e| StoreError::Redis(client.note(e)))?;
     let number = |i: usize| {
         out.get(i)
             .and_then(|v| v.parse::<u64>().ok())
@@ -999,7 +999,7 @@ impl Store for RedisStore {
                 ],
             )
             .await
-            .map_err(StoreError::Redis)?;
+            .map_err(|e| StoreError::Redis(self.client.note(e)))?;
         // With --store-write-replicas: answered only once replicated.
         self.client.replicated(&commands).await?;
         let number = |i: usize| out.get(i).and_then(|v| v.parse::<u64>().ok());

@@ -110,18 +110,27 @@ pub const REFRESH_STEADY: Duration = Duration::from_secs(1);
 /// how soon after a replica's promotion its slots answer again.
 pub const REFRESH_FAST: Duration = Duration::from_millis(100);
 
+/// Longest wait between two table reads while a slot has no connected
+/// owner (the reads back off from [`REFRESH_FAST`] to this).
+pub const REFRESH_UNSERVED_MAX: Duration = Duration::from_millis(500);
+
+/// How long a primary dropped while unreachable counts as dead when
+/// nodes disagree on the slot table (see [`Shards::read_table`]).
+const GONE_MEMORY: Duration = Duration::from_secs(30);
+
 /// Longest a `CLUSTER SLOTS` read (or a seed's connection) may take.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// `--store-write-replicas`: how many replicas must acknowledge a write
 /// that must survive a failover (a notification, a join, an admission
-/// tick) before it is answered, by Redis `WAIT` on the connection that
+/// tick, a room's config) before it is answered, by Redis `WAIT` on the connection that
 /// wrote it. The trade-off is in docs/operations.md ("Redis replicas and
 /// WAIT").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct WriteReplicas {
-    /// Redis replicas that must acknowledge a notification, a join or an
-    /// admission tick (Redis `WAIT`) before it is answered; 0 does not
+    /// Redis replicas that must acknowledge a notification, a join, an
+    /// admission tick or a room's config (Redis `WAIT`) before it is
+    /// answered; 0 does not
     /// wait. Fewer acknowledgements within --store-write-replicas-timeout
     /// fail the operation with 503 `store_unavailable` (the master may
     /// still hold the write: see docs/operations.md).
@@ -155,7 +164,7 @@ pub struct RedisClient(Arc<Inner>, WriteReplicas);
 
 enum Inner {
     One(Client),
-    Shards(Shards),
+    Shards(Box<Shards>),
 }
 
 impl std::fmt::Debug for RedisClient {
@@ -190,6 +199,11 @@ struct Shards {
     view: RwLock<Arc<View>>,
     /// Wakes the refresh task (a connection error, an unroutable key).
     kick: Arc<Notify>,
+    /// Primaries whose client was dropped while it could not connect (a
+    /// dead master replaced by its replica), and when: for
+    /// [`GONE_MEMORY`], a node's table still naming one of them loses
+    /// against an equally supported table that does not.
+    gone: std::sync::Mutex<HashMap<Server, std::time::Instant>>,
 }
 
 /// One routing table and the clients of its primaries.
@@ -226,8 +240,9 @@ impl RedisClient {
             command_timeout,
             view: RwLock::new(Arc::new(View::default())),
             kick: Arc::new(Notify::new()),
+            gone: std::sync::Mutex::new(HashMap::new()),
         };
-        let inner = Arc::new(Inner::Shards(shards));
+        let inner = Arc::new(Inner::Shards(Box::new(shards)));
         tokio::spawn(refresh_loop(Arc::downgrade(&inner)));
         Ok(RedisClient(inner, WriteReplicas::default()))
     }
@@ -271,6 +286,22 @@ impl RedisClient {
             Inner::One(c) => Ok(c.clone()),
             Inner::Shards(s) => s.owner(key),
         }
+    }
+
+    /// Looks at a command's error: a `MOVED`, `ASK`, `READONLY` or
+    /// `CLUSTERDOWN` answer means this client's slot table is behind the
+    /// cluster's (a slot moved, or the node it names was demoted), so the
+    /// table is read again at once rather than at the next periodic read.
+    /// The command itself is not retried: it fails (503) and its caller's
+    /// next attempt goes to the new owner. Returns the error unchanged.
+    pub fn note(&self, e: fred::error::Error) -> fred::error::Error {
+        if let Inner::Shards(s) = &*self.0
+            && is_redirect(&e)
+        {
+            tracing::debug!(error = %e, "redis cluster redirect; reading the slot table again");
+            s.kick.notify_one();
+        }
+        e
     }
 
     /// Whether some store operation can be sent: the single client is
@@ -404,19 +435,13 @@ impl Shards {
     }
 
     /// Reads the slot table and brings the clients in line with it.
-    /// Returns whether every primary is connected.
+    /// Returns whether every slot has an owner and every owner is
+    /// connected (otherwise the caller reads again soon).
     async fn refresh(&self) -> bool {
         let view = self.view();
-        let Some((table, from)) = self.read_table(&view).await else {
+        let Some((routing, from)) = self.read_table(&view).await else {
+            tracing::debug!("no redis cluster node answered CLUSTER SLOTS");
             return false;
-        };
-        let routing = match ClusterRouting::from_cluster_slots(table, from.host.clone()) {
-            Ok(r) if r.len() > 0 => r,
-            Ok(_) => return false,
-            Err(e) => {
-                tracing::warn!(error = %e, from = %from, "unreadable CLUSTER SLOTS answer");
-                return false;
-            }
         };
         let primaries = routing.unique_primary_nodes();
         let mut clients = HashMap::with_capacity(primaries.len());
@@ -433,16 +458,32 @@ impl Shards {
             };
             clients.insert(server, client);
         }
+        // A node that owns no slot any more (a failed master, a demoted
+        // one) keeps no client: its connection would only retry or answer
+        // MOVED.
         for (server, old) in &view.clients {
             if !clients.contains_key(server) {
                 tracing::info!(%server, "no longer a redis cluster primary; disconnecting");
+                if !old.is_connected() {
+                    let mut gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+                    gone.retain(|_, at| at.elapsed() < GONE_MEMORY);
+                    gone.insert(server.clone(), std::time::Instant::now());
+                }
                 let old = old.clone();
                 tokio::spawn(async move {
                     let _ = old.quit().await;
                 });
             }
         }
-        let healthy = clients.values().all(|c| c.is_connected());
+        let covered = covered_slots(&routing);
+        let healthy = covered == SLOTS && clients.values().all(|c| c.is_connected());
+        tracing::debug!(
+            from = %from,
+            covered,
+            primaries = ?clients.iter().map(|(s, c)| (s.to_string(), c.is_connected())).collect::<Vec<_>>(),
+            healthy,
+            "redis cluster slot table read"
+        );
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(View {
             routing: Some(routing),
             clients,
@@ -450,53 +491,80 @@ impl Shards {
         healthy
     }
 
-    /// `CLUSTER SLOTS` from a connected primary, else from a seed.
-    async fn read_table(&self, view: &View) -> Option<(Value, Server)> {
-        let slots = || CustomCommand::new_static("CLUSTER", None, false);
-        let mut connected: Vec<(&Server, &Client)> = view
+    /// The slot table, as most of the answering nodes see it.
+    ///
+    /// Every connected primary is asked `CLUSTER SLOTS` at once (the
+    /// seeds of the URL when none answers). Right after a failover the
+    /// nodes' views differ for a moment: one that has not yet learnt of
+    /// the promotion still names the dead master. Taking one node's word
+    /// would make the table flip between the old and the new owner (and
+    /// the clients be torn down and rebuilt) as different nodes are asked;
+    /// so the table is the one most answers agree on, and among equally
+    /// many, the one naming the fewest unreachable primaries (the dead
+    /// master is; a promoted replica is not) and then covering the most
+    /// slots. Returns the table and a node that answered it.
+    async fn read_table(&self, view: &View) -> Option<(ClusterRouting, Server)> {
+        let connected: Vec<(Server, Client)> = view
             .clients
             .iter()
             .filter(|(_, c)| c.is_connected())
+            .map(|(s, c)| (s.clone(), c.clone()))
             .collect();
-        // Not always the same primary: one that lags behind the others'
-        // view is not asked every time.
-        if !connected.is_empty() {
-            let start = rand::random::<u64>() as usize % connected.len();
-            connected.rotate_left(start);
-        }
-        for (server, c) in connected {
-            if let Ok(Ok(v)) =
-                tokio::time::timeout(ASK_TIMEOUT, c.custom::<Value, _>(slots(), vec!["SLOTS"]))
-                    .await
-            {
-                return Some((v, server.clone()));
-            }
-        }
-        for seed in &self.seeds {
-            let mut config = self.config.clone();
-            config.server = ServerConfig::Centralized {
-                server: seed.clone(),
-            };
-            config.fail_fast = true;
-            let Ok(c) = Builder::from_config(config)
-                .with_connection_config(|c| c.connection_timeout = ASK_TIMEOUT)
-                .build()
-            else {
-                continue;
-            };
-            let task = c.connect();
-            let asked = tokio::time::timeout(ASK_TIMEOUT * 2, async {
-                c.wait_for_connect().await?;
-                c.custom::<Value, _>(slots(), vec!["SLOTS"]).await
-            })
+        let asked =
+            futures_util::future::join_all(connected.into_iter().map(|(server, c)| async move {
+                let answer = tokio::time::timeout(
+                    ASK_TIMEOUT,
+                    c.custom::<Value, _>(cluster_slots(), vec!["SLOTS"]),
+                )
+                .await;
+                match answer {
+                    Ok(Ok(v)) => parse_table(v, &server).map(|r| (r, server)),
+                    _ => None,
+                }
+            }))
             .await;
-            let _ = c.quit().await;
-            task.abort();
-            if let Ok(Ok(v)) = asked {
-                return Some((v, seed.clone()));
+        let mut answers: Vec<(ClusterRouting, Server)> = asked.into_iter().flatten().collect();
+        if answers.is_empty() {
+            for seed in &self.seeds {
+                if let Some(v) = self.ask_seed(seed).await
+                    && let Some(r) = parse_table(v, seed)
+                {
+                    answers.push((r, seed.clone()));
+                    break;
+                }
             }
         }
-        None
+        // Unreachable: a primary whose client cannot connect now, or one
+        // recently dropped for that. A primary this client has not met yet
+        // (a just-promoted replica) is given the benefit of the doubt.
+        let gone = self.gone.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        most_agreed(answers, |s| {
+            view.clients.get(s).is_none_or(|c| c.is_connected())
+                && gone.get(s).is_none_or(|at| at.elapsed() >= GONE_MEMORY)
+        })
+    }
+
+    /// `CLUSTER SLOTS` from a seed of the URL, on a connection opened for
+    /// that one question.
+    async fn ask_seed(&self, seed: &Server) -> Option<Value> {
+        let mut config = self.config.clone();
+        config.server = ServerConfig::Centralized {
+            server: seed.clone(),
+        };
+        config.fail_fast = true;
+        let c = Builder::from_config(config)
+            .with_connection_config(|c| c.connection_timeout = ASK_TIMEOUT)
+            .build()
+            .ok()?;
+        let task = c.connect();
+        let asked = tokio::time::timeout(ASK_TIMEOUT * 2, async {
+            c.wait_for_connect().await?;
+            c.custom::<Value, _>(cluster_slots(), vec!["SLOTS"]).await
+        })
+        .await;
+        let _ = c.quit().await;
+        task.abort();
+        asked.ok()?.ok()
     }
 
     /// A client of one primary, connecting in the background; its
@@ -532,6 +600,7 @@ impl Shards {
 /// Keeps a cluster client's table and primaries current until the client
 /// is dropped.
 async fn refresh_loop(inner: Weak<Inner>) {
+    let mut unserved: u32 = 0;
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -542,10 +611,20 @@ async fn refresh_loop(inner: Weak<Inner>) {
         let healthy = shards.refresh().await;
         let kick = shards.kick.clone();
         drop(strong);
+        // While a slot is unserved: 100 ms, then doubling up to
+        // REFRESH_UNSERVED_MAX (a promotion takes a cluster node timeout
+        // or more; a shard with no replica left stays unserved for long).
+        unserved = if healthy {
+            0
+        } else {
+            unserved.saturating_add(1)
+        };
         let wait = if healthy {
             REFRESH_STEADY
         } else {
             REFRESH_FAST
+                .saturating_mul(1 << unserved.saturating_sub(1).min(8))
+                .min(REFRESH_UNSERVED_MAX)
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -555,6 +634,95 @@ async fn refresh_loop(inner: Weak<Inner>) {
             }
         }
     }
+}
+
+/// Whether `e` is a Redis Cluster answer saying the command went to a
+/// node that does not serve its slot (any more).
+fn is_redirect(e: &fred::error::Error) -> bool {
+    let details = e.details();
+    e.is_moved()
+        || e.is_ask()
+        || ["MOVED", "ASK", "READONLY", "CLUSTERDOWN", "TRYAGAIN"]
+            .iter()
+            .any(|p| details.starts_with(p))
+}
+
+/// The number of hash slots of a Redis Cluster.
+const SLOTS: usize = 16384;
+
+/// `CLUSTER …` (the subcommand is the argument).
+fn cluster_slots() -> CustomCommand {
+    CustomCommand::new_static("CLUSTER", None, false)
+}
+
+/// A `CLUSTER SLOTS` answer of `from` as a routing table; `None` when it
+/// is unreadable or empty (a node that has not joined the cluster yet).
+fn parse_table(answer: Value, from: &Server) -> Option<ClusterRouting> {
+    match ClusterRouting::from_cluster_slots(answer, from.host.clone()) {
+        Ok(r) if r.len() > 0 => Some(r),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, %from, "unreadable CLUSTER SLOTS answer");
+            None
+        }
+    }
+}
+
+/// Of several nodes' tables, the one most of them answered; among equally
+/// many, the one naming the fewest primaries that are not `reachable`,
+/// then the one covering the most slots (see [`Shards::read_table`]).
+fn most_agreed(
+    answers: Vec<(ClusterRouting, Server)>,
+    reachable: impl Fn(&Server) -> bool,
+) -> Option<(ClusterRouting, Server)> {
+    let unreachable = |r: &ClusterRouting| {
+        r.unique_primary_nodes()
+            .iter()
+            .filter(|s| !reachable(s))
+            .count()
+    };
+    // (shape, votes, the table, a node that answered it)
+    let mut votes: Vec<(Shape, usize, ClusterRouting, Server)> = Vec::new();
+    for (routing, from) in answers {
+        let shape = table_shape(&routing);
+        match votes.iter_mut().find(|v| v.0 == shape) {
+            Some(v) => v.1 += 1,
+            None => votes.push((shape, 1, routing, from)),
+        }
+    }
+    if votes.len() > 1 {
+        tracing::debug!(
+            views = votes.len(),
+            "redis cluster nodes disagree on the slot table; taking the most agreed one"
+        );
+    }
+    votes
+        .into_iter()
+        .max_by(|a, b| {
+            a.1.cmp(&b.1)
+                .then_with(|| unreachable(&b.2).cmp(&unreachable(&a.2)))
+                .then_with(|| covered_slots(&a.2).cmp(&covered_slots(&b.2)))
+        })
+        .map(|(_, _, routing, from)| (routing, from))
+}
+
+/// What two nodes' tables are compared by: each slot range's owner.
+type Shape = Vec<(u16, u16, Server)>;
+
+/// A table's [`Shape`].
+fn table_shape(r: &ClusterRouting) -> Shape {
+    r.slots()
+        .iter()
+        .map(|s| (s.start, s.end, s.primary.clone()))
+        .collect()
+}
+
+/// How many slots a table gives an owner.
+fn covered_slots(r: &ClusterRouting) -> usize {
+    r.slots()
+        .iter()
+        .map(|s| usize::from(s.end.saturating_sub(s.start)) + 1)
+        .sum()
 }
 
 /// Logs a client's connection errors and reconnections: the first failed
@@ -630,6 +798,84 @@ mod tests {
             }
             other => panic!("not clustered: {other:?}"),
         }
+    }
+
+    /// A `CLUSTER SLOTS` answer giving each `(start, end, port)` range to
+    /// 127.0.0.1:port.
+    fn table(ranges: &[(i64, i64, i64)]) -> (ClusterRouting, Server) {
+        let answer = Value::Array(
+            ranges
+                .iter()
+                .map(|&(start, end, port)| {
+                    Value::Array(vec![
+                        Value::Integer(start),
+                        Value::Integer(end),
+                        Value::Array(vec![
+                            Value::from("127.0.0.1"),
+                            Value::Integer(port),
+                            Value::from(format!("id{port}")),
+                        ]),
+                    ])
+                })
+                .collect(),
+        );
+        let from = Server::new("127.0.0.1", 7000);
+        (parse_table(answer, &from).unwrap(), from)
+    }
+
+    fn owner(r: &ClusterRouting, slot: u16) -> u16 {
+        r.get_server(slot).unwrap().port
+    }
+
+    #[test]
+    fn the_table_most_nodes_answer_wins() {
+        let old = || table(&[(0, 5460, 7001), (5461, 10922, 7002), (10923, 16383, 7003)]);
+        let new = || table(&[(0, 5460, 7004), (5461, 10922, 7002), (10923, 16383, 7003)]);
+        let (r, _) = most_agreed(vec![old(), new(), new()], |_| true).unwrap();
+        assert_eq!(owner(&r, 0), 7004);
+        let (r, _) = most_agreed(vec![old(), old(), new()], |_| true).unwrap();
+        assert_eq!(owner(&r, 0), 7001, "a majority is followed even when stale");
+        assert_eq!(covered_slots(&r), SLOTS);
+    }
+
+    #[test]
+    fn between_equally_many_the_table_naming_no_dead_primary_wins() {
+        let old = || table(&[(0, 5460, 7001), (5461, 10922, 7002), (10923, 16383, 7003)]);
+        let new = || table(&[(0, 5460, 7004), (5461, 10922, 7002), (10923, 16383, 7003)]);
+        let alive = |s: &Server| s.port != 7001;
+        // Whichever node answered first, the dead master's view loses.
+        for answers in [vec![old(), new()], vec![new(), old()]] {
+            let (r, _) = most_agreed(answers, alive).unwrap();
+            assert_eq!(owner(&r, 100), 7004);
+        }
+        // A partial table loses against a full one.
+        let partial = table(&[(5461, 10922, 7002), (10923, 16383, 7003)]);
+        assert_eq!(covered_slots(&partial.0), SLOTS - 5461);
+        let (r, _) = most_agreed(vec![partial, new()], |_| true).unwrap();
+        assert_eq!(covered_slots(&r), SLOTS);
+        assert!(most_agreed(Vec::new(), |_| true).is_none());
+    }
+
+    #[test]
+    fn redirects_are_told_from_other_errors() {
+        let e = |kind, s: &str| fred::error::Error::new(kind, s.to_owned());
+        assert!(is_redirect(&e(
+            ErrorKind::Cluster,
+            "MOVED 3999 127.0.0.1:7002"
+        )));
+        assert!(is_redirect(&e(
+            ErrorKind::Cluster,
+            "ASK 3999 127.0.0.1:7002"
+        )));
+        assert!(is_redirect(&e(
+            ErrorKind::Unknown,
+            "READONLY You can't write against a read only replica."
+        )));
+        assert!(!is_redirect(&e(ErrorKind::Timeout, "Request timed out.")));
+        assert!(!is_redirect(&e(
+            ErrorKind::Unknown,
+            "NOSCRIPT No matching script"
+        )));
     }
 
     #[test]

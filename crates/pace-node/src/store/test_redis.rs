@@ -370,6 +370,42 @@ impl TestRedisCluster {
             .collect()
     }
 
+    /// Waits (up to `limit`) until every replica of master `i` has
+    /// acknowledged everything the master wrote so far (their replication
+    /// offsets reached the master's), so that a failover right after
+    /// loses nothing written before. Redis replication is asynchronous:
+    /// without this, a SIGKILL a few milliseconds after a write may lose
+    /// it (a test of failover routing that finds its room gone is testing
+    /// replication lag). Returns whether they caught up.
+    pub fn wait_replicated(&self, i: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let info = redis_cli(self.ports[i], &["INFO", "replication"]);
+            let master: Option<u64> = info
+                .lines()
+                .find_map(|l| l.strip_prefix("master_repl_offset:")?.trim().parse().ok());
+            // `slave0:ip=…,port=…,state=online,offset=N,lag=0`
+            let replicas: Vec<u64> = info
+                .lines()
+                .filter(|l| l.starts_with("slave"))
+                .filter_map(|l| {
+                    l.split(',')
+                        .find_map(|kv| kv.strip_prefix("offset=")?.trim().parse().ok())
+                })
+                .collect();
+            if let Some(master) = master
+                && !replicas.is_empty()
+                && replicas.iter().all(|&r| r >= master)
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Kills process `i` with SIGKILL (as a crash would).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.children[i].take() {
