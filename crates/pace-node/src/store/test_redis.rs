@@ -149,15 +149,97 @@ impl Drop for TestRedis {
 }
 
 /// A real Redis Cluster for tests: 3 masters and 3 replicas (one each),
-/// every process on free loopback ports (client and cluster-bus ports),
-/// without persistence, created with `redis-cli --cluster create`; every
-/// process stopped (by its PID) when dropped.
+/// every process on loopback ports of a [`PortBlock`] (client and
+/// cluster-bus ports), without persistence, created with
+/// `redis-cli --cluster create`; every process stopped (by its PID) when
+/// dropped.
 #[derive(Debug)]
 pub struct TestRedisCluster {
     /// The client ports of the six processes, in start order.
     pub ports: Vec<u16>,
     children: Vec<Option<Child>>,
     dir: std::path::PathBuf,
+    _block: PortBlock,
+}
+
+/// Loopback ports reserved for one test cluster, below the kernel's
+/// ephemeral range (so no `bind(…:0)` of any process hands them out) and
+/// claimed with a lock file (so two test processes never share a block).
+///
+/// Why: a test that SIGKILLs a cluster node frees its ports while the
+/// other nodes keep calling its cluster-bus port. Were that port handed
+/// to a node of another test's cluster, the two clusters would gossip
+/// into one another (foreign masters in `CLUSTER NODES`, `CLUSTERDOWN`,
+/// no failover): concurrent failover tests failed that way.
+#[derive(Debug)]
+struct PortBlock {
+    ports: Vec<u16>,
+    lock: std::path::PathBuf,
+}
+
+/// Ports per block: 6 processes × (client, cluster bus).
+const BLOCK: u16 = 12;
+/// The blocks' range: [`BLOCK_FIRST`], below the ephemeral ports (32768
+/// on Linux by default).
+const BLOCK_FIRST: u16 = 12000;
+const BLOCKS: u16 = (32000 - BLOCK_FIRST) / BLOCK;
+
+impl PortBlock {
+    fn reserve() -> PortBlock {
+        let seed = u64::from(std::process::id())
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos().into())
+                .unwrap_or(0);
+        for attempt in 0..u64::from(BLOCKS) {
+            let index =
+                ((seed.wrapping_mul(2_654_435_761) + attempt * 7) % u64::from(BLOCKS)) as u16;
+            let lock = std::env::temp_dir().join(format!("pace-redis-ports-{index}.lock"));
+            if !claim(&lock) {
+                continue;
+            }
+            let first = BLOCK_FIRST + index * BLOCK;
+            let ports: Vec<u16> = (first..first + BLOCK).collect();
+            if ports
+                .iter()
+                .all(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+            {
+                return PortBlock { ports, lock };
+            }
+            let _ = std::fs::remove_file(&lock);
+        }
+        panic!("no free block of {BLOCK} loopback ports for a redis cluster");
+    }
+}
+
+/// Creates `lock` holding this process's id; a lock left by a process
+/// that no longer runs is taken over.
+fn claim(lock: &std::path::Path) -> bool {
+    let mine = std::process::id().to_string();
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(lock)
+        {
+            Ok(mut f) => return f.write_all(mine.as_bytes()).is_ok(),
+            Err(_) => {
+                let owner = std::fs::read_to_string(lock).unwrap_or_default();
+                let owner = owner.trim();
+                if owner.is_empty() || std::path::Path::new(&format!("/proc/{owner}")).exists() {
+                    return false;
+                }
+                let _ = std::fs::remove_file(lock);
+            }
+        }
+    }
+    false
+}
+
+impl Drop for PortBlock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.lock);
+    }
 }
 
 /// How long a cluster node may be silent before the others fail it over.
@@ -200,13 +282,17 @@ impl TestRedisCluster {
             free_loopback_port()
         ));
         std::fs::create_dir_all(&dir).ok()?;
+        let block = PortBlock::reserve();
+        let pairs: Vec<(u16, u16)> = (0..6)
+            .map(|i| (block.ports[i], block.ports[6 + i]))
+            .collect();
         let mut c = TestRedisCluster {
             ports: Vec::new(),
             children: Vec::new(),
             dir,
+            _block: block,
         };
-        for _ in 0..6 {
-            let (port, bus) = (free_loopback_port(), free_loopback_port());
+        for (port, bus) in pairs {
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args([
