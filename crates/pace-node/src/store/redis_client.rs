@@ -23,17 +23,23 @@
 //!   [`RedisClient`] holding one single-server fred client per primary, and
 //!   Pace routes each command by its key's hash slot (CRC16 of the hash
 //!   tag, `ClusterRouting`) to the slot's owner. The routing table comes
-//!   from `CLUSTER SLOTS`, read every [`REFRESH_STEADY`] from a connected
-//!   primary, and every [`REFRESH_FAST`] while a primary is unreachable
-//!   (a connection error triggers a read at once); when no primary answers,
-//!   the seeds of the URL are asked. A command for a slot whose owner is
-//!   not connected fails at once (the store answers 503), while the other
-//!   shards answer as usual. Every script of the stores touches the keys of
-//!   one hash tag, so it runs whole on the owner of that slot.
+//!   from `CLUSTER SLOTS`, asked of every connected primary at once: the
+//!   table most of them answer wins (ties: the one naming no unreachable
+//!   primary), so a primary that lags behind a promotion does not flip the
+//!   table back to the dead master. It is read every [`REFRESH_STEADY`];
+//!   while some slot has no connected owner, after [`REFRESH_FAST`] and
+//!   then backing off to [`REFRESH_UNSERVED_MAX`]; at once after a
+//!   connection error or a `MOVED`/`ASK`/`READONLY`/`CLUSTERDOWN` answer
+//!   ([`RedisClient::note`]). When no primary answers, the seeds of the URL
+//!   are asked. A command for a slot whose owner is not connected fails at
+//!   once (the store answers 503), while the other shards answer as usual.
+//!   A primary that owns no slot any more loses its client. Every script
+//!   of the stores touches the keys of one hash tag, so it runs whole on
+//!   the owner of that slot.
 //!
-//!   What this routing does not follow: a slot *migrating* between live
-//!   primaries (resharding) answers `MOVED`/`ASK` until the next table read
-//!   (at most [`REFRESH_STEADY`]); such commands fail with 503 meanwhile.
+//!   What this routing does not do: retry a command answered `MOVED`/`ASK`
+//!   (a slot migrating between live primaries, resharding) on the new
+//!   owner; such a command fails with 503 and the table is read again.
 //!   Reshard outside peak hours.
 //!
 //! With a single server (`redis://`) or Sentinel the [`RedisClient`] is the
