@@ -568,7 +568,10 @@ impl Shards {
             c.custom::<Value, _>(cluster_slots(), vec!["SLOTS"]).await
         })
         .await;
-        let _ = c.quit().await;
+        // (fred warns when asked to quit a client that never connected.)
+        if c.is_connected() {
+            let _ = c.quit().await;
+        }
         task.abort();
         asked.ok()?.ok()
     }

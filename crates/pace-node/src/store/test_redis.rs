@@ -159,7 +159,7 @@ pub struct TestRedisCluster {
     pub ports: Vec<u16>,
     children: Vec<Option<Child>>,
     dir: std::path::PathBuf,
-    _block: PortBlock,
+    block: PortBlock,
 }
 
 /// Loopback ports reserved for one test cluster, below the kernel's
@@ -268,31 +268,46 @@ impl TestRedisCluster {
     /// every replica is in sync.
     pub fn start() -> TestRedisCluster {
         for _ in 0..5 {
-            if let Some(c) = TestRedisCluster::try_start() {
+            let mut c = TestRedisCluster::unstarted();
+            if c.launch() {
                 return c;
             }
         }
         panic!("could not start a 3 + 3 redis cluster in 5 attempts");
     }
 
-    fn try_start() -> Option<TestRedisCluster> {
+    /// A cluster whose ports are reserved (so [`TestRedisCluster::url`]
+    /// is known) but whose processes are not started yet: for a node
+    /// started before its Redis Cluster. [`TestRedisCluster::launch`]
+    /// starts it.
+    pub fn unstarted() -> TestRedisCluster {
         let dir = std::env::temp_dir().join(format!(
             "pace-redis-cluster-{}-{}",
             std::process::id(),
             free_loopback_port()
         ));
-        std::fs::create_dir_all(&dir).ok()?;
         let block = PortBlock::reserve();
-        let pairs: Vec<(u16, u16)> = (0..6)
-            .map(|i| (block.ports[i], block.ports[6 + i]))
-            .collect();
-        let mut c = TestRedisCluster {
-            ports: Vec::new(),
-            children: Vec::new(),
+        TestRedisCluster {
+            ports: block.ports[..6].to_vec(),
+            children: (0..6).map(|_| None).collect(),
             dir,
-            _block: block,
-        };
-        for (port, bus) in pairs {
+            block,
+        }
+    }
+
+    /// Starts the six processes on the reserved ports (stopping any that
+    /// run), creates the cluster and waits until it is healthy; false when
+    /// that failed (the caller may try again on the same ports).
+    pub fn launch(&mut self) -> bool {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::fs::create_dir_all(&self.dir).is_err() {
+            return false;
+        }
+        for i in 0..6 {
+            let (port, bus) = (self.block.ports[i], self.block.ports[6 + i]);
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args([
@@ -310,9 +325,9 @@ impl TestRedisCluster {
                 // CLUSTERDOWN until the dead master is replaced).
                 .args(["--cluster-require-full-coverage", "no"])
                 .arg("--cluster-config-file")
-                .arg(c.dir.join(format!("nodes-{port}.conf")))
+                .arg(self.dir.join(format!("nodes-{port}.conf")))
                 .arg("--dir")
-                .arg(&c.dir)
+                .arg(&self.dir)
                 .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -322,31 +337,30 @@ impl TestRedisCluster {
                         "cannot start redis-server ({e}); install it with deploy/install-deps redis"
                     )
                 });
-            c.ports.push(port);
-            c.children.push(Some(child));
+            self.children[i] = Some(child);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for i in 0..6 {
-            while !c.answers(i) {
-                if Instant::now() >= deadline || c.exited(i) {
-                    return None;
+            while !self.answers(i) {
+                if Instant::now() >= deadline || self.exited(i) {
+                    return false;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let hosts: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let out = Command::new("redis-cli")
+        let hosts: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&hosts)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status()
-            .ok()?;
-        if !out.success() {
-            return None;
-        }
-        c.wait_healthy(Duration::from_secs(30)).then_some(c)
+            .status();
+        matches!(created, Ok(s) if s.success()) && self.wait_healthy(Duration::from_secs(30))
     }
 
     /// `redis-cluster://` with every process as a seed.

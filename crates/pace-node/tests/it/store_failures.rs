@@ -83,6 +83,54 @@ async fn a_node_over_a_redis_cluster_whose_first_seed_is_dead_serves() {
     }
 }
 
+/// The Redis Cluster version of the test above: a node whose URL lists a
+/// dead host first, then the six hosts of a cluster that is started 3 s
+/// later (and takes seconds to create), is ready within a second of the
+/// cluster being healthy.
+#[tokio::test]
+async fn a_node_started_before_its_redis_cluster_is_ready_within_a_second_of_it() {
+    let mut cluster = TestRedisCluster::unstarted();
+    let mut seeds = vec![free_port()];
+    seeds.extend(&cluster.ports);
+    let url = cluster.url_with_seeds(&seeds);
+    let keys = shared_keys().display().to_string();
+    let process = NodeProcess::spawn(&["--redis", &url, "--keys", &keys]);
+    let node = TestNode::external(process.addr);
+
+    let down_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < down_until {
+        let (status, body) = http(node.addr, "GET", "/ready", &[], "").await.unwrap();
+        assert_eq!(status, 503, "not ready while no cluster node answers");
+        assert!(body.contains("\"up\":false"), "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(process_alive(&process), "the node does not exit meanwhile");
+
+    let mut launched = false;
+    for _ in 0..3 {
+        if cluster.launch() {
+            launched = true;
+            break;
+        }
+    }
+    assert!(launched, "the redis cluster started");
+    let up = Instant::now();
+    while ready_status(&node).await != 200 {
+        assert!(up.elapsed() < STARTUP, "never became ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = up.elapsed();
+    eprintln!("ready {took:?} after the redis cluster was healthy");
+    assert!(
+        took < Duration::from_secs(1),
+        "ready {took:?} after the cluster was healthy; the table reads back off to 0.5 s"
+    );
+    let (status, _) = node
+        .notify(json!({"scope": "all", "event": "e", "data": 1}))
+        .await;
+    assert_eq!(status, 202, "the store works");
+}
+
 /// `POST /api/v1/devices/register` for `device`, with `token` if given.
 async fn register(node: &TestNode, device: &str, token: Option<&str>) -> (u16, String) {
     let bearer = token.map(|t| format!("Bearer {t}"));
