@@ -277,6 +277,9 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_STORE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub store_timeout: Duration,
 
+    #[command(flatten)]
+    pub store_write_replicas: crate::store::WriteReplicas,
+
     /// Notifications kept per scope (all, each group, each device) for
     /// devices that reconnect and resume.
     #[arg(long, env = "PACE_HISTORY_MAX_LEN", default_value_t = 1000)]
@@ -670,6 +673,7 @@ impl ServeArgs {
             redis_prefix: self.redis_prefix,
             bus_buffer: self.bus_buffer,
             store_timeout: self.store_timeout,
+            store_write_replicas: self.store_write_replicas,
             node_ttl: self.node_ttl,
             history: crate::store::HistoryLimits {
                 max_len: self.history_max_len,
@@ -840,6 +844,8 @@ pub struct NodeConfig {
     pub bus_buffer: usize,
     /// See [`ServeArgs::store_timeout`].
     pub store_timeout: Duration,
+    /// See [`crate::store::WriteReplicas`].
+    pub store_write_replicas: crate::store::WriteReplicas,
     /// See [`ServeArgs::node_ttl`].
     pub node_ttl: Duration,
     /// See [`ServeArgs::advertise`].

@@ -96,6 +96,12 @@ pub fn build(config: NodeConfig) -> Result<NodeRef, ServeError> {
                     node_ttl: config.node_ttl,
                     history: config.history,
                     bus_log_len: config.bus_log_len,
+                    write_replicas: config.store_write_replicas,
+                    identity_file: Some(
+                        config
+                            .data_dir
+                            .join(format!("store-id-{}", config.redis_prefix)),
+                    ),
                 },
                 local,
                 crate::store::BusCounters {

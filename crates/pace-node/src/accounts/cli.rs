@@ -169,7 +169,7 @@ async fn acknowledge_store_wipe(node: &ServeArgs) -> Result<String, CliError> {
         .await
         .map_err(|e| CliError::Store(e.to_string()))?;
     let _guard = Guard(Some(client.clone()));
-    let removed = crate::store::acknowledge_wipe(&client, &store.redis_prefix)
+    let removed = crate::store::acknowledge_wipe(&client.clone().into(), &store.redis_prefix)
         .await
         .map_err(|e| CliError::Store(e.to_string()))?;
     Ok(if removed {

@@ -27,6 +27,8 @@ use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
+use crate::store::RedisClient;
+
 use super::{
     AccountError, AccountStore, AdminUser, Attempts, PasswordHash, Tenant, TenantId, UserInfo,
     UserName,
@@ -34,7 +36,9 @@ use super::{
 
 /// The Redis [`AccountStore`].
 pub struct RedisAccountStore {
-    client: Client,
+    /// With Redis Cluster, routed to the primary of the `{prefix}` slot
+    /// every key of this store shares.
+    client: RedisClient,
     prefix: String,
     put_tenant: Script,
     put_user: Script,
@@ -60,9 +64,14 @@ fn bad_reply(what: &str) -> AccountError {
 
 impl RedisAccountStore {
     /// A store on `client` with keys under `{prefix}`.
-    pub fn new(client: Client, prefix: &str) -> RedisAccountStore {
+    /// The client for this store's keys (all in the `{prefix}` slot).
+    fn commands(&self) -> Result<Client, AccountError> {
+        self.client.on(&self.tenants_key()).map_err(unavailable)
+    }
+
+    pub fn new(client: impl Into<RedisClient>, prefix: &str) -> RedisAccountStore {
         RedisAccountStore {
-            client,
+            client: client.into(),
             prefix: prefix.to_owned(),
             put_tenant: Script::from_lua(include_str!("put_tenant.lua")),
             put_user: Script::from_lua(include_str!("put_user.lua")),
@@ -92,7 +101,7 @@ impl RedisAccountStore {
     }
 
     fn connected_or_fail(&self) -> Result<(), AccountError> {
-        if self.client.is_connected() {
+        if self.client.is_connected_for(&self.tenants_key()) {
             Ok(())
         } else {
             Err(AccountError::Unavailable("not connected to redis".into()))
@@ -107,7 +116,7 @@ impl RedisAccountStore {
     ) -> Result<R, AccountError> {
         self.connected_or_fail()?;
         script
-            .evalsha_with_reload(&self.client, keys, args)
+            .evalsha_with_reload(&self.commands()?, keys, args)
             .await
             .map_err(unavailable)
     }
@@ -171,7 +180,7 @@ impl RedisAccountStore {
     async fn read_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, AccountError> {
         self.connected_or_fail()?;
         let h: HashMap<String, String> = self
-            .client
+            .commands()?
             .hgetall(self.tenant_key(id))
             .await
             .map_err(unavailable)?;
@@ -223,7 +232,7 @@ impl AccountStore for RedisAccountStore {
     async fn tenants(&self) -> Result<Vec<Tenant>, AccountError> {
         self.connected_or_fail()?;
         let ids: Vec<String> = self
-            .client
+            .commands()?
             .smembers(self.tenants_key())
             .await
             .map_err(unavailable)?;
@@ -275,7 +284,7 @@ impl AccountStore for RedisAccountStore {
     ) -> Result<Option<AdminUser>, AccountError> {
         self.connected_or_fail()?;
         let h: HashMap<String, String> = self
-            .client
+            .commands()?
             .hgetall(self.admin_key(tenant, user))
             .await
             .map_err(unavailable)?;
@@ -301,7 +310,7 @@ impl AccountStore for RedisAccountStore {
     async fn users(&self, tenant: &TenantId) -> Result<Vec<UserInfo>, AccountError> {
         self.connected_or_fail()?;
         let exists: i64 = self
-            .client
+            .commands()?
             .exists(self.tenant_key(tenant))
             .await
             .map_err(unavailable)?;
@@ -309,7 +318,7 @@ impl AccountStore for RedisAccountStore {
             return Err(AccountError::NoSuchTenant(tenant.clone()));
         }
         let names: Vec<String> = self
-            .client
+            .commands()?
             .smembers(self.admins_key(tenant))
             .await
             .map_err(unavailable)?;
@@ -321,7 +330,7 @@ impl AccountStore for RedisAccountStore {
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             let created: Option<String> = self
-                .client
+                .commands()?
                 .hget(self.admin_key(tenant, &name), "created_at")
                 .await
                 .map_err(unavailable)?;
@@ -376,7 +385,7 @@ impl AccountStore for RedisAccountStore {
     ) -> Result<(), AccountError> {
         self.connected_or_fail()?;
         let _: i64 = self
-            .client
+            .commands()?
             .del(self.attempts_key(tenant, user))
             .await
             .map_err(unavailable)?;

@@ -18,6 +18,8 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 use pace_protocol::{DeviceId, GroupId};
 
+use crate::store::RedisClient;
+
 use super::{
     Credential, DeviceInfo, DeviceRecord, DeviceRegistry, Registered, RegistryError, matches,
 };
@@ -28,7 +30,9 @@ const SCAN_LIMIT: usize = 100_000;
 
 /// The Redis [`DeviceRegistry`].
 pub struct RedisDeviceRegistry {
-    client: Client,
+    /// With Redis Cluster, routed to the primary of the `{prefix}` slot
+    /// every key of this store shares.
+    client: RedisClient,
     prefix: String,
     register: Script,
     credential: Script,
@@ -51,9 +55,14 @@ fn unavailable(e: Error) -> RegistryError {
 
 impl RedisDeviceRegistry {
     /// A registry on `client` under `{prefix}`.
-    pub fn new(client: Client, prefix: &str) -> Self {
+    /// The client for this store's keys (all in the `{prefix}` slot).
+    fn commands(&self) -> Result<Client, RegistryError> {
+        self.client.on(&self.index()).map_err(unavailable)
+    }
+
+    pub fn new(client: impl Into<RedisClient>, prefix: &str) -> Self {
         RedisDeviceRegistry {
-            client,
+            client: client.into(),
             prefix: prefix.to_owned(),
             register: Script::from_lua(include_str!("register_device.lua")),
             credential: Script::from_lua(include_str!("credential.lua")),
@@ -123,7 +132,7 @@ impl DeviceRegistry for RedisDeviceRegistry {
         let outcome: String = self
             .register
             .evalsha_with_reload(
-                &self.client,
+                &self.commands()?,
                 vec![self.key(&record.info.device_id), self.index()],
                 vec![
                     record.info.device_id.to_string(),
@@ -145,7 +154,7 @@ impl DeviceRegistry for RedisDeviceRegistry {
 
     async fn get(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, RegistryError> {
         let fields: std::collections::HashMap<String, String> = self
-            .client
+            .commands()?
             .hgetall(self.key(device))
             .await
             .map_err(unavailable)?;
@@ -159,7 +168,7 @@ impl DeviceRegistry for RedisDeviceRegistry {
         limit: usize,
     ) -> Result<Vec<DeviceRecord>, RegistryError> {
         let mut ids: Vec<String> = self
-            .client
+            .commands()?
             .smembers(self.index())
             .await
             .map_err(unavailable)?;
@@ -167,7 +176,7 @@ impl DeviceRegistry for RedisDeviceRegistry {
         ids.truncate(SCAN_LIMIT);
         let mut out = Vec::new();
         for chunk in ids.chunks(200) {
-            let pipeline = self.client.pipeline();
+            let pipeline = self.commands()?.pipeline();
             for id in chunk {
                 let Ok(device) = DeviceId::parse(id) else {
                     continue;
@@ -202,7 +211,7 @@ impl DeviceRegistry for RedisDeviceRegistry {
         let (token_id, departments, cutoff): (Option<String>, Option<String>, Option<String>) =
             self.credential
                 .evalsha_with_reload(
-                    &self.client,
+                    &self.commands()?,
                     vec![self.key(device), self.revoked_key(device)],
                     vec![ip.to_owned(), at.to_string()],
                 )
@@ -223,7 +232,7 @@ impl DeviceRegistry for RedisDeviceRegistry {
         let n: i64 = self
             .set_departments
             .evalsha_with_reload(
-                &self.client,
+                &self.commands()?,
                 vec![self.key(device)],
                 vec![departments_json(departments)?],
             )
@@ -241,7 +250,7 @@ impl DeviceRegistry for RedisDeviceRegistry {
         let _: i64 = self
             .revoke
             .evalsha_with_reload(
-                &self.client,
+                &self.commands()?,
                 vec![self.revoked_key(device), self.key(device)],
                 vec![cutoff.to_string(), ttl.as_millis().max(1).to_string()],
             )
@@ -254,7 +263,7 @@ impl DeviceRegistry for RedisDeviceRegistry {
         let n: i64 = self
             .forget
             .evalsha_with_reload(
-                &self.client,
+                &self.commands()?,
                 vec![self.key(device), self.index()],
                 vec![device.to_string()],
             )

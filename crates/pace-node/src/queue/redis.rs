@@ -19,6 +19,8 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 use pace_protocol::DeviceId;
 
+use crate::store::RedisClient;
+
 use super::{
     Admission, AdmitOutcome, Appearance, DeviceStatus, EndReason, EventOrder, JoinOutcome,
     LogCheckpoint, LogEvent, LogRecord, Place, Positions, QueueError, QueueMode, QueueStore,
@@ -38,7 +40,9 @@ const BATCH: usize = 1000;
 
 /// The Redis [`QueueStore`].
 pub struct RedisQueueStore {
-    client: Client,
+    /// With Redis Cluster, routed per room (each room's keys share its
+    /// hash tag).
+    client: RedisClient,
     prefix: String,
     rooms_key: String,
     scripts: Scripts,
@@ -211,6 +215,7 @@ impl RedisQueueStore {
         self.connected_or_fail()?;
         let raw: Vec<String> = self
             .client
+            .on(&self.keys(room).checkpoints)?
             .zrange(
                 &self.keys(room).checkpoints,
                 start,
@@ -228,7 +233,11 @@ impl RedisQueueStore {
     /// A store whose admit runs take the nonces `seed-<seed>-0`, `-1`, …
     /// instead of fresh UUIDs: its lotteries (and session ids) repeat.
     #[cfg(test)]
-    pub fn with_seeded_nonces(client: Client, prefix: &str, seed: u64) -> RedisQueueStore {
+    pub fn with_seeded_nonces(
+        client: impl Into<RedisClient>,
+        prefix: &str,
+        seed: u64,
+    ) -> RedisQueueStore {
         RedisQueueStore {
             seeded_nonces: Some((seed, std::sync::atomic::AtomicU64::new(0))),
             ..RedisQueueStore::new(client, prefix)
@@ -236,9 +245,9 @@ impl RedisQueueStore {
     }
 
     /// A store on `client` (connected by its owner), keys under `prefix`.
-    pub fn new(client: Client, prefix: &str) -> RedisQueueStore {
+    pub fn new(client: impl Into<RedisClient>, prefix: &str) -> RedisQueueStore {
         RedisQueueStore {
-            client,
+            client: client.into(),
             prefix: prefix.to_owned(),
             rooms_key: format!("{{{prefix}}}:rooms"),
             seeded_nonces: None,
@@ -289,10 +298,17 @@ impl RedisQueueStore {
         args: Vec<String>,
     ) -> Result<Value, QueueError> {
         self.connected_or_fail()?;
-        script
-            .evalsha_with_reload(&self.client, keys, args)
+        let client = self.client.on(keys.first().map_or("", String::as_str))?;
+        let out = script
+            .evalsha_with_reload(&client, keys, args)
             .await
-            .map_err(unavailable)
+            .map_err(|e| unavailable(self.client.note(e)))?;
+        // With --store-write-replicas, a join or an admission tick is
+        // answered only once replicated.
+        if std::ptr::eq(script, &self.scripts.join) || std::ptr::eq(script, &self.scripts.admit) {
+            self.client.replicated(&client).await?;
+        }
+        Ok(out)
     }
 }
 
@@ -346,6 +362,7 @@ impl RedisQueueStore {
         }
         let runs: HashMap<String, String> = self
             .client
+            .on(&self.keys(room).events)?
             .hgetall(&self.keys(room).events)
             .await
             .map_err(unavailable)?;
@@ -366,6 +383,7 @@ impl RedisQueueStore {
         let k = self.keys(room);
         let fields: Vec<Option<String>> = self
             .client
+            .on(&k.events)?
             .hmget(
                 &k.events,
                 vec![
@@ -390,6 +408,7 @@ impl RedisQueueStore {
         };
         let waiting: Vec<(String, f64)> = self
             .client
+            .on(&k.queue)?
             .zrangebyscore(&k.queue, bound(&first)?, bound(&last)?, true, None)
             .await
             .map_err(unavailable)?;
@@ -435,11 +454,19 @@ impl QueueStore for RedisQueueStore {
         let k = self.keys(room);
         let mut config = super::without_seeds(config);
         if !config.events.is_empty() {
-            let stored: HashMap<String, String> =
-                self.client.hgetall(&k.config).await.map_err(unavailable)?;
+            let stored: HashMap<String, String> = self
+                .client
+                .on(&k.config)?
+                .hgetall(&k.config)
+                .await
+                .map_err(unavailable)?;
             let stored = parse_config(&stored)?;
-            let runs: HashMap<String, String> =
-                self.client.hgetall(&k.events).await.map_err(unavailable)?;
+            let runs: HashMap<String, String> = self
+                .client
+                .on(&k.events)?
+                .hgetall(&k.events)
+                .await
+                .map_err(unavailable)?;
             super::check_order_kept(stored.as_ref(), &config, |id| {
                 runs.contains_key(&format!("{id}:first"))
             })?;
@@ -451,11 +478,13 @@ impl QueueStore for RedisQueueStore {
                 let field = format!("{}:seed", e.id);
                 let _: bool = self
                     .client
+                    .on(&k.events)?
                     .hsetnx(&k.events, &field, super::new_seed())
                     .await
                     .map_err(unavailable)?;
                 let seed: String = self
                     .client
+                    .on(&k.events)?
                     .hget(&k.events, &field)
                     .await
                     .map_err(unavailable)?;
@@ -498,17 +527,22 @@ impl QueueStore for RedisQueueStore {
             ),
         ];
         // One HSET replaces every field at once; the room index lives in
-        // another slot, so it is a second (idempotent) command.
-        let _: i64 = self
-            .client
+        // another slot, so it is a second (idempotent) command. With
+        // --store-write-replicas each is answered only once replicated: a
+        // failover right after a PUT would otherwise lose the room (it
+        // answers 404 until PUT again).
+        let on_config = self.client.on(&k.config)?;
+        let _: i64 = on_config
             .hset(&k.config, fields)
             .await
-            .map_err(unavailable)?;
-        let _: i64 = self
-            .client
+            .map_err(|e| unavailable(self.client.note(e)))?;
+        self.client.replicated(&on_config).await?;
+        let on_index = self.client.on(&self.rooms_key)?;
+        let _: i64 = on_index
             .sadd(&self.rooms_key, room.as_str())
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| unavailable(self.client.note(e)))?;
+        self.client.replicated(&on_index).await?;
         let mut config = config.clone();
         self.reveal(room, &mut config).await?;
         Ok(Room {
@@ -521,6 +555,7 @@ impl QueueStore for RedisQueueStore {
         self.connected_or_fail()?;
         let h: HashMap<String, String> = self
             .client
+            .on(&self.keys(room).config)?
             .hgetall(&self.keys(room).config)
             .await
             .map_err(unavailable)?;
@@ -544,10 +579,16 @@ impl QueueStore for RedisQueueStore {
         let key = self.user_places_key(room, user);
         let _: i64 = self
             .client
+            .on(&key)?
             .sadd(&key, device.as_str())
             .await
             .map_err(unavailable)?;
-        let members: Vec<String> = self.client.smembers(&key).await.map_err(unavailable)?;
+        let members: Vec<String> = self
+            .client
+            .on(&key)?
+            .smembers(&key)
+            .await
+            .map_err(unavailable)?;
         Ok(members
             .iter()
             .filter_map(|m| DeviceId::parse(m).ok())
@@ -563,6 +604,7 @@ impl QueueStore for RedisQueueStore {
         self.connected_or_fail()?;
         let _: i64 = self
             .client
+            .on(&self.user_places_key(room, user))?
             .srem(self.user_places_key(room, user), device.as_str())
             .await
             .map_err(unavailable)?;
@@ -572,6 +614,7 @@ impl QueueStore for RedisQueueStore {
     async fn room_owner(&self, room: &RoomId) -> Result<Option<String>, QueueError> {
         self.connected_or_fail()?;
         self.client
+            .on(&self.keys(room).owner)?
             .get(&self.keys(room).owner)
             .await
             .map_err(unavailable)
@@ -582,7 +625,7 @@ impl QueueStore for RedisQueueStore {
         let k = self.keys(room);
         let owner: String = Script::from_lua(include_str!("claim_room.lua"))
             .evalsha_with_reload(
-                &self.client,
+                &self.client.on(&k.owner)?,
                 vec![k.owner, k.config],
                 vec![tenant.to_owned()],
             )
@@ -595,6 +638,7 @@ impl QueueStore for RedisQueueStore {
         self.connected_or_fail()?;
         let ids: Vec<String> = self
             .client
+            .on(&self.rooms_key)?
             .smembers(&self.rooms_key)
             .await
             .map_err(unavailable)?;
@@ -803,6 +847,7 @@ impl QueueStore for RedisQueueStore {
         let last = i64::try_from(n - 1).unwrap_or(i64::MAX);
         let v: Value = self
             .client
+            .on(&self.keys(room).queue)?
             .zrange(&self.keys(room).queue, 0, last, None, false, None, false)
             .await
             .map_err(unavailable)?;
@@ -907,8 +952,12 @@ impl QueueStore for RedisQueueStore {
     async fn waits(&self, room: &RoomId) -> Result<WaitDistribution, QueueError> {
         self.connected_or_fail()?;
         let k = self.keys(room);
-        let raw: std::collections::HashMap<String, u64> =
-            self.client.hgetall(&k.waits).await.map_err(unavailable)?;
+        let raw: std::collections::HashMap<String, u64> = self
+            .client
+            .on(&k.waits)?
+            .hgetall(&k.waits)
+            .await
+            .map_err(unavailable)?;
         let mut w = WaitDistribution {
             counts: vec![0; WAIT_BUCKETS_SECS.len() + 1],
             sum_ms: 0,
@@ -941,6 +990,7 @@ impl QueueStore for RedisQueueStore {
         let start = format!("{}-0", after_seq.saturating_add(1));
         let v: Value = self
             .client
+            .on(&self.keys(room).log)?
             .xrange(&self.keys(room).log, start, "+", Some(limit as u64))
             .await
             .map_err(unavailable)?;

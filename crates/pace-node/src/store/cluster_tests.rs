@@ -6,28 +6,30 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fred::prelude::*;
-
 use super::conformance::{self, Recorder};
-use super::redis_client::node_builder;
+use super::redis_client::RedisClient;
 use super::test_redis::TestRedisCluster;
 use super::{BusCounters, HistoryLimits, RedisOptions, RedisStore, Store};
 use crate::accounts::{RedisAccountStore, SharedAccountStore};
 use crate::devices::RedisDeviceRegistry;
 use crate::queue::{RedisQueueStore, SharedQueueStore};
 
-/// A connected command client, configured like a node's.
-async fn client(url: &str) -> Client {
-    let client = node_builder(url, Duration::from_secs(2), 64)
-        .unwrap()
-        .build()
-        .unwrap();
-    drop(client.connect());
-    tokio::time::timeout(Duration::from_secs(10), client.wait_for_connect())
-        .await
-        .expect("connected to the cluster within 10 s")
-        .unwrap();
-    client
+/// A node's command client (one client per primary, Pace routing by
+/// slot), once every primary is connected.
+async fn client(url: &str) -> RedisClient {
+    let client = RedisClient::start(url, Duration::from_secs(2)).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let primaries = client.primaries();
+        if primaries.len() == 3 && primaries.iter().all(|(_, up)| *up) {
+            return client;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connected to the cluster within 10 s: {primaries:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn store(url: &str, prefix: &str, history: HistoryLimits, rec: Arc<Recorder>) -> Arc<RedisStore> {
@@ -41,6 +43,8 @@ fn store(url: &str, prefix: &str, history: HistoryLimits, rec: Arc<Recorder>) ->
             node_ttl: Duration::from_secs(2),
             history,
             bus_log_len: 1000,
+            write_replicas: Default::default(),
+            identity_file: None,
         },
         rec,
         BusCounters::detached(),

@@ -25,6 +25,7 @@ use serde_json::Value;
 
 pub use memory::MemoryStore;
 pub use redis::{RedisOptions, RedisStore, acknowledge_wipe, check_url as check_redis_url};
+pub use redis_client::{RedisClient, WriteReplicas};
 
 /// A notification before the store assigns its sequence number.
 #[derive(Debug, Clone)]

@@ -31,6 +31,13 @@
 -- ARGV[6]  bus log length               ARGV[7]  scope sequence idle ttl, ms
 -- ARGV[8]  highest bus epoch the caller has seen ('0': none)
 -- ARGV[9]  highest bus seq the caller has seen in that epoch
+-- ARGV[10] highest epoch of this scope the caller has seen ('0': none)
+-- ARGV[11] highest seq of this scope the caller has seen in that epoch
+--
+-- The scope's own head is checked the same way: a scope sequence lower
+-- than the caller has seen in the same epoch (a store that lost writes the
+-- bus check did not reveal, e.g. when the caller's bus position was reset)
+-- starts a new epoch for that scope and answers rewound too.
 -- Returns {epoch, seq, bus epoch, bus seq, rewound ('1' when this call found
 -- the bus sequence lower than the caller had seen)} as strings.
 local t = redis.call('TIME')
@@ -43,6 +50,12 @@ local rewound = '0'
 local bus_now = redis.call('HMGET', KEYS[3], 'epoch', 'seq')
 if bus_now[1] and bus_now[1] == ARGV[8] and tonumber(bus_now[2] or '0') < tonumber(ARGV[9]) then
   redis.call('DEL', KEYS[3])
+  rewound = '1'
+end
+-- The same for the scope's own sequence.
+local scope_now = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+if scope_now[1] and scope_now[1] == ARGV[10] and tonumber(scope_now[2] or '0') < tonumber(ARGV[11]) then
+  redis.call('DEL', KEYS[1])
   rewound = '1'
 end
 local floor = tonumber(redis.call('GET', KEYS[5]) or '0')

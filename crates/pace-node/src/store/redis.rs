@@ -39,6 +39,7 @@ use pace_protocol::{BusEnvelope, DeviceId, Notification, RoomId};
 use pace_protocol::{Cursor, Target};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use super::redis_client::{RedisClient, log_events};
 use super::{
     BusCounters, Draft, History, HistoryLimits, Local, NodeInfo, Store, StoreError, StoreHealth,
     stamp,
@@ -64,6 +65,12 @@ pub struct RedisOptions {
     pub history: HistoryLimits,
     /// Notifications kept in the bus log, for nodes repairing gaps.
     pub bus_log_len: usize,
+    /// Replicas acknowledging each notification (`--store-write-replicas`).
+    pub write_replicas: super::redis_client::WriteReplicas,
+    /// Where the node keeps the store identity it last saw, across its
+    /// restarts (in `--data-dir`): a store wiped while every node was
+    /// stopped is noticed at the next start. `None`: not kept.
+    pub identity_file: Option<std::path::PathBuf>,
 }
 
 /// How long an idle scope's sequence number is kept (at least the history
@@ -81,8 +88,12 @@ const PLACEHOLDER: u64 = u64::MAX;
 
 /// The Redis [`Store`].
 pub struct RedisStore {
-    client: Client,
-    subscriber: SubscriberClient,
+    /// Commands; with Redis Cluster, routed to the primary of the
+    /// `{prefix}` slot every key of this store shares.
+    client: RedisClient,
+    /// The bus subscriber; `None` over Redis Cluster, where
+    /// [`keep_subscribed_cluster`] keeps one on the bus slot's primary.
+    subscriber: Option<SubscriberClient>,
     opts: RedisOptions,
     keys: Keys,
     incr_publish: Script,
@@ -96,11 +107,43 @@ pub struct RedisStore {
     /// The highest bus position this node has seen, passed to every
     /// publish so a store that lost writes is noticed (`publish.lua`).
     seen: Seen,
+    /// Per-scope heads, shared with the bus reader like `seen`.
+    heads: ScopeHeads,
     counters: BusCounters,
     identity: Script,
     /// The store identity this node last saw (`None` before the first
     /// check): a different or missing one means the store was wiped.
     known_id: std::sync::Mutex<Option<String>>,
+}
+
+/// Most scopes whose heads a node remembers; past it the memory starts
+/// over (the bus position check still holds).
+const SCOPE_HEADS_MAX: usize = 100_000;
+
+/// The highest (epoch, seq) this node has seen per scope key (its own
+/// publishes and the bus), passed to `publish.lua` with the bus position,
+/// so a scope the store rewound opens a new epoch even when the bus check
+/// does not reveal it.
+#[derive(Debug, Default, Clone)]
+struct ScopeHeads(Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>>);
+
+impl ScopeHeads {
+    fn get(&self, scope: &str) -> (u64, u64) {
+        let heads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        heads.get(scope).copied().unwrap_or((0, 0))
+    }
+
+    fn saw(&self, scope: String, at: (u64, u64)) {
+        let mut heads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if heads.len() >= SCOPE_HEADS_MAX && !heads.contains_key(&scope) {
+            heads.clear();
+        }
+        let head = heads.entry(scope).or_insert(at);
+        // Epochs are Redis times: a later epoch is a greater one.
+        if at > *head {
+            *head = at;
+        }
+    }
 }
 
 /// The highest bus position (epoch, seq) a node has seen, shared by the
@@ -184,9 +227,11 @@ impl Keys {
 
 /// Acknowledges a store wipe (`pace-node admin acknowledge-store-wipe`):
 /// removes the wipe mark under `prefix`. Returns whether there was one.
-pub async fn acknowledge_wipe(client: &Client, prefix: &str) -> Result<bool, StoreError> {
+pub async fn acknowledge_wipe(client: &RedisClient, prefix: &str) -> Result<bool, StoreError> {
+    let wiped = Keys::new(prefix).wiped;
     let removed: i64 = client
-        .del(Keys::new(prefix).wiped)
+        .on(&wiped)?
+        .del(wiped)
         .await
         .map_err(StoreError::Redis)?;
     Ok(removed > 0)
@@ -221,17 +266,29 @@ impl RedisStore {
             super::redis_client::node_builder(&opts.url, opts.command_timeout, opts.bus_capacity)
                 .map_err(StoreError::Redis)?;
         let map = StoreError::Redis;
-        let client = builder.build().map_err(map)?;
-        let subscriber = builder.build_subscriber_client().map_err(map)?;
+        let client = RedisClient::start(&opts.url, opts.command_timeout)
+            .map_err(map)?
+            .with_write_replicas(opts.write_replicas);
+        let subscriber = if client.is_cluster() {
+            None
+        } else {
+            Some(builder.build_subscriber_client().map_err(map)?)
+        };
         let keys = Keys::new(&opts.prefix);
 
         // Take the message receiver before subscribing so nothing is missed.
-        let messages = subscriber.message_rx();
+        let cluster_bus = broadcast::channel(opts.bus_capacity.max(1)).0;
+        let messages = match &subscriber {
+            Some(s) => s.message_rx(),
+            None => cluster_bus.subscribe(),
+        };
         let history = Script::from_lua(include_str!("history.lua"));
         let (catch_up_tx, catch_up_rx) = mpsc::channel(4);
         let seen = Seen::default();
+        let heads = ScopeHeads::default();
         let reader = BusReader {
             seen: seen.clone(),
+            heads: heads.clone(),
             last_check: None,
             client: client.clone(),
             history: history.clone(),
@@ -246,31 +303,41 @@ impl RedisStore {
 
         // The returned handles are the connection tasks; dropping them
         // detaches the tasks, which keep running until the clients quit.
-        drop(client.connect());
-        drop(subscriber.connect());
-        tokio::spawn(log_events(
-            "commands",
-            client.error_rx(),
-            client.reconnect_rx(),
-        ));
-        tokio::spawn(log_events(
-            "subscriber",
-            subscriber.error_rx(),
-            subscriber.reconnect_rx(),
-        ));
-
         let (tx, subscribed) = watch::channel(false);
-        tokio::spawn(keep_subscribed(
-            subscriber.clone(),
-            keys.bus.clone(),
-            tx,
-            catch_up_tx,
-        ));
+        match &subscriber {
+            Some(subscriber) => {
+                drop(subscriber.connect());
+                tokio::spawn(log_events(
+                    "subscriber",
+                    subscriber.error_rx(),
+                    subscriber.reconnect_rx(),
+                ));
+                tokio::spawn(keep_subscribed(
+                    subscriber.clone(),
+                    keys.bus.clone(),
+                    tx,
+                    catch_up_tx,
+                ));
+            }
+            None => {
+                tokio::spawn(keep_subscribed_cluster(
+                    client.clone(),
+                    ClusterBus {
+                        channel: keys.bus.clone(),
+                        slot_key: keys.bus_seq.clone(),
+                        capacity: opts.bus_capacity,
+                        messages: cluster_bus,
+                        dropped: counters.clone(),
+                    },
+                    tx,
+                    catch_up_tx,
+                ));
+            }
+        }
 
         Ok(Arc::new(RedisStore {
             client,
             subscriber,
-            opts,
             keys,
             incr_publish: Script::from_lua(include_str!("incr_publish.lua")),
             publish: Script::from_lua(include_str!("publish.lua")),
@@ -279,20 +346,34 @@ impl RedisStore {
             nodes: Script::from_lua(include_str!("nodes.lua")),
             subscribed,
             seen,
+            heads,
             counters,
             identity: Script::from_lua(include_str!("identity.lua")),
-            known_id: std::sync::Mutex::new(None),
+            // The identity seen before this node's last stop, if kept.
+            known_id: std::sync::Mutex::new(
+                opts.identity_file
+                    .as_ref()
+                    .and_then(|f| std::fs::read_to_string(f).ok())
+                    .map(|id| id.trim().to_owned())
+                    .filter(|id| !id.is_empty()),
+            ),
+            opts,
         }))
     }
 
     /// The command client, shared with the queue store (same connection,
     /// same reconnect policy and timeouts).
-    pub fn client(&self) -> Client {
+    pub fn client(&self) -> RedisClient {
         self.client.clone()
     }
 
+    /// The client for this store's keys (all in the `{prefix}` slot).
+    fn commands(&self) -> Result<Client, StoreError> {
+        Ok(self.client.on(&self.keys.bus_seq)?)
+    }
+
     fn connected_or_fail(&self) -> Result<(), StoreError> {
-        if self.client.is_connected() {
+        if self.client.is_connected_for(&self.keys.bus_seq) {
             Ok(())
         } else {
             Err(StoreError::Unavailable("not connected to redis".into()))
@@ -305,7 +386,7 @@ impl RedisStore {
         self.connected_or_fail()?;
         let text = serde_json::to_string(envelope).map_err(StoreError::Encode)?;
         let _: i64 = self
-            .client
+            .commands()?
             .publish(self.keys.bus.as_str(), text)
             .await
             .map_err(StoreError::Redis)?;
@@ -335,7 +416,7 @@ impl RedisStore {
         let value: u64 = self
             .incr_publish
             .evalsha_with_reload(
-                &self.client,
+                &self.commands()?,
                 vec![counter.to_owned()],
                 vec![self.keys.bus.clone(), before, after.to_owned()],
             )
@@ -401,48 +482,93 @@ async fn keep_subscribed(
     }
 }
 
+/// Where [`keep_subscribed_cluster`] subscribes and delivers.
+struct ClusterBus {
+    channel: String,
+    /// A key of the bus's slot: the subscriber follows its primary.
+    slot_key: String,
+    capacity: usize,
+    /// The bus reader's receiver's sender.
+    messages: broadcast::Sender<fred::types::Message>,
+    dropped: BusCounters,
+}
+
+/// [`keep_subscribed`] over Redis Cluster: one subscriber on the primary
+/// of the bus's own slot (whose failure stops notifications anyway, so a
+/// failover of another shard does not touch the bus), replaced when that
+/// slot moves to another primary (a failover) or its connection drops.
+async fn keep_subscribed_cluster(
+    client: RedisClient,
+    bus: ClusterBus,
+    live: watch::Sender<bool>,
+    catch_up: mpsc::Sender<oneshot::Sender<()>>,
+) {
+    const POLL: Duration = Duration::from_millis(50);
+    loop {
+        // The store was dropped.
+        if catch_up.is_closed() || live.is_closed() {
+            return;
+        }
+        let Some(server) = client.owner_of(&bus.slot_key) else {
+            tokio::time::sleep(POLL).await;
+            continue;
+        };
+        let Ok(sub) = client.subscriber_to(&server, bus.capacity) else {
+            tokio::time::sleep(POLL).await;
+            continue;
+        };
+        let mut rx = sub.message_rx();
+        let connection = sub.connect();
+        let subscribed = tokio::time::timeout(Duration::from_secs(2), async {
+            sub.wait_for_connect().await?;
+            sub.subscribe(bus.channel.as_str()).await
+        })
+        .await;
+        if matches!(subscribed, Ok(Ok(()))) {
+            let (done, caught_up) = oneshot::channel();
+            if catch_up.send(done).await.is_err() {
+                return;
+            }
+            let _ = caught_up.await;
+            let _ = live.send(true);
+            tracing::info!(%server, "bus subscriber on the bus slot's primary");
+            // Forward until the connection drops or the slot moves.
+            let mut check = tokio::time::interval(POLL);
+            loop {
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Ok(m) => { let _ = bus.messages.send(m); }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            bus.dropped.dropped.inc_by(n);
+                            let (done, _) = oneshot::channel();
+                            let _ = catch_up.try_send(done);
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = check.tick() => {
+                        if !sub.is_connected()
+                            || live.is_closed()
+                            || client.owner_of(&bus.slot_key).as_ref() != Some(&server)
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = live.send(false);
+        }
+        let _ = sub.quit().await;
+        connection.abort();
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Empties a broadcast receiver of what it holds now.
 fn drain<T: Clone>(rx: &mut broadcast::Receiver<T>) {
     while !matches!(
         rx.try_recv(),
         Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
     ) {}
-}
-
-/// Logs a client's connection errors and reconnections: the first failed
-/// attempt of an outage as a warning, the following ones (one every half
-/// second while Redis is down) at debug level with their count, and the
-/// reconnection with how many attempts it took.
-async fn log_events(
-    name: &'static str,
-    mut errors: broadcast::Receiver<(fred::error::Error, Option<fred::types::config::Server>)>,
-    mut reconnects: broadcast::Receiver<fred::types::config::Server>,
-) {
-    let mut failed: u64 = 0;
-    loop {
-        tokio::select! {
-            e = errors.recv() => match e {
-                Ok((e, _)) => {
-                    failed += 1;
-                    if failed == 1 {
-                        tracing::warn!(client = name, error = %e, "redis connection error; retrying with backoff");
-                    } else {
-                        tracing::debug!(client = name, error = %e, attempts = failed, "redis still unreachable");
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            r = reconnects.recv() => match r {
-                Ok(server) => {
-                    tracing::info!(client = name, %server, failed_attempts = failed, "redis connected");
-                    failed = 0;
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-        }
-    }
 }
 
 /// What `history.lua` answered: the sequence's current epoch and head,
@@ -459,19 +585,19 @@ struct LogRead {
 /// `trusted`: the position is this node's own (the bus reader), so a
 /// position past the head makes the store start new epochs.
 async fn read_log(
-    client: &Client,
+    client: &RedisClient,
     script: &Script,
     keys: [String; 3],
     (after_epoch, after_seq): (u64, u64),
     max: usize,
     trusted: bool,
 ) -> Result<LogRead, StoreError> {
-    if !client.is_connected() {
+    if !client.is_connected_for(&keys[0]) {
         return Err(StoreError::Unavailable("not connected to redis".into()));
     }
     let out: Vec<String> = script
         .evalsha_with_reload(
-            client,
+            &client.on(&keys[0])?,
             keys.to_vec(),
             vec![
                 after_epoch.to_string(),
@@ -481,7 +607,7 @@ async fn read_log(
             ],
         )
         .await
-        .map_err(StoreError::Redis)?;
+        .map_err(|e| StoreError::Redis(client.note(e)))?;
     let number = |i: usize| {
         out.get(i)
             .and_then(|v| v.parse::<u64>().ok())
@@ -513,7 +639,7 @@ fn parse_notify(text: &[u8]) -> Option<(u64, u64, Notification)> {
 /// Reads the cluster channel and hands envelopes to this node, in bus
 /// order, repairing gaps from the bus log.
 struct BusReader {
-    client: Client,
+    client: RedisClient,
     history: Script,
     keys: Keys,
     local: Arc<dyn Local>,
@@ -525,6 +651,8 @@ struct BusReader {
     at: Option<(u64, u64)>,
     /// `at`, shared with the publisher (see [`Seen`]).
     seen: Seen,
+    /// Scope heads seen on the bus, shared with the publisher.
+    heads: ScopeHeads,
     /// When a duplicate last made the reader check the store for lost
     /// writes (at most one check per [`LOST_WRITES_CHECK`]).
     last_check: Option<tokio::time::Instant>,
@@ -607,6 +735,9 @@ impl BusReader {
     /// Delivers a live notification in bus order: skips what was already
     /// delivered, repairs a gap before it.
     async fn on_notify(&mut self, epoch: u64, seq: u64, n: Notification) {
+        if let Ok(target) = pace_protocol::Target::new(n.scope, n.target.as_deref()) {
+            self.heads.saw(target.scope_key(), (n.epoch, n.seq));
+        }
         if seq == 0 {
             // From a node without a bus sequence: nothing to check.
             self.local.deliver(&n);
@@ -808,8 +939,8 @@ impl Store for RedisStore {
     }
 
     async fn health(&self) -> StoreHealth {
-        let up = self.client.is_connected()
-            && self.subscriber.is_connected()
+        let up = self.client.is_connected_for(&self.keys.bus_seq)
+            && self.subscriber.as_ref().is_none_or(|s| s.is_connected())
             && *self.subscribed.borrow();
         StoreHealth {
             kind: self.kind(),
@@ -821,13 +952,15 @@ impl Store for RedisStore {
     async fn wait_ready(&self) {
         let mut rx = self.subscribed.clone();
         let _ = rx.wait_for(|s| *s).await;
-        let _ = self.client.wait_for_connect().await;
+        self.client.wait_for(&self.keys.bus_seq).await;
     }
 
     async fn publish(&self, draft: Draft) -> Result<Notification, StoreError> {
         self.connected_or_fail()?;
         let [scope, history, floor] = self.keys.scope(&draft.target);
+        let scope_key = draft.target.scope_key();
         let (seen_epoch, seen_seq) = seen_now(&self.seen);
+        let (head_epoch, head_seq) = self.heads.get(&scope_key);
         let mut n = stamp(draft, PLACEHOLDER, PLACEHOLDER);
         let envelope = BusEnvelope::Notify {
             v: BUS_VERSION,
@@ -839,10 +972,11 @@ impl Store for RedisStore {
         let text = serde_json::to_string(&envelope).map_err(StoreError::Encode)?;
         let limits = self.opts.history;
         let idle_ttl = SEQUENCE_IDLE_TTL.max(limits.max_age);
+        let commands = self.commands()?;
         let out: Vec<String> = self
             .publish
             .evalsha_with_reload(
-                &self.client,
+                &commands,
                 vec![
                     scope,
                     history,
@@ -860,10 +994,14 @@ impl Store for RedisStore {
                     idle_ttl.as_millis().to_string(),
                     seen_epoch.to_string(),
                     seen_seq.to_string(),
+                    head_epoch.to_string(),
+                    head_seq.to_string(),
                 ],
             )
             .await
-            .map_err(StoreError::Redis)?;
+            .map_err(|e| StoreError::Redis(self.client.note(e)))?;
+        // With --store-write-replicas: answered only once replicated.
+        self.client.replicated(&commands).await?;
         let number = |i: usize| out.get(i).and_then(|v| v.parse::<u64>().ok());
         let (Some(epoch), Some(seq)) = (number(0), number(1)) else {
             return Err(StoreError::Unavailable(
@@ -874,10 +1012,12 @@ impl Store for RedisStore {
             self.counters.lost_writes.inc();
             tracing::error!(
                 seen = ?(seen_epoch, seen_seq),
-                "the store's bus sequence is behind what this node saw: it lost writes \
-                 (failover or restart); new epochs opened"
+                scope_head = ?(head_epoch, head_seq),
+                "the store's bus or scope sequence is behind what this node saw: it lost \
+                 writes (failover or restart); new epochs opened"
             );
         }
+        self.heads.saw(scope_key, (epoch, seq));
         n.epoch = epoch;
         n.seq = seq;
         Ok(n)
@@ -921,7 +1061,7 @@ impl Store for RedisStore {
     async fn claim_once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.connected_or_fail()?;
         let set: Option<String> = self
-            .client
+            .commands()?
             .set(
                 format!("{}{key}", self.keys.mark_prefix),
                 1,
@@ -982,7 +1122,7 @@ impl Store for RedisStore {
         let _: i64 = self
             .heartbeat
             .evalsha_with_reload(
-                &self.client,
+                &self.commands()?,
                 vec![self.keys.nodes.clone(), self.keys.node_info.clone()],
                 vec![
                     info.node_id.clone(),
@@ -1006,7 +1146,7 @@ impl Store for RedisStore {
         let out: Vec<String> = self
             .identity
             .evalsha_with_reload(
-                &self.client,
+                &self.commands()?,
                 vec![self.keys.store_id.clone(), self.keys.wiped.clone()],
                 vec![uuid::Uuid::new_v4().to_string(), known.clone()],
             )
@@ -1025,6 +1165,12 @@ impl Store for RedisStore {
                  (pace-node admin acknowledge-store-wipe)"
             );
         }
+        if *id != known
+            && let Some(file) = &self.opts.identity_file
+            && let Err(e) = std::fs::write(file, id)
+        {
+            tracing::warn!(file = %file.display(), error = %e, "could not keep the store identity");
+        }
         *self.known_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
         Ok(mark.parse::<u64>().ok())
     }
@@ -1034,7 +1180,7 @@ impl Store for RedisStore {
         let flat: Vec<String> = self
             .nodes
             .evalsha_with_reload(
-                &self.client,
+                &self.commands()?,
                 vec![self.keys.nodes.clone(), self.keys.node_info.clone()],
                 vec![self.opts.node_ttl.as_millis().to_string()],
             )
@@ -1090,6 +1236,8 @@ mod tests {
                 node_ttl: Duration::from_secs(2),
                 history,
                 bus_log_len,
+                write_replicas: Default::default(),
+                identity_file: None,
             },
             local,
             counters,
@@ -1262,6 +1410,47 @@ mod tests {
             xdel.extend(&gone);
             cli(&xdel);
         }
+    }
+
+    /// Only a scope's sequence rewound (the bus untouched): the node that
+    /// saw the scope's head opens a new epoch for it, and the next
+    /// notification is delivered, not discarded.
+    #[tokio::test]
+    async fn a_rewound_scope_sequence_opens_a_new_epoch_for_that_scope() {
+        let redis = TestRedis::start();
+        let rec = Arc::new(Recorder::default());
+        let counters = BusCounters::detached();
+        let a = store_with(
+            &redis,
+            "rewind-scope",
+            "a",
+            rec.clone(),
+            HistoryLimits::default(),
+            1000,
+            counters.clone(),
+        );
+        tokio::time::timeout(Duration::from_secs(10), a.wait_ready())
+            .await
+            .expect("ready within 10 s");
+        let mut first = Vec::new();
+        for i in 0..10 {
+            first.push(a.publish(draft(i)).await.unwrap());
+        }
+        assert_eq!(rec.wait_delivered(10).await, first);
+        let old_epoch = first[0].epoch;
+        let [scope, _, _] = Keys::new("rewind-scope").scope(&Target::All);
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "HSET", &scope, "seq", "5"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "{out:?}");
+
+        let next = a.publish(draft(10)).await.unwrap();
+        assert_ne!(next.epoch, old_epoch, "a new epoch for the scope");
+        assert_eq!(next.seq, 1);
+        assert!(counters.lost_writes.get() >= 1);
+        let got = rec.wait_delivered(11).await;
+        assert_eq!(got.last(), Some(&next), "delivered, not discarded as seen");
     }
 
     #[tokio::test]

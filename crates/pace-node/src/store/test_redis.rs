@@ -149,15 +149,97 @@ impl Drop for TestRedis {
 }
 
 /// A real Redis Cluster for tests: 3 masters and 3 replicas (one each),
-/// every process on free loopback ports (client and cluster-bus ports),
-/// without persistence, created with `redis-cli --cluster create`; every
-/// process stopped (by its PID) when dropped.
+/// every process on loopback ports of a [`PortBlock`] (client and
+/// cluster-bus ports), without persistence, created with
+/// `redis-cli --cluster create`; every process stopped (by its PID) when
+/// dropped.
 #[derive(Debug)]
 pub struct TestRedisCluster {
     /// The client ports of the six processes, in start order.
     pub ports: Vec<u16>,
     children: Vec<Option<Child>>,
     dir: std::path::PathBuf,
+    block: PortBlock,
+}
+
+/// Loopback ports reserved for one test cluster, below the kernel's
+/// ephemeral range (so no `bind(…:0)` of any process hands them out) and
+/// claimed with a lock file (so two test processes never share a block).
+///
+/// Why: a test that SIGKILLs a cluster node frees its ports while the
+/// other nodes keep calling its cluster-bus port. Were that port handed
+/// to a node of another test's cluster, the two clusters would gossip
+/// into one another (foreign masters in `CLUSTER NODES`, `CLUSTERDOWN`,
+/// no failover): concurrent failover tests failed that way.
+#[derive(Debug)]
+struct PortBlock {
+    ports: Vec<u16>,
+    lock: std::path::PathBuf,
+}
+
+/// Ports per block: 6 processes × (client, cluster bus).
+const BLOCK: u16 = 12;
+/// The blocks' range: [`BLOCK_FIRST`], below the ephemeral ports (32768
+/// on Linux by default).
+const BLOCK_FIRST: u16 = 12000;
+const BLOCKS: u16 = (32000 - BLOCK_FIRST) / BLOCK;
+
+impl PortBlock {
+    fn reserve() -> PortBlock {
+        let seed = u64::from(std::process::id())
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos().into())
+                .unwrap_or(0);
+        for attempt in 0..u64::from(BLOCKS) {
+            let index =
+                ((seed.wrapping_mul(2_654_435_761) + attempt * 7) % u64::from(BLOCKS)) as u16;
+            let lock = std::env::temp_dir().join(format!("pace-redis-ports-{index}.lock"));
+            if !claim(&lock) {
+                continue;
+            }
+            let first = BLOCK_FIRST + index * BLOCK;
+            let ports: Vec<u16> = (first..first + BLOCK).collect();
+            if ports
+                .iter()
+                .all(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+            {
+                return PortBlock { ports, lock };
+            }
+            let _ = std::fs::remove_file(&lock);
+        }
+        panic!("no free block of {BLOCK} loopback ports for a redis cluster");
+    }
+}
+
+/// Creates `lock` holding this process's id; a lock left by a process
+/// that no longer runs is taken over.
+fn claim(lock: &std::path::Path) -> bool {
+    let mine = std::process::id().to_string();
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(lock)
+        {
+            Ok(mut f) => return f.write_all(mine.as_bytes()).is_ok(),
+            Err(_) => {
+                let owner = std::fs::read_to_string(lock).unwrap_or_default();
+                let owner = owner.trim();
+                if owner.is_empty() || std::path::Path::new(&format!("/proc/{owner}")).exists() {
+                    return false;
+                }
+                let _ = std::fs::remove_file(lock);
+            }
+        }
+    }
+    false
+}
+
+impl Drop for PortBlock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.lock);
+    }
 }
 
 /// How long a cluster node may be silent before the others fail it over.
@@ -186,27 +268,46 @@ impl TestRedisCluster {
     /// every replica is in sync.
     pub fn start() -> TestRedisCluster {
         for _ in 0..5 {
-            if let Some(c) = TestRedisCluster::try_start() {
+            let mut c = TestRedisCluster::unstarted();
+            if c.launch() {
                 return c;
             }
         }
         panic!("could not start a 3 + 3 redis cluster in 5 attempts");
     }
 
-    fn try_start() -> Option<TestRedisCluster> {
+    /// A cluster whose ports are reserved (so [`TestRedisCluster::url`]
+    /// is known) but whose processes are not started yet: for a node
+    /// started before its Redis Cluster. [`TestRedisCluster::launch`]
+    /// starts it.
+    pub fn unstarted() -> TestRedisCluster {
         let dir = std::env::temp_dir().join(format!(
             "pace-redis-cluster-{}-{}",
             std::process::id(),
             free_loopback_port()
         ));
-        std::fs::create_dir_all(&dir).ok()?;
-        let mut c = TestRedisCluster {
-            ports: Vec::new(),
-            children: Vec::new(),
+        let block = PortBlock::reserve();
+        TestRedisCluster {
+            ports: block.ports[..6].to_vec(),
+            children: (0..6).map(|_| None).collect(),
             dir,
-        };
-        for _ in 0..6 {
-            let (port, bus) = (free_loopback_port(), free_loopback_port());
+            block,
+        }
+    }
+
+    /// Starts the six processes on the reserved ports (stopping any that
+    /// run), creates the cluster and waits until it is healthy; false when
+    /// that failed (the caller may try again on the same ports).
+    pub fn launch(&mut self) -> bool {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::fs::create_dir_all(&self.dir).is_err() {
+            return false;
+        }
+        for i in 0..6 {
+            let (port, bus) = (self.block.ports[i], self.block.ports[6 + i]);
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args([
@@ -219,10 +320,14 @@ impl TestRedisCluster {
                     "--cluster-node-timeout",
                     &CLUSTER_NODE_TIMEOUT_MS.to_string(),
                 ])
+                // The healthy shards keep serving while one fails over
+                // (the default refuses every command cluster-wide with
+                // CLUSTERDOWN until the dead master is replaced).
+                .args(["--cluster-require-full-coverage", "no"])
                 .arg("--cluster-config-file")
-                .arg(c.dir.join(format!("nodes-{port}.conf")))
+                .arg(self.dir.join(format!("nodes-{port}.conf")))
                 .arg("--dir")
-                .arg(&c.dir)
+                .arg(&self.dir)
                 .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -232,31 +337,30 @@ impl TestRedisCluster {
                         "cannot start redis-server ({e}); install it with deploy/install-deps redis"
                     )
                 });
-            c.ports.push(port);
-            c.children.push(Some(child));
+            self.children[i] = Some(child);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for i in 0..6 {
-            while !c.answers(i) {
-                if Instant::now() >= deadline || c.exited(i) {
-                    return None;
+            while !self.answers(i) {
+                if Instant::now() >= deadline || self.exited(i) {
+                    return false;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let hosts: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let out = Command::new("redis-cli")
+        let hosts: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&hosts)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status()
-            .ok()?;
-        if !out.success() {
-            return None;
-        }
-        c.wait_healthy(Duration::from_secs(30)).then_some(c)
+            .status();
+        matches!(created, Ok(s) if s.success()) && self.wait_healthy(Duration::from_secs(30))
     }
 
     /// `redis-cluster://` with every process as a seed.
@@ -351,6 +455,55 @@ impl TestRedisCluster {
             }
         }
         panic!("no live master owns slot {slot}");
+    }
+
+    /// The indexes of the processes replicating master `i`, as it sees
+    /// them (`INFO replication`).
+    pub fn replicas_of(&self, i: usize) -> Vec<usize> {
+        redis_cli(self.ports[i], &["INFO", "replication"])
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains("port="))
+            .filter_map(|l| {
+                let port: u16 = l.split("port=").nth(1)?.split(',').next()?.parse().ok()?;
+                self.ports.iter().position(|&p| p == port)
+            })
+            .collect()
+    }
+
+    /// Waits (up to `limit`) until every replica of master `i` has
+    /// acknowledged everything the master wrote so far (their replication
+    /// offsets reached the master's), so that a failover right after
+    /// loses nothing written before. Redis replication is asynchronous:
+    /// without this, a SIGKILL a few milliseconds after a write may lose
+    /// it (a test of failover routing that finds its room gone is testing
+    /// replication lag). Returns whether they caught up.
+    pub fn wait_replicated(&self, i: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let info = redis_cli(self.ports[i], &["INFO", "replication"]);
+            let master: Option<u64> = info
+                .lines()
+                .find_map(|l| l.strip_prefix("master_repl_offset:")?.trim().parse().ok());
+            // `slave0:ip=…,port=…,state=online,offset=N,lag=0`
+            let replicas: Vec<u64> = info
+                .lines()
+                .filter(|l| l.starts_with("slave"))
+                .filter_map(|l| {
+                    l.split(',')
+                        .find_map(|kv| kv.strip_prefix("offset=")?.trim().parse().ok())
+                })
+                .collect();
+            if let Some(master) = master
+                && !replicas.is_empty()
+                && replicas.iter().all(|&r| r >= master)
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Kills process `i` with SIGKILL (as a crash would).

@@ -360,7 +360,12 @@ impl NodeProcess {
             .arg("--data-dir")
             .arg(scratch_dir())
             .args(args)
-            .env("PACE_LOG", "warn")
+            // PACE_TEST_NODE_LOG (e.g. `pace_node::store=debug`) makes a
+            // failing run's node processes tell more.
+            .env(
+                "PACE_LOG",
+                std::env::var("PACE_TEST_NODE_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             // As in `config()`; a test that checks credentials overrides it.
             .env("PACE_INSECURE_ANONYMOUS_DEVICES", "true");
         cmd
