@@ -895,3 +895,139 @@ async fn redis_cluster_failover_mid_stream_drops_nothing_silently() {
     );
     drop(gateway);
 }
+
+/// A failover to a replica that missed the newest writes, as the nodes
+/// see it: the bus sequence, the bus log and the `all` scope's sequence
+/// and history rewound by 5 entries (rewritten in Redis as a stale
+/// replica would hold them). The nodes open a new epoch and every device
+/// gets the next notifications (before the fix: answered 202, reached
+/// none); a device away during the rewind whose cursor is past the new
+/// head is told `epoch_changed` and gets the new epoch replayed, not
+/// "nothing missed".
+#[tokio::test]
+async fn a_rewound_bus_opens_a_new_epoch_and_the_next_notifications_reach_every_device() {
+    let cluster = Cluster::start(3, &[]).await;
+    let gw = cluster.gateway.handle();
+    let mut devices = Vec::new();
+    for i in 0..9 {
+        let id = format!("rewound-{i}");
+        let (ws, _) = gw.connect(&id).await;
+        devices.push((Device::new(&id), ws));
+    }
+    let nodes = [cluster.node(0), cluster.node(1), cluster.node(2)];
+    let mut first = Vec::new();
+    for i in 0..10 {
+        first.push(
+            send(
+                &nodes[i % 3],
+                json!({"scope": "all", "event": "before", "data": i}),
+            )
+            .await,
+        );
+    }
+    for (dev, ws) in devices.iter_mut() {
+        dev.read_until(ws, Instant::now() + SOON, |d| d.got.len() == 10)
+            .await;
+        assert_eq!(dev.ids(), first, "{}", dev.id);
+    }
+    let old_epoch = devices[0].0.got[0].epoch;
+    // The away device leaves with its cursor at the old head.
+    let (mut away, away_ws) = devices.pop().unwrap();
+    drop(away_ws);
+
+    // What a replica that missed the last 5 writes holds.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &cluster.redis.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "{out:?}");
+    };
+    let p = &cluster.prefix;
+    for (hash, stream) in [
+        (format!("{{{p}}}:bus-seq"), format!("{{{p}}}:bus-log")),
+        (format!("{{{p}}}:scope:all"), format!("{{{p}}}:history:all")),
+    ] {
+        cli(&["HSET", &hash, "seq", "5"]);
+        let mut xdel = vec!["XDEL".to_owned(), stream];
+        xdel.extend((6..=10).map(|s| format!("{s}-0")));
+        let xdel: Vec<&str> = xdel.iter().map(String::as_str).collect();
+        cli(&xdel);
+    }
+
+    let mut next = Vec::new();
+    for i in 0..5 {
+        next.push(
+            send(
+                &nodes[i % 3],
+                json!({"scope": "all", "event": "after", "data": i}),
+            )
+            .await,
+        );
+    }
+    // A node that finds the store behind what it saw tells its devices to
+    // resume (they reconnect, as the delivery guarantee asks); whatever the
+    // path, every device ends with every accepted notification.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (dev, ws) in devices.iter_mut() {
+        catch_up(dev, ws, &gw, &next, deadline).await;
+        assert_eq!(dev.ids()[..10], first, "{}", dev.id);
+        let got: HashSet<&String> = dev.got[10..].iter().map(|n| &n.id).collect();
+        assert_eq!(
+            got,
+            next.iter().collect(),
+            "{}: the next notifications arrive",
+            dev.id
+        );
+        assert!(
+            dev.got[10..].iter().all(|n| n.epoch != old_epoch),
+            "{}: in a new epoch",
+            dev.id
+        );
+        assert_eq!(dev.duplicates, 0, "{}", dev.id);
+    }
+
+    // The away device comes back with its cursor (old epoch, seq 10): it
+    // is told the epoch changed, not that it missed nothing.
+    let (mut ws, _) = gw
+        .connect_with(&format!("/ws?device_id={}&resume=1", away.id), &[])
+        .await;
+    ws.send(Message::Text(away.resume_frame(&[]).into()))
+        .await
+        .unwrap();
+    catch_up(&mut away, &mut ws, &gw, &next, deadline).await;
+    // The `resumed` answer follows the replayed notifications.
+    away.read_until(&mut ws, deadline, |d| !d.resumed.is_empty())
+        .await;
+    let outcome = &away.resumed[0][0];
+    assert!(!outcome.recovered, "{outcome:?}");
+    assert_eq!(outcome.reason.as_deref(), Some("epoch_changed"));
+    let got: HashSet<&String> = away.got[10..].iter().map(|n| &n.id).collect();
+    assert_eq!(got, next.iter().collect(), "the new epoch is replayed");
+    assert_eq!(away.duplicates, 0);
+}
+
+/// Reads `ws` until `dev` has every id of `want`, reconnecting through
+/// `gw` with a resume whenever the node closes the connection.
+async fn catch_up(
+    dev: &mut Device,
+    ws: &mut Ws,
+    gw: &TestNode,
+    want: &[String],
+    deadline: Instant,
+) {
+    let done = |d: &Device| want.iter().all(|id| d.seen.contains(id));
+    while !dev.read_until(ws, deadline, done).await {
+        assert!(Instant::now() < deadline, "{}: never caught up", dev.id);
+        dev.reconnects += 1;
+        let (fresh, _) = gw
+            .connect_with(&format!("/ws?device_id={}&resume=1", dev.id), &[])
+            .await;
+        *ws = fresh;
+        ws.send(Message::Text(dev.resume_frame(&[]).into()))
+            .await
+            .unwrap();
+    }
+    assert!(done(dev), "{}: caught up by the deadline", dev.id);
+}

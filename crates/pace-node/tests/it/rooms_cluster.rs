@@ -320,3 +320,95 @@ async fn killed_node_places_free_after_the_grace_unless_devices_come_back() {
         );
     }
 }
+
+/// The waiting room on a real 3 + 3 Redis Cluster (the room's keys and the
+/// sequences on whichever shards their tags hash to): devices joining one
+/// after another through the gateway get places 1, 2, 3, … and are
+/// admitted in that order, `capacity` at a time, as on one Redis.
+#[tokio::test]
+async fn three_nodes_over_a_redis_cluster_admit_in_join_order_never_past_capacity() {
+    const JOINERS: usize = 8;
+    let redis = TestRedisCluster::start();
+    let prefix = format!("t{}", free_port());
+    let keys = shared_keys().display().to_string();
+    let url = redis.url();
+    let nodes: Vec<NodeProcess> = (0..3)
+        .map(|i| {
+            let id = format!("node-{i}");
+            NodeProcess::spawn(&[
+                "--redis",
+                &url,
+                "--redis-prefix",
+                &prefix,
+                "--node-id",
+                &id,
+                "--keys",
+                &keys,
+                "--admit-tick",
+                "100ms",
+            ])
+        })
+        .collect();
+    for n in &nodes {
+        TestNode::external(n.addr).wait_ready().await;
+    }
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let gateway = Gateway::start(&addrs).await;
+    let gw = gateway.handle();
+    let node = TestNode::external(addrs[0]);
+    put(&node, config(2, "paused")).await;
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for i in 0..JOINERS {
+        let (mut ws, _) = gw.connect(&format!("order-{i}")).await;
+        send_text(&mut ws, r#"{"type":"join","room":"surge"}"#).await;
+        match next_frame(&mut ws).await {
+            ServerFrame::Queue(q) => assert_eq!(q.position, i as u64 + 1, "join {i}"),
+            other => panic!("join {i}: {other:?}"),
+        }
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(Ok(msg))) = tokio::time::timeout(
+                Duration::from_secs(60),
+                futures_util::StreamExt::next(&mut ws),
+            )
+            .await
+            {
+                if let tokio_tungstenite::tungstenite::Message::Text(t) = msg
+                    && let Ok(ServerFrame::Admitted(a)) = serde_json::from_str(&t)
+                {
+                    let _ = tx.send((i, a.token));
+                }
+            }
+        });
+    }
+
+    put(&node, config(2, "open")).await;
+    let auth = format!("Bearer {KEY}");
+    for round in 0..JOINERS / 2 {
+        let batch = admitted(&mut rx, 2).await;
+        let mut got: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
+        got.sort();
+        assert_eq!(got, [2 * round, 2 * round + 1], "round {round}: join order");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            rx.try_recv().is_err(),
+            "round {round}: more than capacity admitted"
+        );
+        for (_, token) in &batch {
+            let (status, _) = http(
+                gw.addr,
+                "POST",
+                "/api/v1/sessions/release",
+                &[("authorization", &auth)],
+                &json!({"token": token}).to_string(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(status, 200);
+        }
+    }
+    let s = stats(&node).await;
+    assert_eq!(s["admitted_total"].as_u64(), Some(JOINERS as u64));
+    assert_eq!(s["waiting"].as_u64(), Some(0));
+}
