@@ -607,23 +607,7 @@ async fn redis_cluster_failover_mid_stream_drops_nothing_silently() {
     const DEVICES: usize = 12;
     let redis = TestRedisCluster::start();
     let prefix = format!("t{}", free_port());
-    let keys = shared_keys().display().to_string();
-    let url = redis.url();
-    let nodes: Vec<NodeProcess> = (0..3)
-        .map(|i| {
-            let id = format!("node-{i}");
-            NodeProcess::spawn(&[
-                "--redis",
-                &url,
-                "--redis-prefix",
-                &prefix,
-                "--node-id",
-                &id,
-                "--keys",
-                &keys,
-            ])
-        })
-        .collect();
+    let nodes = NodeProcess::spawn_over(&redis.url(), &prefix, 3, &[]);
     for n in &nodes {
         TestNode::external(n.addr).wait_ready().await;
     }

@@ -48,6 +48,20 @@ async fn stats(node: &TestNode) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// Ends the admitted session of `token` (as the target site does).
+async fn release(node: &TestNode, token: &str) {
+    let (status, text) = http(
+        node.addr,
+        "POST",
+        "/api/v1/sessions/release",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        &json!({"token": token}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+}
+
 /// Waits for `n` admissions from the channel (bounded).
 async fn admitted(
     rx: &mut mpsc::UnboundedReceiver<(usize, String)>,
@@ -184,18 +198,8 @@ async fn three_nodes_admit_three_hundred_devices_in_ticket_order_never_past_capa
                 .is_err(),
             "round {round}: more than capacity admitted"
         );
-        let auth = format!("Bearer {KEY}");
         for (_, token) in &batch {
-            let (status, _) = http(
-                gw0.addr,
-                "POST",
-                "/api/v1/sessions/release",
-                &[("authorization", &auth)],
-                &json!({"token": token}).to_string(),
-            )
-            .await
-            .unwrap();
-            assert_eq!(status, 200);
+            release(&gw0, token).await;
         }
     }
     // Raising capacity mid-run admits more within a tick or two.
@@ -330,25 +334,7 @@ async fn three_nodes_over_a_redis_cluster_admit_in_join_order_never_past_capacit
     const JOINERS: usize = 8;
     let redis = TestRedisCluster::start();
     let prefix = format!("t{}", free_port());
-    let keys = shared_keys().display().to_string();
-    let url = redis.url();
-    let nodes: Vec<NodeProcess> = (0..3)
-        .map(|i| {
-            let id = format!("node-{i}");
-            NodeProcess::spawn(&[
-                "--redis",
-                &url,
-                "--redis-prefix",
-                &prefix,
-                "--node-id",
-                &id,
-                "--keys",
-                &keys,
-                "--admit-tick",
-                "100ms",
-            ])
-        })
-        .collect();
+    let nodes = NodeProcess::spawn_over(&redis.url(), &prefix, 3, &["--admit-tick", "100ms"]);
     for n in &nodes {
         TestNode::external(n.addr).wait_ready().await;
     }
@@ -384,7 +370,6 @@ async fn three_nodes_over_a_redis_cluster_admit_in_join_order_never_past_capacit
     }
 
     put(&node, config(2, "open")).await;
-    let auth = format!("Bearer {KEY}");
     for round in 0..JOINERS / 2 {
         let batch = admitted(&mut rx, 2).await;
         let mut got: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
@@ -396,16 +381,7 @@ async fn three_nodes_over_a_redis_cluster_admit_in_join_order_never_past_capacit
             "round {round}: more than capacity admitted"
         );
         for (_, token) in &batch {
-            let (status, _) = http(
-                gw.addr,
-                "POST",
-                "/api/v1/sessions/release",
-                &[("authorization", &auth)],
-                &json!({"token": token}).to_string(),
-            )
-            .await
-            .unwrap();
-            assert_eq!(status, 200);
+            release(&gw, token).await;
         }
     }
     let s = stats(&node).await;

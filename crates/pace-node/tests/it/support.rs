@@ -353,6 +353,29 @@ impl NodeProcess {
         NodeProcess::start(NodeProcess::command(args))
     }
 
+    /// `n` nodes (`node-0`, …) over the store at `url` under `prefix`,
+    /// sharing the test key file, each with `extra` flags; not yet ready.
+    pub fn spawn_over(url: &str, prefix: &str, n: usize, extra: &[&str]) -> Vec<NodeProcess> {
+        let keys = shared_keys().display().to_string();
+        (0..n)
+            .map(|i| {
+                let id = format!("node-{i}");
+                let mut args = vec![
+                    "--redis",
+                    url,
+                    "--redis-prefix",
+                    prefix,
+                    "--node-id",
+                    &id,
+                    "--keys",
+                    &keys,
+                ];
+                args.extend_from_slice(extra);
+                NodeProcess::spawn(&args)
+            })
+            .collect()
+    }
+
     /// The command [`NodeProcess::spawn`] runs, for callers that add to it.
     pub fn command(args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pace-node"));
