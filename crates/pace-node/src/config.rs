@@ -589,12 +589,12 @@ impl ServeArgs {
             return bad("--history-max-len must be > 0 and --history-max-age at least 1s".into());
         }
         if let Some(tenant) = &self.demo_tenant
-            && let Err(e) = crate::accounts::TenantId::parse(tenant)
+            && let Err(e) = crate::names::TenantId::parse(tenant)
         {
             return bad(format!("--demo-tenant: {e}"));
         }
         if let Some(tenant) = &self.device_token_tenant
-            && let Err(e) = crate::accounts::TenantId::parse(tenant)
+            && let Err(e) = crate::names::TenantId::parse(tenant)
         {
             return bad(format!("--device-token-tenant: {e}"));
         }
@@ -713,10 +713,10 @@ impl ServeArgs {
 fn cluster_origins(raw: &[String]) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
     for o in raw.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
-        let o = if o == crate::origins::NULL_ORIGIN {
+        let o = if o == crate::names::NULL_ORIGIN {
             o.to_owned()
         } else {
-            crate::accounts::normalize_origin(o).map_err(|e| e.to_string())?
+            crate::names::normalize_origin(o).map_err(|e| e.to_string())?
         };
         if !out.contains(&o) {
             out.push(o);
@@ -882,7 +882,7 @@ pub struct NodeConfig {
     /// See [`ServeArgs::trusted_proxies`].
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// See [`ServeArgs::allowed_origins`]: normalised
-    /// ([`crate::accounts::normalize_origin`]) or `null`, no duplicates.
+    /// ([`crate::names::normalize_origin`]) or `null`, no duplicates.
     pub allowed_origins: Vec<String>,
     /// See [`ServeArgs::admit_tick`].
     pub admit_tick: Duration,

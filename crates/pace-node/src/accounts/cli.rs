@@ -49,6 +49,12 @@ impl CliError {
     }
 }
 
+impl From<crate::names::InvalidName> for CliError {
+    fn from(e: crate::names::InvalidName) -> CliError {
+        CliError::Input(e.0)
+    }
+}
+
 impl From<AccountError> for CliError {
     fn from(e: AccountError) -> CliError {
         match e {

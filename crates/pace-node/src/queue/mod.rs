@@ -442,6 +442,20 @@ pub enum QueueError {
     BadReply(String),
 }
 
+/// A queue store failure answers the retryable `store_unavailable`, but a
+/// refused room configuration is the caller's `bad_request`.
+impl From<QueueError> for crate::error::ApiError {
+    fn from(e: QueueError) -> crate::error::ApiError {
+        use crate::error::ApiError;
+        match e {
+            QueueError::InvalidConfig(msg) => {
+                ApiError::new(pace_protocol::ErrorCode::BadRequest, msg)
+            }
+            other => ApiError::store_unavailable("queue store", &other),
+        }
+    }
+}
+
 /// The waiting room's shared state. Time-dependent methods take `now_ms`
 /// (Unix ms, the caller's clock; see the module docs).
 #[async_trait]

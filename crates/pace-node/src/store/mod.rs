@@ -208,6 +208,14 @@ pub enum StoreError {
     Encode(#[from] serde_json::Error),
 }
 
+/// A store (bus, history, presence, claims) failure answers the
+/// retryable `store_unavailable`; the source goes to the log.
+impl From<StoreError> for crate::error::ApiError {
+    fn from(e: StoreError) -> crate::error::ApiError {
+        crate::error::ApiError::store_unavailable("store", &e)
+    }
+}
+
 /// The store's health as reported by `/ready` and `pace_store_up`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StoreHealth {

@@ -32,8 +32,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::auth::DevicePrincipal;
-use crate::node::Slot;
 use crate::ws::Deps;
+use crate::ws::Slot;
 use crate::ws::backlog::{PongBacklog, Watched};
 use crate::ws::handshake::Handshake;
 use crate::ws::hub::{Registration, SubscribeError};
@@ -654,10 +654,10 @@ mod tests {
     use crate::auth::{DeviceCredential, Grants};
     use crate::config::NodeConfig;
     use crate::metrics::Metrics;
-    use crate::node::LocalFanout;
     use crate::queue::{MemoryQueueStore, SharedQueueStore};
     use crate::rooms::{Rooms, RoomsConfig, Waiters};
     use crate::store::{Draft, MemoryStore, SharedStore};
+    use crate::ws::fanout::LocalFanout;
     use crate::ws::hub::Hub;
     use crate::ws::{Deps, Settings};
 
