@@ -24,6 +24,7 @@
 //! - [`queue`]: the waiting-room queue store; memory and Redis.
 //! - [`rooms`]: joins, the admission tick, live positions.
 //! - [`rooms_api`]: a room's statistics in the REST contract's shape.
+//! - [`key_alg`]: the admission keys' two algorithms, `EdDSA` and `ES256`.
 //! - [`names`]: tenant ids, user names, browser origins: the rules every layer checks.
 //! - [`metrics`]: every Prometheus metric, in one place.
 //! - [`error`]: error → HTTP status and JSON body, in one place (`IntoResponse`).
@@ -39,6 +40,7 @@ pub mod config;
 pub mod devices;
 pub mod error;
 pub mod http;
+pub mod key_alg;
 pub mod limits;
 pub mod metrics;
 pub mod names;

@@ -23,8 +23,9 @@ use pace_protocol::{Cursor, DeviceAction, DeviceId, EventName, Notification, Roo
 
 use serde_json::Value;
 
+pub use crate::config::check_redis_url;
 pub use memory::MemoryStore;
-pub use redis::{RedisOptions, RedisStore, acknowledge_wipe, check_url as check_redis_url};
+pub use redis::{RedisOptions, RedisStore, acknowledge_wipe};
 
 /// A notification before the store assigns its sequence number.
 #[derive(Debug, Clone)]
@@ -37,23 +38,7 @@ pub struct Draft {
     pub data: Value,
 }
 
-/// How much history each scope keeps: both bounds apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryLimits {
-    /// Most notifications kept per scope.
-    pub max_len: usize,
-    /// Oldest notification kept, by age.
-    pub max_age: std::time::Duration,
-}
-
-impl Default for HistoryLimits {
-    fn default() -> HistoryLimits {
-        HistoryLimits {
-            max_len: 1000,
-            max_age: std::time::Duration::from_secs(3600),
-        }
-    }
-}
+pub use crate::config::HistoryLimits;
 
 /// Why a history read could not give everything after a cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
