@@ -175,10 +175,13 @@ mod tests {
             registry.source().is_some(),
             "registry error lost its source"
         );
+        let accounts = crate::accounts::AccountError::Redis(redis());
+        assert!(accounts.source().is_some(), "account error lost its source");
         let answers: Vec<ApiError> = vec![
             store.into(),
             queue.into(),
             registry.into(),
+            accounts.into(),
             crate::store::StoreError::Unavailable("down".into()).into(),
             crate::queue::QueueError::Unavailable("down".into()).into(),
             crate::accounts::AccountError::Unavailable("down".into()).into(),

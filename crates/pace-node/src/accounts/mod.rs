@@ -152,6 +152,9 @@ pub enum AccountError {
     /// The store cannot be reached or read (never carries stored values).
     #[error("account store unavailable: {0}")]
     Unavailable(String),
+    /// Redis failed the command (the client's error kept as the source).
+    #[error("account store unavailable: redis: {0}")]
+    Redis(#[from] fred::error::Error),
 }
 
 /// A name that breaks its rules is an invalid account field.
@@ -177,7 +180,9 @@ impl From<AccountError> for crate::error::ApiError {
                 tracing::error!(error = %e, "unexpected account conflict");
                 ApiError::new(ErrorCode::Internal, "the node failed; retry")
             }
-            AccountError::Unavailable(_) => ApiError::store_unavailable("account store", &e),
+            AccountError::Unavailable(_) | AccountError::Redis(_) => {
+                ApiError::store_unavailable("account store", &e)
+            }
         }
     }
 }
