@@ -13,9 +13,7 @@ use crate::admission::KeySet;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeRef};
-use crate::queue::{
-    MemoryQueueStore, RedisQueueStore, RoomConfig, RoomId, RoomState, SharedQueueStore,
-};
+use crate::queue::{MemoryQueueStore, RedisQueueStore, RoomConfig, RoomId, SharedQueueStore};
 use crate::rooms::{Rooms, RoomsConfig, Waiters};
 use crate::store::{MemoryStore, RedisOptions, RedisStore, SharedStore};
 use crate::ws::fanout::LocalFanout;
@@ -252,19 +250,12 @@ pub async fn ensure_demo_room(node: &NodeRef, address: &str) {
                 }
             }
             let config = RoomConfig {
-                capacity: 2,
-                admit_per_minute: None,
-                session_ttl_secs: 60,
-                target_url: format!("http://{address}/demo/target"),
-                state: RoomState::Open,
-                pow_difficulty: 0,
-                mode: crate::queue::QueueMode::Fifo,
                 appearance: crate::queue::Appearance {
                     title: "Pace demo: you are in line".into(),
                     message: "This is the demo waiting room. Raise its capacity in the console (/admin) to let people in.".into(),
                     ..Default::default()
                 },
-                events: Vec::new(),
+                ..RoomConfig::open(2, format!("http://{address}/demo/target"))
             };
             match node.rooms.queue.put_room(&room, &config).await {
                 Ok(_) => {

@@ -710,17 +710,7 @@ pub(crate) mod conformance {
     }
 
     pub fn config(capacity: u32) -> RoomConfig {
-        RoomConfig {
-            capacity,
-            admit_per_minute: None,
-            session_ttl_secs: 60,
-            target_url: "https://shop.example/checkout".into(),
-            state: RoomState::Open,
-            pow_difficulty: 0,
-            mode: QueueMode::Fifo,
-            appearance: Appearance::default(),
-            events: Vec::new(),
-        }
+        RoomConfig::open(capacity, "https://shop.example/checkout")
     }
 
     async fn new_room(s: &SharedQueueStore, name: &str, c: RoomConfig) -> RoomId {

@@ -821,17 +821,7 @@ mod tests {
 
     /// A room that admits nobody: every joiner waits.
     fn waiting_room() -> crate::queue::RoomConfig {
-        crate::queue::RoomConfig {
-            capacity: 0,
-            admit_per_minute: None,
-            session_ttl_secs: 60,
-            target_url: "https://shop.example/checkout".into(),
-            state: crate::queue::RoomState::Open,
-            pow_difficulty: 0,
-            mode: crate::queue::QueueMode::Fifo,
-            appearance: crate::queue::Appearance::default(),
-            events: Vec::new(),
-        }
+        crate::queue::RoomConfig::open(0, "https://shop.example/checkout")
     }
 
     fn draft(n: u32) -> Draft {
