@@ -38,7 +38,7 @@ pub enum ServeError {
 
 /// Builds a node from `config`, not yet started: its stores (Redis when
 /// `config.redis_url` is set, the embedded memory stores otherwise), keys,
-/// rooms and metrics. [`serve`] runs it; in-process tests hand it to
+/// rooms and metrics. [`crate::server::serve`] runs it; in-process tests hand it to
 /// [`crate::http::app`].
 pub fn build(config: NodeConfig) -> Result<NodeRef, ServeError> {
     let keys = load_keys(&config)?;
