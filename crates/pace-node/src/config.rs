@@ -134,7 +134,7 @@ pub enum KeysCommand {
         /// The new key's algorithm: `EdDSA` (Ed25519) or `ES256` (P-256, which
         /// Kong's jwt plugin and HAProxy's jwt_verify can check).
         #[arg(long, default_value = "EdDSA")]
-        alg: crate::admission::KeyAlg,
+        alg: crate::key_alg::KeyAlg,
         /// Publish the new key now but sign with it only after this delay
         /// (e.g. `1h`), so target sites fetch it from the JWKS before
         /// tokens signed with it reach them.
@@ -148,7 +148,7 @@ pub enum KeysCommand {
         /// Show roles for a cluster signing with this algorithm
         /// (`--admission-alg`) [default: the newest key of any algorithm signs].
         #[arg(long)]
-        alg: Option<crate::admission::KeyAlg>,
+        alg: Option<crate::key_alg::KeyAlg>,
     },
     /// Write the public key of every ES256 key as `DIR/<kid>.pem` (SPKI PEM)
     /// for the gateways: HAProxy's jwt_verify reads the files, `pace-node
@@ -440,7 +440,7 @@ pub struct ServeArgs {
     /// ES256 lets the gateway (Kong's jwt plugin, HAProxy's jwt_verify)
     /// check admissions itself.
     #[arg(long, env = "PACE_ADMISSION_ALG", default_value = "EdDSA")]
-    pub admission_alg: crate::admission::KeyAlg,
+    pub admission_alg: crate::key_alg::KeyAlg,
 
     /// Directory for node-local data (the generated key set).
     #[arg(long, env = "PACE_DATA_DIR", default_value = "pace-data")]
@@ -552,7 +552,7 @@ impl ServeArgs {
             return bad("--node-id may only contain A-Z a-z 0-9 . _ : @ - (1 to 128 bytes)".into());
         }
         if let Some(url) = &self.redis_url
-            && let Err(e) = crate::store::check_redis_url(url)
+            && let Err(e) = check_redis_url(url)
         {
             return bad(format!("--redis / PACE_REDIS_URL: {e}"));
         }
@@ -592,12 +592,12 @@ impl ServeArgs {
             return bad("--history-max-len must be > 0 and --history-max-age at least 1s".into());
         }
         if let Some(tenant) = &self.demo_tenant
-            && let Err(e) = crate::accounts::TenantId::parse(tenant)
+            && let Err(e) = crate::names::TenantId::parse(tenant)
         {
             return bad(format!("--demo-tenant: {e}"));
         }
         if let Some(tenant) = &self.device_token_tenant
-            && let Err(e) = crate::accounts::TenantId::parse(tenant)
+            && let Err(e) = crate::names::TenantId::parse(tenant)
         {
             return bad(format!("--device-token-tenant: {e}"));
         }
@@ -675,7 +675,7 @@ impl ServeArgs {
             store_timeout: self.store_timeout,
             store_write_replicas: self.store_write_replicas,
             node_ttl: self.node_ttl,
-            history: crate::store::HistoryLimits {
+            history: HistoryLimits {
                 max_len: self.history_max_len,
                 max_age: self.history_max_age,
             },
@@ -717,10 +717,10 @@ impl ServeArgs {
 fn cluster_origins(raw: &[String]) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
     for o in raw.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
-        let o = if o == crate::origins::NULL_ORIGIN {
+        let o = if o == crate::names::NULL_ORIGIN {
             o.to_owned()
         } else {
-            crate::accounts::normalize_origin(o).map_err(|e| e.to_string())?
+            crate::names::normalize_origin(o).map_err(|e| e.to_string())?
         };
         if !out.contains(&o) {
             out.push(o);
@@ -743,7 +743,7 @@ impl ServeArgs {
     /// not fail on limits that only matter to a serving node.
     pub fn store_settings(&self) -> Result<StoreSettings, ConfigError> {
         if let Some(url) = &self.redis_url
-            && let Err(e) = crate::store::check_redis_url(url)
+            && let Err(e) = check_redis_url(url)
         {
             return Err(ConfigError(format!("--redis / PACE_REDIS_URL: {e}")));
         }
@@ -851,7 +851,7 @@ pub struct NodeConfig {
     /// See [`ServeArgs::advertise`].
     pub advertise: Option<String>,
     /// See [`ServeArgs::history_max_len`] and [`ServeArgs::history_max_age`].
-    pub history: crate::store::HistoryLimits,
+    pub history: HistoryLimits,
     /// See [`ServeArgs::bus_log_len`].
     pub bus_log_len: usize,
     /// See [`ServeArgs::resume_hold`].
@@ -888,7 +888,7 @@ pub struct NodeConfig {
     /// See [`ServeArgs::trusted_proxies`].
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// See [`ServeArgs::allowed_origins`]: normalised
-    /// ([`crate::accounts::normalize_origin`]) or `null`, no duplicates.
+    /// ([`crate::names::normalize_origin`]) or `null`, no duplicates.
     pub allowed_origins: Vec<String>,
     /// See [`ServeArgs::admit_tick`].
     pub admit_tick: Duration,
@@ -903,7 +903,7 @@ pub struct NodeConfig {
     /// See [`ServeArgs::keys`].
     pub keys: Option<std::path::PathBuf>,
     /// See [`ServeArgs::admission_alg`].
-    pub admission_alg: crate::admission::KeyAlg,
+    pub admission_alg: crate::key_alg::KeyAlg,
     /// See [`ServeArgs::data_dir`].
     pub data_dir: std::path::PathBuf,
     /// See [`ServeArgs::token_issuer`].
@@ -933,6 +933,40 @@ impl NodeConfig {
         args.into_config()
             .unwrap_or_else(|e| panic!("defaults must be valid: {e}"))
     }
+}
+
+/// How much history each scope keeps: both bounds apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Most notifications kept per scope.
+    pub max_len: usize,
+    /// Oldest notification kept, by age.
+    pub max_age: std::time::Duration,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> HistoryLimits {
+        HistoryLimits {
+            max_len: 1000,
+            max_age: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Checks a Redis URL without connecting (for `check-config`).
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    const SCHEMES: [&str; 4] = [
+        "redis://",
+        "rediss://",
+        "redis-cluster://",
+        "redis-sentinel://",
+    ];
+    if !SCHEMES.iter().any(|s| url.starts_with(s)) {
+        return Err(format!("must start with one of {}", SCHEMES.join(", ")));
+    }
+    fred::types::config::Config::from_url(url)
+        .map(|_| ())
+        .map_err(|e| e.details().to_string())
 }
 
 #[cfg(test)]
@@ -1081,11 +1115,11 @@ mod tests {
     fn the_admission_algorithm_is_eddsa_unless_es256_is_asked() {
         assert_eq!(
             parse(&[]).unwrap().admission_alg,
-            crate::admission::KeyAlg::EdDsa
+            crate::key_alg::KeyAlg::EdDsa
         );
         assert_eq!(
             parse(&["--admission-alg", "ES256"]).unwrap().admission_alg,
-            crate::admission::KeyAlg::Es256
+            crate::key_alg::KeyAlg::Es256
         );
         for bad in ["HS256", "none", "RS256"] {
             assert!(parse(&["--admission-alg", bad]).is_err(), "{bad} accepted");

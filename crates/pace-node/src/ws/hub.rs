@@ -374,6 +374,14 @@ impl Hub {
     }
 }
 
+/// The room engine delivers queue and admission frames to the devices
+/// waiting here through the hub.
+impl crate::rooms::Deliver for Hub {
+    fn deliver_to(&self, device: &DeviceId, frame: &Utf8Bytes) {
+        self.deliver(&Target::Device(device.clone()), frame);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

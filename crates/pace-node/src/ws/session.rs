@@ -32,8 +32,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::auth::DevicePrincipal;
-use crate::node::Slot;
 use crate::ws::Deps;
+use crate::ws::Slot;
 use crate::ws::backlog::{PongBacklog, Watched};
 use crate::ws::handshake::Handshake;
 use crate::ws::hub::{Registration, SubscribeError};
@@ -654,10 +654,10 @@ mod tests {
     use crate::auth::{DeviceCredential, Grants};
     use crate::config::NodeConfig;
     use crate::metrics::Metrics;
-    use crate::node::LocalFanout;
     use crate::queue::{MemoryQueueStore, SharedQueueStore};
     use crate::rooms::{Rooms, RoomsConfig, Waiters};
     use crate::store::{Draft, MemoryStore, SharedStore};
+    use crate::ws::fanout::LocalFanout;
     use crate::ws::hub::Hub;
     use crate::ws::{Deps, Settings};
 
@@ -821,17 +821,7 @@ mod tests {
 
     /// A room that admits nobody: every joiner waits.
     fn waiting_room() -> crate::queue::RoomConfig {
-        crate::queue::RoomConfig {
-            capacity: 0,
-            admit_per_minute: None,
-            session_ttl_secs: 60,
-            target_url: "https://shop.example/checkout".into(),
-            state: crate::queue::RoomState::Open,
-            pow_difficulty: 0,
-            mode: crate::queue::QueueMode::Fifo,
-            appearance: crate::queue::Appearance::default(),
-            events: Vec::new(),
-        }
+        crate::queue::RoomConfig::open(0, "https://shop.example/checkout")
     }
 
     fn draft(n: u32) -> Draft {

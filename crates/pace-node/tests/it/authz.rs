@@ -98,8 +98,10 @@ pub struct World {
 }
 
 fn room_config(capacity: u32, pow: u8) -> Value {
-    json!({"capacity": capacity, "admit_per_minute": null, "session_ttl_secs": 300,
-           "target_url": "https://shop.example/in", "state": "open", "pow_difficulty": pow})
+    room_json(capacity, |c| {
+        c.session_ttl_secs = 300;
+        c.pow_difficulty = pow;
+    })
 }
 
 impl World {

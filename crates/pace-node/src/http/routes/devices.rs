@@ -217,7 +217,7 @@ pub(crate) fn before_handshake<B>(
             "node is starting; retry shortly",
         )));
     }
-    let address = auth::client_address(node, req.headers(), peer);
+    let address = auth::client_address(&node.auth, req.headers(), peer);
     if !node.handshakes.allow(&address, std::time::Instant::now()) {
         return Err(refuse(ApiError::new(
             ErrorCode::TooManyHandshakes,
@@ -264,7 +264,7 @@ pub async fn upgrade(
     let refuse = |e: ApiError| refused_handshake(&node, peer, e);
     let hs = crate::ws::handshake::check(&req, node.config.max_groups).map_err(refuse)?;
     let hs = crate::ws::handshake::grant(&node.ws, hs, &device).await;
-    crate::origins::check_handshake(&node, &req, &device)
+    crate::origins::check_handshake(&node.origins, &req, &device)
         .await
         .map_err(refuse)?;
     let Some(slot) = node.take_slot() else {
