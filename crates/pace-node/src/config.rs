@@ -278,7 +278,7 @@ pub struct ServeArgs {
     pub store_timeout: Duration,
 
     #[command(flatten)]
-    pub store_write_replicas: crate::store::WriteReplicas,
+    pub store_write_replicas: WriteReplicas,
 
     /// Notifications kept per scope (all, each group, each device) for
     /// devices that reconnect and resume.
@@ -844,8 +844,8 @@ pub struct NodeConfig {
     pub bus_buffer: usize,
     /// See [`ServeArgs::store_timeout`].
     pub store_timeout: Duration,
-    /// See [`crate::store::WriteReplicas`].
-    pub store_write_replicas: crate::store::WriteReplicas,
+    /// See [`WriteReplicas`].
+    pub store_write_replicas: WriteReplicas,
     /// See [`ServeArgs::node_ttl`].
     pub node_ttl: Duration,
     /// See [`ServeArgs::advertise`].
@@ -967,6 +967,40 @@ pub fn check_redis_url(url: &str) -> Result<(), String> {
     fred::types::config::Config::from_url(url)
         .map(|_| ())
         .map_err(|e| e.details().to_string())
+}
+
+/// `--store-write-replicas`: how many replicas must acknowledge a write
+/// that must survive a failover (a notification, a join, an admission
+/// tick, a room's config) before it is answered, by Redis `WAIT` on the connection that
+/// wrote it. The trade-off is in docs/operations.md ("Redis replicas and
+/// WAIT").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct WriteReplicas {
+    /// Redis replicas that must acknowledge a notification, a join, an
+    /// admission tick or a room's config (Redis `WAIT`) before it is
+    /// answered; 0 does not
+    /// wait. Fewer acknowledgements within --store-write-replicas-timeout
+    /// fail the operation with 503 `store_unavailable` (the master may
+    /// still hold the write: see docs/operations.md).
+    #[arg(
+        long = "store-write-replicas",
+        env = "PACE_STORE_WRITE_REPLICAS",
+        default_value_t = 0
+    )]
+    pub replicas: u32,
+    /// Longest a write waits for those acknowledgements (keep it below
+    /// --store-timeout).
+    #[arg(long = "store-write-replicas-timeout", env = "PACE_STORE_WRITE_REPLICAS_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+impl Default for WriteReplicas {
+    fn default() -> WriteReplicas {
+        WriteReplicas {
+            replicas: 0,
+            timeout: Duration::from_millis(500),
+        }
+    }
 }
 
 #[cfg(test)]

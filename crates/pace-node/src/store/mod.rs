@@ -23,10 +23,10 @@ use pace_protocol::{Cursor, DeviceAction, DeviceId, EventName, Notification, Roo
 
 use serde_json::Value;
 
-pub use crate::config::check_redis_url;
+pub use crate::config::{WriteReplicas, check_redis_url};
 pub use memory::MemoryStore;
 pub use redis::{RedisOptions, RedisStore, acknowledge_wipe};
-pub use redis_client::{RedisClient, WriteReplicas};
+pub use redis_client::RedisClient;
 
 /// A notification before the store assigns its sequence number.
 #[derive(Debug, Clone)]

@@ -66,7 +66,7 @@ pub struct RedisOptions {
     /// Notifications kept in the bus log, for nodes repairing gaps.
     pub bus_log_len: usize,
     /// Replicas acknowledging each notification (`--store-write-replicas`).
-    pub write_replicas: super::redis_client::WriteReplicas,
+    pub write_replicas: crate::config::WriteReplicas,
     /// Where the node keeps the store identity it last saw, across its
     /// restarts (in `--data-dir`): a store wiped while every node was
     /// stopped is noticed at the next start. `None`: not kept.
