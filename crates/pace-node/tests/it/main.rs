@@ -29,6 +29,8 @@ mod origins;
 mod pages;
 mod rooms;
 mod rooms_cluster;
+mod sse_client;
 mod store_failures;
+mod stream;
 mod systemd;
 mod tenancy;
