@@ -32,5 +32,6 @@ mod rooms_cluster;
 mod sse_client;
 mod store_failures;
 mod stream;
+mod stream_gateway;
 mod systemd;
 mod tenancy;
