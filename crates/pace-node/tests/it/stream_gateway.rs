@@ -163,3 +163,126 @@ async fn stream_devices_behind_a_proxy_refusing_websockets_queue_get_admitted_an
         assert_eq!(got, [1, 2, 3], "{id}");
     }
 }
+
+/// Opens `device`'s stream through `gw` (with `Last-Event-ID` when given),
+/// retrying while the gateway still routes to a dead node; the stream and
+/// the node that welcomed it.
+async fn open_until_welcome(
+    gw: SocketAddr,
+    device: &str,
+    last_id: Option<&str>,
+) -> (sse_client::Sse, String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut headers = vec![("x-device-id", device)];
+        if let Some(id) = last_id {
+            headers.push(("last-event-id", id));
+        }
+        let (status, sse) = sse_client::open(gw, "/stream", &headers).await;
+        if let Some(mut sse) = sse {
+            // The first event (after comments) is the welcome.
+            while let Some(item) = sse.item_within(SOON).await {
+                if let Item::Event(e) = item {
+                    if let Ok(ServerFrame::Welcome(w)) = serde_json::from_str(&e.data) {
+                        return (sse, w.node_id);
+                    }
+                    break;
+                }
+            }
+        } else {
+            tracing_status(device, status);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{device}: no stream within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn tracing_status(device: &str, status: u16) {
+    eprintln!("{device}: stream answered {status}; retrying");
+}
+
+/// The notifications (their `n`) on `sse` until `want` of them (a
+/// `resumed` answer in between is checked: recovered), and the last
+/// event id.
+async fn notifications(sse: &mut sse_client::Sse, want: usize, device: &str) -> (Vec<u64>, String) {
+    let mut got = Vec::new();
+    let mut last = String::new();
+    while got.len() < want {
+        let e = sse.event().await;
+        match serde_json::from_str(&e.data) {
+            Ok(ServerFrame::Notification(n)) => {
+                got.push(n.data["n"].as_u64().unwrap());
+                last = e.id.expect("a notification carries an id");
+            }
+            Ok(ServerFrame::Resumed { scopes }) => {
+                assert!(scopes.iter().all(|s| s.recovered), "{device}: {scopes:?}");
+            }
+            _ => {}
+        }
+    }
+    (got, last)
+}
+
+#[tokio::test]
+async fn stream_devices_of_a_sigkilled_node_resume_on_the_survivors_with_nothing_missed() {
+    let mut cluster = Cluster::start(3, &["--sse-heartbeat", "1s"]).await;
+    let gw = cluster.gateway.addr;
+    let ids: Vec<String> = (0..12).map(|i| format!("kill-{i}")).collect();
+    let mut devices = Vec::new();
+    for id in &ids {
+        let (sse, node) = open_until_welcome(gw, id, None).await;
+        devices.push((id.clone(), sse, node));
+    }
+    let survivor = |victim: usize| if victim == 0 { 1 } else { 0 };
+    cluster
+        .node(0)
+        .notify(json!({"scope": "all", "event": "e", "data": {"n": 1}}))
+        .await;
+    let mut last_ids = Vec::new();
+    for (id, sse, _) in &mut devices {
+        let (got, last) = notifications(sse, 1, id).await;
+        assert_eq!(got, [1], "{id}");
+        last_ids.push(last);
+    }
+    // The node holding the most streams dies without a word.
+    let mut per_node = std::collections::HashMap::<String, usize>::new();
+    for (_, _, node) in &devices {
+        *per_node.entry(node.clone()).or_default() += 1;
+    }
+    let (victim_id, held) = per_node.iter().max_by_key(|(_, n)| **n).unwrap();
+    let victim_id = victim_id.clone();
+    assert!(*held > 0);
+    let victim = cluster.index_of(&victim_id);
+    cluster.nodes[victim].child.kill().unwrap();
+    let _ = cluster.nodes[victim].child.wait();
+    let other = cluster.node(survivor(victim));
+    for n in [2, 3] {
+        let (status, _) = other
+            .notify(json!({"scope": "all", "event": "e", "data": {"n": n}}))
+            .await;
+        assert_eq!(status, 202);
+    }
+    let mut moved = 0;
+    for ((id, sse, node), last) in devices.iter_mut().zip(&last_ids) {
+        let got = if *node == victim_id {
+            // Its stream ended (no close event): reconnect as EventSource
+            // does, with the last id seen.
+            assert!(
+                sse.closed(SOON).await.is_none(),
+                "{id}: no close event from a killed node"
+            );
+            let (mut again, new_node) = open_until_welcome(gw, id, Some(last)).await;
+            assert_ne!(new_node, victim_id, "{id}");
+            moved += 1;
+            let (got, _) = notifications(&mut again, 2, id).await;
+            got
+        } else {
+            notifications(sse, 2, id).await.0
+        };
+        assert_eq!(got, [2, 3], "{id}: 0 missed, none twice");
+    }
+    assert_eq!(moved, *per_node.get(&victim_id).unwrap());
+}
