@@ -33,5 +33,6 @@ mod sse_client;
 mod store_failures;
 mod stream;
 mod stream_gateway;
+mod stream_page;
 mod systemd;
 mod tenancy;

@@ -17,7 +17,7 @@ use crate::support::*;
 const IDLE_SECS: u64 = 2;
 
 /// A strict proxy in front of `nodes`: refuses upgrades, idle timeout 2 s.
-async fn strict_gateway(nodes: &[SocketAddr]) -> (Haproxy, SocketAddr) {
+pub async fn strict_gateway(nodes: &[SocketAddr]) -> (Haproxy, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut args = vec![
         "--bind".to_string(),
