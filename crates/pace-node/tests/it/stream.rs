@@ -241,3 +241,28 @@ async fn an_idle_stream_carries_keep_alive_comments() {
         }
     }
 }
+
+#[tokio::test]
+async fn open_streams_are_not_pending_connections_of_their_address() {
+    // Like upgraded WebSockets, established streams leave the address's
+    // count of pending connections: more streams than the cap get in.
+    let node = TestNode::start_with(|c| {
+        c.max_pending_per_address = 2;
+        c.demo_room = false;
+    })
+    .await;
+    let mut streams = Vec::new();
+    for i in 0..5 {
+        let (status, sse) =
+            sse_client::open(node.addr, &format!("/stream?device_id=many-{i}"), &[]).await;
+        assert_eq!(status, 200, "stream {i}");
+        let mut sse = sse.unwrap();
+        assert!(matches!(sse.frame().await, ServerFrame::Welcome(_)));
+        streams.push(sse);
+    }
+    assert_eq!(
+        node.metric(r#"pace_transport_connections_open{transport="sse"}"#)
+            .await,
+        5.0
+    );
+}

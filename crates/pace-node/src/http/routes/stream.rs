@@ -63,6 +63,11 @@ pub async fn open(
             "node is at its connection limit",
         )));
     };
+    // Established: like an upgraded WebSocket, the stream no longer counts
+    // as a pending connection of its address, nor can it be shed.
+    if let Some(release) = req.extensions().get::<crate::pending::Release>() {
+        release.release();
+    }
     let deps = node.ws.clone();
     let (socket, body) = sse::open(
         deps.hub.streams(),
