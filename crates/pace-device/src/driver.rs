@@ -129,7 +129,7 @@ impl Conn {
     /// Closes the connection (a WebSocket with `frame`).
     async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), tungstenite::Error> {
         match self {
-            Conn::Ws(ws) => ws.close(frame).await,
+            Conn::Ws(ws) => WebSocketStream::close(ws, frame).await,
             Conn::Stream(s) => SinkExt::close(s).await,
         }
     }
