@@ -165,6 +165,17 @@ pub struct HaproxyArgs {
     #[arg(long, env = "PACE_GATEWAY_MAXCONN")]
     pub maxconn: Option<u32>,
 
+    /// Idle timeout of requests and responses, seconds (`timeout client`
+    /// and `timeout server`); a device's HTTP stream sends a keep-alive
+    /// comment every 15 s (the node's --sse-heartbeat), so keep it above.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::haproxy::DEFAULT_IDLE_TIMEOUT_SECS, value_parser = clap::value_parser!(u32).range(1..), env = "PACE_GATEWAY_IDLE_TIMEOUT")]
+    pub idle_timeout: u32,
+
+    /// Lab and CI only: refuse WebSocket upgrades (403), as a strict
+    /// corporate proxy does, to exercise the HTTP stream fallback.
+    #[arg(long)]
+    pub deny_websocket: bool,
+
     #[command(flatten)]
     pub protect: ProtectArgs,
 }
@@ -214,6 +225,8 @@ pub fn execute(cmd: &GatewayCommand, out: &mut dyn Write) -> Result<(), GatewayE
                 stats_bind: args.stats_bind.clone(),
                 maxconn: args.maxconn,
                 protect: args.protect.protection()?,
+                idle_timeout_secs: args.idle_timeout,
+                deny_websocket: args.deny_websocket,
             };
             crate::render_haproxy(&args.nodes.topology()?, &options)?
         }

@@ -232,6 +232,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_PING_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub ping_timeout: Duration,
 
+    /// How often a device's HTTP stream (`GET /stream`, SSE) carries a
+    /// keep-alive comment. Keep it below the gateway's idle timeout
+    /// (HAProxy `timeout server`/`timeout tunnel`, Kong `read_timeout`).
+    #[arg(long, env = "PACE_SSE_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub sse_heartbeat: Duration,
+
     /// How long one write to a device may block before the device counts as a
     /// slow consumer.
     #[arg(long, env = "PACE_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -540,6 +546,7 @@ impl ServeArgs {
             ("--handshake-timeout", self.handshake_timeout),
             ("--ping-interval", self.ping_interval),
             ("--ping-timeout", self.ping_timeout),
+            ("--sse-heartbeat", self.sse_heartbeat),
             ("--write-timeout", self.write_timeout),
         ] {
             if d.is_zero() {
@@ -665,6 +672,7 @@ impl ServeArgs {
             handshake_timeout: self.handshake_timeout,
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
+            sse_heartbeat: self.sse_heartbeat,
             write_timeout: self.write_timeout,
             drain_grace: self.drain_grace,
             drain_delay: self.drain_delay,
@@ -828,6 +836,8 @@ pub struct NodeConfig {
     pub ping_interval: Duration,
     /// See [`ServeArgs::ping_timeout`].
     pub ping_timeout: Duration,
+    /// See [`ServeArgs::sse_heartbeat`].
+    pub sse_heartbeat: Duration,
     /// See [`ServeArgs::write_timeout`].
     pub write_timeout: Duration,
     /// See [`ServeArgs::drain_grace`].

@@ -113,7 +113,8 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::RoomClosed
         | ErrorCode::RoomRejecting
         | ErrorCode::EventNotOpen
-        | ErrorCode::DeviceExists => StatusCode::CONFLICT,
+        | ErrorCode::DeviceExists
+        | ErrorCode::StreamNotHere => StatusCode::CONFLICT,
         ErrorCode::Forbidden | ErrorCode::OriginNotAllowed | ErrorCode::NotAllowed => {
             StatusCode::FORBIDDEN
         }

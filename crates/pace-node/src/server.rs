@@ -284,11 +284,16 @@ async fn accept_loop(
         let _ = stream.get_ref().set_nodelay(true);
         let stop = stop.clone();
         let app = app.clone();
+        let shed = pending.shed.clone();
+        // A device stream (`GET /stream`) releases it as an upgrade would.
+        let pending = crate::pending::Release::new(pending);
+        let release = pending.clone();
         // The router, with the peer address for its extractors.
         let conn = builder.serve_connection(
             TokioIo::new(stream),
             service_fn(move |mut req: http::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(release.clone());
                 app.clone().call(req)
             }),
         );
@@ -301,7 +306,7 @@ async fn accept_loop(
                         tracing::debug!(%peer, error = %e, "http connection ended with an error");
                     }
                 }
-                () = pending.shed.cancelled() => {
+                () = shed.cancelled() => {
                     // Out of descriptors: the oldest connection not yet
                     // upgraded makes room for a new one.
                     tracing::debug!(%peer, "pending connection shed for a newer one");

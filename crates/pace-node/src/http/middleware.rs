@@ -100,10 +100,10 @@ async fn guard(
 ) -> Result<Response, ApiError> {
     let peer = peer(req.extensions())?;
     // Held until the handler has answered (the 101 of a handshake).
-    let _forwarded_hold = if spec.route == Route::DeviceWs {
-        super::routes::devices::before_handshake(node, &req, peer)?
-    } else {
-        None
+    let _forwarded_hold = match spec.route {
+        Route::DeviceWs => super::routes::devices::before_handshake(node, &req, peer, true)?,
+        Route::DeviceStream => super::routes::devices::before_handshake(node, &req, peer, false)?,
+        _ => None,
     };
     // The body is not `Sync`: only the head is borrowed across awaits.
     let (parts, body) = req.into_parts();
@@ -139,7 +139,14 @@ fn count_refusal(
     e: ApiError,
 ) -> ApiError {
     match route {
-        Route::DeviceWs => return super::routes::devices::refused_handshake(node, peer, e),
+        Route::DeviceWs | Route::DeviceStream => {
+            return super::routes::devices::refused_handshake(node, peer, e);
+        }
+        Route::StreamSend => node
+            .metrics
+            .stream_posts
+            .with_label_values(&["unauthorized"])
+            .inc(),
         Route::Notify => node
             .metrics
             .notify_requests

@@ -132,6 +132,9 @@ impl Inner {
 pub struct Hub {
     inner: Mutex<Inner>,
     next_conn: AtomicU64,
+    /// Where frames POSTed for this node's stream devices go
+    /// ([`crate::ws::sse`]).
+    streams: Arc<crate::ws::sse::Streams>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -144,6 +147,11 @@ impl Hub {
     /// An empty hub.
     pub fn new() -> Hub {
         Hub::default()
+    }
+
+    /// This node's device streams (HTTP streaming transport).
+    pub fn streams(&self) -> &Arc<crate::ws::sse::Streams> {
+        &self.streams
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

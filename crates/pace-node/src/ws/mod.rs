@@ -10,6 +10,7 @@
 //! - [`hub`]: this node's devices and groups, bounded delivery.
 //! - [`fanout`]: what arrives over the cluster bus, handed to the hub.
 //! - [`backlog`]: the pong backlog of a device that sends and does not read.
+//! - [`sse`]: the HTTP streaming transport (SSE + POST) under the same session.
 //! - [`admin`]: the admin console's live feed.
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod handshake;
 pub mod hub;
 pub mod resume;
 pub mod session;
+pub mod sse;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -95,6 +97,8 @@ pub struct Settings {
     pub ping_interval: Duration,
     /// Time a pinged device has to answer.
     pub ping_timeout: Duration,
+    /// Keep-alive comment interval of an HTTP stream.
+    pub sse_heartbeat: Duration,
     /// A write (or a batch of them) taking longer is a slow consumer.
     pub write_timeout: Duration,
     /// How long a draining node waits for devices to close.
@@ -117,6 +121,7 @@ impl Settings {
             ws_max_write_buffer: config.ws_max_write_buffer,
             ping_interval: config.ping_interval,
             ping_timeout: config.ping_timeout,
+            sse_heartbeat: config.sse_heartbeat,
             write_timeout: config.write_timeout,
             drain_grace: config.drain_grace,
             max_groups: config.max_groups,

@@ -53,6 +53,11 @@ pub trait Socket:
     /// Whether the socket refuses writes now (as of the last attempt):
     /// the device does not read.
     fn write_blocked(&self) -> bool;
+
+    /// The `transport` label of the connection metrics (`ws`, `sse`).
+    fn transport(&self) -> &'static str {
+        "ws"
+    }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for WebSocketStream<Watched<T>> {
@@ -162,8 +167,17 @@ pub async fn run<S: Socket>(deps: Arc<Deps>, ws: S, accepted: Box<Accepted>) {
         generation,
         grants,
     );
+    let transport = ws.transport();
     deps.metrics.connections_open.inc();
     deps.metrics.connections_accepted.inc();
+    deps.metrics
+        .transport_open
+        .with_label_values(&[transport])
+        .inc();
+    deps.metrics
+        .transport_accepted
+        .with_label_values(&[transport])
+        .inc();
     if deps.is_draining() {
         // Upgraded just as the drain began: tell it to go elsewhere too.
         reg.control.close(CloseCode::SERVICE_RESTART);
@@ -188,6 +202,10 @@ pub async fn run<S: Socket>(deps: Arc<Deps>, ws: S, accepted: Box<Accepted>) {
     deps.hub.unregister(&session.device, conn);
     deps.rooms.waiters.disconnected(&session.device);
     deps.metrics.connections_open.dec();
+    deps.metrics
+        .transport_open
+        .with_label_values(&[transport])
+        .dec();
     deps.metrics
         .disconnects
         .with_label_values(&[end.reason()])
