@@ -54,7 +54,7 @@ pub async fn open(
         hs.resume = true;
     }
     let hs = handshake::grant(&node.ws, hs, &device).await;
-    crate::origins::check_handshake(&node, &req, &device)
+    crate::origins::check_handshake(&node.origins, &req, &device)
         .await
         .map_err(refuse)?;
     let Some(slot) = node.take_slot() else {
@@ -105,7 +105,7 @@ pub async fn send(
     let count = |result: &str| node.metrics.stream_posts.with_label_values(&[result]).inc();
     let (parts, body) = req.into_parts();
     let head = http::Request::from_parts(parts, ());
-    crate::origins::check_handshake(&node, &head, &device)
+    crate::origins::check_handshake(&node.origins, &head, &device)
         .await
         .inspect_err(|_| count("origin"))?;
     let value: Value =
