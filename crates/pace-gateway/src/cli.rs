@@ -79,9 +79,11 @@ pub struct ProtectArgs {
 
     /// A published ES256 key as KID=PEM-FILE (the lines `pace-node keys
     /// export-pem` prints); repeat for each key (two during a rotation).
+    /// A key id is a JWK thumbprint (base64url), so it may begin with `-`.
     #[arg(
         long = "admission-key",
         value_name = "KID=FILE",
+        allow_hyphen_values = true,
         env = "PACE_GATEWAY_ADMISSION_KEYS",
         value_delimiter = ',',
         requires = "protect"
@@ -301,6 +303,31 @@ mod tests {
         ])
         .unwrap();
         assert!(ha.contains("bind 127.0.0.1:9000"));
+    }
+
+    /// Key ids are base64url thumbprints: one in 64 begins with `-`, and
+    /// the line `keys export-pem` prints for it must still parse.
+    #[test]
+    fn an_admission_key_id_may_begin_with_a_hyphen() {
+        let cli = Cli::try_parse_from([
+            "gateway",
+            "haproxy",
+            "--node",
+            "127.0.0.1:8081",
+            "--protect",
+            "/shop/",
+            "--room",
+            "sale",
+            "--site",
+            "127.0.0.1:9",
+            "--admission-key",
+            "-pX3a_b=/etc/pace/k.pem",
+        ])
+        .expect("a key id starting with '-' is a value");
+        let GatewayCommand::Haproxy(args) = cli.cmd else {
+            panic!("haproxy")
+        };
+        assert_eq!(args.protect.admission_keys, ["-pX3a_b=/etc/pace/k.pem"]);
     }
 
     #[test]
