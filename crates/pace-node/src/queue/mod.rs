@@ -111,13 +111,14 @@
 //!
 //! # Operations and their Redis cost
 //!
-//! One round trip each (admit, sweep and touch: one per batch of 1,000);
+//! One round trip each (admit, sweep and touch: one per batch of 1,000;
+//! `rooms`: one per page of 1,000);
 //! `n` waiting, `k` devices or sessions handled by the call.
 //!
 //! | operation | how | cost |
 //! |---|---|---|
 //! | `put_room` | `HSET` config + `SADD` rooms | 2 commands, O(1) |
-//! | `get_room` / `rooms` | `HGETALL` / `SMEMBERS` | O(1) / O(rooms) |
+//! | `get_room` / `rooms` | `HGETALL` / `SSCAN` pages of 1,000 | O(1) / O(rooms), a round trip per page |
 //! | `join` | `join.lua`: `HGET` state, session lookup, `ZSCORE`; new place: `HGET` mode, `HINCRBY` ticket, `HGET` + `XADD` + `HSET` log, `ZADD` queue + seen, `ZCARD`, peak | ~11 commands, O(log n) |
 //! | `join_room` (a node's whole join) | the same `join.lua` with the proof-of-work gate (`HGET` difficulty, `SET NX PX` of the mark when a solution is claimed) and, after the join, `HGETALL` config (+ `HGETALL` events with a shuffled event) and `ZCOUNT` rate | one round trip, ~19 commands, O(log n) |
 //! | `touch` | `touch.lua`: `ZSCORE` + `ZADD` seen per device | O(k log n) |
@@ -171,6 +172,7 @@ use serde::{Deserialize, Serialize};
 
 pub use memory::MemoryQueueStore;
 pub use redis::RedisQueueStore;
+pub(crate) use redis::sscan_members;
 
 /// Length of the sliding window of `admit_per_minute`, in ms.
 pub const RATE_WINDOW_MS: u64 = 60_000;

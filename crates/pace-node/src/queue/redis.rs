@@ -315,6 +315,39 @@ impl RedisQueueStore {
     }
 }
 
+/// Members of the set `key` read with `SSCAN` pages of `SCAN_PAGE` (no
+/// single command reads the whole set, so none blocks Redis for long as
+/// the set grows), at most `limit` of them (in the set's scan order).
+pub(crate) async fn sscan_members(
+    client: &Client,
+    key: &str,
+    limit: usize,
+) -> Result<Vec<String>, Error> {
+    /// Members asked per `SSCAN` (a hint to Redis).
+    const SCAN_PAGE: usize = 1000;
+    let mut cursor = "0".to_owned();
+    let mut out = Vec::new();
+    loop {
+        let (next, page): (String, Vec<String>) = client
+            .custom(
+                fred::types::CustomCommand::new_static("SSCAN", None, false),
+                vec![
+                    key.to_owned(),
+                    cursor,
+                    "COUNT".to_owned(),
+                    SCAN_PAGE.to_string(),
+                ],
+            )
+            .await?;
+        out.extend(page);
+        if next == "0" || out.len() >= limit {
+            out.truncate(limit);
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
 /// Fills in the seed of every shuffled event of `config` that `runs`
 /// (the room's events hash) says was ordered.
 fn reveal_from(config: &mut RoomConfig, runs: &HashMap<String, String>) {
@@ -670,12 +703,13 @@ impl QueueStore for RedisQueueStore {
 
     async fn rooms(&self) -> Result<Vec<RoomId>, QueueError> {
         self.connected_or_fail()?;
-        let ids: Vec<String> = self
-            .client
-            .on(&self.rooms_key)?
-            .smembers(&self.rooms_key)
-            .await
-            .map_err(unavailable)?;
+        let ids = sscan_members(
+            &self.client.on(&self.rooms_key)?,
+            &self.rooms_key,
+            usize::MAX,
+        )
+        .await
+        .map_err(unavailable)?;
         let mut rooms = ids
             .iter()
             .map(|s| RoomId::parse(s).map_err(|_| bad("invalid room id in store")))
@@ -1290,6 +1324,40 @@ mod tests {
     }
 
     queue_conformance!(setup);
+
+    /// `sscan_members` reads a set of several pages whole, each member
+    /// once, and stops at its limit; `rooms` (which uses it) lists more
+    /// rooms than one page.
+    #[tokio::test]
+    async fn sets_are_read_in_pages() {
+        let redis = TestRedis::start();
+        let c = client(&redis).await;
+        let members: Vec<String> = (0..2_500).map(|i| format!("m{i}")).collect();
+        let _: i64 = c.sadd("big", members.clone()).await.unwrap();
+        let mut got = super::sscan_members(&c, "big", usize::MAX).await.unwrap();
+        got.sort();
+        got.dedup();
+        let mut want = members;
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(super::sscan_members(&c, "big", 10).await.unwrap().len(), 10);
+        assert!(
+            super::sscan_members(&c, "none", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let s = RedisQueueStore::new(c.clone(), "pages");
+        for i in 0..1_200 {
+            s.put_room(&room(&format!("r{i:04}")), &config(1))
+                .await
+                .unwrap();
+        }
+        let rooms = s.rooms().await.unwrap();
+        assert_eq!(rooms.len(), 1_200);
+        assert_eq!(rooms[0], room("r0000"));
+        assert_eq!(rooms[1_199], room("r1199"));
+    }
 
     #[test]
     fn a_rooms_keys_share_one_slot() {
