@@ -550,7 +550,13 @@ impl Rooms {
                 room,
                 outcome,
                 admitted_last_minute,
-            } => (room, outcome, admitted_last_minute),
+                pow_claimed,
+            } => {
+                if pow_claimed {
+                    self.metrics.pow.with_label_values(&["solved"]).inc();
+                }
+                (room, outcome, admitted_last_minute)
+            }
             JoinAttempt::NoSuchRoom => {
                 if fresh {
                     self.waiters.remove(room_id, device);
@@ -564,9 +570,6 @@ impl Rooms {
                 return self.pow_gate(&room, device, gate, invalid);
             }
         };
-        if matches!(pow, PowAnswer::Solved { .. }) && room.config.pow_difficulty > 0 {
-            self.metrics.pow.with_label_values(&["solved"]).inc();
-        }
         let refused = |code, message: String| Err(JoinRefused { code, message });
         // The device was a waiter here from before the script ran, so if it
         // is gone now, the bus (or a heartbeat) already delivered its

@@ -13,7 +13,7 @@
 --         in one round trip (`join_room`): the start of the rate window
 --         (ms), and the reply is {reply below, config HGETALL, events
 --         HGETALL (only with a shuffled event, else empty), admissions
---         after ARGV[4]}
+--         after ARGV[4], 1 if it claimed the proof-of-work mark else 0}
 -- ARGV[5] proof of work: absent/'exempt' (none asked), 'unsolved',
 --         'invalid' or 'solved' (ARGV[6]: the mark's TTL, ms). Asked only
 --         of a device with neither place nor live session, when the
@@ -32,6 +32,9 @@
 -- commitment first); the first join after event_start records the last.
 local device = ARGV[1]
 local now = tonumber(ARGV[2])
+
+-- Whether this call claimed the proof-of-work mark (a new place with it).
+local claimed = 0
 
 local function join()
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -79,6 +82,7 @@ if pow and pow ~= '' and pow ~= 'exempt'
   elseif not redis.call('SET', KEYS[12], '1', 'NX', 'PX', ARGV[6]) then
     return {'pow', 'reused'}
   end
+  claimed = 1
 end
 
 if state == 'closed' then
@@ -147,4 +151,4 @@ if declared and string.find(declared, 'shuffle', 1, true) then
   events = redis.call('HGETALL', KEYS[10])
 end
 return {out, redis.call('HGETALL', KEYS[1]), events,
-  redis.call('ZCOUNT', KEYS[11], '(' .. ARGV[4], '+inf')}
+  redis.call('ZCOUNT', KEYS[11], '(' .. ARGV[4], '+inf'), claimed}

@@ -340,6 +340,9 @@ pub enum JoinAttempt {
         outcome: JoinOutcome,
         /// The room's admissions in the last 60 s (for the wait estimate).
         admitted_last_minute: u64,
+        /// Whether a solution's mark was claimed by this join (the device
+        /// needed the work and brought it).
+        pow_claimed: bool,
     },
 }
 
@@ -578,6 +581,7 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
         let Some(r) = self.get_room(room).await? else {
             return Ok(JoinAttempt::NoSuchRoom);
         };
+        let mut pow_claimed = false;
         if r.config.pow_difficulty > 0
             && *pow != PowAnswer::Exempt
             && matches!(
@@ -590,7 +594,8 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
                 PowAnswer::Unsolved => Some(PowGate::Challenge),
                 PowAnswer::Invalid => Some(PowGate::Invalid),
                 PowAnswer::Solved { jti, ttl_ms } => {
-                    (!self.claim_mark(room, jti, *ttl_ms, now_ms).await?).then_some(PowGate::Reused)
+                    pow_claimed = self.claim_mark(room, jti, *ttl_ms, now_ms).await?;
+                    (!pow_claimed).then_some(PowGate::Reused)
                 }
             };
             if let Some(gate) = gate {
@@ -603,6 +608,7 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
             room: r,
             outcome,
             admitted_last_minute,
+            pow_claimed,
         })
     }
 
@@ -1046,6 +1052,7 @@ pub(crate) mod conformance {
             room: seen,
             outcome,
             admitted_last_minute,
+            pow_claimed: false,
         } = s.join_room(&r, &dev("a"), T0, &none).await.unwrap()
         else {
             panic!("a: expected a join");
@@ -1132,10 +1139,11 @@ pub(crate) mod conformance {
         let a = s.join_room(&r, &dev("a"), T0, &solved("j1")).await.unwrap();
         let JoinAttempt::Joined {
             outcome: JoinOutcome::Waiting(a),
+            pow_claimed: true,
             ..
         } = a
         else {
-            panic!("a: expected waiting, got {a:?}");
+            panic!("a: expected waiting with the mark claimed, got {a:?}");
         };
         // The same challenge again, by another device: refused, no place.
         let b = s
@@ -1160,7 +1168,7 @@ pub(crate) mod conformance {
         for answer in [PowAnswer::Unsolved, PowAnswer::Invalid, solved("j1")] {
             let again = s.join_room(&r, &dev("a"), T0 + 2, &answer).await.unwrap();
             assert!(
-                matches!(again, JoinAttempt::Joined { outcome: JoinOutcome::Waiting(p), .. } if p.ticket == a.ticket)
+                matches!(again, JoinAttempt::Joined { outcome: JoinOutcome::Waiting(p), pow_claimed: false, .. } if p.ticket == a.ticket)
             );
         }
         let adm = s.admit(&r, T0 + 3).await.unwrap().admitted[0].1.clone();

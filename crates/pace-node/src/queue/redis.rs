@@ -790,6 +790,7 @@ impl QueueStore for RedisQueueStore {
         let config = flat_map(r.array()?)?;
         let runs = flat_map(r.array()?)?;
         let admitted_last_minute = r.u64()?;
+        let pow_claimed = r.u64()? == 1;
         let Some(mut config) = parse_config(&config)? else {
             return Ok(JoinAttempt::NoSuchRoom);
         };
@@ -812,6 +813,7 @@ impl QueueStore for RedisQueueStore {
             room,
             outcome: join_outcome(out)?,
             admitted_last_minute,
+            pow_claimed,
         })
     }
 
