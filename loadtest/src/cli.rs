@@ -139,6 +139,12 @@ pub struct FleetArgs {
     #[arg(long, default_value_t = 4096, env = "PACE_LOADTEST_READ_BUFFER")]
     pub read_buffer: usize,
 
+    /// Device transport: `ws` (`GET /ws`, the WebSocket) or `sse` (`GET
+    /// /stream`, the HTTP streaming fallback; idle and broadcast scenarios,
+    /// not `surge`).
+    #[arg(long, value_enum, default_value_t = crate::ipc::Transport::Ws, env = "PACE_LOADTEST_TRANSPORT")]
+    pub transport: crate::ipc::Transport,
+
     /// Seconds to wait for every target's /ready before starting.
     #[arg(long, default_value_t = 10.0, env = "PACE_LOADTEST_READY_TIMEOUT")]
     pub ready_timeout: f64,

@@ -110,6 +110,9 @@ pub async fn connect_with(
     surge: Option<SurgeSpec>,
     run_id: Option<String>,
 ) -> anyhow::Result<Connected> {
+    if surge.is_some() && args.transport == crate::ipc::Transport::Sse {
+        anyhow::bail!("--transport sse: the surge scenario drives WebSocket devices only");
+    }
     let started_at_unix_ms = unix_micros() / 1000;
     let targets = args
         .targets
@@ -175,6 +178,7 @@ pub async fn connect_with(
             connect_concurrency: args.connect_concurrency,
             connect_timeout_ms: connect_timeout.as_millis() as u64,
             read_buffer_bytes: args.read_buffer,
+            transport: args.transport,
             progress_interval_ms: 100,
             deadline_ms: worker_deadline.as_millis() as u64,
             surge: surge.map(|s| SurgeSpec { processes, ..s }),

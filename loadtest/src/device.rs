@@ -241,7 +241,7 @@ pub async fn run(
 }
 
 /// Classifies one text frame into the log.
-fn on_text(
+pub(crate) fn on_text(
     text: &str,
     now_us: u64,
     run_id: &str,

@@ -16,6 +16,17 @@ use serde::{Deserialize, Serialize};
 use crate::target::Target;
 
 /// Everything a worker needs to run its share of the devices.
+/// A device transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// The WebSocket, `GET /ws`.
+    #[default]
+    Ws,
+    /// The HTTP stream, `GET /stream` (Server-Sent Events).
+    Sse,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerSpec {
     /// Index of this worker (0-based), for messages.
@@ -43,6 +54,9 @@ pub struct WorkerSpec {
     pub connect_timeout_ms: u64,
     /// Read buffer per WebSocket, in bytes (tungstenite allocates it eagerly).
     pub read_buffer_bytes: usize,
+    /// How devices connect.
+    #[serde(default)]
+    pub transport: Transport,
     /// How often to emit [`WorkerEvent::Progress`].
     pub progress_interval_ms: u64,
     /// The worker finishes on its own this long after starting, even without

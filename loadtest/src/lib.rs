@@ -49,6 +49,7 @@ pub mod redis_info;
 pub mod redis_tickets;
 pub mod register;
 pub mod report;
+pub mod sse_device;
 pub mod stats;
 pub mod surge;
 pub mod surge_analysis;

@@ -276,6 +276,8 @@ async fn run(
         let device_id = device_id_of(&spec, i);
         let ws_url = ws_urls[t].clone();
         let addr = addrs[t];
+        let host = format!("{}:{}", spec.targets[t].host, spec.targets[t].port);
+        let transport = spec.transport;
         let plan = surge.as_ref().map(|(s, join_text, http)| SurgePlan {
             index: i,
             device_id: device_id.clone(),
@@ -341,6 +343,29 @@ async fn run(
                 timeout,
                 counts: counters.ws_bytes.clone(),
             };
+            if transport == crate::ipc::Transport::Sse {
+                let connected = crate::sse_device::connect(dial, &host).await;
+                drop(permit);
+                return match connected {
+                    Ok((sse, latency)) => {
+                        counters.open.fetch_add(1, Ordering::Relaxed);
+                        let _ = done_tx.send(Ok(latency));
+                        drop(done_tx);
+                        let log =
+                            crate::sse_device::run(sse, &run_id, stop, &counters.received).await;
+                        counters.open.fetch_sub(1, Ordering::Relaxed);
+                        if log.dropped.is_some() {
+                            counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(log)
+                    }
+                    Err(reason) => {
+                        counters.failed.fetch_add(1, Ordering::Relaxed);
+                        let _ = done_tx.send(Err(reason));
+                        None
+                    }
+                };
+            }
             let connected = device::connect(dial).await;
             drop(permit);
             drop(token);

@@ -4,7 +4,8 @@
 //! like a real device. With `--check` it is the tool IT runs on a machine
 //! behind their firewall or proxy to see whether a device gets through:
 //! does the `x-device-id` header reach the node, is the WebSocket upgrade
-//! allowed, does the connection survive idle periods.
+//! allowed, does the HTTP stream (the fallback) work, which transport
+//! devices end up on, does the connection survive idle periods.
 //!
 //! Before connecting it gets a device token: the one stored in the token
 //! file (`--token-file`, next to the id file), refreshed when close to
@@ -31,7 +32,7 @@ use anyhow::Context;
 use clap::Parser;
 use pace_device::{
     Client, Closed, Config, Credentials, CredentialsError, DeviceInfo, DeviceType, Disconnect,
-    Event, Obtained, TokenStore, ensure_token, load_or_create_device_id,
+    Event, Obtained, TokenStore, TransportPolicy, ensure_token, load_or_create_device_id,
 };
 use pace_protocol::{DeviceId, ErrorCode, GroupId, RoomId};
 
@@ -465,6 +466,26 @@ async fn check(config: Config, hold: Option<Duration>) -> anyhow::Result<ExitCod
             return Ok(ExitCode::from(1));
         }
     };
+    // Each transport on its own, then the client as devices run it.
+    let mut ws_ok = false;
+    for policy in [TransportPolicy::WebSocket, TransportPolicy::Stream] {
+        let (outcome, client) = attempt(config.clone().with_transport(policy)).await?;
+        if let Some((client, _)) = client {
+            client.close().await;
+        }
+        match (policy, outcome) {
+            (TransportPolicy::WebSocket, Outcome::Connected(what)) => {
+                ws_ok = true;
+                println!("ok    WebSocket upgrade allowed: {what}");
+            }
+            (TransportPolicy::WebSocket, other) => println!(
+                "WARN  WebSocket refused ({}); devices fall back to the HTTP stream",
+                describe(&other)
+            ),
+            (_, Outcome::Connected(what)) => println!("ok    HTTP stream (/stream) works: {what}"),
+            (_, other) => println!("WARN  HTTP stream (/stream) failed: {}", describe(&other)),
+        }
+    }
     let (outcome, client) = attempt(config).await?;
     let Outcome::Connected(what) = outcome else {
         if let Outcome::Failed(why) = outcome {
@@ -472,10 +493,18 @@ async fn check(config: Config, hold: Option<Duration>) -> anyhow::Result<ExitCod
         }
         return Ok(ExitCode::from(1));
     };
-    println!("ok    WebSocket upgrade allowed: {what}");
     let Some((client, mut events)) = client else {
         return Ok(ExitCode::from(1));
     };
+    println!(
+        "ok    devices connect over: {} ({what}){}",
+        client.transport(),
+        if ws_ok {
+            ""
+        } else {
+            "; the WebSocket is tried again every 5 minutes"
+        }
+    );
     let mut code = if header_ok {
         ExitCode::SUCCESS
     } else {
@@ -515,6 +544,15 @@ async fn check(config: Config, hold: Option<Duration>) -> anyhow::Result<ExitCod
     }
     client.close().await;
     Ok(code)
+}
+
+/// An outcome that is not a connection, in words.
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Connected(what) => format!("connected: {what}"),
+        Outcome::HeaderMissing => "the x-device-id header was stripped".to_owned(),
+        Outcome::Failed(why) => why.clone(),
+    }
 }
 
 fn parse_all<T, E: std::fmt::Display>(

@@ -139,6 +139,11 @@ impl Client {
         &self.inner.device_id
     }
 
+    /// The transport of the current connection (or the last one tried).
+    pub fn transport(&self) -> crate::TransportKind {
+        self.inner.shared.transport()
+    }
+
     /// Whether the task has stopped.
     pub fn is_stopped(&self) -> bool {
         self.inner.commands.is_closed()

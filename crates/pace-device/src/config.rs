@@ -66,6 +66,46 @@ pub struct Config {
     /// only to check that the `x-device-id` header gets through (a node that
     /// gets neither refuses with 400 `missing_device_id`).
     pub send_device_id_query: bool,
+    /// Which transports the client uses: WebSocket first, falling back to
+    /// the HTTP stream (the default), or only one of them.
+    pub transport: TransportPolicy,
+    /// After falling back to the HTTP stream, how long the client stays on
+    /// it before trying the WebSocket again (on its next reconnect).
+    pub websocket_retry_after: Duration,
+}
+
+/// Which transports a client uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportPolicy {
+    /// WebSocket first; the HTTP stream (`GET /stream` + `POST
+    /// /stream/send`) when the upgrade is refused (a proxy's 4xx that is
+    /// not a node's answer, or the node's `not_websocket`: a proxy stripped
+    /// the upgrade) or the socket dies within seconds three times running;
+    /// the WebSocket again after [`Config::websocket_retry_after`].
+    #[default]
+    Auto,
+    /// WebSocket only.
+    WebSocket,
+    /// The HTTP stream only.
+    Stream,
+}
+
+/// The transport a connection uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// `GET /ws`.
+    WebSocket,
+    /// `GET /stream` + `POST /stream/send`.
+    Stream,
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportKind::WebSocket => "websocket",
+            TransportKind::Stream => "http-stream",
+        })
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -88,6 +128,8 @@ impl std::fmt::Debug for Config {
             .field("event_buffer", &self.event_buffer)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("send_device_id_query", &self.send_device_id_query)
+            .field("transport", &self.transport)
+            .field("websocket_retry_after", &self.websocket_retry_after)
             .finish()
     }
 }
@@ -117,7 +159,15 @@ impl Config {
             event_buffer: 1024,
             max_message_bytes: 1024 * 1024,
             send_device_id_query: true,
+            transport: TransportPolicy::Auto,
+            websocket_retry_after: Duration::from_secs(300),
         }
+    }
+
+    /// Sets which transports the client uses.
+    pub fn with_transport(mut self, transport: TransportPolicy) -> Config {
+        self.transport = transport;
+        self
     }
 
     /// Adds a base URL to rotate to on reconnect.

@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::backoff::Backoff;
-use crate::config::{Config, valid_token};
+use crate::config::{Config, TransportKind, TransportPolicy, valid_token};
 use crate::credentials::CredentialsError;
 use crate::dedupe::{Dedupe, Verdict};
 use crate::endpoint::Endpoint;
@@ -64,12 +64,23 @@ pub(crate) struct Shared {
     /// The device token in use (it changes when the task renews it), for
     /// the status API.
     token: Mutex<Option<String>>,
+    /// Whether the current connection is the HTTP stream.
+    on_stream: AtomicBool,
 }
 
 impl Shared {
     /// The device token in use.
     pub(crate) fn token(&self) -> Option<String> {
         self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The transport of the current (or last tried) connection.
+    pub(crate) fn transport(&self) -> TransportKind {
+        if self.on_stream.load(Ordering::Relaxed) {
+            TransportKind::Stream
+        } else {
+            TransportKind::WebSocket
+        }
     }
 
     fn set_token(&self, token: Option<String>) {
@@ -95,7 +106,89 @@ const DEFAULT_SILENCE: Duration = Duration::from_secs(60);
 /// How long a polite close may take before the socket is just dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-type Ws = WebSocketStream<Transport>;
+type Ws = Conn;
+
+/// WebSocket connections that died within [`QUICK_DEATH`] of their
+/// `welcome`, in a row, before the client falls back to the HTTP stream.
+const QUICK_DEATHS: u32 = 3;
+/// A WebSocket that dies sooner than this after `welcome` (not closed by
+/// the node) counts towards [`QUICK_DEATHS`].
+const QUICK_DEATH: Duration = Duration::from_secs(5);
+
+/// One connection, on either transport: frames in and out as WebSocket
+/// messages, so the session code is one.
+#[derive(Debug)]
+pub(crate) enum Conn {
+    /// `GET /ws`.
+    Ws(Box<WebSocketStream<Transport>>),
+    /// `GET /stream` + `POST /stream/send`.
+    Stream(crate::sse::SseConn),
+}
+
+impl Conn {
+    /// Closes the connection (a WebSocket with `frame`).
+    async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), tungstenite::Error> {
+        match self {
+            Conn::Ws(ws) => WebSocketStream::close(ws, frame).await,
+            Conn::Stream(s) => SinkExt::close(s).await,
+        }
+    }
+}
+
+impl futures_util::Stream for Conn {
+    type Item = Result<Message, tungstenite::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            Conn::Ws(ws) => ws.poll_next_unpin(cx),
+            Conn::Stream(s) => s.poll_next_unpin(cx),
+        }
+    }
+}
+
+impl futures_util::Sink<Message> for Conn {
+    type Error = tungstenite::Error;
+
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        match self.get_mut() {
+            Conn::Ws(ws) => ws.poll_ready_unpin(cx),
+            Conn::Stream(s) => s.poll_ready_unpin(cx),
+        }
+    }
+
+    fn start_send(self: std::pin::Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        match self.get_mut() {
+            Conn::Ws(ws) => ws.start_send_unpin(item),
+            Conn::Stream(s) => s.start_send_unpin(item),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        match self.get_mut() {
+            Conn::Ws(ws) => ws.poll_flush_unpin(cx),
+            Conn::Stream(s) => s.poll_flush_unpin(cx),
+        }
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        match self.get_mut() {
+            Conn::Ws(ws) => ws.poll_close_unpin(cx),
+            Conn::Stream(s) => s.poll_close_unpin(cx),
+        }
+    }
+}
 
 /// How a connection (or an attempt) ended.
 #[derive(Debug)]
@@ -223,6 +316,10 @@ pub(crate) struct Driver {
     /// The device token was renewed after a refusal and no connection got
     /// `welcome` since: another refusal of the token stops the client.
     renewed: bool,
+    /// Fell back to the HTTP stream: stay on it until then (Auto policy).
+    stream_until: Option<Instant>,
+    /// WebSocket connections in a row that died soon after `welcome`.
+    quick_deaths: u32,
 }
 
 impl Driver {
@@ -268,6 +365,89 @@ impl Driver {
                 device_history_asked: false,
             },
             renewed: false,
+            stream_until: None,
+            quick_deaths: 0,
+        }
+    }
+
+    /// Whether the next connection uses the HTTP stream.
+    fn use_stream(&mut self) -> bool {
+        match self.config.transport {
+            TransportPolicy::WebSocket => false,
+            TransportPolicy::Stream => true,
+            TransportPolicy::Auto => match self.stream_until {
+                Some(t) if Instant::now() < t => true,
+                Some(_) => {
+                    tracing::info!("trying the WebSocket again");
+                    self.stream_until = None;
+                    false
+                }
+                None => false,
+            },
+        }
+    }
+
+    /// Falls back to the HTTP stream for `websocket_retry_after`.
+    fn fall_back(&mut self, why: &str) {
+        tracing::info!(why, "falling back to the HTTP stream");
+        self.quick_deaths = 0;
+        self.stream_until = Some(Instant::now() + self.config.websocket_retry_after);
+    }
+
+    /// Opens the HTTP stream to `ep`.
+    async fn open_stream(&mut self, ep: &Endpoint, plan: &ResumePlan) -> Result<Ws, End> {
+        self.shared.on_stream.store(true, Ordering::Relaxed);
+        let device = self.config.device_id.as_str();
+        let query = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            if self.config.send_device_id_query {
+                query.append_pair(DEVICE_ID_QUERY, device);
+            }
+            if let Some(t) = &self.config.token {
+                query.append_pair(TOKEN_QUERY, t);
+            }
+            query.finish()
+        };
+        let mut headers = vec![(
+            http::HeaderName::from_static(DEVICE_ID_HEADER),
+            device.to_owned(),
+        )];
+        if let Some(t) = &self.config.token {
+            headers.push((http::header::AUTHORIZATION, format!("Bearer {t}")));
+        }
+        let ident = crate::sse::Ident { headers, query };
+        let mut stream_headers = Vec::new();
+        let departments: Vec<&str> = plan.header.iter().map(GroupId::as_str).collect();
+        if !departments.is_empty() {
+            stream_headers.push((
+                http::HeaderName::from_static(DEPARTMENT_HEADER),
+                departments.join(","),
+            ));
+        }
+        let extra = if plan.cursors.is_empty() {
+            ""
+        } else {
+            "resume=1"
+        };
+        let timeout = self.config.connect_timeout;
+        let open = crate::sse::open(
+            ep,
+            ident,
+            stream_headers,
+            extra,
+            self.config.max_message_bytes,
+        );
+        match self.offline(tokio::time::timeout(timeout, open)).await? {
+            Err(_elapsed) => Err(End::retry(Disconnect::ConnectFailed(format!(
+                "{ep}: no stream within {timeout:?}"
+            )))),
+            Ok(Err(crate::sse::OpenError::Failed(e))) => {
+                Err(End::retry(Disconnect::ConnectFailed(format!("{ep}: {e}"))))
+            }
+            Ok(Err(crate::sse::OpenError::Refused { status, body })) => {
+                Err(self.renew_if_refused(refusal(status, &body)).await)
+            }
+            Ok(Ok(conn)) => Ok(Conn::Stream(conn)),
         }
     }
 
@@ -337,22 +517,42 @@ impl Driver {
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(self.config.max_message_bytes))
             .max_frame_size(Some(self.config.max_message_bytes));
-        let connect = tokio::time::timeout(timeout, async {
-            let stream = Transport::connect(&ep)
-                .await
-                .map_err(tungstenite::Error::Io)?;
-            tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await
-        });
-        let mut ws = match self.offline(connect).await {
-            Err(end) => return end,
-            Ok(Err(_elapsed)) => {
-                return End::retry(Disconnect::ConnectFailed(format!(
-                    "{ep}: no connection within {timeout:?}"
-                )));
+        let stream = self.use_stream();
+        let mut ws = if stream {
+            match self.open_stream(&ep, &plan).await {
+                Ok(conn) => conn,
+                Err(end) => return end,
             }
-            Ok(Ok(Err(e))) => return self.renew_if_refused(handshake_failed(&ep, e)).await,
-            Ok(Ok(Ok((ws, _response)))) => ws,
+        } else {
+            self.shared.on_stream.store(false, Ordering::Relaxed);
+            let connect = tokio::time::timeout(timeout, async {
+                let stream = Transport::connect(&ep)
+                    .await
+                    .map_err(tungstenite::Error::Io)?;
+                tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await
+            });
+            match self.offline(connect).await {
+                Err(end) => return end,
+                Ok(Err(_elapsed)) => {
+                    return End::retry(Disconnect::ConnectFailed(format!(
+                        "{ep}: no connection within {timeout:?}"
+                    )));
+                }
+                Ok(Ok(Err(e))) => {
+                    if self.config.transport == TransportPolicy::Auto && upgrade_refused(&e) {
+                        self.fall_back("the WebSocket upgrade was refused");
+                        match self.open_stream(&ep, &plan).await {
+                            Ok(conn) => conn,
+                            Err(end) => return end,
+                        }
+                    } else {
+                        return self.renew_if_refused(handshake_failed(&ep, e)).await;
+                    }
+                }
+                Ok(Ok(Ok((ws, _response)))) => Conn::Ws(Box::new(ws)),
+            }
         };
+        let on_ws = matches!(ws, Conn::Ws(_));
 
         let welcome = match self
             .offline(tokio::time::timeout(timeout, read_welcome(&mut ws)))
@@ -385,6 +585,25 @@ impl Driver {
             Ok(()) => self.serve(&mut ws, plan, silence).await,
             Err(e) => End::retry(Disconnect::Lost(e.to_string())),
         };
+        if on_ws && self.config.transport == TransportPolicy::Auto {
+            let lost = matches!(
+                &end,
+                End::Retry {
+                    reason: Disconnect::Lost(_)
+                        | Disconnect::HeartbeatLost
+                        | Disconnect::Protocol(_),
+                    ..
+                }
+            );
+            if lost && connected_at.elapsed() < QUICK_DEATH {
+                self.quick_deaths += 1;
+                if self.quick_deaths >= QUICK_DEATHS {
+                    self.fall_back("the WebSocket keeps dying within seconds");
+                }
+            } else {
+                self.quick_deaths = 0;
+            }
+        }
         match end {
             End::Retry { reason, prompt, .. } => End::Retry {
                 reason,
@@ -987,16 +1206,41 @@ fn closed_by_node(frame: Option<CloseFrame>) -> End {
     }
 }
 
+/// Whether a failed WebSocket handshake means the upgrade does not get
+/// through (fall back to the HTTP stream): an HTTP answer that is not a
+/// node's error body (a proxy's), or a node's `not_websocket` (a proxy
+/// stripped the upgrade headers), or an answer that is no handshake at all.
+fn upgrade_refused(e: &tungstenite::Error) -> bool {
+    match e {
+        tungstenite::Error::Http(resp) => {
+            let error = resp
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok());
+            match error {
+                None => resp.status().is_client_error() || resp.status().is_success(),
+                Some(b) => b.error.code == ErrorCode::NotWebsocket,
+            }
+        }
+        tungstenite::Error::Protocol(_) => true,
+        _ => false,
+    }
+}
+
 /// What a failed handshake means: retry, or stop when retrying cannot help.
 fn handshake_failed(ep: &Endpoint, e: tungstenite::Error) -> End {
     let tungstenite::Error::Http(resp) = e else {
         return End::retry(Disconnect::ConnectFailed(format!("{ep}: {e}")));
     };
     let status = resp.status().as_u16();
-    let error = resp
-        .body()
-        .as_deref()
-        .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok())
+    refusal(status, resp.body().as_deref().unwrap_or_default())
+}
+
+/// What a refused handshake (WebSocket or stream) with `status` and
+/// `body` means: retry, or stop when retrying cannot help.
+fn refusal(status: u16, body: &[u8]) -> End {
+    let error = serde_json::from_slice::<ErrorBody>(body)
+        .ok()
         .map(|b| b.error);
     // Server-side trouble, rate limits and timeouts pass; a refused id,
     // department or token, or a wrong URL, does not.

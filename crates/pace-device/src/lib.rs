@@ -11,6 +11,9 @@
 //! reconnecting on any drop with exponential backoff and full jitter,
 //! honouring the node's close codes, rejoining rooms and groups, resuming
 //! notifications from the last one received, and dropping duplicates.
+//! Where a proxy refuses WebSockets, it falls back by itself to the node's
+//! HTTP stream (`GET /stream` + `POST /stream/send`: the same frames and
+//! resume) and tries the WebSocket again later ([`TransportPolicy`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -79,6 +82,7 @@
 //! - [`endpoint`]: [`Endpoint`], base URL parsing.
 //! - [`status`]: [`RoomStatus`], the HTTP status of a device in a room.
 //! - `http`: one HTTP request (status, registration).
+//! - `sse`: the HTTP streaming transport (SSE + POST), the WebSocket's fallback.
 //! - `transport`: TCP, and TLS with the `tls` feature.
 
 pub mod backoff;
@@ -92,12 +96,13 @@ pub mod event;
 mod http;
 pub mod identity;
 pub mod register;
+mod sse;
 pub mod status;
 mod transport;
 
 pub use backoff::Backoff;
 pub use client::{Client, ClientStopped, Events};
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, TransportKind, TransportPolicy};
 pub use credentials::{
     Credentials, CredentialsError, Obtained, StoredToken, TokenStore, TokenStoreError, ensure_token,
 };

@@ -79,9 +79,11 @@ pub struct ProtectArgs {
 
     /// A published ES256 key as KID=PEM-FILE (the lines `pace-node keys
     /// export-pem` prints); repeat for each key (two during a rotation).
+    /// A key id is a JWK thumbprint (base64url), so it may begin with `-`.
     #[arg(
         long = "admission-key",
         value_name = "KID=FILE",
+        allow_hyphen_values = true,
         env = "PACE_GATEWAY_ADMISSION_KEYS",
         value_delimiter = ',',
         requires = "protect"
@@ -165,6 +167,17 @@ pub struct HaproxyArgs {
     #[arg(long, env = "PACE_GATEWAY_MAXCONN")]
     pub maxconn: Option<u32>,
 
+    /// Idle timeout of requests and responses, seconds (`timeout client`
+    /// and `timeout server`); a device's HTTP stream sends a keep-alive
+    /// comment every 15 s (the node's --sse-heartbeat), so keep it above.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::haproxy::DEFAULT_IDLE_TIMEOUT_SECS, value_parser = clap::value_parser!(u32).range(1..), env = "PACE_GATEWAY_IDLE_TIMEOUT")]
+    pub idle_timeout: u32,
+
+    /// Lab and CI only: refuse WebSocket upgrades (403), as a strict
+    /// corporate proxy does, to exercise the HTTP stream fallback.
+    #[arg(long)]
+    pub deny_websocket: bool,
+
     #[command(flatten)]
     pub protect: ProtectArgs,
 }
@@ -214,6 +227,8 @@ pub fn execute(cmd: &GatewayCommand, out: &mut dyn Write) -> Result<(), GatewayE
                 stats_bind: args.stats_bind.clone(),
                 maxconn: args.maxconn,
                 protect: args.protect.protection()?,
+                idle_timeout_secs: args.idle_timeout,
+                deny_websocket: args.deny_websocket,
             };
             crate::render_haproxy(&args.nodes.topology()?, &options)?
         }
@@ -288,6 +303,31 @@ mod tests {
         ])
         .unwrap();
         assert!(ha.contains("bind 127.0.0.1:9000"));
+    }
+
+    /// Key ids are base64url thumbprints: one in 64 begins with `-`, and
+    /// the line `keys export-pem` prints for it must still parse.
+    #[test]
+    fn an_admission_key_id_may_begin_with_a_hyphen() {
+        let cli = Cli::try_parse_from([
+            "gateway",
+            "haproxy",
+            "--node",
+            "127.0.0.1:8081",
+            "--protect",
+            "/shop/",
+            "--room",
+            "sale",
+            "--site",
+            "127.0.0.1:9",
+            "--admission-key",
+            "-pX3a_b=/etc/pace/k.pem",
+        ])
+        .expect("a key id starting with '-' is a value");
+        let GatewayCommand::Haproxy(args) = cli.cmd else {
+            panic!("haproxy")
+        };
+        assert_eq!(args.protect.admission_keys, ["-pX3a_b=/etc/pace/k.pem"]);
     }
 
     #[test]

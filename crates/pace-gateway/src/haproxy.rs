@@ -19,6 +19,9 @@ use crate::{GatewayError, Node, Topology};
 /// Default public listener.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
 
+/// Default idle timeout (client and server), seconds.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u32 = 60;
+
 /// HAProxy's largest server weight.
 const MAX_HAPROXY_WEIGHT: u32 = 256;
 
@@ -37,6 +40,14 @@ pub struct HaproxyOptions {
     pub maxconn: Option<u32>,
     /// The protected site, if the gateway enforces admissions for one.
     pub protect: Option<Protection>,
+    /// Idle timeout of requests and responses in seconds (`timeout client`,
+    /// `timeout server`): what a device's HTTP stream (`/stream`) must
+    /// stay under with its keep-alive comments (the node's
+    /// `--sse-heartbeat`, 15 s).
+    pub idle_timeout_secs: u32,
+    /// Lab knob: refuse WebSocket upgrades (403), as a strict corporate
+    /// proxy does; devices then fall back to the HTTP stream.
+    pub deny_websocket: bool,
 }
 
 impl Default for HaproxyOptions {
@@ -46,6 +57,8 @@ impl Default for HaproxyOptions {
             stats_bind: None,
             maxconn: None,
             protect: None,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            deny_websocket: false,
         }
     }
 }
@@ -92,6 +105,16 @@ pub fn render_haproxy(
             extra_flags.push_str(" --insecure-cookie");
         }
     }
+    let idle = options.idle_timeout_secs.max(1);
+    if idle != DEFAULT_IDLE_TIMEOUT_SECS {
+        extra_flags.push_str(&format!(" --idle-timeout {idle}"));
+    }
+    let deny_websocket = if options.deny_websocket {
+        extra_flags.push_str(" --deny-websocket");
+        "    # Lab: a strict proxy that refuses WebSocket upgrades (devices fall\n    # back to the HTTP stream, /stream).\n    http-request deny deny_status 403 if { hdr(upgrade) -m sub -i websocket }\n"
+    } else {
+        ""
+    };
     let maxconn = match options.maxconn {
         Some(n) => {
             extra_flags.push_str(&format!(" --maxconn {n}"));
@@ -115,9 +138,11 @@ defaults
     # only from addresses given to --trusted-proxy.
     option forwardfor
     timeout connect 5s
-    # Requests and idle keep-alive connections.
-    timeout client 60s
-    timeout server 60s
+    # Requests, responses and idle keep-alive connections. A device's HTTP
+    # stream (/stream, SSE) is a response: its keep-alive comments (the
+    # node's --sse-heartbeat, 15 s) must come more often than this.
+    timeout client {idle}s
+    timeout server {idle}s
     timeout http-request 10s
     timeout http-keep-alive 10s
     # Upgraded WebSockets: must exceed the node's 25 s ping interval.
@@ -127,7 +152,7 @@ defaults
 
 frontend pace_public
     bind {bind}
-{frontend_protect}    # Only the public paths; /health, /ready and /metrics stay private.
+{deny_websocket}{frontend_protect}    # Only the public paths; /health, /ready and /metrics stay private.
     http-request deny deny_status 404 unless {{ path_beg {paths} }}{or_protected}
 {use_protected}    default_backend pace_nodes
 
@@ -317,6 +342,24 @@ mod tests {
         let cfg = render_haproxy(&t, &fixed).unwrap();
         assert!(cfg.contains("\nglobal\n    maxconn 5000\n"));
         assert!(cfg.contains(" --maxconn 5000\n"));
+    }
+
+    #[test]
+    fn the_stream_path_the_idle_timeout_and_the_lab_upgrade_refusal() {
+        let t = Topology::from_args(&["127.0.0.1:8081".to_owned()], None).unwrap();
+        let cfg = render_haproxy(&t, &HaproxyOptions::default()).unwrap();
+        assert!(cfg.contains("path_beg /ws /stream /api"));
+        assert!(cfg.contains("    timeout server 60s\n"));
+        assert!(!cfg.contains("hdr(upgrade)"));
+        let strict = HaproxyOptions {
+            idle_timeout_secs: 2,
+            deny_websocket: true,
+            ..HaproxyOptions::default()
+        };
+        let cfg = render_haproxy(&t, &strict).unwrap();
+        assert!(cfg.contains("    timeout client 2s\n    timeout server 2s\n"));
+        assert!(cfg.contains("deny_status 403 if { hdr(upgrade) -m sub -i websocket }"));
+        assert!(cfg.contains(" --idle-timeout 2 --deny-websocket\n"));
     }
 
     #[test]

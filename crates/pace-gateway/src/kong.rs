@@ -265,6 +265,10 @@ pub struct Route {
     pub strip_path: bool,
     /// Keep the client's Host: the node builds absolute URLs from it.
     pub preserve_host: bool,
+    /// Whether Kong buffers the response (Kong's default: yes); off for
+    /// event streams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_buffering: Option<bool>,
     /// Methods the route matches (all when absent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
@@ -350,13 +354,14 @@ pub fn kong_config(topology: &Topology, options: &KongOptions) -> Result<KongCon
         paths: strings(paths),
         strip_path: false,
         preserve_host: true,
+        response_buffering: None,
         methods: None,
         plugins: Vec::new(),
     };
     let pages: Vec<&str> = PUBLIC_PATH_PREFIXES
         .iter()
         .copied()
-        .filter(|p| !["/ws", "/api", "/.well-known"].contains(p))
+        .filter(|p| !["/ws", "/stream", "/api", "/.well-known"].contains(p))
         .collect();
     let mut service = Service {
         name: "pace".to_owned(),
@@ -370,6 +375,12 @@ pub fn kong_config(topology: &Topology, options: &KongOptions) -> Result<KongCon
         retries: 3,
         routes: vec![
             route("pace-ws", &["/ws"]),
+            Route {
+                // The device HTTP stream (SSE) and its POSTs: nginx must
+                // pass each event on at once, not buffer the response.
+                response_buffering: Some(false),
+                ..route("pace-stream", &["/stream"])
+            },
             route("pace-api", &["/api"]),
             route("pace-well-known", &["/.well-known"]),
             route("pace-pages", &pages),
@@ -462,6 +473,7 @@ end
         paths: vec![p.prefix.clone()],
         strip_path: false,
         preserve_host: true,
+        response_buffering: None,
         methods: None,
         plugins: vec![
             plugin(
@@ -512,6 +524,7 @@ end
         paths: vec![p.renew_path()],
         strip_path: false,
         preserve_host: true,
+        response_buffering: None,
         methods: Some(vec!["POST".to_owned()]),
         plugins: vec![
             plugin("pre-function", serde_json::json!({ "access": [renew_in] })),

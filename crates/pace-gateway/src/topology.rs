@@ -24,6 +24,7 @@ pub const DEVICE_ID_QUERY_ARG: &str = "device_id";
 /// directly.
 pub const PUBLIC_PATH_PREFIXES: &[&str] = &[
     "/ws",
+    "/stream",
     "/api",
     "/.well-known",
     "/r/",

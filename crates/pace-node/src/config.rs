@@ -134,7 +134,7 @@ pub enum KeysCommand {
         /// The new key's algorithm: `EdDSA` (Ed25519) or `ES256` (P-256, which
         /// Kong's jwt plugin and HAProxy's jwt_verify can check).
         #[arg(long, default_value = "EdDSA")]
-        alg: crate::admission::KeyAlg,
+        alg: crate::key_alg::KeyAlg,
         /// Publish the new key now but sign with it only after this delay
         /// (e.g. `1h`), so target sites fetch it from the JWKS before
         /// tokens signed with it reach them.
@@ -148,7 +148,7 @@ pub enum KeysCommand {
         /// Show roles for a cluster signing with this algorithm
         /// (`--admission-alg`) [default: the newest key of any algorithm signs].
         #[arg(long)]
-        alg: Option<crate::admission::KeyAlg>,
+        alg: Option<crate::key_alg::KeyAlg>,
     },
     /// Write the public key of every ES256 key as `DIR/<kid>.pem` (SPKI PEM)
     /// for the gateways: HAProxy's jwt_verify reads the files, `pace-node
@@ -232,6 +232,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_PING_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub ping_timeout: Duration,
 
+    /// How often a device's HTTP stream (`GET /stream`, SSE) carries a
+    /// keep-alive comment. Keep it below the gateway's idle timeout
+    /// (HAProxy `timeout server`/`timeout tunnel`, Kong `read_timeout`).
+    #[arg(long, env = "PACE_SSE_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub sse_heartbeat: Duration,
+
     /// How long one write to a device may block before the device counts as a
     /// slow consumer.
     #[arg(long, env = "PACE_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -278,7 +284,7 @@ pub struct ServeArgs {
     pub store_timeout: Duration,
 
     #[command(flatten)]
-    pub store_write_replicas: crate::store::WriteReplicas,
+    pub store_write_replicas: WriteReplicas,
 
     /// Notifications kept per scope (all, each group, each device) for
     /// devices that reconnect and resume.
@@ -440,7 +446,7 @@ pub struct ServeArgs {
     /// ES256 lets the gateway (Kong's jwt plugin, HAProxy's jwt_verify)
     /// check admissions itself.
     #[arg(long, env = "PACE_ADMISSION_ALG", default_value = "EdDSA")]
-    pub admission_alg: crate::admission::KeyAlg,
+    pub admission_alg: crate::key_alg::KeyAlg,
 
     /// Directory for node-local data (the generated key set).
     #[arg(long, env = "PACE_DATA_DIR", default_value = "pace-data")]
@@ -540,6 +546,7 @@ impl ServeArgs {
             ("--handshake-timeout", self.handshake_timeout),
             ("--ping-interval", self.ping_interval),
             ("--ping-timeout", self.ping_timeout),
+            ("--sse-heartbeat", self.sse_heartbeat),
             ("--write-timeout", self.write_timeout),
         ] {
             if d.is_zero() {
@@ -552,7 +559,7 @@ impl ServeArgs {
             return bad("--node-id may only contain A-Z a-z 0-9 . _ : @ - (1 to 128 bytes)".into());
         }
         if let Some(url) = &self.redis_url
-            && let Err(e) = crate::store::check_redis_url(url)
+            && let Err(e) = check_redis_url(url)
         {
             return bad(format!("--redis / PACE_REDIS_URL: {e}"));
         }
@@ -592,12 +599,12 @@ impl ServeArgs {
             return bad("--history-max-len must be > 0 and --history-max-age at least 1s".into());
         }
         if let Some(tenant) = &self.demo_tenant
-            && let Err(e) = crate::accounts::TenantId::parse(tenant)
+            && let Err(e) = crate::names::TenantId::parse(tenant)
         {
             return bad(format!("--demo-tenant: {e}"));
         }
         if let Some(tenant) = &self.device_token_tenant
-            && let Err(e) = crate::accounts::TenantId::parse(tenant)
+            && let Err(e) = crate::names::TenantId::parse(tenant)
         {
             return bad(format!("--device-token-tenant: {e}"));
         }
@@ -665,6 +672,7 @@ impl ServeArgs {
             handshake_timeout: self.handshake_timeout,
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
+            sse_heartbeat: self.sse_heartbeat,
             write_timeout: self.write_timeout,
             drain_grace: self.drain_grace,
             drain_delay: self.drain_delay,
@@ -675,7 +683,7 @@ impl ServeArgs {
             store_timeout: self.store_timeout,
             store_write_replicas: self.store_write_replicas,
             node_ttl: self.node_ttl,
-            history: crate::store::HistoryLimits {
+            history: HistoryLimits {
                 max_len: self.history_max_len,
                 max_age: self.history_max_age,
             },
@@ -717,10 +725,10 @@ impl ServeArgs {
 fn cluster_origins(raw: &[String]) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
     for o in raw.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
-        let o = if o == crate::origins::NULL_ORIGIN {
+        let o = if o == crate::names::NULL_ORIGIN {
             o.to_owned()
         } else {
-            crate::accounts::normalize_origin(o).map_err(|e| e.to_string())?
+            crate::names::normalize_origin(o).map_err(|e| e.to_string())?
         };
         if !out.contains(&o) {
             out.push(o);
@@ -743,7 +751,7 @@ impl ServeArgs {
     /// not fail on limits that only matter to a serving node.
     pub fn store_settings(&self) -> Result<StoreSettings, ConfigError> {
         if let Some(url) = &self.redis_url
-            && let Err(e) = crate::store::check_redis_url(url)
+            && let Err(e) = check_redis_url(url)
         {
             return Err(ConfigError(format!("--redis / PACE_REDIS_URL: {e}")));
         }
@@ -828,6 +836,8 @@ pub struct NodeConfig {
     pub ping_interval: Duration,
     /// See [`ServeArgs::ping_timeout`].
     pub ping_timeout: Duration,
+    /// See [`ServeArgs::sse_heartbeat`].
+    pub sse_heartbeat: Duration,
     /// See [`ServeArgs::write_timeout`].
     pub write_timeout: Duration,
     /// See [`ServeArgs::drain_grace`].
@@ -844,14 +854,14 @@ pub struct NodeConfig {
     pub bus_buffer: usize,
     /// See [`ServeArgs::store_timeout`].
     pub store_timeout: Duration,
-    /// See [`crate::store::WriteReplicas`].
-    pub store_write_replicas: crate::store::WriteReplicas,
+    /// See [`WriteReplicas`].
+    pub store_write_replicas: WriteReplicas,
     /// See [`ServeArgs::node_ttl`].
     pub node_ttl: Duration,
     /// See [`ServeArgs::advertise`].
     pub advertise: Option<String>,
     /// See [`ServeArgs::history_max_len`] and [`ServeArgs::history_max_age`].
-    pub history: crate::store::HistoryLimits,
+    pub history: HistoryLimits,
     /// See [`ServeArgs::bus_log_len`].
     pub bus_log_len: usize,
     /// See [`ServeArgs::resume_hold`].
@@ -888,7 +898,7 @@ pub struct NodeConfig {
     /// See [`ServeArgs::trusted_proxies`].
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// See [`ServeArgs::allowed_origins`]: normalised
-    /// ([`crate::accounts::normalize_origin`]) or `null`, no duplicates.
+    /// ([`crate::names::normalize_origin`]) or `null`, no duplicates.
     pub allowed_origins: Vec<String>,
     /// See [`ServeArgs::admit_tick`].
     pub admit_tick: Duration,
@@ -903,7 +913,7 @@ pub struct NodeConfig {
     /// See [`ServeArgs::keys`].
     pub keys: Option<std::path::PathBuf>,
     /// See [`ServeArgs::admission_alg`].
-    pub admission_alg: crate::admission::KeyAlg,
+    pub admission_alg: crate::key_alg::KeyAlg,
     /// See [`ServeArgs::data_dir`].
     pub data_dir: std::path::PathBuf,
     /// See [`ServeArgs::token_issuer`].
@@ -932,6 +942,74 @@ impl NodeConfig {
         // variable is ignored here because this is for tests and embedding.
         args.into_config()
             .unwrap_or_else(|e| panic!("defaults must be valid: {e}"))
+    }
+}
+
+/// How much history each scope keeps: both bounds apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Most notifications kept per scope.
+    pub max_len: usize,
+    /// Oldest notification kept, by age.
+    pub max_age: std::time::Duration,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> HistoryLimits {
+        HistoryLimits {
+            max_len: 1000,
+            max_age: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Checks a Redis URL without connecting (for `check-config`).
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    const SCHEMES: [&str; 4] = [
+        "redis://",
+        "rediss://",
+        "redis-cluster://",
+        "redis-sentinel://",
+    ];
+    if !SCHEMES.iter().any(|s| url.starts_with(s)) {
+        return Err(format!("must start with one of {}", SCHEMES.join(", ")));
+    }
+    fred::types::config::Config::from_url(url)
+        .map(|_| ())
+        .map_err(|e| e.details().to_string())
+}
+
+/// `--store-write-replicas`: how many replicas must acknowledge a write
+/// that must survive a failover (a notification, a join, an admission
+/// tick, a room's config) before it is answered, by Redis `WAIT` on the connection that
+/// wrote it. The trade-off is in docs/operations.md ("Redis replicas and
+/// WAIT").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct WriteReplicas {
+    /// Redis replicas that must acknowledge a notification, a join, an
+    /// admission tick or a room's config (Redis `WAIT`) before it is
+    /// answered; 0 does not
+    /// wait. Fewer acknowledgements within --store-write-replicas-timeout
+    /// fail the operation with 503 `store_unavailable` (the master may
+    /// still hold the write: see docs/operations.md).
+    #[arg(
+        long = "store-write-replicas",
+        env = "PACE_STORE_WRITE_REPLICAS",
+        default_value_t = 0
+    )]
+    pub replicas: u32,
+    /// Longest a write waits for those acknowledgements (keep it below
+    /// --store-timeout).
+    #[arg(long = "store-write-replicas-timeout", env = "PACE_STORE_WRITE_REPLICAS_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+impl Default for WriteReplicas {
+    fn default() -> WriteReplicas {
+        WriteReplicas {
+            replicas: 0,
+            timeout: Duration::from_millis(500),
+        }
     }
 }
 
@@ -1081,11 +1159,11 @@ mod tests {
     fn the_admission_algorithm_is_eddsa_unless_es256_is_asked() {
         assert_eq!(
             parse(&[]).unwrap().admission_alg,
-            crate::admission::KeyAlg::EdDsa
+            crate::key_alg::KeyAlg::EdDsa
         );
         assert_eq!(
             parse(&["--admission-alg", "ES256"]).unwrap().admission_alg,
-            crate::admission::KeyAlg::Es256
+            crate::key_alg::KeyAlg::Es256
         );
         for bad in ["HS256", "none", "RS256"] {
             assert!(parse(&["--admission-alg", bad]).is_err(), "{bad} accepted");

@@ -4,9 +4,11 @@
 //! Handlers return [`ApiError`] (an axum `IntoResponse`); this module
 //! decides the status for each [`ErrorCode`] and writes
 //! `{"error": {"code", "message", "retryable"}}`. Every store's error
-//! converts into it by one `From` each: a store failure is the retryable
-//! `store_unavailable` with the one message [`STORE_UNAVAILABLE`], its
-//! source (the Redis client's error) logged.
+//! converts into it by one `From` each, written next to that error (this
+//! module sits below the stores and imports none of them): a store
+//! failure is the retryable `store_unavailable` with the one message
+//! [`STORE_UNAVAILABLE`] ([`ApiError::store_unavailable`]), its source
+//! (the Redis client's error) logged.
 //! Messages are written for the caller and never carry internals (store
 //! errors, paths, keys): those go to the log.
 
@@ -86,67 +88,6 @@ impl ApiError {
     }
 }
 
-/// A device registry failure is a retryable `store_unavailable`.
-impl From<crate::devices::RegistryError> for ApiError {
-    fn from(e: crate::devices::RegistryError) -> ApiError {
-        ApiError::store_unavailable("device registry", &e)
-    }
-}
-
-/// A store (bus, history, presence, claims) failure likewise.
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> ApiError {
-        ApiError::store_unavailable("store", &e)
-    }
-}
-
-/// An account store failure likewise; the account rules' own refusals
-/// are the caller's (`bad_request`, `not_found`), a conflict `internal`
-/// (no handler creates accounts).
-impl From<crate::accounts::AccountError> for ApiError {
-    fn from(e: crate::accounts::AccountError) -> ApiError {
-        use crate::accounts::AccountError as E;
-        match e {
-            E::Invalid(msg) => ApiError::new(ErrorCode::BadRequest, msg),
-            E::NoSuchTenant(_) | E::NoSuchUser { .. } => {
-                ApiError::new(ErrorCode::NotFound, e.to_string())
-            }
-            E::TenantExists(_) | E::UserExists { .. } => {
-                tracing::error!(error = %e, "unexpected account conflict");
-                ApiError::new(ErrorCode::Internal, "the node failed; retry")
-            }
-            E::Unavailable(_) => ApiError::store_unavailable("account store", &e),
-        }
-    }
-}
-
-/// An audit-log failure: the store's is retryable; a broken stored log
-/// (a gap, a lost anchor) is `internal`, logged with its details.
-impl From<crate::audit::AuditError> for ApiError {
-    fn from(e: crate::audit::AuditError) -> ApiError {
-        match e {
-            crate::audit::AuditError::Queue(q) => q.into(),
-            other => {
-                tracing::error!(error = %other, "audit log cannot be exported");
-                ApiError::new(ErrorCode::Internal, "the audit log cannot be exported")
-            }
-        }
-    }
-}
-
-/// A queue store failure likewise, but a refused room configuration is
-/// the caller's `bad_request`.
-impl From<crate::queue::QueueError> for ApiError {
-    fn from(e: crate::queue::QueueError) -> ApiError {
-        match e {
-            crate::queue::QueueError::InvalidConfig(msg) => {
-                ApiError::new(ErrorCode::BadRequest, msg)
-            }
-            other => ApiError::store_unavailable("queue store", &other),
-        }
-    }
-}
-
 /// The HTTP status each error code is answered with.
 fn status_of(code: ErrorCode) -> StatusCode {
     match code {
@@ -172,7 +113,8 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::RoomClosed
         | ErrorCode::RoomRejecting
         | ErrorCode::EventNotOpen
-        | ErrorCode::DeviceExists => StatusCode::CONFLICT,
+        | ErrorCode::DeviceExists
+        | ErrorCode::StreamNotHere => StatusCode::CONFLICT,
         ErrorCode::Forbidden | ErrorCode::OriginNotAllowed | ErrorCode::NotAllowed => {
             StatusCode::FORBIDDEN
         }
@@ -234,10 +176,13 @@ mod tests {
             registry.source().is_some(),
             "registry error lost its source"
         );
+        let accounts = crate::accounts::AccountError::Redis(redis());
+        assert!(accounts.source().is_some(), "account error lost its source");
         let answers: Vec<ApiError> = vec![
             store.into(),
             queue.into(),
             registry.into(),
+            accounts.into(),
             crate::store::StoreError::Unavailable("down".into()).into(),
             crate::queue::QueueError::Unavailable("down".into()).into(),
             crate::accounts::AccountError::Unavailable("down".into()).into(),

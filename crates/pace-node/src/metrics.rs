@@ -44,6 +44,12 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Device connections accepted since start.
     pub connections_accepted: IntCounter,
+    /// Device connections open now, by transport (`ws`, `sse`).
+    pub transport_open: IntGaugeVec,
+    /// Device connections accepted since start, by transport.
+    pub transport_accepted: IntCounterVec,
+    /// Frames POSTed to `/stream/send`, by result.
+    pub stream_posts: IntCounterVec,
     /// Handshakes refused, by reason (an error code).
     pub handshakes_refused: IntCounterVec,
     /// Connections ended, by reason (a close code's reason).
@@ -167,6 +173,30 @@ impl Metrics {
             connections_accepted: IntCounter::new(
                 "pace_connections_accepted_total",
                 "Device WebSocket connections accepted.",
+            )
+            .expect("valid metric"),
+            transport_open: IntGaugeVec::new(
+                Opts::new(
+                    "pace_transport_connections_open",
+                    "Device connections open now, by transport (ws, sse).",
+                ),
+                &["transport"],
+            )
+            .expect("valid metric"),
+            transport_accepted: IntCounterVec::new(
+                Opts::new(
+                    "pace_transport_connections_accepted_total",
+                    "Device connections accepted, by transport (ws, sse).",
+                ),
+                &["transport"],
+            )
+            .expect("valid metric"),
+            stream_posts: IntCounterVec::new(
+                Opts::new(
+                    "pace_stream_posts_total",
+                    "POST /stream/send requests, by result (ok, not_here, full, invalid).",
+                ),
+                &["result"],
             )
             .expect("valid metric"),
             handshakes_refused: IntCounterVec::new(
@@ -461,6 +491,9 @@ impl Metrics {
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.connections_open.clone()),
             Box::new(m.connections_accepted.clone()),
+            Box::new(m.transport_open.clone()),
+            Box::new(m.transport_accepted.clone()),
+            Box::new(m.stream_posts.clone()),
             Box::new(m.handshakes_refused.clone()),
             Box::new(m.disconnects.clone()),
             Box::new(m.messages_delivered.clone()),

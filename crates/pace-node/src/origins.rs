@@ -44,7 +44,8 @@ use std::time::Instant;
 use crate::accounts::{AccountError, AccountStore, TenantId, normalize_origin};
 use crate::auth::{DeviceCredential, DevicePrincipal};
 use crate::error::{ApiError, Body};
-use crate::node::NodeRef;
+use crate::metrics::Metrics;
+use crate::queue::SharedQueueStore;
 
 /// How long a tenant's origins are used before the store is read again:
 /// a changed tenant takes effect within this time on every node.
@@ -58,9 +59,7 @@ pub const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 /// Tenants cached at once; past this, stale entries are dropped, then all.
 const MAX_CACHED_TENANTS: usize = 10_000;
 
-/// The origin browsers send for opaque origins (sandboxed iframes,
-/// `file://`); listed literally in `--allowed-origin` to allow it.
-pub const NULL_ORIGIN: &str = "null";
+pub use crate::names::NULL_ORIGIN;
 
 /// `Access-Control-Max-Age` of a preflight answer, seconds.
 pub const PREFLIGHT_MAX_AGE: &str = "600";
@@ -300,11 +299,28 @@ pub async fn decide(
     }
 }
 
+/// The node's origin policy: what [`decide`] and the per-request checks
+/// read, built once by the composition root (no handle on the node).
+#[derive(Debug)]
+pub struct Policy {
+    /// The cluster-wide list (`--allowed-origins`).
+    pub allowed: Vec<String>,
+    /// Tenants' origins, cached.
+    pub cache: OriginCache,
+    /// Where tenants' origins are stored.
+    pub accounts: crate::accounts::SharedAccountStore,
+    /// Rooms' owners (a room's CORS route asks its owner's list).
+    pub queue: SharedQueueStore,
+    /// `pace_origin_store_errors_total`, `pace_cors_refused_total`,
+    /// `pace_admin_requests_total`.
+    pub metrics: Metrics,
+}
+
 /// [`decide`] with the node's list, cache and store; counts store failures.
-pub async fn verdict(node: &NodeRef, origin: &BrowserOrigin, tenants: &Tenants) -> Verdict {
+pub async fn verdict(node: &Policy, origin: &BrowserOrigin, tenants: &Tenants) -> Verdict {
     let v = decide(
-        &node.config.allowed_origins,
-        &node.origins,
+        &node.allowed,
+        &node.cache,
         node.accounts.as_ref(),
         origin,
         tenants,
@@ -318,7 +334,7 @@ pub async fn verdict(node: &NodeRef, origin: &BrowserOrigin, tenants: &Tenants) 
 
 /// Whether `origin` may use the node for `tenant` (`None`: no tenant, only
 /// the node's own origin and the cluster-wide list).
-pub async fn allowed(node: &NodeRef, origin: &BrowserOrigin, tenant: Option<&TenantId>) -> bool {
+pub async fn allowed(node: &Policy, origin: &BrowserOrigin, tenant: Option<&TenantId>) -> bool {
     let tenants = tenant.map_or(Tenants::None, |t| Tenants::One(t.clone()));
     verdict(node, origin, &tenants).await.is_allowed()
 }
@@ -327,7 +343,7 @@ pub async fn allowed(node: &NodeRef, origin: &BrowserOrigin, tenant: Option<&Ten
 /// our token's `tenant` claim names the tenant whose list may allow the
 /// page; an external issuer's token or no token names none.
 pub async fn check_handshake<B>(
-    node: &NodeRef,
+    node: &Policy,
     req: &Request<B>,
     device: &DevicePrincipal,
 ) -> Result<(), ApiError> {
@@ -413,11 +429,11 @@ impl CorsRoute {
 pub use crate::metrics::CORS_ROUTES;
 
 /// The owner tenant of the room `raw` names (fails closed on a store error).
-async fn room_tenants(node: &NodeRef, raw: &str) -> Tenants {
+async fn room_tenants(node: &Policy, raw: &str) -> Tenants {
     let Ok(room) = RoomId::parse(raw) else {
         return Tenants::None;
     };
-    match node.rooms.queue.room_owner(&room).await {
+    match node.queue.room_owner(&room).await {
         Ok(Some(owner)) => TenantId::parse(&owner).map_or(Tenants::None, Tenants::One),
         Ok(None) => Tenants::None,
         Err(e) => {
@@ -449,14 +465,14 @@ struct Cors {
 impl OriginCheck {
     /// Checks `req`'s origin: a store read only for a CORS route whose
     /// origin only a tenant could allow.
-    pub async fn of<B>(node: &NodeRef, req: &Request<B>) -> OriginCheck {
+    pub async fn of<B>(node: &Policy, req: &Request<B>) -> OriginCheck {
         let origin = BrowserOrigin::of(req);
         let path = req.uri().path();
         let admin_refused = is_admin_path(path) && !origin.is_absent() && !origin.is_same_origin();
         let preflight = req.method() == Method::OPTIONS;
         let cors = match CorsRoute::of(path) {
             Some((route, room)) if preflight || req.method().as_str() == route.method() => {
-                let verdict = match decide_without_tenants(&node.config.allowed_origins, &origin) {
+                let verdict = match decide_without_tenants(&node.allowed, &origin) {
                     Some(v) => v,
                     None => {
                         let tenants = match room {
@@ -496,7 +512,7 @@ impl OriginCheck {
     /// The refusal of an admin request from a foreign page (403
     /// `origin_not_allowed`), counted in
     /// `pace_admin_requests_total{result="origin_not_allowed"}`.
-    pub fn refuse_admin(&self, node: &NodeRef) -> ApiError {
+    pub fn refuse_admin(&self, node: &Policy) -> ApiError {
         node.metrics
             .admin_requests
             .with_label_values(&["origin_not_allowed"])

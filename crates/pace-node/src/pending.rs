@@ -205,6 +205,26 @@ impl Inner {
     }
 }
 
+/// A connection's [`Pending`], shared with its requests: a request that
+/// turns the connection into a long-lived device stream (`GET /stream`)
+/// releases it, as an upgrade does, so the stream counts neither against
+/// its address's pending connections nor as sheddable.
+#[derive(Debug, Clone)]
+pub struct Release(Arc<Mutex<Option<Pending>>>);
+
+impl Release {
+    /// Shares `pending`.
+    pub fn new(pending: Pending) -> Release {
+        Release(Arc::new(Mutex::new(Some(pending))))
+    }
+
+    /// Drops the connection's [`Pending`] now (once).
+    pub fn release(&self) {
+        let pending = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(pending);
+    }
+}
+
 impl Drop for Pending {
     fn drop(&mut self) {
         {

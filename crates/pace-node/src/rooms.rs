@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pace_protocol::{AdmittedFrame, DeviceId, ErrorCode, QueueUpdate, RoomId, ServerFrame, Target};
+use pace_protocol::{AdmittedFrame, DeviceId, ErrorCode, QueueUpdate, RoomId, ServerFrame};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -31,8 +31,15 @@ use crate::queue::{
     Room, RoomConfig, SharedQueueStore,
 };
 use crate::store::{SharedStore, now_ms};
-use crate::ws::hub::Hub;
 use pace_protocol::rest::EventStatus;
+
+/// Hands a frame to one device connected to this node (the local hub,
+/// [`crate::ws::hub::Hub`], implements it): how the engine reaches a
+/// waiting device without depending on the WebSocket layer above it.
+pub trait Deliver: Send + Sync + std::fmt::Debug + 'static {
+    /// Queues `frame` for `device` if it is connected here.
+    fn deliver_to(&self, device: &DeviceId, frame: &Utf8Bytes);
+}
 
 /// Devices within this many places of the head get exact positions every tick.
 pub const EXACT_HEAD: usize = 200;
@@ -195,7 +202,7 @@ pub struct Rooms {
     /// Queues, sessions and counters.
     pub queue: SharedQueueStore,
     store: SharedStore,
-    hub: Arc<Hub>,
+    hub: Arc<dyn Deliver>,
     signer: Arc<dyn Signer>,
     keys: Arc<crate::admission::KeySet>,
     /// Local waiting devices.
@@ -252,7 +259,7 @@ impl Rooms {
     pub fn new(
         queue: SharedQueueStore,
         store: SharedStore,
-        hub: Arc<Hub>,
+        hub: Arc<dyn Deliver>,
         keys: Arc<crate::admission::KeySet>,
         waiters: Arc<Waiters>,
         metrics: Metrics,
@@ -745,7 +752,7 @@ impl Rooms {
                 {
                     // The device is connected here: deliver directly.
                     let text = Utf8Bytes::from(frame.to_json());
-                    self.hub.deliver(&Target::Device(device.clone()), &text);
+                    self.hub.deliver_to(device, &text);
                 }
             }
             let positions = self.queue.positions(room_id, &local).await?;
@@ -775,7 +782,7 @@ impl Rooms {
             };
             if self.waiters.changed(&device, &update) {
                 let text = Utf8Bytes::from(ServerFrame::Queue(update).to_json());
-                self.hub.deliver(&Target::Device(device), &text);
+                self.hub.deliver_to(&device, &text);
             }
         }
         Ok(())

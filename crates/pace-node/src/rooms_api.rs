@@ -7,13 +7,13 @@ use pace_protocol::RoomId;
 use pace_protocol::rest::{BucketBound, RoomStats, WaitBucket, WaitSeconds};
 
 use crate::error::ApiError;
-use crate::node::NodeRef;
+use crate::queue::QueueStore;
 use crate::store::now_ms;
 
 /// The stats of an existing room, as `GET …/stats` answers them.
-pub async fn stats_body(node: &NodeRef, room: &RoomId) -> Result<RoomStats, ApiError> {
-    let c = node.rooms.queue.stats(room, now_ms()).await?;
-    let w = node.rooms.queue.waits(room).await?;
+pub async fn stats_body(queue: &dyn QueueStore, room: &RoomId) -> Result<RoomStats, ApiError> {
+    let c = queue.stats(room, now_ms()).await?;
+    let w = queue.waits(room).await?;
     let buckets = crate::queue::WAIT_BUCKETS_SECS
         .iter()
         .map(|b| BucketBound::Seconds(*b))

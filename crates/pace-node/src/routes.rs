@@ -26,6 +26,10 @@ pub enum Route {
     Metrics,
     /// `GET /ws`: the device WebSocket.
     DeviceWs,
+    /// `GET /stream`: the device HTTP stream (SSE), the WebSocket's fallback.
+    DeviceStream,
+    /// `POST /stream/send`: frames from a stream device.
+    StreamSend,
     /// `GET /admin/ws`: the admin console's live feed.
     AdminWs,
     /// `POST /api/v1/notify`.
@@ -97,6 +101,8 @@ impl Route {
             Route::Ready => "ready",
             Route::Metrics => "metrics",
             Route::DeviceWs => "ws",
+            Route::DeviceStream => "stream",
+            Route::StreamSend => "stream_send",
             Route::AdminWs => "admin_ws",
             Route::Notify => "notify",
             Route::Cluster => "cluster",
@@ -160,6 +166,13 @@ pub const ROUTES: &[RouteSpec] = &[
     r(Method::GET, "/ready", Route::Ready, Rule::Public),
     r(Method::GET, "/metrics", Route::Metrics, Rule::Public),
     r(Method::GET, "/ws", Route::DeviceWs, Rule::Device),
+    r(Method::GET, "/stream", Route::DeviceStream, Rule::Device),
+    r(
+        Method::POST,
+        "/stream/send",
+        Route::StreamSend,
+        Rule::Device,
+    ),
     r(Method::GET, "/admin/ws", Route::AdminWs, Rule::AdminFeed),
     r(
         Method::POST,

@@ -22,36 +22,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
-use crate::accounts::cli::ACCOUNTS_FILE;
-use crate::accounts::{MemoryAccountStore, RedisAccountStore, SharedAccountStore};
-use crate::admission::KeySet;
+pub use crate::app::ServeError;
 use crate::config::NodeConfig;
-use crate::metrics::Metrics;
-use crate::node::{LocalFanout, Node, NodeRef};
-use crate::queue::{
-    MemoryQueueStore, RedisQueueStore, RoomConfig, RoomId, RoomState, SharedQueueStore,
-};
-use crate::rooms::{Rooms, RoomsConfig, Waiters};
-use crate::store::{MemoryStore, NodeInfo, RedisOptions, RedisStore, SharedStore, now_ms};
+use crate::node::NodeRef;
+use crate::store::{NodeInfo, now_ms};
 use crate::systemd;
-use crate::ws::hub::Hub;
-
-/// Why the server could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The listener's address could not be read.
-    #[error("listener: {0}")]
-    Listener(#[from] std::io::Error),
-    /// The store could not be set up (e.g. an invalid Redis URL).
-    #[error("store: {0}")]
-    Store(#[from] crate::store::StoreError),
-    /// The admission key set could not be loaded or created.
-    #[error("admission keys: {0}")]
-    Keys(String),
-    /// Another part of the configuration could not be loaded.
-    #[error("configuration: {0}")]
-    Config(String),
-}
 
 /// Runs a node on `listener` until `shutdown` is cancelled, then drains and
 /// returns. The store is Redis when `config.redis_url` is set, the embedded
@@ -65,124 +40,9 @@ pub async fn run(
     serve(node, listener, shutdown).await
 }
 
-/// Builds a node from `config`, not yet started: its stores (Redis when
-/// `config.redis_url` is set, the embedded memory stores otherwise), keys,
-/// rooms and metrics. [`serve`] runs it; in-process tests hand it to
-/// [`crate::http::app`].
+/// Builds a node from `config`, not yet started (see [`crate::app::build`]).
 pub fn build(config: NodeConfig) -> Result<NodeRef, ServeError> {
-    let keys = load_keys(&config)?;
-    let metrics = Metrics::new();
-    let hub = Arc::new(Hub::new());
-    let waiters = Arc::new(Waiters::default());
-    let local = Arc::new(LocalFanout {
-        hub: hub.clone(),
-        metrics: metrics.clone(),
-        waiters: waiters.clone(),
-    });
-    let (store, queue, accounts, devices): (
-        SharedStore,
-        SharedQueueStore,
-        SharedAccountStore,
-        crate::devices::SharedDeviceRegistry,
-    ) = match &config.redis_url {
-        Some(url) => {
-            let redis = RedisStore::start(
-                RedisOptions {
-                    url: url.clone(),
-                    prefix: config.redis_prefix.clone(),
-                    node_id: config.node_id.clone(),
-                    bus_capacity: config.bus_buffer,
-                    command_timeout: config.store_timeout,
-                    node_ttl: config.node_ttl,
-                    history: config.history,
-                    bus_log_len: config.bus_log_len,
-                    write_replicas: config.store_write_replicas,
-                    identity_file: Some(
-                        config
-                            .data_dir
-                            .join(format!("store-id-{}", config.redis_prefix)),
-                    ),
-                },
-                local,
-                crate::store::BusCounters {
-                    received: metrics.bus_received.clone(),
-                    dropped: metrics.bus_dropped.clone(),
-                    invalid: metrics.bus_invalid.clone(),
-                    gaps: metrics.bus_gaps.clone(),
-                    repaired: metrics.bus_repaired.clone(),
-                    lost_writes: metrics.store_lost_writes.clone(),
-                },
-            )?;
-            let queue = Arc::new(RedisQueueStore::new(redis.client(), &config.redis_prefix));
-            let accounts: SharedAccountStore =
-                Arc::new(RedisAccountStore::new(redis.client(), &config.redis_prefix));
-            let devices = Arc::new(crate::devices::RedisDeviceRegistry::new(
-                redis.client(),
-                &config.redis_prefix,
-            ));
-            (redis, queue, accounts, devices)
-        }
-        None => (
-            Arc::new(MemoryStore::new(local, config.history)),
-            Arc::new(MemoryQueueStore::new()),
-            Arc::new(MemoryAccountStore::open(
-                config.data_dir.join(ACCOUNTS_FILE),
-            )),
-            Arc::new(crate::devices::MemoryDeviceRegistry::new()),
-        ),
-    };
-    let external_issuer = match &config.device_token_jwks {
-        Some(path) => Some(Arc::new(
-            crate::devices::ExternalIssuer::load(
-                path,
-                config.device_token_issuer.as_deref().unwrap_or_default(),
-                config.device_token_audience.as_deref().unwrap_or_default(),
-            )
-            .map_err(ServeError::Config)?
-            .with_groups_claim(&config.device_token_groups_claim),
-        )),
-        None => None,
-    };
-    if config.insecure_anonymous_devices {
-        for line in [
-            "INSECURE: --insecure-anonymous-devices is on: devices connect WITHOUT a device token.",
-            "INSECURE: anyone who knows a device id can take its queue place and its admission.",
-            "INSECURE: use this for development and load tests only, never in production.",
-        ] {
-            tracing::warn!("{line}");
-        }
-    }
-    let rooms = Arc::new(Rooms::new(
-        queue,
-        store.clone(),
-        hub.clone(),
-        keys.clone(),
-        waiters,
-        metrics.clone(),
-        RoomsConfig {
-            tick: config.admit_tick,
-            refresh: config.position_refresh,
-            grace: config.heartbeat_grace,
-            joins_per_minute: config.joins_per_minute,
-            max_places_per_user: config.max_places_per_user,
-        },
-    ));
-    metrics
-        .insecure_anonymous_devices
-        .set(i64::from(config.insecure_anonymous_devices));
-    Ok(Arc::new(Node::new(
-        config,
-        crate::node::NodeParts {
-            hub,
-            store,
-            metrics,
-            rooms,
-            keys,
-            accounts,
-            devices,
-            external_issuer,
-        },
-    )))
+    crate::app::build(config)
 }
 
 /// Runs `node` on `listener` until `shutdown` is cancelled, then drains.
@@ -216,10 +76,13 @@ pub async fn serve(
         .clone()
         .unwrap_or_else(|| addr.to_string());
     if node.config.demo_room {
-        ensure_demo_room(&node, &advertise).await;
+        crate::app::ensure_demo_room(&node, &advertise).await;
     }
     tokio::spawn(node.rooms.clone().run(stop_accepting.clone()));
-    tokio::spawn(crate::audit::run(node.clone(), stop_accepting.clone()));
+    tokio::spawn(crate::audit::run(
+        crate::app::sealer(&node),
+        stop_accepting.clone(),
+    ));
     tokio::spawn(presence(node.clone(), advertise, stop_accepting.clone()));
     node.set_started();
     systemd::ready();
@@ -283,73 +146,6 @@ async fn presence(node: NodeRef, address: String, stop: CancellationToken) {
             }
             was_up = up;
         }
-    }
-}
-
-/// The admission key set: `--keys`, or (single node) `<data-dir>/keys.json`,
-/// created on first run. A cluster must share one key set, so with
-/// `--redis` the file must be named explicitly.
-fn load_keys(config: &NodeConfig) -> Result<Arc<KeySet>, ServeError> {
-    let alg = config.admission_alg;
-    let keys = match (&config.keys, &config.redis_url) {
-        (Some(path), _) => KeySet::load(path).and_then(|k| k.signing_with(alg, path)),
-        (None, Some(_)) => {
-            return Err(ServeError::Keys(
-                "with --redis every node must use the cluster's shared key set: pass --keys FILE \
-                 (create it once with `pace-node keys generate --out FILE`)"
-                    .into(),
-            ));
-        }
-        (None, None) => KeySet::load_or_create_alg(config.data_dir.join("keys.json"), alg),
-    };
-    let keys = keys.map_err(|e| ServeError::Keys(e.to_string()))?;
-    Ok(Arc::new(keys.with_issuer(config.token_issuer.clone())))
-}
-
-/// Creates the `demo` room when asked to and it does not exist yet.
-async fn ensure_demo_room(node: &NodeRef, address: &str) {
-    let Ok(room) = RoomId::parse("demo") else {
-        return;
-    };
-    match node.rooms.queue.get_room(&room).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            if let Some(tenant) = &node.config.demo_tenant {
-                match node.rooms.queue.claim_room(&room, tenant).await {
-                    Ok(owner) if owner.as_deref() == Some(tenant.as_str()) => {}
-                    Ok(owner) => {
-                        tracing::warn!(?owner, %tenant, "the demo room is not the demo tenant's; left as is");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not claim the demo room");
-                        return;
-                    }
-                }
-            }
-            let config = RoomConfig {
-                capacity: 2,
-                admit_per_minute: None,
-                session_ttl_secs: 60,
-                target_url: format!("http://{address}/demo/target"),
-                state: RoomState::Open,
-                pow_difficulty: 0,
-                mode: crate::queue::QueueMode::Fifo,
-                appearance: crate::queue::Appearance {
-                    title: "Pace demo: you are in line".into(),
-                    message: "This is the demo waiting room. Raise its capacity in the console (/admin) to let people in.".into(),
-                    ..Default::default()
-                },
-                events: Vec::new(),
-            };
-            match node.rooms.queue.put_room(&room, &config).await {
-                Ok(_) => {
-                    tracing::info!(target = %config.target_url, "created the demo room (capacity 2, 60 s sessions)")
-                }
-                Err(e) => tracing::warn!(error = %e, "could not create the demo room"),
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not check for the demo room"),
     }
 }
 
@@ -488,11 +284,16 @@ async fn accept_loop(
         let _ = stream.get_ref().set_nodelay(true);
         let stop = stop.clone();
         let app = app.clone();
+        let shed = pending.shed.clone();
+        // A device stream (`GET /stream`) releases it as an upgrade would.
+        let pending = crate::pending::Release::new(pending);
+        let release = pending.clone();
         // The router, with the peer address for its extractors.
         let conn = builder.serve_connection(
             TokioIo::new(stream),
             service_fn(move |mut req: http::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(release.clone());
                 app.clone().call(req)
             }),
         );
@@ -505,7 +306,7 @@ async fn accept_loop(
                         tracing::debug!(%peer, error = %e, "http connection ended with an error");
                     }
                 }
-                () = pending.shed.cancelled() => {
+                () = shed.cancelled() => {
                     // Out of descriptors: the oldest connection not yet
                     // upgraded makes room for a new one.
                     tracing::debug!(%peer, "pending connection shed for a newer one");

@@ -1,5 +1,6 @@
 // The waiting-room page: keeps the device's id and credential, holds its
-// place over a WebSocket, and sends it on with its admission token.
+// place over a WebSocket (or, where a proxy refuses WebSockets, over the
+// HTTP stream: EventSource + fetch), and sends it on with its admission token.
 // Protocol: docs/protocol.md. No framework, no build step.
 'use strict';
 (() => {
@@ -218,8 +219,15 @@
   }
 
   // ---- connection ---------------------------------------------------------
-  let ws = null, attempt = 0, timer = null, countdown = null, welcomed = false, stableSince = 0, powRetries = 0;
-  function send(frame) { if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame)); }
+  // One connection at a time, on either transport: `conn.send(frame)`,
+  // `conn.close()`. WebSocket first; the HTTP stream (GET /stream as an
+  // EventSource, frames POSTed to /stream/send) when the WebSocket never
+  // opens (a proxy refused the upgrade) or dies within 5 s three times
+  // running; the WebSocket again after 5 minutes. Nothing visible changes.
+  const STREAM_FOR_MS = 300000, QUICK_DEATH_MS = 5000, QUICK_DEATHS = 3;
+  let conn = null, attempt = 0, timer = null, countdown = null, welcomed = false, stableSince = 0, powRetries = 0;
+  let streamUntil = 0, quickDeaths = 0;
+  function send(frame) { if (conn && conn.open) conn.send(frame); }
 
   async function connect() {
     clearTimeout(timer);
@@ -232,15 +240,75 @@
     const held = Object.values(cursors());
     const q = new URLSearchParams({ device_id: deviceId, token: store.get(KEY_TOKEN) || '' });
     if (held.length) q.set('resume', '1');
-    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     welcomed = false;
-    ws = new WebSocket(`${scheme}//${location.host}/ws?${q}`);
-    ws.onmessage = (ev) => {
-      let f;
-      try { f = JSON.parse(ev.data); } catch { return; }
-      frame(f, held);
+    conn = Date.now() < streamUntil ? openStream(q, held) : openWebSocket(q, held);
+    document.documentElement.dataset.transport = conn.kind;
+  }
+
+  function onText(data, held) {
+    let f;
+    try { f = JSON.parse(data); } catch { return; }
+    frame(f, held);
+  }
+
+  function openWebSocket(q, held) {
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const ws = new WebSocket(`${scheme}//${location.host}/ws?${q}`);
+    const c = { kind: 'websocket', open: false, send: (f) => ws.send(JSON.stringify(f)), close: () => ws.close() };
+    ws.onopen = () => { c.open = true; };
+    ws.onmessage = (ev) => onText(ev.data, held);
+    ws.onclose = (ev) => lost(c, ev.code);
+    return c;
+  }
+
+  function openStream(q, held) {
+    const es = new EventSource(`/stream?${q}`);
+    let chain = Promise.resolve();
+    const c = { kind: 'stream', open: false, close: () => es.close() };
+    c.send = (f) => {
+      // In order, one POST at a time; the answers come on the stream.
+      const headers = { 'content-type': 'application/json', 'x-device-id': deviceId };
+      const token = store.get(KEY_TOKEN);
+      if (token) headers.authorization = 'Bearer ' + token;
+      chain = chain.then(() => fetch('/stream/send', { method: 'POST', headers, body: JSON.stringify(f) }))
+        .then((r) => {
+          // 409 stream_not_here: the gateway sends this browser elsewhere
+          // now: reconnect the stream (and resume).
+          if (!r.ok && r.status !== 429) { es.close(); lost(c, 1006); }
+        })
+        .catch(() => { es.close(); lost(c, 1006); });
     };
-    ws.onclose = (ev) => closed(ev.code);
+    es.onopen = () => { c.open = true; };
+    es.onmessage = (ev) => onText(ev.data, held);
+    es.addEventListener('close', (ev) => {
+      let code = 1006;
+      try { code = JSON.parse(ev.data).code; } catch { /* no code: lost */ }
+      es.close();
+      lost(c, code);
+    });
+    // EventSource would reconnect by itself; the page decides instead
+    // (backoff, fresh credential, its own resume cursors).
+    es.onerror = () => { es.close(); lost(c, 1006); };
+    return c;
+  }
+
+  // A connection ended: fall back to the stream when the WebSocket does
+  // not get through, then as any close.
+  function lost(c, code) {
+    if (conn !== c) return;
+    if (c.kind === 'websocket') {
+      if (!c.open) {
+        // Never opened: the upgrade does not get through. Straight to the stream.
+        conn = null;
+        streamUntil = Date.now() + STREAM_FOR_MS;
+        quickDeaths = 0;
+        return connect();
+      }
+      const quick = code === 1006 && Date.now() - stableSince < QUICK_DEATH_MS;
+      quickDeaths = quick ? quickDeaths + 1 : 0;
+      if (quickDeaths >= QUICK_DEATHS) { streamUntil = Date.now() + STREAM_FOR_MS; quickDeaths = 0; }
+    }
+    closed(code);
   }
 
   function frame(f, held) {
@@ -326,7 +394,7 @@
   }
 
   function closed(code) {
-    ws = null;
+    conn = null;
     if (worker) { worker.terminate(); worker = null; }
     if (state === 'admitted') return;
     if (code === 4000) {
@@ -362,9 +430,9 @@
   $('retry').addEventListener('click', () => {
     $('retry').textContent = 'Reconnect now';
     attempt = 0;
-    if (ws) ws.close();
+    if (conn) { const c = conn; conn = null; c.close(); }
     connect();
   });
-  window.addEventListener('online', () => { if (!ws) connect(); });
+  window.addEventListener('online', () => { if (!conn) connect(); });
   connect();
 })();

@@ -98,6 +98,10 @@ pub enum ErrorCode {
     /// Handshake or HTTP: the device token was revoked (kick); register
     /// again once an admin has forgotten the device.
     DeviceTokenRevoked,
+    /// HTTP (`POST /stream/send`): this node holds no stream of the
+    /// device (the gateway re-hashed it, or the stream ended): reconnect
+    /// the stream (`GET /stream`), then send again.
+    StreamNotHere,
 }
 
 impl ErrorCode {
@@ -114,6 +118,7 @@ impl ErrorCode {
                 | ErrorCode::TooManyPending
                 | ErrorCode::Starting
                 | ErrorCode::TooManyAttempts
+                | ErrorCode::StreamNotHere
         )
     }
 
@@ -158,6 +163,7 @@ impl ErrorCode {
             ErrorCode::Starting => "starting",
             ErrorCode::NotAllowed => "not_allowed",
             ErrorCode::DeviceTokenRevoked => "device_token_revoked",
+            ErrorCode::StreamNotHere => "stream_not_here",
         }
     }
 }
@@ -238,6 +244,7 @@ mod tests {
             ErrorCode::Starting,
             ErrorCode::NotAllowed,
             ErrorCode::DeviceTokenRevoked,
+            ErrorCode::StreamNotHere,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

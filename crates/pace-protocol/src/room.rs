@@ -398,6 +398,24 @@ pub fn contrast(a: [u8; 3], b: [u8; 3]) -> f64 {
 pub const TARGET_URL_MAX_LEN: usize = 2048;
 
 impl RoomConfig {
+    /// An open FIFO room admitting up to `capacity` sessions of 60 s to
+    /// `target_url`: no admission rate, no proof of work, Pace's own page,
+    /// no events. Other settings by struct update
+    /// (`RoomConfig { session_ttl_secs: 600, ..RoomConfig::open(2, url) }`).
+    pub fn open(capacity: u32, target_url: impl Into<String>) -> RoomConfig {
+        RoomConfig {
+            capacity,
+            admit_per_minute: None,
+            session_ttl_secs: 60,
+            target_url: target_url.into(),
+            state: RoomState::Open,
+            pow_difficulty: 0,
+            mode: QueueMode::Fifo,
+            appearance: Appearance::default(),
+            events: Vec::new(),
+        }
+    }
+
     /// Checks the values a store relies on.
     pub fn validate(&self) -> Result<(), String> {
         if self.pow_difficulty > crate::pow::MAX_DIFFICULTY {
@@ -574,10 +592,7 @@ mod tests {
     }
 
     fn base() -> RoomConfig {
-        serde_json::from_str(
-            r#"{"capacity":1,"admit_per_minute":null,"session_ttl_secs":60,"target_url":"https://x/","state":"open","pow_difficulty":0}"#,
-        )
-        .unwrap()
+        RoomConfig::open(1, "https://x/")
     }
 
     #[test]

@@ -314,3 +314,38 @@ fn surge_200_devices_capacity_10_admits_in_order_within_capacity() {
         ],
     );
 }
+
+#[test]
+fn broadcast_over_the_http_stream_loses_nothing() {
+    let node = Node::start(1_000);
+    let pid = node.pid().to_string();
+    let r = run_tool(
+        "broadcast-sse",
+        &[
+            "broadcast",
+            "--transport",
+            "sse",
+            "--target",
+            &node.base,
+            "--devices",
+            "100",
+            "--messages",
+            "5",
+            "--interval-ms",
+            "100",
+            "--settle",
+            "0.5",
+            "--service-key",
+            SERVICE_KEY,
+            "--node-pid",
+            &pid,
+        ],
+    );
+    assert_eq!(r.connect.failed, 0, "failures: {:?}", r.connect.failures);
+    assert_eq!(r.connect.connected, 100);
+    let b = r.broadcast.clone().expect("broadcast section");
+    assert_eq!(b.devices_at_send, 100);
+    assert_eq!(b.received, 500);
+    assert_eq!((b.lost, b.duplicates, b.foreign), (0, 0, 0));
+    assert!(b.cpu.us_per_delivery.is_some());
+}

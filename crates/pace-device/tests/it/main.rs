@@ -8,6 +8,7 @@
 mod backoff;
 mod credentials;
 mod fake;
+mod fallback;
 mod node;
 mod real_node;
 mod resume;

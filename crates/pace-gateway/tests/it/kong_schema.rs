@@ -572,11 +572,11 @@ fn protected_site_follows_kongs_plugin_and_credential_schemas() {
     let pace = &doc["services"][0];
     assert_eq!(pace["name"], "pace");
     assert_eq!(
-        pace["routes"].as_array().unwrap()[..4],
+        pace["routes"].as_array().unwrap()[..5],
         plain["services"][0]["routes"].as_array().unwrap()[..]
     );
     // The renewal route goes to the nodes; the site route to the site.
-    let renew = &pace["routes"][4];
+    let renew = &pace["routes"][5];
     assert_eq!(renew["paths"], json!(["/shop/_pace/renew"]));
     assert_eq!(renew["methods"], json!(["POST"]));
     let site = &doc["services"][1];

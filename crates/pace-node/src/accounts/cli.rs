@@ -49,10 +49,16 @@ impl CliError {
     }
 }
 
+impl From<crate::names::InvalidName> for CliError {
+    fn from(e: crate::names::InvalidName) -> CliError {
+        CliError::Input(e.0)
+    }
+}
+
 impl From<AccountError> for CliError {
     fn from(e: AccountError) -> CliError {
         match e {
-            AccountError::Unavailable(_) => CliError::Store(e.to_string()),
+            AccountError::Unavailable(_) | AccountError::Redis(_) => CliError::Store(e.to_string()),
             AccountError::TenantExists(_) => {
                 CliError::Input(format!("{e} (409: use --update to change it)"))
             }

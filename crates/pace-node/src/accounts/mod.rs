@@ -40,8 +40,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pace_protocol::GroupId;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 pub use login::{AdminClaims, AdminTokenError, sign_admin_token, verify_admin_token};
 pub use memory::MemoryAccountStore;
@@ -54,86 +53,7 @@ pub const MAX_DISPLAY_NAME_CHARS: usize = 200;
 /// Most browser origins one tenant may list.
 pub const MAX_ORIGINS: usize = 64;
 
-macro_rules! account_id {
-    ($(#[$doc:meta])* $name:ident, $what:literal, $no_colon:expr) => {
-        $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(GroupId);
-
-        impl $name {
-            /// Maximum length in bytes (a group id's charset, a room id's
-            /// length: `<tenant>:<name>` groups stay within the group rules).
-            pub const MAX_LEN: usize = pace_protocol::ids::ROOM_ID_MAX_LEN;
-
-            /// Validates `s` (1 to 64 bytes of `A-Z a-z 0-9 . _ : @ -`) and
-            /// wraps it.
-            pub fn parse(s: &str) -> Result<Self, AccountError> {
-                if s.len() > Self::MAX_LEN {
-                    return Err(AccountError::Invalid(format!(
-                        "{} is longer than {} bytes",
-                        $what,
-                        Self::MAX_LEN
-                    )));
-                }
-                if $no_colon && s.contains(':') {
-                    return Err(AccountError::Invalid(format!(
-                        "{} may not contain ':' (it ends the tenant's part of a group name)",
-                        $what
-                    )));
-                }
-                GroupId::parse(s)
-                    .map($name)
-                    .map_err(|e| AccountError::Invalid(format!("{} {e}", $what)))
-            }
-
-            /// The id as a string slice.
-            pub fn as_str(&self) -> &str {
-                self.0.as_str()
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Debug::fmt(self.as_str(), f)
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                $name::parse(&s).map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
-
-account_id!(
-    /// A tenant id: the group id rules, so it is safe in URLs, Redis keys
-    /// and log lines without escaping, but no `:` — a tenant's groups are
-    /// `<tenant>:<name>`, and the first `:` must say where the tenant ends.
-    TenantId,
-    "tenant id",
-    true
-);
-
-account_id!(
-    /// An admin user name, unique within its tenant; the group id rules.
-    UserName,
-    "user name",
-    false
-);
+pub use crate::names::{InvalidName, TenantId, UserName, normalize_origin};
 
 /// One tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +152,39 @@ pub enum AccountError {
     /// The store cannot be reached or read (never carries stored values).
     #[error("account store unavailable: {0}")]
     Unavailable(String),
+    /// Redis failed the command (the client's error kept as the source).
+    #[error("account store unavailable: redis: {0}")]
+    Redis(#[from] fred::error::Error),
+}
+
+/// A name that breaks its rules is an invalid account field.
+impl From<InvalidName> for AccountError {
+    fn from(e: InvalidName) -> AccountError {
+        AccountError::Invalid(e.0)
+    }
+}
+
+/// An account store failure is a retryable `store_unavailable`; the
+/// account rules' own refusals are the caller's (`bad_request`,
+/// `not_found`), a conflict `internal` (no handler creates accounts).
+impl From<AccountError> for crate::error::ApiError {
+    fn from(e: AccountError) -> crate::error::ApiError {
+        use crate::error::ApiError;
+        use pace_protocol::ErrorCode;
+        match e {
+            AccountError::Invalid(msg) => ApiError::new(ErrorCode::BadRequest, msg),
+            AccountError::NoSuchTenant(_) | AccountError::NoSuchUser { .. } => {
+                ApiError::new(ErrorCode::NotFound, e.to_string())
+            }
+            AccountError::TenantExists(_) | AccountError::UserExists { .. } => {
+                tracing::error!(error = %e, "unexpected account conflict");
+                ApiError::new(ErrorCode::Internal, "the node failed; retry")
+            }
+            AccountError::Unavailable(_) | AccountError::Redis(_) => {
+                ApiError::store_unavailable("account store", &e)
+            }
+        }
+    }
 }
 
 /// Where tenants and admin users live. Every method is one atomic step in
@@ -317,37 +270,6 @@ pub fn check_display_name(name: &str) -> Result<String, AccountError> {
         ));
     }
     Ok(name.to_owned())
-}
-
-/// Normalises a browser origin: `http` or `https`, a host and an optional
-/// port, nothing else (no user, path, query or fragment); scheme and host
-/// lower-cased, as browsers send the `Origin` header.
-pub fn normalize_origin(origin: &str) -> Result<String, AccountError> {
-    let bad = || {
-        AccountError::Invalid(format!(
-            "origin {origin:?} must look like https://host[:port] (no path)"
-        ))
-    };
-    let uri: http::Uri = origin.trim().parse().map_err(|_| bad())?;
-    let scheme = uri
-        .scheme_str()
-        .map(str::to_ascii_lowercase)
-        .ok_or_else(bad)?;
-    if scheme != "http" && scheme != "https" {
-        return Err(bad());
-    }
-    let authority = uri.authority().ok_or_else(bad)?;
-    if authority.as_str().contains('@') || authority.host().is_empty() {
-        return Err(bad());
-    }
-    if uri.query().is_some() || !matches!(uri.path(), "" | "/") {
-        return Err(bad());
-    }
-    let host = authority.host().to_ascii_lowercase();
-    Ok(match authority.port_u16() {
-        Some(port) => format!("{scheme}://{host}:{port}"),
-        None => format!("{scheme}://{host}"),
-    })
 }
 
 /// Seconds since the Unix epoch now.

@@ -55,7 +55,7 @@ impl std::fmt::Debug for RedisAccountStore {
 }
 
 fn unavailable(e: Error) -> AccountError {
-    AccountError::Unavailable(e.details().to_string())
+    AccountError::Redis(e)
 }
 
 fn bad_reply(what: &str) -> AccountError {
@@ -486,13 +486,13 @@ mod tests {
         let started = std::time::Instant::now();
         assert!(matches!(
             s.tenant(&tid("acme")).await,
-            Err(AccountError::Unavailable(_))
+            Err(AccountError::Unavailable(_) | AccountError::Redis(_))
         ));
         assert!(started.elapsed() < Duration::from_secs(5));
         let url = redis.url();
         assert!(matches!(
             connect(&url, Duration::from_millis(500)).await,
-            Err(AccountError::Unavailable(_))
+            Err(AccountError::Unavailable(_) | AccountError::Redis(_))
         ));
     }
 }

@@ -8,7 +8,7 @@
 
 use jsonwebtoken::DecodingKey;
 
-use super::alg::KeyAlg;
+use crate::key_alg::KeyAlg;
 use serde::{Deserialize, Serialize};
 
 /// A JWKS document: `{"keys":[...]}`.

@@ -13,8 +13,8 @@ use rand::TryRngCore;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 
-use super::alg::KeyAlg;
 use super::keys::KeyError;
+use crate::key_alg::KeyAlg;
 
 /// The only key file version this code reads and writes.
 pub(crate) const FILE_VERSION: u32 = 1;

@@ -18,11 +18,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, ThumbprintHash};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
-use super::alg::KeyAlg;
 use super::jwks::{Jwks, PublicJwk};
 use super::keyfile::{self, FILE_VERSION, KeyFile, KeyRecord, WriteMode};
 use super::p256key;
 use super::{DEFAULT_ISSUER, DEFAULT_LEEWAY, unix_now};
+use crate::key_alg::KeyAlg;
 
 /// Why a key file could not be read, written or changed.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //!
-//! - [`alg`]: [`KeyAlg`], `EdDSA` or `ES256`.
+//! - [`KeyAlg`] (in [`crate::key_alg`], below the configuration): `EdDSA` or `ES256`.
 //! - [`keys`]: the [`KeySet`] (newest active key of the signing algorithm
 //!   signs, all keys verify) and the operator actions [`generate_into`],
 //!   [`generate_alg_into_at`], [`list`], [`retire`], [`export_pems`].
@@ -115,7 +115,6 @@
 //! one file instead, or each node would sign with a key the others do not
 //! publish.
 
-pub mod alg;
 pub mod jwks;
 mod keyfile;
 pub mod keys;
@@ -124,7 +123,7 @@ pub mod token;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use alg::{KeyAlg, UnknownAlg};
+pub use crate::key_alg::{KeyAlg, UnknownAlg};
 pub use jwks::{Jwks, JwksError, PublicJwk};
 pub use keys::{
     KeyError, KeyInfo, KeyRole, KeySet, export_pems, generate_alg_into_at, generate_into,

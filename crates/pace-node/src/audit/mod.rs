@@ -38,7 +38,7 @@ pub mod seal;
 pub mod verify;
 
 pub use export::{PublicLogs, export};
-pub use seal::{Sealed, run, seal};
+pub use seal::{Sealed, Sealer, run, seal};
 
 use pace_protocol::audit::{
     AdmitEntry, CommitEntry, EndEntry, JoinEntry, LogLine, ShuffleEntry, chain_hash, session_hash,
@@ -73,6 +73,23 @@ pub enum AuditError {
     /// A checkpoint could not be signed.
     #[error("signing a checkpoint: {0}")]
     Sign(#[from] crate::admission::TokenError),
+}
+
+/// An audit-log failure: the store's is retryable; a broken stored log
+/// (a gap, a lost anchor) is `internal`, logged with its details.
+impl From<AuditError> for crate::error::ApiError {
+    fn from(e: AuditError) -> crate::error::ApiError {
+        match e {
+            AuditError::Queue(q) => q.into(),
+            other => {
+                tracing::error!(error = %other, "audit log cannot be exported");
+                crate::error::ApiError::new(
+                    pace_protocol::ErrorCode::Internal,
+                    "the audit log cannot be exported",
+                )
+            }
+        }
+    }
 }
 
 /// The export line of a stored entry, chained after `prev`; raw session

@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AuditError, hash_of, line};
 use crate::admission::KeySet;
-use crate::node::NodeRef;
 use crate::queue::{QueueError, QueueStore};
 use crate::store::now_ms;
 
@@ -112,11 +111,26 @@ pub async fn trim(
     Ok(Some(anchor))
 }
 
+/// What the sealing task works with, given by the composition root.
+#[derive(Debug, Clone)]
+pub struct Sealer {
+    /// The rooms' logs.
+    pub queue: crate::queue::SharedQueueStore,
+    /// Signs the checkpoints.
+    pub keys: std::sync::Arc<crate::admission::KeySet>,
+    /// `pace_audit_seals_total`.
+    pub metrics: crate::metrics::Metrics,
+    /// `--audit-seal-interval`.
+    pub interval: Duration,
+    /// `--audit-retention`.
+    pub retention: Duration,
+}
+
 /// Seals every room every `--audit-seal-interval`, and trims past
 /// `--audit-retention` (at most once a minute), until `stop`.
-pub async fn run(node: NodeRef, stop: CancellationToken) {
-    let interval = node.config.audit_seal_interval;
-    let retention = node.config.audit_retention;
+pub async fn run(node: Sealer, stop: CancellationToken) {
+    let interval = node.interval;
+    let retention = node.retention;
     let trim_every = retention.min(Duration::from_secs(60));
     // A random phase, so the nodes of a cluster do not seal in lockstep.
     let phase = interval.mul_f64(rand::random::<f64>());
@@ -132,7 +146,7 @@ pub async fn run(node: NodeRef, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let queue = &node.rooms.queue;
+        let queue = &node.queue;
         let Ok(rooms) = queue.rooms().await else {
             continue;
         };

@@ -49,8 +49,41 @@ use crate::accounts::login::verify_admin_token;
 use crate::admission::unix_now;
 use crate::devices::token::{self, DeviceTokenError, Verified};
 use crate::error::ApiError;
-use crate::node::NodeRef;
 use crate::store::now_ms;
+
+/// What checking a credential reads, built once by the composition root
+/// (no handle on the whole node): keys, the device registry, the rooms'
+/// owners, the once-only claims of feed tickets, and the settings below.
+#[derive(Debug)]
+pub struct Authority {
+    /// Verifies admin tokens, our device tokens and feed tickets.
+    pub keys: Arc<crate::admission::KeySet>,
+    /// An enterprise's device token issuer, when configured.
+    pub external_issuer: Option<Arc<crate::devices::ExternalIssuer>>,
+    /// Device records: deny-list, departments, last seen.
+    pub devices: crate::devices::SharedDeviceRegistry,
+    /// Rooms' owners (which admin may see a room).
+    pub queue: crate::queue::SharedQueueStore,
+    /// Claims a feed ticket once, cluster-wide.
+    pub store: crate::store::SharedStore,
+    /// `pace_auth_refused_total`, `pace_admin_tickets_total`.
+    pub metrics: crate::metrics::Metrics,
+    /// The configuration values checks read.
+    pub settings: Settings,
+}
+
+/// The configuration values of the authorization checks.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Bearer key for service calls.
+    pub service_key: String,
+    /// Devices may connect without a token (development, load tests).
+    pub insecure_anonymous_devices: bool,
+    /// The tenant an external issuer's devices belong to.
+    pub device_token_tenant: Option<String>,
+    /// Proxies whose `X-Forwarded-For` entry names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
 
 /// Who a request comes from, once its credential is checked.
 #[derive(Debug, Clone)]
@@ -149,7 +182,7 @@ impl Rule {
 /// proves, or the refusal to answer (counted in
 /// `pace_auth_refused_total{rule,code}`).
 pub async fn authorize<B>(
-    node: &NodeRef,
+    node: &Authority,
     rule: Rule,
     req: &Request<B>,
     peer: std::net::SocketAddr,
@@ -248,14 +281,14 @@ pub fn device_id<B>(req: &Request<B>) -> Result<DeviceId, ApiError> {
 }
 
 /// Whether the request carries the service key as a bearer token.
-pub fn is_service(node: &NodeRef, headers: &HeaderMap) -> bool {
+pub fn is_service(node: &Authority, headers: &HeaderMap) -> bool {
     bearer(headers).is_some_and(|t| {
-        constant_time_eq::constant_time_eq(t.as_bytes(), node.config.service_key.as_bytes())
+        constant_time_eq::constant_time_eq(t.as_bytes(), node.settings.service_key.as_bytes())
     })
 }
 
 /// The admin named by the request's bearer token.
-pub fn admin(node: &NodeRef, headers: &HeaderMap) -> Result<AdminClaims, ApiError> {
+pub fn admin(node: &Authority, headers: &HeaderMap) -> Result<AdminClaims, ApiError> {
     let token = bearer(headers).ok_or_else(|| {
         unauthorized("send Authorization: Bearer <admin token from POST /api/v1/admin/login>")
     })?;
@@ -269,7 +302,7 @@ pub fn admin(node: &NodeRef, headers: &HeaderMap) -> Result<AdminClaims, ApiErro
 /// a registered device is marked seen from the client's address (behind
 /// trusted proxies, the one they forwarded).
 pub async fn device<B>(
-    node: &NodeRef,
+    node: &Authority,
     req: &Request<B>,
     peer: std::net::SocketAddr,
 ) -> Result<DevicePrincipal, ApiError> {
@@ -283,12 +316,12 @@ pub async fn device<B>(
 /// trusted proxy added (the one place that header is read; handlers get
 /// it through [`crate::http::extract::ClientAddr`]).
 pub fn client_address(
-    node: &NodeRef,
+    node: &Authority,
     headers: &HeaderMap,
     peer: std::net::SocketAddr,
 ) -> std::net::IpAddr {
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    crate::limits::client_address(peer.ip(), forwarded, &node.config.trusted_proxies)
+    crate::limits::client_address(peer.ip(), forwarded, &node.settings.trusted_proxies)
 }
 
 /// Proves `device` with `token` (ours or the external issuer's), checks
@@ -297,7 +330,7 @@ pub fn client_address(
 /// address. Without a token: only on an insecure node, and only for an id
 /// nobody registered.
 pub async fn authenticate_device(
-    node: &NodeRef,
+    node: &Authority,
     device: DeviceId,
     token: Option<&str>,
     seen: Option<&str>,
@@ -314,7 +347,7 @@ pub async fn authenticate_device(
             )
             .map_err(refused)?,
         ),
-        None if node.config.insecure_anonymous_devices => None,
+        None if node.settings.insecure_anonymous_devices => None,
         None => return Err(refused(DeviceTokenError::Missing)),
     };
     // Only a proven device is marked seen.
@@ -345,7 +378,7 @@ pub async fn authenticate_device(
             if revoked {
                 return Err(revoked_error());
             }
-            let tenant = node.config.device_token_tenant.clone();
+            let tenant = node.settings.device_token_tenant.clone();
             let groups = external_groups(tenant.as_deref(), &found.groups);
             Ok(DevicePrincipal {
                 device,
@@ -409,7 +442,7 @@ pub fn external_groups(tenant: Option<&str>, names: &[String]) -> Vec<GroupId> {
 /// [`Rule::Registration`]: anonymous, or — with a bearer token — the
 /// device that token names, proving possession of its (possibly expired)
 /// token for a refresh.
-async fn registration(node: &NodeRef, headers: &HeaderMap) -> Result<Principal, ApiError> {
+async fn registration(node: &Authority, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let Some(token) = bearer(headers) else {
         return Ok(Principal::Anonymous);
     };
@@ -428,7 +461,7 @@ async fn registration(node: &NodeRef, headers: &HeaderMap) -> Result<Principal, 
 /// [`Rule::SessionHolder`]: the service key, an admin, or a device by its
 /// token (which names it: no device id header needed); on an insecure
 /// node also a tokenless `x-device-id`.
-async fn session_holder<B>(node: &NodeRef, req: &Request<B>) -> Result<Principal, ApiError> {
+async fn session_holder<B>(node: &Authority, req: &Request<B>) -> Result<Principal, ApiError> {
     let headers = req.headers();
     if is_service(node, headers) {
         return Ok(Principal::Service);
@@ -450,7 +483,7 @@ async fn session_holder<B>(node: &NodeRef, req: &Request<B>) -> Result<Principal
                 .await
                 .map(Principal::Device)
         }
-        None if node.config.insecure_anonymous_devices => {
+        None if node.settings.insecure_anonymous_devices => {
             let device = device_id(req).map_err(|_| refuse())?;
             authenticate_device(node, device, None, None)
                 .await
@@ -463,7 +496,7 @@ async fn session_holder<B>(node: &NodeRef, req: &Request<B>) -> Result<Principal
 /// [`Rule::AdminFeed`]: a ticket (redeemed once) or an admin token in the
 /// `Authorization` header. An admin token in the URL is refused: the URL
 /// is what proxies log.
-async fn admin_feed<B>(node: &NodeRef, req: &Request<B>) -> Result<AdminClaims, ApiError> {
+async fn admin_feed<B>(node: &Authority, req: &Request<B>) -> Result<AdminClaims, ApiError> {
     if query_param(req, TOKEN_QUERY).is_some() {
         node.metrics
             .admin_tickets
@@ -481,7 +514,7 @@ async fn admin_feed<B>(node: &NodeRef, req: &Request<B>) -> Result<AdminClaims, 
 }
 
 /// Checks a feed ticket and claims it, once, cluster-wide.
-async fn redeem_ticket(node: &NodeRef, ticket: &str) -> Result<AdminClaims, ApiError> {
+async fn redeem_ticket(node: &Authority, ticket: &str) -> Result<AdminClaims, ApiError> {
     let count = |result: &str| {
         node.metrics
             .admin_tickets
@@ -508,11 +541,11 @@ async fn redeem_ticket(node: &NodeRef, ticket: &str) -> Result<AdminClaims, ApiE
 /// Whether an admin of `admin`'s tenant owns `room` (the rooms it may see;
 /// every other room answers as not found).
 pub async fn owns_room(
-    node: &NodeRef,
+    node: &Authority,
     admin: &AdminClaims,
     room: &pace_protocol::RoomId,
 ) -> Result<bool, ApiError> {
-    let owner = node.rooms.queue.room_owner(room).await?;
+    let owner = node.queue.room_owner(room).await?;
     Ok(owner.as_deref() == Some(admin.tenant.as_str()))
 }
 
@@ -520,7 +553,7 @@ pub async fn owns_room(
 /// `room`: that device itself, an admin of the room's tenant, or the
 /// service key.
 pub async fn may_act_on_session(
-    node: &NodeRef,
+    node: &Authority,
     principal: &Principal,
     room: &pace_protocol::RoomId,
     device: &str,
@@ -550,7 +583,7 @@ pub fn may_manage_device(principal: &Principal, record: &crate::devices::DeviceR
 /// only. `Err` is the refusal to answer (404 for a device of another
 /// tenant, as if unknown; 403 otherwise).
 pub async fn notify_scope_allowed(
-    node: &NodeRef,
+    node: &Authority,
     claims: &AdminClaims,
     target: &Target,
 ) -> Result<(), ApiError> {

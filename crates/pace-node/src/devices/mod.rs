@@ -149,6 +149,13 @@ pub enum RegistryError {
     Redis(#[from] fred::error::Error),
 }
 
+/// A device registry failure is a retryable `store_unavailable`.
+impl From<RegistryError> for crate::error::ApiError {
+    fn from(e: RegistryError) -> crate::error::ApiError {
+        crate::error::ApiError::store_unavailable("device registry", &e)
+    }
+}
+
 /// Where device records live: Redis hashes in a cluster, memory on one node.
 #[async_trait]
 pub trait DeviceRegistry: Send + Sync + std::fmt::Debug + 'static {

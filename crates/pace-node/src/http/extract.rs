@@ -90,7 +90,7 @@ impl FromRequestParts<NodeRef> for ClientAddr {
     async fn from_request_parts(parts: &mut Parts, node: &NodeRef) -> Result<Self, ApiError> {
         let peer = peer(&parts.extensions)?;
         Ok(ClientAddr(crate::auth::client_address(
-            node,
+            &node.auth,
             &parts.headers,
             peer,
         )))

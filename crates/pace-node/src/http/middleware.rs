@@ -29,11 +29,11 @@ pub async fn edge(State(node): State<NodeRef>, req: Request, next: Next) -> Resp
     // The body is not `Sync`: only the head is borrowed across awaits.
     let (parts, body) = req.into_parts();
     let head = http::Request::from_parts(parts, ());
-    let origins = OriginCheck::of(&node, &head).await;
+    let origins = OriginCheck::of(&node.origins, &head).await;
     let (parts, ()) = head.into_parts();
     let req = Request::from_parts(parts, body);
     let (route, mut resp) = if origins.admin_refused() {
-        ("admin", origins.refuse_admin(&node).into_response())
+        ("admin", origins.refuse_admin(&node.origins).into_response())
     } else if req.method() == Method::OPTIONS && origins.is_preflight() {
         let resp = match origins.preflight() {
             Ok(resp) => resp.map(axum::body::Body::new),
@@ -100,15 +100,15 @@ async fn guard(
 ) -> Result<Response, ApiError> {
     let peer = peer(req.extensions())?;
     // Held until the handler has answered (the 101 of a handshake).
-    let _forwarded_hold = if spec.route == Route::DeviceWs {
-        super::routes::devices::before_handshake(node, &req, peer)?
-    } else {
-        None
+    let _forwarded_hold = match spec.route {
+        Route::DeviceWs => super::routes::devices::before_handshake(node, &req, peer, true)?,
+        Route::DeviceStream => super::routes::devices::before_handshake(node, &req, peer, false)?,
+        _ => None,
     };
     // The body is not `Sync`: only the head is borrowed across awaits.
     let (parts, body) = req.into_parts();
     let mut head = http::Request::from_parts(parts, ());
-    let principal = match auth::authorize(node, spec.rule, &head, peer).await {
+    let principal = match auth::authorize(&node.auth, spec.rule, &head, peer).await {
         Ok(p) => p,
         Err(e) => return Err(count_refusal(node, spec.route, peer, e)),
     };
@@ -139,7 +139,14 @@ fn count_refusal(
     e: ApiError,
 ) -> ApiError {
     match route {
-        Route::DeviceWs => return super::routes::devices::refused_handshake(node, peer, e),
+        Route::DeviceWs | Route::DeviceStream => {
+            return super::routes::devices::refused_handshake(node, peer, e);
+        }
+        Route::StreamSend => node
+            .metrics
+            .stream_posts
+            .with_label_values(&["unauthorized"])
+            .inc(),
         Route::Notify => node
             .metrics
             .notify_requests

@@ -507,6 +507,20 @@ pub enum QueueError {
     BadReply(String),
 }
 
+/// A queue store failure answers the retryable `store_unavailable`, but a
+/// refused room configuration is the caller's `bad_request`.
+impl From<QueueError> for crate::error::ApiError {
+    fn from(e: QueueError) -> crate::error::ApiError {
+        use crate::error::ApiError;
+        match e {
+            QueueError::InvalidConfig(msg) => {
+                ApiError::new(pace_protocol::ErrorCode::BadRequest, msg)
+            }
+            other => ApiError::store_unavailable("queue store", &other),
+        }
+    }
+}
+
 /// The waiting room's shared state. Time-dependent methods take `now_ms`
 /// (Unix ms, the caller's clock; see the module docs).
 #[async_trait]
@@ -819,17 +833,7 @@ pub(crate) mod conformance {
     }
 
     pub fn config(capacity: u32) -> RoomConfig {
-        RoomConfig {
-            capacity,
-            admit_per_minute: None,
-            session_ttl_secs: 60,
-            target_url: "https://shop.example/checkout".into(),
-            state: RoomState::Open,
-            pow_difficulty: 0,
-            mode: QueueMode::Fifo,
-            appearance: Appearance::default(),
-            events: Vec::new(),
-        }
+        RoomConfig::open(capacity, "https://shop.example/checkout")
     }
 
     async fn new_room(s: &SharedQueueStore, name: &str, c: RoomConfig) -> RoomId {

@@ -23,9 +23,10 @@ use pace_protocol::{Cursor, DeviceAction, DeviceId, EventName, Notification, Roo
 
 use serde_json::Value;
 
+pub use crate::config::{WriteReplicas, check_redis_url};
 pub use memory::MemoryStore;
-pub use redis::{RedisOptions, RedisStore, acknowledge_wipe, check_url as check_redis_url};
-pub use redis_client::{RedisClient, WriteReplicas};
+pub use redis::{RedisOptions, RedisStore, acknowledge_wipe};
+pub use redis_client::RedisClient;
 
 /// A notification before the store assigns its sequence number.
 #[derive(Debug, Clone)]
@@ -38,23 +39,7 @@ pub struct Draft {
     pub data: Value,
 }
 
-/// How much history each scope keeps: both bounds apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryLimits {
-    /// Most notifications kept per scope.
-    pub max_len: usize,
-    /// Oldest notification kept, by age.
-    pub max_age: std::time::Duration,
-}
-
-impl Default for HistoryLimits {
-    fn default() -> HistoryLimits {
-        HistoryLimits {
-            max_len: 1000,
-            max_age: std::time::Duration::from_secs(3600),
-        }
-    }
-}
+pub use crate::config::HistoryLimits;
 
 /// Why a history read could not give everything after a cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +192,14 @@ pub enum StoreError {
     /// A message could not be encoded (a bug: every envelope is plain data).
     #[error("could not encode a bus message: {0}")]
     Encode(#[from] serde_json::Error),
+}
+
+/// A store (bus, history, presence, claims) failure answers the
+/// retryable `store_unavailable`; the source goes to the log.
+impl From<StoreError> for crate::error::ApiError {
+    fn from(e: StoreError) -> crate::error::ApiError {
+        crate::error::ApiError::store_unavailable("store", &e)
+    }
 }
 
 /// The store's health as reported by `/ready` and `pace_store_up`.

@@ -66,7 +66,7 @@ pub struct RedisOptions {
     /// Notifications kept in the bus log, for nodes repairing gaps.
     pub bus_log_len: usize,
     /// Replicas acknowledging each notification (`--store-write-replicas`).
-    pub write_replicas: super::redis_client::WriteReplicas,
+    pub write_replicas: crate::config::WriteReplicas,
     /// Where the node keeps the store identity it last saw, across its
     /// restarts (in `--data-dir`): a store wiped while every node was
     /// stopped is noticed at the next start. `None`: not kept.
@@ -237,22 +237,6 @@ pub async fn acknowledge_wipe(client: &RedisClient, prefix: &str) -> Result<bool
     Ok(removed > 0)
 }
 
-/// Checks a Redis URL without connecting (for `check-config`).
-pub fn check_url(url: &str) -> Result<(), String> {
-    const SCHEMES: [&str; 4] = [
-        "redis://",
-        "rediss://",
-        "redis-cluster://",
-        "redis-sentinel://",
-    ];
-    if !SCHEMES.iter().any(|s| url.starts_with(s)) {
-        return Err(format!("must start with one of {}", SCHEMES.join(", ")));
-    }
-    Config::from_url(url)
-        .map(|_| ())
-        .map_err(|e| e.details().to_string())
-}
-
 impl RedisStore {
     /// Creates the clients and starts connecting in the background; the
     /// node reports not-ready until [`Store::wait_ready`] resolves.
@@ -261,7 +245,7 @@ impl RedisStore {
         local: Arc<dyn Local>,
         counters: BusCounters,
     ) -> Result<Arc<RedisStore>, StoreError> {
-        check_url(&opts.url).map_err(StoreError::Unavailable)?;
+        crate::config::check_redis_url(&opts.url).map_err(StoreError::Unavailable)?;
         let builder =
             super::redis_client::node_builder(&opts.url, opts.command_timeout, opts.bus_capacity)
                 .map_err(StoreError::Redis)?;

@@ -45,6 +45,7 @@
 //! With a single server (`redis://`) or Sentinel the [`RedisClient`] is the
 //! one fred client, exactly as before.
 
+use crate::config::WriteReplicas;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -126,40 +127,6 @@ const GONE_MEMORY: Duration = Duration::from_secs(30);
 
 /// Longest a `CLUSTER SLOTS` read (or a seed's connection) may take.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// `--store-write-replicas`: how many replicas must acknowledge a write
-/// that must survive a failover (a notification, a join, an admission
-/// tick, a room's config) before it is answered, by Redis `WAIT` on the connection that
-/// wrote it. The trade-off is in docs/operations.md ("Redis replicas and
-/// WAIT").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
-pub struct WriteReplicas {
-    /// Redis replicas that must acknowledge a notification, a join, an
-    /// admission tick or a room's config (Redis `WAIT`) before it is
-    /// answered; 0 does not
-    /// wait. Fewer acknowledgements within --store-write-replicas-timeout
-    /// fail the operation with 503 `store_unavailable` (the master may
-    /// still hold the write: see docs/operations.md).
-    #[arg(
-        long = "store-write-replicas",
-        env = "PACE_STORE_WRITE_REPLICAS",
-        default_value_t = 0
-    )]
-    pub replicas: u32,
-    /// Longest a write waits for those acknowledgements (keep it below
-    /// --store-timeout).
-    #[arg(long = "store-write-replicas-timeout", env = "PACE_STORE_WRITE_REPLICAS_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
-}
-
-impl Default for WriteReplicas {
-    fn default() -> WriteReplicas {
-        WriteReplicas {
-            replicas: 0,
-            timeout: Duration::from_millis(500),
-        }
-    }
-}
 
 /// A node's command client (see the module docs): the one fred client of
 /// a single server, or one per Redis Cluster primary with commands routed

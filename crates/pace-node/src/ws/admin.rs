@@ -15,6 +15,7 @@
 //! expires, and with 1012 when the node drains. Frames from the console
 //! are ignored (pings are answered).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -31,8 +32,8 @@ use crate::accounts::AdminClaims;
 use crate::admission::unix_now;
 use crate::auth::Principal;
 use crate::error::{ApiError, Body};
-use crate::node::NodeRef;
 use crate::store::now_ms;
+use crate::ws::Deps;
 
 /// How often a telemetry frame goes out.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -40,7 +41,8 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 /// Checks the upgrade, answers 101 and starts the feed for the admin the
 /// authorization step found.
 pub fn upgrade<B>(
-    node: &NodeRef,
+    node: &Arc<Deps>,
+    tasks: &tokio_util::task::TaskTracker,
     mut req: Request<B>,
     principal: Principal,
 ) -> Result<http::Response<Body>, ApiError> {
@@ -52,7 +54,7 @@ pub fn upgrade<B>(
         .map_err(|_| ApiError::new(ErrorCode::Internal, "bad accept key"))?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_node = node.clone();
-    node.connections.spawn(async move {
+    tasks.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => feed(task_node, upgraded, claims).await,
             Err(e) => tracing::debug!(error = %e, "admin feed upgrade failed"),
@@ -68,7 +70,7 @@ pub fn upgrade<B>(
 }
 
 /// One telemetry frame for the admin's tenant.
-pub async fn telemetry(node: &NodeRef, claims: &AdminClaims) -> Telemetry {
+pub async fn telemetry(node: &Deps, claims: &AdminClaims) -> Telemetry {
     let q = &node.rooms.queue;
     let mut rooms = Vec::new();
     if let Ok(ids) = q.rooms().await {
@@ -79,7 +81,7 @@ pub async fn telemetry(node: &NodeRef, claims: &AdminClaims) -> Telemetry {
             let Ok(Some(room)) = q.get_room(&id).await else {
                 continue;
             };
-            let stats = crate::rooms_api::stats_body(node, &id).await.ok();
+            let stats = crate::rooms_api::stats_body(q.as_ref(), &id).await.ok();
             rooms.push(TelemetryRoom {
                 id: room.id,
                 config: room.config,
@@ -98,11 +100,11 @@ pub async fn telemetry(node: &NodeRef, claims: &AdminClaims) -> Telemetry {
     }
 }
 
-async fn feed(node: NodeRef, upgraded: hyper::upgrade::Upgraded, claims: AdminClaims) {
+async fn feed(node: Arc<Deps>, upgraded: hyper::upgrade::Upgraded, claims: AdminClaims) {
     let mut ws = WebSocketStream::from_raw_socket(
         TokioIo::new(upgraded),
         Role::Server,
-        Some(node.ws.settings.websocket()),
+        Some(node.settings.websocket()),
     )
     .await;
     node.metrics.admin_feeds_open.inc();
@@ -119,7 +121,7 @@ async fn feed(node: NodeRef, upgraded: hyper::upgrade::Upgraded, claims: AdminCl
                 }
                 let frame = serde_json::to_string(&telemetry(&node, &claims).await).unwrap_or_default();
                 let sent = tokio::time::timeout(
-                    node.config.write_timeout,
+                    node.settings.write_timeout,
                     ws.send(Message::Text(frame.into())),
                 )
                 .await;

@@ -62,6 +62,16 @@ pub fn upgrade_accept<B>(req: &Request<B>) -> Result<String, ApiError> {
 /// resume announcement.
 pub fn check<B>(req: &Request<B>, max_groups: usize) -> Result<Handshake, ApiError> {
     let accept = upgrade_accept(req)?;
+    read(req, max_groups, accept)
+}
+
+/// Reads an HTTP stream request (`GET /stream`): as [`check`], without
+/// the upgrade (the same departments, resume announcement and refusals).
+pub fn check_stream<B>(req: &Request<B>, max_groups: usize) -> Result<Handshake, ApiError> {
+    read(req, max_groups, String::new())
+}
+
+fn read<B>(req: &Request<B>, max_groups: usize, accept: String) -> Result<Handshake, ApiError> {
     let headers = req.headers();
     let groups = departments(headers, max_groups)?;
     let yes = |v: &str| matches!(v.trim(), "1" | "true" | "yes");

@@ -132,6 +132,9 @@ impl Inner {
 pub struct Hub {
     inner: Mutex<Inner>,
     next_conn: AtomicU64,
+    /// Where frames POSTed for this node's stream devices go
+    /// ([`crate::ws::sse`]).
+    streams: Arc<crate::ws::sse::Streams>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -144,6 +147,11 @@ impl Hub {
     /// An empty hub.
     pub fn new() -> Hub {
         Hub::default()
+    }
+
+    /// This node's device streams (HTTP streaming transport).
+    pub fn streams(&self) -> &Arc<crate::ws::sse::Streams> {
+        &self.streams
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -371,6 +379,14 @@ impl Hub {
     /// Members of `group` on this node (for tests and the admin API).
     pub fn group_len(&self, group: &GroupId) -> usize {
         self.lock().groups.get(group).map_or(0, HashSet::len)
+    }
+}
+
+/// The room engine delivers queue and admission frames to the devices
+/// waiting here through the hub.
+impl crate::rooms::Deliver for Hub {
+    fn deliver_to(&self, device: &DeviceId, frame: &Utf8Bytes) {
+        self.deliver(&Target::Device(device.clone()), frame);
     }
 }
 

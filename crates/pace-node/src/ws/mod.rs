@@ -8,18 +8,22 @@
 //! - [`resume`]: the `resume` frame: history replay and dropping the live
 //!   frames the replay already carried.
 //! - [`hub`]: this node's devices and groups, bounded delivery.
+//! - [`fanout`]: what arrives over the cluster bus, handed to the hub.
 //! - [`backlog`]: the pong backlog of a device that sends and does not read.
+//! - [`sse`]: the HTTP streaming transport (SSE + POST) under the same session.
 //! - [`admin`]: the admin console's live feed.
 
 pub mod admin;
 pub mod backlog;
+pub mod fanout;
 pub mod handshake;
 pub mod hub;
 pub mod resume;
 pub mod session;
+pub mod sse;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pace_protocol::{DeviceId, GroupId};
@@ -93,6 +97,8 @@ pub struct Settings {
     pub ping_interval: Duration,
     /// Time a pinged device has to answer.
     pub ping_timeout: Duration,
+    /// Keep-alive comment interval of an HTTP stream.
+    pub sse_heartbeat: Duration,
     /// A write (or a batch of them) taking longer is a slow consumer.
     pub write_timeout: Duration,
     /// How long a draining node waits for devices to close.
@@ -115,6 +121,7 @@ impl Settings {
             ws_max_write_buffer: config.ws_max_write_buffer,
             ping_interval: config.ping_interval,
             ping_timeout: config.ping_timeout,
+            sse_heartbeat: config.sse_heartbeat,
             write_timeout: config.write_timeout,
             drain_grace: config.drain_grace,
             max_groups: config.max_groups,
@@ -130,5 +137,44 @@ impl Settings {
             .max_write_buffer_size(self.ws_max_write_buffer)
             .max_message_size(Some(self.max_message_bytes))
             .max_frame_size(Some(self.max_message_bytes))
+    }
+}
+
+/// The node's connection slots (`--max-connections`), taken by each
+/// handshake in flight and each device session, so the limit holds under
+/// a burst of concurrent handshakes.
+#[derive(Debug)]
+pub struct Slots {
+    taken: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl Slots {
+    /// `max` slots, none taken.
+    pub fn new(max: usize) -> Slots {
+        Slots {
+            taken: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// Takes a slot, or returns `None` when the node is full.
+    pub fn take(&self) -> Option<Slot> {
+        let prev = self.taken.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.max {
+            self.taken.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(self.taken.clone()))
+    }
+}
+
+/// A taken connection slot; given back on drop.
+#[derive(Debug)]
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -32,8 +32,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::auth::DevicePrincipal;
-use crate::node::Slot;
 use crate::ws::Deps;
+use crate::ws::Slot;
 use crate::ws::backlog::{PongBacklog, Watched};
 use crate::ws::handshake::Handshake;
 use crate::ws::hub::{Registration, SubscribeError};
@@ -53,6 +53,11 @@ pub trait Socket:
     /// Whether the socket refuses writes now (as of the last attempt):
     /// the device does not read.
     fn write_blocked(&self) -> bool;
+
+    /// The `transport` label of the connection metrics (`ws`, `sse`).
+    fn transport(&self) -> &'static str {
+        "ws"
+    }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for WebSocketStream<Watched<T>> {
@@ -162,8 +167,17 @@ pub async fn run<S: Socket>(deps: Arc<Deps>, ws: S, accepted: Box<Accepted>) {
         generation,
         grants,
     );
+    let transport = ws.transport();
     deps.metrics.connections_open.inc();
     deps.metrics.connections_accepted.inc();
+    deps.metrics
+        .transport_open
+        .with_label_values(&[transport])
+        .inc();
+    deps.metrics
+        .transport_accepted
+        .with_label_values(&[transport])
+        .inc();
     if deps.is_draining() {
         // Upgraded just as the drain began: tell it to go elsewhere too.
         reg.control.close(CloseCode::SERVICE_RESTART);
@@ -188,6 +202,10 @@ pub async fn run<S: Socket>(deps: Arc<Deps>, ws: S, accepted: Box<Accepted>) {
     deps.hub.unregister(&session.device, conn);
     deps.rooms.waiters.disconnected(&session.device);
     deps.metrics.connections_open.dec();
+    deps.metrics
+        .transport_open
+        .with_label_values(&[transport])
+        .dec();
     deps.metrics
         .disconnects
         .with_label_values(&[end.reason()])
@@ -654,10 +672,10 @@ mod tests {
     use crate::auth::{DeviceCredential, Grants};
     use crate::config::NodeConfig;
     use crate::metrics::Metrics;
-    use crate::node::LocalFanout;
     use crate::queue::{MemoryQueueStore, SharedQueueStore};
     use crate::rooms::{Rooms, RoomsConfig, Waiters};
     use crate::store::{Draft, MemoryStore, SharedStore};
+    use crate::ws::fanout::LocalFanout;
     use crate::ws::hub::Hub;
     use crate::ws::{Deps, Settings};
 
@@ -821,17 +839,7 @@ mod tests {
 
     /// A room that admits nobody: every joiner waits.
     fn waiting_room() -> crate::queue::RoomConfig {
-        crate::queue::RoomConfig {
-            capacity: 0,
-            admit_per_minute: None,
-            session_ttl_secs: 60,
-            target_url: "https://shop.example/checkout".into(),
-            state: crate::queue::RoomState::Open,
-            pow_difficulty: 0,
-            mode: crate::queue::QueueMode::Fifo,
-            appearance: crate::queue::Appearance::default(),
-            events: Vec::new(),
-        }
+        crate::queue::RoomConfig::open(0, "https://shop.example/checkout")
     }
 
     fn draft(n: u32) -> Draft {

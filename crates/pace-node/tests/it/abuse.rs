@@ -7,18 +7,8 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 async fn put_room(node: &TestNode, room: &str, pow_difficulty: u8) {
-    let body = json!({"capacity": 0, "admit_per_minute": null, "session_ttl_secs": 60,
-        "target_url": "https://shop.example/in", "state": "open",
-        "pow_difficulty": pow_difficulty});
-    let (status, text) = http(
-        node.addr,
-        "PUT",
-        &format!("/api/v1/rooms/{room}"),
-        &[("authorization", &format!("Bearer {KEY}"))],
-        &body.to_string(),
-    )
-    .await
-    .unwrap();
+    let body = room_json(0, |c| c.pow_difficulty = pow_difficulty);
+    let (status, text) = crate::support::put_room(node, room, body).await;
     assert_eq!(status, 200, "{text}");
 }
 

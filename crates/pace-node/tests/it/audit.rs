@@ -16,18 +16,7 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 fn room_config(capacity: u32) -> Value {
-    json!({"capacity": capacity, "admit_per_minute": null, "session_ttl_secs": 60,
-           "target_url": "https://shop.example/in", "state": "open", "pow_difficulty": 0})
-}
-
-async fn admitted(ws: &mut Ws) -> pace_protocol::AdmittedFrame {
-    loop {
-        match next_frame(ws).await {
-            ServerFrame::Admitted(a) => return a,
-            ServerFrame::Queue(_) => continue,
-            other => panic!("expected admitted, got {other:?}"),
-        }
-    }
+    room_json(capacity, |_| {})
 }
 
 fn parse(text: &str) -> Vec<LogLine> {
@@ -138,7 +127,7 @@ async fn a_rooms_log_is_exported_chained_and_signed() {
     // A is admitted, B waits; A's session is released and B is admitted.
     let (mut a, _) = node.connect("dev-a").await;
     send_text(&mut a, r#"{"type":"join","room":"shop"}"#).await;
-    let adm_a = admitted(&mut a).await;
+    let adm_a = wait_admitted(&mut a).await;
     let (mut b, _) = node.connect("dev-b").await;
     send_text(&mut b, r#"{"type":"join","room":"shop"}"#).await;
     // The answer to join tells the device its ticket.
@@ -157,7 +146,7 @@ async fn a_rooms_log_is_exported_chained_and_signed() {
     .await
     .unwrap();
     assert_eq!(status, 200, "{body}");
-    admitted(&mut b).await;
+    wait_admitted(&mut b).await;
 
     // The public log shows the sealed entries: wait for the seal over all
     // five (join A, admit A, join B, end A, admit B).

@@ -48,6 +48,8 @@ const EXPECT: &[(&str, &str, [u16; 12])] = &[
     ("GET",    "/ready",                                   [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200]),
     ("GET",    "/metrics",                                 [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200]),
     ("GET",    "/ws",                                      [401, 401, 101, 401, 401, 401, 401, 401, 401, 401, 401, 401]),
+    ("GET",    "/stream",                                  [401, 401, 200, 401, 401, 401, 401, 401, 401, 401, 401, 401]),
+    ("POST",   "/stream/send",                             [401, 401, 409, 401, 401, 401, 401, 401, 401, 401, 401, 401]),
     ("GET",    "/admin/ws",                                [401, 401, 401, 401, 401, 101, 101, 401, 401, 401, 401, 401]),
     ("POST",   "/api/v1/notify",                           [401, 401, 401, 401, 401, 202, 403, 202, 401, 401, 401, 401]),
     ("GET",    "/api/v1/cluster",                          [401, 401, 401, 401, 401, 401, 401, 200, 401, 401, 401, 401]),
@@ -98,8 +100,10 @@ pub struct World {
 }
 
 fn room_config(capacity: u32, pow: u8) -> Value {
-    json!({"capacity": capacity, "admit_per_minute": null, "session_ttl_secs": 300,
-           "target_url": "https://shop.example/in", "state": "open", "pow_difficulty": pow})
+    room_json(capacity, |c| {
+        c.session_ttl_secs = 300;
+        c.pow_difficulty = pow;
+    })
 }
 
 impl World {
@@ -278,7 +282,12 @@ pub async fn call(
         .expect("answered in time")
         .unwrap();
     let status = resp.status().as_u16();
-    if status == 101 {
+    // An upgrade or an event stream does not end: taken as is.
+    let streaming = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "text/event-stream");
+    if status == 101 || streaming {
         return (status, String::new());
     }
     let bytes = tokio::time::timeout(SOON, resp.into_body().collect())
@@ -343,6 +352,14 @@ async fn every_route_against_every_credential() {
                     headers.extend(UPGRADE);
                     headers.push(("x-device-id", "D"));
                     String::new()
+                }
+                ("GET", "/stream") => {
+                    headers.push(("x-device-id", "D"));
+                    String::new()
+                }
+                ("POST", "/stream/send") => {
+                    headers.push(("x-device-id", "D"));
+                    json!({"type": "ping", "id": 1}).to_string()
                 }
                 ("GET", "/admin/ws") => {
                     headers.extend(UPGRADE);

@@ -30,15 +30,7 @@ fn room_with_event(order: &str, prequeue_start: u64, event_start: u64, capacity:
 }
 
 async fn put_room(gw: &TestNode, room: &str, body: &Value) -> Value {
-    let (status, text) = http(
-        gw.addr,
-        "PUT",
-        &format!("/api/v1/rooms/{room}"),
-        &[("authorization", &format!("Bearer {KEY}"))],
-        &body.to_string(),
-    )
-    .await
-    .unwrap();
+    let (status, text) = crate::support::put_room(gw, room, body.clone()).await;
     assert_eq!(status, 200, "{text}");
     serde_json::from_str(&text).unwrap()
 }

@@ -220,17 +220,8 @@ async fn put_room(node: &TestNode, target_url: &str) {
 }
 
 async fn put_room_with(node: &TestNode, target_url: &str, capacity: u32) {
-    let body = json!({"capacity": capacity, "admit_per_minute": null, "session_ttl_secs": 60,
-        "target_url": target_url, "state": "open", "pow_difficulty": 0});
-    let (status, text) = http(
-        node.addr,
-        "PUT",
-        &format!("/api/v1/rooms/{ROOM}"),
-        &[("authorization", &format!("Bearer {KEY}"))],
-        &body.to_string(),
-    )
-    .await
-    .unwrap();
+    let body = room_json(capacity, |c| c.target_url = target_url.to_owned());
+    let (status, text) = crate::support::put_room(node, ROOM, body).await;
     assert!(status == 200 || status == 201, "{status} {text}");
 }
 

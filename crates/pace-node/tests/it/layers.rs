@@ -1,32 +1,64 @@
 //! The node's layers: which top-level modules of `crates/pace-node/src`
-//! import which (`crate::x` paths, comments left out), and the cycles
-//! among them.
+//! import which (`crate::x` paths; comments and test code left out), with
+//! no cycle among them and every import pointing down [`LAYERS`].
 //!
-//! The layer order the node is moving to, top to bottom (a module may
-//! import only modules below it):
+//! The layer order, top to bottom (a module imports only modules of its
+//! own layer or below; docs/architecture.md says the same):
 //!
-//! 1. `server` — the composition root: builds the node, serves the router.
-//! 2. `http`, with the route table (`routes`) and the pages' rendering
-//!    (`web`).
-//! 3. The domain: the WebSocket session (`handshake`, `connection`,
-//!    `hub`, `backlog`, `admin_ws`), `rooms`, `rooms_api`, `audit`, `pow`,
-//!    `accounts`, `devices`, `auth`, `origins`, `admission`, `error` (the
-//!    answer every store error converts into), `config`; and `node`, the
-//!    shared handle that the domain work dissolves.
-//! 4. `queue`, `store` — the stores.
-//! 5. `metrics`, `limits`, `pending`, `token_time`, `systemd` — leaves.
+//! 1. `server`: the accept loop and drain.
+//! 2. `app`: the composition root: builds every part from the config.
+//! 3. `http`: the HTTP layer on axum.
+//! 4. What the HTTP layer is built on: the route table (`routes`), the
+//!    pages' rendering (`web`), the state handle it serves (`node`).
+//! 5. The domain: `ws` (handshake, session, resume, hub, admin feed),
+//!    `rooms`, `rooms_api`, `admission`, `accounts`, `devices`, `audit`,
+//!    `auth`, `origins`, `pow`. Each takes its dependencies explicitly;
+//!    none sees the `Node` handle.
+//! 6. The stores: `queue`, `store`.
+//! 7. Leaves: `config`, `metrics`, `error`, `names`, `key_alg`, `limits`,
+//!    `pending`, `token_time`, `systemd`.
 //!
-//! [`cycles`] finds every cycle (strongly connected set of modules); the
-//! domain still forms one around the `Node` handle until its modules take
-//! explicit dependencies (issue 14, item 2), so the test asserting no
-//! cycle at all lands with that work. What holds already is asserted
-//! here: nothing below `http` imports it, and `http` is in no cycle.
+//! Test code (`#[cfg(test)]` items and the files of `#[cfg(test)]`
+//! modules) is left out: a test may assemble several layers (the cluster
+//! conformance run builds every store; a session test builds the fan-out).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Module → the modules it imports.
 pub type Edges = BTreeMap<String, BTreeSet<String>>;
+
+/// The top-level modules by layer, top to bottom (see the module docs).
+pub const LAYERS: &[&[&str]] = &[
+    &["server"],
+    &["app"],
+    &["http"],
+    &["routes", "web", "node"],
+    &[
+        "ws",
+        "rooms",
+        "rooms_api",
+        "admission",
+        "accounts",
+        "devices",
+        "audit",
+        "auth",
+        "origins",
+        "pow",
+    ],
+    &["queue", "store"],
+    &[
+        "config",
+        "metrics",
+        "error",
+        "names",
+        "key_alg",
+        "limits",
+        "pending",
+        "token_time",
+        "systemd",
+    ],
+];
 
 /// The import edges between the top-level modules under `src` (`x.rs` or
 /// `x/`; `lib.rs` and `main.rs` are the crate itself, not modules).
@@ -44,10 +76,20 @@ pub fn module_edges(src: &Path) -> Edges {
         }
         let mut files = Vec::new();
         rust_files(&path, &mut files);
+        let test_files: BTreeSet<PathBuf> = files
+            .iter()
+            .flat_map(|f| {
+                let text = std::fs::read_to_string(f).unwrap();
+                let dir = f.parent().unwrap().to_owned();
+                test_modules(&strip_comments(&text))
+                    .into_iter()
+                    .map(move |m| dir.join(format!("{m}.rs")))
+            })
+            .collect();
         let used = edges.entry(name.clone()).or_default();
-        for file in files {
-            let text = std::fs::read_to_string(&file).unwrap();
-            for m in crate_paths(&strip_comments(&text)) {
+        for file in files.iter().filter(|f| !test_files.contains(*f)) {
+            let text = std::fs::read_to_string(file).unwrap();
+            for m in crate_paths(&strip_test_code(&strip_comments(&text))) {
                 if m != name {
                     used.insert(m);
                 }
@@ -78,6 +120,80 @@ fn strip_comments(text: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+const CFG_TEST: &str = "#[cfg(test)]";
+
+/// The names of the `#[cfg(test)] mod x;` declarations (files of test
+/// code) in `text`.
+fn test_modules(text: &str) -> Vec<String> {
+    text.match_indices(CFG_TEST)
+        .filter_map(|(i, _)| {
+            let item = text[i + CFG_TEST.len()..].trim_start();
+            let item = item
+                .strip_prefix("pub(crate) ")
+                .or_else(|| item.strip_prefix("pub "))
+                .unwrap_or(item);
+            let rest = item.strip_prefix("mod ")?;
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest[name.len()..]
+                .trim_start()
+                .starts_with(';')
+                .then_some(name)
+        })
+        .collect()
+}
+
+/// The text without its `#[cfg(test)]` items: each attribute with the
+/// item after it, up to its `;` or its closing brace (string and char
+/// literals skipped while counting braces).
+fn strip_test_code(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(CFG_TEST) {
+        out.push_str(&rest[..i]);
+        let item = &rest[i + CFG_TEST.len()..];
+        let end = item_end(item);
+        rest = &item[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Where the item at the start of `text` ends: after its `;` if that
+/// comes before any `{`, else after the brace closing its first `{`.
+fn item_end(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b';' if depth == 0 => return i + 1,
+            b'{' => depth += 1,
+            b'}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            // A char literal of one (possibly escaped) character; a
+            // lifetime's quote is left alone.
+            b'\'' if bytes.get(i + 2) == Some(&b'\'') => i += 2,
+            b'\'' if bytes.get(i + 1) == Some(&b'\\') && bytes.get(i + 3) == Some(&b'\'') => i += 3,
+            _ => {}
+        }
+        i += 1;
+    }
+    bytes.len()
 }
 
 /// The first segment after every `crate::`, including each top-level
@@ -198,25 +314,68 @@ fn node_src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
+/// The layer of each module in [`LAYERS`] (0 is the top).
+fn layer_of() -> BTreeMap<&'static str, usize> {
+    LAYERS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, layer)| layer.iter().map(move |m| (*m, i)))
+        .collect()
+}
+
+/// The imports that point up the layer order (or name a module missing
+/// from [`LAYERS`]), as `a -> b` lines.
+fn upward(edges: &Edges) -> Vec<String> {
+    let layer = layer_of();
+    let mut found = Vec::new();
+    for (m, used) in edges {
+        let Some(&own) = layer.get(m.as_str()) else {
+            found.push(format!("{m}: not placed in LAYERS"));
+            continue;
+        };
+        for u in used.iter().filter(|u| edges.contains_key(*u)) {
+            match layer.get(u.as_str()) {
+                Some(&l) if l >= own => {}
+                _ => found.push(format!("{m} -> {u}")),
+            }
+        }
+    }
+    found
+}
+
 #[test]
-fn nothing_below_the_http_layer_imports_it() {
+fn the_node_has_no_import_cycle() {
     let edges = module_edges(&node_src());
     assert!(edges.contains_key("http"), "no http module: {edges:?}");
-    let importers: Vec<&String> = edges
-        .iter()
-        .filter(|(m, used)| m.as_str() != "server" && used.contains("http"))
-        .map(|(m, _)| m)
-        .collect();
-    assert!(
-        importers.is_empty(),
-        "only the composition root (server) may import the HTTP layer; also: {importers:?}"
+    assert_eq!(
+        cycles(&edges),
+        Vec::<Vec<String>>::new(),
+        "top-level modules import each other in a cycle"
     );
-    for cycle in cycles(&edges) {
-        assert!(
-            !cycle.iter().any(|m| m == "http" || m == "server"),
-            "the HTTP layer is in an import cycle: {cycle:?}"
-        );
+}
+
+#[test]
+fn every_import_points_down_the_layers() {
+    let edges = module_edges(&node_src());
+    assert_eq!(upward(&edges), Vec::<String>::new());
+    // Every module of LAYERS exists (a renamed module is renamed here too).
+    for m in layer_of().keys() {
+        assert!(edges.contains_key(*m), "LAYERS names no module {m}");
     }
+}
+
+#[test]
+fn an_upward_import_is_named() {
+    let mut edges = Edges::new();
+    for (a, b) in [("http", "store"), ("store", "http"), ("config", "metrics")] {
+        edges.entry(a.into()).or_default().insert(b.into());
+    }
+    edges.entry("metrics".into()).or_default();
+    edges.entry("mystery".into()).or_default();
+    assert_eq!(
+        upward(&edges),
+        ["mystery: not placed in LAYERS", "store -> http"]
+    );
 }
 
 #[test]
@@ -259,4 +418,18 @@ fn imports_are_read_from_paths_and_groups_not_comments() {
                 pace_crate::nope; let s = \"https://x\"; crate::pow::issue();";
     let got: Vec<String> = crate_paths(&strip_comments(text)).into_iter().collect();
     assert_eq!(got, ["auth", "error", "metrics", "node", "pow"]);
+}
+
+#[test]
+fn test_code_is_left_out() {
+    let text = "use crate::error::ApiError;\n\
+                #[cfg(test)]\nmod tests {\n    use crate::accounts::X;\n    \
+                fn f() { let s = \"}\"; let c = '{'; let l: &'static str = \"\"; }\n    \
+                use crate::node::Y;\n}\n\
+                #[cfg(test)]\nuse crate::server::Z;\n\
+                #[cfg(test)]\npub(crate) mod test_redis;\n\
+                fn g() { crate::metrics::render(); }";
+    let got: Vec<String> = crate_paths(&strip_test_code(text)).into_iter().collect();
+    assert_eq!(got, ["error", "metrics"]);
+    assert_eq!(test_modules(text), ["test_redis"]);
 }

@@ -19,37 +19,16 @@ async fn fast_node() -> TestNode {
     .await
 }
 
-async fn put_room(node: &TestNode, room: &str, body: Value) -> (u16, String) {
-    http(
-        node.addr,
-        "PUT",
-        &format!("/api/v1/rooms/{room}"),
-        &[("authorization", &format!("Bearer {KEY}"))],
-        &body.to_string(),
-    )
-    .await
-    .unwrap()
-}
-
+/// A room's settings with `state` as sent (an unknown one included).
 fn room_config(capacity: u32, state: &str) -> Value {
-    json!({"capacity": capacity, "admit_per_minute": null, "session_ttl_secs": 60,
-           "target_url": "https://shop.example/in", "state": state, "pow_difficulty": 0})
+    let mut config = room_json(capacity, |_| {});
+    config["state"] = json!(state);
+    config
 }
 
 async fn join(ws: &mut Ws, room: &str) -> ServerFrame {
     send_text(ws, &format!(r#"{{"type":"join","room":"{room}"}}"#)).await;
     next_frame(ws).await
-}
-
-/// Reads frames until an `admitted` one (skipping queue updates).
-async fn wait_admitted(ws: &mut Ws) -> pace_protocol::AdmittedFrame {
-    loop {
-        match next_frame(ws).await {
-            ServerFrame::Admitted(a) => return a,
-            ServerFrame::Queue(_) => continue,
-            other => panic!("expected admitted, got {other:?}"),
-        }
-    }
 }
 
 async fn verify(node: &TestNode, token: &str, room: Option<&str>) -> Value {

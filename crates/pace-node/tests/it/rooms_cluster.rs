@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use pace_protocol::ServerFrame;
+use pace_protocol::room::RoomState;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -16,8 +17,10 @@ use crate::support::*;
 const DEVICES: usize = 300;
 
 fn config(capacity: u32, state: &str) -> String {
-    json!({"capacity": capacity, "admit_per_minute": null, "session_ttl_secs": 600,
-           "target_url": "https://shop.example/in", "state": state, "pow_difficulty": 0})
+    room_json(capacity, |c| {
+        c.session_ttl_secs = 600;
+        c.state = RoomState::parse(state).unwrap();
+    })
     .to_string()
 }
 

@@ -58,6 +58,40 @@ pub fn config() -> NodeConfig {
     c
 }
 
+/// `PUT /api/v1/rooms/{room}` with the service key: the status and body.
+pub async fn put_room(node: &TestNode, room: &str, body: Value) -> (u16, String) {
+    http(
+        node.addr,
+        "PUT",
+        &format!("/api/v1/rooms/{room}"),
+        &[("authorization", &format!("Bearer {KEY}"))],
+        &body.to_string(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Reads frames until an `admitted` one, skipping queue updates.
+pub async fn wait_admitted(ws: &mut Ws) -> pace_protocol::AdmittedFrame {
+    loop {
+        match next_frame(ws).await {
+            ServerFrame::Admitted(a) => return a,
+            ServerFrame::Queue(_) => continue,
+            other => panic!("expected admitted, got {other:?}"),
+        }
+    }
+}
+
+/// A room's settings as `PUT /api/v1/rooms/{room}` takes them: an open
+/// FIFO room of `capacity` sessions of 60 s, sending admitted devices to
+/// `https://shop.example/in` ([`pace_protocol::room::RoomConfig::open`]),
+/// changed by `edit`.
+pub fn room_json(capacity: u32, edit: impl FnOnce(&mut pace_protocol::room::RoomConfig)) -> Value {
+    let mut config = pace_protocol::room::RoomConfig::open(capacity, "https://shop.example/in");
+    edit(&mut config);
+    serde_json::to_value(config).unwrap()
+}
+
 /// A fresh directory under the system temp dir (node data: generated keys).
 pub fn scratch_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("pace-test-{}", uuid::Uuid::new_v4().simple()));

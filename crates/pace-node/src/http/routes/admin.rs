@@ -65,7 +65,7 @@ fn not_found(raw: &str) -> ApiError {
 /// The room `raw`, if the admin's tenant owns it; 404 otherwise.
 async fn owned(node: &NodeRef, claims: &AdminClaims, raw: &str) -> Result<Room, ApiError> {
     let room = RoomId::parse(raw).map_err(|_| not_found(raw))?;
-    if !owns(node, claims, &room).await? {
+    if !owns(&node.auth, claims, &room).await? {
         return Err(not_found(raw));
     }
     node.rooms
@@ -314,7 +314,7 @@ pub async fn revoke_session(
     let room = RoomId::parse(raw).map_err(|_| not_found(raw))?;
     let visible = match &principal {
         Principal::Service => node.rooms.queue.get_room(&room).await?.is_some(),
-        Principal::Admin(claims) => owns(&node, claims, &room).await?,
+        Principal::Admin(claims) => owns(&node.auth, claims, &room).await?,
         _ => false,
     };
     if !visible {
@@ -458,7 +458,7 @@ pub async fn room_stats(
     params: Params,
 ) -> Result<Response, ApiError> {
     let room = owned(&node, &claims, &params.room).await?;
-    let stats = stats_body(&node, &room.id).await?;
+    let stats = stats_body(node.rooms.queue.as_ref(), &room.id).await?;
     Ok(json_response(StatusCode::OK, &stats))
 }
 
@@ -469,7 +469,8 @@ pub async fn feed(
     Caller(principal): Caller,
     req: Request,
 ) -> Result<Response, ApiError> {
-    crate::ws::admin::upgrade(&node, req, principal).map(|r| r.map(axum::body::Body::new))
+    crate::ws::admin::upgrade(&node.ws, &node.connections, req, principal)
+        .map(|r| r.map(axum::body::Body::new))
 }
 
 /// Largest login body read, bytes.

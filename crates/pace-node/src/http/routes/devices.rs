@@ -193,7 +193,7 @@ pub(crate) fn refused_handshake(node: &NodeRef, peer: SocketAddr, e: ApiError) -
 
 /// What a handshake is refused for before its credential is looked at:
 /// draining, starting, too many handshakes from the address, not an
-/// upgrade. Behind a trusted gateway, the handshake then counts in its
+/// upgrade (when `upgrade`: `/ws`; an HTTP stream, `/stream`, is none). Behind a trusted gateway, the handshake then counts in its
 /// forwarded address's connections not yet upgraded while it runs (the
 /// hold returned; direct connections are counted from accept on, in the
 /// accept loop).
@@ -201,6 +201,7 @@ pub(crate) fn before_handshake<B>(
     node: &NodeRef,
     req: &http::Request<B>,
     peer: SocketAddr,
+    upgrade: bool,
 ) -> Result<Option<crate::pending::Hold>, ApiError> {
     let refuse = |e: ApiError| refused_handshake(node, peer, e);
     if node.is_draining() {
@@ -217,14 +218,16 @@ pub(crate) fn before_handshake<B>(
             "node is starting; retry shortly",
         )));
     }
-    let address = auth::client_address(node, req.headers(), peer);
+    let address = auth::client_address(&node.auth, req.headers(), peer);
     if !node.handshakes.allow(&address, std::time::Instant::now()) {
         return Err(refuse(ApiError::new(
             ErrorCode::TooManyHandshakes,
             "too many connections from this address right now; retry with backoff",
         )));
     }
-    crate::ws::handshake::upgrade_accept(req).map_err(refuse)?;
+    if upgrade {
+        crate::ws::handshake::upgrade_accept(req).map_err(refuse)?;
+    }
     let trusted = node
         .config
         .trusted_proxies
@@ -264,7 +267,7 @@ pub async fn upgrade(
     let refuse = |e: ApiError| refused_handshake(&node, peer, e);
     let hs = crate::ws::handshake::check(&req, node.config.max_groups).map_err(refuse)?;
     let hs = crate::ws::handshake::grant(&node.ws, hs, &device).await;
-    crate::origins::check_handshake(&node, &req, &device)
+    crate::origins::check_handshake(&node.origins, &req, &device)
         .await
         .map_err(refuse)?;
     let Some(slot) = node.take_slot() else {

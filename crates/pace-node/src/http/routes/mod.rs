@@ -14,6 +14,7 @@
 //! - [`rooms`]: room configuration, stats, a device's status, the public audit log.
 //! - [`sessions`]: admission verification, session release and renewal.
 //! - [`devices`]: registration and the device WebSocket upgrade.
+//! - [`stream`]: the device HTTP stream (SSE) and its POSTed frames.
 //! - [`admin`]: admin login, the admin API and the admin feed's upgrade.
 //! - [`pages`]: the waiting page, the console, assets, the demo target.
 
@@ -24,6 +25,7 @@ pub mod ops;
 pub mod pages;
 pub mod rooms;
 pub mod sessions;
+pub mod stream;
 
 use axum::Router;
 use axum::response::{IntoResponse, Response};
@@ -113,6 +115,8 @@ fn endpoint(spec: &RouteSpec) -> MethodRouter<NodeRef> {
         R::Cluster => on(f, ops::cluster),
         R::Jwks => on(f, ops::jwks),
         R::DeviceWs => on(f, devices::upgrade),
+        R::DeviceStream => on(f, stream::open),
+        R::StreamSend => on(f, stream::send),
         R::Register => on(f, devices::register),
         R::Notify => on(f, notify::notify),
         R::Verify => on(f, sessions::verify),

@@ -42,7 +42,7 @@ pub async fn notify(
         ApiError::new(ErrorCode::BadRequest, e.to_string())
     })?;
     if let Some(claims) = &admin
-        && let Err(e) = crate::auth::notify_scope_allowed(&node, claims, &target).await
+        && let Err(e) = crate::auth::notify_scope_allowed(&node.auth, claims, &target).await
     {
         count(scope, e.code.as_str());
         return Err(e);

@@ -61,7 +61,7 @@ pub async fn stats(State(node): State<NodeRef>, params: Params) -> Result<Respon
     }
     Ok(json_response(
         StatusCode::OK,
-        &stats_body(&node, &room).await?,
+        &stats_body(node.rooms.queue.as_ref(), &room).await?,
     ))
 }
 

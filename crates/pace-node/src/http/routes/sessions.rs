@@ -138,7 +138,7 @@ async fn session(
         )
     })?;
     let room = room_id(&claims.aud)?;
-    if !crate::auth::may_act_on_session(node, &principal, &room, &claims.sub).await? {
+    if !crate::auth::may_act_on_session(&node.auth, &principal, &room, &claims.sub).await? {
         // Somebody else's session answers as if there were none.
         node.metrics
             .auth_refused
