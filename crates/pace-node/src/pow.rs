@@ -6,7 +6,9 @@
 //! bound to the room, the device and a random prefix, with the difficulty
 //! and a 60 s lifetime. The device answers with `solve`; the node checks the
 //! signature, the binding, the expiry and the hash (one SHA-256), then
-//! claims the challenge's id in the store so it works once, cluster-wide.
+//! the join itself claims the challenge's id (a mark under the room's hash
+//! tag, in the same script as the join: [`crate::queue::QueueStore::join_room`])
+//! so it works once, cluster-wide.
 //!
 //! Its `aud` is `pace/pow`: no room id can contain `/`, so a challenge can
 //! never pass as an admission token.

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::queue::{
-    Admission, DeviceStatus, EventPhase, JoinOutcome, QueueError, Room, RoomConfig,
-    SharedQueueStore,
+    Admission, DeviceStatus, EventPhase, JoinAttempt, JoinOutcome, PowAnswer, PowGate, QueueError,
+    Room, RoomConfig, SharedQueueStore,
 };
 use crate::store::{SharedStore, now_ms};
 use pace_protocol::rest::EventStatus;
@@ -395,33 +395,68 @@ impl Rooms {
         })
     }
 
-    /// Applies the room's proof-of-work rule to a device without a place:
-    /// `Ok(Some(challenge))` when it must (still) solve one, `Ok(None)` when
-    /// it may join.
-    async fn proof_of_work(
+    /// What a device brings against the room's proof of work, checked here
+    /// (signature, binding, expiry, hash: no store call); the join script
+    /// asks it only of a device without a place, and claims a valid
+    /// solution's mark then. `Err` holds why an invalid one is refused.
+    fn pow_answer(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+        solution: Option<Solution>,
+    ) -> (PowAnswer, Option<crate::pow::Refusal>) {
+        if self.waiters.contains(room, device) {
+            return (PowAnswer::Exempt, None);
+        }
+        let Some(solution) = solution else {
+            return (PowAnswer::Unsolved, None);
+        };
+        let now = now_ms() / 1000;
+        match crate::pow::check(
+            &self.keys,
+            room,
+            device,
+            &solution.challenge,
+            &solution.solution,
+            now,
+        ) {
+            Ok(claims) => (
+                PowAnswer::Solved {
+                    jti: claims.jti,
+                    ttl_ms: (claims.exp.saturating_sub(now) + 1) * 1000,
+                },
+                None,
+            ),
+            Err(r) => (PowAnswer::Invalid, Some(r)),
+        }
+    }
+
+    /// The answer to a device the room asks proof of work of.
+    fn pow_gate(
         &self,
         room: &Room,
         device: &DeviceId,
-        solution: Option<Solution>,
+        gate: PowGate,
+        invalid: Option<crate::pow::Refusal>,
     ) -> Result<Option<ServerFrame>, JoinRefused> {
-        let difficulty = room.config.pow_difficulty;
-        if difficulty == 0 {
-            return Ok(None);
-        }
-        // A device that holds a place (or a session) keeps it without new
-        // work: reconnecting must not cost a solve.
-        let status = self
-            .queue
-            .status(&room.id, device, now_ms())
-            .await
-            .map_err(|e| unavailable(&e))?;
-        if !matches!(status, DeviceStatus::Unknown) {
-            return Ok(None);
-        }
-        let now = now_ms() / 1000;
-        let Some(solution) = solution else {
-            self.metrics.pow.with_label_values(&["challenged"]).inc();
-            return crate::pow::issue(&self.keys, &room.id, device, difficulty, now)
+        let refuse = |r: crate::pow::Refusal, label: &str| {
+            self.metrics.pow.with_label_values(&[label]).inc();
+            Err(JoinRefused {
+                code: r.code,
+                message: r.message.into(),
+            })
+        };
+        match gate {
+            PowGate::Challenge => {
+                self.metrics.pow.with_label_values(&["challenged"]).inc();
+                let now = now_ms() / 1000;
+                crate::pow::issue(
+                    &self.keys,
+                    &room.id,
+                    device,
+                    room.config.pow_difficulty,
+                    now,
+                )
                 .map(|c| Some(ServerFrame::Challenge(c)))
                 .map_err(|e| {
                     tracing::error!(error = %e, "signing a challenge failed");
@@ -429,41 +464,17 @@ impl Rooms {
                         code: ErrorCode::Internal,
                         message: "could not issue a challenge; retry".into(),
                     }
-                });
-        };
-        let refuse = |r: crate::pow::Refusal, label: &str| {
-            self.metrics.pow.with_label_values(&[label]).inc();
-            JoinRefused {
-                code: r.code,
-                message: r.message.into(),
+                })
             }
-        };
-        let claims = crate::pow::check(
-            &self.keys,
-            &room.id,
-            device,
-            &solution.challenge,
-            &solution.solution,
-            now,
-        )
-        .map_err(|r| refuse(r, "invalid"))?;
-        let ttl = Duration::from_secs(claims.exp.saturating_sub(now) + 1);
-        let first = self
-            .store
-            .claim_once(&format!("pow:{}", claims.jti), ttl)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "store unavailable for a challenge claim");
-                JoinRefused {
-                    code: ErrorCode::StoreUnavailable,
-                    message: crate::error::STORE_UNAVAILABLE.into(),
-                }
-            })?;
-        if !first {
-            return Err(refuse(crate::pow::reused(), "reused"));
+            PowGate::Invalid => match invalid {
+                Some(r) => refuse(r, "invalid"),
+                None => Err(JoinRefused {
+                    code: ErrorCode::Internal,
+                    message: "proof of work refused; retry".into(),
+                }),
+            },
+            PowGate::Reused => refuse(crate::pow::reused(), "reused"),
         }
-        self.metrics.pow.with_label_values(&["solved"]).inc();
-        Ok(None)
     }
 
     /// The `admitted` frame for a device's admission in `room`.
@@ -504,25 +515,25 @@ impl Rooms {
             });
         }
         let now = now_ms();
-        let room = self
-            .queue
-            .get_room(room_id)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let Some(room) = room else {
-            return Err(JoinRefused {
-                code: ErrorCode::NoSuchRoom,
-                message: format!("no room {room_id}"),
-            });
+        let no_room = || JoinRefused {
+            code: ErrorCode::NoSuchRoom,
+            message: format!("no room {room_id}"),
         };
-        if !self.waiters.contains(room_id, device)
-            && let Some(challenge) = self.proof_of_work(&room, device, solution).await?
-        {
-            return Ok(Some(challenge));
-        }
-        if let Some(user) = user {
+        if let Some(user) = user.filter(|_| self.config.max_places_per_user > 0) {
+            // The user's places are counted before the join script may
+            // create one (a few more round trips, only with this limit).
+            if self
+                .queue
+                .get_room(room_id)
+                .await
+                .map_err(|e| unavailable(&e))?
+                .is_none()
+            {
+                return Err(no_room());
+            }
             self.user_place_limit(room_id, user, device).await?;
         }
+        let (pow, invalid) = self.pow_answer(room_id, device, solution);
         // Register as a local waiter *before* the join script runs: if any
         // node's tick admits the device before this call returns, the
         // bus's admission finds the waiter and is delivered (not dropped).
@@ -530,13 +541,40 @@ impl Rooms {
         if fresh {
             self.waiters.reserve(room_id, device);
         }
-        let outcome = match self.queue.join(room_id, device, now).await {
-            Ok(o) => o,
+        // One round trip: the room, the proof-of-work gate, the join and
+        // the last minute's admissions (see `QueueStore::join_room`).
+        let attempt = match self.queue.join_room(room_id, device, now, &pow).await {
+            Ok(a) => a,
             Err(e) => {
                 if fresh {
                     self.waiters.remove(room_id, device);
                 }
                 return Err(unavailable(&e));
+            }
+        };
+        let (room, outcome, admitted_last_minute) = match attempt {
+            JoinAttempt::Joined {
+                room,
+                outcome,
+                admitted_last_minute,
+                pow_claimed,
+            } => {
+                if pow_claimed {
+                    self.metrics.pow.with_label_values(&["solved"]).inc();
+                }
+                (room, outcome, admitted_last_minute)
+            }
+            JoinAttempt::NoSuchRoom => {
+                if fresh {
+                    self.waiters.remove(room_id, device);
+                }
+                return Err(no_room());
+            }
+            JoinAttempt::Pow { room, gate } => {
+                if fresh {
+                    self.waiters.remove(room_id, device);
+                }
+                return self.pow_gate(&room, device, gate, invalid);
             }
         };
         let refused = |code, message: String| Err(JoinRefused { code, message });
@@ -565,16 +603,11 @@ impl Rooms {
                 ),
             ),
             JoinOutcome::Waiting(place) => {
-                let stats = self
-                    .queue
-                    .stats(room_id, now)
-                    .await
-                    .map_err(|e| unavailable(&e))?;
                 let update = QueueUpdate {
                     room: room_id.clone(),
                     position: place.position,
                     waiting_total: place.waiting_total,
-                    eta_seconds: eta_seconds(place.position, stats.admitted_last_minute),
+                    eta_seconds: eta_seconds(place.position, admitted_last_minute),
                     state: self.shown_state(&room.config),
                     ticket: Some(place.ticket),
                 };

@@ -3,7 +3,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `{prefix}:device:<id>` | hash | `record` (the registration, JSON), `token_id`, `first_registered_ms`, `last_seen_ms`, `last_ip`, `departments` (granted groups, JSON), `revoked_before` (a kick's cutoff) |
-//! | `{prefix}:devices` | set | every registered device id |
+//! | `{prefix}:devices` | set | every registered device id (listings page through it with `SSCAN`, never one `SMEMBERS`) |
 //! | `{prefix}:revoked:<id>` | string (Unix second), expiring with the last token it refuses | the deny-list entry of a kicked device, read when it has no record (it outlives a forgotten one) |
 //!
 //! Registration is one Lua script (`register_device.lua`): create if
@@ -25,7 +25,8 @@ use super::{
 };
 
 /// Most devices a listing scans (the registry search is for people, not
-/// for bulk export).
+/// for bulk export): the first this many of the index's `SSCAN` order,
+/// then sorted by id (below this many devices: every device, by id).
 const SCAN_LIMIT: usize = 100_000;
 
 /// The Redis [`DeviceRegistry`].
@@ -167,13 +168,11 @@ impl DeviceRegistry for RedisDeviceRegistry {
         query: &str,
         limit: usize,
     ) -> Result<Vec<DeviceRecord>, RegistryError> {
-        let mut ids: Vec<String> = self
-            .commands()?
-            .smembers(self.index())
+        // Paged (`SSCAN`): no one command reads the whole index.
+        let mut ids = crate::queue::sscan_members(&self.commands()?, &self.index(), SCAN_LIMIT)
             .await
             .map_err(unavailable)?;
         ids.sort();
-        ids.truncate(SCAN_LIMIT);
         let mut out = Vec::new();
         for chunk in ids.chunks(200) {
             let pipeline = self.commands()?.pipeline();
@@ -289,5 +288,36 @@ mod tests {
         let r = RedisDeviceRegistry::new(client, "devreg");
         conformance::registers_refreshes_and_lists(&r).await;
         conformance::credentials_departments_and_revocation(&r).await;
+    }
+
+    /// A listing pages through the index with `SSCAN` (more devices than
+    /// one page of 1,000) and still answers every device, ordered by id,
+    /// filtered by tenant.
+    #[tokio::test]
+    async fn a_listing_pages_through_the_whole_index() {
+        let redis = TestRedis::start();
+        let client = Builder::from_config(Config::from_url(&redis.url()).unwrap())
+            .build()
+            .unwrap();
+        client.init().await.unwrap();
+        let r = RedisDeviceRegistry::new(client, "pages");
+        let n = 2_500;
+        for i in 0..n {
+            let tenant = if i % 2 == 0 { "even" } else { "odd" };
+            let rec = conformance::record(&format!("dev-{i:05}"), Some(tenant), "t");
+            r.register(&rec, None).await.unwrap();
+        }
+        let ids = |v: Vec<DeviceRecord>| {
+            v.into_iter()
+                .map(|d| d.info.device_id.to_string())
+                .collect::<Vec<_>>()
+        };
+        let all = ids(r.list(None, "", n + 10).await.unwrap());
+        let expected: Vec<String> = (0..n).map(|i| format!("dev-{i:05}")).collect();
+        assert_eq!(all, expected);
+        let even = ids(r.list(Some("even"), "", n).await.unwrap());
+        assert_eq!(even.len(), n / 2);
+        assert!(even.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(ids(r.list(Some("odd"), "", 3).await.unwrap()).len(), 3);
     }
 }

@@ -6,8 +6,20 @@
 -- KEYS[4] seen zset       KEYS[5] active zset     KEYS[6] sessions hash
 -- KEYS[7] devices hash     KEYS[8] joined hash (device -> join time, ms)
 -- KEYS[9] audit log stream  KEYS[10] events hash (what each event has done)
+-- KEYS[11] rate zset      KEYS[12] the proof-of-work mark (room's tag)
 -- ARGV[1] device id       ARGV[2] now (ms)
 -- ARGV[3] the device's hash in the audit log (computed by the node)
+-- ARGV[4] absent: a plain join (the reply below); else a node's whole join
+--         in one round trip (`join_room`): the start of the rate window
+--         (ms), and the reply is {reply below, config HGETALL, events
+--         HGETALL (only with a shuffled event, else empty), admissions
+--         after ARGV[4], 1 if it claimed the proof-of-work mark else 0}
+-- ARGV[5] proof of work: absent/'exempt' (none asked), 'unsolved',
+--         'invalid' or 'solved' (ARGV[6]: the mark's TTL, ms). Asked only
+--         of a device with neither place nor live session, when the
+--         room's pow_difficulty is above 0: then {'pow', 'challenge' |
+--         'invalid' | 'reused'} and no place; 'solved' claims KEYS[12]
+--         (SET NX PX), so a challenge works once.
 -- Returns {'waiting', ticket, position, waiting_total}
 --       | {'admitted', session id, ticket, admitted_at, expires_at}
 --       | {'closed'} | {'rejected'} (mode reject) | {'nosuchroom'}
@@ -20,6 +32,11 @@
 -- commitment first); the first join after event_start records the last.
 local device = ARGV[1]
 local now = tonumber(ARGV[2])
+
+-- Whether this call claimed the proof-of-work mark (a new place with it).
+local claimed = 0
+
+local function join()
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
   return {'nosuchroom'}
@@ -53,6 +70,19 @@ if ticket then
   redis.call('ZADD', KEYS[4], 'GT', now, device)
   local rank = redis.call('ZRANK', KEYS[3], device)
   return {'waiting', tonumber(ticket), rank + 1, redis.call('ZCARD', KEYS[3])}
+end
+
+local pow = ARGV[5]
+if pow and pow ~= '' and pow ~= 'exempt'
+    and tonumber(redis.call('HGET', KEYS[1], 'pow_difficulty') or '0') > 0 then
+  if pow == 'unsolved' then
+    return {'pow', 'challenge'}
+  elseif pow ~= 'solved' then
+    return {'pow', 'invalid'}
+  elseif not redis.call('SET', KEYS[12], '1', 'NX', 'PX', ARGV[6]) then
+    return {'pow', 'reused'}
+  end
+  claimed = 1
 end
 
 if state == 'closed' then
@@ -109,3 +139,16 @@ if total > peak then
   redis.call('HSET', KEYS[2], 'peak_waiting', total)
 end
 return {'waiting', ticket, total, total}
+end
+
+local out = join()
+if not ARGV[4] or ARGV[4] == '' then
+  return out
+end
+local events = {}
+local declared = redis.call('HGET', KEYS[1], 'events')
+if declared and string.find(declared, 'shuffle', 1, true) then
+  events = redis.call('HGETALL', KEYS[10])
+end
+return {out, redis.call('HGETALL', KEYS[1]), events,
+  redis.call('ZCOUNT', KEYS[11], '(' .. ARGV[4], '+inf'), claimed}

@@ -30,6 +30,8 @@ pub struct MemoryQueueStore {
     /// Where mode `random` draws from: `None` for the thread-local RNG;
     /// a seeded generator makes a lottery repeatable (tests).
     draws: Mutex<Option<rand::rngs::StdRng>>,
+    /// Claimed proof-of-work challenges: (room, jti) → kept until (ms).
+    marks: Mutex<HashMap<(RoomId, String), u64>>,
 }
 
 /// One room: the same facts the Redis store keeps in the room's keys.
@@ -379,6 +381,23 @@ impl QueueStore for MemoryQueueStore {
         let mut ids: Vec<RoomId> = self.with(|rooms| rooms.keys().cloned().collect());
         ids.sort();
         Ok(ids)
+    }
+
+    async fn claim_mark(
+        &self,
+        room: &RoomId,
+        jti: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, QueueError> {
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        marks.retain(|_, until| *until > now_ms);
+        let key = (room.clone(), jti.to_owned());
+        if marks.contains_key(&key) {
+            return Ok(false);
+        }
+        marks.insert(key, now_ms.saturating_add(ttl_ms));
+        Ok(true)
     }
 
     async fn join(

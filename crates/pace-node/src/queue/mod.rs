@@ -106,18 +106,21 @@
 //! | `{p:room:R}:waits` | hash | wait-time bucket bound (s, or `+Inf`) → admissions; `sum_ms` |
 //! | `{p:room:R}:log` | stream | audit log: entry id `<seq>-0`, field `e` = `j\|t\|ticket\|device hash`, `a\|t\|ticket\|session\|capacity` (then `\|mode` unless `fifo`), `e\|t\|ticket\|session\|released\|expired`, `c\|t\|event\|seed_sha256` or `s\|t\|event\|seed\|t1,t2,…`; `log_seq` in the counters |
 //! | `{p:room:R}:log:cp` | zset | signed checkpoints: JSON [`LogCheckpoint`] scored by its `seq` |
+//! | `{p:room:R}:pow:<jti>` | string | a claimed proof-of-work challenge, kept for the challenge's remaining life (`SET NX PX`) |
 //! | `{p}:rooms` | set | room ids (another slot: written apart from the config) |
 //!
 //! # Operations and their Redis cost
 //!
-//! One round trip each (admit, sweep and touch: one per batch of 1,000);
+//! One round trip each (admit, sweep and touch: one per batch of 1,000;
+//! `rooms`: one per page of 1,000);
 //! `n` waiting, `k` devices or sessions handled by the call.
 //!
 //! | operation | how | cost |
 //! |---|---|---|
 //! | `put_room` | `HSET` config + `SADD` rooms | 2 commands, O(1) |
-//! | `get_room` / `rooms` | `HGETALL` / `SMEMBERS` | O(1) / O(rooms) |
+//! | `get_room` / `rooms` | `HGETALL` / `SSCAN` pages of 1,000 | O(1) / O(rooms), a round trip per page |
 //! | `join` | `join.lua`: `HGET` state, session lookup, `ZSCORE`; new place: `HGET` mode, `HINCRBY` ticket, `HGET` + `XADD` + `HSET` log, `ZADD` queue + seen, `ZCARD`, peak | ~11 commands, O(log n) |
+//! | `join_room` (a node's whole join) | the same `join.lua` with the proof-of-work gate (`HGET` difficulty, `SET NX PX` of the mark when a solution is claimed) and, after the join, `HGETALL` config (+ `HGETALL` events with a shuffled event) and `ZCOUNT` rate | one round trip, ~19 commands, O(log n) |
 //! | `touch` | `touch.lua`: `ZSCORE` + `ZADD` seen per device | O(k log n) |
 //! | `sweep` | `sweep.lua`: `ZRANGEBYSCORE` seen, `ZREM` queue + seen per device, `HINCRBY` | O(log n + k log n) |
 //! | `admit` | `admit.lua`: `ZRANGEBYSCORE` active (expired) and 3 removals + 3 log commands each; trim rate; `HMGET` config; `ZRANGE` head (mode `random`: `ZCARD` + one-rank `ZRANGE` per draw) and 9 commands per admission (3 of them the log's); `HINCRBY` | O((k+1) log n) |
@@ -169,6 +172,7 @@ use serde::{Deserialize, Serialize};
 
 pub use memory::MemoryQueueStore;
 pub use redis::RedisQueueStore;
+pub(crate) use redis::sscan_members;
 
 /// Length of the sliding window of `admit_per_minute`, in ms.
 pub const RATE_WINDOW_MS: u64 = 60_000;
@@ -279,6 +283,67 @@ pub enum JoinOutcome {
     },
     /// No such room.
     NoSuchRoom,
+}
+
+/// What a device joining with [`QueueStore::join_room`] brings against
+/// the room's proof of work (`pow_difficulty` above 0). Only a device
+/// without a place or live session is asked for one; the others keep
+/// theirs without new work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PowAnswer {
+    /// The node already knows the device as a waiter: no work asked.
+    Exempt,
+    /// No solution: a device without a place gets a challenge.
+    Unsolved,
+    /// A solution the node found invalid (signature, binding, expiry,
+    /// hash): refused if the device needs one.
+    Invalid,
+    /// A valid solution: its challenge id is claimed once (a mark under
+    /// the room's hash tag, kept `ttl_ms`) if the device needs one.
+    Solved {
+        /// The challenge's `jti`.
+        jti: String,
+        /// How long the mark is kept: the challenge's remaining life.
+        ttl_ms: u64,
+    },
+}
+
+/// Why [`QueueStore::join_room`] took no place for want of proof of work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowGate {
+    /// No solution: the device must solve a challenge first.
+    Challenge,
+    /// The solution was invalid.
+    Invalid,
+    /// The challenge was solved already (its mark is claimed).
+    Reused,
+}
+
+/// What [`QueueStore::join_room`] did: everything a node answers a `join`
+/// with, read in the same step as the join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinAttempt {
+    /// No such room.
+    NoSuchRoom,
+    /// No place taken: the room asks proof of work of this device.
+    Pow {
+        /// The room (its difficulty for the challenge).
+        room: Room,
+        /// Why.
+        gate: PowGate,
+    },
+    /// The join ran.
+    Joined {
+        /// The room, as the join saw it.
+        room: Room,
+        /// What the join did.
+        outcome: JoinOutcome,
+        /// The room's admissions in the last 60 s (for the wait estimate).
+        admitted_last_minute: u64,
+        /// Whether a solution's mark was claimed by this join (the device
+        /// needed the work and brought it).
+        pow_claimed: bool,
+    },
 }
 
 /// Where a device stands in a room.
@@ -515,6 +580,62 @@ pub trait QueueStore: Send + Sync + fmt::Debug + 'static {
         now_ms: u64,
     ) -> Result<JoinOutcome, QueueError>;
 
+    /// A node's whole `join`, in one step: the room, the proof-of-work
+    /// gate (see [`PowAnswer`]; a solution's mark is claimed only when the
+    /// device needs one, so it works once), [`QueueStore::join`] and the
+    /// room's admissions of the last minute. The Redis store does it in one
+    /// script (one round trip); this default composes the other methods.
+    async fn join_room(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+        now_ms: u64,
+        pow: &PowAnswer,
+    ) -> Result<JoinAttempt, QueueError> {
+        let Some(r) = self.get_room(room).await? else {
+            return Ok(JoinAttempt::NoSuchRoom);
+        };
+        let mut pow_claimed = false;
+        if r.config.pow_difficulty > 0
+            && *pow != PowAnswer::Exempt
+            && matches!(
+                self.status(room, device, now_ms).await?,
+                DeviceStatus::Unknown
+            )
+        {
+            let gate = match pow {
+                PowAnswer::Exempt => None,
+                PowAnswer::Unsolved => Some(PowGate::Challenge),
+                PowAnswer::Invalid => Some(PowGate::Invalid),
+                PowAnswer::Solved { jti, ttl_ms } => {
+                    pow_claimed = self.claim_mark(room, jti, *ttl_ms, now_ms).await?;
+                    (!pow_claimed).then_some(PowGate::Reused)
+                }
+            };
+            if let Some(gate) = gate {
+                return Ok(JoinAttempt::Pow { room: r, gate });
+            }
+        }
+        let outcome = self.join(room, device, now_ms).await?;
+        let admitted_last_minute = self.stats(room, now_ms).await?.admitted_last_minute;
+        Ok(JoinAttempt::Joined {
+            room: r,
+            outcome,
+            admitted_last_minute,
+            pow_claimed,
+        })
+    }
+
+    /// Claims proof-of-work challenge `jti`'s mark in `room` for `ttl_ms`:
+    /// `true` the first time, `false` while the mark lives.
+    async fn claim_mark(
+        &self,
+        room: &RoomId,
+        jti: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, QueueError>;
+
     /// Heartbeat of waiting devices, in one call per batch. Returns the
     /// devices among them that are not waiting (admitted, swept, left).
     async fn touch(
@@ -666,6 +787,8 @@ pub(crate) mod conformance {
                 modes_switch_live,
                 an_event_counts_down_prequeues_and_shuffles_by_the_store_clock,
                 a_fifo_event_puts_its_prequeue_first_in_join_order,
+                join_room_is_the_whole_join,
+                a_challenge_is_asked_of_new_devices_and_works_once,
             );
         };
         (@cases $setup:path, $($case:ident),* $(,)?) => {
@@ -915,6 +1038,175 @@ pub(crate) mod conformance {
         let d = waiting(&s, &r, "d", T0 + 40).await;
         assert!(d.ticket > c.ticket);
         assert_eq!(s.stats(&r, T0).await.unwrap().waiting, 4);
+    }
+
+    /// `join_room` answers with the room as stored, the join's outcome and
+    /// the last minute's admissions, and a missing room as such.
+    pub async fn join_room_is_the_whole_join(s: SharedQueueStore) {
+        let none = PowAnswer::Unsolved;
+        assert_eq!(
+            s.join_room(&room("nowhere"), &dev("a"), T0, &none)
+                .await
+                .unwrap(),
+            JoinAttempt::NoSuchRoom
+        );
+        let r = new_room(&s, "whole", config(1)).await;
+        let stored = s.get_room(&r).await.unwrap().unwrap();
+        let JoinAttempt::Joined {
+            room: seen,
+            outcome,
+            admitted_last_minute,
+            pow_claimed: false,
+        } = s.join_room(&r, &dev("a"), T0, &none).await.unwrap()
+        else {
+            panic!("a: expected a join");
+        };
+        assert_eq!(seen, stored);
+        assert_eq!(admitted_last_minute, 0);
+        let JoinOutcome::Waiting(a) = outcome else {
+            panic!("a: expected waiting, got {outcome:?}");
+        };
+        assert_eq!((a.position, a.waiting_total), (1, 1));
+        let adm = s.admit(&r, T0 + 1).await.unwrap().admitted[0].1.clone();
+        let b = s.join_room(&r, &dev("b"), T0 + 2, &none).await.unwrap();
+        let JoinAttempt::Joined {
+            outcome: JoinOutcome::Waiting(b),
+            admitted_last_minute: 1,
+            ..
+        } = b
+        else {
+            panic!("b: expected waiting after one admission, got {b:?}");
+        };
+        assert!(b.ticket > a.ticket);
+        // A rejoin keeps the place; the admitted device gets its session.
+        let again = s.join_room(&r, &dev("b"), T0 + 3, &none).await.unwrap();
+        assert!(
+            matches!(again, JoinAttempt::Joined { outcome: JoinOutcome::Waiting(p), .. } if p == b)
+        );
+        let again = s.join_room(&r, &dev("a"), T0 + 4, &none).await.unwrap();
+        assert!(
+            matches!(again, JoinAttempt::Joined { outcome: JoinOutcome::Admitted(x), .. } if x == adm)
+        );
+        // Past the window the admission no longer counts.
+        let later = s
+            .join_room(&r, &dev("b"), T0 + 1 + RATE_WINDOW_MS, &none)
+            .await
+            .unwrap();
+        assert!(matches!(
+            later,
+            JoinAttempt::Joined {
+                admitted_last_minute: 0,
+                ..
+            }
+        ));
+        let mut closed = config(1);
+        closed.state = RoomState::Closed;
+        s.put_room(&r, &closed).await.unwrap();
+        let c = s.join_room(&r, &dev("c"), T0 + 5, &none).await.unwrap();
+        assert!(
+            matches!(&c, JoinAttempt::Joined { outcome: JoinOutcome::Closed, room, .. } if room.config.state == RoomState::Closed),
+            "{c:?}"
+        );
+    }
+
+    /// With `pow_difficulty` above 0, a device without a place is asked for
+    /// a challenge and takes none until it brings a valid solution, whose
+    /// mark works once (per room); devices with a place or session keep it.
+    pub async fn a_challenge_is_asked_of_new_devices_and_works_once(s: SharedQueueStore) {
+        let mut c = config(1);
+        c.pow_difficulty = 8;
+        let r = new_room(&s, "pow", c.clone()).await;
+        let other = new_room(&s, "pow-other", c).await;
+        let gate = |a: JoinAttempt| match a {
+            JoinAttempt::Pow { gate, room } => {
+                assert_eq!(room.config.pow_difficulty, 8);
+                Some(gate)
+            }
+            _ => None,
+        };
+        let solved = |jti: &str| PowAnswer::Solved {
+            jti: jti.into(),
+            ttl_ms: 60_000,
+        };
+        for (answer, expected) in [
+            (PowAnswer::Unsolved, PowGate::Challenge),
+            (PowAnswer::Invalid, PowGate::Invalid),
+        ] {
+            let a = s.join_room(&r, &dev("a"), T0, &answer).await.unwrap();
+            assert_eq!(gate(a), Some(expected));
+        }
+        assert_eq!(
+            s.status(&r, &dev("a"), T0).await.unwrap(),
+            DeviceStatus::Unknown,
+            "no place without work"
+        );
+        let a = s.join_room(&r, &dev("a"), T0, &solved("j1")).await.unwrap();
+        let JoinAttempt::Joined {
+            outcome: JoinOutcome::Waiting(a),
+            pow_claimed: true,
+            ..
+        } = a
+        else {
+            panic!("a: expected waiting with the mark claimed, got {a:?}");
+        };
+        // The same challenge again, by another device: refused, no place.
+        let b = s
+            .join_room(&r, &dev("b"), T0 + 1, &solved("j1"))
+            .await
+            .unwrap();
+        assert_eq!(gate(b), Some(PowGate::Reused));
+        assert_eq!(s.stats(&r, T0 + 1).await.unwrap().waiting, 1);
+        // A mark is the room's: the same id elsewhere is a first use.
+        let o = s
+            .join_room(&other, &dev("b"), T0 + 1, &solved("j1"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            o,
+            JoinAttempt::Joined {
+                outcome: JoinOutcome::Waiting(_),
+                ..
+            }
+        ));
+        // A device with a place rejoins without work, whatever it brings.
+        for answer in [PowAnswer::Unsolved, PowAnswer::Invalid, solved("j1")] {
+            let again = s.join_room(&r, &dev("a"), T0 + 2, &answer).await.unwrap();
+            assert!(
+                matches!(again, JoinAttempt::Joined { outcome: JoinOutcome::Waiting(p), pow_claimed: false, .. } if p.ticket == a.ticket)
+            );
+        }
+        let adm = s.admit(&r, T0 + 3).await.unwrap().admitted[0].1.clone();
+        let again = s
+            .join_room(&r, &dev("a"), T0 + 4, &PowAnswer::Unsolved)
+            .await
+            .unwrap();
+        assert!(
+            matches!(again, JoinAttempt::Joined { outcome: JoinOutcome::Admitted(x), .. } if x == adm)
+        );
+        // Exempt (a waiter the node knows): no work asked.
+        let e = s
+            .join_room(&r, &dev("e"), T0 + 5, &PowAnswer::Exempt)
+            .await
+            .unwrap();
+        assert!(matches!(
+            e,
+            JoinAttempt::Joined {
+                outcome: JoinOutcome::Waiting(_),
+                ..
+            }
+        ));
+        // A fresh solution works.
+        let b = s
+            .join_room(&r, &dev("b"), T0 + 6, &solved("j2"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            b,
+            JoinAttempt::Joined {
+                outcome: JoinOutcome::Waiting(_),
+                ..
+            }
+        ));
     }
 
     /// The head of the queue is admitted in ticket order, never past

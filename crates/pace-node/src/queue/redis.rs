@@ -22,10 +22,10 @@ use pace_protocol::DeviceId;
 use crate::store::RedisClient;
 
 use super::{
-    Admission, AdmitOutcome, Appearance, DeviceStatus, EndReason, EventOrder, JoinOutcome,
-    LogCheckpoint, LogEvent, LogRecord, Place, Positions, QueueError, QueueMode, QueueStore,
-    RATE_WINDOW_MS, Room, RoomConfig, RoomCounters, RoomId, RoomState, WAIT_BUCKETS_SECS,
-    WaitDistribution,
+    Admission, AdmitOutcome, Appearance, DeviceStatus, EndReason, EventOrder, JoinAttempt,
+    JoinOutcome, LogCheckpoint, LogEvent, LogRecord, Place, Positions, PowAnswer, PowGate,
+    QueueError, QueueMode, QueueStore, RATE_WINDOW_MS, Room, RoomConfig, RoomCounters, RoomId,
+    RoomState, WAIT_BUCKETS_SECS, WaitDistribution,
 };
 
 /// How often one admit call retries an event's shuffle that found the
@@ -94,6 +94,8 @@ struct RoomKeys {
     log: String,
     checkpoints: String,
     events: String,
+    /// Prefix of the room's proof-of-work marks (`<prefix><jti>`).
+    pow_mark: String,
 }
 
 impl RoomKeys {
@@ -115,6 +117,7 @@ impl RoomKeys {
             log: key("log"),
             checkpoints: key("log:cp"),
             events: key("events"),
+            pow_mark: key("pow:"),
         }
     }
 }
@@ -312,6 +315,74 @@ impl RedisQueueStore {
     }
 }
 
+/// Members of the set `key` read with `SSCAN` pages of `SCAN_PAGE` (no
+/// single command reads the whole set, so none blocks Redis for long as
+/// the set grows), at most `limit` of them (in the set's scan order).
+pub(crate) async fn sscan_members(
+    client: &Client,
+    key: &str,
+    limit: usize,
+) -> Result<Vec<String>, Error> {
+    /// Members asked per `SSCAN` (a hint to Redis).
+    const SCAN_PAGE: usize = 1000;
+    let mut cursor = "0".to_owned();
+    let mut out = Vec::new();
+    loop {
+        let (next, page): (String, Vec<String>) = client
+            .custom(
+                fred::types::CustomCommand::new_static("SSCAN", None, false),
+                vec![
+                    key.to_owned(),
+                    cursor,
+                    "COUNT".to_owned(),
+                    SCAN_PAGE.to_string(),
+                ],
+            )
+            .await?;
+        out.extend(page);
+        if next == "0" || out.len() >= limit {
+            out.truncate(limit);
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
+/// Fills in the seed of every shuffled event of `config` that `runs`
+/// (the room's events hash) says was ordered.
+fn reveal_from(config: &mut RoomConfig, runs: &HashMap<String, String>) {
+    for e in &mut config.events {
+        if runs.contains_key(&format!("{}:shuffled", e.id)) {
+            e.seed = runs.get(&format!("{}:seed", e.id)).cloned();
+        }
+    }
+}
+
+/// A flat `HGETALL` reply (field, value, …) as a map.
+fn flat_map(mut r: Reply) -> Result<HashMap<String, String>, QueueError> {
+    let mut m = HashMap::new();
+    while let Some(field) = r.0.next() {
+        let field = field
+            .into_string()
+            .ok_or_else(|| bad("expected a string"))?;
+        m.insert(field, r.string()?);
+    }
+    Ok(m)
+}
+
+/// A join script's reply as its outcome.
+fn join_outcome(mut r: Reply) -> Result<JoinOutcome, QueueError> {
+    match r.string()?.as_str() {
+        "waiting" => Ok(JoinOutcome::Waiting(r.place()?)),
+        "admitted" => Ok(JoinOutcome::Admitted(r.admission()?)),
+        "closed" => Ok(JoinOutcome::Closed),
+        "rejected" => Ok(JoinOutcome::Rejected),
+        "eventnotopen" => Ok(JoinOutcome::EventNotOpen { opens_at: r.u64()? }),
+        "nosuchroom" => Ok(JoinOutcome::NoSuchRoom),
+        _ => Err(bad("unknown join outcome")),
+    }
+}
+
 /// Reads a room config hash (`None` when the hash is empty).
 fn parse_config(h: &HashMap<String, String>) -> Result<Option<RoomConfig>, QueueError> {
     if h.is_empty() {
@@ -366,11 +437,7 @@ impl RedisQueueStore {
             .hgetall(&self.keys(room).events)
             .await
             .map_err(unavailable)?;
-        for e in &mut config.events {
-            if runs.contains_key(&format!("{}:shuffled", e.id)) {
-                e.seed = runs.get(&format!("{}:seed", e.id)).cloned();
-            }
-        }
+        reveal_from(config, &runs);
         Ok(())
     }
 
@@ -636,12 +703,13 @@ impl QueueStore for RedisQueueStore {
 
     async fn rooms(&self) -> Result<Vec<RoomId>, QueueError> {
         self.connected_or_fail()?;
-        let ids: Vec<String> = self
-            .client
-            .on(&self.rooms_key)?
-            .smembers(&self.rooms_key)
-            .await
-            .map_err(unavailable)?;
+        let ids = sscan_members(
+            &self.client.on(&self.rooms_key)?,
+            &self.rooms_key,
+            usize::MAX,
+        )
+        .await
+        .map_err(unavailable)?;
         let mut rooms = ids
             .iter()
             .map(|s| RoomId::parse(s).map_err(|_| bad("invalid room id in store")))
@@ -671,16 +739,106 @@ impl QueueStore for RedisQueueStore {
                 ],
             )
             .await?;
+        join_outcome(Reply::new(v))
+    }
+
+    async fn join_room(
+        &self,
+        room: &RoomId,
+        device: &DeviceId,
+        now_ms: u64,
+        pow: &PowAnswer,
+    ) -> Result<JoinAttempt, QueueError> {
+        let k = self.keys(room);
+        // Signed, as in `stats`.
+        let window_start = i128::from(now_ms) - i128::from(RATE_WINDOW_MS);
+        let (mode, jti, ttl_ms) = match pow {
+            PowAnswer::Exempt => ("exempt", "", 0),
+            PowAnswer::Unsolved => ("unsolved", "", 0),
+            PowAnswer::Invalid => ("invalid", "", 0),
+            PowAnswer::Solved { jti, ttl_ms } => ("solved", jti.as_str(), (*ttl_ms).max(1)),
+        };
+        let v = self
+            .run(
+                &self.scripts.join,
+                vec![
+                    k.config,
+                    k.counters,
+                    k.queue,
+                    k.seen,
+                    k.active,
+                    k.sessions,
+                    k.devices,
+                    k.joined,
+                    k.log,
+                    k.events,
+                    k.rate,
+                    format!("{}{jti}", k.pow_mark),
+                ],
+                vec![
+                    device.as_str().to_owned(),
+                    now_ms.to_string(),
+                    pace_protocol::audit::device_hash(room.as_str(), device.as_str()),
+                    window_start.to_string(),
+                    mode.to_owned(),
+                    ttl_ms.to_string(),
+                ],
+            )
+            .await?;
         let mut r = Reply::new(v);
-        match r.string()?.as_str() {
-            "waiting" => Ok(JoinOutcome::Waiting(r.place()?)),
-            "admitted" => Ok(JoinOutcome::Admitted(r.admission()?)),
-            "closed" => Ok(JoinOutcome::Closed),
-            "rejected" => Ok(JoinOutcome::Rejected),
-            "eventnotopen" => Ok(JoinOutcome::EventNotOpen { opens_at: r.u64()? }),
-            "nosuchroom" => Ok(JoinOutcome::NoSuchRoom),
-            _ => Err(bad("unknown join outcome")),
+        let mut out = r.array()?;
+        let config = flat_map(r.array()?)?;
+        let runs = flat_map(r.array()?)?;
+        let admitted_last_minute = r.u64()?;
+        let pow_claimed = r.u64()? == 1;
+        let Some(mut config) = parse_config(&config)? else {
+            return Ok(JoinAttempt::NoSuchRoom);
+        };
+        reveal_from(&mut config, &runs);
+        let room = Room {
+            id: room.clone(),
+            config,
+        };
+        if out.0.as_slice().first().and_then(Value::as_str).as_deref() == Some("pow") {
+            out.string()?;
+            let gate = match out.string()?.as_str() {
+                "challenge" => PowGate::Challenge,
+                "invalid" => PowGate::Invalid,
+                "reused" => PowGate::Reused,
+                _ => return Err(bad("unknown proof-of-work gate")),
+            };
+            return Ok(JoinAttempt::Pow { room, gate });
         }
+        Ok(JoinAttempt::Joined {
+            room,
+            outcome: join_outcome(out)?,
+            admitted_last_minute,
+            pow_claimed,
+        })
+    }
+
+    async fn claim_mark(
+        &self,
+        room: &RoomId,
+        jti: &str,
+        ttl_ms: u64,
+        _now_ms: u64,
+    ) -> Result<bool, QueueError> {
+        self.connected_or_fail()?;
+        let key = format!("{}{jti}", self.keys(room).pow_mark);
+        let set: Option<String> = self
+            .client
+            .on(&key)?
+            .set(
+                &key,
+                1,
+                Some(Expiration::PX(ttl_ms.max(1) as i64)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(set.is_some())
     }
 
     async fn touch(
@@ -1168,6 +1326,40 @@ mod tests {
     }
 
     queue_conformance!(setup);
+
+    /// `sscan_members` reads a set of several pages whole, each member
+    /// once, and stops at its limit; `rooms` (which uses it) lists more
+    /// rooms than one page.
+    #[tokio::test]
+    async fn sets_are_read_in_pages() {
+        let redis = TestRedis::start();
+        let c = client(&redis).await;
+        let members: Vec<String> = (0..2_500).map(|i| format!("m{i}")).collect();
+        let _: i64 = c.sadd("big", members.clone()).await.unwrap();
+        let mut got = super::sscan_members(&c, "big", usize::MAX).await.unwrap();
+        got.sort();
+        got.dedup();
+        let mut want = members;
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(super::sscan_members(&c, "big", 10).await.unwrap().len(), 10);
+        assert!(
+            super::sscan_members(&c, "none", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let s = RedisQueueStore::new(c.clone(), "pages");
+        for i in 0..1_200 {
+            s.put_room(&room(&format!("r{i:04}")), &config(1))
+                .await
+                .unwrap();
+        }
+        let rooms = s.rooms().await.unwrap();
+        assert_eq!(rooms.len(), 1_200);
+        assert_eq!(rooms[0], room("r0000"));
+        assert_eq!(rooms[1_199], room("r1199"));
+    }
 
     #[test]
     fn a_rooms_keys_share_one_slot() {
