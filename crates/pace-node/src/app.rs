@@ -55,23 +55,24 @@ pub fn build(config: NodeConfig) -> Result<NodeRef, ServeError> {
         SharedQueueStore,
         SharedAccountStore,
         crate::devices::SharedDeviceRegistry,
-    ) = match &config.redis_url {
+    ) = match &config.store.redis_url {
         Some(url) => {
             let redis = RedisStore::start(
                 RedisOptions {
                     url: url.clone(),
-                    prefix: config.redis_prefix.clone(),
+                    prefix: config.store.redis_prefix.clone(),
                     node_id: config.node_id.clone(),
-                    bus_capacity: config.bus_buffer,
-                    command_timeout: config.store_timeout,
-                    node_ttl: config.node_ttl,
-                    history: config.history,
-                    bus_log_len: config.bus_log_len,
-                    write_replicas: config.store_write_replicas,
+                    bus_capacity: config.store.bus_buffer,
+                    command_timeout: config.store.store_timeout,
+                    node_ttl: config.store.node_ttl,
+                    history: config.store.history(),
+                    bus_log_len: config.store.bus_log_len,
+                    write_replicas: config.store.store_write_replicas,
                     identity_file: Some(
                         config
+                            .store
                             .data_dir
-                            .join(format!("store-id-{}", config.redis_prefix)),
+                            .join(format!("store-id-{}", config.store.redis_prefix)),
                     ),
                 },
                 local,
@@ -84,37 +85,50 @@ pub fn build(config: NodeConfig) -> Result<NodeRef, ServeError> {
                     lost_writes: metrics.store_lost_writes.clone(),
                 },
             )?;
-            let queue = Arc::new(RedisQueueStore::new(redis.client(), &config.redis_prefix));
-            let accounts: SharedAccountStore =
-                Arc::new(RedisAccountStore::new(redis.client(), &config.redis_prefix));
+            let queue = Arc::new(RedisQueueStore::new(
+                redis.client(),
+                &config.store.redis_prefix,
+            ));
+            let accounts: SharedAccountStore = Arc::new(RedisAccountStore::new(
+                redis.client(),
+                &config.store.redis_prefix,
+            ));
             let devices = Arc::new(crate::devices::RedisDeviceRegistry::new(
                 redis.client(),
-                &config.redis_prefix,
+                &config.store.redis_prefix,
             ));
             (redis, queue, accounts, devices)
         }
         None => (
-            Arc::new(MemoryStore::new(local, config.history)),
+            Arc::new(MemoryStore::new(local, config.store.history())),
             Arc::new(MemoryQueueStore::new()),
             Arc::new(MemoryAccountStore::open(
-                config.data_dir.join(ACCOUNTS_FILE),
+                config.store.data_dir.join(ACCOUNTS_FILE),
             )),
             Arc::new(crate::devices::MemoryDeviceRegistry::new()),
         ),
     };
-    let external_issuer = match &config.device_token_jwks {
+    let external_issuer = match &config.devices.device_token_jwks {
         Some(path) => Some(Arc::new(
             crate::devices::ExternalIssuer::load(
                 path,
-                config.device_token_issuer.as_deref().unwrap_or_default(),
-                config.device_token_audience.as_deref().unwrap_or_default(),
+                config
+                    .devices
+                    .device_token_issuer
+                    .as_deref()
+                    .unwrap_or_default(),
+                config
+                    .devices
+                    .device_token_audience
+                    .as_deref()
+                    .unwrap_or_default(),
             )
             .map_err(ServeError::Config)?
-            .with_groups_claim(&config.device_token_groups_claim),
+            .with_groups_claim(&config.devices.device_token_groups_claim),
         )),
         None => None,
     };
-    if config.insecure_anonymous_devices {
+    if config.devices.insecure_anonymous_devices {
         for line in [
             "INSECURE: --insecure-anonymous-devices is on: devices connect WITHOUT a device token.",
             "INSECURE: anyone who knows a device id can take its queue place and its admission.",
@@ -131,16 +145,16 @@ pub fn build(config: NodeConfig) -> Result<NodeRef, ServeError> {
         waiters,
         metrics.clone(),
         RoomsConfig {
-            tick: config.admit_tick,
-            refresh: config.position_refresh,
-            grace: config.heartbeat_grace,
-            joins_per_minute: config.joins_per_minute,
-            max_places_per_user: config.max_places_per_user,
+            tick: config.rooms.admit_tick,
+            refresh: config.rooms.position_refresh,
+            grace: config.rooms.heartbeat_grace,
+            joins_per_minute: config.rooms.joins_per_minute,
+            max_places_per_user: config.rooms.max_places_per_user,
         },
     ));
     metrics
         .insecure_anonymous_devices
-        .set(i64::from(config.insecure_anonymous_devices));
+        .set(i64::from(config.devices.insecure_anonymous_devices));
     let draining = Arc::new(AtomicBool::new(false));
     let auth = Arc::new(crate::auth::Authority {
         keys: keys.clone(),
@@ -151,14 +165,17 @@ pub fn build(config: NodeConfig) -> Result<NodeRef, ServeError> {
         metrics: metrics.clone(),
         settings: crate::auth::Settings {
             service_key: config.service_key.clone(),
-            insecure_anonymous_devices: config.insecure_anonymous_devices,
-            device_token_tenant: config.device_token_tenant.clone(),
-            trusted_proxies: config.trusted_proxies.clone(),
+            insecure_anonymous_devices: config.devices.insecure_anonymous_devices,
+            device_token_tenant: config.devices.device_token_tenant.clone(),
+            trusted_proxies: config.origins.trusted_proxies.clone(),
         },
     });
     let origins = crate::origins::Policy {
-        allowed: config.allowed_origins.clone(),
-        cache: crate::origins::OriginCache::new(crate::origins::CACHE_TTL, config.store_timeout),
+        allowed: config.origins.allowed_origins.clone(),
+        cache: crate::origins::OriginCache::new(
+            crate::origins::CACHE_TTL,
+            config.store.store_timeout,
+        ),
         accounts: accounts.clone(),
         queue: rooms.queue.clone(),
         metrics: metrics.clone(),
@@ -172,15 +189,15 @@ pub fn build(config: NodeConfig) -> Result<NodeRef, ServeError> {
         draining: draining.clone(),
     });
     let handshakes = crate::limits::WindowLimiter::new(
-        config.handshakes_per_address,
+        config.limits.handshakes_per_address,
         std::time::Duration::from_secs(1),
     );
     let sockets = crate::pending::Sockets::new(
-        config.max_pending_per_address,
-        crate::pending::Sockets::budget(config.open_files, config.fd_reserve),
+        config.limits.max_pending_per_address,
+        crate::pending::Sockets::budget(config.open_files, config.limits.fd_reserve),
         metrics.connections_pending.clone(),
     );
-    let slots = crate::ws::Slots::new(config.max_connections);
+    let slots = crate::ws::Slots::new(config.limits.max_connections);
     Ok(Arc::new(Node::new(
         config,
         crate::node::NodeParts {
@@ -209,8 +226,8 @@ pub fn sealer(node: &Node) -> crate::audit::Sealer {
         queue: node.rooms.queue.clone(),
         keys: node.keys.clone(),
         metrics: node.metrics.clone(),
-        interval: node.config.audit_seal_interval,
-        retention: node.config.audit_retention,
+        interval: node.config.rooms.audit_seal_interval,
+        retention: node.config.rooms.audit_retention,
     }
 }
 
@@ -218,8 +235,8 @@ pub fn sealer(node: &Node) -> crate::audit::Sealer {
 /// created on first run. A cluster must share one key set, so with
 /// `--redis` the file must be named explicitly.
 fn load_keys(config: &NodeConfig) -> Result<Arc<KeySet>, ServeError> {
-    let alg = config.admission_alg;
-    let keys = match (&config.keys, &config.redis_url) {
+    let alg = config.admission.admission_alg;
+    let keys = match (&config.admission.keys, &config.store.redis_url) {
         (Some(path), _) => KeySet::load(path).and_then(|k| k.signing_with(alg, path)),
         (None, Some(_)) => {
             return Err(ServeError::Keys(
@@ -228,10 +245,12 @@ fn load_keys(config: &NodeConfig) -> Result<Arc<KeySet>, ServeError> {
                     .into(),
             ));
         }
-        (None, None) => KeySet::load_or_create_alg(config.data_dir.join("keys.json"), alg),
+        (None, None) => KeySet::load_or_create_alg(config.store.data_dir.join("keys.json"), alg),
     };
     let keys = keys.map_err(|e| ServeError::Keys(e.to_string()))?;
-    Ok(Arc::new(keys.with_issuer(config.token_issuer.clone())))
+    Ok(Arc::new(
+        keys.with_issuer(config.admission.token_issuer.clone()),
+    ))
 }
 
 /// Creates the `demo` room when asked to and it does not exist yet.
@@ -242,7 +261,7 @@ pub async fn ensure_demo_room(node: &NodeRef, address: &str) {
     match node.rooms.queue.get_room(&room).await {
         Ok(Some(_)) => {}
         Ok(None) => {
-            if let Some(tenant) = &node.config.demo_tenant {
+            if let Some(tenant) = &node.config.web.demo_tenant {
                 match node.rooms.queue.claim_room(&room, tenant).await {
                     Ok(owner) if owner.as_deref() == Some(tenant.as_str()) => {}
                     Ok(owner) => {

@@ -169,13 +169,10 @@ pub enum KeysCommand {
     },
 }
 
-/// Flags of `serve` and `check-config`.
+/// Flags of `serve` and `check-config`: the node's identity, then one
+/// group per subsystem, each validating itself.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on for HTTP and WebSocket.
-    #[arg(long, env = "PACE_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-
     /// This node's id in metrics, logs and the cluster list
     /// [default: "node-<port>-<random>"].
     #[arg(long, env = "PACE_NODE_ID")]
@@ -186,6 +183,38 @@ pub struct ServeArgs {
     /// makes a random one at start and prints it.
     #[arg(long, env = "PACE_SERVICE_KEY", hide_env_values = true)]
     pub service_key: Option<String>,
+
+    #[command(flatten)]
+    pub limits: LimitsArgs,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub rooms: RoomsArgs,
+
+    #[command(flatten)]
+    pub admission: AdmissionArgs,
+
+    #[command(flatten)]
+    pub devices: DevicesArgs,
+
+    #[command(flatten)]
+    pub accounts: AccountsArgs,
+
+    #[command(flatten)]
+    pub origins: OriginsArgs,
+
+    #[command(flatten)]
+    pub web: WebArgs,
+}
+
+/// Listening, connection limits, timeouts and logging (`--listen`, `--max-connections`, …).
+#[derive(Debug, Clone, Args)]
+pub struct LimitsArgs {
+    /// Address to listen on for HTTP and WebSocket.
+    #[arg(long, env = "PACE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
 
     /// Maximum simultaneous device connections on this node; further
     /// handshakes get 503 `node_full`. Keep it below the open-files limit.
@@ -260,6 +289,37 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_MAX_GROUPS", default_value_t = 32)]
     pub max_groups: usize,
 
+    /// Most WebSocket handshakes per source address per second on this node
+    /// (0 = no limit); past it, 429 `too_many_handshakes`. High by default:
+    /// whole enterprises share one NAT address. Behind a gateway, set
+    /// --trusted-proxy so the address comes from X-Forwarded-For.
+    #[arg(long, env = "PACE_HANDSHAKES_PER_ADDRESS", default_value_t = 2000)]
+    pub handshakes_per_address: u32,
+
+    /// Most connections one source address may hold open on this node
+    /// before they are upgraded to a WebSocket (waiting for headers, in a
+    /// handshake, or plain HTTP) (0 = no limit). Past it a new connection
+    /// is closed at once (an HTTP request on it gets 429
+    /// `too_many_pending`). High by default: a NAT address can be thousands
+    /// of devices. Behind --trusted-proxy the proxy's own connections are
+    /// not capped; each forwarded address is, while its handshake runs.
+    #[arg(long, env = "PACE_MAX_PENDING_PER_ADDRESS", default_value_t = 1000)]
+    pub max_pending_per_address: u32,
+
+    /// Open-file descriptors the accept loop never spends on new
+    /// connections: kept for the store, files, logs, and health checks and
+    /// the admin (which shed the oldest connection not yet upgraded).
+    #[arg(long, env = "PACE_FD_RESERVE", default_value_t = 128)]
+    pub fd_reserve: u32,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info,pace_node=debug`.
+    #[arg(long, env = "PACE_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// The shared store, the cluster bus and notification history (`--redis`, `--redis-prefix`, `--data-dir`, …).
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
     /// Redis URL: one Redis (`redis://[user:password@]host:port[/db]`,
     /// `rediss://` for TLS) or a Redis Cluster, listing several seeds
     /// (`redis-cluster://host1:port1?node=host2:port2&node=host3:port3`).
@@ -302,12 +362,87 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_BUS_LOG_LEN", default_value_t = 10_000)]
     pub bus_log_len: usize,
 
-    /// How long a connection that announced a resume (`?resume=1`) holds
-    /// live notifications back waiting for its `resume` frame, so replayed
-    /// ones come first.
-    #[arg(long, env = "PACE_RESUME_HOLD", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub resume_hold: Duration,
+    /// A node that has not heart-beaten for this long leaves the cluster
+    /// list; nodes heart-beat four times per period.
+    #[arg(long, env = "PACE_NODE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub node_ttl: Duration,
 
+    /// Address other nodes and operators reach this node on (shown in the
+    /// cluster list) [default: the listen address].
+    #[arg(long, env = "PACE_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Directory for node-local data (the generated key set).
+    #[arg(long, env = "PACE_DATA_DIR", default_value = "pace-data")]
+    pub data_dir: std::path::PathBuf,
+}
+
+/// Waiting rooms: the admission tick, positions, join limits and the audit log.
+#[derive(Debug, Clone, Args)]
+pub struct RoomsArgs {
+    /// How often this node runs the admission tick of every room and pushes
+    /// near-head positions.
+    #[arg(long, env = "PACE_ADMIT_TICK", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub admit_tick: Duration,
+
+    /// How often every waiting device on this node gets its exact position
+    /// and its heartbeat is written to the store (at most 10 s).
+    #[arg(long, env = "PACE_POSITION_REFRESH", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub position_refresh: Duration,
+
+    /// A waiting device unseen (no connection heart-beating its place) for
+    /// longer than this loses its place.
+    #[arg(long, env = "PACE_HEARTBEAT_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub heartbeat_grace: Duration,
+
+    /// How often the rooms' audit logs get a signed checkpoint over the
+    /// entries since the last one (any node may seal; one wins).
+    #[arg(long, env = "PACE_AUDIT_SEAL_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub audit_seal_interval: Duration,
+
+    /// How long audit-log entries are kept: older ones are dropped up to a
+    /// checkpoint, which stays as the anchor of the rest.
+    #[arg(long, env = "PACE_AUDIT_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub audit_retention: Duration,
+
+    /// Most `join`/`solve` attempts per device per minute on this node
+    /// (0 = no limit); past it, `too_many_joins`.
+    #[arg(long, env = "PACE_JOINS_PER_MINUTE", default_value_t = 30)]
+    pub joins_per_minute: u32,
+
+    /// Most places one verified user (device tokens that carry a user)
+    /// may hold per room, over all their devices (0 = no limit); past it,
+    /// `too_many_places`.
+    #[arg(long, env = "PACE_MAX_PLACES_PER_USER", default_value_t = 3)]
+    pub max_places_per_user: u32,
+}
+
+/// The signing keys of admission (and device, admin, proof-of-work) tokens.
+#[derive(Debug, Clone, Args)]
+pub struct AdmissionArgs {
+    /// Admission signing keys (JSON key set; `pace-node keys generate`
+    /// creates or rotates it) [default: <data-dir>/keys.json, created on
+    /// first run].
+    #[arg(long, env = "PACE_KEYS")]
+    pub keys: Option<std::path::PathBuf>,
+
+    /// Algorithm of the keys that sign admission (and device, admin,
+    /// proof-of-work) tokens: `EdDSA` or `ES256`. Keys of the other
+    /// algorithm in the key set still verify (a migration's overlap); the
+    /// node refuses to start when the key set has no key of this algorithm.
+    /// ES256 lets the gateway (Kong's jwt plugin, HAProxy's jwt_verify)
+    /// check admissions itself.
+    #[arg(long, env = "PACE_ADMISSION_ALG", default_value = "EdDSA")]
+    pub admission_alg: crate::key_alg::KeyAlg,
+
+    /// `iss` claim of admission tokens.
+    #[arg(long, env = "PACE_TOKEN_ISSUER", default_value = "pace")]
+    pub token_issuer: String,
+}
+
+/// Device identity (device tokens, external issuers) and resuming.
+#[derive(Debug, Clone, Args)]
+pub struct DevicesArgs {
     /// Accept devices without a device token (development and load tests
     /// only: anyone knowing a device id can then take its place). The node
     /// says so loudly at start and in `pace_insecure_anonymous_devices`.
@@ -344,46 +479,25 @@ pub struct ServeArgs {
     #[arg(long, env = "PACE_DEVICE_TOKEN_GROUPS_CLAIM", default_value = "groups")]
     pub device_token_groups_claim: String,
 
-    /// Most `join`/`solve` attempts per device per minute on this node
-    /// (0 = no limit); past it, `too_many_joins`.
-    #[arg(long, env = "PACE_JOINS_PER_MINUTE", default_value_t = 30)]
-    pub joins_per_minute: u32,
+    /// How long a connection that announced a resume (`?resume=1`) holds
+    /// live notifications back waiting for its `resume` frame, so replayed
+    /// ones come first.
+    #[arg(long, env = "PACE_RESUME_HOLD", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub resume_hold: Duration,
+}
 
-    /// Most places one verified user (device tokens that carry a user)
-    /// may hold per room, over all their devices (0 = no limit); past it,
-    /// `too_many_places`.
-    #[arg(long, env = "PACE_MAX_PLACES_PER_USER", default_value_t = 3)]
-    pub max_places_per_user: u32,
+/// Admin accounts.
+#[derive(Debug, Clone, Args)]
+pub struct AccountsArgs {
+    /// Lifetime of the admin tokens `POST /api/v1/admin/login` hands out
+    /// (1s to 24h).
+    #[arg(long, env = "PACE_ADMIN_TOKEN_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub admin_token_ttl: Duration,
+}
 
-    /// Most WebSocket handshakes per source address per second on this node
-    /// (0 = no limit); past it, 429 `too_many_handshakes`. High by default:
-    /// whole enterprises share one NAT address. Behind a gateway, set
-    /// --trusted-proxy so the address comes from X-Forwarded-For.
-    #[arg(long, env = "PACE_HANDSHAKES_PER_ADDRESS", default_value_t = 2000)]
-    pub handshakes_per_address: u32,
-
-    /// Most connections one source address may hold open on this node
-    /// before they are upgraded to a WebSocket (waiting for headers, in a
-    /// handshake, or plain HTTP) (0 = no limit). Past it a new connection
-    /// is closed at once (an HTTP request on it gets 429
-    /// `too_many_pending`). High by default: a NAT address can be thousands
-    /// of devices. Behind --trusted-proxy the proxy's own connections are
-    /// not capped; each forwarded address is, while its handshake runs.
-    #[arg(long, env = "PACE_MAX_PENDING_PER_ADDRESS", default_value_t = 1000)]
-    pub max_pending_per_address: u32,
-
-    /// Open-file descriptors the accept loop never spends on new
-    /// connections: kept for the store, files, logs, and health checks and
-    /// the admin (which shed the oldest connection not yet upgraded).
-    #[arg(long, env = "PACE_FD_RESERVE", default_value_t = 128)]
-    pub fd_reserve: u32,
-
-    /// Address (or CIDR range) of a gateway whose X-Forwarded-For is
-    /// believed; repeat or separate with commas. The device's address is
-    /// the right-most X-Forwarded-For entry not from a trusted proxy.
-    #[arg(long = "trusted-proxy", env = "PACE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-
+/// Who may call the node: browser origins (CORS) and trusted gateways.
+#[derive(Debug, Clone, Args)]
+pub struct OriginsArgs {
     /// A browser origin (`https://host[:port]`) whose pages may use the
     /// device WebSocket and the device REST endpoints (CORS) for every
     /// tenant; repeat or separate with commas. `null` (sandboxed iframes,
@@ -398,69 +512,16 @@ pub struct ServeArgs {
     )]
     pub allowed_origins: Vec<String>,
 
-    /// A node that has not heart-beaten for this long leaves the cluster
-    /// list; nodes heart-beat four times per period.
-    #[arg(long, env = "PACE_NODE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub node_ttl: Duration,
+    /// Address (or CIDR range) of a gateway whose X-Forwarded-For is
+    /// believed; repeat or separate with commas. The device's address is
+    /// the right-most X-Forwarded-For entry not from a trusted proxy.
+    #[arg(long = "trusted-proxy", env = "PACE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
 
-    /// Address other nodes and operators reach this node on (shown in the
-    /// cluster list) [default: the listen address].
-    #[arg(long, env = "PACE_ADVERTISE")]
-    pub advertise: Option<String>,
-
-    /// How often this node runs the admission tick of every room and pushes
-    /// near-head positions.
-    #[arg(long, env = "PACE_ADMIT_TICK", default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub admit_tick: Duration,
-
-    /// How often every waiting device on this node gets its exact position
-    /// and its heartbeat is written to the store (at most 10 s).
-    #[arg(long, env = "PACE_POSITION_REFRESH", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub position_refresh: Duration,
-
-    /// A waiting device unseen (no connection heart-beating its place) for
-    /// longer than this loses its place.
-    #[arg(long, env = "PACE_HEARTBEAT_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub heartbeat_grace: Duration,
-
-    /// How often the rooms' audit logs get a signed checkpoint over the
-    /// entries since the last one (any node may seal; one wins).
-    #[arg(long, env = "PACE_AUDIT_SEAL_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub audit_seal_interval: Duration,
-
-    /// How long audit-log entries are kept: older ones are dropped up to a
-    /// checkpoint, which stays as the anchor of the rest.
-    #[arg(long, env = "PACE_AUDIT_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
-    pub audit_retention: Duration,
-
-    /// Admission signing keys (JSON key set; `pace-node keys generate`
-    /// creates or rotates it) [default: <data-dir>/keys.json, created on
-    /// first run].
-    #[arg(long, env = "PACE_KEYS")]
-    pub keys: Option<std::path::PathBuf>,
-
-    /// Algorithm of the keys that sign admission (and device, admin,
-    /// proof-of-work) tokens: `EdDSA` or `ES256`. Keys of the other
-    /// algorithm in the key set still verify (a migration's overlap); the
-    /// node refuses to start when the key set has no key of this algorithm.
-    /// ES256 lets the gateway (Kong's jwt plugin, HAProxy's jwt_verify)
-    /// check admissions itself.
-    #[arg(long, env = "PACE_ADMISSION_ALG", default_value = "EdDSA")]
-    pub admission_alg: crate::key_alg::KeyAlg,
-
-    /// Directory for node-local data (the generated key set).
-    #[arg(long, env = "PACE_DATA_DIR", default_value = "pace-data")]
-    pub data_dir: std::path::PathBuf,
-
-    /// `iss` claim of admission tokens.
-    #[arg(long, env = "PACE_TOKEN_ISSUER", default_value = "pace")]
-    pub token_issuer: String,
-
-    /// Lifetime of the admin tokens `POST /api/v1/admin/login` hands out
-    /// (1s to 24h).
-    #[arg(long, env = "PACE_ADMIN_TOKEN_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
-    pub admin_token_ttl: Duration,
-
+/// The pages the node serves (the demo room).
+#[derive(Debug, Clone, Args)]
+pub struct WebArgs {
     /// Create the `demo` room (capacity 2, 60 s sessions, target: this
     /// node's demo page) at start when it does not exist.
     #[arg(long, env = "PACE_DEMO_ROOM", default_value_t = true, action = clap::ArgAction::Set)]
@@ -471,10 +532,6 @@ pub struct ServeArgs {
     /// no owner and only the service key changes it.
     #[arg(long, env = "PACE_DEMO_TENANT")]
     pub demo_tenant: Option<String>,
-
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info,pace_node=debug`.
-    #[arg(long, env = "PACE_LOG", default_value = "info")]
-    pub log: String,
 }
 
 impl ServeArgs {
@@ -490,12 +547,76 @@ impl ServeArgs {
 
     /// Validates the arguments into the configuration the node runs with.
     pub fn into_config(self) -> Result<NodeConfig, ConfigError> {
-        let bad = |msg: String| Err(ConfigError(msg));
-        if let Some(key) = &self.service_key
+        let ServeArgs {
+            node_id,
+            service_key,
+            limits,
+            store,
+            rooms,
+            admission,
+            devices,
+            accounts,
+            mut origins,
+            web,
+        } = self;
+        if let Some(key) = &service_key
             && key.len() < 16
         {
             return bad("--service-key / PACE_SERVICE_KEY must be at least 16 characters".into());
         }
+        limits.validate()?;
+        if let Some(id) = &node_id
+            && pace_protocol::DeviceId::parse(id).is_err()
+        {
+            return bad("--node-id may only contain A-Z a-z 0-9 . _ : @ - (1 to 128 bytes)".into());
+        }
+        store.validate()?;
+        accounts.validate()?;
+        rooms.validate()?;
+        web.validate()?;
+        devices.validate()?;
+        origins.validate()?;
+        admission.validate()?;
+        let node_id = node_id.unwrap_or_else(|| {
+            let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+            format!("node-{}-{suffix}", limits.listen.port())
+        });
+        let (service_key, service_key_generated) = match service_key {
+            Some(k) => (k, false),
+            None => (uuid::Uuid::new_v4().simple().to_string(), true),
+        };
+        Ok(NodeConfig {
+            node_id,
+            service_key,
+            service_key_generated,
+            open_files: open_files_limit(),
+            limits,
+            store,
+            rooms,
+            admission,
+            devices,
+            accounts,
+            origins,
+            web,
+        })
+    }
+
+    /// Validates only the store flags (`--redis`, `--redis-prefix`,
+    /// `--data-dir`, `--store-timeout`), for `pace-node admin`, which must
+    /// not fail on limits that only matter to a serving node.
+    pub fn store_settings(&self) -> Result<StoreSettings, ConfigError> {
+        self.store.validate_connection()?;
+        Ok(self.store.clone())
+    }
+}
+
+fn bad<T>(msg: String) -> Result<T, ConfigError> {
+    Err(ConfigError(msg))
+}
+
+impl LimitsArgs {
+    /// Checks the connection limits, buffers, timeouts and the log filter.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_connections == 0 {
             return bad("--max-connections must be at least 1".into());
         }
@@ -553,11 +674,17 @@ impl ServeArgs {
                 return bad(format!("{name} must be greater than zero"));
             }
         }
-        if let Some(id) = &self.node_id
-            && pace_protocol::DeviceId::parse(id).is_err()
-        {
-            return bad("--node-id may only contain A-Z a-z 0-9 . _ : @ - (1 to 128 bytes)".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return bad(format!("--log: {e}"));
         }
+        Ok(())
+    }
+}
+
+impl StoreArgs {
+    /// Checks what opening the store needs (`--redis`, `--redis-prefix`,
+    /// `--store-timeout`): all `pace-node admin` checks.
+    pub fn validate_connection(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.redis_url
             && let Err(e) = check_redis_url(url)
         {
@@ -568,17 +695,43 @@ impl ServeArgs {
                 "--redis-prefix may only contain A-Z a-z 0-9 - _ and must not be empty".into(),
             );
         }
-        if self.admin_token_ttl < Duration::from_secs(1)
-            || self.admin_token_ttl > Duration::from_secs(24 * 3600)
-        {
-            return bad("--admin-token-ttl must be between 1s and 24h".into());
+        if self.store_timeout.is_zero() {
+            return bad("--store-timeout must be > 0".into());
         }
+        Ok(())
+    }
+
+    /// Checks every store, bus and history flag.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.bus_buffer < 16 {
             return bad("--bus-buffer must be at least 16".into());
         }
         if self.store_timeout.is_zero() || self.node_ttl < Duration::from_secs(1) {
             return bad("--store-timeout must be > 0 and --node-ttl at least 1s".into());
         }
+        self.validate_connection()?;
+        if self.history_max_len == 0 || self.history_max_age < Duration::from_secs(1) {
+            return bad("--history-max-len must be > 0 and --history-max-age at least 1s".into());
+        }
+        if self.bus_log_len < 16 {
+            return bad("--bus-log-len must be at least 16".into());
+        }
+        Ok(())
+    }
+
+    /// How much history each scope keeps (`--history-max-len`,
+    /// `--history-max-age`).
+    pub fn history(&self) -> HistoryLimits {
+        HistoryLimits {
+            max_len: self.history_max_len,
+            max_age: self.history_max_age,
+        }
+    }
+}
+
+impl RoomsArgs {
+    /// Checks the ticks and the audit log's intervals.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.admit_tick.is_zero()
             || self.position_refresh.is_zero()
             || self.position_refresh > Duration::from_secs(10)
@@ -595,14 +748,23 @@ impl ServeArgs {
                     .into(),
             );
         }
-        if self.history_max_len == 0 || self.history_max_age < Duration::from_secs(1) {
-            return bad("--history-max-len must be > 0 and --history-max-age at least 1s".into());
+        if self.heartbeat_grace <= self.position_refresh {
+            return bad("--heartbeat-grace must be longer than --position-refresh".into());
         }
-        if let Some(tenant) = &self.demo_tenant
-            && let Err(e) = crate::names::TenantId::parse(tenant)
-        {
-            return bad(format!("--demo-tenant: {e}"));
-        }
+        Ok(())
+    }
+}
+
+impl AdmissionArgs {
+    /// Nothing to check beyond parsing (the key set is read at start).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+impl DevicesArgs {
+    /// Checks the device token flags.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(tenant) = &self.device_token_tenant
             && let Err(e) = crate::names::TenantId::parse(tenant)
         {
@@ -631,91 +793,48 @@ impl ServeArgs {
                     .into(),
             );
         }
-        if self.bus_log_len < 16 {
-            return bad("--bus-log-len must be at least 16".into());
-        }
         if self.resume_hold.is_zero() || self.resume_hold > Duration::from_secs(60) {
             return bad("--resume-hold must be between 1ms and 60s".into());
         }
-        if self.heartbeat_grace <= self.position_refresh {
-            return bad("--heartbeat-grace must be longer than --position-refresh".into());
+        Ok(())
+    }
+}
+
+impl AccountsArgs {
+    /// Checks the admin token lifetime.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.admin_token_ttl < Duration::from_secs(1)
+            || self.admin_token_ttl > Duration::from_secs(24 * 3600)
+        {
+            return bad("--admin-token-ttl must be between 1s and 24h".into());
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
-            return bad(format!("--log: {e}"));
+        Ok(())
+    }
+}
+
+impl OriginsArgs {
+    /// Checks and normalises the origins ([`crate::names::normalize_origin`],
+    /// or `null`; no duplicates).
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        match cluster_origins(&self.allowed_origins) {
+            Ok(o) => {
+                self.allowed_origins = o;
+                Ok(())
+            }
+            Err(e) => bad(format!("--allowed-origin / PACE_ALLOWED_ORIGINS: {e}")),
         }
-        let allowed_origins = match cluster_origins(&self.allowed_origins) {
-            Ok(o) => o,
-            Err(e) => return bad(format!("--allowed-origin / PACE_ALLOWED_ORIGINS: {e}")),
-        };
-        let node_id = self.node_id.unwrap_or_else(|| {
-            let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
-            format!("node-{}-{suffix}", self.listen.port())
-        });
-        let (service_key, service_key_generated) = match self.service_key {
-            Some(k) => (k, false),
-            None => (uuid::Uuid::new_v4().simple().to_string(), true),
-        };
-        Ok(NodeConfig {
-            listen: self.listen,
-            node_id,
-            service_key,
-            service_key_generated,
-            max_connections: self.max_connections,
-            max_message_bytes: self.max_message_bytes,
-            send_queue: self.send_queue,
-            ws_read_buffer: self.ws_read_buffer,
-            ws_write_buffer: self.ws_write_buffer,
-            ws_max_write_buffer: self.ws_max_write_buffer,
-            max_pending_per_address: self.max_pending_per_address,
-            fd_reserve: self.fd_reserve,
-            open_files: open_files_limit(),
-            handshake_timeout: self.handshake_timeout,
-            ping_interval: self.ping_interval,
-            ping_timeout: self.ping_timeout,
-            sse_heartbeat: self.sse_heartbeat,
-            write_timeout: self.write_timeout,
-            drain_grace: self.drain_grace,
-            drain_delay: self.drain_delay,
-            max_groups: self.max_groups,
-            redis_url: self.redis_url,
-            redis_prefix: self.redis_prefix,
-            bus_buffer: self.bus_buffer,
-            store_timeout: self.store_timeout,
-            store_write_replicas: self.store_write_replicas,
-            node_ttl: self.node_ttl,
-            history: HistoryLimits {
-                max_len: self.history_max_len,
-                max_age: self.history_max_age,
-            },
-            bus_log_len: self.bus_log_len,
-            resume_hold: self.resume_hold,
-            joins_per_minute: self.joins_per_minute,
-            max_places_per_user: self.max_places_per_user,
-            insecure_anonymous_devices: self.insecure_anonymous_devices,
-            device_token_ttl: self.device_token_ttl,
-            device_token_jwks: self.device_token_jwks,
-            device_token_issuer: self.device_token_issuer,
-            device_token_audience: self.device_token_audience,
-            device_token_tenant: self.device_token_tenant,
-            device_token_groups_claim: self.device_token_groups_claim,
-            handshakes_per_address: self.handshakes_per_address,
-            trusted_proxies: self.trusted_proxies,
-            allowed_origins,
-            advertise: self.advertise,
-            admit_tick: self.admit_tick,
-            position_refresh: self.position_refresh,
-            heartbeat_grace: self.heartbeat_grace,
-            audit_seal_interval: self.audit_seal_interval,
-            audit_retention: self.audit_retention,
-            keys: self.keys,
-            admission_alg: self.admission_alg,
-            data_dir: self.data_dir,
-            token_issuer: self.token_issuer,
-            admin_token_ttl: self.admin_token_ttl,
-            demo_room: self.demo_room,
-            demo_tenant: self.demo_tenant,
-            log: self.log,
-        })
+    }
+}
+
+impl WebArgs {
+    /// Checks the demo room's tenant.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(tenant) = &self.demo_tenant
+            && let Err(e) = crate::names::TenantId::parse(tenant)
+        {
+            return bad(format!("--demo-tenant: {e}"));
+        }
+        Ok(())
     }
 }
 
@@ -745,46 +864,9 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))
 }
 
-impl ServeArgs {
-    /// Validates only the store flags (`--redis`, `--redis-prefix`,
-    /// `--data-dir`, `--store-timeout`), for `pace-node admin`, which must
-    /// not fail on limits that only matter to a serving node.
-    pub fn store_settings(&self) -> Result<StoreSettings, ConfigError> {
-        if let Some(url) = &self.redis_url
-            && let Err(e) = check_redis_url(url)
-        {
-            return Err(ConfigError(format!("--redis / PACE_REDIS_URL: {e}")));
-        }
-        if !valid_redis_prefix(&self.redis_prefix) {
-            return Err(ConfigError(
-                "--redis-prefix may only contain A-Z a-z 0-9 - _ and must not be empty".into(),
-            ));
-        }
-        if self.store_timeout.is_zero() {
-            return Err(ConfigError("--store-timeout must be > 0".into()));
-        }
-        Ok(StoreSettings {
-            redis_url: self.redis_url.clone(),
-            redis_prefix: self.redis_prefix.clone(),
-            data_dir: self.data_dir.clone(),
-            store_timeout: self.store_timeout,
-        })
-    }
-}
-
 /// Where the shared state lives: what `pace-node admin` needs of the
-/// serve flags.
-#[derive(Debug, Clone)]
-pub struct StoreSettings {
-    /// See [`ServeArgs::redis_url`].
-    pub redis_url: Option<String>,
-    /// See [`ServeArgs::redis_prefix`].
-    pub redis_prefix: String,
-    /// See [`ServeArgs::data_dir`].
-    pub data_dir: std::path::PathBuf,
-    /// See [`ServeArgs::store_timeout`].
-    pub store_timeout: Duration,
-}
+/// serve flags (validated by [`ServeArgs::store_settings`]).
+pub type StoreSettings = StoreArgs;
 
 fn valid_redis_prefix(prefix: &str) -> bool {
     !prefix.is_empty()
@@ -809,123 +891,35 @@ fn open_files_limit() -> Option<u64> {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(String);
 
-/// The validated configuration a node runs with.
+/// The validated configuration a node runs with: the flag groups, each
+/// validated (the origins normalised), and the values derived from them.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Address the listener was asked for (the real one may differ with port 0).
-    pub listen: SocketAddr,
-    /// This node's id.
+    /// This node's id (`--node-id`, or generated).
     pub node_id: String,
-    /// Bearer key for service calls.
+    /// Bearer key for service calls (`--service-key`, or generated).
     pub service_key: String,
     /// Whether `service_key` was generated (printed at start so it is usable).
     pub service_key_generated: bool,
-    /// See [`ServeArgs::max_connections`].
-    pub max_connections: usize,
-    /// See [`ServeArgs::max_message_bytes`].
-    pub max_message_bytes: usize,
-    /// See [`ServeArgs::send_queue`].
-    pub send_queue: usize,
-    /// See [`ServeArgs::ws_read_buffer`].
-    pub ws_read_buffer: usize,
-    /// See [`ServeArgs::ws_write_buffer`].
-    pub ws_write_buffer: usize,
-    /// See [`ServeArgs::handshake_timeout`].
-    pub handshake_timeout: Duration,
-    /// See [`ServeArgs::ping_interval`].
-    pub ping_interval: Duration,
-    /// See [`ServeArgs::ping_timeout`].
-    pub ping_timeout: Duration,
-    /// See [`ServeArgs::sse_heartbeat`].
-    pub sse_heartbeat: Duration,
-    /// See [`ServeArgs::write_timeout`].
-    pub write_timeout: Duration,
-    /// See [`ServeArgs::drain_grace`].
-    pub drain_grace: Duration,
-    /// See [`ServeArgs::drain_delay`].
-    pub drain_delay: Duration,
-    /// See [`ServeArgs::max_groups`].
-    pub max_groups: usize,
-    /// See [`ServeArgs::redis_url`].
-    pub redis_url: Option<String>,
-    /// See [`ServeArgs::redis_prefix`].
-    pub redis_prefix: String,
-    /// See [`ServeArgs::bus_buffer`].
-    pub bus_buffer: usize,
-    /// See [`ServeArgs::store_timeout`].
-    pub store_timeout: Duration,
-    /// See [`WriteReplicas`].
-    pub store_write_replicas: WriteReplicas,
-    /// See [`ServeArgs::node_ttl`].
-    pub node_ttl: Duration,
-    /// See [`ServeArgs::advertise`].
-    pub advertise: Option<String>,
-    /// See [`ServeArgs::history_max_len`] and [`ServeArgs::history_max_age`].
-    pub history: HistoryLimits,
-    /// See [`ServeArgs::bus_log_len`].
-    pub bus_log_len: usize,
-    /// See [`ServeArgs::resume_hold`].
-    pub resume_hold: Duration,
-    /// See [`ServeArgs::joins_per_minute`].
-    pub joins_per_minute: u32,
-    /// See [`ServeArgs::max_places_per_user`].
-    pub max_places_per_user: u32,
-    /// See [`ServeArgs::insecure_anonymous_devices`].
-    pub insecure_anonymous_devices: bool,
-    /// See [`ServeArgs::device_token_ttl`].
-    pub device_token_ttl: Duration,
-    /// See [`ServeArgs::device_token_jwks`].
-    pub device_token_jwks: Option<std::path::PathBuf>,
-    /// See [`ServeArgs::device_token_issuer`].
-    pub device_token_issuer: Option<String>,
-    /// See [`ServeArgs::device_token_audience`].
-    pub device_token_audience: Option<String>,
-    /// See [`ServeArgs::device_token_tenant`].
-    pub device_token_tenant: Option<String>,
-    /// See [`ServeArgs::device_token_groups_claim`].
-    pub device_token_groups_claim: String,
-    /// See [`ServeArgs::handshakes_per_address`].
-    pub handshakes_per_address: u32,
-    /// See [`ServeArgs::ws_max_write_buffer`].
-    pub ws_max_write_buffer: usize,
-    /// See [`ServeArgs::max_pending_per_address`].
-    pub max_pending_per_address: u32,
-    /// See [`ServeArgs::fd_reserve`].
-    pub fd_reserve: u32,
     /// The process's open-files limit when the node started (None: not
     /// known), for the descriptor budget of the accept loop.
     pub open_files: Option<u64>,
-    /// See [`ServeArgs::trusted_proxies`].
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// See [`ServeArgs::allowed_origins`]: normalised
-    /// ([`crate::names::normalize_origin`]) or `null`, no duplicates.
-    pub allowed_origins: Vec<String>,
-    /// See [`ServeArgs::admit_tick`].
-    pub admit_tick: Duration,
-    /// See [`ServeArgs::position_refresh`].
-    pub position_refresh: Duration,
-    /// See [`ServeArgs::heartbeat_grace`].
-    pub heartbeat_grace: Duration,
-    /// See [`ServeArgs::audit_seal_interval`].
-    pub audit_seal_interval: Duration,
-    /// See [`ServeArgs::audit_retention`].
-    pub audit_retention: Duration,
-    /// See [`ServeArgs::keys`].
-    pub keys: Option<std::path::PathBuf>,
-    /// See [`ServeArgs::admission_alg`].
-    pub admission_alg: crate::key_alg::KeyAlg,
-    /// See [`ServeArgs::data_dir`].
-    pub data_dir: std::path::PathBuf,
-    /// See [`ServeArgs::token_issuer`].
-    pub token_issuer: String,
-    /// See [`ServeArgs::admin_token_ttl`].
-    pub admin_token_ttl: Duration,
-    /// See [`ServeArgs::demo_room`].
-    pub demo_room: bool,
-    /// See [`ServeArgs::demo_tenant`].
-    pub demo_tenant: Option<String>,
-    /// See [`ServeArgs::log`].
-    pub log: String,
+    /// See [`LimitsArgs`].
+    pub limits: LimitsArgs,
+    /// See [`StoreArgs`].
+    pub store: StoreArgs,
+    /// See [`RoomsArgs`].
+    pub rooms: RoomsArgs,
+    /// See [`AdmissionArgs`].
+    pub admission: AdmissionArgs,
+    /// See [`DevicesArgs`].
+    pub devices: DevicesArgs,
+    /// See [`AccountsArgs`].
+    pub accounts: AccountsArgs,
+    /// See [`OriginsArgs`]: `allowed_origins` normalised.
+    pub origins: OriginsArgs,
+    /// See [`WebArgs`].
+    pub web: WebArgs,
 }
 
 impl NodeConfig {
@@ -1032,8 +1026,8 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.max_message_bytes, 65536);
+        assert_eq!(c.limits.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.limits.max_message_bytes, 65536);
         assert!(c.service_key_generated);
         assert!(c.node_id.starts_with("node-8080-"));
     }
@@ -1096,9 +1090,9 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(
             (
-                c.ws_max_write_buffer,
-                c.max_pending_per_address,
-                c.fd_reserve
+                c.limits.ws_max_write_buffer,
+                c.limits.max_pending_per_address,
+                c.limits.fd_reserve
             ),
             (256 * 1024, 1000, 128)
         );
@@ -1135,7 +1129,7 @@ mod tests {
 
     #[test]
     fn allowed_origins_are_normalised() {
-        assert!(parse(&[]).unwrap().allowed_origins.is_empty());
+        assert!(parse(&[]).unwrap().origins.allowed_origins.is_empty());
         let c = parse(&[
             "--allowed-origin",
             "HTTPS://Shop.Example, null",
@@ -1146,7 +1140,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            c.allowed_origins,
+            c.origins.allowed_origins,
             ["https://shop.example", "null", "http://localhost:8080"]
         );
         for bad in ["*", "shop.example", "https://shop.example/path", "NULL"] {
@@ -1158,11 +1152,14 @@ mod tests {
     #[test]
     fn the_admission_algorithm_is_eddsa_unless_es256_is_asked() {
         assert_eq!(
-            parse(&[]).unwrap().admission_alg,
+            parse(&[]).unwrap().admission.admission_alg,
             crate::key_alg::KeyAlg::EdDsa
         );
         assert_eq!(
-            parse(&["--admission-alg", "ES256"]).unwrap().admission_alg,
+            parse(&["--admission-alg", "ES256"])
+                .unwrap()
+                .admission
+                .admission_alg,
             crate::key_alg::KeyAlg::Es256
         );
         for bad in ["HS256", "none", "RS256"] {
@@ -1173,11 +1170,11 @@ mod tests {
     #[test]
     fn durations_use_human_units() {
         let c = parse(&["--ping-interval", "1500ms", "--drain-grace", "1m"]).unwrap();
-        assert_eq!(c.ping_interval, Duration::from_millis(1500));
-        assert_eq!(c.drain_grace, Duration::from_secs(60));
-        assert_eq!(c.admin_token_ttl, Duration::from_secs(15 * 60));
+        assert_eq!(c.limits.ping_interval, Duration::from_millis(1500));
+        assert_eq!(c.limits.drain_grace, Duration::from_secs(60));
+        assert_eq!(c.accounts.admin_token_ttl, Duration::from_secs(15 * 60));
         let c = parse(&["--admin-token-ttl", "5m"]).unwrap();
-        assert_eq!(c.admin_token_ttl, Duration::from_secs(300));
+        assert_eq!(c.accounts.admin_token_ttl, Duration::from_secs(300));
         assert!(
             parse(&["--admin-token-ttl", "2d"])
                 .unwrap_err()

@@ -111,7 +111,7 @@ fn check_config(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
     println!(
         "configuration valid (node {}, listen {})",
-        config.node_id, config.listen
+        config.node_id, config.limits.listen
     );
     Ok(())
 }
@@ -119,7 +119,7 @@ fn check_config(args: ServeArgs) -> anyhow::Result<()> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.limits.log))
         .with_writer(std::io::stderr)
         // Colours only on a terminal: journald and log files get plain text.
         .with_ansi(
@@ -132,9 +132,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
+        let listener = tokio::net::TcpListener::bind(config.limits.listen)
             .await
-            .with_context(|| format!("binding {}", config.listen))?;
+            .with_context(|| format!("binding {}", config.limits.listen))?;
         let addr = listener.local_addr()?;
         println!("pace-node {} listening on http://{addr}", config.node_id);
         println!("  devices:  ws://{addr}/ws?device_id=<id>   (or header x-device-id)");

@@ -72,10 +72,11 @@ pub async fn serve(
     }
     let advertise = node
         .config
+        .store
         .advertise
         .clone()
         .unwrap_or_else(|| addr.to_string());
-    if node.config.demo_room {
+    if node.config.web.demo_room {
         crate::app::ensure_demo_room(&node, &advertise).await;
     }
     tokio::spawn(node.rooms.clone().run(stop_accepting.clone()));
@@ -104,7 +105,7 @@ pub async fn serve(
 /// Heart-beats this node's presence into the store and keeps
 /// `pace_store_up` current, until `stop`.
 async fn presence(node: NodeRef, address: String, stop: CancellationToken) {
-    let period = (node.config.node_ttl / 4).max(Duration::from_millis(250));
+    let period = (node.config.store.node_ttl / 4).max(Duration::from_millis(250));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_up = true;
@@ -153,16 +154,16 @@ async fn drain(node: &NodeRef) {
     if !node.begin_drain() {
         return;
     }
-    systemd::stopping(node.config.drain_delay + node.config.drain_grace);
-    if !node.config.drain_delay.is_zero() {
+    systemd::stopping(node.config.limits.drain_delay + node.config.limits.drain_grace);
+    if !node.config.limits.drain_delay.is_zero() {
         // Not ready and refusing new devices; wait for the gateway's health
         // check to take this node out before sending devices elsewhere.
-        tokio::time::sleep(node.config.drain_delay).await;
+        tokio::time::sleep(node.config.limits.drain_delay).await;
     }
     let told = node.hub.close_all(CloseCode::SERVICE_RESTART);
-    tracing::info!(devices = told, grace = ?node.config.drain_grace, "draining: devices told to reconnect");
+    tracing::info!(devices = told, grace = ?node.config.limits.drain_grace, "draining: devices told to reconnect");
     node.connections.close();
-    if tokio::time::timeout(node.config.drain_grace, node.connections.wait())
+    if tokio::time::timeout(node.config.limits.drain_grace, node.connections.wait())
         .await
         .is_err()
     {
@@ -237,7 +238,7 @@ async fn accept_loop(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(node.config.handshake_timeout)
+        .header_read_timeout(node.config.limits.handshake_timeout)
         .keep_alive(true);
     let lingering = Arc::new(tokio::sync::Semaphore::new(MAX_LINGERING));
     let app = crate::http::app(node.clone());
@@ -259,6 +260,7 @@ async fn accept_loop(
         // its forwarded addresses are, in the handshake (`http::routes::devices`).
         let trusted = node
             .config
+            .origins
             .trusted_proxies
             .iter()
             .any(|n| n.contains(&peer.ip()));

@@ -28,7 +28,7 @@ pub struct MessageLimit;
 
 impl Limit for MessageLimit {
     fn max(node: &Node) -> usize {
-        node.config.max_message_bytes
+        node.config.limits.max_message_bytes
     }
 }
 

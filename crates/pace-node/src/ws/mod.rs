@@ -114,18 +114,18 @@ impl Settings {
     pub fn of(config: &NodeConfig) -> Settings {
         Settings {
             node_id: config.node_id.clone(),
-            max_message_bytes: config.max_message_bytes,
-            send_queue: config.send_queue,
-            ws_read_buffer: config.ws_read_buffer,
-            ws_write_buffer: config.ws_write_buffer,
-            ws_max_write_buffer: config.ws_max_write_buffer,
-            ping_interval: config.ping_interval,
-            ping_timeout: config.ping_timeout,
-            sse_heartbeat: config.sse_heartbeat,
-            write_timeout: config.write_timeout,
-            drain_grace: config.drain_grace,
-            max_groups: config.max_groups,
-            resume_hold: config.resume_hold,
+            max_message_bytes: config.limits.max_message_bytes,
+            send_queue: config.limits.send_queue,
+            ws_read_buffer: config.limits.ws_read_buffer,
+            ws_write_buffer: config.limits.ws_write_buffer,
+            ws_max_write_buffer: config.limits.ws_max_write_buffer,
+            ping_interval: config.limits.ping_interval,
+            ping_timeout: config.limits.ping_timeout,
+            sse_heartbeat: config.limits.sse_heartbeat,
+            write_timeout: config.limits.write_timeout,
+            drain_grace: config.limits.drain_grace,
+            max_groups: config.limits.max_groups,
+            resume_hold: config.devices.resume_hold,
         }
     }
 

@@ -769,7 +769,7 @@ mod tests {
             metrics: metrics.clone(),
             waiters: waiters.clone(),
         });
-        let store: SharedStore = Arc::new(MemoryStore::new(local, config.history));
+        let store: SharedStore = Arc::new(MemoryStore::new(local, config.store.history()));
         let queue: SharedQueueStore = Arc::new(MemoryQueueStore::new());
         let keys = Arc::new(crate::admission::KeySet::generate_in_memory().unwrap());
         let rooms = Arc::new(Rooms::new(
@@ -780,9 +780,9 @@ mod tests {
             waiters,
             metrics.clone(),
             RoomsConfig {
-                tick: config.admit_tick,
-                refresh: config.position_refresh,
-                grace: config.heartbeat_grace,
+                tick: config.rooms.admit_tick,
+                refresh: config.rooms.position_refresh,
+                grace: config.rooms.heartbeat_grace,
                 joins_per_minute: 0,
                 max_places_per_user: 0,
             },

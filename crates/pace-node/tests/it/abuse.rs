@@ -39,7 +39,7 @@ fn error_code(frame: ServerFrame) -> ErrorCode {
 
 #[tokio::test]
 async fn proof_of_work_guards_new_places() {
-    let node = TestNode::start_with(|c| c.demo_room = false).await;
+    let node = TestNode::start_with(|c| c.web.demo_room = false).await;
     put_room(&node, "drop", 10).await;
     let (mut a, _) = node.connect("pow-a").await;
     let (mut b, _) = node.connect("pow-b").await;
@@ -114,8 +114,8 @@ async fn proof_of_work_guards_new_places() {
 #[tokio::test]
 async fn join_attempts_are_limited_per_device() {
     let node = TestNode::start_with(|c| {
-        c.demo_room = false;
-        c.joins_per_minute = 3;
+        c.web.demo_room = false;
+        c.rooms.joins_per_minute = 3;
     })
     .await;
     put_room(&node, "flood", 0).await;
@@ -149,7 +149,7 @@ async fn join_attempts_are_limited_per_device() {
 
 #[tokio::test]
 async fn handshakes_are_limited_per_source_address() {
-    let node = TestNode::start_with(|c| c.handshakes_per_address = 5).await;
+    let node = TestNode::start_with(|c| c.limits.handshakes_per_address = 5).await;
     let mut kept = Vec::new();
     for i in 0..5 {
         kept.push(node.connect(&format!("nat-{i}")).await.0);
@@ -181,8 +181,8 @@ async fn handshakes_are_limited_per_source_address() {
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_forwarded_address_counts() {
     let node = TestNode::start_with(|c| {
-        c.handshakes_per_address = 2;
-        c.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        c.limits.handshakes_per_address = 2;
+        c.origins.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
     })
     .await;
     // Two enterprises behind the same gateway: separate budgets.
@@ -212,9 +212,9 @@ async fn behind_a_trusted_proxy_the_forwarded_address_counts() {
 #[tokio::test]
 async fn a_verified_user_holds_a_bounded_number_of_places() {
     let node = TestNode::start_with(|c| {
-        c.demo_room = false;
-        c.insecure_anonymous_devices = false;
-        c.max_places_per_user = 2;
+        c.web.demo_room = false;
+        c.devices.insecure_anonymous_devices = false;
+        c.rooms.max_places_per_user = 2;
     })
     .await;
     put_room(&node, "tickets", 0).await;
@@ -277,10 +277,10 @@ async fn device_tokens_from_the_future_are_refused() {
     let jwks = scratch_dir().join("idp.jwks.json");
     std::fs::write(&jwks, idp.jwks_json()).unwrap();
     let node = TestNode::start_with(|c| {
-        c.insecure_anonymous_devices = false;
-        c.device_token_jwks = Some(jwks.clone());
-        c.device_token_issuer = Some("https://idp.example".into());
-        c.device_token_audience = Some("pace".into());
+        c.devices.insecure_anonymous_devices = false;
+        c.devices.device_token_jwks = Some(jwks.clone());
+        c.devices.device_token_issuer = Some("https://idp.example".into());
+        c.devices.device_token_audience = Some("pace".into());
     })
     .await;
     let now = pace_node::admission::unix_now();
@@ -381,7 +381,7 @@ fn ping_frames(n: usize) -> Vec<u8> {
 async fn a_ping_flood_from_a_device_that_does_not_read_is_cut_off() {
     use tokio::io::AsyncWriteExt;
     let node = TestNode::start().await;
-    let bound = config().ws_max_write_buffer;
+    let bound = config().limits.ws_max_write_buffer;
     let (mut other, _) = node.connect("bystander").await;
     let mut flood = raw_upgrade(&node, "flooder").await;
     node.wait_metric("pace_connections_open", 2.0).await;
@@ -445,7 +445,7 @@ async fn resume(ws: &mut Ws, cursors: Value) -> (usize, ServerFrame) {
 
 #[tokio::test]
 async fn resume_replays_each_scope_once_per_connection() {
-    let node = TestNode::start_with(|c| c.history.max_len = 10).await;
+    let node = TestNode::start_with(|c| c.store.history_max_len = 10).await;
     for i in 0..25 {
         let (status, body) = node
             .notify(json!({"scope": "all", "event": "e", "data": i}))
@@ -580,8 +580,9 @@ async fn silent_connections_from_one_address_are_capped() {
     const BATCH: usize = 1_000;
     // No silent connection times out while the test runs.
     let node =
-        TestNode::start_with(|c| c.handshake_timeout = std::time::Duration::from_secs(120)).await;
-    let cap = config().max_pending_per_address as usize;
+        TestNode::start_with(|c| c.limits.handshake_timeout = std::time::Duration::from_secs(120))
+            .await;
+    let cap = config().limits.max_pending_per_address as usize;
     assert_eq!(cap, 1000, "the default");
 
     // 21,000 connections from 127.0.0.1 that never send a byte, in
@@ -665,8 +666,8 @@ async fn at_the_descriptor_budget_silent_connections_make_room_for_health_checks
     // A budget of 40 sockets (open files 168, reserve 128).
     let node = TestNode::start_with(|c| {
         c.open_files = Some(168);
-        c.fd_reserve = 128;
-        c.handshake_timeout = std::time::Duration::from_secs(120);
+        c.limits.fd_reserve = 128;
+        c.limits.handshake_timeout = std::time::Duration::from_secs(120);
     })
     .await;
     // 40 silent connections, from many addresses (each under its cap).
@@ -719,9 +720,9 @@ async fn at_the_descriptor_budget_silent_connections_make_room_for_health_checks
 #[tokio::test]
 async fn a_trusted_gateway_is_not_capped_per_address_at_accept() {
     let node = TestNode::start_with(|c| {
-        c.max_pending_per_address = 2;
-        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
-        c.handshake_timeout = std::time::Duration::from_secs(120);
+        c.limits.max_pending_per_address = 2;
+        c.origins.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.limits.handshake_timeout = std::time::Duration::from_secs(120);
     })
     .await;
     // The gateway's keep-alive connections: more than the cap, all kept.
@@ -757,7 +758,7 @@ async fn a_trusted_gateway_is_not_capped_per_address_at_accept() {
 
 #[tokio::test]
 async fn upgraded_devices_no_longer_count_as_pending() {
-    let node = TestNode::start_with(|c| c.max_pending_per_address = 2).await;
+    let node = TestNode::start_with(|c| c.limits.max_pending_per_address = 2).await;
     // Five devices from one address, over a cap of two: each leaves the
     // pending count once it is upgraded.
     let mut devices = Vec::new();

@@ -45,8 +45,8 @@ async fn register(node: &TestNode, id: &str, tenant: &str) {
 async fn an_admin_sees_and_changes_only_its_own_tenant() {
     let dir = tenants_dir(&["acme", "globex"]);
     let node = TestNode::start_with(|c| {
-        c.data_dir = dir.clone();
-        c.demo_room = false;
+        c.store.data_dir = dir.clone();
+        c.web.demo_room = false;
     })
     .await;
     let tokens = [
@@ -226,8 +226,8 @@ async fn an_admin_sees_and_changes_only_its_own_tenant() {
 async fn the_admin_feed_streams_the_tenants_rooms_every_second() {
     let dir = tenants_dir(&["acme", "globex"]);
     let node = TestNode::start_with(|c| {
-        c.data_dir = dir.clone();
-        c.demo_room = false;
+        c.store.data_dir = dir.clone();
+        c.web.demo_room = false;
     })
     .await;
     let acme = admin_login(node.addr, "acme").await;
@@ -327,8 +327,8 @@ async fn an_expired_admin_feed_ticket_is_refused() {
     let keys = pace_node::admission::KeySet::load(&keys_path).unwrap();
     let data = tenants_dir(&["acme"]);
     let node = TestNode::start_with(|c| {
-        c.data_dir = data;
-        c.keys = Some(keys_path);
+        c.store.data_dir = data;
+        c.admission.keys = Some(keys_path);
     })
     .await;
     let now = pace_node::admission::unix_now();

@@ -214,7 +214,7 @@ fn assert_no_secrets(what: &str, text: &str) {
 #[tokio::test]
 async fn cli_adds_accounts_to_a_running_node_and_logins_are_limited() {
     let data = scratch_dir();
-    let node = TestNode::start_with(|c| c.data_dir = data.clone()).await;
+    let node = TestNode::start_with(|c| c.store.data_dir = data.clone()).await;
     // Written by the CLI while the node runs; the node re-reads the file.
     let d = data.to_string_lossy().into_owned();
     let cli = create_accounts(&["--data-dir", &d]);
@@ -256,9 +256,9 @@ async fn accounts_and_the_attempt_limit_live_in_redis_across_nodes() {
     let start = || {
         let (url, keys_file) = (redis.url(), keys_file.clone());
         TestNode::start_with(move |c| {
-            c.redis_url = Some(url);
-            c.redis_prefix = "adm".into();
-            c.keys = Some(keys_file);
+            c.store.redis_url = Some(url);
+            c.store.redis_prefix = "adm".into();
+            c.admission.keys = Some(keys_file);
         })
     };
     let (a, b) = (start().await, start().await);

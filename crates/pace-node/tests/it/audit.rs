@@ -101,10 +101,10 @@ fn check(lines: &[LogLine], room: &str, jwks: &Jwks) -> u64 {
 async fn a_rooms_log_is_exported_chained_and_signed() {
     let data_dir = tenants_dir(&["acme", "globex"]);
     let node = TestNode::start_with(|c| {
-        c.admit_tick = Duration::from_millis(50);
-        c.audit_seal_interval = Duration::from_millis(100);
-        c.data_dir = data_dir;
-        c.demo_room = false;
+        c.rooms.admit_tick = Duration::from_millis(50);
+        c.rooms.audit_seal_interval = Duration::from_millis(100);
+        c.store.data_dir = data_dir;
+        c.web.demo_room = false;
     })
     .await;
     let acme = admin_login(node.addr, "acme").await;
@@ -293,10 +293,10 @@ async fn a_rooms_log_is_exported_chained_and_signed() {
 #[tokio::test]
 async fn entries_past_the_retention_are_dropped_up_to_an_anchor() {
     let node = TestNode::start_with(|c| {
-        c.admit_tick = Duration::from_millis(50);
-        c.audit_seal_interval = Duration::from_millis(50);
-        c.audit_retention = Duration::from_millis(300);
-        c.demo_room = false;
+        c.rooms.admit_tick = Duration::from_millis(50);
+        c.rooms.audit_seal_interval = Duration::from_millis(50);
+        c.rooms.audit_retention = Duration::from_millis(300);
+        c.web.demo_room = false;
     })
     .await;
     let (status, body) = http(

@@ -112,12 +112,12 @@ impl World {
         let keys = KeySet::load(&keys_path).unwrap();
         let data_dir = tenants_dir(&["acme", "globex"]);
         let node = TestNode::start_with(|c| {
-            c.insecure_anonymous_devices = false;
-            c.keys = Some(keys_path);
-            c.data_dir = data_dir;
-            c.demo_room = false;
-            c.admit_tick = Duration::from_millis(50);
-            c.joins_per_minute = 0;
+            c.devices.insecure_anonymous_devices = false;
+            c.admission.keys = Some(keys_path);
+            c.store.data_dir = data_dir;
+            c.web.demo_room = false;
+            c.rooms.admit_tick = Duration::from_millis(50);
+            c.rooms.joins_per_minute = 0;
         })
         .await;
         let adm_acme = admin_login(node.addr, "acme").await;

@@ -58,7 +58,7 @@ async fn malformed_frames_get_error_frames_and_the_connection_stays() {
 
 #[tokio::test]
 async fn oversized_message_closes_with_1009_and_others_are_unaffected() {
-    let node = TestNode::start_with(|c| c.max_message_bytes = 4096).await;
+    let node = TestNode::start_with(|c| c.limits.max_message_bytes = 4096).await;
     let (mut other, _) = node.connect("bystander").await;
     let (mut big, _) = node.connect("big-talker").await;
     let huge = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(10_000));

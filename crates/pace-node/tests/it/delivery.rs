@@ -120,7 +120,7 @@ async fn subscribe_and_unsubscribe_frames() {
 
 #[tokio::test]
 async fn group_limit_is_enforced_with_an_error_frame() {
-    let node = TestNode::start_with(|c| c.max_groups = 1).await;
+    let node = TestNode::start_with(|c| c.limits.max_groups = 1).await;
     let (mut ws, _) = node.connect("sub-2").await;
     send_text(&mut ws, r#"{"type":"subscribe","group":"one"}"#).await;
     assert!(matches!(

@@ -16,9 +16,9 @@ async fn secure_node() -> (TestNode, KeySet) {
     let keys_path = shared_keys();
     let keys = KeySet::load(&keys_path).unwrap();
     let node = TestNode::start_with(|c| {
-        c.insecure_anonymous_devices = false;
-        c.keys = Some(keys_path);
-        c.demo_room = false;
+        c.devices.insecure_anonymous_devices = false;
+        c.admission.keys = Some(keys_path);
+        c.web.demo_room = false;
     })
     .await;
     (node, keys)
@@ -297,12 +297,12 @@ async fn an_enterprise_issuer_is_trusted_for_its_own_tokens_only() {
     let jwks = scratch_dir().join("idp.jwks.json");
     std::fs::write(&jwks, enterprise.jwks_json()).unwrap();
     let node = TestNode::start_with(|c| {
-        c.insecure_anonymous_devices = false;
-        c.device_token_jwks = Some(jwks.clone());
-        c.device_token_issuer = Some("https://idp.acme.example".into());
-        c.device_token_audience = Some("pace".into());
-        c.device_token_tenant = Some("acme".into());
-        c.device_token_groups_claim = "departments".into();
+        c.devices.insecure_anonymous_devices = false;
+        c.devices.device_token_jwks = Some(jwks.clone());
+        c.devices.device_token_issuer = Some("https://idp.acme.example".into());
+        c.devices.device_token_audience = Some("pace".into());
+        c.devices.device_token_tenant = Some("acme".into());
+        c.devices.device_token_groups_claim = "departments".into();
     })
     .await;
     let now = unix_now();
@@ -392,7 +392,11 @@ async fn an_enterprise_issuer_is_trusted_for_its_own_tokens_only() {
 
 #[tokio::test]
 async fn insecure_mode_is_off_by_default_and_visible_when_on() {
-    assert!(!pace_node::NodeConfig::defaults().insecure_anonymous_devices);
+    assert!(
+        !pace_node::NodeConfig::defaults()
+            .devices
+            .insecure_anonymous_devices
+    );
     let (secure, _) = secure_node().await;
     assert_eq!(secure.metric("pace_insecure_anonymous_devices").await, 0.0);
     // The test support turns it on for tests about other things.

@@ -206,11 +206,11 @@ fn keys_path(dir: &Path) -> PathBuf {
 async fn es256_node(dir: &Path) -> TestNode {
     let keys = keys_path(dir);
     TestNode::start_with(move |c| {
-        c.keys = Some(keys);
-        c.admission_alg = KeyAlg::Es256;
-        c.admit_tick = Duration::from_millis(50);
-        c.position_refresh = Duration::from_millis(100);
-        c.demo_room = false;
+        c.admission.keys = Some(keys);
+        c.admission.admission_alg = KeyAlg::Es256;
+        c.rooms.admit_tick = Duration::from_millis(50);
+        c.rooms.position_refresh = Duration::from_millis(100);
+        c.web.demo_room = false;
     })
     .await
 }
@@ -581,8 +581,8 @@ async fn a_node_told_to_sign_es256_without_an_es256_key_refuses_to_start() {
     let keys = keys_path(&dir);
     pace_node::admission::generate_into(&keys).unwrap();
     let mut c = config();
-    c.keys = Some(keys);
-    c.admission_alg = KeyAlg::Es256;
+    c.admission.keys = Some(keys);
+    c.admission.admission_alg = KeyAlg::Es256;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = pace_node::run(c, listener, tokio_util::sync::CancellationToken::new())
         .await

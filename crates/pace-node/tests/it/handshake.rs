@@ -118,7 +118,7 @@ async fn departments_from_header() {
 
 #[tokio::test]
 async fn connection_limit_refuses_with_503() {
-    let node = TestNode::start_with(|c| c.max_connections = 2).await;
+    let node = TestNode::start_with(|c| c.limits.max_connections = 2).await;
     let (_a, _) = node.connect("a").await;
     let (_b, _) = node.connect("b").await;
     let (status, body) = refused(

@@ -244,7 +244,7 @@ async fn a_device_away_for_a_few_seconds_gets_every_group_message_once_in_order(
 
 #[tokio::test]
 async fn history_that_no_longer_reaches_back_says_recovered_false() {
-    let node = TestNode::start_with(|c| c.history.max_len = 5).await;
+    let node = TestNode::start_with(|c| c.store.history_max_len = 5).await;
     let (mut ws, welcome) = node.connect("forgetful").await;
     assert_eq!(welcome.device_id.as_str(), "forgetful");
     let first = send(
@@ -346,7 +346,7 @@ async fn history_that_no_longer_reaches_back_says_recovered_false() {
 
 #[tokio::test]
 async fn a_held_connection_gets_live_messages_after_the_hold_without_a_resume() {
-    let node = TestNode::start_with(|c| c.resume_hold = Duration::from_millis(500)).await;
+    let node = TestNode::start_with(|c| c.devices.resume_hold = Duration::from_millis(500)).await;
     let (mut ws, _) = node.connect_with("/ws?device_id=quiet&resume=1", &[]).await;
     let id = send(&node, json!({"scope": "all", "event": "a"})).await;
     assert_eq!(

@@ -226,7 +226,7 @@ async fn rooms_need_the_service_key_to_change_and_answer_the_contract() {
 
 #[tokio::test]
 async fn bodies_are_limited_and_parsed() {
-    let (app, _) = app_with(|c| c.max_message_bytes = 1024);
+    let (app, _) = app_with(|c| c.limits.max_message_bytes = 1024);
     let big = json!({"scope": "all", "event": "e", "data": "x".repeat(2000)}).to_string();
     let a = call(&app, Method::POST, "/api/v1/notify", &[SERVICE], &big).await;
     assert_eq!(
@@ -266,7 +266,7 @@ async fn bodies_are_limited_and_parsed() {
 
 #[tokio::test]
 async fn a_device_registers_and_reads_its_own_status_only() {
-    let (app, _) = app_with(|c| c.insecure_anonymous_devices = false);
+    let (app, _) = app_with(|c| c.devices.insecure_anonymous_devices = false);
     call(&app, Method::PUT, "/api/v1/rooms/sale", &[SERVICE], ROOM).await;
     let a = call(
         &app,
@@ -451,7 +451,7 @@ async fn the_admin_api_answers_its_tenant_and_only_its_own_origin() {
 
 #[tokio::test]
 async fn cors_preflight_and_request_counts_by_matched_route() {
-    let (app, _) = app_with(|c| c.allowed_origins = vec!["https://shop.example".into()]);
+    let (app, _) = app_with(|c| c.origins.allowed_origins = vec!["https://shop.example".into()]);
     let a = call(
         &app,
         Method::OPTIONS,
@@ -602,7 +602,7 @@ async fn operations_routes_answer_their_contract() {
 
 #[tokio::test]
 async fn admins_manage_only_their_tenants_devices() {
-    let (app, node) = app_with(|c| c.insecure_anonymous_devices = false);
+    let (app, node) = app_with(|c| c.devices.insecure_anonymous_devices = false);
     let tenant = pace_node::accounts::Tenant {
         id: TenantId::parse("acme").unwrap(),
         name: "Acme".into(),

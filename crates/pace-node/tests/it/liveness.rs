@@ -15,8 +15,8 @@ use crate::support::*;
 #[tokio::test]
 async fn silent_device_is_dropped_after_the_ping_timeout() {
     let node = TestNode::start_with(|c| {
-        c.ping_interval = Duration::from_millis(200);
-        c.ping_timeout = Duration::from_millis(200);
+        c.limits.ping_interval = Duration::from_millis(200);
+        c.limits.ping_timeout = Duration::from_millis(200);
     })
     .await;
     let (mut silent, _) = node.connect("silent").await;
@@ -45,7 +45,7 @@ async fn silent_device_is_dropped_after_the_ping_timeout() {
 
 #[tokio::test]
 async fn slow_consumer_is_disconnected_while_others_keep_receiving() {
-    let node = TestNode::start_with(|c| c.send_queue = 4).await;
+    let node = TestNode::start_with(|c| c.limits.send_queue = 4).await;
     // The slow device: a tiny receive window, and it never reads.
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();

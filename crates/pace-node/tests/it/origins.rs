@@ -24,10 +24,10 @@ async fn node() -> TestNode {
     admin_cli(&dir, &["add-user", "--tenant", "acme", "admin"]);
     admin_cli(&dir, &["add-tenant", "globex", "--origin", GLOBEX]);
     TestNode::start_with(|c| {
-        c.data_dir = dir;
-        c.insecure_anonymous_devices = false;
-        c.demo_room = false;
-        c.allowed_origins = vec![PORTAL.to_owned()];
+        c.store.data_dir = dir;
+        c.devices.insecure_anonymous_devices = false;
+        c.web.demo_room = false;
+        c.origins.allowed_origins = vec![PORTAL.to_owned()];
     })
     .await
 }
@@ -180,9 +180,9 @@ async fn the_handshake_checks_the_browser_origin() {
 #[tokio::test]
 async fn null_is_allowed_only_when_listed() {
     let node = TestNode::start_with(|c| {
-        c.insecure_anonymous_devices = false;
-        c.demo_room = false;
-        c.allowed_origins = vec!["null".to_owned()];
+        c.devices.insecure_anonymous_devices = false;
+        c.web.demo_room = false;
+        c.origins.allowed_origins = vec!["null".to_owned()];
     })
     .await;
     let token = token_for(&node, "sandboxed", None).await;

@@ -23,11 +23,11 @@ const UI: Duration = Duration::from_secs(20);
 async fn node(capacity: u32) -> (TestNode, String) {
     let dir = tenants_dir(&["acme"]);
     let node = TestNode::start_with(|c| {
-        c.data_dir = dir.clone();
-        c.insecure_anonymous_devices = false;
-        c.demo_room = true;
-        c.demo_tenant = Some("acme".into());
-        c.position_refresh = Duration::from_millis(500);
+        c.store.data_dir = dir.clone();
+        c.devices.insecure_anonymous_devices = false;
+        c.web.demo_room = true;
+        c.web.demo_tenant = Some("acme".into());
+        c.rooms.position_refresh = Duration::from_millis(500);
     })
     .await;
     let token = admin_login(node.addr, "acme").await;

@@ -11,10 +11,10 @@ use crate::support::*;
 
 async fn fast_node() -> TestNode {
     TestNode::start_with(|c| {
-        c.admit_tick = Duration::from_millis(50);
-        c.position_refresh = Duration::from_millis(100);
-        c.heartbeat_grace = Duration::from_millis(600);
-        c.demo_room = false;
+        c.rooms.admit_tick = Duration::from_millis(50);
+        c.rooms.position_refresh = Duration::from_millis(100);
+        c.rooms.heartbeat_grace = Duration::from_millis(600);
+        c.web.demo_room = false;
     })
     .await
 }
@@ -202,8 +202,8 @@ async fn forged_tampered_and_foreign_tokens_are_refused() {
     assert_eq!(verify(&node, &none, None).await["valid"], false);
     // Signed by another cluster's key.
     let other = TestNode::start_with(|c| {
-        c.admit_tick = Duration::from_millis(50);
-        c.demo_room = false;
+        c.rooms.admit_tick = Duration::from_millis(50);
+        c.web.demo_room = false;
     })
     .await;
     put_room(&other, "vault", room_config(1, "open")).await;
@@ -427,8 +427,8 @@ async fn verify_refuses_an_expired_token_signed_with_the_right_key() {
         .unwrap();
     let data = dir.clone();
     let node = TestNode::start_with(move |c| {
-        c.data_dir = data;
-        c.demo_room = false;
+        c.store.data_dir = data;
+        c.web.demo_room = false;
     })
     .await;
     // Sign with the node's own key set, as the node would, but for a session

@@ -12,8 +12,8 @@ use crate::support::*;
 
 async fn node() -> TestNode {
     TestNode::start_with(|c| {
-        c.admit_tick = Duration::from_millis(50);
-        c.demo_room = false;
+        c.rooms.admit_tick = Duration::from_millis(50);
+        c.web.demo_room = false;
     })
     .await
 }
@@ -225,8 +225,8 @@ async fn last_event_id_resumes_what_the_device_missed() {
 #[tokio::test]
 async fn an_idle_stream_carries_keep_alive_comments() {
     let node = TestNode::start_with(|c| {
-        c.sse_heartbeat = Duration::from_millis(200);
-        c.demo_room = false;
+        c.limits.sse_heartbeat = Duration::from_millis(200);
+        c.web.demo_room = false;
     })
     .await;
     let (_, sse) = sse_client::open(node.addr, "/stream?device_id=s-5", &[]).await;
@@ -247,8 +247,8 @@ async fn open_streams_are_not_pending_connections_of_their_address() {
     // Like upgraded WebSockets, established streams leave the address's
     // count of pending connections: more streams than the cap get in.
     let node = TestNode::start_with(|c| {
-        c.max_pending_per_address = 2;
-        c.demo_room = false;
+        c.limits.max_pending_per_address = 2;
+        c.web.demo_room = false;
     })
     .await;
     let mut streams = Vec::new();

@@ -35,10 +35,10 @@ async fn put_demo(node: &TestNode, capacity: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_waiting_page_falls_back_to_the_stream_behind_a_proxy_refusing_websockets() {
     let node = TestNode::start_with(|c| {
-        c.demo_room = true;
-        c.position_refresh = Duration::from_millis(500);
-        c.admit_tick = Duration::from_millis(100);
-        c.sse_heartbeat = Duration::from_secs(1);
+        c.web.demo_room = true;
+        c.rooms.position_refresh = Duration::from_millis(500);
+        c.rooms.admit_tick = Duration::from_millis(100);
+        c.limits.sse_heartbeat = Duration::from_secs(1);
     })
     .await;
     put_demo(&node, 0).await;

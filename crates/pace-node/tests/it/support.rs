@@ -50,11 +50,11 @@ pub fn config() -> NodeConfig {
     c.service_key = KEY.to_owned();
     c.service_key_generated = false;
     c.node_id = "test-node".into();
-    c.drain_grace = Duration::from_secs(2);
-    c.data_dir = scratch_dir();
+    c.limits.drain_grace = Duration::from_secs(2);
+    c.store.data_dir = scratch_dir();
     // Most tests are about other things than device credentials; the
     // credential tests (devices.rs) turn this off.
-    c.insecure_anonymous_devices = true;
+    c.devices.insecure_anonymous_devices = true;
     c
 }
 

@@ -105,9 +105,9 @@ fn unit_limits_fit_the_node_defaults() {
     };
     let stop = seconds("TimeoutStopSec");
     assert!(
-        stop >= defaults.drain_grace + Duration::from_secs(5),
+        stop >= defaults.limits.drain_grace + Duration::from_secs(5),
         "TimeoutStopSec={stop:?} must outlast the drain grace {:?}",
-        defaults.drain_grace
+        defaults.limits.drain_grace
     );
     let watchdog = seconds("WatchdogSec");
     assert!(
@@ -116,9 +116,9 @@ fn unit_limits_fit_the_node_defaults() {
     );
     let nofile: u64 = directive(&unit, "LimitNOFILE").unwrap().parse().unwrap();
     assert!(
-        defaults.max_connections as u64 + 256 <= nofile,
+        defaults.limits.max_connections as u64 + 256 <= nofile,
         "LimitNOFILE={nofile} below --max-connections {} + 256",
-        defaults.max_connections
+        defaults.limits.max_connections
     );
     for (key, want) in [
         ("Type", "notify"),

@@ -280,9 +280,9 @@ async fn isolation(entry: &TestNode, admin_entry: &TestNode) {
 async fn a_device_of_another_tenant_reaches_no_acme_group_on_one_node() {
     let data = tenants_dir(&["acme", "globex"]);
     let node = TestNode::start_with(|c| {
-        c.insecure_anonymous_devices = false;
-        c.data_dir = data;
-        c.demo_room = false;
+        c.devices.insecure_anonymous_devices = false;
+        c.store.data_dir = data;
+        c.web.demo_room = false;
     })
     .await;
     isolation(&node, &node).await;

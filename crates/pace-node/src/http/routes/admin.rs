@@ -159,10 +159,13 @@ pub async fn departments(
     let raw = params.device.as_str();
     let record = managed(&node, &principal, raw).await?;
     let Json(body, _) = body?;
-    if body.departments.len() > node.config.max_groups {
+    if body.departments.len() > node.config.limits.max_groups {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
-            format!("at most {} departments per device", node.config.max_groups),
+            format!(
+                "at most {} departments per device",
+                node.config.limits.max_groups
+            ),
         ));
     }
     let tenant = record.info.tenant.as_deref();
@@ -245,7 +248,7 @@ pub async fn kick(
     };
     let cutoff = crate::admission::unix_now();
     // The longest any of its tokens lives, plus the clock leeway.
-    let ttl = node.config.device_token_ttl + std::time::Duration::from_secs(60);
+    let ttl = node.config.devices.device_token_ttl + std::time::Duration::from_secs(60);
     node.devices.revoke_before(&device, cutoff, ttl).await?;
     tell_node(
         &node,
@@ -272,7 +275,7 @@ pub async fn kick(
 /// clock leeway); returns the cutoff.
 async fn revoke_tokens(node: &NodeRef, device: &DeviceId) -> Result<u64, ApiError> {
     let cutoff = crate::admission::unix_now();
-    let ttl = node.config.device_token_ttl + std::time::Duration::from_secs(60);
+    let ttl = node.config.devices.device_token_ttl + std::time::Duration::from_secs(60);
     node.devices.revoke_before(device, cutoff, ttl).await?;
     Ok(cutoff)
 }
@@ -483,7 +486,7 @@ pub struct LoginLimit;
 
 impl Limit for LoginLimit {
     fn max(node: &Node) -> usize {
-        MAX_LOGIN_BODY.min(node.config.max_message_bytes)
+        MAX_LOGIN_BODY.min(node.config.limits.max_message_bytes)
     }
 }
 
@@ -578,7 +581,7 @@ async fn attempt(node: &NodeRef, body: &Value) -> (Outcome, Result<Response, Api
     if let Err(e) = accounts.clear_login_attempts(&tenant, &user).await {
         tracing::warn!(error = %e, %tenant, %user, "could not clear login attempts");
     }
-    let ttl = node.config.admin_token_ttl;
+    let ttl = node.config.accounts.admin_token_ttl;
     let (token, claims) = match sign_admin_token(&node.keys, &tenant, &user, unix_now(), ttl) {
         Ok(t) => t,
         Err(e) => {

@@ -114,7 +114,8 @@ pub async fn register(
     // presenting its token, so nobody takes a victim's id meanwhile.
     if current.is_none()
         && let Some(wiped_ms) = node.store.wiped_since().await?
-        && now_ms() < wiped_ms.saturating_add(node.config.device_token_ttl.as_millis() as u64)
+        && now_ms()
+            < wiped_ms.saturating_add(node.config.devices.device_token_ttl.as_millis() as u64)
     {
         count("store_wiped");
         return Err(ApiError::new(
@@ -134,11 +135,13 @@ pub async fn register(
         Some(c) => unix_now().max(c + 1),
         None => unix_now(),
     };
-    let (token, claims) = token::issue(&node.keys, &info, now, node.config.device_token_ttl)
-        .map_err(|e| {
-            tracing::error!(error = %e, "signing a device token failed");
-            ApiError::new(ErrorCode::Internal, "could not issue a token; retry")
-        })?;
+    let (token, claims) =
+        token::issue(&node.keys, &info, now, node.config.devices.device_token_ttl).map_err(
+            |e| {
+                tracing::error!(error = %e, "signing a device token failed");
+                ApiError::new(ErrorCode::Internal, "could not issue a token; retry")
+            },
+        )?;
     let at = now_ms();
     let record = DeviceRecord {
         // A new device's grant: the untenanted department it declared (a
@@ -230,6 +233,7 @@ pub(crate) fn before_handshake<B>(
     }
     let trusted = node
         .config
+        .origins
         .trusted_proxies
         .iter()
         .any(|n| n.contains(&peer.ip()));
@@ -265,7 +269,7 @@ pub async fn upgrade(
     let mut req = http::Request::from_parts(parts, ());
     let peer = crate::http::extract::peer(req.extensions())?;
     let refuse = |e: ApiError| refused_handshake(&node, peer, e);
-    let hs = crate::ws::handshake::check(&req, node.config.max_groups).map_err(refuse)?;
+    let hs = crate::ws::handshake::check(&req, node.config.limits.max_groups).map_err(refuse)?;
     let hs = crate::ws::handshake::grant(&node.ws, hs, &device).await;
     crate::origins::check_handshake(&node.origins, &req, &device)
         .await

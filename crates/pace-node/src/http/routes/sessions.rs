@@ -121,7 +121,7 @@ async fn session(
     let token = match from_header {
         Some(token) => token,
         None => {
-            read_json::<SessionRequest>(headers, body, node.config.max_message_bytes)
+            read_json::<SessionRequest>(headers, body, node.config.limits.max_message_bytes)
                 .await?
                 .token
         }

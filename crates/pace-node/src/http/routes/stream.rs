@@ -43,7 +43,7 @@ pub async fn open(
     let req = http::Request::from_parts(parts, ());
     let peer = peer(req.extensions())?;
     let refuse = |e: ApiError| refused_handshake(&node, peer, e);
-    let mut hs = handshake::check_stream(&req, node.config.max_groups).map_err(refuse)?;
+    let mut hs = handshake::check_stream(&req, node.config.limits.max_groups).map_err(refuse)?;
     let resume_from = req
         .headers()
         .get("last-event-id")
@@ -109,7 +109,7 @@ pub async fn send(
         .await
         .inspect_err(|_| count("origin"))?;
     let value: Value =
-        crate::http::body::read_json(head.headers(), body, node.config.max_message_bytes)
+        crate::http::body::read_json(head.headers(), body, node.config.limits.max_message_bytes)
             .await
             .inspect_err(|_| count("invalid"))?;
     let frames = match value {
