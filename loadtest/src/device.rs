@@ -76,23 +76,7 @@ pub async fn connect(dial: Dial<'_>) -> Result<(Ws, Duration), String> {
     let started = Instant::now();
     let deadline = tokio::time::Instant::from_std(started + dial.timeout);
 
-    let socket = if dial.addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| io_reason("socket", &e))?;
-    if let Some(ip) = dial.source {
-        socket
-            .bind(SocketAddr::new(ip, 0))
-            .map_err(|e| io_reason("bind", &e))?;
-    }
-    let stream = timeout_at(deadline, socket.connect(dial.addr))
-        .await
-        .map_err(|_| "timeout_connect".to_owned())?
-        .map_err(|e| io_reason("connect", &e))?;
-    // Best effort: the device sends almost nothing, but pongs should not wait.
-    let _ = stream.set_nodelay(true);
+    let stream = dial_tcp(&dial, deadline).await?;
 
     let mut request = dial
         .ws_url
@@ -320,6 +304,32 @@ pub async fn close(ws: &mut Ws) -> CloseOutcome {
 }
 
 /// `prefix_kind` for an I/O error, e.g. `connect_connection_refused`.
+/// Opens the TCP connection of `dial` (from its source address, if any)
+/// by `deadline`, with Nagle off (pongs and POSTs should not wait); a
+/// short failure reason otherwise. Both transports dial through it.
+pub async fn dial_tcp(
+    dial: &Dial<'_>,
+    deadline: tokio::time::Instant,
+) -> Result<TcpStream, String> {
+    let socket = if dial.addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| io_reason("socket", &e))?;
+    if let Some(ip) = dial.source {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| io_reason("bind", &e))?;
+    }
+    let stream = timeout_at(deadline, socket.connect(dial.addr))
+        .await
+        .map_err(|_| "timeout_connect".to_owned())?
+        .map_err(|e| io_reason("connect", &e))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 pub fn io_reason(prefix: &str, e: &std::io::Error) -> String {
     format!("{prefix}_{}", snake_case(&format!("{:?}", e.kind())))
 }

@@ -3,7 +3,6 @@
 //! events until told to stop, stamping every load-test notification as
 //! [`crate::device::run`] does. Its bytes are counted at the socket.
 
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
@@ -12,13 +11,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use pace_protocol::ServerFrame;
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout_at;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::unix_micros;
 use crate::counting::Counted;
-use crate::device::{CloseOutcome, DeviceLog, Dial, io_reason};
+use crate::device::{CloseOutcome, DeviceLog, Dial, dial_tcp};
 
 /// An open stream: the response body, and what was read past `welcome`.
 #[derive(Debug)]
@@ -55,22 +53,7 @@ fn next_data(buf: &mut String) -> Option<Option<String>> {
 pub async fn connect(dial: Dial<'_>, host: &str) -> Result<(Sse, Duration), String> {
     let started = Instant::now();
     let deadline = tokio::time::Instant::from_std(started + dial.timeout);
-    let socket = if dial.addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| io_reason("socket", &e))?;
-    if let Some(ip) = dial.source {
-        socket
-            .bind(SocketAddr::new(ip, 0))
-            .map_err(|e| io_reason("bind", &e))?;
-    }
-    let stream: TcpStream = timeout_at(deadline, socket.connect(dial.addr))
-        .await
-        .map_err(|_| "timeout_connect".to_owned())?
-        .map_err(|e| io_reason("connect", &e))?;
-    let _ = stream.set_nodelay(true);
+    let stream = dial_tcp(&dial, deadline).await?;
     let stream = Counted::new(stream, dial.counts);
     let (mut sender, conn) = timeout_at(
         deadline,
